@@ -1,0 +1,586 @@
+//! The `Rollout`: a pod template released by a canary or blue-green strategy.
+//!
+//! Field names and meanings follow Argo Rollouts (`argoproj.io/v1alpha1`) wherever the feature is the
+//! same, so that migrating is a change of `apiVersion`.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    AnalysisRunArgument, AnalysisTemplateRef, PodMetadata, RolloutAnalysis, int_or_percent_rule,
+    seconds_or_duration_rule, short_int_or_string,
+};
+
+/// Label that Sluice puts on the ReplicaSets and pods it owns, holding the hash of the pod template.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "sluice.dev/pod-template-hash";
+
+/// A workload released progressively: Sluice owns its ReplicaSets and moves each new pod template
+/// through a canary or blue-green release.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "Rollout",
+    namespaced,
+    status = "RolloutStatus",
+    shortname = "ro",
+    category = "sluice",
+    doc = "A workload released progressively: Sluice owns its ReplicaSets and moves each new pod template through a canary or blue-green release, judged by analysis and held by error-budget gates.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Number of pods wanted"
+    ),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.replicas",
+        description = "Number of pods of all versions"
+    ),
+    printcolumn(
+        name = "Up-to-date",
+        type_ = "integer",
+        json_path = ".status.updatedReplicas",
+        description = "Pods of the newest pod template"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.availableReplicas",
+        description = "Pods ready for minReadySeconds"
+    ),
+    printcolumn(
+        name = "Step",
+        type_ = "string",
+        json_path = ".status.stepProgress",
+        description = "Canary step reached, as index/total"
+    ),
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".status.canary.weights.canary.weight",
+        description = "Share of traffic on the canary, in percent"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Healthy, Progressing, Paused or Degraded"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        priority = 1,
+        description = "Why the release is where it is"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.template), has(self.workloadRef)].exists_one(x, x)").message("set exactly one of spec.template or spec.workloadRef"))]
+#[x_kube(validation = Rule::new("!has(self.minReadySeconds) || self.progressDeadlineSeconds > self.minReadySeconds").message("spec.progressDeadlineSeconds must be greater than spec.minReadySeconds").field_path(".progressDeadlineSeconds"))]
+pub struct RolloutSpec {
+    /// Number of pods wanted at full release. Defaults to 1. An HorizontalPodAutoscaler may set it
+    /// through the scale subresource.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub replicas: i32,
+    /// Label selector for the Rollout's pods. It must match the template's labels and must not
+    /// change once set.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.selector is immutable; delete and recreate the Rollout to change it"))]
+    #[x_kube(validation = Rule::new("has(self.matchLabels) && size(self.matchLabels) > 0 || has(self.matchExpressions) && size(self.matchExpressions) > 0").message("spec.selector must select on at least one label"))]
+    pub selector: LabelSelector,
+    /// The pods to run. A change here starts a new release. Set exactly one of `template` or `workloadRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodTemplateSpec>,
+    /// A Deployment (or other workload) whose pod template the Rollout releases, instead of `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_ref: Option<WorkloadRef>,
+    /// Seconds a new pod must be ready, without any container crashing, to count as available. Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub min_ready_seconds: Option<i32>,
+    /// Number of old ReplicaSets (scaled to zero) kept for `undo`. Defaults to 10.
+    #[serde(default = "default_revision_history_limit")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub revision_history_limit: i32,
+    /// Pauses the release where it stands. The controller never changes this field; GitOps users
+    /// pause with `kubectl sluice pause`, which records the pause in status instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Seconds a release may go without progress (pods becoming available, a step completing) before
+    /// it is marked Degraded with reason ProgressDeadlineExceeded. Defaults to 600. Time spent paused
+    /// does not count.
+    #[serde(default = "default_progress_deadline_seconds")]
+    #[x_kube(validation = Rule::new("self >= 1").message("must be 1 or more"))]
+    pub progress_deadline_seconds: i32,
+    /// Abort the release, returning all traffic to stable, when the progress deadline is exceeded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress_deadline_abort: bool,
+    /// Restart all pods, a few at a time, if they were created before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<Time>,
+    /// Rolling back to one of the last N revisions skips steps and analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_window: Option<RollbackWindow>,
+    /// How a new pod template is released: exactly one of `canary` or `blueGreen`.
+    pub strategy: RolloutStrategy,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_revision_history_limit() -> i32 {
+    10
+}
+fn default_progress_deadline_seconds() -> i32 {
+    600
+}
+
+/// A workload whose pod template a Rollout releases.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'Deployment' && self.apiVersion == 'apps/v1'").message("workloadRef must name an apps/v1 Deployment"))]
+pub struct WorkloadRef {
+    /// API version of the workload: `apps/v1`.
+    #[schemars(length(min = 1, max = 64))]
+    pub api_version: String,
+    /// Kind of the workload: `Deployment`.
+    #[schemars(length(min = 1, max = 64))]
+    pub kind: String,
+    /// Name of the workload, in the Rollout's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// What happens to the workload's own pods once the Rollout is healthy. Defaults to `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<WorkloadScaleDown>,
+}
+
+/// When Sluice scales down the Deployment a Rollout took its template from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WorkloadScaleDown {
+    /// Leave the Deployment as it is.
+    #[serde(rename = "never")]
+    Never,
+    /// Scale it to zero once the Rollout is fully available.
+    #[serde(rename = "onsuccess")]
+    OnSuccess,
+    /// Scale it down as the Rollout's pods become available.
+    #[serde(rename = "progressively")]
+    Progressively,
+}
+
+/// How many recent revisions a rollback may go to without steps or analysis.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackWindow {
+    /// Number of recent revisions within the window.
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub revisions: i32,
+}
+
+/// The release strategy: exactly one of `canary` or `blueGreen`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.canary), has(self.blueGreen)].exists_one(x, x)").message("set exactly one of spec.strategy.canary or spec.strategy.blueGreen"))]
+pub struct RolloutStrategy {
+    /// Shift traffic to the new version in weighted steps, with pauses and analysis between them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStrategy>,
+    /// Run the new version beside the old behind a preview Service, then switch all traffic at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStrategy>,
+}
+
+/// A canary release: the new version takes a growing share of traffic step by step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.canaryService) || !has(self.stableService) || self.canaryService != self.stableService").message("canaryService and stableService must be different Services").field_path(".canaryService"))]
+#[x_kube(validation = Rule::new("!has(self.trafficRouting) || has(self.canaryService) && has(self.stableService)").message("trafficRouting needs both canaryService and stableService").field_path(".trafficRouting"))]
+#[x_kube(validation = Rule::new("!(has(self.maxSurge) && has(self.maxUnavailable) && (self.maxSurge == 0 || self.maxSurge == '0%') && (self.maxUnavailable == 0 || self.maxUnavailable == '0%'))").message("maxSurge and maxUnavailable must not both be zero").field_path(".maxSurge"))]
+#[x_kube(validation = Rule::new("!has(self.analysis) || !has(self.analysis.startingStep) || self.analysis.startingStep < (has(self.steps) ? size(self.steps) : 0)").message("analysis.startingStep must be the index of one of the steps").field_path(".analysis.startingStep"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setMirrorRoute)) || has(self.trafficRouting)").message("setMirrorRoute steps need trafficRouting").field_path(".steps"))]
+pub struct CanaryStrategy {
+    /// Service whose selector Sluice pins to the canary's pods (by pod-template hash) during a release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub canary_service: Option<String>,
+    /// Service whose selector Sluice pins to the stable pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub stable_service: Option<String>,
+    /// Pods that may exist above `replicas` while ReplicaSets are resized: a count or a percentage. Defaults to 25%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "short_int_or_string")]
+    #[x_kube(validation = int_or_percent_rule())]
+    pub max_surge: Option<IntOrString>,
+    /// Pods that may be unavailable while ReplicaSets are resized: a count or a percentage. Defaults to 25%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "short_int_or_string")]
+    #[x_kube(validation = int_or_percent_rule())]
+    pub max_unavailable: Option<IntOrString>,
+    /// With traffic routing, seconds to keep the old stable ReplicaSet after traffic has left it. Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub scale_down_delay_seconds: Option<i32>,
+    /// Seconds to keep the canary's pods after an abort, once traffic is back on stable. Defaults to 30; 0 keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
+    /// With traffic routing, scale stable down as traffic moves to the canary, instead of keeping it at full size.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dynamic_stable_scale: bool,
+    /// With traffic routing, the fewest pods a ReplicaSet holding traffic may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("must be 1 or more"))]
+    pub min_pods_per_replica_set: Option<i32>,
+    /// The release plan, run in order. With no steps the new version goes straight to 100%.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub steps: Vec<CanaryStep>,
+    /// Analysis that runs in the background from a given step until the release completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
+    /// How weight becomes traffic. Without it, weight is approximated by the share of canary pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_routing: Option<TrafficRouting>,
+    /// Labels and annotations added to canary pods while they are the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_metadata: Option<PodMetadata>,
+    /// Labels and annotations added to stable pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_metadata: Option<PodMetadata>,
+}
+
+/// One step of a canary release: exactly one of `setWeight`, `pause`, `setCanaryScale`, `analysis` or `setMirrorRoute`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setMirrorRoute)].exists_one(x, x)").message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis or setMirrorRoute"))]
+pub struct CanaryStep {
+    /// Percentage of traffic sent to the canary, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("setWeight must be between 0 and 100"))]
+    pub set_weight: Option<i32>,
+    /// Wait: for `duration`, or, without one, until someone promotes the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+    /// Size the canary independently of its traffic weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_canary_scale: Option<SetCanaryScale>,
+    /// Run an analysis and wait for its verdict before the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<RolloutAnalysis>,
+    /// Send a copy of matching requests to the canary (shadow traffic); its answers go nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror_route: Option<SetMirrorRoute>,
+}
+
+/// A pause in a canary release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// How long to wait: seconds, or a duration such as `30s` or `5m`. Without it, wait until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "short_int_or_string")]
+    #[x_kube(validation = seconds_or_duration_rule())]
+    pub duration: Option<IntOrString>,
+}
+
+/// The canary's size, apart from its traffic weight: exactly one of `weight`, `replicas` or `matchTrafficWeight`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.weight), has(self.replicas), has(self.matchTrafficWeight) && self.matchTrafficWeight].exists_one(x, x)").message("setCanaryScale sets exactly one of weight, replicas or matchTrafficWeight: true"))]
+pub struct SetCanaryScale {
+    /// Canary pods as a percentage of `spec.replicas`, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("weight must be between 0 and 100"))]
+    pub weight: Option<i32>,
+    /// An exact number of canary pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replicas must be 0 or more"))]
+    pub replicas: Option<i32>,
+    /// Size the canary to its traffic weight again (the default behaviour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_traffic_weight: Option<bool>,
+}
+
+/// Shadow traffic: a copy of matching requests goes to the canary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetMirrorRoute {
+    /// Name of the mirror rule; a later step with the same name and no `percentage` removes it.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Percentage of matching requests copied to the canary, 0 to 100. Absent removes the rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("percentage must be between 0 and 100"))]
+    pub percentage: Option<i32>,
+}
+
+/// Analysis run in the background during a canary release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackgroundAnalysis {
+    /// The templates whose metrics make up the run.
+    #[schemars(length(min = 1, max = 16))]
+    pub templates: Vec<AnalysisTemplateRef>,
+    /// Values for the templates' arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub args: Vec<AnalysisRunArgument>,
+    /// Index of the step at which the analysis starts. Defaults to 0, the start of the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("startingStep must be 0 or more"))]
+    pub starting_step: Option<i32>,
+}
+
+/// Where Sluice sets traffic weights.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRouting {
+    /// A Gateway API HTTPRoute whose `backendRefs` name the stable and canary Services.
+    #[serde(rename = "gatewayAPI")]
+    pub gateway_api: GatewayApiRouting,
+}
+
+/// Traffic split through a Gateway API HTTPRoute. Sluice patches only the weights of the two
+/// backendRefs that name the stable and canary Services, and marks the route while a release is in flight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouting {
+    /// Name of the HTTPRoute, in the Rollout's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub http_route: String,
+}
+
+/// A blue-green release: the new version comes up beside the old and takes all traffic in one switch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.previewService) || self.previewService != self.activeService").message("previewService must differ from activeService").field_path(".previewService"))]
+#[x_kube(validation = Rule::new("!has(self.autoPromotionSeconds) || !has(self.autoPromotionEnabled) || self.autoPromotionEnabled").message("autoPromotionSeconds has no effect when autoPromotionEnabled is false").field_path(".autoPromotionSeconds"))]
+pub struct BlueGreenStrategy {
+    /// Service that receives production traffic; Sluice points its selector at the active version.
+    #[schemars(length(min = 1, max = 63))]
+    pub active_service: String,
+    /// Service pointed at the new version before promotion, for checks and tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub preview_service: Option<String>,
+    /// Promote as soon as the new version is available (and pre-promotion analysis passed). Defaults to true;
+    /// false waits for `kubectl sluice promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_enabled: Option<bool>,
+    /// Promote automatically this many seconds after the new version became available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub auto_promotion_seconds: Option<i32>,
+    /// Pods of the new version before promotion; it is scaled to `replicas` at promotion. Defaults to `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub preview_replica_count: Option<i32>,
+    /// Analysis that must pass before the switch; its failure aborts and leaves active untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<RolloutAnalysis>,
+    /// Analysis after the switch; its failure switches active back to the old version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<RolloutAnalysis>,
+    /// Seconds to keep the old version's pods after the switch, for instant rollback. Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub scale_down_delay_seconds: Option<i32>,
+    /// Most old ReplicaSets kept running during their scale-down delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub scale_down_delay_revision_limit: Option<i32>,
+    /// Seconds to keep the new version's pods after an abort. Defaults to 30; 0 keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
+    /// Labels and annotations added to the active pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_metadata: Option<PodMetadata>,
+    /// Labels and annotations added to the preview pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_metadata: Option<PodMetadata>,
+}
+
+/// Where a release stands, written by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Healthy, Progressing, Paused or Degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
+    /// A sentence on why the release is where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Progressing, Available, Paused, InvalidSpec, Completed, ReleaseHeld, and the kstatus conditions
+    /// Ready, Reconciling and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Hash of the newest pod template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_pod_hash: Option<String>,
+    /// Hash of the pod template that is stable (fully released).
+    #[serde(rename = "stableRS", default, skip_serializing_if = "Option::is_none")]
+    pub stable_rs: Option<String>,
+    /// Index of the canary step in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<i32>,
+    /// Hash of the step list, so that changing only the steps does not restart a release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_hash: Option<String>,
+    /// The step reached out of the total, e.g. `2/5`, for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_progress: Option<String>,
+    /// Pods of all versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Pods of the newest pod template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
+    /// Pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Pods that have been ready for minReadySeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_replicas: Option<i32>,
+    /// The pod selector as a string, for the scale subresource (HorizontalPodAutoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Why the release is paused, one entry per reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pause_conditions: Vec<PauseCondition>,
+    /// The controller paused the release (a step pause or an inconclusive analysis).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub controller_pause: bool,
+    /// The release was aborted: traffic is back on stable. Set by `kubectl sluice abort` or by failed analysis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
+    /// When the release was aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_at: Option<Time>,
+    /// Skip the remaining steps and analysis and release fully. Set by `kubectl sluice promote --full`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_full: bool,
+    /// Canary progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+    /// Blue-green progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStatus>,
+}
+
+/// The summary state of a Rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutPhase {
+    /// The newest version is fully released and available.
+    Healthy,
+    /// A release is under way.
+    Progressing,
+    /// A release waits for a person, a pause duration, or a gate.
+    Paused,
+    /// A release was aborted or missed its progress deadline; stable serves.
+    Degraded,
+}
+
+/// One reason a release is paused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseCondition {
+    /// CanaryPauseStep, BlueGreenPause, InconclusiveAnalysis, PausedByUser or ReleaseHeld.
+    pub reason: String,
+    /// When the pause began.
+    pub start_time: Time,
+}
+
+/// Canary progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// The AnalysisRun of the current step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_analysis_run_status: Option<RolloutAnalysisRunStatus>,
+    /// The background AnalysisRun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_background_analysis_run_status: Option<RolloutAnalysisRunStatus>,
+    /// The traffic weights in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<TrafficWeights>,
+}
+
+/// Summary of an AnalysisRun, as the Rollout sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutAnalysisRunStatus {
+    /// Name of the AnalysisRun.
+    pub name: String,
+    /// Its phase.
+    pub status: String,
+    /// Its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Traffic weights of the canary and stable versions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficWeights {
+    /// The canary's weight.
+    pub canary: TrafficWeight,
+    /// The stable version's weight.
+    pub stable: TrafficWeight,
+}
+
+/// One version's share of traffic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficWeight {
+    /// Percentage of traffic, 0 to 100.
+    pub weight: i32,
+    /// Pod-template hash of the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template_hash: Option<String>,
+    /// Service that carries this version's traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+/// Blue-green progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStatus {
+    /// Pod-template hash the active Service selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_selector: Option<String>,
+    /// Pod-template hash the preview Service selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_selector: Option<String>,
+    /// The preview was scaled up to full size ahead of the switch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scale_up_preview_check_point: bool,
+    /// The pre-promotion AnalysisRun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis_run_status: Option<RolloutAnalysisRunStatus>,
+    /// The post-promotion AnalysisRun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis_run_status: Option<RolloutAnalysisRunStatus>,
+}

@@ -1,0 +1,281 @@
+//! Developer tasks for Sluice: `cargo xtask <task>`.
+//!
+//! - `test`: the whole suite, exactly what CI runs (format, lints, CRD drift, unit tests, and the
+//!   end-to-end tests on a real local control plane).
+//! - `demo`: a local control plane with Sluice's API installed and the samples applied.
+//! - `crdgen`: regenerate `crds/` from the API types (`--check` fails on drift).
+//! - `cluster up|down|status|build`: the local control plane on its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use sluice_testbed::Cluster;
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Sluice developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the whole test suite as CI does: fmt, clippy, CRD drift, unit tests, end-to-end tests.
+    Test {
+        /// Leave the test cluster running afterwards (its state stays in target/sluice-cluster-test).
+        #[arg(long)]
+        keep_cluster: bool,
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Bring up a local control plane, install Sluice's CRDs and apply the samples in config/.
+    Demo,
+    /// Generate crds/*.yaml from the API types.
+    Crdgen {
+        /// Fail instead of writing when the committed files differ from the generated ones.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Manage the local control plane used by the demo and for development.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Build (or find in the cache) the Kubernetes, etcd and kwok binaries.
+    Build,
+    /// Start the cluster (idempotent) and print how to use it.
+    Up,
+    /// Stop the cluster and delete its state.
+    Down,
+    /// Show what is running.
+    Status,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Test {
+            keep_cluster,
+            no_lint,
+        } => test(&root, keep_cluster, no_lint),
+        Task::Demo => demo::run(&root),
+        Task::Crdgen { check } => crdgen(&root, check),
+        Task::Cluster { action } => match action {
+            ClusterAction::Build => {
+                let bins = sluice_testbed::ensure_binaries()?;
+                println!("{bins:#?}");
+                Ok(())
+            }
+            ClusterAction::Up => {
+                sluice_testbed::up(&dev_cluster_dir(&root))?;
+                print!("{}", sluice_testbed::status(&dev_cluster_dir(&root))?);
+                Ok(())
+            }
+            ClusterAction::Down => sluice_testbed::down(&dev_cluster_dir(&root)),
+            ClusterAction::Status => {
+                print!("{}", sluice_testbed::status(&dev_cluster_dir(&root))?);
+                Ok(())
+            }
+        },
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The cluster for the demo and development.
+pub(crate) fn dev_cluster_dir(root: &Path) -> PathBuf {
+    root.join("target").join("sluice-cluster")
+}
+
+/// The test suite's own cluster, so that `test` never tears down a developer's cluster.
+fn test_cluster_dir(root: &Path) -> PathBuf {
+    root.join("target").join("sluice-cluster-test")
+}
+
+fn crdgen(root: &Path, check: bool) -> Result<()> {
+    let dir = root.join("crds");
+    let generated = sluice_api::crdgen::generate()?;
+    let mut drifted = Vec::new();
+    for crd in &generated {
+        let path = dir.join(&crd.file_name);
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if current != crd.yaml {
+            drifted.push(crd.file_name.clone());
+            if !check {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(&path, &crd.yaml)?;
+            }
+        }
+    }
+    let expected: Vec<&str> = generated.iter().map(|c| c.file_name.as_str()).collect();
+    for entry in std::fs::read_dir(&dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && !expected.contains(&name.as_str()) {
+            drifted.push(name.clone());
+            if !check {
+                std::fs::remove_file(dir.join(&name))?;
+            }
+        }
+    }
+    match (check, drifted.is_empty()) {
+        (_, true) => println!("crds/ is up to date ({} CRDs)", generated.len()),
+        (true, false) => bail!(
+            "crds/ differs from the API types in: {}. Run `cargo xtask crdgen` and commit the result",
+            drifted.join(", ")
+        ),
+        (false, false) => println!("updated crds/: {}", drifted.join(", ")),
+    }
+    Ok(())
+}
+
+/// Runs a command, failing with its description if it fails.
+fn run(description: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("==> {description}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting: {description}"))?;
+    if !status.success() {
+        bail!("failed: {description}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Makes sure rustfmt and clippy are installed (a new machine may have neither).
+fn ensure_rust_components() -> Result<()> {
+    let missing: Vec<&str> = [("rustfmt", "fmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(_, sub)| {
+            !cargo()
+                .args([sub, "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(component, _)| component)
+        .collect();
+    if !missing.is_empty() {
+        run(
+            &format!("rustup component add {}", missing.join(" ")),
+            Command::new("rustup")
+                .args(["component", "add"])
+                .args(&missing),
+        )?;
+    }
+    Ok(())
+}
+
+fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let mut timed = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let started = Instant::now();
+        let result = f();
+        timings.push((name, started.elapsed()));
+        result
+    };
+    if !no_lint {
+        timed("rust components", &mut ensure_rust_components)?;
+        timed("fmt", &mut || {
+            run(
+                "cargo fmt --check",
+                cargo().args(["fmt", "--all", "--", "--check"]),
+            )
+        })?;
+        timed("clippy", &mut || {
+            run(
+                "cargo clippy -D warnings",
+                cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--locked",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+            )
+        })?;
+    }
+    timed("crd drift", &mut || crdgen(root, true))?;
+    timed("unit tests", &mut || {
+        run(
+            "unit tests",
+            cargo().args(["test", "--workspace", "--locked", "--exclude", "sluice-e2e"]),
+        )
+    })?;
+    // Build the e2e tests before the cluster starts, so a compile error costs no cluster start-up.
+    timed("e2e build", &mut || {
+        run(
+            "build e2e tests",
+            cargo().args(["test", "-p", "sluice-e2e", "--locked", "--no-run"]),
+        )
+    })?;
+
+    let external = std::env::var_os("SLUICE_E2E_KUBECONFIG").is_some();
+    let state_dir = test_cluster_dir(root);
+    let mut env: Vec<(&'static str, String)> = Vec::new();
+    if external {
+        eprintln!("==> using the cluster in SLUICE_E2E_KUBECONFIG");
+    } else {
+        let mut cluster: Option<Cluster> = None;
+        timed("cluster up", &mut || {
+            eprintln!("==> starting a local control plane");
+            cluster = Some(sluice_testbed::up(&state_dir)?);
+            Ok(())
+        })?;
+        if let Some(cluster) = cluster {
+            env = cluster.env();
+        }
+    }
+    let e2e = timed("e2e tests", &mut || {
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", "sluice-e2e", "--locked"])
+            .envs(env.iter().map(|(k, v)| (*k, v)));
+        run("end-to-end tests", &mut cmd)
+    });
+    if !external && !keep_cluster {
+        if let Err(err) = &e2e {
+            keep_logs(root, &state_dir, err);
+        }
+        sluice_testbed::down(&state_dir)?;
+    }
+    eprintln!("\nTimings:");
+    for (name, took) in &timings {
+        eprintln!("  {name:<16} {:>7.1}s", took.as_secs_f64());
+    }
+    e2e
+}
+
+/// Copies the components' logs somewhere that survives `down`, so a failed run can be diagnosed.
+fn keep_logs(root: &Path, state_dir: &Path, err: &anyhow::Error) {
+    let dest = root.join("target").join("sluice-cluster-test-logs");
+    let _ = std::fs::remove_dir_all(&dest);
+    if std::fs::create_dir_all(&dest).is_ok() {
+        if let Ok(entries) = std::fs::read_dir(state_dir.join("logs")) {
+            for entry in entries.flatten() {
+                let _ = std::fs::copy(entry.path(), dest.join(entry.file_name()));
+            }
+        }
+        eprintln!("{err}; component logs kept in {}", dest.display());
+    }
+}

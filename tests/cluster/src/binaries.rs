@@ -1,0 +1,415 @@
+//! Builds the control-plane binaries from Go modules, at pinned versions, into a per-version cache.
+//!
+//! `k8s.io/kubernetes` cannot be built with a bare `go install`: its go.mod replaces the `k8s.io/*`
+//! staging modules with local paths. So each build gets a small wrapper module that requires the
+//! target module and carries over its replace directives, pointing the staging ones at the published
+//! `k8s.io/<name> v0.<minor>.<patch>` modules instead.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Kubernetes release the tests run against (the newest; the API targets 1.33 and later).
+pub const KUBERNETES_VERSION: &str = "1.37.2";
+/// etcd release, in the line Kubernetes 1.37 is tested with.
+pub const ETCD_VERSION: &str = "3.6.16";
+/// kwok release: fake nodes whose pods become Running and Ready without a kubelet.
+pub const KWOK_VERSION: &str = "0.8.0";
+/// Gateway API release whose standard CRDs (HTTPRoute) are installed into test clusters.
+pub const GATEWAY_API_VERSION: &str = "1.5.1";
+
+/// Paths of the built binaries.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub etcd: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kubectl: PathBuf,
+    pub kwok: PathBuf,
+}
+
+/// Where built binaries and downloads are cached: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`,
+/// else `~/.cache/sluice`. Outside the checkout, so a fresh clone reuses them.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("sluice")
+}
+
+/// One wrapper-module build producing one or more binaries.
+struct GoBuild {
+    /// Cache directory name, e.g. `kubernetes-v1.37.2`.
+    name: String,
+    module: &'static str,
+    version: String,
+    /// (package, binary name) pairs.
+    packages: Vec<(&'static str, &'static str)>,
+    ldflags: String,
+    /// For k8s.io/kubernetes: the staging modules' published version (`v0.37.2`).
+    staging_version: Option<String>,
+}
+
+impl GoBuild {
+    fn dir(&self) -> PathBuf {
+        cache_dir().join("bin").join(&self.name)
+    }
+
+    fn is_built(&self) -> bool {
+        self.packages
+            .iter()
+            .all(|(_, bin)| self.dir().join(bin).is_file())
+    }
+}
+
+fn builds() -> Vec<GoBuild> {
+    let k8s = format!("v{KUBERNETES_VERSION}");
+    let (major, minor) = {
+        let mut parts = KUBERNETES_VERSION.split('.');
+        (parts.next().unwrap_or("1"), parts.next().unwrap_or("0"))
+    };
+    let version_flags = [
+        ("k8s.io/component-base/version.gitVersion", k8s.as_str()),
+        ("k8s.io/component-base/version.gitMajor", major),
+        ("k8s.io/component-base/version.gitMinor", minor),
+        ("k8s.io/component-base/version.gitTreeState", "clean"),
+        ("k8s.io/client-go/pkg/version.gitVersion", k8s.as_str()),
+        ("k8s.io/client-go/pkg/version.gitMajor", major),
+        ("k8s.io/client-go/pkg/version.gitMinor", minor),
+    ]
+    .iter()
+    .map(|(var, value)| format!(" -X {var}={value}"))
+    .collect::<String>();
+    vec![
+        GoBuild {
+            name: format!("kubernetes-{k8s}"),
+            module: "k8s.io/kubernetes",
+            version: k8s.clone(),
+            packages: vec![
+                ("k8s.io/kubernetes/cmd/kube-apiserver", "kube-apiserver"),
+                (
+                    "k8s.io/kubernetes/cmd/kube-controller-manager",
+                    "kube-controller-manager",
+                ),
+                ("k8s.io/kubernetes/cmd/kube-scheduler", "kube-scheduler"),
+                ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
+            ],
+            ldflags: format!("-s -w{version_flags}"),
+            staging_version: Some(format!("v0.{}", &KUBERNETES_VERSION[2..])),
+        },
+        GoBuild {
+            name: format!("etcd-v{ETCD_VERSION}"),
+            module: "go.etcd.io/etcd/server/v3",
+            version: format!("v{ETCD_VERSION}"),
+            packages: vec![("go.etcd.io/etcd/server/v3", "etcd")],
+            ldflags: "-s -w".to_owned(),
+            staging_version: None,
+        },
+        GoBuild {
+            name: format!("kwok-v{KWOK_VERSION}"),
+            module: "sigs.k8s.io/kwok",
+            version: format!("v{KWOK_VERSION}"),
+            packages: vec![("sigs.k8s.io/kwok/cmd/kwok", "kwok")],
+            ldflags: "-s -w".to_owned(),
+            staging_version: None,
+        },
+    ]
+}
+
+/// The Go environment for reproducible, offline-friendly builds with the local toolchain.
+fn go_command(dir: &Path) -> Command {
+    let mut cmd = Command::new("go");
+    cmd.current_dir(dir)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .env("CGO_ENABLED", "0");
+    cmd
+}
+
+/// Builds whatever is missing from the cache and returns the binaries' paths.
+pub fn ensure_binaries() -> Result<Binaries> {
+    let all = builds();
+    let missing: Vec<&GoBuild> = all.iter().filter(|b| !b.is_built()).collect();
+    if !missing.is_empty() {
+        check_go()?;
+        eprintln!(
+            "Building {} from Go modules into {} (cached per version; a cold build takes 10 to 30 minutes on 2 cores)",
+            missing
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cache_dir().join("bin").display()
+        );
+        for build in missing {
+            build_one(build).with_context(|| format!("building {}", build.name))?;
+        }
+    }
+    let path = |build: usize, bin: &str| all[build].dir().join(bin);
+    Ok(Binaries {
+        kube_apiserver: path(0, "kube-apiserver"),
+        kube_controller_manager: path(0, "kube-controller-manager"),
+        kube_scheduler: path(0, "kube-scheduler"),
+        kubectl: path(0, "kubectl"),
+        etcd: path(1, "etcd"),
+        kwok: path(2, "kwok"),
+    })
+}
+
+fn check_go() -> Result<()> {
+    let out = Command::new("go").arg("version").output();
+    match out {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => bail!(
+            "Go is needed to build the Kubernetes binaries; install Go 1.26 or later and retry"
+        ),
+    }
+}
+
+/// Downloads `module@version` and returns the path of its go.mod and its source directory.
+fn download_module(work: &Path, module: &str, version: &str) -> Result<(PathBuf, PathBuf)> {
+    let out = go_command(work)
+        .args(["mod", "download", "-json", &format!("{module}@{version}")])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running go mod download")?;
+    if !out.status.success() {
+        bail!("go mod download {module}@{version} failed");
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |name: &str| {
+        info[name]
+            .as_str()
+            .map(PathBuf::from)
+            .with_context(|| format!("go mod download gave no {name} for {module}"))
+    };
+    Ok((field("GoMod")?, field("Dir")?))
+}
+
+/// The wrapper module's go.mod: requires the module and carries over its replace directives.
+fn wrapper_go_mod(build: &GoBuild, upstream_go_mod: &str) -> String {
+    let go_directive = upstream_go_mod
+        .lines()
+        .find(|l| l.starts_with("go "))
+        .unwrap_or("go 1.26.0");
+    let mut replaces = Vec::new();
+    let mut in_block = false;
+    for line in upstream_go_mod.lines() {
+        let line = line.trim();
+        let directive = if in_block {
+            if line == ")" {
+                in_block = false;
+                continue;
+            }
+            line
+        } else if line == "replace (" {
+            in_block = true;
+            continue;
+        } else if let Some(rest) = line.strip_prefix("replace ") {
+            rest
+        } else {
+            continue;
+        };
+        let Some((from, to)) = directive.split_once("=>") else {
+            continue;
+        };
+        let (from, to) = (from.trim(), to.trim());
+        if to.starts_with("./staging/") {
+            if let Some(version) = &build.staging_version {
+                replaces.push(format!("\t{from} => {from} {version}"));
+            }
+        } else if !to.starts_with('.') {
+            // Module-to-module pins are kept; paths inside the upstream repository are not reachable.
+            replaces.push(format!("\t{from} => {to}"));
+        }
+    }
+    let mut go_mod = format!(
+        "// Generated by sluice-testbed: builds {}@{}.\nmodule sluice.dev/testbed/{}\n\n{go_directive}\n\nrequire {} {}\n",
+        build.module, build.version, build.name, build.module, build.version
+    );
+    if !replaces.is_empty() {
+        go_mod.push_str(&format!("\nreplace (\n{}\n)\n", replaces.join("\n")));
+    }
+    go_mod
+}
+
+fn build_one(build: &GoBuild) -> Result<()> {
+    let started = Instant::now();
+    let work = cache_dir().join("go-work").join(&build.name);
+    fs::create_dir_all(&work)?;
+    // A module file is needed before `go mod download` runs inside the directory.
+    fs::write(work.join("go.mod"), "module sluice.dev/testbed/bootstrap\n")?;
+    let spinner = spinner(&format!("{}: resolving modules", build.name));
+    let (upstream_go_mod, _) = download_module(&work, build.module, &build.version)?;
+    let upstream = fs::read_to_string(&upstream_go_mod)?;
+    fs::write(work.join("go.mod"), wrapper_go_mod(build, &upstream))?;
+    let _ = fs::remove_file(work.join("go.sum"));
+    let packages: Vec<&str> = build.packages.iter().map(|(p, _)| *p).collect();
+    let deps = go_command(&work)
+        .args([
+            "list",
+            "-deps",
+            "-f",
+            "{{if not .Standard}}{{.ImportPath}}{{end}}",
+        ])
+        .args(&packages)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running go list")?;
+    if !deps.status.success() {
+        bail!("go list failed for {}", packages.join(" "));
+    }
+    let total = deps
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64;
+    spinner.finish_and_clear();
+
+    let staging = work.join("out");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging)?;
+    let bar = ProgressBar::new(total.max(1));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} packages {wide_msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(build.name.clone());
+    bar.enable_steady_tick(Duration::from_millis(500));
+    let mut child = go_command(&work)
+        .args(["build", "-v", "-trimpath", "-ldflags", &build.ldflags, "-o"])
+        .arg(format!("{}/", staging.display()))
+        .args(&packages)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running go build")?;
+    let mut errors = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines() {
+            let line = line?;
+            // `go build -v` names each package as it compiles it; anything else is a diagnostic.
+            if line.contains(' ') || line.starts_with('#') {
+                errors.push(line);
+            } else {
+                bar.inc(1);
+                bar.set_message(line);
+            }
+        }
+    }
+    let status = child.wait()?;
+    bar.finish_and_clear();
+    if !status.success() {
+        bail!("go build failed:\n{}", errors.join("\n"));
+    }
+    // `go build -o dir/` names a binary after its package's last path element (without a major-version suffix).
+    let final_dir = build.dir();
+    fs::create_dir_all(&final_dir)?;
+    for (package, bin) in &build.packages {
+        let produced = package
+            .split('/')
+            .rev()
+            .find(|part| !(part.starts_with('v') && part[1..].chars().all(|c| c.is_ascii_digit())))
+            .unwrap_or(bin);
+        fs::rename(staging.join(produced), final_dir.join(bin))
+            .with_context(|| format!("moving {produced} into {}", final_dir.display()))?;
+    }
+    eprintln!("  built {} in {:.0?}", build.name, started.elapsed());
+    Ok(())
+}
+
+/// The directory holding the Gateway API's standard CRDs (HTTPRoute and friends).
+pub fn gateway_api_crds() -> Result<PathBuf> {
+    let work = cache_dir().join("go-work").join("gateway-api");
+    fs::create_dir_all(&work)?;
+    fs::write(
+        work.join("go.mod"),
+        "module sluice.dev/testbed/gateway-api\n",
+    )?;
+    let (_, dir) = download_module(
+        &work,
+        "sigs.k8s.io/gateway-api",
+        &format!("v{GATEWAY_API_VERSION}"),
+    )?;
+    let crds = dir.join("config").join("crd").join("standard");
+    if !crds.is_dir() {
+        bail!("{} has no config/crd/standard", dir.display());
+    }
+    Ok(crds)
+}
+
+/// kwok's own "fast" stages, from its module: nodes become Ready and keep a lease; pods become
+/// Running and Ready at once, complete, and are deleted.
+pub fn kwok_stages() -> Result<String> {
+    let work = cache_dir().join("go-work").join("kwok-stages");
+    fs::create_dir_all(&work)?;
+    fs::write(
+        work.join("go.mod"),
+        "module sluice.dev/testbed/kwok-stages\n",
+    )?;
+    let (_, dir) = download_module(&work, "sigs.k8s.io/kwok", &format!("v{KWOK_VERSION}"))?;
+    let stages = dir.join("kustomize").join("stage");
+    let files = [
+        "node/fast/node-initialize.yaml",
+        "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+        "pod/fast/pod-ready.yaml",
+        "pod/fast/pod-complete.yaml",
+        "pod/fast/pod-delete.yaml",
+    ];
+    let mut config = String::new();
+    for file in files {
+        let text = fs::read_to_string(stages.join(file))
+            .with_context(|| format!("reading kwok stage {file}"))?;
+        config.push_str("---\n");
+        config.push_str(&text);
+        config.push('\n');
+    }
+    Ok(config)
+}
+
+pub(crate) fn spinner(message: &str) -> ProgressBar {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.set_message(message.to_owned());
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    spinner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapper_rewrites_staging_and_drops_local_paths() {
+        let upstream = "module k8s.io/kubernetes\n\ngo 1.26.0\n\nreplace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n\tgithub.com/x/y => github.com/x/y v1.2.3\n)\nreplace go.etcd.io/etcd/api/v3 => ../api\n";
+        let build = GoBuild {
+            name: "kubernetes-v1.37.2".into(),
+            module: "k8s.io/kubernetes",
+            version: "v1.37.2".into(),
+            packages: vec![],
+            ldflags: String::new(),
+            staging_version: Some("v0.37.2".into()),
+        };
+        let go_mod = wrapper_go_mod(&build, upstream);
+        assert!(go_mod.contains("require k8s.io/kubernetes v1.37.2"));
+        assert!(go_mod.contains("k8s.io/api => k8s.io/api v0.37.2"));
+        assert!(go_mod.contains("github.com/x/y => github.com/x/y v1.2.3"));
+        assert!(!go_mod.contains("../api"));
+        assert!(go_mod.contains("\ngo 1.26.0\n"));
+    }
+}

@@ -1,0 +1,591 @@
+//! Starts and stops a local control plane: etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, kwok with fake nodes, and Prometheus, all on loopback.
+//!
+//! Each component runs as its own process group, so a cluster brought up by `cargo xtask cluster up`
+//! outlives the command. Everything about a running cluster lives in its state directory: pid files,
+//! logs, certificates, data and the kubeconfig.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::binaries::{Binaries, ensure_binaries, gateway_api_crds, kwok_stages, spinner};
+use crate::pki;
+use crate::prometheus;
+
+/// Number of fake nodes.
+pub const NODE_COUNT: usize = 2;
+
+/// A running cluster, as described by its state directory.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub state_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub prometheus_url: String,
+}
+
+impl Cluster {
+    /// Environment variables that point tests and tools at this cluster.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "SLUICE_E2E_KUBECONFIG",
+                self.kubeconfig.display().to_string(),
+            ),
+            ("SLUICE_E2E_KUBECTL", self.kubectl.display().to_string()),
+            ("SLUICE_E2E_PROMETHEUS_URL", self.prometheus_url.clone()),
+        ]
+    }
+
+    /// Reads a cluster's description from its state directory.
+    pub fn load(state_dir: &Path) -> Result<Self> {
+        let read = |file: &str| -> Result<String> {
+            Ok(fs::read_to_string(state_dir.join(file))
+                .with_context(|| {
+                    format!(
+                        "no cluster in {} (run `cargo xtask cluster up`)",
+                        state_dir.display()
+                    )
+                })?
+                .trim()
+                .to_owned())
+        };
+        Ok(Self {
+            state_dir: state_dir.to_owned(),
+            kubeconfig: state_dir.join("kubeconfig"),
+            kubectl: PathBuf::from(read("kubectl-path")?),
+            prometheus_url: read("prometheus-url")?,
+        })
+    }
+
+    /// Runs our kubectl against this cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+}
+
+/// Loopback ports for every component, chosen free at start-up.
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    apiserver: u16,
+    controller_manager: u16,
+    scheduler: u16,
+    kwok: u16,
+    prometheus: u16,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Ports {
+    fn pick() -> Result<Self> {
+        Ok(Self {
+            etcd_client: free_port()?,
+            etcd_peer: free_port()?,
+            apiserver: free_port()?,
+            controller_manager: free_port()?,
+            scheduler: free_port()?,
+            kwok: free_port()?,
+            prometheus: free_port()?,
+        })
+    }
+}
+
+/// The components in start order; stopped in reverse.
+const COMPONENTS: [&str; 6] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "prometheus",
+];
+
+/// Lists the components of the cluster in `state_dir` that are running, with their pids.
+pub fn running_components(state_dir: &Path) -> Vec<(&'static str, i32)> {
+    COMPONENTS
+        .iter()
+        .filter_map(|name| {
+            let pid: i32 = fs::read_to_string(state_dir.join("pids").join(format!("{name}.pid")))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            is_alive(pid).then_some((*name, pid))
+        })
+        .collect()
+}
+
+fn is_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie left by a dead parent counts as gone.
+    nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+/// Brings up a cluster in `state_dir`, or returns the one already running there.
+pub fn up(state_dir: &Path) -> Result<Cluster> {
+    if running_components(state_dir).len() == COMPONENTS.len() {
+        if let Ok(cluster) = Cluster::load(state_dir) {
+            eprintln!("A cluster is already running in {}", state_dir.display());
+            return Ok(cluster);
+        }
+    }
+    down(state_dir)?;
+    let binaries = ensure_binaries()?;
+    let prometheus_bin = prometheus::ensure_installed()?;
+    let gateway_crds = gateway_api_crds()?;
+    let started = Instant::now();
+    fs::create_dir_all(state_dir.join("pids"))?;
+    fs::create_dir_all(state_dir.join("logs"))?;
+    let pki = pki::generate(&state_dir.join("pki"))?;
+    let ports = Ports::pick()?;
+    let kubeconfig = state_dir.join("kubeconfig");
+    write_kubeconfig(&kubeconfig, &pki, ports.apiserver)?;
+    fs::write(
+        state_dir.join("kubectl-path"),
+        binaries.kubectl.display().to_string(),
+    )?;
+    let prometheus_url = format!("http://127.0.0.1:{}", ports.prometheus);
+    fs::write(state_dir.join("prometheus-url"), &prometheus_url)?;
+    let cluster = Cluster {
+        state_dir: state_dir.to_owned(),
+        kubeconfig: kubeconfig.clone(),
+        kubectl: binaries.kubectl.clone(),
+        prometheus_url,
+    };
+
+    let step = spinner("starting etcd");
+    start_etcd(state_dir, &binaries, &ports)?;
+    wait_for(state_dir, "etcd", Duration::from_secs(30), || {
+        Ok(http_get(ports.etcd_client, "/health")?.contains("\"health\":\"true\""))
+    })?;
+
+    step.set_message("starting kube-apiserver");
+    start_apiserver(state_dir, &binaries, &pki, &ports)?;
+    wait_for(state_dir, "kube-apiserver", Duration::from_secs(90), || {
+        let out = cluster
+            .kubectl()
+            .args(["get", "--raw", "/readyz"])
+            .stderr(Stdio::null())
+            .output()?;
+        Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok")
+    })?;
+
+    step.set_message("starting kube-controller-manager, kube-scheduler and kwok");
+    start_controller_manager(state_dir, &binaries, &pki, &kubeconfig, &ports)?;
+    start_scheduler(state_dir, &binaries, &kubeconfig, &ports)?;
+    start_kwok(state_dir, &binaries, &kubeconfig, &ports)?;
+
+    step.set_message(format!("registering {NODE_COUNT} kwok nodes"));
+    apply_stdin(&cluster, &nodes_manifest())?;
+    wait_for(state_dir, "kwok", Duration::from_secs(60), || {
+        let out = cluster
+            .kubectl()
+            .args(["get", "nodes", "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{\"\\n\"}{end}"])
+            .stderr(Stdio::null())
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| *l == "True")
+            .count()
+            == NODE_COUNT)
+    })?;
+
+    step.set_message("waiting for the default ServiceAccount (kube-controller-manager)");
+    wait_for(
+        state_dir,
+        "kube-controller-manager",
+        Duration::from_secs(60),
+        || {
+            Ok(cluster
+                .kubectl()
+                .args(["get", "serviceaccount", "default", "-n", "default"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success())
+        },
+    )?;
+
+    step.set_message("installing the Gateway API CRDs");
+    let out = cluster
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&gateway_crds)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "installing Gateway API CRDs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    step.set_message("starting Prometheus");
+    prometheus::start(state_dir, &prometheus_bin, ports.prometheus)?;
+    wait_for(state_dir, "prometheus", Duration::from_secs(60), || {
+        Ok(http_get(ports.prometheus, "/-/ready").is_ok_and(|body| body.contains("Ready")))
+    })?;
+    step.finish_and_clear();
+    eprintln!(
+        "Cluster up in {:.1?}: {}",
+        started.elapsed(),
+        state_dir.display()
+    );
+    Ok(cluster)
+}
+
+/// Stops every component of the cluster in `state_dir` and removes its state.
+pub fn down(state_dir: &Path) -> Result<()> {
+    for (name, pid) in running_components(state_dir).into_iter().rev() {
+        let group = Pid::from_raw(pid);
+        let _ = killpg(group, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if is_alive(pid) {
+            eprintln!("{name} did not stop on SIGTERM; killing it");
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
+    if state_dir.exists() {
+        fs::remove_dir_all(state_dir)
+            .with_context(|| format!("removing {}", state_dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Starts `program` in its own process group, logging to `logs/<name>.log`, and records its pid.
+pub(crate) fn spawn_component(
+    state_dir: &Path,
+    name: &str,
+    program: &Path,
+    args: &[String],
+) -> Result<()> {
+    let log = File::create(state_dir.join("logs").join(format!("{name}.log")))?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    fs::write(
+        state_dir.join("pids").join(format!("{name}.pid")),
+        child.id().to_string(),
+    )?;
+    Ok(())
+}
+
+/// Polls `ready` until it answers true, failing early (with the log's tail) if the component died.
+fn wait_for(
+    state_dir: &Path,
+    name: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready().unwrap_or(false) {
+            return Ok(());
+        }
+        let alive = running_components(state_dir)
+            .iter()
+            .any(|(n, _)| *n == name);
+        if !alive || Instant::now() > deadline {
+            let log = fs::read_to_string(state_dir.join("logs").join(format!("{name}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{name} {} within {timeout:?}; last lines of its log:\n{}",
+                if alive { "was not ready" } else { "exited" },
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn arg(flag: &str, value: impl std::fmt::Display) -> String {
+    format!("--{flag}={value}")
+}
+
+fn start_etcd(state_dir: &Path, bins: &Binaries, ports: &Ports) -> Result<()> {
+    let client = format!("http://127.0.0.1:{}", ports.etcd_client);
+    let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
+    spawn_component(
+        state_dir,
+        "etcd",
+        &bins.etcd,
+        &[
+            arg("name", "sluice"),
+            arg("data-dir", state_dir.join("etcd").display()),
+            arg("listen-client-urls", &client),
+            arg("advertise-client-urls", &client),
+            arg("listen-peer-urls", &peer),
+            arg("initial-advertise-peer-urls", &peer),
+            arg("initial-cluster", format!("sluice={peer}")),
+            // A throwaway test cluster: durability buys nothing, fsync costs seconds.
+            "--unsafe-no-fsync".to_owned(),
+            arg("quota-backend-bytes", 4u64 << 30),
+        ],
+    )
+}
+
+fn start_apiserver(state_dir: &Path, bins: &Binaries, pki: &pki::Pki, ports: &Ports) -> Result<()> {
+    spawn_component(
+        state_dir,
+        "kube-apiserver",
+        &bins.kube_apiserver,
+        &[
+            arg(
+                "etcd-servers",
+                format!("http://127.0.0.1:{}", ports.etcd_client),
+            ),
+            arg("bind-address", "127.0.0.1"),
+            arg("advertise-address", "127.0.0.1"),
+            // Loopback cannot back the `kubernetes` Service; nothing in a kwok cluster dials it.
+            arg("endpoint-reconciler-type", "none"),
+            arg("secure-port", ports.apiserver),
+            arg("tls-cert-file", pki.server_cert.display()),
+            arg("tls-private-key-file", pki.server_key.display()),
+            arg("client-ca-file", pki.ca_cert.display()),
+            arg(
+                "service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+            ),
+            arg(
+                "service-account-key-file",
+                pki.service_account_pub.display(),
+            ),
+            arg(
+                "service-account-signing-key-file",
+                pki.service_account_key.display(),
+            ),
+            arg("service-cluster-ip-range", "10.96.0.0/16"),
+            arg("authorization-mode", "RBAC"),
+            arg("allow-privileged", "true"),
+        ],
+    )
+}
+
+fn start_controller_manager(
+    state_dir: &Path,
+    bins: &Binaries,
+    pki: &pki::Pki,
+    kubeconfig: &Path,
+    ports: &Ports,
+) -> Result<()> {
+    spawn_component(
+        state_dir,
+        "kube-controller-manager",
+        &bins.kube_controller_manager,
+        &[
+            arg("kubeconfig", kubeconfig.display()),
+            arg("authentication-kubeconfig", kubeconfig.display()),
+            arg("authorization-kubeconfig", kubeconfig.display()),
+            arg("bind-address", "127.0.0.1"),
+            arg("secure-port", ports.controller_manager),
+            arg("leader-elect", "false"),
+            arg(
+                "service-account-private-key-file",
+                pki.service_account_key.display(),
+            ),
+            arg("root-ca-file", pki.ca_cert.display()),
+            arg("cluster-signing-cert-file", pki.ca_cert.display()),
+            arg("cluster-signing-key-file", pki.ca_key.display()),
+            arg("use-service-account-credentials", "true"),
+            // Pods of a bad version are deleted and recreated quickly in tests.
+            arg("concurrent-replicaset-syncs", 10),
+        ],
+    )
+}
+
+fn start_scheduler(
+    state_dir: &Path,
+    bins: &Binaries,
+    kubeconfig: &Path,
+    ports: &Ports,
+) -> Result<()> {
+    spawn_component(
+        state_dir,
+        "kube-scheduler",
+        &bins.kube_scheduler,
+        &[
+            arg("kubeconfig", kubeconfig.display()),
+            arg("authentication-kubeconfig", kubeconfig.display()),
+            arg("authorization-kubeconfig", kubeconfig.display()),
+            arg("bind-address", "127.0.0.1"),
+            arg("secure-port", ports.scheduler),
+            arg("leader-elect", "false"),
+        ],
+    )
+}
+
+/// Annotation that marks the nodes kwok manages.
+const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+fn start_kwok(state_dir: &Path, bins: &Binaries, kubeconfig: &Path, ports: &Ports) -> Result<()> {
+    let config = state_dir.join("kwok.yaml");
+    fs::write(&config, kwok_stages()?)?;
+    spawn_component(
+        state_dir,
+        "kwok",
+        &bins.kwok,
+        &[
+            arg("kubeconfig", kubeconfig.display()),
+            arg("config", config.display()),
+            arg("manage-all-nodes", "false"),
+            arg(
+                "manage-nodes-with-annotation-selector",
+                format!("{KWOK_NODE_ANNOTATION}=fake"),
+            ),
+            arg("cidr", "10.244.0.0/16"),
+            arg("node-ip", "127.0.0.1"),
+            arg("node-lease-duration-seconds", 40),
+            arg("server-address", format!("127.0.0.1:{}", ports.kwok)),
+        ],
+    )
+}
+
+fn nodes_manifest() -> String {
+    let mut yaml = String::new();
+    for i in 0..NODE_COUNT {
+        let _ = write!(
+            yaml,
+            r#"---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-{i}
+  annotations:
+    {KWOK_NODE_ANNOTATION}: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: kwok-node-{i}
+    kubernetes.io/os: linux
+    node-role.kubernetes.io/agent: ""
+    type: kwok
+status:
+  allocatable: {{cpu: "32", memory: 256Gi, pods: "110"}}
+  capacity: {{cpu: "32", memory: 256Gi, pods: "110"}}
+  nodeInfo:
+    architecture: amd64
+    kubeletVersion: fake
+    operatingSystem: linux
+"#
+        );
+    }
+    yaml
+}
+
+fn apply_stdin(cluster: &Cluster, manifest: &str) -> Result<()> {
+    let mut child = cluster
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(manifest.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn write_kubeconfig(path: &Path, pki: &pki::Pki, port: u16) -> Result<()> {
+    let kubeconfig = format!(
+        r#"apiVersion: v1
+kind: Config
+clusters:
+- name: sluice
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority: {ca}
+users:
+- name: sluice-admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: sluice
+  context:
+    cluster: sluice
+    user: sluice-admin
+    namespace: default
+current-context: sluice
+"#,
+        ca = pki.ca_cert.display(),
+        cert = pki.admin_cert.display(),
+        key = pki.admin_key.display(),
+    );
+    fs::write(path, kubeconfig)?;
+    Ok(())
+}
+
+/// A plain HTTP GET on loopback, for health checks; returns the body of a 2xx answer.
+pub(crate) fn http_get(port: u16, path: &str) -> Result<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if !status.starts_with('2') {
+        bail!("GET {path} answered {status}");
+    }
+    Ok(body.to_owned())
+}
+
+/// A one-paragraph description of the cluster in `state_dir`.
+pub fn status(state_dir: &Path) -> Result<String> {
+    let running = running_components(state_dir);
+    let mut out = String::new();
+    if running.is_empty() {
+        let _ = writeln!(out, "No cluster is running in {}", state_dir.display());
+        return Ok(out);
+    }
+    let cluster = Cluster::load(state_dir)?;
+    for name in COMPONENTS {
+        let state = match running.iter().find(|(n, _)| *n == name) {
+            Some((_, pid)) => format!("running (pid {pid})"),
+            None => "NOT RUNNING".to_owned(),
+        };
+        let _ = writeln!(out, "{name:<24} {state}");
+    }
+    let _ = writeln!(out, "\nexport KUBECONFIG={}", cluster.kubeconfig.display());
+    for (key, value) in cluster.env() {
+        let _ = writeln!(out, "export {key}={value}");
+    }
+    let _ = writeln!(out, "alias kubectl={}", cluster.kubectl.display());
+    Ok(out)
+}

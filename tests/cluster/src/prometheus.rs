@@ -1,0 +1,77 @@
+//! A real Prometheus server for tests, from Debian's package.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Finds `prometheus` on PATH, installing Debian's package when it is missing and we may.
+pub fn ensure_installed() -> Result<PathBuf> {
+    if let Some(path) = find_on_path("prometheus") {
+        return Ok(path);
+    }
+    let is_root = nix::unistd::Uid::effective().is_root();
+    if !is_root || find_on_path("apt-get").is_none() {
+        bail!(
+            "Prometheus is not installed; install Debian's `prometheus` package (apt-get install prometheus) and retry"
+        );
+    }
+    eprintln!("Installing Debian's prometheus package");
+    let run = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["update", "-qq"])?;
+    run(&[
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "prometheus",
+    ])?;
+    find_on_path("prometheus").context("prometheus is still not on PATH after installing it")
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// The configuration a test cluster's Prometheus starts with: it scrapes itself, every 5 seconds.
+/// Tests add targets by rewriting the file and POSTing to `/-/reload`.
+pub fn default_config(port: u16) -> String {
+    format!(
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n- job_name: prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{port}']\n"
+    )
+}
+
+/// Starts Prometheus on `port` with its data and configuration under `state_dir/prometheus`.
+pub(crate) fn start(state_dir: &Path, binary: &Path, port: u16) -> Result<()> {
+    let dir = state_dir.join("prometheus");
+    fs::create_dir_all(dir.join("data"))?;
+    let config = dir.join("prometheus.yml");
+    fs::write(&config, default_config(port))?;
+    crate::cluster::spawn_component(
+        state_dir,
+        "prometheus",
+        binary,
+        &[
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--web.enable-lifecycle".to_owned(),
+            "--web.enable-admin-api".to_owned(),
+        ],
+    )
+}

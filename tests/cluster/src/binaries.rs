@@ -305,6 +305,15 @@ fn build_one(build: &GoBuild) -> Result<()> {
                 errors.push(line);
             } else {
                 bar.inc(1);
+                // Without a terminal (CI logs) the bar is hidden: report every tenth instead.
+                let done = bar.position();
+                if bar.is_hidden() && done * 10 / total.max(1) != (done - 1) * 10 / total.max(1) {
+                    eprintln!(
+                        "  {}: {done}/{total} packages compiled after {:.0?}",
+                        build.name,
+                        started.elapsed()
+                    );
+                }
                 bar.set_message(line);
             }
         }

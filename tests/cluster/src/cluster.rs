@@ -7,8 +7,8 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +19,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::binaries::{Binaries, ensure_binaries, gateway_api_crds, kwok_stages, spinner};
+use crate::http;
 use crate::pki;
 use crate::prometheus;
 
@@ -139,11 +140,11 @@ fn is_alive(pid: i32) -> bool {
 
 /// Brings up a cluster in `state_dir`, or returns the one already running there.
 pub fn up(state_dir: &Path) -> Result<Cluster> {
-    if running_components(state_dir).len() == COMPONENTS.len() {
-        if let Ok(cluster) = Cluster::load(state_dir) {
-            eprintln!("A cluster is already running in {}", state_dir.display());
-            return Ok(cluster);
-        }
+    if running_components(state_dir).len() == COMPONENTS.len()
+        && let Ok(cluster) = Cluster::load(state_dir)
+    {
+        eprintln!("A cluster is already running in {}", state_dir.display());
+        return Ok(cluster);
     }
     down(state_dir)?;
     let binaries = ensure_binaries()?;
@@ -172,7 +173,7 @@ pub fn up(state_dir: &Path) -> Result<Cluster> {
     let step = spinner("starting etcd");
     start_etcd(state_dir, &binaries, &ports)?;
     wait_for(state_dir, "etcd", Duration::from_secs(30), || {
-        Ok(http_get(ports.etcd_client, "/health")?.contains("\"health\":\"true\""))
+        Ok(http::get_port(ports.etcd_client, "/health")?.contains("\"health\":\"true\""))
     })?;
 
     step.set_message("starting kube-apiserver");
@@ -238,7 +239,7 @@ pub fn up(state_dir: &Path) -> Result<Cluster> {
     step.set_message("starting Prometheus");
     prometheus::start(state_dir, &prometheus_bin, ports.prometheus)?;
     wait_for(state_dir, "prometheus", Duration::from_secs(60), || {
-        Ok(http_get(ports.prometheus, "/-/ready").is_ok_and(|body| body.contains("Ready")))
+        Ok(http::get_port(ports.prometheus, "/-/ready").is_ok_and(|body| body.contains("Ready")))
     })?;
     step.finish_and_clear();
     eprintln!(
@@ -548,22 +549,6 @@ current-context: sluice
     );
     fs::write(path, kubeconfig)?;
     Ok(())
-}
-
-/// A plain HTTP GET on loopback, for health checks; returns the body of a 2xx answer.
-pub(crate) fn http_get(port: u16, path: &str) -> Result<String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if !status.starts_with('2') {
-        bail!("GET {path} answered {status}");
-    }
-    Ok(body.to_owned())
 }
 
 /// A one-paragraph description of the cluster in `state_dir`.

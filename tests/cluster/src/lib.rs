@@ -7,6 +7,7 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod http;
 pub mod pki;
 pub mod prometheus;
 

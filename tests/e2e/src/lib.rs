@@ -1,1 +1,166 @@
+//! Harness for Sluice's end-to-end tests.
+//!
+//! Tests run against the cluster named by `SLUICE_E2E_KUBECONFIG`: the one `cargo xtask test` starts,
+//! or any existing cluster. Each test works in a namespace of its own, deleted when the test ends.
 
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Label on every namespace the tests create.
+pub const TEST_LABEL: &str = "sluice.dev/e2e";
+
+/// Field manager of everything the tests apply.
+pub const FIELD_MANAGER: &str = "sluice-e2e";
+
+/// The kubeconfig of the cluster under test.
+pub fn kubeconfig_path() -> PathBuf {
+    match std::env::var_os("SLUICE_E2E_KUBECONFIG") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "SLUICE_E2E_KUBECONFIG is not set: run the suite with `cargo xtask test`, or point it at a cluster \
+             (`cargo xtask cluster up` prints the exports)"
+        ),
+    }
+}
+
+/// A client for the cluster under test.
+pub async fn client() -> Result<Client> {
+    let path = kubeconfig_path();
+    let kubeconfig =
+        Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Runs kubectl (`SLUICE_E2E_KUBECTL`, else the one on PATH) against the cluster under test, from
+/// the repository root.
+pub fn kubectl(args: &[&str]) -> Result<Output> {
+    let program = std::env::var_os("SLUICE_E2E_KUBECTL").unwrap_or_else(|| "kubectl".into());
+    Command::new(program)
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .context("running kubectl")
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with the last error.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => None,
+            Err(err) => Some(err),
+        };
+        if tokio::time::Instant::now() > deadline {
+            match last {
+                Some(err) => bail!("timed out after {timeout:?} waiting for {what}: {err:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Installs (or updates) Sluice's CRDs by server-side apply and waits until they are served.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in sluice_api::crdgen::crds() {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        eventually(
+            &format!("CRD {name} to be established"),
+            Duration::from_secs(30),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let crd = api.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    Ok(established.then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A namespace for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates a namespace named after `prefix` with a random suffix.
+    pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"generateName": format!("{prefix}-"), "labels": {TEST_LABEL: "true"}}
+        }))?;
+        let created = api.create(&PostParams::default(), &ns).await?;
+        let name = created.metadata.name.context("namespace without a name")?;
+        Ok(Self { name })
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await. Delete from a short-lived runtime on another thread with a client of its
+        // own: the test's client is served by a task on the test's runtime, which this thread blocks.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let api: Api<Namespace> = Api::all(client().await?);
+                api.delete(&name, &DeleteParams::background()).await?;
+                anyhow::Ok(())
+            })?;
+            anyhow::Ok(())
+        })
+        .join();
+    }
+}
+
+/// Parses every document of a multi-document YAML string.
+pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>> {
+    use serde::Deserialize as _;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests on a real control plane. One binary, so the suite shares one cluster.
+
+mod api;
+mod cluster;
+mod validation;

@@ -23,6 +23,7 @@ use crate::common::{
     version = "v1alpha1",
     kind = "AnalysisTemplate",
     namespaced,
+    status = "AnalysisTemplateStatus",
     shortname = "at",
     category = "sluice",
     doc = "Metrics, judged by conditions, that a Rollout measures during a release.",
@@ -53,6 +54,19 @@ pub struct AnalysisTemplateSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub measurement_retention: Vec<MeasurementRetention>,
+}
+
+/// What the controller found when it checked a template (conditions that compile, arguments that resolve).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Valid`: whether every condition expression and query template parses; false names the metric
+    /// and the error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// An argument of an analysis template.
@@ -496,6 +510,7 @@ pub struct Measurement {
     group = "sluice.dev",
     version = "v1alpha1",
     kind = "ClusterAnalysisTemplate",
+    status = "AnalysisTemplateStatus",
     shortname = "cat",
     category = "sluice",
     doc = "Metrics, judged by conditions, that Rollouts in any namespace measure during a release.",

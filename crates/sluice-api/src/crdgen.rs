@@ -24,16 +24,33 @@ pub struct GeneratedCrd {
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut rollout = Rollout::crd();
     for version in &mut rollout.spec.versions {
-        if let Some(template) = version
+        let Some(spec) = version
             .schema
             .as_mut()
             .and_then(|s| s.open_api_v3_schema.as_mut())
             .and_then(|root| root.properties.as_mut())
             .and_then(|p| p.get_mut("spec"))
-            .and_then(|spec| spec.properties.as_mut())
-            .and_then(|p| p.get_mut("template"))
-        {
+        else {
+            continue;
+        };
+        if let Some(template) = property(spec, &["template"]) {
             strip_nested_descriptions(template);
+        }
+        // The rule that the selector matches the template's labels iterates over both maps; the API
+        // server refuses rules whose worst-case cost is unbounded, so bound the maps (and label values,
+        // which Kubernetes already limits to 63 characters).
+        for path in [
+            &["selector", "matchLabels"][..],
+            &["template", "metadata", "labels"][..],
+        ] {
+            if let Some(labels) = property(spec, path) {
+                labels.max_properties = Some(MAX_LABELS);
+                if let Some(JSONSchemaPropsOrBool::Schema(value)) =
+                    labels.additional_properties.as_mut()
+                {
+                    value.max_length = Some(63);
+                }
+            }
         }
     }
     vec![
@@ -43,6 +60,16 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         AnalysisRun::crd(),
         ErrorBudgetGate::crd(),
     ]
+}
+
+/// Most labels a Rollout's selector or pod template may carry.
+pub const MAX_LABELS: i64 = 64;
+
+/// The schema of the property at `path` below `schema`.
+fn property<'a>(schema: &'a mut JSONSchemaProps, path: &[&str]) -> Option<&'a mut JSONSchemaProps> {
+    path.iter().try_fold(schema, |schema, name| {
+        schema.properties.as_mut()?.get_mut(*name)
+    })
 }
 
 /// Removes descriptions below `schema`, keeping its own.

@@ -95,7 +95,7 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "sluice.dev/pod-template-hash";
 #[x_kube(validation = Rule::new("!has(self.selector.matchLabels) || !has(self.template) || has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k])").message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels").field_path(".selector"))]
 #[x_kube(validation = Rule::new("!has(self.minReadySeconds) || self.progressDeadlineSeconds > self.minReadySeconds").message("spec.progressDeadlineSeconds must be greater than spec.minReadySeconds").field_path(".progressDeadlineSeconds"))]
 pub struct RolloutSpec {
-    /// Number of pods wanted at full release. Defaults to 1. An HorizontalPodAutoscaler may set it
+    /// Number of pods wanted at full release. Defaults to 1. A HorizontalPodAutoscaler may set it
     /// through the scale subresource.
     #[serde(default = "default_replicas")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]

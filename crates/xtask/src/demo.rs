@@ -120,6 +120,7 @@ pub fn run(root: &Path) -> Result<()> {
     }
     show(&cluster, &["apply", "-n", namespace, "-f", "config/"], 20)?;
     show(&cluster, &["get", "sluice", "-n", namespace], 30)?;
+    println!("  {DIM}(no controller runs in this build yet, so the Rollouts have no status){RESET}");
 
     heading("A manifest with mistakes is refused at apply time, naming each field");
     let out = kubectl(
@@ -137,7 +138,7 @@ pub fn run(root: &Path) -> Result<()> {
         println!("  {RED}{}{RESET}", line.trim());
     }
 
-    heading("An HorizontalPodAutoscaler can scale a Rollout (scale subresource)");
+    heading("A HorizontalPodAutoscaler can scale a Rollout (scale subresource)");
     show(
         &cluster,
         &["scale", "-n", namespace, "rollout/checkout", "--replicas=5"],

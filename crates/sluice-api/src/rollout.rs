@@ -215,6 +215,8 @@ pub struct RolloutStrategy {
 #[x_kube(validation = Rule::new("!has(self.trafficRouting) || has(self.canaryService) && has(self.stableService)").message("trafficRouting needs both canaryService and stableService").field_path(".trafficRouting"))]
 #[x_kube(validation = Rule::new("!(has(self.maxSurge) && has(self.maxUnavailable) && (self.maxSurge == 0 || self.maxSurge == '0%') && (self.maxUnavailable == 0 || self.maxUnavailable == '0%'))").message("maxSurge and maxUnavailable must not both be zero").field_path(".maxSurge"))]
 #[x_kube(validation = Rule::new("!has(self.analysis) || !has(self.analysis.startingStep) || self.analysis.startingStep < (has(self.steps) ? size(self.steps) : 0)").message("analysis.startingStep must be the index of one of the steps").field_path(".analysis.startingStep"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setCanaryScale)) || has(self.trafficRouting)").message("setCanaryScale steps need trafficRouting: without a router, the canary's size is what sets its traffic share").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.dynamicStableScale) || !self.dynamicStableScale || has(self.trafficRouting)").message("dynamicStableScale needs trafficRouting").field_path(".dynamicStableScale"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setMirrorRoute)) || has(self.trafficRouting)").message("setMirrorRoute steps need trafficRouting").field_path(".steps"))]
 pub struct CanaryStrategy {
     /// Service whose selector Sluice pins to the canary's pods (by pod-template hash) during a release.

@@ -120,7 +120,9 @@ pub fn run(root: &Path) -> Result<()> {
     }
     show(&cluster, &["apply", "-n", namespace, "-f", "config/"], 20)?;
     show(&cluster, &["get", "sluice", "-n", namespace], 30)?;
-    println!("  {DIM}(no controller runs in this build yet, so the Rollouts have no status){RESET}");
+    println!(
+        "  {DIM}(no controller runs in this build yet, so the Rollouts have no status){RESET}"
+    );
 
     heading("A manifest with mistakes is refused at apply time, naming each field");
     let out = kubectl(

@@ -187,14 +187,14 @@ fn cases() -> Vec<Case> {
         Case {
             name: "setCanaryScale weight above 100",
             base: canary_rollout,
-            patch: json!({"spec": {"strategy": {"canary": {"steps": [{"setCanaryScale": {"weight": 200}}]}}}}),
+            patch: json!({"spec": {"strategy": {"canary": {"trafficRouting": {"gatewayAPI": {"httpRoute": "r"}}, "steps": [{"setCanaryScale": {"weight": 200}}]}}}}),
             field: "spec.strategy.canary.steps[0].setCanaryScale.weight",
             says: "weight must be between 0 and 100",
         },
         Case {
             name: "setCanaryScale with two sizes",
             base: canary_rollout,
-            patch: json!({"spec": {"strategy": {"canary": {"steps": [{"setCanaryScale": {"weight": 20, "replicas": 2}}]}}}}),
+            patch: json!({"spec": {"strategy": {"canary": {"trafficRouting": {"gatewayAPI": {"httpRoute": "r"}}, "steps": [{"setCanaryScale": {"weight": 20, "replicas": 2}}]}}}}),
             field: "spec.strategy.canary.steps[0].setCanaryScale",
             says: "exactly one of weight, replicas or matchTrafficWeight",
         },

@@ -305,6 +305,8 @@ pub struct PauseStep {
 }
 
 /// The canary's size, apart from its traffic weight: exactly one of `weight`, `replicas` or `matchTrafficWeight`.
+/// It stays in force for later steps until one sets `matchTrafficWeight`. While the canary has
+/// traffic it keeps at least one pod, whatever this says.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.weight), has(self.replicas), has(self.matchTrafficWeight) && self.matchTrafficWeight].exists_one(x, x)").message("setCanaryScale sets exactly one of weight, replicas or matchTrafficWeight: true"))]

@@ -1,0 +1,944 @@
+//! The canary state machine: from what the controller observed and the time, the next status and
+//! what to change in the cluster. Pure: no client, no clock of its own.
+//!
+//! A release is the pair (stable hash, current hash). While they differ, the release walks the
+//! steps in `status.currentStepIndex`, which never goes back within a revision. Traffic only moves to
+//! the canary once the canary's pods for that weight are available, and on abort it goes back to
+//! stable at once, with stable scaled to full size.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use sluice_api::rollout::{
+    CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, RolloutPhase, RolloutSpec,
+    RolloutStatus, TrafficWeight, TrafficWeights,
+};
+
+use crate::conditions::{self, ConditionStatus};
+use crate::duration;
+use crate::replicas::{self, Counts, Observed};
+
+/// Default seconds an old stable ReplicaSet is kept after traffic left it (with a traffic router).
+pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
+/// Default seconds the canary's pods are kept after an abort (with a traffic router).
+pub const DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
+
+/// Pause reasons recorded in `status.pauseConditions`.
+pub mod pause_reason {
+    /// A `pause` step.
+    pub const CANARY_PAUSE_STEP: &str = "CanaryPauseStep";
+    /// A person paused the release.
+    pub const PAUSED_BY_USER: &str = "PausedByUser";
+    /// Step analysis was inconclusive: a person decides.
+    pub const INCONCLUSIVE_ANALYSIS: &str = "InconclusiveAnalysis";
+}
+
+/// A ReplicaSet the Rollout owns, as the controller saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSetView {
+    /// Its pod-template hash.
+    pub hash: String,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `status.availableReplicas`.
+    pub available: i32,
+    /// When it is due to be scaled to zero, if a delay is running.
+    pub scale_down_at: Option<Timestamp>,
+}
+
+/// What people asked for since the last reconcile (kubectl sluice promote, abort, ...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Complete the current step (a pause, an analysis) and go on.
+    pub promote: bool,
+    /// Skip all remaining steps and analysis.
+    pub promote_full: bool,
+    /// Send all traffic back to stable.
+    pub abort: bool,
+    /// Start an aborted release again from its first step.
+    pub retry: bool,
+    /// Pause where the release stands.
+    pub pause: bool,
+    /// Undo `pause`.
+    pub resume: bool,
+}
+
+/// The verdict of the current step's analysis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnalysisOutcome {
+    /// Still measuring.
+    Running,
+    /// Passed.
+    Successful,
+    /// Neither passed nor failed: pause for a person.
+    Inconclusive(String),
+    /// Failed or errored: abort.
+    Failed(String),
+}
+
+/// Everything a decision depends on.
+#[derive(Clone, Debug)]
+pub struct Snapshot<'a> {
+    /// `metadata.generation` of the Rollout.
+    pub generation: i64,
+    pub spec: &'a RolloutSpec,
+    /// The status as persisted by the last reconcile.
+    pub status: &'a RolloutStatus,
+    /// Hash of `spec.template`.
+    pub current_hash: &'a str,
+    /// The ReplicaSets the Rollout owns.
+    pub replica_sets: &'a [ReplicaSetView],
+    /// The analysis of the current step, if it has one and it was started.
+    pub step_analysis: Option<AnalysisOutcome>,
+    pub actions: Actions,
+    pub now: Timestamp,
+}
+
+/// Traffic split to put in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    /// Percentage of traffic for the canary (the rest goes to stable).
+    pub canary_weight: i32,
+    /// The hash the canary Service selects.
+    pub canary_hash: String,
+    /// The hash the stable Service selects.
+    pub stable_hash: String,
+}
+
+/// An event to record on the Rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// CamelCase reason, e.g. `RolloutAborted`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What to change. The executor applies it in this order so that traffic never points at pods that
+/// are not there: create and scale up ReplicaSets; then Services and route weights; then scale down.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The status to write.
+    pub status: RolloutStatus,
+    /// Create the ReplicaSet of the current template (with 0 replicas before scaling) if it is missing.
+    pub create_current: bool,
+    /// `spec.replicas` for each ReplicaSet, by hash.
+    pub scale: BTreeMap<String, i32>,
+    /// Scale-down deadlines to record (or clear, with `None`), by hash.
+    pub scale_down_at: BTreeMap<String, Option<Timestamp>>,
+    /// Selectors and weights.
+    pub traffic: Traffic,
+    /// Events to record.
+    pub events: Vec<Event>,
+    /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).
+    pub requeue_after: Option<Duration>,
+}
+
+fn add(at: Timestamp, seconds: i64) -> Timestamp {
+    at.checked_add(SignedDuration::from_secs(seconds))
+        .unwrap_or(at)
+}
+
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// The weight the steps ask for at `index`: the last `setWeight` at or before it, 100 past the end.
+pub fn step_weight(steps: &[CanaryStep], index: usize) -> i32 {
+    if index >= steps.len() {
+        return 100;
+    }
+    steps[..=index]
+        .iter()
+        .rev()
+        .find_map(|s| s.set_weight)
+        .unwrap_or(0)
+}
+
+/// The canary's size at `index` with a traffic router: a `setCanaryScale` in force, or the weight's
+/// share; never zero while the steps send it traffic, since traffic must not go to pods that are not there.
+fn routed_canary_replicas(replicas: i32, steps: &[CanaryStep], index: usize) -> i32 {
+    let scaled = explicit_canary_replicas(replicas, steps, index);
+    if step_weight(steps, index) > 0 {
+        scaled.max(1)
+    } else {
+        scaled
+    }
+}
+
+fn explicit_canary_replicas(replicas: i32, steps: &[CanaryStep], index: usize) -> i32 {
+    if index < steps.len() {
+        for step in steps[..=index].iter().rev() {
+            if let Some(scale) = &step.set_canary_scale {
+                if scale.match_traffic_weight == Some(true) {
+                    break;
+                }
+                if let Some(n) = scale.replicas {
+                    return n.min(replicas);
+                }
+                if let Some(w) = scale.weight {
+                    return replicas::desired_for_weight(replicas, w).canary;
+                }
+            }
+        }
+    }
+    replicas::desired_for_weight(replicas, step_weight(steps, index)).canary
+}
+
+struct Decision<'a> {
+    s: &'a Snapshot<'a>,
+    canary: &'a CanaryStrategy,
+    status: RolloutStatus,
+    events: Vec<Event>,
+    requeue_after: Option<Duration>,
+    scale: BTreeMap<String, i32>,
+    scale_down_at: BTreeMap<String, Option<Timestamp>>,
+}
+
+impl<'a> Decision<'a> {
+    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.events.push(Event {
+            warning,
+            reason,
+            message,
+        });
+    }
+
+    fn observed(&self, hash: &str) -> Observed {
+        self.s
+            .replica_sets
+            .iter()
+            .find(|rs| rs.hash == hash)
+            .map(|rs| Observed {
+                replicas: rs.replicas,
+                available: rs.available,
+            })
+            .unwrap_or_default()
+    }
+
+    fn has_pause(&self, reason: &str) -> bool {
+        self.status
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == reason)
+    }
+
+    fn add_pause(&mut self, reason: &str) {
+        if !self.has_pause(reason) {
+            self.status.pause_conditions.push(PauseCondition {
+                reason: reason.to_owned(),
+                start_time: Time(self.s.now),
+            });
+        }
+    }
+
+    fn remove_pause(&mut self, reason: &str) {
+        self.status.pause_conditions.retain(|p| p.reason != reason);
+    }
+
+    /// The canary weight in force before this decision, for the current canary only.
+    fn previous_weight(&self) -> i32 {
+        self.status
+            .canary
+            .as_ref()
+            .and_then(|c| c.weights.as_ref())
+            .filter(|w| w.canary.pod_template_hash.as_deref() == Some(self.s.current_hash))
+            .map_or(0, |w| w.canary.weight)
+    }
+
+    fn routed(&self) -> bool {
+        self.canary.traffic_routing.is_some()
+    }
+}
+
+/// Decides the next step of a canary Rollout.
+pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
+    let mut d = Decision {
+        s,
+        canary,
+        status: s.status.clone(),
+        events: Vec::new(),
+        requeue_after: None,
+        scale: BTreeMap::new(),
+        scale_down_at: BTreeMap::new(),
+    };
+    let steps = &canary.steps;
+    let step_count = i32::try_from(steps.len()).unwrap_or(i32::MAX);
+    let current = s.current_hash.to_owned();
+
+    // A new revision starts a new release (or, back to stable, ends the one in flight).
+    if d.status.current_pod_hash.as_deref() != Some(current.as_str()) {
+        d.status.current_pod_hash = Some(current.clone());
+        d.status.pause_conditions.clear();
+        d.status.controller_pause = false;
+        d.status.abort = false;
+        d.status.aborted_at = None;
+        d.status.promote_full = false;
+        if let Some(c) = d.status.canary.as_mut() {
+            c.current_step_analysis_run_status = None;
+        }
+        match d.status.stable_rs.clone() {
+            None => {
+                d.status.stable_rs = Some(current.clone());
+                d.status.current_step_index = Some(step_count);
+                d.event(
+                    false,
+                    "InitialRevision",
+                    format!("first revision {current} is released at full size"),
+                );
+            }
+            Some(stable) if stable == current => {
+                d.status.current_step_index = Some(step_count);
+                d.event(
+                    false,
+                    "RolledBackToStable",
+                    format!("template is back to stable {stable}: the release is cancelled"),
+                );
+            }
+            Some(stable) => {
+                d.status.current_step_index = Some(0);
+                d.event(
+                    false,
+                    "ReleaseStarted",
+                    format!(
+                        "new revision {current} (stable {stable}): {} steps to go",
+                        steps.len()
+                    ),
+                );
+            }
+        }
+    }
+    let stable = d
+        .status
+        .stable_rs
+        .clone()
+        .unwrap_or_else(|| current.clone());
+    let releasing = stable != current;
+
+    // People's requests.
+    let mut promote = s.actions.promote;
+    if s.actions.retry && d.status.abort {
+        d.status.abort = false;
+        d.status.aborted_at = None;
+        d.status.current_step_index = Some(0);
+        d.status.pause_conditions.clear();
+        d.event(
+            false,
+            "RolloutRetried",
+            "release retried from its first step".to_owned(),
+        );
+    }
+    if s.actions.abort && releasing && !d.status.abort {
+        abort(&mut d, "aborted by a user");
+    }
+    if s.actions.promote_full && releasing && !d.status.abort && !d.status.promote_full {
+        d.status.promote_full = true;
+        d.event(
+            false,
+            "RolloutPromotedFull",
+            "promoted in full: remaining steps skipped".to_owned(),
+        );
+    }
+    if s.actions.pause && !d.has_pause(pause_reason::PAUSED_BY_USER) {
+        d.add_pause(pause_reason::PAUSED_BY_USER);
+        d.event(false, "RolloutPaused", "paused by a user".to_owned());
+    }
+    if s.actions.resume && d.has_pause(pause_reason::PAUSED_BY_USER) {
+        d.remove_pause(pause_reason::PAUSED_BY_USER);
+        d.event(false, "RolloutResumed", "resumed by a user".to_owned());
+    }
+
+    let mut weight;
+    if !releasing {
+        weight = 0;
+        d.status.current_step_index = Some(step_count);
+        settle_on_stable(&mut d, &stable, None);
+    } else if d.status.abort {
+        weight = 0;
+        scale_for_abort(&mut d, &stable, &current);
+    } else {
+        let (index, w) = walk_steps(&mut d, &mut promote);
+        weight = w;
+        d.status.current_step_index = Some(i32::try_from(index).unwrap_or(i32::MAX));
+        if index >= steps.len() {
+            if let Some(w) = finish(&mut d, &stable, &current) {
+                weight = w;
+            }
+        } else {
+            scale_for_step(&mut d, &stable, &current, index);
+        }
+        if d.status.abort {
+            weight = 0;
+            scale_for_abort(&mut d, &stable, &current);
+        }
+    }
+
+    let stable = d
+        .status
+        .stable_rs
+        .clone()
+        .unwrap_or_else(|| current.clone());
+    if stable == current {
+        weight = 0;
+    }
+    summarize(&mut d, &stable, weight);
+    let traffic = Traffic {
+        canary_weight: weight,
+        canary_hash: current,
+        stable_hash: stable,
+    };
+    Plan {
+        status: d.status,
+        create_current: !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
+        scale: d.scale,
+        scale_down_at: d.scale_down_at,
+        traffic,
+        events: d.events,
+        requeue_after: d.requeue_after,
+    }
+}
+
+fn abort(d: &mut Decision<'_>, reason: &str) {
+    d.status.abort = true;
+    d.status.aborted_at = Some(Time(d.s.now));
+    d.status.message = Some(format!(
+        "release aborted: {reason}; all traffic is back on stable"
+    ));
+    d.event(true, "RolloutAborted", format!("release aborted: {reason}"));
+}
+
+/// Walks the steps from the persisted index as far as they complete now. Returns the index reached
+/// and the canary weight to put in force.
+fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
+    let steps = &d.canary.steps;
+    let mut index = usize::try_from(d.status.current_step_index.unwrap_or(0))
+        .unwrap_or(0)
+        .min(steps.len());
+    if d.status.promote_full {
+        return (steps.len(), d.previous_weight());
+    }
+    let held = d.s.spec.paused || d.has_pause(pause_reason::PAUSED_BY_USER);
+    let mut weight = d.previous_weight().min(step_weight(steps, index));
+    while index < steps.len() && !held && !d.status.abort {
+        let step = &steps[index];
+        let mut done = false;
+        if step.set_weight.is_some() || step.set_canary_scale.is_some() {
+            if let Some(w) = reached_weight(d, index) {
+                weight = w;
+                done = true;
+            }
+        } else if let Some(pause) = &step.pause {
+            d.add_pause(pause_reason::CANARY_PAUSE_STEP);
+            d.status.controller_pause = true;
+            let started = d
+                .status
+                .pause_conditions
+                .iter()
+                .find(|p| p.reason == pause_reason::CANARY_PAUSE_STEP)
+                .map_or(d.s.now, |p| p.start_time.0);
+            let limit = pause
+                .duration
+                .as_ref()
+                .and_then(duration::from_int_or_string);
+            if std::mem::take(promote) {
+                done = true;
+            } else if let Some(limit) = limit {
+                let ends = started
+                    .checked_add(SignedDuration::try_from(limit).unwrap_or(SignedDuration::ZERO))
+                    .unwrap_or(started);
+                if d.s.now >= ends {
+                    done = true;
+                } else {
+                    d.requeue_after = earliest(d.requeue_after, until(d.s.now, ends));
+                }
+            }
+            if done {
+                d.remove_pause(pause_reason::CANARY_PAUSE_STEP);
+                d.status.controller_pause = false;
+            }
+        } else if step.analysis.is_some() {
+            match d.s.step_analysis.clone() {
+                Some(AnalysisOutcome::Successful) => done = true,
+                Some(AnalysisOutcome::Failed(why)) => {
+                    abort(d, &format!("step {} analysis failed: {why}", index + 1))
+                }
+                Some(AnalysisOutcome::Inconclusive(why)) => {
+                    if std::mem::take(promote) {
+                        d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+                        done = true;
+                    } else if !d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS) {
+                        d.add_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+                        d.status.controller_pause = true;
+                        d.event(
+                            true,
+                            "AnalysisInconclusive",
+                            format!(
+                                "step {} analysis inconclusive: {why}; waiting for a person",
+                                index + 1
+                            ),
+                        );
+                    }
+                }
+                Some(AnalysisOutcome::Running) | None => done = std::mem::take(promote),
+            }
+            if done {
+                d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+                d.status.controller_pause = !d.status.pause_conditions.is_empty();
+            }
+        } else {
+            // setMirrorRoute is applied by the traffic router as the step is reached.
+            done = true;
+        }
+        if !done {
+            break;
+        }
+        index += 1;
+        d.event(
+            false,
+            "RolloutStepCompleted",
+            format!("step {index} of {} completed", steps.len()),
+        );
+        if let Some(c) = d.status.canary.as_mut() {
+            c.current_step_analysis_run_status = None;
+        }
+    }
+    // A step that lowers the weight takes effect at once; raising it waits for the canary's pods.
+    (index, weight.min(step_weight(steps, index)))
+}
+
+/// If the canary has the pods that the weight (or canary scale) at `index` needs, the weight to put
+/// in force; `None` while it does not yet.
+fn reached_weight(d: &Decision<'_>, index: usize) -> Option<i32> {
+    let replicas = d.s.spec.replicas;
+    let steps = &d.canary.steps;
+    let target = step_weight(steps, index);
+    let canary = d.observed(d.s.current_hash);
+    if d.routed() {
+        let needed = routed_canary_replicas(replicas, steps, index);
+        let stable = d.observed(d.status.stable_rs.as_deref().unwrap_or_default());
+        let enough =
+            canary.replicas >= needed && canary.available >= needed && stable.available >= replicas;
+        // A weight above what the canary's pods can serve is never put in force.
+        (enough && (target == 0 || canary.available > 0)).then_some(target)
+    } else {
+        // Judged on the counts this reconcile plans, so that the next one finds nothing new to do.
+        let stable_hash = d.status.stable_rs.clone().unwrap_or_default();
+        let desired = replicas::desired_for_weight(replicas, target);
+        let planned = basic_counts(d, &stable_hash, d.s.current_hash, target);
+        let stable = d.observed(&stable_hash);
+        let at_target = planned == desired
+            && canary.available >= desired.canary
+            && stable.available.min(planned.stable) >= desired.stable;
+        at_target.then_some(target)
+    }
+}
+
+/// ReplicaSets that are neither stable nor the current canary.
+fn others<'b>(d: &'b Decision<'_>) -> impl Iterator<Item = &'b ReplicaSetView> {
+    let stable = d.status.stable_rs.clone().unwrap_or_default();
+    d.s.replica_sets
+        .iter()
+        .filter(move |rs| rs.hash != stable && rs.hash != d.s.current_hash)
+}
+
+fn scale_for_step(d: &mut Decision<'_>, stable: &str, current: &str, index: usize) {
+    let replicas = d.s.spec.replicas;
+    let steps = &d.canary.steps;
+    if d.routed() {
+        // Stable stays at full size until promotion: traffic can return to it at any moment.
+        d.scale.insert(stable.to_owned(), replicas);
+        d.scale.insert(
+            current.to_owned(),
+            routed_canary_replicas(replicas, steps, index),
+        );
+    } else {
+        let counts = basic_counts(d, stable, current, step_weight(steps, index));
+        d.scale.insert(stable.to_owned(), counts.stable);
+        d.scale.insert(current.to_owned(), counts.canary);
+    }
+    scale_down_others(d, stable, current);
+}
+
+fn basic_counts(d: &Decision<'_>, stable: &str, current: &str, weight: i32) -> Counts {
+    let replicas = d.s.spec.replicas;
+    let (surge, unavailable) = replicas::surge_and_unavailable(
+        replicas,
+        d.canary.max_surge.as_ref(),
+        d.canary.max_unavailable.as_ref(),
+    );
+    let others = others(d).fold(Observed::default(), |acc, rs| Observed {
+        replicas: acc.replicas + rs.replicas,
+        available: acc.available + rs.available,
+    });
+    // Iterate to the counts that a reconcile right after this one would keep: scaling moves pods'
+    // targets at once, availability only when pods become ready, so this settles in a few rounds.
+    let desired = replicas::desired_for_weight(replicas, weight);
+    let (mut canary, mut stable_rs) = (d.observed(current), d.observed(stable));
+    let mut others = others;
+    let mut counts = Counts {
+        canary: canary.replicas,
+        stable: stable_rs.replicas,
+    };
+    for _ in 0..8 {
+        let next = replicas::next_counts(
+            replicas,
+            surge,
+            unavailable,
+            desired,
+            canary,
+            stable_rs,
+            others,
+        );
+        // Superseded ReplicaSets are planned to zero in this same reconcile.
+        let had_others = std::mem::take(&mut others).replicas > 0;
+        if !had_others && canary.replicas == next.canary && stable_rs.replicas == next.stable {
+            counts = next;
+            break;
+        }
+        counts = next;
+        canary = Observed {
+            replicas: next.canary,
+            available: canary.available.min(next.canary),
+        };
+        stable_rs = Observed {
+            replicas: next.stable,
+            available: stable_rs.available.min(next.stable),
+        };
+    }
+    counts
+}
+
+/// Superseded ReplicaSets go to zero, except old stables whose scale-down delay is still running.
+fn scale_down_others(d: &mut Decision<'_>, stable: &str, current: &str) {
+    let now = d.s.now;
+    let mut requeue = d.requeue_after;
+    let mut scale = Vec::new();
+    for rs in
+        d.s.replica_sets
+            .iter()
+            .filter(|rs| rs.hash != stable && rs.hash != current)
+    {
+        match rs.scale_down_at {
+            Some(at) if at > now && rs.replicas > 0 => {
+                requeue = earliest(requeue, until(now, at));
+                scale.push((rs.hash.clone(), rs.replicas));
+            }
+            _ => scale.push((rs.hash.clone(), 0)),
+        }
+    }
+    d.requeue_after = requeue;
+    d.scale.extend(scale);
+}
+
+/// Past the last step (or promoted in full): bring the canary to full size, move all traffic, and
+/// make it stable. Returns the weight to put in force.
+fn finish(d: &mut Decision<'_>, stable: &str, current: &str) -> Option<i32> {
+    let replicas = d.s.spec.replicas;
+    let canary = d.observed(current);
+    let ready = canary.replicas >= replicas && canary.available >= replicas;
+    if d.routed() {
+        d.scale.insert(stable.to_owned(), replicas);
+        d.scale.insert(current.to_owned(), replicas);
+        scale_down_others(d, stable, current);
+        if !ready {
+            return None;
+        }
+    } else {
+        let counts = basic_counts(d, stable, current, 100);
+        d.scale.insert(stable.to_owned(), counts.stable);
+        d.scale.insert(current.to_owned(), counts.canary);
+        scale_down_others(d, stable, current);
+        let ready = counts.canary >= replicas && canary.available >= replicas;
+        if !(ready && counts.stable == 0) {
+            return None;
+        }
+    }
+    // Promote: the canary becomes stable.
+    d.status.stable_rs = Some(current.to_owned());
+    d.status.promote_full = false;
+    d.status.pause_conditions.clear();
+    d.status.controller_pause = false;
+    d.event(
+        false,
+        "RolloutCompleted",
+        format!("revision {current} is stable"),
+    );
+    let delay = if d.routed() {
+        i64::from(
+            d.canary
+                .scale_down_delay_seconds
+                .unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
+        )
+    } else {
+        0
+    };
+    settle_on_stable(d, current, Some((stable, delay)));
+    Some(100)
+}
+
+/// The release is over (or there is none): stable at full size, everything else scaled down, an old
+/// stable after its delay.
+fn settle_on_stable(d: &mut Decision<'_>, stable: &str, previous_stable: Option<(&str, i64)>) {
+    d.scale.insert(stable.to_owned(), d.s.spec.replicas);
+    if let Some((old, delay)) = previous_stable {
+        if delay > 0 {
+            let at = add(d.s.now, delay);
+            d.scale_down_at.insert(old.to_owned(), Some(at));
+            d.requeue_after = earliest(d.requeue_after, until(d.s.now, at));
+            d.scale.insert(old.to_owned(), d.observed(old).replicas);
+        } else {
+            d.scale.insert(old.to_owned(), 0);
+        }
+    }
+    let now = d.s.now;
+    let mut requeue = d.requeue_after;
+    for rs in d.s.replica_sets.iter().filter(|rs| rs.hash != stable) {
+        if previous_stable.is_some_and(|(old, _)| old == rs.hash) {
+            continue;
+        }
+        match rs.scale_down_at {
+            Some(at) if at > now && rs.replicas > 0 => {
+                requeue = earliest(requeue, until(now, at));
+                d.scale.insert(rs.hash.clone(), rs.replicas);
+            }
+            _ => {
+                d.scale.insert(rs.hash.clone(), 0);
+            }
+        }
+    }
+    d.requeue_after = requeue;
+}
+
+fn scale_for_abort(d: &mut Decision<'_>, stable: &str, current: &str) {
+    let replicas = d.s.spec.replicas;
+    d.scale.insert(stable.to_owned(), replicas);
+    let canary = d.observed(current);
+    if d.routed() {
+        let delay = d
+            .canary
+            .abort_scale_down_delay_seconds
+            .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
+        let aborted = d.status.aborted_at.as_ref().map_or(d.s.now, |t| t.0);
+        if delay == 0 {
+            d.scale.insert(current.to_owned(), canary.replicas);
+        } else {
+            let at = add(aborted, i64::from(delay));
+            if d.s.now >= at {
+                d.scale.insert(current.to_owned(), 0);
+            } else {
+                d.scale.insert(current.to_owned(), canary.replicas);
+                d.requeue_after = earliest(d.requeue_after, until(d.s.now, at));
+            }
+        }
+    } else {
+        // Without a router the canary's pods take traffic by their number: remove them now.
+        d.scale.insert(current.to_owned(), 0);
+    }
+    scale_down_others(d, stable, current);
+}
+
+/// Fills in the counts, weights, phase, message and conditions.
+fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
+    let s = d.s;
+    let replicas = s.spec.replicas;
+    let sum = |f: fn(&ReplicaSetView) -> i32| s.replica_sets.iter().map(f).sum::<i32>();
+    d.status.observed_generation = Some(s.generation);
+    d.status.replicas = Some(sum(|rs| rs.replicas));
+    d.status.available_replicas = Some(sum(|rs| rs.available));
+    d.status.ready_replicas = Some(sum(|rs| rs.available));
+    d.status.updated_replicas = Some(d.observed(s.current_hash).replicas);
+    d.status.selector = selector_string(s.spec);
+    let steps = d.canary.steps.len();
+    let index = usize::try_from(d.status.current_step_index.unwrap_or(0))
+        .unwrap_or(0)
+        .min(steps);
+    d.status.step_progress = (steps > 0).then(|| format!("{index}/{steps}"));
+    let weights = TrafficWeights {
+        canary: TrafficWeight {
+            weight,
+            pod_template_hash: Some(s.current_hash.to_owned()),
+            service_name: d.canary.canary_service.clone(),
+        },
+        stable: TrafficWeight {
+            weight: 100 - weight,
+            pod_template_hash: Some(stable.to_owned()),
+            service_name: d.canary.stable_service.clone(),
+        },
+    };
+    d.status
+        .canary
+        .get_or_insert_with(CanaryStatus::default)
+        .weights = Some(weights);
+
+    let stable_view = d.observed(stable);
+    let releasing = stable != s.current_hash;
+    let converged = !releasing
+        && stable_view.available >= replicas
+        && s.replica_sets.iter().all(|rs| {
+            // Judged on this plan: old ReplicaSets going to zero, or waiting out their delay.
+            rs.hash == stable
+                || d.scale.get(&rs.hash).is_some_and(|n| *n == 0)
+                || rs.scale_down_at.is_some()
+                || d.scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
+        });
+    let paused = s.spec.paused || !d.status.pause_conditions.is_empty();
+    let (phase, message) = if d.status.abort {
+        let message = d
+            .status
+            .message
+            .clone()
+            .unwrap_or_else(|| "release aborted".to_owned());
+        (RolloutPhase::Degraded, message)
+    } else if releasing && paused {
+        let reasons: Vec<&str> = d
+            .status
+            .pause_conditions
+            .iter()
+            .map(|p| p.reason.as_str())
+            .collect();
+        let why = if s.spec.paused {
+            "spec.paused".to_owned()
+        } else {
+            reasons.join(", ")
+        };
+        (
+            RolloutPhase::Paused,
+            format!("paused at step {index}/{steps}: {why}"),
+        )
+    } else if releasing {
+        (
+            RolloutPhase::Progressing,
+            format!("step {index}/{steps}: {weight}% of traffic on the canary"),
+        )
+    } else if converged {
+        (
+            RolloutPhase::Healthy,
+            format!("revision {stable} is stable and fully available"),
+        )
+    } else {
+        (
+            RolloutPhase::Progressing,
+            format!(
+                "{}/{replicas} pods of {stable} available",
+                stable_view.available
+            ),
+        )
+    };
+    d.status.phase = Some(phase);
+    d.status.message = Some(message.clone());
+
+    let now = s.now;
+    let generation = s.generation;
+    let conds = &mut d.status.conditions;
+    let (progress_status, progress_reason) = match phase {
+        RolloutPhase::Degraded => (ConditionStatus::False, "RolloutAborted"),
+        RolloutPhase::Paused => (ConditionStatus::Unknown, "RolloutPaused"),
+        RolloutPhase::Progressing => (ConditionStatus::True, "ReplicaSetUpdated"),
+        RolloutPhase::Healthy => (ConditionStatus::True, "NewReplicaSetAvailable"),
+    };
+    conditions::set(
+        conds,
+        "Progressing",
+        progress_status,
+        progress_reason,
+        &message,
+        now,
+        generation,
+    );
+    let available = stable_view.available >= replicas;
+    conditions::set(
+        conds,
+        "Available",
+        ConditionStatus::from(available),
+        if available {
+            "AvailableReplicas"
+        } else {
+            "MissingReplicas"
+        },
+        &format!("{}/{replicas} stable pods available", stable_view.available),
+        now,
+        generation,
+    );
+    conditions::set(
+        conds,
+        "Paused",
+        ConditionStatus::from(paused),
+        if paused {
+            "RolloutPaused"
+        } else {
+            "RolloutResumed"
+        },
+        &message,
+        now,
+        generation,
+    );
+    conditions::set(
+        conds,
+        "Completed",
+        ConditionStatus::from(converged),
+        if converged {
+            "RolloutCompleted"
+        } else {
+            "RolloutInProgress"
+        },
+        &message,
+        now,
+        generation,
+    );
+    // kstatus: Ready when converged; Reconciling while work remains; Stalled when it cannot go on alone.
+    let stalled = d.status.abort;
+    conditions::set(
+        conds,
+        "Ready",
+        ConditionStatus::from(converged),
+        if converged {
+            "Healthy"
+        } else {
+            progress_reason
+        },
+        &message,
+        now,
+        generation,
+    );
+    conditions::set(
+        conds,
+        "Reconciling",
+        ConditionStatus::from(!converged && !stalled && !paused),
+        progress_reason,
+        &message,
+        now,
+        generation,
+    );
+    conditions::set(
+        conds,
+        "Stalled",
+        ConditionStatus::from(stalled),
+        if stalled {
+            "RolloutAborted"
+        } else {
+            "NotStalled"
+        },
+        &message,
+        now,
+        generation,
+    );
+}
+
+/// The pod selector as a string, for the scale subresource.
+fn selector_string(spec: &RolloutSpec) -> Option<String> {
+    let labels = spec.selector.match_labels.as_ref()?;
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}

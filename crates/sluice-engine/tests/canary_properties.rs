@@ -1,0 +1,453 @@
+//! Property tests: random step lists and random histories of events (time passing, pods becoming
+//! ready or never ready, new templates, people's actions, analysis verdicts) are driven through the
+//! real decision code against a small simulated cluster, and the safety invariants are checked after
+//! every reconcile.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
+use sluice_api::rollout::{
+    CanaryStep, CanaryStrategy, GatewayApiRouting, PauseStep, RolloutSpec, RolloutStatus,
+    RolloutStrategy, SetCanaryScale, TrafficRouting,
+};
+use sluice_engine::canary::{
+    self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot, step_weight,
+};
+use sluice_engine::replicas;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Weight(i32),
+    Pause(Option<i64>),
+    Scale(i32),
+    Analysis,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Tick(i64),
+    PodsReady,
+    NewTemplate(usize, bool),
+    Promote,
+    PromoteFull,
+    Abort,
+    Retry,
+    Pause,
+    Resume,
+    Verdict(u8),
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..=100i32).prop_map(Step::Weight),
+        prop::option::of(0..=300i64).prop_map(Step::Pause),
+        (0..=100i32).prop_map(Step::Scale),
+        Just(Step::Analysis),
+    ]
+}
+
+fn event_strategy() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        6 => (1..=120i64).prop_map(Event::Tick),
+        8 => Just(Event::PodsReady),
+        2 => (0..3usize, prop::bool::weighted(0.8)).prop_map(|(t, good)| Event::NewTemplate(t, good)),
+        2 => Just(Event::Promote),
+        1 => Just(Event::PromoteFull),
+        1 => Just(Event::Abort),
+        1 => Just(Event::Retry),
+        1 => Just(Event::Pause),
+        1 => Just(Event::Resume),
+        2 => (0..4u8).prop_map(Event::Verdict),
+    ]
+}
+
+fn spec(replicas: i32, steps: &[Step], routed: bool, surge: i32, unavailable: i32) -> RolloutSpec {
+    let steps = steps
+        .iter()
+        .filter(|s| routed || !matches!(s, Step::Scale(_)))
+        .map(|s| {
+            let mut step = CanaryStep {
+                set_weight: None,
+                pause: None,
+                set_canary_scale: None,
+                analysis: None,
+                set_mirror_route: None,
+            };
+            match s {
+                Step::Weight(w) => step.set_weight = Some(*w),
+                Step::Pause(d) => {
+                    step.pause = Some(PauseStep {
+                        duration: d.map(|d| IntOrString::String(format!("{d}s"))),
+                    })
+                }
+                Step::Scale(w) => {
+                    step.set_canary_scale = Some(SetCanaryScale {
+                        weight: Some(*w),
+                        replicas: None,
+                        match_traffic_weight: None,
+                    })
+                }
+                Step::Analysis => {
+                    step.analysis = Some(RolloutAnalysis {
+                        templates: vec![AnalysisTemplateRef {
+                            template_name: "t".into(),
+                            cluster_scope: false,
+                        }],
+                        args: vec![],
+                    })
+                }
+            }
+            step
+        })
+        .collect();
+    RolloutSpec {
+        replicas,
+        selector: LabelSelector {
+            match_labels: Some([("app".to_owned(), "x".to_owned())].into()),
+            match_expressions: None,
+        },
+        template: None,
+        workload_ref: None,
+        min_ready_seconds: None,
+        revision_history_limit: 10,
+        paused: false,
+        progress_deadline_seconds: 600,
+        progress_deadline_abort: false,
+        restart_at: None,
+        rollback_window: None,
+        strategy: RolloutStrategy {
+            canary: Some(CanaryStrategy {
+                canary_service: routed.then(|| "canary".to_owned()),
+                stable_service: routed.then(|| "stable".to_owned()),
+                max_surge: Some(IntOrString::Int(surge)),
+                max_unavailable: Some(IntOrString::Int(unavailable)),
+                scale_down_delay_seconds: None,
+                abort_scale_down_delay_seconds: None,
+                dynamic_stable_scale: false,
+                min_pods_per_replica_set: None,
+                steps,
+                analysis: None,
+                traffic_routing: routed.then(|| TrafficRouting {
+                    gateway_api: GatewayApiRouting {
+                        http_route: "r".into(),
+                    },
+                }),
+                canary_metadata: None,
+                stable_metadata: None,
+            }),
+            blue_green: None,
+        },
+    }
+}
+
+/// A ReplicaSet in the simulated cluster.
+#[derive(Clone, Debug)]
+struct SimRs {
+    replicas: i32,
+    available: i32,
+    good: bool,
+    scale_down_at: Option<Timestamp>,
+}
+
+struct World {
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    current: String,
+    good: BTreeMap<String, bool>,
+    rss: BTreeMap<String, SimRs>,
+    now: Timestamp,
+    verdict: Option<AnalysisOutcome>,
+}
+
+const HASHES: [&str; 3] = ["aaaa", "bbbb", "cccc"];
+
+impl World {
+    fn views(&self) -> Vec<ReplicaSetView> {
+        self.rss
+            .iter()
+            .map(|(hash, rs)| ReplicaSetView {
+                hash: hash.clone(),
+                replicas: rs.replicas,
+                available: rs.available,
+                scale_down_at: rs.scale_down_at,
+            })
+            .collect()
+    }
+
+    fn decide(&self, status: &RolloutStatus, actions: Actions) -> Plan {
+        let views = self.views();
+        let snapshot = Snapshot {
+            generation: 1,
+            spec: &self.spec,
+            status,
+            current_hash: &self.current,
+            replica_sets: &views,
+            step_analysis: self.verdict.clone(),
+            actions,
+            now: self.now,
+        };
+        canary::decide(
+            &snapshot,
+            self.spec.strategy.canary.as_ref().expect("canary"),
+        )
+    }
+
+    fn apply(&mut self, plan: &Plan) {
+        if plan.create_current {
+            let good = self.good.get(&self.current).copied().unwrap_or(true);
+            self.rss.insert(
+                self.current.clone(),
+                SimRs {
+                    replicas: 0,
+                    available: 0,
+                    good,
+                    scale_down_at: None,
+                },
+            );
+        }
+        for (hash, replicas) in &plan.scale {
+            if let Some(rs) = self.rss.get_mut(hash) {
+                rs.replicas = *replicas;
+                rs.available = rs.available.min(*replicas);
+            }
+        }
+        for (hash, at) in &plan.scale_down_at {
+            if let Some(rs) = self.rss.get_mut(hash) {
+                rs.scale_down_at = *at;
+            }
+        }
+        self.status = plan.status.clone();
+    }
+}
+
+/// Checks every safety invariant of one reconcile.
+fn check(
+    world: &World,
+    before: &RolloutStatus,
+    plan: &Plan,
+    actions: Actions,
+) -> Result<(), TestCaseError> {
+    let canary_spec = world.spec.strategy.canary.as_ref().expect("canary");
+    let routed = canary_spec.traffic_routing.is_some();
+    let r = world.spec.replicas;
+    let status = &plan.status;
+    let stable = status
+        .stable_rs
+        .clone()
+        .expect("a stable revision once reconciled");
+    let index = usize::try_from(status.current_step_index.unwrap_or(0)).unwrap_or(0);
+    let releasing = stable != world.current;
+    let weight = plan.traffic.canary_weight;
+    let planned = |hash: &str| plan.scale.get(hash).copied().unwrap_or(0);
+    let observed = |hash: &str| world.rss.get(hash).cloned();
+
+    prop_assert!((0..=100).contains(&weight), "weight {weight} out of range");
+    // Weight never exceeds the current step's.
+    if releasing {
+        prop_assert!(
+            weight <= step_weight(&canary_spec.steps, index),
+            "weight {weight} above step {index}'s"
+        );
+    } else {
+        prop_assert_eq!(weight, 0, "no canary traffic once the release is over");
+    }
+    // Traffic goes only to a canary that has available pods.
+    if weight > 0 {
+        let canary = observed(&world.current).map_or(0, |rs| rs.available);
+        prop_assert!(
+            canary > 0,
+            "weight {} on a canary with no available pods",
+            weight
+        );
+    }
+    // Abort: all traffic on stable, stable at full size.
+    if status.abort {
+        prop_assert_eq!(weight, 0);
+        prop_assert_eq!(planned(&stable), r, "stable not at full size after abort");
+    }
+    // Stable keeps its capacity: with a router it stays whole during a release; without one it only
+    // shrinks while enough canary pods are available to keep `replicas - maxUnavailable` serving.
+    if releasing {
+        if routed {
+            prop_assert_eq!(planned(&stable), r, "routed release shrank stable");
+        } else if let Some(stable_rs) = observed(&stable)
+            && planned(&stable) < stable_rs.replicas
+        {
+            let (_, unavailable) = replicas::surge_and_unavailable(
+                r,
+                canary_spec.max_surge.as_ref(),
+                canary_spec.max_unavailable.as_ref(),
+            );
+            let canary_available = observed(&world.current).map_or(0, |rs| rs.available);
+            let stable_available = stable_rs.available.min(planned(&stable));
+            let desired =
+                replicas::desired_for_weight(r, step_weight(&canary_spec.steps, index)).stable;
+            prop_assert!(
+                planned(&stable) >= desired
+                    && stable_available + canary_available >= r - unavailable,
+                "stable shrank to {} (desired {desired}) with {canary_available} canary pods available",
+                planned(&stable)
+            );
+        }
+    } else {
+        prop_assert_eq!(
+            planned(&stable),
+            r,
+            "stable not at full size outside a release"
+        );
+    }
+    // The step index never goes back within a revision, except by an explicit retry.
+    if before.current_pod_hash.as_deref() == Some(world.current.as_str()) && !actions.retry {
+        let old = before.current_step_index.unwrap_or(0);
+        prop_assert!(
+            status.current_step_index.unwrap_or(0) >= old,
+            "step went back from {old}"
+        );
+    }
+    Ok(())
+}
+
+fn actions_for(event: &Event) -> Actions {
+    let mut a = Actions::default();
+    match event {
+        Event::Promote => a.promote = true,
+        Event::PromoteFull => a.promote_full = true,
+        Event::Abort => a.abort = true,
+        Event::Retry => a.retry = true,
+        Event::Pause => a.pause = true,
+        Event::Resume => a.resume = true,
+        _ => {}
+    }
+    a
+}
+
+fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
+    for event in events {
+        match event {
+            Event::Tick(secs) => {
+                world.now = world
+                    .now
+                    .checked_add(SignedDuration::from_secs(*secs))
+                    .expect("time")
+            }
+            Event::PodsReady => {
+                for rs in world.rss.values_mut() {
+                    rs.available = if rs.good { rs.replicas } else { 0 };
+                }
+            }
+            Event::NewTemplate(t, good) => {
+                world.current = HASHES[*t].to_owned();
+                world.good.entry(world.current.clone()).or_insert(*good);
+                world.verdict = None;
+            }
+            Event::Verdict(v) => {
+                world.verdict = Some(match v {
+                    0 => AnalysisOutcome::Running,
+                    1 => AnalysisOutcome::Successful,
+                    2 => AnalysisOutcome::Inconclusive("no data".into()),
+                    _ => AnalysisOutcome::Failed("error-rate 0.07 >= 0.05".into()),
+                })
+            }
+            _ => {}
+        }
+        let actions = actions_for(event);
+        let before = world.status.clone();
+        let plan = world.decide(&before, actions);
+        check(world, &before, &plan, actions)?;
+
+        world.apply(&plan);
+
+        // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
+        // world, the next reconcile keeps the same targets and records no new transition.
+        let again = world.decide(&world.status, Actions::default());
+        prop_assert_eq!(
+            &again.scale,
+            &plan.scale,
+            "second reconcile changed the scale"
+        );
+        prop_assert_eq!(
+            &again.traffic,
+            &plan.traffic,
+            "second reconcile changed the traffic"
+        );
+        prop_assert_eq!(
+            again.status.current_step_index,
+            plan.status.current_step_index
+        );
+        prop_assert_eq!(
+            &again.status.pause_conditions,
+            &plan.status.pause_conditions
+        );
+        prop_assert_eq!(again.status.phase, plan.status.phase);
+        prop_assert_eq!(&again.status.stable_rs, &plan.status.stable_rs);
+        prop_assert!(
+            again.events.is_empty(),
+            "second reconcile emitted {:?}",
+            again.events
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn canary_invariants_hold_over_random_histories(
+        replicas in 1..=10i32,
+        steps in prop::collection::vec(step_strategy(), 0..8),
+        routed in any::<bool>(),
+        surge in 0..=3i32,
+        unavailable in 0..=3i32,
+        events in prop::collection::vec(event_strategy(), 1..80),
+    ) {
+        let spec = spec(replicas, &steps, routed, surge, unavailable);
+        let mut world = World {
+            spec,
+            status: RolloutStatus::default(),
+            current: HASHES[0].to_owned(),
+            good: [(HASHES[0].to_owned(), true)].into(),
+            rss: BTreeMap::new(),
+            now: Timestamp::from_second(1_800_000_000).expect("time"),
+            verdict: None,
+        };
+        // The first revision becomes stable before the history starts.
+        run(&mut world, &[Event::PodsReady, Event::PodsReady])?;
+        run(&mut world, &events)?;
+    }
+
+    #[test]
+    fn a_good_release_completes_when_people_promote_and_time_passes(
+        replicas in 1..=10i32,
+        steps in prop::collection::vec(step_strategy(), 0..8),
+        routed in any::<bool>(),
+        surge in 0..=3i32,
+        unavailable in 0..=3i32,
+    ) {
+        let spec = spec(replicas, &steps, routed, surge, unavailable);
+        let mut world = World {
+            spec,
+            status: RolloutStatus::default(),
+            current: HASHES[0].to_owned(),
+            good: [(HASHES[0].to_owned(), true)].into(),
+            rss: BTreeMap::new(),
+            now: Timestamp::from_second(1_800_000_000).expect("time"),
+            verdict: None,
+        };
+        run(&mut world, &[Event::PodsReady, Event::PodsReady, Event::NewTemplate(1, true), Event::Verdict(1)])?;
+        for _ in 0..200 {
+            run(&mut world, &[Event::PodsReady, Event::Tick(60), Event::Promote])?;
+            if world.status.stable_rs.as_deref() == Some(HASHES[1]) {
+                break;
+            }
+        }
+        prop_assert_eq!(world.status.stable_rs.as_deref(), Some(HASHES[1]), "release did not complete");
+        run(&mut world, &[Event::PodsReady, Event::Tick(60), Event::PodsReady])?;
+        let stable = &world.rss[HASHES[1]];
+        prop_assert_eq!(stable.replicas, replicas);
+    }
+}

@@ -8,4 +8,5 @@
 pub mod canary;
 pub mod conditions;
 pub mod duration;
+pub mod hash;
 pub mod replicas;

@@ -1,0 +1,26 @@
+//! Reconcile errors, written for the person who has to act on them.
+
+/// Why a reconcile could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request; retried with backoff.
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object could not be (de)serialized; a bug, or a field this version does not know.
+    #[error("could not encode or decode an object: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// The Rollout has no namespace (it is namespaced; this cannot happen with a real API server).
+    #[error("Rollout {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Serialization(_) => "serialization",
+            Self::NoNamespace(_) => "no_namespace",
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! The Rollout reconciler: snapshot → validate → decide (sluice-engine) → execute → status.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sluice_api::rollout::{
+    CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus,
+};
+use sluice_engine::canary::{self, Actions, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::conditions::{self, ConditionStatus};
+use sluice_engine::hash::pod_template_hash;
+use tracing::{info, instrument, warn};
+
+use crate::error::Error;
+use crate::{Context, FIELD_MANAGER};
+
+/// Label on the ReplicaSets a Rollout owns, naming it.
+pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
+/// Annotation on an old ReplicaSet: when it is due to be scaled to zero (RFC 3339).
+pub const SCALE_DOWN_AT_ANNOTATION: &str = "sluice.dev/scale-down-at";
+/// Annotation on a Rollout carrying a person's request (`promote`, `promote-full`, `abort`, `retry`,
+/// `pause`, `resume`); the controller acts on it and removes it. Kept out of the spec so that GitOps
+/// tools never revert it.
+pub const ACTION_ANNOTATION: &str = "sluice.dev/action";
+/// Annotation on an HTTPRoute while a release shifts its weights.
+pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
+
+/// How long to wait before looking again when nothing is scheduled.
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_rollout(&rollout, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(namespace = rollout.namespace().unwrap_or_default(), rollout = rollout.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::ErrorLabels {
+            error: error.metric_label().to_owned(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn parse_actions(rollout: &Rollout) -> (Actions, Option<String>) {
+    let raw = rollout.annotations().get(ACTION_ANNOTATION).cloned();
+    let mut actions = Actions::default();
+    match raw.as_deref().map(str::trim) {
+        Some("promote") => actions.promote = true,
+        Some("promote-full") => actions.promote_full = true,
+        Some("abort") => actions.abort = true,
+        Some("retry") => actions.retry = true,
+        Some("pause") => actions.pause = true,
+        Some("resume") => actions.resume = true,
+        _ => {}
+    }
+    (actions, raw)
+}
+
+#[instrument(skip_all, fields(namespace = rollout.namespace().unwrap_or_default(), rollout = rollout.name_any()))]
+async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, Error> {
+    let name = rollout.name_any();
+    let namespace = rollout
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    if rollout.metadata.deletion_timestamp.is_some() {
+        // Owned ReplicaSets go with it through garbage collection.
+        return Ok(Action::await_change());
+    }
+    let status = rollout.status.clone().unwrap_or_default();
+    let client = ctx.client.clone();
+
+    let canary = match check_spec(rollout, &client, &namespace).await? {
+        Ok(canary) => canary,
+        Err(problem) => return invalid_spec(rollout, ctx, &status, &problem).await,
+    };
+    let template = rollout.spec.template.clone().unwrap_or_default();
+    let hash = pod_template_hash(&serde_json::to_value(&template)?);
+
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
+    let uid = rollout.uid().unwrap_or_default();
+    let owned: Vec<ReplicaSet> = replica_sets
+        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
+        .await?
+        .items
+        .into_iter()
+        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
+    let views: Vec<ReplicaSetView> = owned.iter().filter_map(view).collect();
+    let (actions, raw_action) = parse_actions(rollout);
+
+    let mut status_in = status.clone();
+    conditions::set(
+        &mut status_in.conditions,
+        "InvalidSpec",
+        ConditionStatus::False,
+        "SpecValid",
+        "the spec is valid",
+        Timestamp::now(),
+        rollout.metadata.generation.unwrap_or(0),
+    );
+    let snapshot = Snapshot {
+        generation: rollout.metadata.generation.unwrap_or(0),
+        spec: &rollout.spec,
+        status: &status_in,
+        current_hash: &hash,
+        replica_sets: &views,
+        step_analysis: None,
+        actions,
+        now: Timestamp::now(),
+    };
+    let plan = canary::decide(&snapshot, canary);
+    execute(rollout, ctx, &namespace, canary, &hash, &views, &plan).await?;
+
+    if plan.status != status {
+        let patch = json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "Rollout",
+            "status": plan.status,
+        });
+        Api::<Rollout>::namespaced(client.clone(), &namespace)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+    }
+    for event in &plan.events {
+        info!(reason = event.reason, message = %event.message, "transition");
+        publish(ctx, rollout, event.warning, event.reason, &event.message).await;
+    }
+    if let Some(raw) = raw_action {
+        // Remove the request only if it is still the one acted on.
+        let patch = json!([
+            {"op": "test", "path": "/metadata/annotations/sluice.dev~1action", "value": raw},
+            {"op": "remove", "path": "/metadata/annotations/sluice.dev~1action"}
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(patch)?;
+        let _ = Api::<Rollout>::namespaced(client, &namespace)
+            .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await;
+    }
+    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
+        d.min(RESYNC) + Duration::from_millis(50)
+    })))
+}
+
+fn view(rs: &ReplicaSet) -> Option<ReplicaSetView> {
+    let hash = rs.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone();
+    Some(ReplicaSetView {
+        hash,
+        replicas: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        available: rs
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0),
+        scale_down_at: rs
+            .annotations()
+            .get(SCALE_DOWN_AT_ANNOTATION)
+            .and_then(|t| Timestamp::from_str(t).ok()),
+    })
+}
+
+/// What only the controller can check. `Ok(Err(problem))` is a user error to report, not a failure.
+async fn check_spec<'a>(
+    rollout: &'a Rollout,
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Result<&'a CanaryStrategy, String>, Error> {
+    if rollout.spec.template.is_none() {
+        return Ok(Err(
+            "spec.workloadRef is not supported by this version of Sluice; set spec.template"
+                .to_owned(),
+        ));
+    }
+    let Some(canary) = rollout.spec.strategy.canary.as_ref() else {
+        return Ok(Err("spec.strategy.blueGreen is not supported by this version of Sluice yet; use spec.strategy.canary".to_owned()));
+    };
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for (field, service) in [
+        ("canaryService", &canary.canary_service),
+        ("stableService", &canary.stable_service),
+    ] {
+        if let Some(service) = service
+            && services.get_opt(service).await?.is_none()
+        {
+            return Ok(Err(format!(
+                "Service {service:?} named in spec.strategy.canary.{field} does not exist in namespace {namespace}"
+            )));
+        }
+    }
+    if let Some(routing) = &canary.traffic_routing {
+        let route_name = &routing.gateway_api.http_route;
+        let Some(route) = http_routes(client, namespace).get_opt(route_name).await? else {
+            return Ok(Err(format!(
+                "HTTPRoute {route_name:?} named in spec.strategy.canary.trafficRouting.gatewayAPI.httpRoute does not exist in namespace {namespace}"
+            )));
+        };
+        for service in [&canary.canary_service, &canary.stable_service]
+            .into_iter()
+            .flatten()
+        {
+            if backend_positions(&route, service).is_empty() {
+                return Ok(Err(format!(
+                    "HTTPRoute {route_name:?} has no backendRef for Service {service:?}; add it (weight 0 for the canary) so Sluice can shift traffic"
+                )));
+            }
+        }
+    }
+    Ok(Ok(canary))
+}
+
+/// Records an InvalidSpec condition and event, and changes nothing else: stable keeps serving.
+async fn invalid_spec(
+    rollout: &Rollout,
+    ctx: &Context,
+    status: &RolloutStatus,
+    problem: &str,
+) -> Result<Action, Error> {
+    let mut next = status.clone();
+    let generation = rollout.metadata.generation.unwrap_or(0);
+    let already = conditions::get(&next.conditions, "InvalidSpec")
+        .is_some_and(|c| c.status == "True" && c.message == problem);
+    conditions::set(
+        &mut next.conditions,
+        "InvalidSpec",
+        ConditionStatus::True,
+        "InvalidSpec",
+        problem,
+        Timestamp::now(),
+        generation,
+    );
+    conditions::set(
+        &mut next.conditions,
+        "Stalled",
+        ConditionStatus::True,
+        "InvalidSpec",
+        problem,
+        Timestamp::now(),
+        generation,
+    );
+    conditions::set(
+        &mut next.conditions,
+        "Ready",
+        ConditionStatus::False,
+        "InvalidSpec",
+        problem,
+        Timestamp::now(),
+        generation,
+    );
+    next.phase = Some(RolloutPhase::Degraded);
+    next.message = Some(format!("invalid spec: {problem}"));
+    next.observed_generation = Some(generation);
+    if !already {
+        warn!(problem, "invalid spec");
+        let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "status": next});
+        let namespace = rollout.namespace().unwrap_or_default();
+        Api::<Rollout>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &rollout.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        publish(ctx, rollout, true, "InvalidSpec", problem).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+async fn publish(ctx: &Context, rollout: &Rollout, warning: bool, reason: &str, message: &str) {
+    let event = KubeEvent {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(message.chars().take(1000).collect()),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
+        warn!(%err, reason, "could not record event");
+    }
+}
+
+fn http_routes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &ApiResource::from_gvk_with_plural(&gvk, "httproutes"),
+    )
+}
+
+/// (rule, backendRef) index pairs of the route's backendRefs that name `service`.
+fn backend_positions(route: &DynamicObject, service: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let rules = route.data["spec"]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (i, rule) in rules.iter().enumerate() {
+        for (j, backend) in rule["backendRefs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let kind_ok = backend["kind"].as_str().is_none_or(|k| k == "Service");
+            if kind_ok && backend["name"].as_str() == Some(service) {
+                out.push((i, j));
+            }
+        }
+    }
+    out
+}
+
+/// Applies a plan in the order that keeps traffic on pods that exist: scale up, then Services and
+/// route weights, then scale down.
+async fn execute(
+    rollout: &Rollout,
+    ctx: &Context,
+    namespace: &str,
+    canary: &CanaryStrategy,
+    hash: &str,
+    views: &[ReplicaSetView],
+    plan: &Plan,
+) -> Result<(), Error> {
+    let client = ctx.client.clone();
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let observed: BTreeMap<&str, &ReplicaSetView> =
+        views.iter().map(|v| (v.hash.as_str(), v)).collect();
+    let name_of = |h: &str| format!("{}-{h}", rollout.name_any());
+
+    if plan.create_current {
+        let replicas = plan.scale.get(hash).copied().unwrap_or(0);
+        let rs = build_replica_set(rollout, hash, replicas)?;
+        replica_sets
+            .patch(
+                &name_of(hash),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&rs),
+            )
+            .await?;
+        info!(hash, replicas, "created ReplicaSet");
+    }
+    let scale = |h: &str, n: i32| {
+        let replica_sets = replica_sets.clone();
+        let name = name_of(h);
+        async move {
+            let patch = json!({"spec": {"replicas": n}});
+            replica_sets
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+    };
+    for (h, n) in &plan.scale {
+        if let Some(current) = observed.get(h.as_str())
+            && *n > current.replicas
+        {
+            scale(h, *n).await?;
+        }
+    }
+    for (h, at) in &plan.scale_down_at {
+        if observed.contains_key(h.as_str()) {
+            let value = at.map(|t| t.to_string());
+            let patch = json!({"metadata": {"annotations": {SCALE_DOWN_AT_ANNOTATION: value}}});
+            replica_sets
+                .patch(&name_of(h), &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    for (service, target) in [
+        (&canary.stable_service, &plan.traffic.stable_hash),
+        (&canary.canary_service, &plan.traffic.canary_hash),
+    ] {
+        let Some(service) = service else { continue };
+        // Point a Service only at a ReplicaSet that exists, so it never selects nothing by mistake.
+        if !observed.contains_key(target.as_str()) && target != hash {
+            continue;
+        }
+        if let Some(svc) = services.get_opt(service).await? {
+            let current = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL));
+            if current != Some(target) {
+                let patch = json!({"spec": {"selector": {POD_TEMPLATE_HASH_LABEL: target}}});
+                services
+                    .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+        }
+    }
+    if let (Some(routing), Some(canary_service), Some(stable_service)) = (
+        &canary.traffic_routing,
+        &canary.canary_service,
+        &canary.stable_service,
+    ) {
+        let routes = http_routes(&client, namespace);
+        let route_name = &routing.gateway_api.http_route;
+        if let Some(route) = routes.get_opt(route_name).await? {
+            let weight = plan.traffic.canary_weight;
+            let mut ops = Vec::new();
+            for (service, w) in [(canary_service, weight), (stable_service, 100 - weight)] {
+                for (i, j) in backend_positions(&route, service) {
+                    let current =
+                        route.data["spec"]["rules"][i]["backendRefs"][j]["weight"].as_i64();
+                    if current != Some(i64::from(w)) {
+                        let path = format!("/spec/rules/{i}/backendRefs/{j}");
+                        ops.push(
+                            json!({"op": "test", "path": format!("{path}/name"), "value": service}),
+                        );
+                        ops.push(
+                            json!({"op": "add", "path": format!("{path}/weight"), "value": w}),
+                        );
+                    }
+                }
+            }
+            if !ops.is_empty() {
+                let patch: json_patch::Patch =
+                    serde_json::from_value(serde_json::Value::Array(ops))?;
+                routes
+                    .patch(
+                        route_name,
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(patch),
+                    )
+                    .await?;
+                info!(
+                    route = route_name.as_str(),
+                    canary_weight = weight,
+                    "set route weights"
+                );
+            }
+            let in_flight = plan.traffic.canary_hash != plan.traffic.stable_hash;
+            let marked = route.annotations().contains_key(ROUTE_IN_FLIGHT_ANNOTATION);
+            if in_flight != marked {
+                let value = in_flight.then(|| rollout.name_any());
+                let patch =
+                    json!({"metadata": {"annotations": {ROUTE_IN_FLIGHT_ANNOTATION: value}}});
+                routes
+                    .patch(route_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+        }
+    }
+
+    for (h, n) in &plan.scale {
+        if let Some(current) = observed.get(h.as_str())
+            && *n < current.replicas
+        {
+            scale(h, *n).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The ReplicaSet of one revision: the Rollout's template with the hash label, owned by the Rollout.
+fn build_replica_set(
+    rollout: &Rollout,
+    hash: &str,
+    replicas: i32,
+) -> Result<serde_json::Value, Error> {
+    let mut template = serde_json::to_value(rollout.spec.template.clone().unwrap_or_default())?;
+    template["metadata"]["labels"][POD_TEMPLATE_HASH_LABEL] = json!(hash);
+    let selector: &LabelSelector = &rollout.spec.selector;
+    let mut selector = serde_json::to_value(selector)?;
+    selector["matchLabels"][POD_TEMPLATE_HASH_LABEL] = json!(hash);
+    let mut labels = rollout
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(POD_TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
+    labels.insert(ROLLOUT_LABEL.to_owned(), rollout.name_any());
+    let owner = rollout.controller_owner_ref(&());
+    Ok(json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": format!("{}-{hash}", rollout.name_any()),
+            "labels": labels,
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "replicas": replicas,
+            "minReadySeconds": rollout.spec.min_ready_seconds.unwrap_or(0),
+            "selector": selector,
+            "template": template,
+        }
+    }))
+}

@@ -226,6 +226,10 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     // Build the e2e tests before the cluster starts, so a compile error costs no cluster start-up.
     timed("e2e build", &mut || {
         run(
+            "build the controller",
+            cargo().args(["build", "-p", "sluice-controller", "--locked"]),
+        )?;
+        run(
             "build e2e tests",
             cargo().args(["test", "-p", "sluice-e2e", "--locked", "--no-run"]),
         )

@@ -164,3 +164,61 @@ pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>> {
     }
     Ok(docs)
 }
+
+/// A controller process for one test, watching only that test's namespace; killed when dropped.
+pub struct ControllerProcess {
+    child: std::process::Child,
+    pub namespace: String,
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts `sluice-controller --namespace NAMESPACE` (`SLUICE_E2E_CONTROLLER`, else the debug build).
+    pub fn start(namespace: &str) -> Result<Self> {
+        let binary = std::env::var_os("SLUICE_E2E_CONTROLLER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/sluice-controller"));
+        let logs = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("controller-{namespace}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(&binary)
+            .args(["--namespace", namespace, "--log-format", "text"])
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with `cargo build -p sluice-controller`)",
+                    binary.display()
+                )
+            })?;
+        Ok(Self {
+            child,
+            namespace: namespace.to_owned(),
+            log,
+        })
+    }
+
+    /// Kills the controller with SIGKILL, as a crash would.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,5 +1,6 @@
 //! End-to-end tests on a real control plane. One binary, so the suite shares one cluster.
 
 mod api;
+mod canary;
 mod cluster;
 mod validation;

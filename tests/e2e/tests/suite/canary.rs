@@ -1,0 +1,428 @@
+//! Canary releases driven by the real controller on the real control plane.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
+use sluice_e2e::{
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn rollout(name: &str, replicas: i32, image: &str, canary: Value) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "app", "image": image}]}},
+            "strategy": {"canary": canary}
+        }
+    })
+}
+
+async fn apply(api: &Api<Rollout>, manifest: &Value) -> Result<()> {
+    let name = manifest["metadata"]["name"].as_str().context("name")?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(manifest),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_image(api: &Api<Rollout>, name: &str, image: &str) -> Result<()> {
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn request(api: &Api<Rollout>, name: &str, action: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {"sluice.dev/action": action}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the Rollout's status satisfies `check`, and returns it.
+async fn wait_status(
+    api: &Api<Rollout>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&RolloutStatus) -> bool,
+) -> Result<RolloutStatus> {
+    eventually(what, WAIT, || async {
+        let status = api.get(name).await?.status.unwrap_or_default();
+        Ok(check(&status).then_some(status))
+    })
+    .await
+}
+
+fn healthy_on(status: &RolloutStatus, hash: Option<&str>) -> bool {
+    status.phase == Some(RolloutPhase::Healthy)
+        && (hash.is_none() || status.stable_rs.as_deref() == hash)
+}
+
+async fn replica_sets(client: &Client, ns: &str) -> Result<Vec<(String, i32, i32)>> {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|rs| {
+            let hash = rs
+                .labels()
+                .get(POD_TEMPLATE_HASH_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            let available = rs
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            (hash, replicas, available)
+        })
+        .collect())
+}
+
+async fn route_weights(client: &Client, ns: &str) -> Result<(i64, i64)> {
+    let routes = sluice_e2e_routes(client, ns);
+    let route = routes.get("web").await?;
+    let refs = route.data["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let weight = |name: &str| {
+        refs.iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["weight"].as_i64())
+            .unwrap_or(-1)
+    };
+    Ok((weight("web-stable"), weight("web-canary")))
+}
+
+fn sluice_e2e_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = kube::core::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "httproutes"),
+    )
+}
+
+async fn create_routing(client: &Client, ns: &str) -> Result<()> {
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    for name in ["web-stable", "web-canary"] {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        services
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&svc),
+            )
+            .await?;
+    }
+    let route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "web"},
+        "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [
+            {"name": "web-stable", "port": 80, "weight": 100}, {"name": "web-canary", "port": 80, "weight": 0}]}]}
+    });
+    sluice_e2e_routes(client, ns)
+        .patch(
+            "web",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&route),
+        )
+        .await?;
+    Ok(())
+}
+
+fn routed_canary(steps: Value) -> Value {
+    json!({
+        "canaryService": "web-canary", "stableService": "web-stable",
+        "trafficRouting": {"gatewayAPI": {"httpRoute": "web"}},
+        "scaleDownDelaySeconds": 2, "abortScaleDownDelaySeconds": 2,
+        "steps": steps
+    })
+}
+
+#[tokio::test]
+async fn canary_walks_its_steps_with_route_weights_to_a_full_release() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "canary").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps =
+        json!([{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {"duration": "2s"}}]);
+    apply(
+        &api,
+        &rollout("web", 5, "registry.example/web:1.0.0", routed_canary(steps)),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+    assert_eq!(route_weights(&client, &ns.name).await?, (100, 0));
+
+    set_image(&api, "web", "registry.example/web:1.1.0").await?;
+    let paused = wait_status(&api, "web", "the canary to pause at 20%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let canary = paused.current_pod_hash.clone().context("current hash")?;
+    assert_ne!(canary, stable);
+    assert_eq!(paused.current_step_index, Some(1));
+    assert_eq!(route_weights(&client, &ns.name).await?, (80, 20));
+    // With a router, stable stays at full size; the canary has its share of pods (20% of 5).
+    let sets = replica_sets(&client, &ns.name).await?;
+    assert!(sets.contains(&(stable.clone(), 5, 5)), "{sets:?}");
+    assert!(
+        sets.iter().any(|(h, r, _)| *h == canary && *r == 1),
+        "{sets:?}"
+    );
+
+    request(&api, "web", "promote").await?;
+    let done = wait_status(&api, "web", "the release to complete", |s| {
+        healthy_on(s, Some(&canary))
+    })
+    .await?;
+    assert_eq!(done.current_step_index, Some(4));
+    assert_eq!(route_weights(&client, &ns.name).await?, (100, 0));
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let selector = |svc: Service| {
+        svc.spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned())
+    };
+    assert_eq!(
+        selector(services.get("web-stable").await?).as_deref(),
+        Some(canary.as_str())
+    );
+    // The old stable goes after its 2 s scale-down delay.
+    eventually("the old stable to scale down", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok(sets
+            .iter()
+            .any(|(h, r, _)| *h == stable && *r == 0)
+            .then_some(()))
+    })
+    .await?;
+    let route = sluice_e2e_routes(&client, &ns.name).get("web").await?;
+    ensure!(
+        !route
+            .annotations()
+            .contains_key("sluice.dev/release-in-flight"),
+        "route still marked in flight"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn abort_puts_all_traffic_and_full_capacity_back_on_stable_and_retry_starts_again()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "abort").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    // No router: weight is the share of canary pods.
+    let canary =
+        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
+    apply(
+        &api,
+        &rollout("web", 4, "registry.example/web:1.0.0", canary),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+
+    set_image(&api, "web", "registry.example/web:2.0.0").await?;
+    let paused = wait_status(&api, "web", "the canary to pause at 50%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let canary_hash = paused.current_pod_hash.clone().context("hash")?;
+    let sets = replica_sets(&client, &ns.name).await?;
+    assert!(
+        sets.contains(&(stable.clone(), 2, 2)) && sets.contains(&(canary_hash.clone(), 2, 2)),
+        "{sets:?}"
+    );
+
+    request(&api, "web", "abort").await?;
+    let aborted = wait_status(&api, "web", "the abort", |s| {
+        s.abort && s.phase == Some(RolloutPhase::Degraded)
+    })
+    .await?;
+    ensure!(
+        aborted
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("aborted by a user")),
+        "{:?}",
+        aborted.message
+    );
+    eventually(
+        "stable back at 4 available pods and the canary gone",
+        WAIT,
+        || async {
+            let sets = replica_sets(&client, &ns.name).await?;
+            Ok((sets.contains(&(stable.clone(), 4, 4))
+                && sets.iter().any(|(h, r, _)| *h == canary_hash && *r == 0))
+            .then_some(()))
+        },
+    )
+    .await?;
+    let status = api.get("web").await?.status.unwrap_or_default();
+    let weights = status.canary.and_then(|c| c.weights).context("weights")?;
+    assert_eq!((weights.stable.weight, weights.canary.weight), (100, 0));
+
+    request(&api, "web", "retry").await?;
+    let again = wait_status(
+        &api,
+        "web",
+        "the retried release to pause at 50% again",
+        |s| !s.abort && s.phase == Some(RolloutPhase::Paused),
+    )
+    .await?;
+    assert_eq!(again.current_step_index, Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_service_is_an_invalid_spec_and_leaves_the_cluster_alone() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "invalid").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let canary = json!({"canaryService": "web-canary", "stableService": "web-stable", "steps": [{"setWeight": 10}]});
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:1.0.0", canary),
+    )
+    .await?;
+    let status = wait_status(&api, "web", "an InvalidSpec condition", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "InvalidSpec" && c.status == "True")
+    })
+    .await?;
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "InvalidSpec")
+        .context("condition")?;
+    ensure!(
+        condition.message.contains("\"web-stable\"")
+            || condition.message.contains("\"web-canary\""),
+        "{}",
+        condition.message
+    );
+    ensure!(
+        condition.message.contains("does not exist"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(status.phase, Some(RolloutPhase::Degraded));
+    assert!(
+        replica_sets(&client, &ns.name).await?.is_empty(),
+        "a ReplicaSet was created for an invalid spec"
+    );
+    eventually("a Warning event", WAIT, || async {
+        let out = sluice_e2e::kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "reason=InvalidSpec",
+            "-o",
+            "name",
+        ])?;
+        Ok((!out.stdout.is_empty()).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_release_resumes_at_the_same_step() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "restart").await?;
+    let mut controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps = json!([{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}, {"pause": {}}, {"setWeight": 75}]);
+    apply(
+        &api,
+        &rollout("web", 4, "registry.example/web:1.0.0", routed_canary(steps)),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+    set_image(&api, "web", "registry.example/web:1.1.0").await?;
+    wait_status(&api, "web", "the pause at 25%", |s| {
+        s.phase == Some(RolloutPhase::Paused) && s.current_step_index == Some(1)
+    })
+    .await?;
+    request(&api, "web", "promote").await?;
+    let before = wait_status(&api, "web", "the pause at 50%", |s| {
+        s.phase == Some(RolloutPhase::Paused) && s.current_step_index == Some(3)
+    })
+    .await?;
+
+    controller.kill()?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    // Give the new controller time to reconcile, then check nothing moved.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = api.get("web").await?.status.unwrap_or_default();
+    assert_eq!(
+        after.current_step_index, before.current_step_index,
+        "a restart repeated or skipped a step"
+    );
+    assert_eq!(
+        after.pause_conditions, before.pause_conditions,
+        "a restart reset the pause"
+    );
+    assert_eq!(route_weights(&client, &ns.name).await?, (50, 50));
+    let sets = replica_sets(&client, &ns.name).await?;
+    assert!(
+        sets.contains(&(stable.clone(), 4, 4)),
+        "stable lost pods across the restart: {sets:?}"
+    );
+
+    request(&api, "web", "promote").await?;
+    wait_status(
+        &api,
+        "web",
+        "the release to complete after the restart",
+        |s| healthy_on(s, before.current_pod_hash.as_deref()),
+    )
+    .await?;
+    Ok(())
+}

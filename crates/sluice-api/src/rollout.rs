@@ -486,6 +486,10 @@ pub struct RolloutStatus {
     /// Skip the remaining steps and analysis and release fully. Set by `kubectl sluice promote --full`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promote_full: bool,
+    /// When the release last made progress (a step completed, pods became available, a pause ended);
+    /// the progress deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
     /// Canary progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -179,6 +179,11 @@ fn view(rs: &ReplicaSet) -> Option<ReplicaSetView> {
             .annotations()
             .get(SCALE_DOWN_AT_ANNOTATION)
             .and_then(|t| Timestamp::from_str(t).ok()),
+        created: rs
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
     })
 }
 
@@ -479,6 +484,15 @@ async fn execute(
         {
             scale(h, *n).await?;
         }
+    }
+    for h in &plan.delete {
+        info!(
+            hash = h.as_str(),
+            "deleting a ReplicaSet beyond revisionHistoryLimit"
+        );
+        replica_sets
+            .delete(&name_of(h), &DeleteParams::background())
+            .await?;
     }
     Ok(())
 }

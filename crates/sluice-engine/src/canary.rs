@@ -46,6 +46,8 @@ pub struct ReplicaSetView {
     pub available: i32,
     /// When it is due to be scaled to zero, if a delay is running.
     pub scale_down_at: Option<Timestamp>,
+    /// When it was created; the oldest idle ReplicaSets beyond `revisionHistoryLimit` are deleted.
+    pub created: Timestamp,
 }
 
 /// What people asked for since the last reconcile (kubectl sluice promote, abort, ...).
@@ -129,6 +131,8 @@ pub struct Plan {
     pub scale: BTreeMap<String, i32>,
     /// Scale-down deadlines to record (or clear, with `None`), by hash.
     pub scale_down_at: BTreeMap<String, Option<Timestamp>>,
+    /// ReplicaSets to delete, by hash: idle ones beyond `revisionHistoryLimit`.
+    pub delete: Vec<String>,
     /// Selectors and weights.
     pub traffic: Traffic,
     /// Events to record.
@@ -389,6 +393,14 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         weight = 0;
     }
     summarize(&mut d, &stable, weight);
+    if check_progress(&mut d, &stable, &current) {
+        // The deadline aborted the release: traffic back to stable now, not on the next reconcile.
+        weight = 0;
+        d.scale.clear();
+        scale_for_abort(&mut d, &stable, &current);
+        summarize(&mut d, &stable, weight);
+    }
+    let delete = history_to_delete(&d, &stable, &current);
     let traffic = Traffic {
         canary_weight: weight,
         canary_hash: current,
@@ -399,6 +411,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         create_current: !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
         scale: d.scale,
         scale_down_at: d.scale_down_at,
+        delete,
         traffic,
         events: d.events,
         requeue_after: d.requeue_after,
@@ -929,6 +942,96 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
         now,
         generation,
     );
+}
+
+/// Tracks progress and enforces `progressDeadlineSeconds`: a release that neither completes a step
+/// nor gains available pods for that long is marked Degraded (ProgressDeadlineExceeded), and aborted
+/// if `progressDeadlineAbort` says so. Time spent paused or aborted does not count.
+/// Returns true if it aborted the release.
+fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
+    let previous = d.s.status;
+    let now = d.s.now;
+    let releasing = stable != current;
+    let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty();
+    let progressed = previous.current_pod_hash != d.status.current_pod_hash
+        || previous.current_step_index != d.status.current_step_index
+        || previous.available_replicas != d.status.available_replicas
+        || previous.updated_replicas != d.status.updated_replicas
+        || previous.stable_rs != d.status.stable_rs
+        || previous.last_progress_time.is_none();
+    if !releasing || paused || d.status.abort || progressed {
+        d.status.last_progress_time = Some(Time(now));
+        return false;
+    }
+    let since = d.status.last_progress_time.as_ref().map_or(now, |t| t.0);
+    let deadline = add(since, i64::from(d.s.spec.progress_deadline_seconds));
+    if now < deadline {
+        d.requeue_after = earliest(d.requeue_after, until(now, deadline));
+        return false;
+    }
+    let canary = d.observed(current);
+    let message = format!(
+        "no progress for {}s: {}/{} pods of {current} available",
+        d.s.spec.progress_deadline_seconds, canary.available, canary.replicas
+    );
+    let generation = d.s.generation;
+    if d.s.spec.progress_deadline_abort {
+        abort(d, &format!("progress deadline exceeded ({message})"));
+        return true;
+    }
+    let already = conditions::get(&previous.conditions, "Progressing")
+        .is_some_and(|c| c.reason == "ProgressDeadlineExceeded");
+    if !already {
+        d.event(true, "ProgressDeadlineExceeded", message.clone());
+    }
+    d.status.phase = Some(RolloutPhase::Degraded);
+    d.status.message = Some(format!("progress deadline exceeded: {message}"));
+    let conds = &mut d.status.conditions;
+    conditions::set(
+        conds,
+        "Progressing",
+        ConditionStatus::False,
+        "ProgressDeadlineExceeded",
+        &message,
+        now,
+        generation,
+    );
+    conditions::set(
+        conds,
+        "Reconciling",
+        ConditionStatus::False,
+        "ProgressDeadlineExceeded",
+        &message,
+        now,
+        generation,
+    );
+    conditions::set(
+        conds,
+        "Stalled",
+        ConditionStatus::True,
+        "ProgressDeadlineExceeded",
+        &message,
+        now,
+        generation,
+    );
+    false
+}
+
+/// Idle ReplicaSets (scaled to zero, no delay running) beyond `revisionHistoryLimit`, oldest first.
+fn history_to_delete(d: &Decision<'_>, stable: &str, current: &str) -> Vec<String> {
+    let mut idle: Vec<&ReplicaSetView> =
+        d.s.replica_sets
+            .iter()
+            .filter(|rs| rs.hash != stable && rs.hash != current)
+            .filter(|rs| rs.replicas == 0 && d.scale.get(&rs.hash).is_none_or(|n| *n == 0))
+            .filter(|rs| rs.scale_down_at.is_none_or(|at| at <= d.s.now))
+            .collect();
+    idle.sort_by_key(|rs| std::cmp::Reverse(rs.created));
+    let keep = usize::try_from(d.s.spec.revision_history_limit).unwrap_or(0);
+    idle.into_iter()
+        .skip(keep)
+        .map(|rs| rs.hash.clone())
+        .collect()
 }
 
 /// The pod selector as a string, for the scale subresource.

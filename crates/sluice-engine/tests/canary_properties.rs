@@ -65,7 +65,38 @@ fn event_strategy() -> impl Strategy<Value = Event> {
     ]
 }
 
-fn spec(replicas: i32, steps: &[Step], routed: bool, surge: i32, unavailable: i32) -> RolloutSpec {
+/// Deadline behaviour and history limit, drawn per case.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    deadline_seconds: i32,
+    deadline_abort: bool,
+    history: i32,
+}
+
+fn limits_strategy() -> impl Strategy<Value = Limits> {
+    (30..=900i32, any::<bool>(), 0..=3i32).prop_map(
+        |(deadline_seconds, deadline_abort, history)| Limits {
+            deadline_seconds,
+            deadline_abort,
+            history,
+        },
+    )
+}
+
+const RELAXED: Limits = Limits {
+    deadline_seconds: 600,
+    deadline_abort: false,
+    history: 10,
+};
+
+fn spec(
+    replicas: i32,
+    steps: &[Step],
+    routed: bool,
+    surge: i32,
+    unavailable: i32,
+    limits: Limits,
+) -> RolloutSpec {
     let steps = steps
         .iter()
         .filter(|s| routed || !matches!(s, Step::Scale(_)))
@@ -113,10 +144,10 @@ fn spec(replicas: i32, steps: &[Step], routed: bool, surge: i32, unavailable: i3
         template: None,
         workload_ref: None,
         min_ready_seconds: None,
-        revision_history_limit: 10,
+        revision_history_limit: limits.history,
         paused: false,
-        progress_deadline_seconds: 600,
-        progress_deadline_abort: false,
+        progress_deadline_seconds: limits.deadline_seconds,
+        progress_deadline_abort: limits.deadline_abort,
         restart_at: None,
         rollback_window: None,
         strategy: RolloutStrategy {
@@ -151,6 +182,7 @@ struct SimRs {
     available: i32,
     good: bool,
     scale_down_at: Option<Timestamp>,
+    created: Timestamp,
 }
 
 struct World {
@@ -174,6 +206,7 @@ impl World {
                 replicas: rs.replicas,
                 available: rs.available,
                 scale_down_at: rs.scale_down_at,
+                created: rs.created,
             })
             .collect()
     }
@@ -206,6 +239,7 @@ impl World {
                     available: 0,
                     good,
                     scale_down_at: None,
+                    created: self.now,
                 },
             );
         }
@@ -219,6 +253,9 @@ impl World {
             if let Some(rs) = self.rss.get_mut(hash) {
                 rs.scale_down_at = *at;
             }
+        }
+        for hash in &plan.delete {
+            self.rss.remove(hash);
         }
         self.status = plan.status.clone();
     }
@@ -246,6 +283,14 @@ fn check(
     let observed = |hash: &str| world.rss.get(hash).cloned();
 
     prop_assert!((0..=100).contains(&weight), "weight {weight} out of range");
+    // Only idle, old ReplicaSets are deleted.
+    for hash in &plan.delete {
+        prop_assert!(
+            *hash != stable && *hash != world.current,
+            "deleting a live revision {hash}"
+        );
+        prop_assert_eq!(planned(hash), 0);
+    }
     // Weight never exceeds the current step's.
     if releasing {
         prop_assert!(
@@ -364,11 +409,9 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
         let again = world.decide(&world.status, Actions::default());
-        prop_assert_eq!(
-            &again.scale,
-            &plan.scale,
-            "second reconcile changed the scale"
-        );
+        let mut kept = plan.scale.clone();
+        kept.retain(|hash, _| !plan.delete.contains(hash));
+        prop_assert_eq!(&again.scale, &kept, "second reconcile changed the scale");
         prop_assert_eq!(
             &again.traffic,
             &plan.traffic,
@@ -404,8 +447,9 @@ proptest! {
         surge in 0..=3i32,
         unavailable in 0..=3i32,
         events in prop::collection::vec(event_strategy(), 1..80),
+        limits in limits_strategy(),
     ) {
-        let spec = spec(replicas, &steps, routed, surge, unavailable);
+        let spec = spec(replicas, &steps, routed, surge, unavailable, limits);
         let mut world = World {
             spec,
             status: RolloutStatus::default(),
@@ -428,7 +472,7 @@ proptest! {
         surge in 0..=3i32,
         unavailable in 0..=3i32,
     ) {
-        let spec = spec(replicas, &steps, routed, surge, unavailable);
+        let spec = spec(replicas, &steps, routed, surge, unavailable, RELAXED);
         let mut world = World {
             spec,
             status: RolloutStatus::default(),

@@ -379,14 +379,79 @@ pub fn kwok_stages() -> Result<String> {
     ];
     let mut config = String::new();
     for file in files {
-        let text = fs::read_to_string(stages.join(file))
+        let mut text = fs::read_to_string(stages.join(file))
             .with_context(|| format!("reading kwok stage {file}"))?;
+        if file.ends_with("pod-ready.yaml") {
+            // Pods marked never-ready skip kwok's ready stage and get ours instead.
+            let anchor =
+                "    - key: '.metadata.deletionTimestamp'\n      operator: 'DoesNotExist'\n";
+            if !text.contains(anchor) {
+                bail!("kwok's pod-ready stage changed shape; update kwok_stages()");
+            }
+            let extra = format!(
+                "    - key: '.metadata.annotations[\"{NEVER_READY_ANNOTATION}\"]'\n      operator: 'DoesNotExist'\n"
+            );
+            text = text.replacen(anchor, &format!("{anchor}{extra}"), 1);
+        }
         config.push_str("---\n");
         config.push_str(&text);
         config.push('\n');
     }
+    config.push_str(NEVER_READY_STAGE);
     Ok(config)
 }
+
+/// Pod annotation that keeps a pod Running but never Ready, as a crash-looping version's would be.
+pub const NEVER_READY_ANNOTATION: &str = "kwok.sluice.dev/never-ready";
+
+const NEVER_READY_STAGE: &str = r#"---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-running-never-ready
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.metadata.annotations["kwok.sluice.dev/never-ready"]'
+      operator: 'Exists'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Pending'
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "True"
+        type: Initialized
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        reason: ContainersNotReady
+        type: Ready
+      - lastTransitionTime: {{ $now | Quote }}
+        status: "False"
+        reason: ContainersNotReady
+        type: ContainersReady
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 3
+        started: false
+        state:
+          waiting:
+            reason: CrashLoopBackOff
+      {{ end }}
+      phase: Running
+      startTime: {{ $now | Quote }}
+"#;
 
 pub(crate) fn spinner(message: &str) -> ProgressBar {
     let spinner = ProgressBar::new_spinner();

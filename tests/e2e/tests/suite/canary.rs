@@ -426,3 +426,115 @@ async fn a_controller_killed_mid_release_resumes_at_the_same_step() -> Result<()
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn pods_that_never_become_ready_hit_the_progress_deadline_and_abort() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "deadline").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let canary =
+        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
+    let mut manifest = rollout("web", 2, "registry.example/web:1.0.0", canary);
+    manifest["spec"]["progressDeadlineSeconds"] = json!(5);
+    manifest["spec"]["progressDeadlineAbort"] = json!(true);
+    apply(&api, &manifest).await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+
+    // The new version's pods run but never become ready (a crash loop).
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {sluice_testbed::binaries::NEVER_READY_ANNOTATION: "true"}},
+                                             "spec": {"containers": [{"name": "app", "image": "registry.example/web:1.1.0-broken"}]}}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let aborted = wait_status(
+        &api,
+        "web",
+        "the progress deadline to abort the release",
+        |s| s.abort,
+    )
+    .await?;
+    let message = aborted.message.clone().unwrap_or_default();
+    ensure!(
+        message.contains("progress deadline exceeded") && message.contains("0/1 pods"),
+        "{message}"
+    );
+    assert_eq!(aborted.phase, Some(RolloutPhase::Degraded));
+    eventually(
+        "stable at full strength and the canary gone",
+        WAIT,
+        || async {
+            let sets = replica_sets(&client, &ns.name).await?;
+            let canary_gone = sets
+                .iter()
+                .filter(|(h, _, _)| *h != stable)
+                .all(|(_, r, _)| *r == 0);
+            Ok((sets.contains(&(stable.clone(), 2, 2)) && canary_gone).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_template_mid_release_supersedes_the_canary() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "supersede").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps = json!([{"setWeight": 30}, {"pause": {}}]);
+    apply(
+        &api,
+        &rollout("web", 3, "registry.example/web:1.0.0", routed_canary(steps)),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+    set_image(&api, "web", "registry.example/web:1.1.0").await?;
+    let one = wait_status(&api, "web", "the first canary to pause", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let first_canary = one.current_pod_hash.clone().context("hash")?;
+
+    set_image(&api, "web", "registry.example/web:1.2.0").await?;
+    let two = wait_status(&api, "web", "the second canary to pause", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+            && s.current_pod_hash.as_deref() != Some(first_canary.as_str())
+    })
+    .await?;
+    let second_canary = two.current_pod_hash.clone().context("hash")?;
+    assert_eq!(
+        two.stable_rs.as_deref(),
+        Some(stable.as_str()),
+        "stable changed"
+    );
+    assert_eq!(two.current_step_index, Some(1));
+    assert_eq!(route_weights(&client, &ns.name).await?, (70, 30));
+    eventually("the superseded canary to scale to zero", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        let old_gone = sets.iter().any(|(h, r, _)| *h == first_canary && *r == 0);
+        let new_up = sets.iter().any(|(h, _, a)| *h == second_canary && *a >= 1);
+        Ok((old_gone && new_up && sets.contains(&(stable.clone(), 3, 3))).then_some(()))
+    })
+    .await?;
+
+    // Going back to the stable template is the fast path: no steps, traffic all on stable.
+    set_image(&api, "web", "registry.example/web:1.0.0").await?;
+    let back = wait_status(&api, "web", "the fast path back to stable", |s| {
+        healthy_on(s, Some(&stable))
+    })
+    .await?;
+    assert_eq!(back.current_pod_hash.as_deref(), Some(stable.as_str()));
+    assert_eq!(route_weights(&client, &ns.name).await?, (100, 0));
+    Ok(())
+}

@@ -88,18 +88,35 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let rollouts_for_readiness = rollouts.clone();
     let controller = Controller::new(rollouts, watcher::Config::default())
         .owns(
             replica_sets,
             watcher::Config::default().labels(rollout::ROLLOUT_LABEL),
         )
         .shutdown_on_signal();
-    let store = controller.store();
+    // Ready once a full list of Rollouts has succeeded: the API server answers, the CRD is installed
+    // and this process may read what it manages.
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            ready_ctx.ready.store(true, Ordering::Relaxed);
-            tracing::info!("first list of Rollouts complete: ready");
+        loop {
+            match rollouts_for_readiness
+                .list(&kube::api::ListParams::default())
+                .await
+            {
+                Ok(list) => {
+                    ready_ctx.ready.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        rollouts = list.items.len(),
+                        "first full list of Rollouts: ready"
+                    );
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "listing Rollouts failed; not ready yet");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
         }
     });
     tracing::info!(

@@ -34,6 +34,9 @@ pub const SCALE_DOWN_AT_ANNOTATION: &str = "sluice.dev/scale-down-at";
 /// `pause`, `resume`); the controller acts on it and removes it. Kept out of the spec so that GitOps
 /// tools never revert it.
 pub const ACTION_ANNOTATION: &str = "sluice.dev/action";
+/// Annotation on a ReplicaSet holding the Rollout's pod template exactly as written (the ReplicaSet's
+/// own copy gets the API server's defaults), so that `undo` restores a template with the same hash.
+pub const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
 /// Annotation on an HTTPRoute while a release shifts its weights.
 pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
 
@@ -146,7 +149,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
             .await?;
     }
     for event in &plan.events {
-        info!(reason = event.reason, message = %event.message, "transition");
+        info!(reason = event.reason, note = %event.message, "transition");
         publish(ctx, rollout, event.warning, event.reason, &event.message).await;
     }
     if let Some(raw) = raw_action {
@@ -518,12 +521,14 @@ fn build_replica_set(
     labels.insert(POD_TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
     labels.insert(ROLLOUT_LABEL.to_owned(), rollout.name_any());
     let owner = rollout.controller_owner_ref(&());
+    let original = serde_json::to_string(&rollout.spec.template)?;
     Ok(json!({
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
         "metadata": {
             "name": format!("{}-{hash}", rollout.name_any()),
             "labels": labels,
+            "annotations": {TEMPLATE_ANNOTATION: original},
             "ownerReferences": [owner],
         },
         "spec": {

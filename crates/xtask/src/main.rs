@@ -226,8 +226,15 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     // Build the e2e tests before the cluster starts, so a compile error costs no cluster start-up.
     timed("e2e build", &mut || {
         run(
-            "build the controller",
-            cargo().args(["build", "-p", "sluice-controller", "--locked"]),
+            "build the controller and the kubectl plugin",
+            cargo().args([
+                "build",
+                "-p",
+                "sluice-controller",
+                "-p",
+                "kubectl-sluice",
+                "--locked",
+            ]),
         )?;
         run(
             "build e2e tests",

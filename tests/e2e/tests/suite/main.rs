@@ -3,4 +3,5 @@
 mod api;
 mod canary;
 mod cluster;
+mod plugin;
 mod validation;

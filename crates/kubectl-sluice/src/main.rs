@@ -1,0 +1,442 @@
+//! `kubectl sluice`: act on and watch Sluice Rollouts.
+//!
+//! Requests (promote, abort, retry, pause, resume) are written to the `sluice.dev/action` annotation,
+//! which the controller acts on and removes, so they never fight a GitOps tool over the spec.
+//! `undo` is the exception: it puts an earlier template back into the spec, as a new revision.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
+
+/// Label on the ReplicaSets a Rollout owns (set by the controller).
+const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
+const ACTION_ANNOTATION: &str = "sluice.dev/action";
+const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
+
+#[derive(Parser)]
+#[command(
+    name = "kubectl sluice",
+    about = "Act on and watch Sluice Rollouts",
+    version
+)]
+struct Cli {
+    /// Namespace of the Rollout (default: the kubeconfig context's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Complete the current step (a pause, an analysis) and go on; with --full, skip all remaining steps.
+    Promote {
+        name: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Send all traffic back to stable and stop the release.
+    Abort { name: String },
+    /// Start an aborted release again from its first step.
+    Retry {
+        /// Only `rollout` is supported, as in `kubectl sluice retry rollout NAME`.
+        kind: String,
+        name: String,
+    },
+    /// Pause the release where it stands.
+    Pause { name: String },
+    /// Resume a paused release.
+    Resume { name: String },
+    /// Roll back to the previous revision (or --to-revision N, counting back from the newest).
+    Undo {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        to_revision: usize,
+    },
+    /// Wait until the release is Healthy (exit 0), Degraded (exit 1) or the timeout passes (exit 2).
+    Status {
+        name: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Show a Rollout's steps, ReplicaSets and pods; --watch redraws every second.
+    Get {
+        /// Only `rollout` is supported.
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        watch: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    let client = Client::try_default()
+        .await
+        .context("connecting to the cluster (check KUBECONFIG)")?;
+    let namespace = cli
+        .namespace
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &namespace);
+    match cli.command {
+        Command::Promote { name, full } => {
+            request(
+                &rollouts,
+                &name,
+                if full { "promote-full" } else { "promote" },
+            )
+            .await
+        }
+        Command::Abort { name } => request(&rollouts, &name, "abort").await,
+        Command::Retry { kind, name } => {
+            check_kind(&kind)?;
+            request(&rollouts, &name, "retry").await
+        }
+        Command::Pause { name } => request(&rollouts, &name, "pause").await,
+        Command::Resume { name } => request(&rollouts, &name, "resume").await,
+        Command::Undo { name, to_revision } => {
+            undo(&client, &rollouts, &namespace, &name, to_revision).await
+        }
+        Command::Status { name, timeout } => {
+            status(&rollouts, &name, Duration::from_secs(timeout)).await
+        }
+        Command::Get { kind, name, watch } => {
+            check_kind(&kind)?;
+            get(&client, &rollouts, &namespace, &name, watch).await
+        }
+    }
+}
+
+fn check_kind(kind: &str) -> Result<()> {
+    match kind {
+        "rollout" | "rollouts" | "ro" => Ok(()),
+        other => bail!("unknown kind {other:?}: use `rollout`"),
+    }
+}
+
+async fn request(rollouts: &Api<Rollout>, name: &str, action: &str) -> Result<ExitCode> {
+    rollouts
+        .get(name)
+        .await
+        .with_context(|| format!("Rollout {name:?}"))?;
+    let patch = json!({"metadata": {"annotations": {ACTION_ANNOTATION: action}}});
+    rollouts
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    println!("rollout.sluice.dev/{name}: {action} requested");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Rollout's ReplicaSets, newest first.
+async fn owned_replica_sets(
+    client: &Client,
+    namespace: &str,
+    rollout: &Rollout,
+) -> Result<Vec<ReplicaSet>> {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let uid = rollout.uid().unwrap_or_default();
+    let mut sets: Vec<ReplicaSet> = api
+        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", rollout.name_any())))
+        .await?
+        .items
+        .into_iter()
+        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
+    sets.sort_by_key(|rs| std::cmp::Reverse(rs.metadata.creation_timestamp.clone().map(|t| t.0)));
+    Ok(sets)
+}
+
+async fn undo(
+    client: &Client,
+    rollouts: &Api<Rollout>,
+    namespace: &str,
+    name: &str,
+    back: usize,
+) -> Result<ExitCode> {
+    let rollout = rollouts
+        .get(name)
+        .await
+        .with_context(|| format!("Rollout {name:?}"))?;
+    let current = rollout
+        .status
+        .as_ref()
+        .and_then(|s| s.current_pod_hash.clone())
+        .unwrap_or_default();
+    let sets = owned_replica_sets(client, namespace, &rollout).await?;
+    let earlier: Vec<&ReplicaSet> = sets
+        .iter()
+        .filter(|rs| rs.labels().get(POD_TEMPLATE_HASH_LABEL) != Some(&current))
+        .collect();
+    let Some(target) = earlier.get(back.saturating_sub(1)) else {
+        bail!(
+            "Rollout {name:?} has {} earlier revision(s) kept; nothing to undo to",
+            earlier.len()
+        );
+    };
+    // The template as the Rollout had it (the ReplicaSet's own copy carries the API server's defaults,
+    // which would make it a new revision).
+    let mut template = match target.annotations().get(TEMPLATE_ANNOTATION) {
+        Some(original) => serde_json::from_str(original)?,
+        None => serde_json::to_value(
+            target
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.clone())
+                .context("ReplicaSet without template")?,
+        )?,
+    };
+    if let Some(labels) = template["metadata"]["labels"].as_object_mut() {
+        labels.remove(POD_TEMPLATE_HASH_LABEL);
+    }
+    let patch = json!([{"op": "replace", "path": "/spec/template", "value": template}]);
+    let patch: json_patch::Patch = serde_json::from_value(patch)?;
+    rollouts
+        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await?;
+    let hash = target
+        .labels()
+        .get(POD_TEMPLATE_HASH_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    println!("rollout.sluice.dev/{name}: rolled back to revision {hash}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(rollouts: &Api<Rollout>, name: &str, timeout: Duration) -> Result<ExitCode> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let rollout = rollouts
+            .get(name)
+            .await
+            .with_context(|| format!("Rollout {name:?}"))?;
+        let status = rollout.status.clone().unwrap_or_default();
+        let current = status.observed_generation == rollout.metadata.generation;
+        let phase = status
+            .phase
+            .map_or("Unknown".to_owned(), |p| format!("{p:?}"));
+        let line = format!("{phase} - {}", status.message.clone().unwrap_or_default());
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        match status.phase {
+            Some(RolloutPhase::Healthy) if current => return Ok(ExitCode::SUCCESS),
+            Some(RolloutPhase::Degraded) if current => return Ok(ExitCode::from(1)),
+            _ => {}
+        }
+        if started.elapsed() > timeout {
+            println!("timed out after {}s", timeout.as_secs());
+            return Ok(ExitCode::from(2));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn get(
+    client: &Client,
+    rollouts: &Api<Rollout>,
+    namespace: &str,
+    name: &str,
+    watch: bool,
+) -> Result<ExitCode> {
+    loop {
+        let rollout = rollouts
+            .get(name)
+            .await
+            .with_context(|| format!("Rollout {name:?}"))?;
+        let sets = owned_replica_sets(client, namespace, &rollout).await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let mut pods_by_hash: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+        for pod in pods
+            .list(&ListParams::default().labels(POD_TEMPLATE_HASH_LABEL))
+            .await?
+            .items
+        {
+            if let Some(hash) = pod.labels().get(POD_TEMPLATE_HASH_LABEL).cloned() {
+                pods_by_hash.entry(hash).or_default().push(pod);
+            }
+        }
+        let view = render(&rollout, &sets, &pods_by_hash);
+        let mut out = std::io::stdout().lock();
+        if watch {
+            // Clear the screen and draw again from the top.
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        write!(out, "{view}")?;
+        out.flush()?;
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The text view of a Rollout: summary, steps, ReplicaSets and pods.
+fn render(rollout: &Rollout, sets: &[ReplicaSet], pods: &BTreeMap<String, Vec<Pod>>) -> String {
+    use std::fmt::Write as _;
+    let status = rollout.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let phase = status
+        .phase
+        .map_or("Unknown".to_owned(), |p| format!("{p:?}"));
+    let icon = match status.phase {
+        Some(RolloutPhase::Healthy) => "✔",
+        Some(RolloutPhase::Progressing) => "◐",
+        Some(RolloutPhase::Paused) => "⏸",
+        Some(RolloutPhase::Degraded) => "✖",
+        None => "?",
+    };
+    let _ = writeln!(out, "Name:       {}", rollout.name_any());
+    let _ = writeln!(
+        out,
+        "Namespace:  {}",
+        rollout.namespace().unwrap_or_default()
+    );
+    let _ = writeln!(out, "Status:     {icon} {phase}");
+    if let Some(message) = &status.message {
+        let _ = writeln!(out, "Message:    {message}");
+    }
+    let stable = status.stable_rs.clone().unwrap_or_default();
+    let current = status.current_pod_hash.clone().unwrap_or_default();
+    if let Some(canary) = &rollout.spec.strategy.canary {
+        let weight = status
+            .canary
+            .as_ref()
+            .and_then(|c| c.weights.as_ref())
+            .map_or(0, |w| w.canary.weight);
+        let _ = writeln!(out, "Strategy:   Canary");
+        let _ = writeln!(
+            out,
+            "  Step:     {}",
+            status
+                .step_progress
+                .clone()
+                .unwrap_or_else(|| "-".to_owned())
+        );
+        let _ = writeln!(
+            out,
+            "  Weight:   {weight}% canary, {}% stable",
+            100 - weight
+        );
+        let index = usize::try_from(status.current_step_index.unwrap_or(0)).unwrap_or(0);
+        for (i, step) in canary.steps.iter().enumerate() {
+            let mark = if i < index || stable == current {
+                "✔"
+            } else if i == index {
+                "▶"
+            } else {
+                "○"
+            };
+            let what = if let Some(w) = step.set_weight {
+                format!("setWeight: {w}")
+            } else if let Some(p) = &step.pause {
+                match &p.duration {
+                    Some(d) => format!(
+                        "pause: {}",
+                        match d {
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(s) =>
+                                format!("{s}s"),
+                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                                s,
+                            ) => s.clone(),
+                        }
+                    ),
+                    None => "pause: until promoted".to_owned(),
+                }
+            } else if let Some(s) = &step.set_canary_scale {
+                format!("setCanaryScale: {:?}", s.weight.or(s.replicas))
+            } else if let Some(a) = &step.analysis {
+                format!(
+                    "analysis: {}",
+                    a.templates
+                        .iter()
+                        .map(|t| t.template_name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else if let Some(m) = &step.set_mirror_route {
+                format!("setMirrorRoute: {}", m.name)
+            } else {
+                "?".to_owned()
+            };
+            let _ = writeln!(out, "    {mark} {}. {what}", i + 1);
+        }
+    }
+    let _ = writeln!(out, "ReplicaSets:");
+    for rs in sets {
+        let hash = rs
+            .labels()
+            .get(POD_TEMPLATE_HASH_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        let role = if hash == stable {
+            "stable"
+        } else if hash == current {
+            "canary"
+        } else {
+            "old"
+        };
+        let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let available = rs
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        let image = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} {hash} [{role}] {available}/{replicas} available  {image}",
+            if available >= replicas { "✔" } else { "◐" }
+        );
+        for pod in pods.get(&hash).map(Vec::as_slice).unwrap_or_default() {
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.clone())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "      {} {} {phase}{}",
+                if ready { "✔" } else { "✖" },
+                pod.name_any(),
+                if ready { "" } else { ", not ready" }
+            );
+        }
+    }
+    out
+}

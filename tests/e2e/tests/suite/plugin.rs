@@ -1,0 +1,180 @@
+//! `kubectl sluice`: requests, status exit codes, undo and the release view, against the real controller.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use sluice_api::rollout::{Rollout, RolloutPhase};
+use sluice_e2e::{
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+    kubeconfig_path, repo_root,
+};
+
+/// Runs `kubectl sluice ARGS` through kubectl's plugin discovery, with our build first on PATH.
+fn sluice(namespace: &str, args: &[&str]) -> Result<Output> {
+    let plugin_dir = std::env::var_os("SLUICE_E2E_PLUGIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"));
+    let path = std::env::join_paths(std::iter::once(plugin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let kubectl = std::env::var_os("SLUICE_E2E_KUBECTL").unwrap_or_else(|| "kubectl".into());
+    Ok(Command::new(kubectl)
+        .arg("sluice")
+        .args(["-n", namespace])
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()?)
+}
+
+fn ok(out: Output) -> Result<String> {
+    ensure!(
+        out.status.success(),
+        "kubectl sluice failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn phase_is(api: &Api<Rollout>, what: &str, want: RolloutPhase) -> Result<Rollout> {
+    eventually(what, Duration::from_secs(60), || async {
+        let ro = api.get("web").await?;
+        let status = ro.status.clone().unwrap_or_default();
+        let current = status.observed_generation == ro.metadata.generation;
+        Ok((current && status.phase == Some(want)).then_some(ro))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn kubectl_sluice_drives_a_release() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "plugin").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let manifest = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "registry.example/web:1.0.0"}]}},
+            "strategy": {"canary": {"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]}}
+        }
+    });
+    api.patch(
+        "web",
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&manifest),
+    )
+    .await?;
+    let out = sluice(&ns.name, &["status", "web", "--timeout", "60"])?;
+    ensure!(
+        out.status.code() == Some(0),
+        "status of a healthy rollout: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let first = api
+        .get("web")
+        .await?
+        .status
+        .unwrap_or_default()
+        .stable_rs
+        .context("stable")?;
+
+    let image = |tag: &str| json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": format!("registry.example/web:{tag}")}]}}}});
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&image("2.0.0")),
+    )
+    .await?;
+    phase_is(&api, "a pause at 50%", RolloutPhase::Paused).await?;
+    let view = ok(sluice(&ns.name, &["get", "rollout", "web"])?)?;
+    for expected in [
+        "⏸ Paused",
+        "✔ 1. setWeight: 50",
+        "▶ 2. pause: until promoted",
+        "[canary] 1/1 available",
+        "[stable] 1/1 available",
+        "registry.example/web:2.0.0",
+    ] {
+        ensure!(
+            view.contains(expected),
+            "`get rollout` lacks {expected:?}:\n{view}"
+        );
+    }
+
+    // pause / resume are recorded as a reason of their own.
+    ok(sluice(&ns.name, &["pause", "web"])?)?;
+    eventually(
+        "a PausedByUser condition",
+        Duration::from_secs(30),
+        || async {
+            let s = api.get("web").await?.status.unwrap_or_default();
+            Ok(s.pause_conditions
+                .iter()
+                .any(|p| p.reason == "PausedByUser")
+                .then_some(()))
+        },
+    )
+    .await?;
+    ok(sluice(&ns.name, &["resume", "web"])?)?;
+    ok(sluice(&ns.name, &["promote", "web"])?)?;
+    let out = sluice(&ns.name, &["status", "web", "--timeout", "60"])?;
+    ensure!(
+        out.status.code() == Some(0),
+        "status after promote: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let second = api
+        .get("web")
+        .await?
+        .status
+        .unwrap_or_default()
+        .stable_rs
+        .context("stable")?;
+    ensure!(second != first, "the release did not complete");
+
+    // Undo puts the previous template back as a new release; promote --full skips its steps.
+    ok(sluice(&ns.name, &["undo", "web"])?)?;
+    phase_is(&api, "the undo release to pause", RolloutPhase::Paused).await?;
+    ok(sluice(&ns.name, &["promote", "web", "--full"])?)?;
+    let back = phase_is(&api, "the undo to complete", RolloutPhase::Healthy).await?;
+    assert_eq!(
+        back.status.unwrap_or_default().stable_rs.as_deref(),
+        Some(first.as_str())
+    );
+
+    // An aborted release makes `status` exit 1.
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(&image("3.0.0")),
+    )
+    .await?;
+    phase_is(&api, "a pause at 50%", RolloutPhase::Paused).await?;
+    ok(sluice(&ns.name, &["abort", "web"])?)?;
+    let out = sluice(&ns.name, &["status", "web", "--timeout", "60"])?;
+    ensure!(
+        out.status.code() == Some(1),
+        "status of an aborted rollout: {:?}",
+        out.status
+    );
+    ok(sluice(&ns.name, &["retry", "rollout", "web"])?)?;
+    phase_is(&api, "the retried release to pause", RolloutPhase::Paused).await?;
+
+    // A short timeout while paused exits 2.
+    let out = sluice(&ns.name, &["status", "web", "--timeout", "1"])?;
+    ensure!(
+        out.status.code() == Some(2),
+        "status timeout: {:?}",
+        out.status
+    );
+    Ok(())
+}

@@ -462,6 +462,9 @@ pub struct RolloutStatus {
     /// Pods of the newest pod template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_replicas: Option<i32>,
+    /// Available pods of the newest pod template; a change here counts as progress for the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_ready_replicas: Option<i32>,
     /// Pods that are ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,

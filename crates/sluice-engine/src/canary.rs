@@ -767,6 +767,7 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
     d.status.available_replicas = Some(sum(|rs| rs.available));
     d.status.ready_replicas = Some(sum(|rs| rs.available));
     d.status.updated_replicas = Some(d.observed(s.current_hash).replicas);
+    d.status.updated_ready_replicas = Some(d.observed(s.current_hash).available);
     d.status.selector = selector_string(s.spec);
     let steps = d.canary.steps.len();
     let index = usize::try_from(d.status.current_step_index.unwrap_or(0))
@@ -955,10 +956,16 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
     let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty();
     let progressed = previous.current_pod_hash != d.status.current_pod_hash
         || previous.current_step_index != d.status.current_step_index
-        || previous.available_replicas != d.status.available_replicas
+        // Only the new revision's pods count: old ReplicaSets winding down are not progress.
         || previous.updated_replicas != d.status.updated_replicas
+        || previous.updated_ready_replicas != d.status.updated_ready_replicas
         || previous.stable_rs != d.status.stable_rs
-        || previous.last_progress_time.is_none();
+        || previous.last_progress_time.is_none()
+        // Resizing the release's own ReplicaSets is progress too (e.g. the canary shrinking to a
+        // lower weight while stable grows back); an old revision winding down is not.
+        || [stable, current]
+            .iter()
+            .any(|h| d.scale.get(*h).is_some_and(|n| *n != d.observed(h).replicas));
     if !releasing || paused || d.status.abort || progressed {
         d.status.last_progress_time = Some(Time(now));
         return false;

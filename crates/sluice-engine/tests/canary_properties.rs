@@ -436,8 +436,17 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// `PROPTEST_CASES` if set, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // 2000 cases per run; PROPTEST_CASES=50000 for a longer hunt.
+    #![proptest_config(ProptestConfig { cases: cases(2000), ..ProptestConfig::default() })]
 
     #[test]
     fn canary_invariants_hold_over_random_histories(

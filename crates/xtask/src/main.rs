@@ -5,6 +5,7 @@
 //! - `demo`: a local control plane with Sluice's API installed and the samples applied.
 //! - `crdgen`: regenerate `crds/` from the API types (`--check` fails on drift).
 //! - `cluster up|down|status|build`: the local control plane on its own.
+//! - `bench abort`: figures for how fast an abort puts traffic back on stable.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,10 +43,26 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Run a benchmark on the local control plane (started if needed) and print its figures.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
     /// Manage the local control plane used by the demo and for development.
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// From an abort request to traffic back on stable and stable fully available, with and without
+    /// a Gateway API route: median and p99 over `--count` aborts.
+    Abort {
+        /// How many releases to abort in each mode.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
     },
 }
 
@@ -72,6 +89,7 @@ fn main() -> Result<()> {
         } => test(&root, keep_cluster, no_lint),
         Task::Demo => demo::run(&root),
         Task::Crdgen { check } => crdgen(&root, check),
+        Task::Bench { which } => bench(&root, which),
         Task::Cluster { action } => match action {
             ClusterAction::Build => {
                 let bins = sluice_testbed::ensure_binaries()?;
@@ -144,6 +162,39 @@ fn crdgen(root: &Path, check: bool) -> Result<()> {
         (false, false) => println!("updated crds/: {}", drifted.join(", ")),
     }
     Ok(())
+}
+
+/// Builds the controller and the benchmark in release mode and runs the benchmark against the
+/// development cluster, started if it is not running.
+fn bench(root: &Path, which: Bench) -> Result<()> {
+    let cluster = sluice_testbed::up(&dev_cluster_dir(root))?;
+    run(
+        "build the controller and the benchmark (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "sluice-controller",
+            "-p",
+            "sluice-e2e",
+            "--bin",
+            "sluice-controller",
+            "--bin",
+            "sluice-bench",
+        ]),
+    )?;
+    let release = root.join("target").join("release");
+    let args = match which {
+        Bench::Abort { count } => vec!["abort".to_owned(), "--count".to_owned(), count.to_string()],
+    };
+    run(
+        "sluice-bench",
+        Command::new(release.join("sluice-bench"))
+            .args(&args)
+            .envs(cluster.env())
+            .env("SLUICE_E2E_CONTROLLER", release.join("sluice-controller")),
+    )
 }
 
 /// Runs a command, failing with its description if it fails.

@@ -1,6 +1,6 @@
 //! `kubectl sluice`: act on and watch Sluice Rollouts.
 //!
-//! Requests (promote, abort, retry, pause, resume) are written to the `sluice.dev/action` annotation,
+//! Requests (promote, abort, retry, pause, resume, restart) are written to the `sluice.dev/action` annotation,
 //! which the controller acts on and removes, so they never fight a GitOps tool over the spec.
 //! `undo` is the exception: it puts an earlier template back into the spec, as a new revision.
 
@@ -57,6 +57,8 @@ enum Command {
     Pause { name: String },
     /// Resume a paused release.
     Resume { name: String },
+    /// Replace every pod of the Rollout, a few at a time (within maxUnavailable, at least one).
+    Restart { name: String },
     /// Roll back to the previous revision (or --to-revision N, counting back from the newest).
     Undo {
         name: String,
@@ -116,6 +118,7 @@ async fn run() -> Result<ExitCode> {
         }
         Command::Pause { name } => request(&rollouts, &name, "pause").await,
         Command::Resume { name } => request(&rollouts, &name, "resume").await,
+        Command::Restart { name } => request(&rollouts, &name, "restart").await,
         Command::Undo { name, to_revision } => {
             undo(&client, &rollouts, &namespace, &name, to_revision).await
         }

@@ -493,6 +493,13 @@ pub struct RolloutStatus {
     /// the progress deadline counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_time: Option<Time>,
+    /// When `kubectl sluice restart` last asked for every pod to be replaced. The restart in force is
+    /// the later of this and `spec.restartAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_requested_at: Option<Time>,
+    /// The last restart that completed: every pod is newer than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<Time>,
     /// Canary progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, EvictParams, ListParams, Patch, PatchParams,
+};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -21,6 +23,8 @@ use sluice_api::rollout::{
 use sluice_engine::canary::{self, Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::conditions::{self, ConditionStatus};
 use sluice_engine::hash::pod_template_hash;
+use sluice_engine::replicas;
+use sluice_engine::restart::{self, PodView};
 use tracing::{info, instrument, warn};
 
 use crate::error::Error;
@@ -31,7 +35,7 @@ pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
 /// Annotation on an old ReplicaSet: when it is due to be scaled to zero (RFC 3339).
 pub const SCALE_DOWN_AT_ANNOTATION: &str = "sluice.dev/scale-down-at";
 /// Annotation on a Rollout carrying a person's request (`promote`, `promote-full`, `abort`, `retry`,
-/// `pause`, `resume`); the controller acts on it and removes it. Kept out of the spec so that GitOps
+/// `pause`, `resume`, `restart`); the controller acts on it and removes it. Kept out of the spec so that GitOps
 /// tools never revert it.
 pub const ACTION_ANNOTATION: &str = "sluice.dev/action";
 /// Annotation on a ReplicaSet holding the Rollout's pod template exactly as written (the ReplicaSet's
@@ -42,6 +46,8 @@ pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
 
 /// How long to wait before looking again when nothing is scheduled.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How often to look at pods while a restart replaces them (pods are not watched).
+const RESTART_POLL: Duration = Duration::from_secs(1);
 
 pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -62,6 +68,36 @@ pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> 
         })
         .inc();
     Action::requeue(Duration::from_secs(5))
+}
+
+/// Takes a person's request off the Rollout before acting on it, if it is still there: the watch
+/// cache may hand the controller a copy of the Rollout from before an earlier reconcile removed it,
+/// and a request must be acted on once (two promotes would skip a step). Returns false if the request
+/// was already taken. A controller that dies between taking and acting drops the request; the person
+/// sees nothing happen and asks again, which is safer than acting twice.
+async fn claim_request(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    raw: &str,
+) -> Result<bool, Error> {
+    let patch = json!([
+        {"op": "test", "path": "/metadata/annotations/sluice.dev~1action", "value": raw},
+        {"op": "remove", "path": "/metadata/annotations/sluice.dev~1action"}
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch)?;
+    match Api::<Rollout>::namespaced(client.clone(), namespace)
+        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => {
+            info!(request = raw, "took the request");
+            Ok(true)
+        }
+        // The test failed: the annotation is gone or holds another request (seen on a later look).
+        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 409 => Ok(false),
+        Err(err) => Err(err.into()),
+    }
 }
 
 fn parse_actions(rollout: &Rollout) -> (Actions, Option<String>) {
@@ -109,7 +145,14 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
         .collect();
     let views: Vec<ReplicaSetView> = owned.iter().filter_map(view).collect();
-    let (actions, raw_action) = parse_actions(rollout);
+    let (mut actions, mut raw_action) = parse_actions(rollout);
+    if let Some(raw) = raw_action.clone()
+        && !claim_request(&client, &namespace, &name, &raw).await?
+    {
+        // Already taken by an earlier reconcile: this copy of the Rollout is older than the removal.
+        actions = Actions::default();
+        raw_action = None;
+    }
 
     let mut status_in = status.clone();
     conditions::set(
@@ -131,8 +174,31 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         actions,
         now: Timestamp::now(),
     };
-    let plan = canary::decide(&snapshot, canary);
+    let mut plan = canary::decide(&snapshot, canary);
     execute(rollout, ctx, &namespace, canary, &hash, &views, &plan).await?;
+    if raw_action.as_deref().map(str::trim) == Some("restart") {
+        // Pod creation times have whole seconds: round up, so that no pod created before the request
+        // passes for a new one (one created in the same second is replaced once more, harmlessly).
+        plan.status.restart_requested_at = Some(Time(whole_second_after(snapshot.now)));
+        plan.events.push(canary::Event {
+            warning: false,
+            reason: "RolloutRestartRequested",
+            message: "restart requested: every pod will be replaced, a few at a time".to_owned(),
+        });
+    }
+    if let Some(again) = restart(
+        rollout,
+        ctx,
+        &namespace,
+        canary,
+        &views,
+        &mut plan,
+        snapshot.now,
+    )
+    .await?
+    {
+        plan.requeue_after = Some(plan.requeue_after.map_or(again, |d| d.min(again)));
+    }
 
     if plan.status != status {
         let patch = json!({
@@ -152,20 +218,128 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         info!(reason = event.reason, note = %event.message, "transition");
         publish(ctx, rollout, event.warning, event.reason, &event.message).await;
     }
-    if let Some(raw) = raw_action {
-        // Remove the request only if it is still the one acted on.
-        let patch = json!([
-            {"op": "test", "path": "/metadata/annotations/sluice.dev~1action", "value": raw},
-            {"op": "remove", "path": "/metadata/annotations/sluice.dev~1action"}
-        ]);
-        let patch: json_patch::Patch = serde_json::from_value(patch)?;
-        let _ = Api::<Rollout>::namespaced(client, &namespace)
-            .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await;
-    }
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(50)
     })))
+}
+
+/// Replaces pods created before the restart in force (the later of `spec.restartAt` and the last
+/// `kubectl sluice restart`), evicting a few at a time. Returns when to look again, while a restart
+/// is under way or due.
+async fn restart(
+    rollout: &Rollout,
+    ctx: &Context,
+    namespace: &str,
+    canary: &CanaryStrategy,
+    views: &[ReplicaSetView],
+    plan: &mut Plan,
+    now: Timestamp,
+) -> Result<Option<Duration>, Error> {
+    let requested = [
+        rollout.spec.restart_at.as_ref(),
+        plan.status.restart_requested_at.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|t| t.0)
+    .max();
+    let Some(target) = requested else {
+        return Ok(None);
+    };
+    let done_up_to = plan.status.restarted_at.as_ref().map(|t| t.0);
+    // One already completed is not repeated; one in the future waits for its time.
+    if done_up_to.is_some_and(|done| done >= target) {
+        return Ok(None);
+    }
+    if target > now {
+        let wait = Duration::try_from(target.duration_since(now)).unwrap_or(RESTART_POLL);
+        return Ok(Some(wait));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let hashes: Vec<&str> = views.iter().map(|v| v.hash.as_str()).collect();
+    let selector = rollout
+        .spec
+        .selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let min_ready = rollout.spec.min_ready_seconds.unwrap_or(0);
+    let seen: Vec<PodView> = listed
+        .iter()
+        .filter(|p| {
+            p.labels()
+                .get(POD_TEMPLATE_HASH_LABEL)
+                .is_some_and(|h| hashes.contains(&h.as_str()))
+        })
+        .map(|p| PodView {
+            name: p.name_any(),
+            created: p
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+            available: pod_available(p, min_ready, now),
+            terminating: p.metadata.deletion_timestamp.is_some(),
+        })
+        .collect();
+    let wanted: i32 = plan.scale.values().sum();
+    let (_, max_unavailable) = replicas::surge_and_unavailable(
+        rollout.spec.replicas,
+        canary.max_surge.as_ref(),
+        canary.max_unavailable.as_ref(),
+    );
+    let restart = restart::plan(target, &seen, wanted, max_unavailable);
+    for name in &restart.evict {
+        match pods.evict(name, &EvictParams::default()).await {
+            Ok(_) => info!(pod = name.as_str(), "evicted for the restart"),
+            // A PodDisruptionBudget may refuse for now (429); the next look tries again.
+            Err(err) => warn!(pod = name.as_str(), %err, "eviction refused for now"),
+        }
+    }
+    // Done when the pods say so and the ReplicaSets agree (their status lags the pods a little).
+    let replica_sets_available: i32 = views.iter().map(|v| v.available).sum();
+    if restart.done && replica_sets_available >= wanted {
+        plan.status.restarted_at = Some(Time(target));
+        plan.events.push(canary::Event {
+            warning: false,
+            reason: "RolloutRestarted",
+            message: format!("every pod was created after {target}"),
+        });
+        return Ok(None);
+    }
+    Ok(Some(RESTART_POLL))
+}
+
+fn whole_second_after(at: Timestamp) -> Timestamp {
+    if at.subsec_nanosecond() == 0 {
+        at
+    } else {
+        Timestamp::from_second(at.as_second() + 1).unwrap_or(at)
+    }
+}
+
+/// Ready for at least `min_ready_seconds`, as the ReplicaSet controller counts availability.
+fn pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == "True")
+        .is_some_and(|c| {
+            let since = c.last_transition_time.as_ref().map_or(now, |t| t.0);
+            since
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                    min_ready_seconds,
+                )))
+                .is_ok_and(|ready_at| ready_at <= now)
+        })
 }
 
 fn view(rs: &ReplicaSet) -> Option<ReplicaSetView> {
@@ -313,13 +487,14 @@ async fn publish(ctx: &Context, rollout: &Rollout, warning: bool, reason: &str, 
     }
 }
 
-fn http_routes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+/// Gateway API's HTTPRoute, used untyped (the gateway-api crate is on another kube version).
+pub fn http_route_resource() -> ApiResource {
     let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    Api::namespaced_with(
-        client.clone(),
-        namespace,
-        &ApiResource::from_gvk_with_plural(&gvk, "httproutes"),
-    )
+    ApiResource::from_gvk_with_plural(&gvk, "httproutes")
+}
+
+fn http_routes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &http_route_resource())
 }
 
 /// (rule, backendRef) index pairs of the route's backendRefs that name `service`.

@@ -10,3 +10,4 @@ pub mod conditions;
 pub mod duration;
 pub mod hash;
 pub mod replicas;
+pub mod restart;

@@ -1,20 +1,25 @@
-//! `cargo xtask demo`: a local control plane with Sluice's API installed and the samples applied,
-//! narrated step by step.
+//! `cargo xtask demo`: a local control plane with Sluice's API and operator, narrated step by step: a
+//! canary walking its steps with Gateway API weights, a promotion by hand, an abort that puts all
+//! traffic back on stable, a manifest refused at apply time.
 
 use std::io::Write;
-use std::path::Path;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use sluice_testbed::Cluster;
 
-use crate::dev_cluster_dir;
+use crate::{cargo, dev_cluster_dir, run as run_step};
 
 const BOLD: &str = "\x1b[1m";
 const DIM: &str = "\x1b[2m";
 const GREEN: &str = "\x1b[32m";
 const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
 const RESET: &str = "\x1b[0m";
+
+const NAMESPACE: &str = "sluice-demo";
 
 fn heading(text: &str) {
     println!("\n{BOLD}▶ {text}{RESET}");
@@ -23,8 +28,7 @@ fn heading(text: &str) {
 /// Runs kubectl, echoing the command line, and returns its output.
 fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
     println!("{DIM}$ kubectl {}{RESET}", args.join(" "));
-    let mut child = cluster
-        .kubectl()
+    let mut child = with_plugin(cluster.kubectl())
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -81,12 +85,172 @@ spec:
       - pause: {duration: 5 minutes}
 "#;
 
+/// A canary with a Gateway API route, short pauses and a pause for a person.
+const DEMO_ROLLOUT: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: web-stable}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-canary}
+spec: {selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{name: public-gateway}]
+  rules:
+  - backendRefs:
+    - {name: web-stable, port: 80, weight: 100}
+    - {name: web-canary, port: 80, weight: 0}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: "registry.example/web:1.0.0"}]}
+  strategy:
+    canary:
+      canaryService: web-canary
+      stableService: web-stable
+      trafficRouting: {gatewayAPI: {httpRoute: web}}
+      scaleDownDelaySeconds: 5
+      abortScaleDownDelaySeconds: 5
+      steps:
+      - setWeight: 20
+      - pause: {duration: 4s}
+      - setWeight: 50
+      - pause: {}
+"#;
+
+/// `kubectl` with this build's `kubectl-sluice` first on PATH.
+fn with_plugin(mut cmd: Command) -> Command {
+    let plugin_dir = crate::workspace_root().join("target").join("debug");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let paths = std::iter::once(plugin_dir).chain(std::env::split_paths(&path));
+    if let Ok(joined) = std::env::join_paths(paths) {
+        cmd.env("PATH", joined);
+    }
+    cmd
+}
+
+/// One line of the Rollout's state: phase, step, weights in status and on the route.
+fn rollout_line(cluster: &Cluster, name: &str) -> Result<(String, String)> {
+    let get = |args: &[&str]| -> Result<String> {
+        let out = cluster.kubectl().args(args).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let fields = get(&[
+        "get",
+        "rollout",
+        name,
+        "-n",
+        NAMESPACE,
+        "-o",
+        "jsonpath={.status.phase}|{.status.stepProgress}|{.status.message}",
+    ])?;
+    let mut parts = fields.splitn(3, '|');
+    let phase = parts.next().unwrap_or_default().to_owned();
+    let step = parts.next().unwrap_or_default().to_owned();
+    let message = parts.next().unwrap_or_default().to_owned();
+    let weights = get(&[
+        "get",
+        "httproute",
+        name,
+        "-n",
+        NAMESPACE,
+        "-o",
+        "jsonpath={.spec.rules[0].backendRefs[*].weight}",
+    ])?;
+    let mut w = weights.split_whitespace();
+    let (stable, canary) = (w.next().unwrap_or("?"), w.next().unwrap_or("?"));
+    let colour = match phase.as_str() {
+        "Healthy" => GREEN,
+        "Degraded" => RED,
+        "Paused" => YELLOW,
+        _ => "",
+    };
+    let line = format!(
+        "{colour}{phase:<11}{RESET} step {step:<5} route stable {stable:>3}% canary {canary:>3}%  {DIM}{message}{RESET}"
+    );
+    Ok((phase, line))
+}
+
+/// Prints the Rollout's state each time it changes, until `done` says so (or a minute passes).
+fn follow(cluster: &Cluster, name: &str, done: impl Fn(&str, &str) -> bool) -> Result<()> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let (phase, line) = rollout_line(cluster, name)?;
+        if line != last {
+            println!(
+                "  {DIM}{:>5.1}s{RESET}  {line}",
+                started.elapsed().as_secs_f64()
+            );
+            last = line.clone();
+        }
+        if done(&phase, &line) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            bail!("the Rollout did not get there in 90 s: {line}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn set_image(cluster: &Cluster, name: &str, image: &str) -> Result<()> {
+    show(
+        cluster,
+        &[
+            "-n",
+            NAMESPACE,
+            "patch",
+            "rollout",
+            name,
+            "--type=json",
+            &format!(
+                r#"-p=[{{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"{image}"}}]"#
+            ),
+        ],
+        3,
+    )
+}
+
+fn start_operator(root: &Path, cluster: &Cluster) -> Result<PathBuf> {
+    let mut cmd = Command::new(root.join("target").join("debug").join("sluice-controller"));
+    cmd.args([
+        "--namespace",
+        NAMESPACE,
+        "--log-format",
+        "text",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--identity",
+        "demo",
+    ])
+    .env("KUBECONFIG", &cluster.kubeconfig);
+    sluice_testbed::cluster::spawn_addon(&cluster.state_dir, "sluice-controller", cmd)
+}
+
 pub fn run(root: &Path) -> Result<()> {
     heading(
         "Starting a local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes, Prometheus)",
     );
     let cluster = sluice_testbed::up(&dev_cluster_dir(root))?;
     show(&cluster, &["get", "nodes", "-o", "wide"], 10)?;
+
+    heading("Building the operator and the kubectl plugin");
+    run_step(
+        "cargo build -p sluice-controller -p kubectl-sluice",
+        cargo().args(["build", "-p", "sluice-controller", "-p", "kubectl-sluice"]),
+    )?;
 
     heading("Installing Sluice's API with a plain `kubectl apply -f crds/`");
     show(&cluster, &["apply", "-f", "crds/"], 10)?;
@@ -106,28 +270,88 @@ pub fn run(root: &Path) -> Result<()> {
     show(
         &cluster,
         &["explain", "rollout.spec.strategy.canary.steps"],
-        40,
+        24,
     )?;
 
-    heading("Applying the samples in config/");
-    let namespace = "sluice-demo";
-    let ns = kubectl(&cluster, &["create", "namespace", namespace], None)?;
+    heading(&format!(
+        "Starting the operator for namespace {NAMESPACE} (leader election on, JSON logs off for reading)"
+    ));
+    let ns = kubectl(&cluster, &["create", "namespace", NAMESPACE], None)?;
     if !ns.status.success() && !String::from_utf8_lossy(&ns.stderr).contains("AlreadyExists") {
         bail!(
             "creating namespace: {}",
             String::from_utf8_lossy(&ns.stderr)
         );
     }
-    show(&cluster, &["apply", "-n", namespace, "-f", "config/"], 20)?;
-    show(&cluster, &["get", "sluice", "-n", namespace], 30)?;
+    let log = start_operator(root, &cluster)?;
+    println!("  {DIM}operator log: {}{RESET}", log.display());
+
+    heading(
+        "A canary Rollout with a Gateway API HTTPRoute: its first revision goes straight to stable",
+    );
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        DEMO_ROLLOUT,
+    )?;
+    follow(&cluster, "web", |phase, _| phase == "Healthy")?;
+
+    heading(
+        "A new image starts a release: 20% of traffic, a 4 s pause, 50%, then a pause for a person",
+    );
+    set_image(&cluster, "web", "registry.example/web:2.0.0")?;
+    follow(&cluster, "web", |phase, line| {
+        phase == "Paused" && line.contains("step 3/4")
+    })?;
+    show(
+        &cluster,
+        &["sluice", "get", "rollout", "web", "-n", NAMESPACE],
+        30,
+    )?;
+
+    heading("A person promotes it: the canary takes all traffic and becomes stable");
+    show(&cluster, &["sluice", "promote", "web", "-n", NAMESPACE], 3)?;
+    follow(&cluster, "web", |phase, _| phase == "Healthy")?;
+
+    heading("Another release is aborted at 50%: all traffic goes back to stable at once");
+    set_image(&cluster, "web", "registry.example/web:3.0.0-bad")?;
+    follow(&cluster, "web", |phase, line| {
+        phase == "Paused" && line.contains("step 3/4")
+    })?;
+    let aborted_at = Instant::now();
+    show(&cluster, &["sluice", "abort", "web", "-n", NAMESPACE], 3)?;
+    follow(&cluster, "web", |phase, line| {
+        phase == "Degraded" && line.contains("stable 100%")
+    })?;
     println!(
-        "  {DIM}(no controller runs in this build yet, so the Rollouts have no status){RESET}"
+        "  {GREEN}traffic back on stable {:.1} s after the abort was requested (polling every 0.25 s){RESET}",
+        aborted_at.elapsed().as_secs_f64()
+    );
+    show(
+        &cluster,
+        &[
+            "get",
+            "events",
+            "-n",
+            NAMESPACE,
+            "--field-selector",
+            "involvedObject.name=web",
+            "--sort-by=.lastTimestamp",
+        ],
+        14,
+    )?;
+
+    heading("The samples in config/");
+    show(&cluster, &["apply", "-n", NAMESPACE, "-f", "config/"], 20)?;
+    show(&cluster, &["get", "ro", "-n", NAMESPACE], 10)?;
+    println!(
+        "  {DIM}(analysis with Prometheus, blue-green and error-budget gates come in later releases of the operator){RESET}"
     );
 
     heading("A manifest with mistakes is refused at apply time, naming each field");
     let out = kubectl(
         &cluster,
-        &["apply", "-n", namespace, "-f", "-"],
+        &["apply", "-n", NAMESPACE, "-f", "-"],
         Some(BAD_ROLLOUT),
     )?;
     if out.status.success() {
@@ -140,32 +364,29 @@ pub fn run(root: &Path) -> Result<()> {
         println!("  {RED}{}{RESET}", line.trim());
     }
 
-    heading("A HorizontalPodAutoscaler can scale a Rollout (scale subresource)");
-    show(
-        &cluster,
-        &["scale", "-n", namespace, "rollout/checkout", "--replicas=5"],
-        5,
-    )?;
-    show(
-        &cluster,
-        &[
-            "get",
-            "rollout",
-            "checkout",
-            "-n",
-            namespace,
-            "-o",
-            "jsonpath={.spec.replicas}{\"\\n\"}",
-        ],
-        5,
-    )?;
-
-    println!("\n{GREEN}{BOLD}The cluster keeps running.{RESET} Use it with:");
+    println!("\n{GREEN}{BOLD}The cluster and the operator keep running.{RESET} Use them with:");
     for (key, value) in cluster.env() {
         println!("  export {key}={value}");
     }
     println!("  export KUBECONFIG={}", cluster.kubeconfig.display());
     println!("  alias kubectl={}", cluster.kubectl.display());
-    println!("Stop it with `cargo xtask cluster down`.");
+    println!("  export PATH=$PWD/target/debug:$PATH   # for `kubectl sluice`");
+    println!("  kubectl sluice get rollout web -n {NAMESPACE} --watch");
+    println!("Stop both with `cargo xtask cluster down`.");
+    Ok(())
+}
+
+fn kubectl_ok(cluster: &Cluster, args: &[&str], stdin: &str) -> Result<()> {
+    let out = kubectl(cluster, args, Some(stdin))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }

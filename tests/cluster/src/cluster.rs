@@ -250,8 +250,61 @@ pub fn up(state_dir: &Path) -> Result<Cluster> {
     Ok(cluster)
 }
 
+/// Starts a process that runs beside the cluster (the demo's operator, say) in its own process
+/// group, logging to `logs/<name>.log`; `down` stops it before the cluster. Replaces a running one
+/// of the same name. Returns the log's path.
+pub fn spawn_addon(state_dir: &Path, name: &str, mut command: Command) -> Result<PathBuf> {
+    let pids = state_dir.join("pids").join("addons");
+    fs::create_dir_all(&pids)?;
+    stop_addons(state_dir, Some(name));
+    let log_path = state_dir.join("logs").join(format!("{name}.log"));
+    let log = File::create(&log_path)?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    fs::write(pids.join(format!("{name}.pid")), child.id().to_string())?;
+    Ok(log_path)
+}
+
+/// Stops the add-ons started with [`spawn_addon`] (only the one called `only`, if given).
+fn stop_addons(state_dir: &Path, only: Option<&str>) {
+    let Ok(entries) = fs::read_dir(state_dir.join("pids").join("addons")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
+        let pid = fs::read_to_string(&path)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid.filter(|pid| is_alive(*pid)) {
+            let group = Pid::from_raw(pid);
+            let _ = killpg(group, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while is_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if is_alive(pid) {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        let _ = fs::remove_file(&path);
+    }
+}
+
 /// Stops every component of the cluster in `state_dir` and removes its state.
 pub fn down(state_dir: &Path) -> Result<()> {
+    stop_addons(state_dir, None);
     for (name, pid) in running_components(state_dir).into_iter().rev() {
         let group = Pid::from_raw(pid);
         let _ = killpg(group, Signal::SIGTERM);

@@ -174,13 +174,20 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     /// Starts `sluice-controller --namespace NAMESPACE` (`SLUICE_E2E_CONTROLLER`, else the debug build).
+    /// Its leader-election identity is fixed per namespace, as a pod's name is across container
+    /// restarts, so a restarted controller takes its Lease back at once.
     pub fn start(namespace: &str) -> Result<Self> {
+        Self::start_as(namespace, &format!("e2e-{namespace}"))
+    }
+
+    /// Starts a controller for `namespace` with its own leader-election identity and a 5 s Lease.
+    pub fn start_as(namespace: &str, identity: &str) -> Result<Self> {
         let binary = std::env::var_os("SLUICE_E2E_CONTROLLER")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/debug/sluice-controller"));
         let logs = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&logs)?;
-        let log = logs.join(format!("controller-{namespace}.log"));
+        let log = logs.join(format!("controller-{namespace}-{identity}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -190,6 +197,7 @@ impl ControllerProcess {
             .port();
         let child = Command::new(&binary)
             .args(["--namespace", namespace, "--log-format", "text"])
+            .args(["--identity", identity, "--lease-duration-seconds", "5"])
             .env("KUBECONFIG", kubeconfig_path())
             .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .stdout(file.try_clone()?)

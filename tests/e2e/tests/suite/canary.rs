@@ -263,11 +263,15 @@ async fn abort_puts_all_traffic_and_full_capacity_back_on_stable_and_retry_start
     })
     .await?;
     let canary_hash = paused.current_pod_hash.clone().context("hash")?;
-    let sets = replica_sets(&client, &ns.name).await?;
-    assert!(
-        sets.contains(&(stable.clone(), 2, 2)) && sets.contains(&(canary_hash.clone(), 2, 2)),
-        "{sets:?}"
-    );
+    // Stable's status may still count the pods it is letting go of for a moment.
+    eventually("two pods of each version", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok(
+            (sets.contains(&(stable.clone(), 2, 2)) && sets.contains(&(canary_hash.clone(), 2, 2)))
+                .then_some(()),
+        )
+    })
+    .await?;
 
     request(&api, "web", "abort").await?;
     let aborted = wait_status(&api, "web", "the abort", |s| {
@@ -363,6 +367,62 @@ async fn a_missing_service_is_an_invalid_spec_and_leaves_the_cluster_alone() -> 
         Ok((!out.stdout.is_empty()).then_some(()))
     })
     .await?;
+
+    // The Services appear: the controller watches them, so the Rollout recovers at once rather than
+    // at its next periodic look (30 s).
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["web-stable", "web-canary"] {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        services
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&svc),
+            )
+            .await?;
+    }
+    let healthy = eventually(
+        "the Rollout to recover once its Services exist",
+        Duration::from_secs(15),
+        || async {
+            let status = api.get("web").await?.status.unwrap_or_default();
+            Ok(healthy_on(&status, None).then_some(status))
+        },
+    )
+    .await?;
+    let stable = healthy.stable_rs.clone().context("stable")?;
+    ensure!(
+        healthy
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "InvalidSpec" && c.status == "False"),
+        "InvalidSpec not cleared: {:?}",
+        healthy.conditions
+    );
+
+    // A new release naming a Service that does not exist is refused, and stable is left as it is.
+    let broken = rollout(
+        "web",
+        2,
+        "registry.example/web:2.0.0",
+        json!({"canaryService": "web-missing", "stableService": "web-stable", "steps": [{"setWeight": 10}]}),
+    );
+    apply(&api, &broken).await?;
+    let refused = wait_status(&api, "web", "InvalidSpec for web-missing", |s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "InvalidSpec" && c.status == "True" && c.message.contains("web-missing")
+        })
+    })
+    .await?;
+    assert_eq!(refused.stable_rs.as_deref(), Some(stable.as_str()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sets = replica_sets(&client, &ns.name).await?;
+    assert_eq!(
+        sets,
+        vec![(stable.clone(), 2, 2)],
+        "stable was touched or a canary was created"
+    );
     Ok(())
 }
 

@@ -3,5 +3,6 @@
 mod api;
 mod canary;
 mod cluster;
+mod leader;
 mod plugin;
 mod validation;

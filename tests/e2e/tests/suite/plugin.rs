@@ -4,7 +4,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{
@@ -176,5 +178,105 @@ async fn kubectl_sluice_drives_a_release() -> Result<()> {
         "status timeout: {:?}",
         out.status
     );
+    Ok(())
+}
+
+/// Pods of the Rollout that serve: Ready and not being deleted.
+fn serving(pods: &[Pod]) -> usize {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn kubectl_sluice_restart_replaces_every_pod_within_max_unavailable() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "restart-pods").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let manifest = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 4,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "registry.example/web:1.0.0"}]}},
+            "strategy": {"canary": {"maxSurge": 0, "maxUnavailable": 1, "steps": [{"setWeight": 50}]}}
+        }
+    });
+    api.patch(
+        "web",
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&manifest),
+    )
+    .await?;
+    phase_is(&api, "the first revision", RolloutPhase::Healthy).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let app = ListParams::default().labels("app=web");
+    let before: Vec<String> = eventually("4 serving pods", Duration::from_secs(60), || async {
+        let list = pods.list(&app).await?.items;
+        Ok((serving(&list) == 4 && list.len() == 4)
+            .then(|| list.iter().map(ResourceExt::name_any).collect()))
+    })
+    .await?;
+
+    ok(sluice(&ns.name, &["restart", "web"])?)?;
+    // Watch capacity while the pods are replaced: never more than maxUnavailable (1) missing.
+    let mut fewest = usize::MAX;
+    let started = std::time::Instant::now();
+    let restarted = loop {
+        let list = pods.list(&app).await?.items;
+        fewest = fewest.min(serving(&list));
+        let rollout = api.get("web").await?;
+        let status = rollout.status.unwrap_or_default();
+        let names: Vec<String> = list.iter().map(ResourceExt::name_any).collect();
+        if status.restarted_at.is_some() {
+            break (status, names);
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(90),
+            "restart did not finish: {names:?}, {:?}",
+            status.message
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (status, after) = restarted;
+    ensure!(fewest >= 3, "capacity fell to {fewest} serving pods of 4");
+    ensure!(
+        after.iter().all(|name| !before.contains(name)),
+        "pods survived the restart: before {before:?}, after {after:?}"
+    );
+    ensure!(
+        status.restart_requested_at.is_some(),
+        "the request is not recorded"
+    );
+    phase_is(&api, "healthy after the restart", RolloutPhase::Healthy).await?;
+    let annotations = api
+        .get("web")
+        .await?
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    ensure!(
+        !annotations.contains_key("sluice.dev/action"),
+        "the request was not cleared"
+    );
+    let events = sluice_e2e::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=RolloutRestarted",
+        "-o",
+        "name",
+    ])?;
+    ensure!(!events.stdout.is_empty(), "no RolloutRestarted event");
     Ok(())
 }

@@ -1,0 +1,101 @@
+//! Leader election: of two controllers only the Lease holder reconciles, and the other takes over
+//! when the leader dies.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use sluice_api::rollout::{Rollout, RolloutPhase};
+use sluice_e2e::{
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn holder(leases: &Api<Lease>) -> Result<Option<String>> {
+    Ok(leases
+        .get_opt("sluice-controller")
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+async fn healthy_on_image(api: &Api<Rollout>, image: &str) -> Result<()> {
+    eventually(&format!("{image} to be released"), WAIT, || async {
+        let ro = api.get("web").await?;
+        let status = ro.status.clone().unwrap_or_default();
+        let on_image = ro
+            .spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .is_some_and(|s| s.containers[0].image.as_deref() == Some(image));
+        Ok((on_image
+            && status.observed_generation == ro.metadata.generation
+            && status.phase == Some(RolloutPhase::Healthy)
+            && status.stable_rs == status.current_pod_hash)
+            .then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_standby_controller_takes_over_when_the_leader_dies() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "leader").await?;
+    let mut first = ControllerProcess::start_as(&ns.name, "first")?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the first controller to hold the Lease", WAIT, || async {
+        Ok((holder(&leases).await?.as_deref() == Some("first")).then_some(()))
+    })
+    .await?;
+    let second = ControllerProcess::start_as(&ns.name, "second")?;
+
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let manifest = |image: &str| {
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": image}]}},
+                "strategy": {"canary": {"steps": [{"setWeight": 50}]}}
+            }
+        })
+    };
+    let apply = |image: &'static str| {
+        let api = api.clone();
+        let manifest = manifest(image);
+        async move {
+            api.patch(
+                "web",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&manifest),
+            )
+            .await
+        }
+    };
+    apply("registry.example/web:1.0.0").await?;
+    healthy_on_image(&api, "registry.example/web:1.0.0").await?;
+    let standby_log = std::fs::read_to_string(&second.log).context("second controller's log")?;
+    ensure!(
+        standby_log.contains("waiting to become the leader")
+            && !standby_log.contains("became the leader"),
+        "the standby did not wait:\n{standby_log}"
+    );
+    ensure!(
+        !standby_log.contains("created ReplicaSet"),
+        "the standby wrote:\n{standby_log}"
+    );
+
+    // The leader dies without releasing the Lease; the standby takes over once it expires (5 s).
+    first.kill()?;
+    apply("registry.example/web:2.0.0").await?;
+    healthy_on_image(&api, "registry.example/web:2.0.0").await?;
+    assert_eq!(holder(&leases).await?.as_deref(), Some("second"));
+    Ok(())
+}

@@ -28,7 +28,15 @@ fn heading(text: &str) {
 /// Runs kubectl, echoing the command line, and returns its output.
 fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Result<std::process::Output> {
     println!("{DIM}$ kubectl {}{RESET}", args.join(" "));
-    let mut child = with_plugin(cluster.kubectl())
+    // kubectl hands no flags of its own to plugins: they find the cluster through KUBECONFIG.
+    let mut cmd = if args.first() == Some(&"sluice") {
+        let mut cmd = with_plugin(Command::new(&cluster.kubectl));
+        cmd.env("KUBECONFIG", &cluster.kubeconfig);
+        cmd
+    } else {
+        cluster.kubectl()
+    };
+    let mut child = cmd
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -336,7 +344,7 @@ pub fn run(root: &Path) -> Result<()> {
             NAMESPACE,
             "--field-selector",
             "involvedObject.name=web",
-            "--sort-by=.lastTimestamp",
+            "--sort-by=.metadata.creationTimestamp",
         ],
         14,
     )?;

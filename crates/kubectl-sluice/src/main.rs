@@ -22,6 +22,8 @@ use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
 const ACTION_ANNOTATION: &str = "sluice.dev/action";
 const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
+/// The field manager of the plugin's writes.
+const FIELD_MANAGER: &str = "kubectl-sluice";
 
 #[derive(Parser)]
 #[command(
@@ -146,7 +148,14 @@ async fn request(rollouts: &Api<Rollout>, name: &str, action: &str) -> Result<Ex
         .with_context(|| format!("Rollout {name:?}"))?;
     let patch = json!({"metadata": {"annotations": {ACTION_ANNOTATION: action}}});
     rollouts
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
         .await?;
     println!("rollout.sluice.dev/{name}: {action} requested");
     Ok(ExitCode::SUCCESS)
@@ -216,7 +225,14 @@ async fn undo(
     let patch = json!([{"op": "replace", "path": "/spec/template", "value": template}]);
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
     rollouts
-        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            },
+            &Patch::<()>::Json(patch),
+        )
         .await?;
     let hash = target
         .labels()

@@ -70,6 +70,15 @@ pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Parameters for the merge and JSON patches the controller makes, under its field manager, so that
+/// `managedFields` show who set a Service's selector or a route's weights.
+fn writer() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
 /// Takes a person's request off the Rollout before acting on it, if it is still there: the watch
 /// cache may hand the controller a copy of the Rollout from before an earlier reconcile removed it,
 /// and a request must be acted on once (two promotes would skip a step). Returns false if the request
@@ -87,7 +96,7 @@ async fn claim_request(
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch)?;
     match Api::<Rollout>::namespaced(client.clone(), namespace)
-        .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .patch(name, &writer(), &Patch::<()>::Json(patch))
         .await
     {
         Ok(_) => {
@@ -556,7 +565,7 @@ async fn execute(
         async move {
             let patch = json!({"spec": {"replicas": n}});
             replica_sets
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name, &writer(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
         }
@@ -573,7 +582,7 @@ async fn execute(
             let value = at.map(|t| t.to_string());
             let patch = json!({"metadata": {"annotations": {SCALE_DOWN_AT_ANNOTATION: value}}});
             replica_sets
-                .patch(&name_of(h), &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name_of(h), &writer(), &Patch::Merge(&patch))
                 .await?;
         }
     }
@@ -597,7 +606,7 @@ async fn execute(
             if current != Some(target) {
                 let patch = json!({"spec": {"selector": {POD_TEMPLATE_HASH_LABEL: target}}});
                 services
-                    .patch(service, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(service, &writer(), &Patch::Merge(&patch))
                     .await?;
             }
         }
@@ -631,11 +640,7 @@ async fn execute(
                 let patch: json_patch::Patch =
                     serde_json::from_value(serde_json::Value::Array(ops))?;
                 routes
-                    .patch(
-                        route_name,
-                        &PatchParams::default(),
-                        &Patch::<()>::Json(patch),
-                    )
+                    .patch(route_name, &writer(), &Patch::<()>::Json(patch))
                     .await?;
                 info!(
                     route = route_name.as_str(),
@@ -650,7 +655,7 @@ async fn execute(
                 let patch =
                     json!({"metadata": {"annotations": {ROUTE_IN_FLIGHT_ANNOTATION: value}}});
                 routes
-                    .patch(route_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(route_name, &writer(), &Patch::Merge(&patch))
                     .await?;
             }
         }

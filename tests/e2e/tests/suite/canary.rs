@@ -1,11 +1,14 @@
 //! Canary releases driven by the real controller on the real control plane.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
@@ -123,6 +126,35 @@ fn sluice_e2e_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
     )
 }
 
+/// Watches the route and records each distinct (stable, canary) weight pair it takes, in order.
+fn record_route_weights(client: &Client, ns: &str) -> Arc<Mutex<Vec<(i64, i64)>>> {
+    let seen: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let log = seen.clone();
+    let stream = watcher(sluice_e2e_routes(client, ns), watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.applied_objects());
+        while let Some(Ok(route)) = stream.next().await {
+            let refs = route.data["spec"]["rules"][0]["backendRefs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let weight = |name: &str| {
+                refs.iter()
+                    .find(|r| r["name"] == name)
+                    .and_then(|r| r["weight"].as_i64())
+                    .unwrap_or(-1)
+            };
+            let pair = (weight("web-stable"), weight("web-canary"));
+            if let Ok(mut seen) = log.lock()
+                && seen.last() != Some(&pair)
+            {
+                seen.push(pair);
+            }
+        }
+    });
+    seen
+}
+
 async fn create_routing(client: &Client, ns: &str) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     for name in ["web-stable", "web-canary"] {
@@ -181,6 +213,8 @@ async fn canary_walks_its_steps_with_route_weights_to_a_full_release() -> Result
     .await?;
     let stable = first.stable_rs.clone().context("stable")?;
     assert_eq!(route_weights(&client, &ns.name).await?, (100, 0));
+    // Every weight the route takes during the release, in order, from a watch.
+    let seen = record_route_weights(&client, &ns.name);
 
     set_image(&api, "web", "registry.example/web:1.1.0").await?;
     let paused = wait_status(&api, "web", "the canary to pause at 20%", |s| {
@@ -206,6 +240,13 @@ async fn canary_walks_its_steps_with_route_weights_to_a_full_release() -> Result
     .await?;
     assert_eq!(done.current_step_index, Some(4));
     assert_eq!(route_weights(&client, &ns.name).await?, (100, 0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let weights = seen.lock().map(|w| w.clone()).unwrap_or_default();
+    assert_eq!(
+        weights,
+        vec![(100, 0), (80, 20), (40, 60), (100, 0)],
+        "the route's weights through the release"
+    );
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let selector = |svc: Service| {
         svc.spec
@@ -596,5 +637,71 @@ async fn a_new_template_mid_release_supersedes_the_canary() -> Result<()> {
     .await?;
     assert_eq!(back.current_pod_hash.as_deref(), Some(stable.as_str()));
     assert_eq!(route_weights(&client, &ns.name).await?, (100, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn scaling_through_the_scale_subresource_resizes_stable_and_the_canary_share() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "hpa").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps = json!([{"setWeight": 20}, {"pause": {}}]);
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:1.0.0", routed_canary(steps)),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+
+    // What a HorizontalPodAutoscaler does: write spec.replicas through the scale subresource.
+    let scale = |replicas: i32| {
+        let api = api.clone();
+        async move {
+            api.patch_scale(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+        }
+    };
+    scale(5).await?;
+    eventually("stable at 5 available pods", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok(sets.contains(&(stable.clone(), 5, 5)).then_some(()))
+    })
+    .await?;
+    let observed = eventually("the scale subresource to report 5", WAIT, || async {
+        let scale = api.get_scale("web").await?;
+        let status = scale.status.unwrap_or_default();
+        Ok((status.replicas == 5).then_some(status))
+    })
+    .await?;
+    assert_eq!(observed.selector.as_deref(), Some("app=web"));
+
+    // Mid-release the canary keeps its share of the new size, and stable stays whole.
+    set_image(&api, "web", "registry.example/web:1.1.0").await?;
+    let paused = wait_status(&api, "web", "the canary to pause at 20%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let canary = paused.current_pod_hash.clone().context("hash")?;
+    scale(10).await?;
+    eventually("stable at 10 and the canary at 2 (20%)", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok(
+            (sets.contains(&(stable.clone(), 10, 10)) && sets.contains(&(canary.clone(), 2, 2)))
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert_eq!(route_weights(&client, &ns.name).await?, (80, 20));
     Ok(())
 }

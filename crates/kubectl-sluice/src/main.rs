@@ -141,11 +141,34 @@ fn check_kind(kind: &str) -> Result<()> {
     }
 }
 
-async fn request(rollouts: &Api<Rollout>, name: &str, action: &str) -> Result<ExitCode> {
-    rollouts
+/// How long a request waits for the controller to take the one before it, and then its own.
+const REQUEST_WAIT: Duration = Duration::from_secs(15);
+
+/// The request waiting on the Rollout, if any.
+async fn pending(rollouts: &Api<Rollout>, name: &str) -> Result<Option<String>> {
+    Ok(rollouts
         .get(name)
         .await
-        .with_context(|| format!("Rollout {name:?}"))?;
+        .with_context(|| format!("Rollout {name:?}"))?
+        .annotations()
+        .get(ACTION_ANNOTATION)
+        .cloned())
+}
+
+/// Writes a request to the Rollout's annotation and waits until the controller takes it. The
+/// annotation holds one request at a time, so a request first waits for the one before it: two
+/// quick commands (resume, then promote) must not overwrite each other.
+async fn request(rollouts: &Api<Rollout>, name: &str, action: &str) -> Result<ExitCode> {
+    let started = Instant::now();
+    while let Some(previous) = pending(rollouts, name).await? {
+        if started.elapsed() > REQUEST_WAIT {
+            bail!(
+                "the earlier request {previous:?} on Rollout {name:?} has not been taken in {}s: is sluice-controller running?",
+                REQUEST_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let patch = json!({"metadata": {"annotations": {ACTION_ANNOTATION: action}}});
     rollouts
         .patch(
@@ -157,6 +180,16 @@ async fn request(rollouts: &Api<Rollout>, name: &str, action: &str) -> Result<Ex
             &Patch::Merge(&patch),
         )
         .await?;
+    let sent = Instant::now();
+    while pending(rollouts, name).await?.as_deref() == Some(action) {
+        if sent.elapsed() > REQUEST_WAIT {
+            println!(
+                "rollout.sluice.dev/{name}: {action} requested; the controller has not taken it yet (is sluice-controller running?)"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     println!("rollout.sluice.dev/{name}: {action} requested");
     Ok(ExitCode::SUCCESS)
 }

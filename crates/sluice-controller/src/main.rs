@@ -25,12 +25,15 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use sluice_api::Rollout;
+use sluice_api::analysis::AnalysisRun;
 use tracing_subscriber::EnvFilter;
 
+mod analysis_run;
 mod error;
 mod http;
 mod metrics;
 mod rollout;
+mod rollout_analysis;
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "sluice-controller";
@@ -94,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
 
+    sluice_analysis::prometheus::install_crypto_provider();
     let client = Client::try_default().await?;
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_owned(),
@@ -210,6 +214,10 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
         }
         _ => true,
     };
+    let runs: Api<AnalysisRun> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let rollouts_for_readiness = rollouts.clone();
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
@@ -217,6 +225,11 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
     let controller = controller
         .owns(
             replica_sets,
+            watcher::Config::default().labels(rollout::ROLLOUT_LABEL),
+        )
+        // A run's verdict moves its release at once (an abort within a second of the failing measurement).
+        .owns(
+            runs.clone(),
             watcher::Config::default().labels(rollout::ROLLOUT_LABEL),
         )
         // A Service or route that appears, disappears or is edited by someone else is looked at again
@@ -283,10 +296,18 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
         namespace = args.namespace.as_deref().unwrap_or("*"),
         "starting the Rollout controller"
     );
-    controller
+    let analysis_runs = Controller::new(runs, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(
+            analysis_run::reconcile,
+            analysis_run::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+    let rollouts = controller
         .run(rollout::reconcile, rollout::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(rollouts, analysis_runs);
 }
 
 /// The Rollouts in `namespace` whose canary strategy names `name` as `matches` says.

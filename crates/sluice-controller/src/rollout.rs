@@ -28,6 +28,7 @@ use sluice_engine::restart::{self, PodView};
 use tracing::{info, instrument, warn};
 
 use crate::error::Error;
+use crate::rollout_analysis;
 use crate::{Context, FIELD_MANAGER};
 
 /// Label on the ReplicaSets a Rollout owns, naming it.
@@ -72,7 +73,7 @@ pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> 
 
 /// Parameters for the merge and JSON patches the controller makes, under its field manager, so that
 /// `managedFields` show who set a Service's selector or a route's weights.
-fn writer() -> PatchParams {
+pub(crate) fn writer() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -154,6 +155,8 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
         .collect();
     let views: Vec<ReplicaSetView> = owned.iter().filter_map(view).collect();
+    let runs = rollout_analysis::owned_runs(&client, &namespace, rollout).await?;
+    let (step_analysis, background_analysis) = rollout_analysis::verdicts(rollout, &runs, &hash);
     let (mut actions, mut raw_action) = parse_actions(rollout);
     if let Some(raw) = raw_action.clone()
         && !claim_request(&client, &namespace, &name, &raw).await?
@@ -179,12 +182,18 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         status: &status_in,
         current_hash: &hash,
         replica_sets: &views,
-        step_analysis: None,
+        step_analysis,
+        background_analysis,
         actions,
         now: Timestamp::now(),
     };
     let mut plan = canary::decide(&snapshot, canary);
     execute(rollout, ctx, &namespace, canary, &hash, &views, &plan).await?;
+    if let Err(problem) =
+        rollout_analysis::sync(ctx, rollout, &namespace, canary, &hash, &runs, &mut plan).await?
+    {
+        return invalid_spec(rollout, ctx, &status, &problem).await;
+    }
     if raw_action.as_deref().map(str::trim) == Some("restart") {
         // Pod creation times have whole seconds: round up, so that no pod created before the request
         // passes for a new one (one created in the same second is replaced once more, harmlessly).
@@ -417,6 +426,11 @@ async fn check_spec<'a>(
                     "HTTPRoute {route_name:?} has no backendRef for Service {service:?}; add it (weight 0 for the canary) so Sluice can shift traffic"
                 )));
             }
+        }
+    }
+    for (field, refs) in rollout_analysis::template_refs(canary) {
+        if let Err(problem) = rollout_analysis::templates(client, namespace, refs, &field).await? {
+            return Ok(Err(problem));
         }
     }
     Ok(Ok(canary))

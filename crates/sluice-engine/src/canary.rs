@@ -92,8 +92,10 @@ pub struct Snapshot<'a> {
     pub current_hash: &'a str,
     /// The ReplicaSets the Rollout owns.
     pub replica_sets: &'a [ReplicaSetView],
-    /// The analysis of the current step, if it has one and it was started.
+    /// The analysis of the step at the persisted `currentStepIndex`, if it has one and it was started.
     pub step_analysis: Option<AnalysisOutcome>,
+    /// The background analysis of this release, if it was started.
+    pub background_analysis: Option<AnalysisOutcome>,
     pub actions: Actions,
     pub now: Timestamp,
 }
@@ -204,6 +206,9 @@ struct Decision<'a> {
     requeue_after: Option<Duration>,
     scale: BTreeMap<String, i32>,
     scale_down_at: BTreeMap<String, Option<Timestamp>>,
+    /// The release's analysis runs were dropped in this decision (a new revision, a retry): the
+    /// verdicts in the snapshot belong to the old runs and do not count.
+    runs_forgotten: bool,
 }
 
 impl<'a> Decision<'a> {
@@ -272,6 +277,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         requeue_after: None,
         scale: BTreeMap::new(),
         scale_down_at: BTreeMap::new(),
+        runs_forgotten: false,
     };
     let steps = &canary.steps;
     let step_count = i32::try_from(steps.len()).unwrap_or(i32::MAX);
@@ -285,9 +291,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         d.status.abort = false;
         d.status.aborted_at = None;
         d.status.promote_full = false;
-        if let Some(c) = d.status.canary.as_mut() {
-            c.current_step_analysis_run_status = None;
-        }
+        forget_analysis_runs(&mut d);
         match d.status.stable_rs.clone() {
             None => {
                 d.status.stable_rs = Some(current.clone());
@@ -333,6 +337,8 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         d.status.aborted_at = None;
         d.status.current_step_index = Some(0);
         d.status.pause_conditions.clear();
+        // The aborted release's runs keep their verdicts; the retry measures afresh.
+        forget_analysis_runs(&mut d);
         d.event(
             false,
             "RolloutRetried",
@@ -368,6 +374,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         weight = 0;
         scale_for_abort(&mut d, &stable, &current);
     } else {
+        judge_background(&mut d, &mut promote);
         let (index, w) = walk_steps(&mut d, &mut promote);
         weight = w;
         d.status.current_step_index = Some(i32::try_from(index).unwrap_or(i32::MAX));
@@ -418,6 +425,46 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
     }
 }
 
+/// Drops the runs recorded for the release, so that new ones are started.
+fn forget_analysis_runs(d: &mut Decision<'_>) {
+    d.runs_forgotten = true;
+    if let Some(c) = d.status.canary.as_mut() {
+        c.current_step_analysis_run_status = None;
+        c.current_background_analysis_run_status = None;
+    }
+}
+
+/// Background analysis: a failure aborts; an inconclusive verdict pauses for a person, whose promote
+/// lets the release go on with a fresh run.
+fn judge_background(d: &mut Decision<'_>, promote: &mut bool) {
+    if d.runs_forgotten {
+        return;
+    }
+    match d.s.background_analysis.clone() {
+        Some(AnalysisOutcome::Failed(why)) => {
+            abort(d, &format!("background analysis failed: {why}"));
+        }
+        Some(AnalysisOutcome::Inconclusive(why)) => {
+            if std::mem::take(promote) {
+                d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+                d.status.controller_pause = !d.status.pause_conditions.is_empty();
+                if let Some(c) = d.status.canary.as_mut() {
+                    c.current_background_analysis_run_status = None;
+                }
+            } else if !d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS) {
+                d.add_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+                d.status.controller_pause = true;
+                d.event(
+                    true,
+                    "AnalysisInconclusive",
+                    format!("background analysis inconclusive: {why}; waiting for a person"),
+                );
+            }
+        }
+        Some(AnalysisOutcome::Running | AnalysisOutcome::Successful) | None => {}
+    }
+}
+
 fn abort(d: &mut Decision<'_>, reason: &str) {
     d.status.abort = true;
     d.status.aborted_at = Some(Time(d.s.now));
@@ -437,7 +484,16 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
     if d.status.promote_full {
         return (steps.len(), d.previous_weight());
     }
-    let held = d.s.spec.paused || d.has_pause(pause_reason::PAUSED_BY_USER);
+    let held = d.s.spec.paused
+        || d.has_pause(pause_reason::PAUSED_BY_USER)
+        || (d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS)
+            && !d.runs_forgotten
+            && matches!(
+                d.s.background_analysis,
+                Some(AnalysisOutcome::Inconclusive(_))
+            ));
+    // The verdict handed in belongs to the step at the persisted index only.
+    let analysed_step = index;
     let mut weight = d.previous_weight().min(step_weight(steps, index));
     while index < steps.len() && !held && !d.status.abort {
         let step = &steps[index];
@@ -477,7 +533,10 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
                 d.status.controller_pause = false;
             }
         } else if step.analysis.is_some() {
-            match d.s.step_analysis.clone() {
+            let outcome = (index == analysed_step && !d.runs_forgotten)
+                .then(|| d.s.step_analysis.clone())
+                .flatten();
+            match outcome {
                 Some(AnalysisOutcome::Successful) => done = true,
                 Some(AnalysisOutcome::Failed(why)) => {
                     abort(d, &format!("step {} analysis failed: {why}", index + 1))

@@ -5,9 +5,11 @@
 //! here reads a clock or a client, property tests drive thousands of random histories through the
 //! same code that runs in the cluster.
 
+pub mod analysis;
 pub mod canary;
 pub mod conditions;
 pub mod duration;
 pub mod hash;
+pub mod judge;
 pub mod replicas;
 pub mod restart;

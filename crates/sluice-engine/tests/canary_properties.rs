@@ -39,6 +39,7 @@ enum Event {
     Pause,
     Resume,
     Verdict(u8),
+    Background(u8),
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -62,6 +63,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         1 => Just(Event::Pause),
         1 => Just(Event::Resume),
         2 => (0..4u8).prop_map(Event::Verdict),
+        1 => (0..4u8).prop_map(Event::Background),
     ]
 }
 
@@ -192,7 +194,9 @@ struct World {
     good: BTreeMap<String, bool>,
     rss: BTreeMap<String, SimRs>,
     now: Timestamp,
-    verdict: Option<AnalysisOutcome>,
+    /// The verdict of the analysis run of one step (by index).
+    verdict: Option<(i32, AnalysisOutcome)>,
+    background: Option<AnalysisOutcome>,
 }
 
 const HASHES: [&str; 3] = ["aaaa", "bbbb", "cccc"];
@@ -219,7 +223,13 @@ impl World {
             status,
             current_hash: &self.current,
             replica_sets: &views,
-            step_analysis: self.verdict.clone(),
+            // As the controller does: the verdict of the run of the step at the persisted index.
+            step_analysis: self
+                .verdict
+                .clone()
+                .filter(|(step, _)| Some(*step) == status.current_step_index)
+                .map(|(_, outcome)| outcome),
+            background_analysis: self.background.clone(),
             actions,
             now: self.now,
         };
@@ -370,6 +380,15 @@ fn actions_for(event: &Event) -> Actions {
     a
 }
 
+fn outcome(v: u8) -> AnalysisOutcome {
+    match v {
+        0 => AnalysisOutcome::Running,
+        1 => AnalysisOutcome::Successful,
+        2 => AnalysisOutcome::Inconclusive("no data".into()),
+        _ => AnalysisOutcome::Failed("error-rate 0.07 >= 0.05".into()),
+    }
+}
+
 fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
     for event in events {
         match event {
@@ -388,14 +407,13 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
                 world.current = HASHES[*t].to_owned();
                 world.good.entry(world.current.clone()).or_insert(*good);
                 world.verdict = None;
+                world.background = None;
+            }
+            Event::Background(v) => {
+                world.background = Some(outcome(*v));
             }
             Event::Verdict(v) => {
-                world.verdict = Some(match v {
-                    0 => AnalysisOutcome::Running,
-                    1 => AnalysisOutcome::Successful,
-                    2 => AnalysisOutcome::Inconclusive("no data".into()),
-                    _ => AnalysisOutcome::Failed("error-rate 0.07 >= 0.05".into()),
-                })
+                world.verdict = world.status.current_step_index.map(|i| (i, outcome(*v)))
             }
             _ => {}
         }
@@ -405,6 +423,26 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         check(world, &before, &plan, actions)?;
 
         world.apply(&plan);
+        // A retry starts fresh runs: the old verdicts no longer count.
+        if before.abort && !world.status.abort {
+            world.verdict = None;
+            world.background = None;
+        }
+        // A promote past an inconclusive background run starts a fresh one.
+        let had_background_pause = before
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == "InconclusiveAnalysis");
+        if had_background_pause
+            && !world
+                .status
+                .pause_conditions
+                .iter()
+                .any(|p| p.reason == "InconclusiveAnalysis")
+            && matches!(world.background, Some(AnalysisOutcome::Inconclusive(_)))
+        {
+            world.background = Some(AnalysisOutcome::Running);
+        }
 
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
@@ -467,6 +505,7 @@ proptest! {
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             verdict: None,
+            background: None,
         };
         // The first revision becomes stable before the history starts.
         run(&mut world, &[Event::PodsReady, Event::PodsReady])?;
@@ -490,10 +529,11 @@ proptest! {
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             verdict: None,
+            background: None,
         };
-        run(&mut world, &[Event::PodsReady, Event::PodsReady, Event::NewTemplate(1, true), Event::Verdict(1)])?;
+        run(&mut world, &[Event::PodsReady, Event::PodsReady, Event::NewTemplate(1, true)])?;
         for _ in 0..200 {
-            run(&mut world, &[Event::PodsReady, Event::Tick(60), Event::Promote])?;
+            run(&mut world, &[Event::PodsReady, Event::Tick(60), Event::Verdict(1), Event::Promote])?;
             if world.status.stable_rs.as_deref() == Some(HASHES[1]) {
                 break;
             }

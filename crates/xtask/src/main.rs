@@ -284,6 +284,8 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
                 "sluice-controller",
                 "-p",
                 "kubectl-sluice",
+                "-p",
+                "sluice-traffic-sim",
                 "--locked",
             ]),
         )?;

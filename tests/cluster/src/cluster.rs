@@ -33,6 +33,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
     pub prometheus_url: String,
+    /// Prometheus's file-based discovery directory: a `*.json` target file here is scraped.
+    pub prometheus_targets: PathBuf,
 }
 
 impl Cluster {
@@ -45,6 +47,10 @@ impl Cluster {
             ),
             ("SLUICE_E2E_KUBECTL", self.kubectl.display().to_string()),
             ("SLUICE_E2E_PROMETHEUS_URL", self.prometheus_url.clone()),
+            (
+                "SLUICE_E2E_PROMETHEUS_TARGETS",
+                self.prometheus_targets.display().to_string(),
+            ),
         ]
     }
 
@@ -66,6 +72,7 @@ impl Cluster {
             kubeconfig: state_dir.join("kubeconfig"),
             kubectl: PathBuf::from(read("kubectl-path")?),
             prometheus_url: read("prometheus-url")?,
+            prometheus_targets: PathBuf::from(read("prometheus-targets")?),
         })
     }
 
@@ -163,11 +170,17 @@ pub fn up(state_dir: &Path) -> Result<Cluster> {
     )?;
     let prometheus_url = format!("http://127.0.0.1:{}", ports.prometheus);
     fs::write(state_dir.join("prometheus-url"), &prometheus_url)?;
+    let prometheus_targets = prometheus::targets_dir(state_dir);
+    fs::write(
+        state_dir.join("prometheus-targets"),
+        prometheus_targets.display().to_string(),
+    )?;
     let cluster = Cluster {
         state_dir: state_dir.to_owned(),
         kubeconfig: kubeconfig.clone(),
         kubectl: binaries.kubectl.clone(),
         prometheus_url,
+        prometheus_targets,
     };
 
     let step = spinner("starting etcd");

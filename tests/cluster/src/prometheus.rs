@@ -48,20 +48,31 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The configuration a test cluster's Prometheus starts with: it scrapes itself, every 5 seconds.
-/// Tests add targets by rewriting the file and POSTing to `/-/reload`.
-pub fn default_config(port: u16) -> String {
+/// The configuration a test cluster's Prometheus starts with: it scrapes itself every 5 seconds, and
+/// every second the traffic simulators named in `targets_dir/*.json` (file-based discovery: a test
+/// adds one by writing a file). Tests add other targets by rewriting the file and POSTing to
+/// `/-/reload`.
+pub fn default_config(port: u16, targets_dir: &Path) -> String {
     format!(
-        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n- job_name: prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{port}']\n"
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n- job_name: prometheus\n  static_configs:\n  - targets: ['127.0.0.1:{port}']\n\
+         - job_name: sluice-sim\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  file_sd_configs:\n  - files: ['{}/*.json']\n    refresh_interval: 5s\n",
+        targets_dir.display()
     )
+}
+
+/// Where file-based discovery finds the traffic simulators' targets.
+pub fn targets_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("prometheus").join("targets")
 }
 
 /// Starts Prometheus on `port` with its data and configuration under `state_dir/prometheus`.
 pub(crate) fn start(state_dir: &Path, binary: &Path, port: u16) -> Result<()> {
     let dir = state_dir.join("prometheus");
     fs::create_dir_all(dir.join("data"))?;
+    let targets = targets_dir(state_dir);
+    fs::create_dir_all(&targets)?;
     let config = dir.join("prometheus.yml");
-    fs::write(&config, default_config(port))?;
+    fs::write(&config, default_config(port, &targets))?;
     crate::cluster::spawn_component(
         state_dir,
         "prometheus",

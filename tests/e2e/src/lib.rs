@@ -230,3 +230,98 @@ impl Drop for ControllerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A traffic simulator (`sluice-traffic-sim`) for one test's namespace, scraped by the cluster's
+/// Prometheus through a file-based discovery target; killed, and its target removed, when dropped.
+pub struct TrafficSim {
+    child: std::process::Child,
+    // Held open: the simulator must never write to a closed stdout.
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Where it serves `/metrics`.
+    pub addr: std::net::SocketAddr,
+    /// The namespace it simulates.
+    pub namespace: String,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    target_file: PathBuf,
+}
+
+impl TrafficSim {
+    /// Starts `sluice-traffic-sim --namespace NAMESPACE` (`SLUICE_E2E_TRAFFIC_SIM`, else the debug
+    /// build) and registers it with Prometheus in `SLUICE_E2E_PROMETHEUS_TARGETS`, labelled
+    /// `sim_namespace=NAMESPACE`.
+    pub fn start(namespace: &str) -> Result<Self> {
+        Self::start_with_args(namespace, &[])
+    }
+
+    /// As [`TrafficSim::start`], with extra command-line arguments (`--rps 50`, say).
+    pub fn start_with_args(namespace: &str, args: &[&str]) -> Result<Self> {
+        use std::io::BufRead as _;
+        let targets = std::env::var_os("SLUICE_E2E_PROMETHEUS_TARGETS")
+            .map(PathBuf::from)
+            .context("SLUICE_E2E_PROMETHEUS_TARGETS is not set")?;
+        let binary = std::env::var_os("SLUICE_E2E_TRAFFIC_SIM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/sluice-traffic-sim"));
+        let logs = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("traffic-sim-{namespace}.log"));
+        let mut child = Command::new(&binary)
+            .args(["--namespace", namespace])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with `cargo build -p sluice-traffic-sim`)",
+                    binary.display()
+                )
+            })?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("no stdout from {}", binary.display());
+        };
+        let mut sim = Self {
+            child,
+            stdout: std::io::BufReader::new(stdout),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            namespace: namespace.to_owned(),
+            log,
+            target_file: targets.join(format!("{namespace}.json")),
+        };
+        // It prints the address once bound, before it talks to the API server.
+        let mut line = String::new();
+        sim.stdout.read_line(&mut line)?;
+        sim.addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .with_context(|| {
+                format!(
+                    "the traffic simulator printed {line:?}, not its address; see {}",
+                    sim.log.display()
+                )
+            })?;
+        // Written aside and renamed, so Prometheus never reads half a file.
+        let target = serde_json::json!([{
+            "targets": [sim.addr.to_string()],
+            "labels": {"sim_namespace": namespace},
+        }]);
+        let partial = targets.join(format!(".{namespace}.json.partial"));
+        std::fs::write(&partial, serde_json::to_vec(&target)?)?;
+        std::fs::rename(&partial, &sim.target_file)?;
+        Ok(sim)
+    }
+}
+
+impl Drop for TrafficSim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.target_file);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,8 +1,10 @@
 //! End-to-end tests on a real control plane. One binary, so the suite shares one cluster.
 
+mod analysis;
 mod api;
 mod canary;
 mod cluster;
 mod leader;
 mod plugin;
+mod traffic;
 mod validation;

@@ -1,0 +1,172 @@
+//! Queries against a Prometheus-compatible HTTP API (prometheus-http-query over reqwest and rustls).
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use prometheus_http_query::response::Data;
+use reqwest::header::{HeaderName, HeaderValue};
+
+use crate::condition::QueryResult;
+
+/// Seconds a query may take when the metric does not say.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+
+/// Credentials, already read from their Secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets, even in debug logs.
+        match self {
+            Self::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Self::Bearer(_) => write!(f, "Bearer(***)"),
+        }
+    }
+}
+
+/// Everything needed to send a query, with Secrets resolved.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// Base URL, e.g. `http://prometheus.monitoring:9090`.
+    pub address: String,
+    pub timeout: Duration,
+    pub credentials: Option<Credentials>,
+    /// Extra headers (name, value).
+    pub headers: Vec<(String, String)>,
+    /// Skip TLS verification.
+    pub insecure: bool,
+    /// A CA bundle (PEM) to verify the server with.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Connection {
+    /// A connection with no credentials and the default timeout.
+    pub fn plain(address: &str) -> Self {
+        Self {
+            address: address.to_owned(),
+            timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECONDS),
+            credentials: None,
+            headers: Vec::new(),
+            insecure: false,
+            ca_pem: None,
+        }
+    }
+}
+
+/// Why a query gave no answer. Either makes the measurement an Error.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The server could not be reached, timed out, or answered something that is not the query API.
+    #[error("could not query Prometheus at {address}: {reason}")]
+    Unreachable { address: String, reason: String },
+    /// The server refused the query (a PromQL syntax error, a bad header, authentication).
+    #[error("Prometheus at {address} refused the query: {reason}")]
+    Refused { address: String, reason: String },
+    /// The connection settings are unusable (a bad header name, a bad CA bundle).
+    #[error("invalid connection to {address}: {reason}")]
+    Invalid { address: String, reason: String },
+}
+
+/// Installs rustls' ring provider for this process, once; kube and reqwest both use rustls and
+/// neither picks a provider by itself.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn client(connection: &Connection) -> Result<prometheus_http_query::Client, QueryError> {
+    install_crypto_provider();
+    let invalid = |reason: String| QueryError::Invalid {
+        address: connection.address.clone(),
+        reason,
+    };
+    let mut builder = reqwest::Client::builder()
+        .timeout(connection.timeout)
+        .tls_danger_accept_invalid_certs(connection.insecure);
+    if let Some(pem) = &connection.ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| invalid(format!("the CA bundle is not PEM: {e}")))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let http = builder
+        .build()
+        .map_err(|e| invalid(format!("could not build an HTTP client: {e}")))?;
+    prometheus_http_query::Client::from(http, &connection.address)
+        .map_err(|e| invalid(format!("the address is not a URL: {e}")))
+}
+
+/// Sends an instant query and returns its result.
+pub async fn query(connection: &Connection, promql: &str) -> Result<QueryResult, QueryError> {
+    let client = client(connection)?;
+    let invalid = |reason: String| QueryError::Invalid {
+        address: connection.address.clone(),
+        reason,
+    };
+    let mut request = client
+        .query(promql)
+        .timeout(i64::try_from(connection.timeout.as_millis()).unwrap_or(i64::MAX));
+    for (name, value) in &connection.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| invalid(format!("header name {name:?}: {e}")))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|e| invalid(format!("header {name}: {e}")))?;
+        request = request.header(name, value);
+    }
+    match &connection.credentials {
+        Some(Credentials::Basic { username, password }) => {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            let value = HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|e| invalid(format!("basic credentials: {e}")))?;
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        Some(Credentials::Bearer(token)) => {
+            let value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|e| invalid(format!("bearer token: {e}")))?;
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        None => {}
+    }
+    let answer = request.get().await.map_err(|err| match err {
+        prometheus_http_query::Error::Prometheus(e) => QueryError::Refused {
+            address: connection.address.clone(),
+            reason: e.to_string(),
+        },
+        other => QueryError::Unreachable {
+            address: connection.address.clone(),
+            reason: error_chain(&other),
+        },
+    })?;
+    Ok(match answer.data() {
+        Data::Scalar(sample) => QueryResult::Scalar(sample.value()),
+        Data::Vector(series) => {
+            QueryResult::Vector(series.iter().map(|s| s.sample().value()).collect())
+        }
+        Data::Matrix(series) => QueryResult::Matrix(
+            series
+                .iter()
+                .map(|s| s.samples().iter().map(|x| x.value()).collect())
+                .collect(),
+        ),
+    })
+}
+
+/// An error with its causes, so "error sending request" says why (connection refused, 401, ...).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,363 @@
+//! Analysis with the real controller and a real Prometheus: step and background runs, verdicts that
+//! promote, abort or pause a release, and a Prometheus that cannot be reached.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
+use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
+use sluice_e2e::{
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn prometheus_url() -> Result<String> {
+    std::env::var("SLUICE_E2E_PROMETHEUS_URL").context("SLUICE_E2E_PROMETHEUS_URL is not set")
+}
+
+/// An AnalysisTemplate with one Prometheus metric.
+fn template(name: &str, metric: Value) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": name},
+        "spec": {"args": [{"name": "job"}], "metrics": [metric]}
+    })
+}
+
+fn rollout(canary: Value) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "app", "image": "registry.example/web:1.0.0"}]}},
+            "strategy": {"canary": canary}
+        }
+    })
+}
+
+async fn apply<K>(api: &Api<K>, manifest: &Value) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = manifest["metadata"]["name"].as_str().context("name")?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(manifest),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_image(api: &Api<Rollout>, image: &str) -> Result<()> {
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn wait_status(
+    api: &Api<Rollout>,
+    what: &str,
+    check: impl Fn(&RolloutStatus) -> bool,
+) -> Result<RolloutStatus> {
+    eventually(what, WAIT, || async {
+        let status = api.get("web").await?.status.unwrap_or_default();
+        Ok(check(&status).then_some(status))
+    })
+    .await
+}
+
+async fn replica_sets(client: &Client, ns: &str) -> Result<Vec<(String, i32, i32)>> {
+    let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|rs| {
+            (
+                rs.labels()
+                    .get(POD_TEMPLATE_HASH_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+                rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+                rs.status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// Waits until Prometheus has scraped itself, so that `up{job="prometheus"}` has data.
+async fn prometheus_has_data() -> Result<()> {
+    let url = prometheus_url()?;
+    eventually("Prometheus to have scraped itself", WAIT, || {
+        let url = url.clone();
+        async move {
+            let body = tokio::task::spawn_blocking(move || {
+                sluice_testbed::http::get(
+                    &url,
+                    "/api/v1/query?query=up%7Bjob%3D%22prometheus%22%7D",
+                )
+            })
+            .await??;
+            let answer: Value = serde_json::from_str(&body)?;
+            Ok((answer["data"]["result"][0]["value"][1] == "1").then_some(()))
+        }
+    })
+    .await
+}
+
+/// Sets up a namespace with a controller, the template and a healthy first revision; returns the
+/// stable hash.
+async fn start(
+    client: &Client,
+    ns: &TestNamespace,
+    metric: Value,
+    canary: Value,
+) -> Result<(Api<Rollout>, String)> {
+    prometheus_has_data().await?;
+    apply(
+        &Api::<sluice_api::AnalysisTemplate>::namespaced(client.clone(), &ns.name),
+        &template("check", metric),
+    )
+    .await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, &rollout(canary)).await?;
+    let first = wait_status(&api, "the first revision to be healthy", |s| {
+        s.phase == Some(RolloutPhase::Healthy)
+    })
+    .await?;
+    Ok((api, first.stable_rs.context("stable")?))
+}
+
+fn step_canary() -> Value {
+    json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "steps": [
+            {"setWeight": 50},
+            {"analysis": {"templates": [{"templateName": "check"}], "args": [{"name": "job", "value": "prometheus"}]}}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn a_passing_step_analysis_lets_the_release_complete() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-pass").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let metric = json!({
+        "name": "up", "count": 2, "interval": "1s",
+        "successCondition": "result[0] == 1",
+        "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+    });
+    let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let done = wait_status(&api, "the release to complete after its analysis", |s| {
+        s.phase == Some(RolloutPhase::Healthy) && s.stable_rs.as_deref() != Some(stable.as_str())
+    })
+    .await?;
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let list = runs.list(&ListParams::default()).await?.items;
+    ensure!(list.len() == 1, "expected one run, got {}", list.len());
+    let status = list[0].status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(AnalysisPhase::Successful));
+    let result = &status.metric_results[0];
+    assert_eq!((result.count, result.successful), (2, 2));
+    assert_eq!(result.measurements[0].value.as_deref(), Some("[1]"));
+    ensure!(
+        result.measurements[0]
+            .metadata
+            .get("query")
+            .map(String::as_str)
+            == Some("up{job=\"prometheus\"}"),
+        "the query sent is recorded with its arguments filled in: {:?}",
+        result.measurements[0].metadata
+    );
+    assert!(done.canary.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_step_analysis_aborts_to_stable_naming_the_metric() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-fail").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let metric = json!({
+        "name": "errors", "count": 3, "interval": "1s",
+        "failureCondition": "result[0] >= 1",
+        "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+    });
+    let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let aborted = wait_status(&api, "the failed analysis to abort the release", |s| {
+        s.abort
+    })
+    .await?;
+    let message = aborted.message.clone().unwrap_or_default();
+    ensure!(
+        message.contains("analysis failed")
+            && message.contains("\"errors\"")
+            && message.contains("[1]")
+            && message.contains("result[0] >= 1"),
+        "the abort names the metric, its value and the condition: {message}"
+    );
+    assert_eq!(aborted.phase, Some(RolloutPhase::Degraded));
+    let weights = aborted
+        .canary
+        .as_ref()
+        .and_then(|c| c.weights.clone())
+        .context("weights")?;
+    assert_eq!((weights.stable.weight, weights.canary.weight), (100, 0));
+    eventually("stable back at full strength", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok(sets.contains(&(stable.clone(), 2, 2)).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_query_with_no_data_pauses_the_release_as_inconclusive() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-nodata").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let metric = json!({
+        "name": "errors", "count": 1,
+        "successCondition": "result[0] < 0.01",
+        "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}-nothing-scrapes-this\"}"}}
+    });
+    let (api, _) = start(&client, &ns, metric, step_canary()).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let paused = wait_status(&api, "an inconclusive pause", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+            && s.pause_conditions
+                .iter()
+                .any(|p| p.reason == "InconclusiveAnalysis")
+    })
+    .await?;
+    ensure!(!paused.abort, "no data must not abort");
+    let run = paused
+        .canary
+        .and_then(|c| c.current_step_analysis_run_status)
+        .context("the run is recorded")?;
+    ensure!(
+        run.message
+            .as_deref()
+            .is_some_and(|m| m.contains("no data")),
+        "{run:?}"
+    );
+    // A person decides: promote goes on to complete the release.
+    let patch = json!({"metadata": {"annotations": {"sluice.dev/action": "promote"}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_status(&api, "the release to complete once promoted", |s| {
+        s.phase == Some(RolloutPhase::Healthy) && s.current_pod_hash == s.stable_rs
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_prometheus_errors_and_aborts_never_promotes() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-down").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    // Nothing listens on port 1.
+    let metric = json!({
+        "name": "errors", "count": 2, "interval": "1s", "consecutiveErrorLimit": 2,
+        "successCondition": "result[0] < 0.01",
+        "provider": {"prometheus": {"address": "http://127.0.0.1:1", "query": "up{job=\"{{args.job}}\"}", "timeout": 2}}
+    });
+    let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let aborted = wait_status(&api, "the errors to abort the release", |s| {
+        s.abort || s.stable_rs.as_deref() != Some(stable.as_str())
+    })
+    .await?;
+    ensure!(
+        aborted.stable_rs.as_deref() == Some(stable.as_str()),
+        "a release was promoted with Prometheus unreachable"
+    );
+    let message = aborted.message.unwrap_or_default();
+    ensure!(
+        message.contains("errors in a row") && message.contains("127.0.0.1:1"),
+        "{message}"
+    );
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = runs.list(&ListParams::default()).await?.items;
+    let status = run[0].status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(AnalysisPhase::Error));
+    assert_eq!(status.metric_results[0].consecutive_error, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_metric_with_on_failure_pause_holds_instead_of_aborting() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-hold").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let metric = json!({
+        "name": "errors", "count": 1, "onFailure": "Pause",
+        "failureCondition": "result[0] >= 1",
+        "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+    });
+    let (api, _) = start(&client, &ns, metric, step_canary()).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let paused = wait_status(&api, "a pause for a person", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    ensure!(!paused.abort, "onFailure: Pause must not abort");
+    ensure!(
+        paused
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("InconclusiveAnalysis")),
+        "{:?}",
+        paused.message
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_background_analysis_aborts_the_release() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-bg").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    // `up` is 1, so every measurement fails; the run starts at step 1 (the pause), in the background.
+    let metric = json!({
+        "name": "errors", "interval": "1s",
+        "failureCondition": "result[0] >= 1",
+        "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+    });
+    let canary = json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "analysis": {"templates": [{"templateName": "check"}], "args": [{"name": "job", "value": "prometheus"}], "startingStep": 1},
+        "steps": [{"setWeight": 50}, {"pause": {}}]
+    });
+    let (api, stable) = start(&client, &ns, metric, canary).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let aborted = wait_status(&api, "the background analysis to abort", |s| s.abort).await?;
+    let message = aborted.message.unwrap_or_default();
+    ensure!(message.contains("background analysis failed"), "{message}");
+    assert_eq!(aborted.stable_rs.as_deref(), Some(stable.as_str()));
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The pure logic of `sluice-traffic-sim`, a stand-in for a real service in end-to-end tests.
+//!
+//! Pods on kwok's fake nodes serve nothing, so the simulator invents their traffic: it groups a
+//! namespace's Ready pods into versions (`app` label × pod-template hash), splits each app's requests
+//! between its versions as its HTTPRoute (or, without one, its pod counts) would, and counts
+//! requests, errors and latencies per version as a real service's metrics would.
+//!
+//! Everything here is deterministic: fractional accumulators instead of dice, so counts are exact.
+
+pub mod load;
+pub mod metrics;
+pub mod split;
+pub mod version;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use load::{TickRequests, VersionLoad};
+pub use metrics::Metrics;
+pub use split::{Backend, ServiceTarget, traffic_shares};
+pub use version::{Behaviour, Version, VersionKey, versions};
+
+/// Turns traffic shares into requests, tick by tick, and records them.
+pub struct Simulator {
+    namespace: String,
+    requests_per_second: f64,
+    loads: BTreeMap<VersionKey, VersionLoad>,
+    metrics: Metrics,
+}
+
+impl Simulator {
+    /// A simulator for `namespace` in which every app receives `requests_per_second` in total.
+    pub fn new(namespace: &str, requests_per_second: f64) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            requests_per_second,
+            loads: BTreeMap::new(),
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// The metrics recorded so far.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Serves `elapsed` worth of requests to `versions`, split by `shares` (per app, summing to 1).
+    pub fn step(
+        &mut self,
+        versions: &BTreeMap<VersionKey, Version>,
+        shares: &BTreeMap<VersionKey, f64>,
+        elapsed: Duration,
+    ) {
+        for (key, version) in versions {
+            // Every version's series exist from the start, so an error ratio reads 0, not "no data".
+            self.metrics.declare(&self.namespace, key);
+            let share = shares.get(key).copied().unwrap_or(0.0);
+            if share <= 0.0 {
+                continue;
+            }
+            let requests = self.requests_per_second * share * elapsed.as_secs_f64();
+            let served = self
+                .loads
+                .entry(key.clone())
+                .or_default()
+                .advance(requests, &version.behaviour);
+            self.metrics.record(&self.namespace, key, &served);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(error_rate: f64) -> Version {
+        Version {
+            ready_pods: 2,
+            behaviour: Behaviour {
+                error_rate,
+                ..Behaviour::default()
+            },
+        }
+    }
+
+    #[test]
+    fn counts_are_exact_and_every_version_has_both_codes() -> anyhow::Result<()> {
+        let aaa = VersionKey::new("web", "aaa");
+        let bbb = VersionKey::new("web", "bbb");
+        let versions = BTreeMap::from([(aaa.clone(), version(0.0)), (bbb.clone(), version(0.05))]);
+        let shares = traffic_shares(&versions, &BTreeMap::new(), &[]);
+        let mut sim = Simulator::new("ns", 200.0);
+        for _ in 0..10 {
+            sim.step(&versions, &shares, Duration::from_millis(100));
+        }
+        let text = sim.metrics().encode()?;
+        for line in [
+            r#"sim_http_requests_total{namespace="ns",app="web",pod_template_hash="aaa",code="200"} 100"#,
+            r#"sim_http_requests_total{namespace="ns",app="web",pod_template_hash="aaa",code="500"} 0"#,
+            r#"sim_http_requests_total{namespace="ns",app="web",pod_template_hash="bbb",code="200"} 95"#,
+            r#"sim_http_requests_total{namespace="ns",app="web",pod_template_hash="bbb",code="500"} 5"#,
+            r#"sim_http_request_duration_seconds_count{namespace="ns",app="web",pod_template_hash="bbb"} 100"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn counters_keep_counting_after_a_version_goes_away() -> anyhow::Result<()> {
+        let aaa = VersionKey::new("web", "aaa");
+        let versions = BTreeMap::from([(aaa.clone(), version(0.0))]);
+        let shares = traffic_shares(&versions, &BTreeMap::new(), &[]);
+        let mut sim = Simulator::new("ns", 10.0);
+        sim.step(&versions, &shares, Duration::from_secs(1));
+        sim.step(&BTreeMap::new(), &BTreeMap::new(), Duration::from_secs(1));
+        sim.step(&versions, &shares, Duration::from_secs(1));
+        let text = sim.metrics().encode()?;
+        let line = r#"sim_http_requests_total{namespace="ns",app="web",pod_template_hash="aaa",code="200"} 20"#;
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        Ok(())
+    }
+}

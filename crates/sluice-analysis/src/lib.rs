@@ -3,6 +3,7 @@
 //! turns answers into measurements, never failing silently: no data or NaN is Inconclusive, an
 //! unreachable server or a refused query is an Error with the server's words.
 
+pub mod baseline;
 pub mod condition;
 pub mod prometheus;
 

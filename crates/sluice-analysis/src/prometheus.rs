@@ -1,5 +1,6 @@
 //! Queries against a Prometheus-compatible HTTP API (prometheus-http-query over reqwest and rustls).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -102,6 +103,45 @@ fn client(connection: &Connection) -> Result<prometheus_http_query::Client, Quer
 
 /// Sends an instant query and returns its result.
 pub async fn query(connection: &Connection, promql: &str) -> Result<QueryResult, QueryError> {
+    Ok(match raw_query(connection, promql).await? {
+        Data::Scalar(sample) => QueryResult::Scalar(sample.value()),
+        Data::Vector(series) => {
+            QueryResult::Vector(series.iter().map(|s| s.sample().value()).collect())
+        }
+        Data::Matrix(series) => QueryResult::Matrix(
+            series
+                .iter()
+                .map(|s| s.samples().iter().map(|x| x.value()).collect())
+                .collect(),
+        ),
+    })
+}
+
+/// Sends an instant query and returns each series' labels with its value (a scalar has no labels).
+pub async fn query_series(
+    connection: &Connection,
+    promql: &str,
+) -> Result<Vec<(HashMap<String, String>, f64)>, QueryError> {
+    Ok(match raw_query(connection, promql).await? {
+        Data::Scalar(sample) => vec![(HashMap::new(), sample.value())],
+        Data::Vector(series) => series
+            .into_iter()
+            .map(|s| {
+                let (labels, sample) = s.into_inner();
+                (labels, sample.value())
+            })
+            .collect(),
+        Data::Matrix(series) => series
+            .into_iter()
+            .filter_map(|s| {
+                let (labels, samples) = s.into_inner();
+                samples.last().map(|x| (labels, x.value()))
+            })
+            .collect(),
+    })
+}
+
+async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryError> {
     let client = client(connection)?;
     let invalid = |reason: String| QueryError::Invalid {
         address: connection.address.clone(),
@@ -142,18 +182,7 @@ pub async fn query(connection: &Connection, promql: &str) -> Result<QueryResult,
             reason: error_chain(&other),
         },
     })?;
-    Ok(match answer.data() {
-        Data::Scalar(sample) => QueryResult::Scalar(sample.value()),
-        Data::Vector(series) => {
-            QueryResult::Vector(series.iter().map(|s| s.sample().value()).collect())
-        }
-        Data::Matrix(series) => QueryResult::Matrix(
-            series
-                .iter()
-                .map(|s| s.samples().iter().map(|x| x.value()).collect())
-                .collect(),
-        ),
-    })
+    Ok(answer.into_inner().0)
 }
 
 /// An error with its causes, so "error sending request" says why (connection refused, 401, ...).

@@ -18,11 +18,13 @@ use sluice_api::analysis::{
     AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisRunStatus, Measurement, Metric,
 };
 use sluice_api::common::{PrometheusConnection, SecretKeyRef};
+use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 use sluice_engine::analysis;
 use sluice_engine::conditions::{self, ConditionStatus};
 use tracing::{info, instrument, warn};
 
 use crate::error::Error;
+use crate::rollout_analysis::STABLE_HASH_ANNOTATION;
 use crate::{Context, FIELD_MANAGER};
 
 /// The longest wait between looks at a running run, should a wake-up be missed.
@@ -67,7 +69,7 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
                 let schedule = analysis::schedule(&run.spec, &status, started, now);
                 let measurements = join_all(schedule.due.iter().filter_map(|name| {
                     let metric = run.spec.metrics.iter().find(|m| &m.name == name)?;
-                    Some(prepared.measure(metric))
+                    Some(prepared.measure(metric, &run))
                 }))
                 .await;
                 for (metric, measurement) in measurements {
@@ -238,12 +240,36 @@ impl Prepared {
         }))
     }
 
-    async fn measure<'m>(&self, metric: &'m Metric) -> (&'m Metric, Measurement) {
+    async fn measure<'m>(
+        &self,
+        metric: &'m Metric,
+        run: &AnalysisRun,
+    ) -> (&'m Metric, Measurement) {
         let measurement = match (
             &metric.provider.prometheus,
             self.conditions.get(&metric.name),
             self.connections.get(&metric.name),
         ) {
+            (None, _, Some(connection)) if metric.provider.baseline.is_some() => {
+                let canary = run.labels().get(POD_TEMPLATE_HASH_LABEL);
+                let stable = run.annotations().get(STABLE_HASH_ANNOTATION);
+                match (&metric.provider.baseline, canary) {
+                    (Some(judge), Some(canary)) => {
+                        sluice_analysis::baseline::measure(
+                            connection,
+                            judge,
+                            &self.values,
+                            canary,
+                            stable.map(String::as_str),
+                            Timestamp::now,
+                        )
+                        .await
+                    }
+                    _ => error_measurement(format!(
+                        "the baseline judge needs the canary's hash in the run's {POD_TEMPLATE_HASH_LABEL} label; runs created by a Rollout have it"
+                    )),
+                }
+            }
             (Some(prometheus), Some(conditions), Some(connection)) => {
                 match sluice_analysis::substitute(&prometheus.query, &self.values) {
                     Ok(query) => {
@@ -258,9 +284,7 @@ impl Prepared {
                     Err(missing) => error_measurement(missing.to_string()),
                 }
             }
-            _ => error_measurement(
-                "the baseline judge is not available in this version of Sluice".to_owned(),
-            ),
+            _ => error_measurement(format!("metric {:?} has no usable provider", metric.name)),
         };
         (metric, measurement)
     }

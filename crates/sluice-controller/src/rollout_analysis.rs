@@ -26,6 +26,8 @@ use crate::{Context, FIELD_MANAGER};
 pub const ANALYSIS_KIND_LABEL: &str = "sluice.dev/analysis";
 /// Label on a step's run: the step's index.
 pub const STEP_LABEL: &str = "sluice.dev/step";
+/// Annotation on a run: the stable version's pod-template hash, the baseline judge's baseline.
+pub const STABLE_HASH_ANNOTATION: &str = "sluice.dev/stable-pod-template-hash";
 
 /// The runs the Rollout owns.
 pub async fn owned_runs(
@@ -357,6 +359,7 @@ pub async fn sync(
                     "metadata": {
                         "name": name,
                         "labels": labels,
+                        "annotations": {STABLE_HASH_ANNOTATION: stable},
                         "ownerReferences": [rollout.controller_owner_ref(&())],
                     },
                     "spec": spec,

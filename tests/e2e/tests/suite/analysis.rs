@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus};
 use sluice_e2e::{
-    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+    ControllerProcess, FIELD_MANAGER, TestNamespace, TrafficSim, client, eventually, install_crds,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -359,5 +359,203 @@ async fn a_failing_background_analysis_aborts_the_release() -> Result<()> {
     let message = aborted.message.unwrap_or_default();
     ensure!(message.contains("background analysis failed"), "{message}");
     assert_eq!(aborted.stable_rs.as_deref(), Some(stable.as_str()));
+    Ok(())
+}
+
+/// The error ratio of one version, from the simulator's counters.
+const ERROR_RATIO: &str = "sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\",code=\"500\"}[10s])) / sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\"}[10s]))";
+
+fn simulated_args() -> Value {
+    json!([
+        {"name": "ns", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}}
+    ])
+}
+
+/// Sets the canary's image and what the simulator makes its pods do.
+async fn release(
+    api: &Api<Rollout>,
+    image: &str,
+    error_rate: &str,
+    latency_ms: &str,
+) -> Result<()> {
+    let patch = json!({"spec": {"template": {
+        "metadata": {"annotations": {"sim.sluice.dev/error-rate": error_rate, "sim.sluice.dev/latency-ms": latency_ms}},
+        "spec": {"containers": [{"name": "app", "image": image}]}}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_healthy_canary_is_promoted_and_one_with_five_percent_errors_is_aborted_at_once()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-sim").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let _sim = TrafficSim::start(&ns.name)?;
+    let templates: Api<sluice_api::AnalysisTemplate> = Api::namespaced(client.clone(), &ns.name);
+    apply(&templates, &json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "error-rate"},
+        "spec": {
+            "args": [{"name": "ns"}, {"name": "canary-hash"}],
+            "metrics": [{
+                "name": "error-rate", "interval": "2s", "count": 4, "initialDelay": "3s",
+                // The first seconds of a new version may have no rate yet: tolerate a few.
+                "inconclusiveLimit": 5,
+                "successCondition": "result[0] < 0.02", "failureCondition": "result[0] >= 0.02",
+                "provider": {"prometheus": {"address": prometheus_url()?, "query": ERROR_RATIO}}
+            }]
+        }
+    })).await?;
+    let canary = json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "steps": [
+            {"setWeight": 50},
+            {"analysis": {"templates": [{"templateName": "error-rate"}], "args": simulated_args()}}
+        ]
+    });
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = rollout(canary);
+    manifest["spec"]["replicas"] = json!(4);
+    apply(&api, &manifest).await?;
+    wait_status(&api, "the first revision to be healthy", |s| {
+        s.phase == Some(RolloutPhase::Healthy)
+    })
+    .await?;
+
+    release(&api, "registry.example/web:2.0.0", "0", "50").await?;
+    let promoted = wait_status(&api, "the healthy canary to be promoted", |s| {
+        s.phase == Some(RolloutPhase::Healthy) && s.current_pod_hash == s.stable_rs
+    })
+    .await?;
+    let stable = promoted.stable_rs.clone().context("stable")?;
+
+    release(&api, "registry.example/web:3.0.0", "0.05", "50").await?;
+    let aborted = wait_status(&api, "the erroring canary to be aborted", |s| s.abort).await?;
+    let message = aborted.message.clone().unwrap_or_default();
+    ensure!(
+        message.contains("\"error-rate\"") && message.contains("result[0] >= 0.02"),
+        "{message}"
+    );
+    assert_eq!(aborted.stable_rs.as_deref(), Some(stable.as_str()));
+    // The abort came within one interval (2 s) of the failing measurement.
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let failed = runs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(AnalysisPhase::Failed))
+        })
+        .context("the failed run")?;
+    let measured = failed
+        .status
+        .as_ref()
+        .and_then(|s| s.metric_results[0].measurements.last().cloned())
+        .and_then(|m| m.finished_at)
+        .context("the failing measurement")?;
+    let aborted_at = aborted.aborted_at.context("abortedAt")?;
+    let lag = aborted_at.0.duration_since(measured.0);
+    ensure!(
+        lag.as_secs_f64() < 2.0,
+        "abort {lag:?} after the failing measurement"
+    );
+    eventually("stable at full strength, the canary gone", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        let canary_gone = sets
+            .iter()
+            .filter(|(h, _, _)| *h != stable)
+            .all(|(_, r, _)| *r == 0);
+        Ok((sets.contains(&(stable.clone(), 4, 4)) && canary_gone).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_baseline_judge_catches_a_latency_regression_a_fixed_threshold_passes() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-judge").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let _sim = TrafficSim::start(&ns.name)?;
+    let url = prometheus_url()?;
+    let buckets = "sum by (le) (increase(sim_http_request_duration_seconds_bucket{namespace=\"{{args.ns}}\",pod_template_hash=\"{{hash}}\"}[{{window}}]))";
+    let p95 = "histogram_quantile(0.95, sum by (le) (rate(sim_http_request_duration_seconds_bucket{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\"}[10s])))";
+    let templates: Api<sluice_api::AnalysisTemplate> = Api::namespaced(client.clone(), &ns.name);
+    apply(&templates, &json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "latency"},
+        "spec": {
+            "args": [{"name": "ns"}, {"name": "canary-hash"}],
+            "metrics": [
+                {"name": "p95-under-500ms", "initialDelay": "8s", "count": 1,
+                 "successCondition": "result[0] < 0.5",
+                 "provider": {"prometheus": {"address": url, "query": p95}}},
+                {"name": "versus-baseline", "initialDelay": "8s", "count": 1,
+                 "provider": {"baseline": {
+                     "prometheus": {"address": url}, "window": "8s",
+                     "metrics": [{"name": "latency", "latency": {"bucketQuery": buckets}, "tolerance": 0.25}]
+                 }}}
+            ]
+        }
+    })).await?;
+    let canary = json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "steps": [
+            {"setWeight": 50},
+            {"analysis": {"templates": [{"templateName": "latency"}], "args": simulated_args()}}
+        ]
+    });
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = rollout(canary);
+    manifest["spec"]["replicas"] = json!(4);
+    manifest["spec"]["template"]["metadata"]["annotations"] =
+        json!({"sim.sluice.dev/latency-ms": "60"});
+    apply(&api, &manifest).await?;
+    let first = wait_status(&api, "the first revision to be healthy", |s| {
+        s.phase == Some(RolloutPhase::Healthy)
+    })
+    .await?;
+    let stable = first.stable_rs.context("stable")?;
+
+    // Three times slower, yet well under 500 ms.
+    release(&api, "registry.example/web:2.0.0", "0", "180").await?;
+    let aborted = wait_status(&api, "the judge to abort the slower canary", |s| {
+        s.abort || s.stable_rs.as_deref() != Some(stable.as_str())
+    })
+    .await?;
+    ensure!(
+        aborted.abort,
+        "the slower canary was promoted: {:?}",
+        aborted.message
+    );
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = runs.list(&ListParams::default()).await?.items;
+    let status = run[0].status.clone().unwrap_or_default();
+    let phase_of = |name: &str| {
+        status
+            .metric_results
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| (r.phase, r.measurements.last().cloned()))
+    };
+    let (threshold, _) = phase_of("p95-under-500ms").context("fixed threshold metric")?;
+    assert_eq!(threshold, AnalysisPhase::Successful, "{status:?}");
+    let (judged, measurement) = phase_of("versus-baseline").context("judge metric")?;
+    assert_eq!(judged, AnalysisPhase::Failed, "{status:?}");
+    let measurement = measurement.context("judge measurement")?;
+    ensure!(
+        measurement
+            .metadata
+            .get("metric.latency")
+            .is_some_and(|m| m.contains("High")),
+        "{:?}",
+        measurement.metadata
+    );
     Ok(())
 }

@@ -559,3 +559,146 @@ async fn the_baseline_judge_catches_a_latency_regression_a_fixed_threshold_passe
     );
     Ok(())
 }
+
+/// A Prometheus of its own that answers only with basic authentication; stopped when dropped.
+struct GuardedPrometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: std::path::PathBuf,
+}
+
+impl GuardedPrometheus {
+    fn start(username: &str, password: &str) -> Result<Self> {
+        let binary = sluice_testbed::prometheus::ensure_installed()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("sluice-e2e-prometheus-{port}"));
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            "global:\n  scrape_interval: 1h\n",
+        )?;
+        let hash = bcrypt::hash(password, 4)?;
+        std::fs::write(
+            dir.join("web.yml"),
+            format!("basic_auth_users:\n  {username}: {hash}\n"),
+        )?;
+        let child = std::process::Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--web.config.file={}",
+                dir.join("web.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for GuardedPrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+#[tokio::test]
+async fn a_prometheus_behind_basic_auth_is_queried_with_credentials_from_a_secret() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-auth").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let guarded = GuardedPrometheus::start("sluice", "s3cret-Pa55")?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    apply(
+        &secrets,
+        &json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prometheus-auth"},
+            "stringData": {"username": "sluice", "password": "s3cret-Pa55", "wrong": "guess"}
+        }),
+    )
+    .await?;
+    // Wait until the guarded server answers at all (it refuses without credentials).
+    let url = guarded.url.clone();
+    eventually("the guarded Prometheus to start", WAIT, || {
+        let url = url.clone();
+        async move {
+            let answer =
+                tokio::task::spawn_blocking(move || sluice_testbed::http::get(&url, "/-/ready"))
+                    .await?;
+            Ok(answer
+                .err()
+                .map(|e| e.to_string())
+                .filter(|e| e.contains("401"))
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    let run = |name: &str, password_key: &str| {
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun", "metadata": {"name": name},
+            "spec": {"metrics": [{
+                "name": "one", "count": 1, "consecutiveErrorLimit": 0,
+                "successCondition": "result == 1.0",
+                "provider": {"prometheus": {
+                    "address": guarded.url, "query": "scalar(vector(1))",
+                    "authentication": {"basic": {
+                        "usernameSecretRef": {"name": "prometheus-auth", "key": "username"},
+                        "passwordSecretRef": {"name": "prometheus-auth", "key": password_key}
+                    }}
+                }}
+            }]}
+        })
+    };
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    apply(&runs, &run("with-credentials", "password")).await?;
+    apply(&runs, &run("wrong-password", "wrong")).await?;
+    let finished = |name: &'static str| {
+        let runs = runs.clone();
+        async move {
+            eventually(&format!("run {name} to finish"), WAIT, || async {
+                let status = runs.get(name).await?.status.unwrap_or_default();
+                Ok(status
+                    .phase
+                    .filter(|p| !matches!(p, AnalysisPhase::Pending | AnalysisPhase::Running))
+                    .map(|_| status))
+            })
+            .await
+        }
+    };
+    let good = finished("with-credentials").await?;
+    assert_eq!(
+        good.phase,
+        Some(AnalysisPhase::Successful),
+        "{:?}",
+        good.message
+    );
+    assert_eq!(
+        good.metric_results[0].measurements[0].value.as_deref(),
+        Some("1")
+    );
+    let bad = finished("wrong-password").await?;
+    assert_eq!(bad.phase, Some(AnalysisPhase::Error));
+    let message = bad.message.unwrap_or_default();
+    ensure!(
+        message.contains(&guarded.url) && !message.contains("guess"),
+        "the error names the server and never the secret: {message}"
+    );
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //! - `demo`: a local control plane with Sluice's API installed and the samples applied.
 //! - `crdgen`: regenerate `crds/` from the API types (`--check` fails on drift).
 //! - `cluster up|down|status|build`: the local control plane on its own.
-//! - `bench abort`: figures for how fast an abort puts traffic back on stable.
+//! - `bench abort|analysis`: figures for how fast an abort, or a failed analysis, puts traffic back
+//!   on stable.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +62,13 @@ enum Bench {
     /// a Gateway API route: median and p99 over `--count` aborts.
     Abort {
         /// How many releases to abort in each mode.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
+    /// From a failed AnalysisRun being recorded to traffic back on stable and stable fully
+    /// available, with and without a Gateway API route.
+    Analysis {
+        /// How many releases to fail in each mode.
         #[arg(long, default_value_t = 20)]
         count: usize,
     },
@@ -187,6 +195,11 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
     let release = root.join("target").join("release");
     let args = match which {
         Bench::Abort { count } => vec!["abort".to_owned(), "--count".to_owned(), count.to_string()],
+        Bench::Analysis { count } => vec![
+            "analysis".to_owned(),
+            "--count".to_owned(),
+            count.to_string(),
+        ],
     };
     run(
         "sluice-bench",

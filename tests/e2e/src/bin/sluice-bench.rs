@@ -25,6 +25,7 @@ use kube::core::GroupVersionKind;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use sluice_api::analysis::{AnalysisPhase, AnalysisRun, AnalysisTemplate};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 use sluice_e2e::{ControllerProcess, FIELD_MANAGER, TestNamespace, client, install_crds};
 
@@ -38,6 +39,8 @@ enum Seen {
     Route(i64),
     /// A ReplicaSet: hash, spec.replicas, status.availableReplicas.
     ReplicaSet(String, i32, i32),
+    /// An AnalysisRun of the version with this hash was recorded as Failed.
+    RunFailed(String),
 }
 
 type Log = Arc<Mutex<Vec<(Instant, Seen)>>>;
@@ -68,6 +71,30 @@ fn spawn_watches(client: &Client, ns: &str, log: &Log) {
             let seen = Seen::Route(canary_weight(&route));
             if let Ok(mut log) = route_log.lock() {
                 log.push((Instant::now(), seen));
+            }
+        }
+    });
+    let run_log = log.clone();
+    let stream = watcher(
+        Api::<AnalysisRun>::namespaced(client.clone(), ns),
+        watcher::Config::default(),
+    );
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.applied_objects());
+        while let Some(Ok(run)) = stream.next().await {
+            let failed = run
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(AnalysisPhase::Failed));
+            if failed {
+                let hash = run
+                    .labels()
+                    .get(POD_TEMPLATE_HASH_LABEL)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Ok(mut log) = run_log.lock() {
+                    log.push((Instant::now(), Seen::RunFailed(hash)));
+                }
             }
         }
     });
@@ -138,7 +165,7 @@ fn latest_route_weight(log: &Log) -> Option<i64> {
     let log = log.lock().ok()?;
     log.iter().rev().find_map(|(_, seen)| match seen {
         Seen::Route(weight) => Some(*weight),
-        Seen::ReplicaSet(..) => None,
+        Seen::ReplicaSet(..) | Seen::RunFailed(_) => None,
     })
 }
 
@@ -215,6 +242,143 @@ async fn create_routing(client: &Client, ns: &str) -> Result<()> {
 }
 
 /// Per-abort timings: (traffic back on stable, stable fully available).
+/// A canary whose step analysis fails at its first measurement (`up` is 1 and the failure condition
+/// is `result[0] >= 1`).
+fn failing_analysis_manifest(routed: bool, image: &str) -> Value {
+    let mut manifest = manifest(routed, image);
+    manifest["spec"]["strategy"]["canary"]["steps"] = json!([
+        {"setWeight": 50},
+        {"analysis": {"templates": [{"templateName": "fails"}]}}
+    ]);
+    manifest
+}
+
+fn signed_ms(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        to.duration_since(from).as_secs_f64() * 1000.0
+    } else {
+        -(from.duration_since(to).as_secs_f64() * 1000.0)
+    }
+}
+
+/// Per release: (traffic back on stable, stable fully available), from the moment the failing
+/// AnalysisRun was recorded.
+async fn analysis_series(client: &Client, routed: bool, count: usize) -> Result<Vec<(f64, f64)>> {
+    let prometheus = std::env::var("SLUICE_E2E_PROMETHEUS_URL")
+        .context("SLUICE_E2E_PROMETHEUS_URL is not set")?;
+    let ns = TestNamespace::create(
+        client,
+        if routed {
+            "bench-analysis-routed"
+        } else {
+            "bench-analysis-basic"
+        },
+    )
+    .await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    if routed {
+        create_routing(client, &ns.name).await?;
+    }
+    let template = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "fails"},
+        "spec": {"metrics": [{
+            "name": "up", "count": 1, "failureCondition": "result[0] >= 1",
+            "provider": {"prometheus": {"address": prometheus, "query": "up{job=\"prometheus\"}"}}
+        }]}
+    });
+    Api::<AnalysisTemplate>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "fails",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&template),
+        )
+        .await?;
+    let log: Log = Arc::default();
+    spawn_watches(client, &ns.name, &log);
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let apply = |image: String| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "web",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&failing_analysis_manifest(routed, &image)),
+            )
+            .await
+        }
+    };
+    apply("registry.example/web:0".to_owned()).await?;
+    let first = wait_rollout(&api, "the first revision", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(RolloutPhase::Healthy))
+    })
+    .await?;
+    let stable = first.status.and_then(|s| s.stable_rs).context("stable")?;
+
+    let mut samples = Vec::new();
+    for i in 1..=count {
+        let started = Instant::now();
+        apply(format!("registry.example/web:{i}")).await?;
+        let aborted = wait_rollout(&api, "the failed analysis to abort", |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.abort && s.current_pod_hash.as_deref() != Some(stable.as_str()))
+        })
+        .await?;
+        let canary = aborted
+            .status
+            .and_then(|s| s.current_pod_hash)
+            .context("canary")?;
+        let stable_whole = |s: &Seen| matches!(s, Seen::ReplicaSet(h, r, a) if *h == stable && *r == REPLICAS && *a == REPLICAS);
+        let failed = first_seen(
+            &log,
+            started,
+            "the failed run",
+            |s| matches!(s, Seen::RunFailed(h) if *h == canary),
+        )
+        .await?;
+        let failed_at = started + failed;
+        let traffic_at = if routed {
+            let up = first_seen(&log, started, "the route at 50%", |s| {
+                matches!(s, Seen::Route(50))
+            })
+            .await?;
+            started
+                + up
+                + first_seen(&log, started + up, "the route back on stable", |s| {
+                    matches!(s, Seen::Route(0))
+                })
+                .await?
+        } else {
+            started
+                + first_seen(
+                    &log,
+                    started,
+                    "the canary scaled to zero",
+                    |s| matches!(s, Seen::ReplicaSet(h, 0, _) if *h == canary),
+                )
+                .await?
+        };
+        let capacity_at = if routed {
+            // With a router stable is never scaled down.
+            failed_at
+        } else {
+            failed_at + first_seen(&log, failed_at, "stable fully available", stable_whole).await?
+        };
+        let sample = (
+            signed_ms(failed_at, traffic_at),
+            signed_ms(failed_at, capacity_at),
+        );
+        eprintln!(
+            "  release {i:>2}/{count}: traffic on stable {:>7.1} ms, stable fully available {:>7.1} ms after the failed run was recorded",
+            sample.0, sample.1
+        );
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
 async fn abort_series(client: &Client, routed: bool, count: usize) -> Result<Vec<(f64, f64)>> {
     let ns = TestNamespace::create(
         client,
@@ -342,6 +506,33 @@ fn report(title: &str, values: &[f64]) {
     );
 }
 
+async fn analysis_bench(client: &Client, count: usize) -> Result<()> {
+    eprintln!("failing step analysis with a Gateway API route ({count} releases)");
+    let routed = analysis_series(client, true, count).await?;
+    eprintln!("failing step analysis without a router ({count} releases)");
+    let basic = analysis_series(client, false, count).await?;
+    println!("\nFrom the failed AnalysisRun being recorded to:");
+    println!(" with a Gateway API HTTPRoute");
+    report(
+        "route at 100% stable",
+        &routed.iter().map(|s| s.0).collect::<Vec<_>>(),
+    );
+    report(
+        "stable fully available",
+        &routed.iter().map(|s| s.1).collect::<Vec<_>>(),
+    );
+    println!(" without a router (replica ratio)");
+    report(
+        "canary scaled to zero",
+        &basic.iter().map(|s| s.0).collect::<Vec<_>>(),
+    );
+    report(
+        "stable fully available",
+        &basic.iter().map(|s| s.1).collect::<Vec<_>>(),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -358,14 +549,19 @@ async fn main() -> Result<()> {
                     .context("--count needs a number")?;
             }
             "abort" => which = Some("abort"),
-            other => bail!("unknown argument {other:?}; usage: sluice-bench abort [--count N]"),
+            "analysis" => which = Some("analysis"),
+            other => {
+                bail!("unknown argument {other:?}; usage: sluice-bench abort|analysis [--count N]")
+            }
         }
-    }
-    if which != Some("abort") {
-        bail!("usage: sluice-bench abort [--count N]");
     }
     let client = client().await?;
     install_crds(&client).await?;
+    match which {
+        Some("abort") => {}
+        Some("analysis") => return analysis_bench(&client, count).await,
+        _ => bail!("usage: sluice-bench abort|analysis [--count N]"),
+    }
     eprintln!(
         "abort with a Gateway API route ({count} releases, {REPLICAS} replicas, paused at 50%)"
     );

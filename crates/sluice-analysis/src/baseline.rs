@@ -202,3 +202,57 @@ async fn sum(connection: &Connection, query: &str) -> Result<f64, QueryError> {
         .filter(|v| v.is_finite())
         .sum())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(policy: Option<MissingBaselinePolicy>) -> BaselineJudge {
+        let mut spec: BaselineJudge = serde_json::from_value(serde_json::json!({
+            "prometheus": {"address": "http://127.0.0.1:1"},
+            "metrics": [{"name": "errors", "errorRatio": {"errorQuery": "e", "totalQuery": "t"}}]
+        }))
+        .expect("judge");
+        spec.on_missing_baseline = policy;
+        spec
+    }
+
+    /// A first release has no stable version: no query is sent (the address is unreachable), and the
+    /// verdict is what onMissingBaseline says, Inconclusive unless set otherwise.
+    #[tokio::test]
+    async fn a_first_release_without_a_baseline_follows_on_missing_baseline() {
+        let connection = Connection::plain("http://127.0.0.1:1");
+        let args = BTreeMap::new();
+        for (policy, want) in [
+            (None, AnalysisPhase::Inconclusive),
+            (
+                Some(MissingBaselinePolicy::Inconclusive),
+                AnalysisPhase::Inconclusive,
+            ),
+            (
+                Some(MissingBaselinePolicy::Successful),
+                AnalysisPhase::Successful,
+            ),
+        ] {
+            for stable in [None, Some("abc")] {
+                let m = measure(
+                    &connection,
+                    &judge(policy),
+                    &args,
+                    "abc",
+                    stable,
+                    Timestamp::now,
+                )
+                .await;
+                assert_eq!(m.phase, want, "{policy:?} {stable:?}: {:?}", m.message);
+                assert!(
+                    m.message
+                        .as_deref()
+                        .is_some_and(|t| t.contains("no stable version")),
+                    "{:?}",
+                    m.message
+                );
+            }
+        }
+    }
+}

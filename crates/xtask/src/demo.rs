@@ -137,6 +137,116 @@ spec:
       - pause: {}
 "#;
 
+/// A canary judged by Prometheus: the traffic simulator stands in for the service, and each step's
+/// analysis reads its error ratio. `PROMETHEUS` is replaced by the cluster's address.
+const DEMO_ANALYSIS: &str = r#"apiVersion: sluice.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: shop-error-rate}
+spec:
+  args: [{name: canary-hash}]
+  metrics:
+  - name: error-rate
+    interval: 2s
+    count: 3
+    initialDelay: 3s
+    inconclusiveLimit: 3
+    successCondition: result[0] < 0.02
+    failureCondition: result[0] >= 0.02
+    provider:
+      prometheus:
+        address: PROMETHEUS
+        query: |
+          sum(rate(sim_http_requests_total{namespace="sluice-demo",pod_template_hash="{{args.canary-hash}}",code="500"}[10s]))
+          / sum(rate(sim_http_requests_total{namespace="sluice-demo",pod_template_hash="{{args.canary-hash}}"}[10s]))
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop-stable}
+spec: {selector: {app: shop}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop-canary}
+spec: {selector: {app: shop}, ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{name: public-gateway}]
+  rules:
+  - backendRefs:
+    - {name: shop-stable, port: 80, weight: 100}
+    - {name: shop-canary, port: 80, weight: 0}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata: {name: shop}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata:
+      labels: {app: shop}
+      annotations: {sim.sluice.dev/error-rate: "0.001"}
+    spec: {containers: [{name: shop, image: "registry.example/shop:1.0.0"}]}
+  strategy:
+    canary:
+      canaryService: shop-canary
+      stableService: shop-stable
+      trafficRouting: {gatewayAPI: {httpRoute: shop}}
+      abortScaleDownDelaySeconds: 5
+      steps:
+      - setWeight: 30
+      - analysis:
+          templates: [{templateName: shop-error-rate}]
+          args: [{name: canary-hash, valueFrom: {podTemplateHashValue: Latest}}]
+"#;
+
+/// Starts the traffic simulator for the demo namespace and points Prometheus at it.
+fn start_simulator(root: &Path, cluster: &Cluster) -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut cmd = Command::new(root.join("target").join("debug").join("sluice-traffic-sim"));
+    cmd.args([
+        "--namespace",
+        NAMESPACE,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("KUBECONFIG", &cluster.kubeconfig);
+    sluice_testbed::cluster::spawn_addon(&cluster.state_dir, "sluice-traffic-sim", cmd)?;
+    std::fs::create_dir_all(&cluster.prometheus_targets)?;
+    std::fs::write(
+        cluster.prometheus_targets.join(format!("{NAMESPACE}.json")),
+        format!(
+            r#"[{{"targets":["127.0.0.1:{port}"],"labels":{{"sim_namespace":"{NAMESPACE}"}}}}]"#
+        ),
+    )?;
+    Ok(())
+}
+
+/// Sets a Rollout's image and the error rate the simulator gives its pods.
+fn release_with_errors(cluster: &Cluster, name: &str, image: &str, error_rate: &str) -> Result<()> {
+    let patch = format!(
+        r#"{{"spec":{{"template":{{"metadata":{{"annotations":{{"sim.sluice.dev/error-rate":"{error_rate}"}}}},"spec":{{"containers":[{{"name":"{name}","image":"{image}"}}]}}}}}}}}"#
+    );
+    show(
+        cluster,
+        &[
+            "-n",
+            NAMESPACE,
+            "patch",
+            "rollout",
+            name,
+            "--type=merge",
+            &format!("-p={patch}"),
+        ],
+        3,
+    )
+}
+
 /// `kubectl` with this build's `kubectl-sluice` first on PATH.
 fn with_plugin(mut cmd: Command) -> Command {
     let plugin_dir = crate::workspace_root().join("target").join("debug");
@@ -257,7 +367,15 @@ pub fn run(root: &Path) -> Result<()> {
     heading("Building the operator and the kubectl plugin");
     run_step(
         "cargo build -p sluice-controller -p kubectl-sluice",
-        cargo().args(["build", "-p", "sluice-controller", "-p", "kubectl-sluice"]),
+        cargo().args([
+            "build",
+            "-p",
+            "sluice-controller",
+            "-p",
+            "kubectl-sluice",
+            "-p",
+            "sluice-traffic-sim",
+        ]),
     )?;
 
     heading("Installing Sluice's API with a plain `kubectl apply -f crds/`");
@@ -348,6 +466,29 @@ pub fn run(root: &Path) -> Result<()> {
         ],
         14,
     )?;
+
+    heading(
+        "A canary judged by Prometheus: a traffic simulator serves each version's requests, and the analysis step reads the canary's error ratio",
+    );
+    start_simulator(root, &cluster)?;
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        &DEMO_ANALYSIS.replace("PROMETHEUS", &cluster.prometheus_url),
+    )?;
+    follow(&cluster, "shop", |phase, _| phase == "Healthy")?;
+    println!("  {DIM}a good version: 0.1% errors{RESET}");
+    release_with_errors(&cluster, "shop", "registry.example/shop:2.0.0", "0.001")?;
+    let started = std::cell::Cell::new(false);
+    follow(&cluster, "shop", |phase, _| {
+        started.set(started.get() || phase != "Healthy");
+        started.get() && phase == "Healthy"
+    })?;
+    show(&cluster, &["get", "analysisruns", "-n", NAMESPACE], 10)?;
+    println!("  {DIM}a bad version: 5% errors{RESET}");
+    release_with_errors(&cluster, "shop", "registry.example/shop:3.0.0", "0.05")?;
+    follow(&cluster, "shop", |phase, _| phase == "Degraded")?;
+    show(&cluster, &["get", "analysisruns", "-n", NAMESPACE], 10)?;
 
     heading("The samples in config/");
     show(&cluster, &["apply", "-n", NAMESPACE, "-f", "config/"], 20)?;

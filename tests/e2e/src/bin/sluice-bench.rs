@@ -317,19 +317,24 @@ async fn analysis_series(client: &Client, routed: bool, count: usize) -> Result<
     let stable = first.status.and_then(|s| s.stable_rs).context("stable")?;
 
     let mut samples = Vec::new();
+    let mut previous = stable.clone();
     for i in 1..=count {
         let started = Instant::now();
         apply(format!("registry.example/web:{i}")).await?;
+        // This release's abort, not the previous one's (still in status for a moment).
         let aborted = wait_rollout(&api, "the failed analysis to abort", |r| {
-            r.status
-                .as_ref()
-                .is_some_and(|s| s.abort && s.current_pod_hash.as_deref() != Some(stable.as_str()))
+            r.status.as_ref().is_some_and(|s| {
+                s.abort
+                    && s.current_pod_hash.as_deref() != Some(stable.as_str())
+                    && s.current_pod_hash.as_deref() != Some(previous.as_str())
+            })
         })
         .await?;
         let canary = aborted
             .status
             .and_then(|s| s.current_pod_hash)
             .context("canary")?;
+        previous = canary.clone();
         let stable_whole = |s: &Seen| matches!(s, Seen::ReplicaSet(h, r, a) if *h == stable && *r == REPLICAS && *a == REPLICAS);
         let failed = first_seen(
             &log,

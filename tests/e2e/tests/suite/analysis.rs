@@ -702,3 +702,65 @@ async fn a_prometheus_behind_basic_auth_is_queried_with_credentials_from_a_secre
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn prometheus_stopped_during_analysis_ends_in_error_and_an_abort_never_a_promotion()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-outage").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let guarded = GuardedPrometheus::start("sluice", "outage-Pa55")?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    apply(
+        &secrets,
+        &json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prometheus-auth"},
+            "stringData": {"username": "sluice", "password": "outage-Pa55"}
+        }),
+    )
+    .await?;
+    let metric = json!({
+        "name": "one", "interval": "1s", "count": 30, "consecutiveErrorLimit": 2,
+        "successCondition": "result == 1.0",
+        "provider": {"prometheus": {
+            "address": guarded.url, "query": "scalar(vector(1))", "timeout": 2,
+            "authentication": {"basic": {
+                "usernameSecretRef": {"name": "prometheus-auth", "key": "username"},
+                "passwordSecretRef": {"name": "prometheus-auth", "key": "password"}
+            }}
+        }}
+    });
+    let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    // Measurements pass while Prometheus serves...
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    eventually("two successful measurements", WAIT, || async {
+        let list = runs.list(&ListParams::default()).await?.items;
+        Ok(list
+            .iter()
+            .filter_map(|r| r.status.as_ref())
+            .flat_map(|s| s.metric_results.iter())
+            .any(|m| m.successful >= 2)
+            .then_some(()))
+    })
+    .await?;
+    // ...then it stops.
+    drop(guarded);
+    let ended = wait_status(&api, "the outage to abort the release", |s| {
+        s.abort || s.stable_rs.as_deref() != Some(stable.as_str())
+    })
+    .await?;
+    ensure!(
+        ended.abort && ended.stable_rs.as_deref() == Some(stable.as_str()),
+        "promoted during an outage: {:?}",
+        ended.message
+    );
+    let message = ended.message.unwrap_or_default();
+    ensure!(message.contains("errors in a row"), "{message}");
+    let run = runs.list(&ListParams::default()).await?.items;
+    let status = run[0].status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(AnalysisPhase::Error));
+    Ok(())
+}

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
 /// Label on the ReplicaSets a Rollout owns (set by the controller).
@@ -331,7 +332,8 @@ async fn get(
                 pods_by_hash.entry(hash).or_default().push(pod);
             }
         }
-        let view = render(&rollout, &sets, &pods_by_hash);
+        let runs = recorded_runs(client, namespace, &rollout).await?;
+        let view = render(&rollout, &sets, &pods_by_hash, &runs);
         let mut out = std::io::stdout().lock();
         if watch {
             // Clear the screen and draw again from the top.
@@ -346,8 +348,96 @@ async fn get(
     }
 }
 
-/// The text view of a Rollout: summary, steps, ReplicaSets and pods.
-fn render(rollout: &Rollout, sets: &[ReplicaSet], pods: &BTreeMap<String, Vec<Pod>>) -> String {
+/// The AnalysisRuns the Rollout's status names (the current step's and the background one), with
+/// what they are for.
+async fn recorded_runs(
+    client: &Client,
+    namespace: &str,
+    rollout: &Rollout,
+) -> Result<Vec<(&'static str, AnalysisRun)>> {
+    let api: Api<AnalysisRun> = Api::namespaced(client.clone(), namespace);
+    let canary = rollout.status.as_ref().and_then(|s| s.canary.as_ref());
+    let mut runs = Vec::new();
+    for (what, record) in [
+        (
+            "step",
+            canary.and_then(|c| c.current_step_analysis_run_status.as_ref()),
+        ),
+        (
+            "background",
+            canary.and_then(|c| c.current_background_analysis_run_status.as_ref()),
+        ),
+    ] {
+        if let Some(record) = record
+            && let Some(run) = api.get_opt(&record.name).await?
+        {
+            runs.push((what, run));
+        }
+    }
+    Ok(runs)
+}
+
+fn phase_mark(phase: Option<AnalysisPhase>) -> &'static str {
+    match phase {
+        Some(AnalysisPhase::Successful) => "✔",
+        Some(AnalysisPhase::Failed | AnalysisPhase::Error) => "✖",
+        Some(AnalysisPhase::Inconclusive) => "?",
+        _ => "◐",
+    }
+}
+
+/// The analysis section: each run, each metric's tally and its latest measurement.
+fn render_runs(out: &mut String, runs: &[(&str, AnalysisRun)]) {
+    use std::fmt::Write as _;
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "Analysis:");
+    for (what, run) in runs {
+        let status = run.status.clone().unwrap_or_default();
+        let phase = status
+            .phase
+            .map_or("Pending".to_owned(), |p| format!("{p:?}"));
+        let _ = writeln!(
+            out,
+            "  {} [{what}] {} {phase}",
+            phase_mark(status.phase),
+            run.name_any()
+        );
+        for result in &status.metric_results {
+            let last = result.measurements.last();
+            let _ = writeln!(
+                out,
+                "      {} {}: {:?}, {} measured ({} ok, {} failed, {} inconclusive, {} errors){}  {}",
+                phase_mark(Some(result.phase)),
+                result.name,
+                result.phase,
+                result.count,
+                result.successful,
+                result.failed,
+                result.inconclusive,
+                result.error,
+                if result.dry_run { " [dry-run]" } else { "" },
+                last.and_then(|m| m.value.clone())
+                    .map(|v| format!("last {v}"))
+                    .unwrap_or_default(),
+            );
+            if let Some(message) = last.and_then(|m| m.message.as_deref())
+                && result.phase != AnalysisPhase::Successful
+            {
+                let _ = writeln!(out, "          {message}");
+            }
+        }
+    }
+}
+
+/// The text view of a Rollout: summary, steps, analysis, ReplicaSets and pods.
+fn render(
+    rollout: &Rollout,
+    sets: &[ReplicaSet],
+    pods: &BTreeMap<String, Vec<Pod>>,
+    runs: &[(&str, AnalysisRun)],
+) -> String {
     use std::fmt::Write as _;
     let status = rollout.status.clone().unwrap_or_default();
     let mut out = String::new();
@@ -437,6 +527,7 @@ fn render(rollout: &Rollout, sets: &[ReplicaSet], pods: &BTreeMap<String, Vec<Po
             let _ = writeln!(out, "    {mark} {}. {what}", i + 1);
         }
     }
+    render_runs(&mut out, runs);
     let _ = writeln!(out, "ReplicaSets:");
     for rs in sets {
         let hash = rs

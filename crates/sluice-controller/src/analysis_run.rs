@@ -79,6 +79,8 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
                         value = measurement.value.as_deref().unwrap_or(""),
                         "measured"
                     );
+                    ctx.metrics
+                        .measured(&namespace, &metric.name, measurement.phase);
                     analysis::record(&run.spec, &mut status, metric, measurement);
                 }
                 analysis::summarize(&run.spec, &mut status, now);

@@ -1,21 +1,74 @@
-//! The operator's own metrics, served on `/metrics`.
+//! The operator's own metrics, served on `/metrics`: reconcile counts, failures and durations, and
+//! what users watch releases by (phase per Rollout, aborts, analysis measurements).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use sluice_api::analysis::AnalysisPhase;
+use sluice_api::rollout::RolloutPhase;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub error: String,
 }
 
-/// Reconcile counts, failures and durations.
+/// A Rollout, by namespace and name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub namespace: String,
+    pub rollout: String,
+}
+
+/// A Rollout and one phase it may be in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub rollout: String,
+    pub phase: Phase,
+}
+
+/// A Rollout's phase, as a label value.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Phase {
+    Healthy,
+    Progressing,
+    Paused,
+    Degraded,
+}
+
+impl From<RolloutPhase> for Phase {
+    fn from(phase: RolloutPhase) -> Self {
+        match phase {
+            RolloutPhase::Healthy => Self::Healthy,
+            RolloutPhase::Progressing => Self::Progressing,
+            RolloutPhase::Paused => Self::Paused,
+            RolloutPhase::Degraded => Self::Degraded,
+        }
+    }
+}
+
+/// One measurement's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeasurementLabels {
+    pub namespace: String,
+    pub metric: String,
+    pub phase: String,
+}
+
+/// Everything the operator counts.
 pub struct Metrics {
     pub reconciles: Counter,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
+    /// 1 for the phase each Rollout is in, 0 for the others.
+    pub rollout_phase: Family<PhaseLabels, Gauge>,
+    /// Releases aborted, by Rollout.
+    pub aborts: Family<RolloutLabels, Counter>,
+    /// Analysis measurements taken, by metric and outcome.
+    pub measurements: Family<MeasurementLabels, Counter>,
     pub registry: Registry,
 }
 
@@ -25,6 +78,9 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]);
+        let rollout_phase = Family::<PhaseLabels, Gauge>::default();
+        let aborts = Family::<RolloutLabels, Counter>::default();
+        let measurements = Family::<MeasurementLabels, Counter>::default();
         registry.register(
             "rollout_reconciles",
             "Rollout reconciles",
@@ -40,11 +96,61 @@ impl Default for Metrics {
             "Time one Rollout reconcile took",
             duration.clone(),
         );
+        registry.register(
+            "rollout_phase",
+            "1 for the phase each Rollout is in (Healthy, Progressing, Paused, Degraded), 0 for the others",
+            rollout_phase.clone(),
+        );
+        registry.register(
+            "rollout_aborts",
+            "Releases aborted (by a person, a failed analysis or the progress deadline)",
+            aborts.clone(),
+        );
+        registry.register(
+            "analysis_measurements",
+            "Analysis measurements taken, by metric and outcome",
+            measurements.clone(),
+        );
         Self {
             reconciles,
             failures,
             duration,
+            rollout_phase,
+            aborts,
+            measurements,
             registry,
         }
+    }
+}
+
+impl Metrics {
+    /// Records the phase a Rollout is now in.
+    pub fn set_phase(&self, namespace: &str, rollout: &str, phase: RolloutPhase) {
+        let current = Phase::from(phase);
+        for candidate in [
+            Phase::Healthy,
+            Phase::Progressing,
+            Phase::Paused,
+            Phase::Degraded,
+        ] {
+            self.rollout_phase
+                .get_or_create(&PhaseLabels {
+                    namespace: namespace.to_owned(),
+                    rollout: rollout.to_owned(),
+                    phase: candidate,
+                })
+                .set(i64::from(candidate == current));
+        }
+    }
+
+    /// Counts a measurement.
+    pub fn measured(&self, namespace: &str, metric: &str, phase: AnalysisPhase) {
+        self.measurements
+            .get_or_create(&MeasurementLabels {
+                namespace: namespace.to_owned(),
+                metric: metric.to_owned(),
+                phase: format!("{phase:?}"),
+            })
+            .inc();
     }
 }

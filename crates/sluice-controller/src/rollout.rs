@@ -232,7 +232,19 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
             )
             .await?;
     }
+    if let Some(phase) = plan.status.phase {
+        ctx.metrics.set_phase(&namespace, &name, phase);
+    }
     for event in &plan.events {
+        if event.reason == "RolloutAborted" {
+            ctx.metrics
+                .aborts
+                .get_or_create(&crate::metrics::RolloutLabels {
+                    namespace: namespace.clone(),
+                    rollout: name.clone(),
+                })
+                .inc();
+        }
         info!(reason = event.reason, note = %event.message, "transition");
         publish(ctx, rollout, event.warning, event.reason, &event.message).await;
     }

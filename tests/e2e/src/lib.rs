@@ -170,6 +170,8 @@ pub struct ControllerProcess {
     child: std::process::Child,
     pub namespace: String,
     pub log: PathBuf,
+    /// Where it serves `/healthz`, `/readyz` and `/metrics`, e.g. `http://127.0.0.1:41234`.
+    pub http: String,
 }
 
 impl ControllerProcess {
@@ -213,6 +215,7 @@ impl ControllerProcess {
             child,
             namespace: namespace.to_owned(),
             log,
+            http: format!("http://127.0.0.1:{port}"),
         })
     }
 

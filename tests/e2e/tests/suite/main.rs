@@ -5,6 +5,7 @@ mod api;
 mod canary;
 mod cluster;
 mod leader;
+mod operator;
 mod plugin;
 mod traffic;
 mod validation;

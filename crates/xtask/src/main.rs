@@ -136,38 +136,46 @@ fn test_cluster_dir(root: &Path) -> PathBuf {
     root.join("target").join("sluice-cluster-test")
 }
 
+/// Where generated CRDs go: `crds/` for `kubectl apply -f crds/`, and the Helm chart's copy, which
+/// its `crds.install` toggle renders.
+const CRD_DIRS: [&str; 2] = ["crds", "charts/sluice/files/crds"];
+
 fn crdgen(root: &Path, check: bool) -> Result<()> {
-    let dir = root.join("crds");
     let generated = sluice_api::crdgen::generate()?;
-    let mut drifted = Vec::new();
-    for crd in &generated {
-        let path = dir.join(&crd.file_name);
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        if current != crd.yaml {
-            drifted.push(crd.file_name.clone());
-            if !check {
-                std::fs::create_dir_all(&dir)?;
-                std::fs::write(&path, &crd.yaml)?;
+    for dir_name in CRD_DIRS {
+        let dir = root.join(dir_name);
+        let mut drifted = Vec::new();
+        for crd in &generated {
+            let path = dir.join(&crd.file_name);
+            let current = std::fs::read_to_string(&path).unwrap_or_default();
+            if current != crd.yaml {
+                drifted.push(crd.file_name.clone());
+                if !check {
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(&path, &crd.yaml)?;
+                }
             }
         }
-    }
-    let expected: Vec<&str> = generated.iter().map(|c| c.file_name.as_str()).collect();
-    for entry in std::fs::read_dir(&dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".yaml") && !expected.contains(&name.as_str()) {
-            drifted.push(name.clone());
-            if !check {
-                std::fs::remove_file(dir.join(&name))?;
+        let expected: Vec<&str> = generated.iter().map(|c| c.file_name.as_str()).collect();
+        if dir.is_dir() {
+            for entry in std::fs::read_dir(&dir)? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".yaml") && !expected.contains(&name.as_str()) {
+                    drifted.push(name.clone());
+                    if !check {
+                        std::fs::remove_file(dir.join(&name))?;
+                    }
+                }
             }
         }
-    }
-    match (check, drifted.is_empty()) {
-        (_, true) => println!("crds/ is up to date ({} CRDs)", generated.len()),
-        (true, false) => bail!(
-            "crds/ differs from the API types in: {}. Run `cargo xtask crdgen` and commit the result",
-            drifted.join(", ")
-        ),
-        (false, false) => println!("updated crds/: {}", drifted.join(", ")),
+        match (check, drifted.is_empty()) {
+            (_, true) => println!("{dir_name}/ is up to date ({} CRDs)", generated.len()),
+            (true, false) => bail!(
+                "{dir_name}/ differs from the API types in: {}. Run `cargo xtask crdgen` and commit the result",
+                drifted.join(", ")
+            ),
+            (false, false) => println!("updated {dir_name}/: {}", drifted.join(", ")),
+        }
     }
     Ok(())
 }

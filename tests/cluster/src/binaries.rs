@@ -20,6 +20,8 @@ pub const KUBERNETES_VERSION: &str = "1.37.2";
 pub const ETCD_VERSION: &str = "3.6.16";
 /// kwok release: fake nodes whose pods become Running and Ready without a kubelet.
 pub const KWOK_VERSION: &str = "0.8.0";
+/// Helm release used to render and check Sluice's chart.
+pub const HELM_VERSION: &str = "3.22.0";
 /// Gateway API release whose standard CRDs (HTTPRoute) are installed into test clusters.
 pub const GATEWAY_API_VERSION: &str = "1.5.1";
 
@@ -32,6 +34,7 @@ pub struct Binaries {
     pub kube_scheduler: PathBuf,
     pub kubectl: PathBuf,
     pub kwok: PathBuf,
+    pub helm: PathBuf,
 }
 
 /// Where built binaries and downloads are cached: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`,
@@ -123,6 +126,14 @@ fn builds() -> Vec<GoBuild> {
             ldflags: "-s -w".to_owned(),
             staging_version: None,
         },
+        GoBuild {
+            name: format!("helm-v{HELM_VERSION}"),
+            module: "helm.sh/helm/v3",
+            version: format!("v{HELM_VERSION}"),
+            packages: vec![("helm.sh/helm/v3/cmd/helm", "helm")],
+            ldflags: "-s -w".to_owned(),
+            staging_version: None,
+        },
     ]
 }
 
@@ -163,6 +174,7 @@ pub fn ensure_binaries() -> Result<Binaries> {
         kubectl: path(0, "kubectl"),
         etcd: path(1, "etcd"),
         kwok: path(2, "kwok"),
+        helm: path(3, "helm"),
     })
 }
 

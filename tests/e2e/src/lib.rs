@@ -184,6 +184,16 @@ impl ControllerProcess {
 
     /// Starts a controller for `namespace` with its own leader-election identity and a 5 s Lease.
     pub fn start_as(namespace: &str, identity: &str) -> Result<Self> {
+        Self::start_with(namespace, identity, &kubeconfig_path())
+    }
+
+    /// Starts a controller for `namespace` that reaches the cluster through `kubeconfig` (e.g. one
+    /// that impersonates a ServiceAccount).
+    pub fn start_with(
+        namespace: &str,
+        identity: &str,
+        kubeconfig: &std::path::Path,
+    ) -> Result<Self> {
         let binary = std::env::var_os("SLUICE_E2E_CONTROLLER")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/debug/sluice-controller"));
@@ -200,7 +210,7 @@ impl ControllerProcess {
         let child = Command::new(&binary)
             .args(["--namespace", namespace, "--log-format", "text"])
             .args(["--identity", identity, "--lease-duration-seconds", "5"])
-            .env("KUBECONFIG", kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .stdout(file.try_clone()?)
             .stderr(file)

@@ -3,6 +3,7 @@
 mod analysis;
 mod api;
 mod canary;
+mod chart;
 mod cluster;
 mod leader;
 mod operator;

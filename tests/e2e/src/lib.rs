@@ -54,6 +54,25 @@ pub fn kubectl(args: &[&str]) -> Result<Output> {
         .context("running kubectl")
 }
 
+/// Runs `kubectl sluice ARGS` through kubectl's plugin discovery, with this build's plugin first on
+/// PATH (`SLUICE_E2E_PLUGIN_DIR`, else `target/debug`).
+pub fn kubectl_sluice(namespace: &str, args: &[&str]) -> Result<Output> {
+    let plugin_dir = std::env::var_os("SLUICE_E2E_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"));
+    let path = std::env::join_paths(std::iter::once(plugin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let kubectl = std::env::var_os("SLUICE_E2E_KUBECTL").unwrap_or_else(|| "kubectl".into());
+    Ok(Command::new(kubectl)
+        .arg("sluice")
+        .args(["-n", namespace])
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()?)
+}
+
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

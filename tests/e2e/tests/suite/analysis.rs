@@ -227,6 +227,16 @@ async fn a_failing_step_analysis_aborts_to_stable_naming_the_metric() -> Result<
         Ok(sets.contains(&(stable.clone(), 2, 2)).then_some(()))
     })
     .await?;
+    // The plugin shows the run, the metric's tally and its latest value.
+    let out = sluice_e2e::kubectl_sluice(&ns.name, &["get", "rollout", "web"])?;
+    let view = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        view.contains("Analysis:")
+            && view.contains("✖ [step]")
+            && view.contains("errors: Failed")
+            && view.contains("last [1]"),
+        "{view}"
+    );
     Ok(())
 }
 

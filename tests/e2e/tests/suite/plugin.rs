@@ -1,6 +1,6 @@
 //! `kubectl sluice`: requests, status exit codes, undo and the release view, against the real controller.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -11,25 +11,10 @@ use serde_json::json;
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{
     ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
-    kubeconfig_path, repo_root,
 };
 
-/// Runs `kubectl sluice ARGS` through kubectl's plugin discovery, with our build first on PATH.
 fn sluice(namespace: &str, args: &[&str]) -> Result<Output> {
-    let plugin_dir = std::env::var_os("SLUICE_E2E_PLUGIN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/debug"));
-    let path = std::env::join_paths(std::iter::once(plugin_dir).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))?;
-    let kubectl = std::env::var_os("SLUICE_E2E_KUBECTL").unwrap_or_else(|| "kubectl".into());
-    Ok(Command::new(kubectl)
-        .arg("sluice")
-        .args(["-n", namespace])
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", kubeconfig_path())
-        .output()?)
+    sluice_e2e::kubectl_sluice(namespace, args)
 }
 
 fn ok(out: Output) -> Result<String> {

@@ -18,8 +18,10 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::rollout::{
-    CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase, RolloutStatus,
+    BlueGreenStrategy, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase,
+    RolloutStatus,
 };
+use sluice_engine::bluegreen;
 use sluice_engine::canary::{self, Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::conditions::{self, ConditionStatus};
 use sluice_engine::hash::pod_template_hash;
@@ -138,8 +140,8 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     let status = rollout.status.clone().unwrap_or_default();
     let client = ctx.client.clone();
 
-    let canary = match check_spec(rollout, &client, &namespace).await? {
-        Ok(canary) => canary,
+    let strategy = match check_spec(rollout, &client, &namespace).await? {
+        Ok(strategy) => strategy,
         Err(problem) => return invalid_spec(rollout, ctx, &status, &problem).await,
     };
     let template = rollout.spec.template.clone().unwrap_or_default();
@@ -187,10 +189,13 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         actions,
         now: Timestamp::now(),
     };
-    let mut plan = canary::decide(&snapshot, canary);
-    execute(rollout, ctx, &namespace, canary, &hash, &views, &plan).await?;
+    let mut plan = match strategy {
+        Strategy::Canary(canary) => canary::decide(&snapshot, canary),
+        Strategy::BlueGreen(blue_green) => bluegreen::decide(&snapshot, blue_green),
+    };
+    execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
     if let Err(problem) =
-        rollout_analysis::sync(ctx, rollout, &namespace, canary, &hash, &runs, &mut plan).await?
+        rollout_analysis::sync(ctx, rollout, &namespace, strategy, &hash, &runs, &mut plan).await?
     {
         return invalid_spec(rollout, ctx, &status, &problem).await;
     }
@@ -208,7 +213,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         rollout,
         ctx,
         &namespace,
-        canary,
+        strategy,
         &views,
         &mut plan,
         snapshot.now,
@@ -260,7 +265,7 @@ async fn restart(
     rollout: &Rollout,
     ctx: &Context,
     namespace: &str,
-    canary: &CanaryStrategy,
+    strategy: Strategy<'_>,
     views: &[ReplicaSetView],
     plan: &mut Plan,
     now: Timestamp,
@@ -320,11 +325,7 @@ async fn restart(
         })
         .collect();
     let wanted: i32 = plan.scale.values().sum();
-    let (_, max_unavailable) = replicas::surge_and_unavailable(
-        rollout.spec.replicas,
-        canary.max_surge.as_ref(),
-        canary.max_unavailable.as_ref(),
-    );
+    let max_unavailable = strategy.max_unavailable(rollout.spec.replicas);
     let restart = restart::plan(target, &seen, wanted, max_unavailable);
     for name in &restart.evict {
         match pods.evict(name, &EvictParams::default()).await {
@@ -399,17 +400,47 @@ async fn check_spec<'a>(
     rollout: &'a Rollout,
     client: &kube::Client,
     namespace: &str,
-) -> Result<Result<&'a CanaryStrategy, String>, Error> {
+) -> Result<Result<Strategy<'a>, String>, Error> {
     if rollout.spec.template.is_none() {
         return Ok(Err(
             "spec.workloadRef is not supported by this version of Sluice; set spec.template"
                 .to_owned(),
         ));
     }
-    let Some(canary) = rollout.spec.strategy.canary.as_ref() else {
-        return Ok(Err("spec.strategy.blueGreen is not supported by this version of Sluice yet; use spec.strategy.canary".to_owned()));
-    };
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let canary = match (
+        &rollout.spec.strategy.canary,
+        &rollout.spec.strategy.blue_green,
+    ) {
+        (Some(canary), _) => canary,
+        (None, Some(blue_green)) => {
+            for (field, service) in [
+                ("activeService", Some(&blue_green.active_service)),
+                ("previewService", blue_green.preview_service.as_ref()),
+            ] {
+                if let Some(service) = service
+                    && services.get_opt(service).await?.is_none()
+                {
+                    return Ok(Err(format!(
+                        "Service {service:?} named in spec.strategy.blueGreen.{field} does not exist in namespace {namespace}"
+                    )));
+                }
+            }
+            for (field, refs) in rollout_analysis::blue_green_template_refs(blue_green) {
+                if let Err(problem) =
+                    rollout_analysis::templates(client, namespace, refs, &field).await?
+                {
+                    return Ok(Err(problem));
+                }
+            }
+            return Ok(Ok(Strategy::BlueGreen(blue_green)));
+        }
+        (None, None) => {
+            return Ok(Err(
+                "spec.strategy sets neither canary nor blueGreen".to_owned()
+            ));
+        }
+    };
     for (field, service) in [
         ("canaryService", &canary.canary_service),
         ("stableService", &canary.stable_service),
@@ -445,7 +476,48 @@ async fn check_spec<'a>(
             return Ok(Err(problem));
         }
     }
-    Ok(Ok(canary))
+    Ok(Ok(Strategy::Canary(canary)))
+}
+
+/// A Rollout's release strategy, with what the executor needs from either kind.
+#[derive(Clone, Copy)]
+pub(crate) enum Strategy<'a> {
+    Canary(&'a CanaryStrategy),
+    BlueGreen(&'a BlueGreenStrategy),
+}
+
+impl Strategy<'_> {
+    /// The Service that selects the stable (canary) or active (blue-green) version.
+    fn stable_service(&self) -> Option<&String> {
+        match self {
+            Self::Canary(c) => c.stable_service.as_ref(),
+            Self::BlueGreen(b) => Some(&b.active_service),
+        }
+    }
+
+    /// The Service that selects the canary (canary) or preview (blue-green) version.
+    fn canary_service(&self) -> Option<&String> {
+        match self {
+            Self::Canary(c) => c.canary_service.as_ref(),
+            Self::BlueGreen(b) => b.preview_service.as_ref(),
+        }
+    }
+
+    fn traffic_routing(&self) -> Option<&sluice_api::rollout::TrafficRouting> {
+        match self {
+            Self::Canary(c) => c.traffic_routing.as_ref(),
+            Self::BlueGreen(_) => None,
+        }
+    }
+
+    /// Pods that may be missing during a restart.
+    fn max_unavailable(&self, replicas: i32) -> i32 {
+        let (surge, unavailable) = match self {
+            Self::Canary(c) => (c.max_surge.as_ref(), c.max_unavailable.as_ref()),
+            Self::BlueGreen(_) => (None, None),
+        };
+        replicas::surge_and_unavailable(replicas, surge, unavailable).1
+    }
 }
 
 /// Records an InvalidSpec condition and event, and changes nothing else: stable keeps serving.
@@ -562,7 +634,7 @@ async fn execute(
     rollout: &Rollout,
     ctx: &Context,
     namespace: &str,
-    canary: &CanaryStrategy,
+    strategy: Strategy<'_>,
     hash: &str,
     views: &[ReplicaSetView],
     plan: &Plan,
@@ -615,8 +687,8 @@ async fn execute(
 
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     for (service, target) in [
-        (&canary.stable_service, &plan.traffic.stable_hash),
-        (&canary.canary_service, &plan.traffic.canary_hash),
+        (strategy.stable_service(), &plan.traffic.stable_hash),
+        (strategy.canary_service(), &plan.traffic.canary_hash),
     ] {
         let Some(service) = service else { continue };
         // Point a Service only at a ReplicaSet that exists, so it never selects nothing by mistake.
@@ -638,9 +710,9 @@ async fn execute(
         }
     }
     if let (Some(routing), Some(canary_service), Some(stable_service)) = (
-        &canary.traffic_routing,
-        &canary.canary_service,
-        &canary.stable_service,
+        strategy.traffic_routing(),
+        strategy.canary_service(),
+        strategy.stable_service(),
     ) {
         let routes = http_routes(&client, namespace);
         let route_name = &routing.gateway_api.http_route;

@@ -13,13 +13,15 @@ use sluice_api::analysis::{
 };
 use sluice_api::common::{AnalysisRunArgument, AnalysisTemplateRef, PodTemplateHashValue};
 use sluice_api::rollout::{
-    CanaryStatus, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutAnalysisRunStatus,
+    BlueGreenStatus, BlueGreenStrategy, CanaryStatus, CanaryStrategy, POD_TEMPLATE_HASH_LABEL,
+    Rollout, RolloutAnalysisRunStatus,
 };
+use sluice_engine::bluegreen;
 use sluice_engine::canary::{AnalysisOutcome, Plan};
 use tracing::info;
 
 use crate::error::Error;
-use crate::rollout::ROLLOUT_LABEL;
+use crate::rollout::{ROLLOUT_LABEL, Strategy};
 use crate::{Context, FIELD_MANAGER};
 
 /// Label on a run: `step` or `background`.
@@ -96,6 +98,23 @@ pub fn verdicts(
     runs: &[AnalysisRun],
     hash: &str,
 ) -> (Option<AnalysisOutcome>, Option<AnalysisOutcome>) {
+    if rollout.spec.strategy.canary.is_none() {
+        // Blue-green: the pre-promotion run stands for the step's, the post-promotion for the background.
+        let blue_green = rollout.status.as_ref().and_then(|s| s.blue_green.as_ref());
+        let pre = recorded(
+            runs,
+            blue_green.and_then(|b| b.pre_promotion_analysis_run_status.as_ref()),
+            hash,
+        )
+        .map(outcome);
+        let post = recorded(
+            runs,
+            blue_green.and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
+            hash,
+        )
+        .map(outcome);
+        return (pre, post);
+    }
     let canary = rollout.status.as_ref().and_then(|s| s.canary.as_ref());
     let index = rollout
         .status
@@ -178,6 +197,26 @@ pub fn template_refs(canary: &CanaryStrategy) -> Vec<(String, &[AnalysisTemplate
         ));
     }
     refs
+}
+
+/// Every template reference of the blue-green strategy, with the field that names it.
+pub fn blue_green_template_refs(
+    blue_green: &BlueGreenStrategy,
+) -> Vec<(String, &[AnalysisTemplateRef])> {
+    [
+        ("prePromotionAnalysis", &blue_green.pre_promotion_analysis),
+        ("postPromotionAnalysis", &blue_green.post_promotion_analysis),
+    ]
+    .into_iter()
+    .filter_map(|(field, analysis)| {
+        analysis.as_ref().map(|a| {
+            (
+                format!("spec.strategy.blueGreen.{field}"),
+                a.templates.as_slice(),
+            )
+        })
+    })
+    .collect()
 }
 
 /// A field of the Rollout named by a downward-API style path.
@@ -273,7 +312,7 @@ pub async fn sync(
     ctx: &Context,
     rollout: &Rollout,
     namespace: &str,
-    canary: &CanaryStrategy,
+    strategy: Strategy<'_>,
     hash: &str,
     runs: &[AnalysisRun],
     plan: &mut Plan,
@@ -283,7 +322,35 @@ pub async fn sync(
     let releasing = stable != hash && !plan.status.abort;
     let index = plan.status.current_step_index.unwrap_or(0);
     let mut wanted: Vec<Wanted<'_>> = Vec::new();
-    if releasing {
+    if let Strategy::BlueGreen(blue_green) = strategy {
+        for (kind, wants, analysis, field) in [
+            (
+                "pre-promotion",
+                bluegreen::wants_pre_promotion_analysis(&plan.status, blue_green),
+                &blue_green.pre_promotion_analysis,
+                "spec.strategy.blueGreen.prePromotionAnalysis",
+            ),
+            (
+                "post-promotion",
+                bluegreen::wants_post_promotion_analysis(&plan.status, blue_green),
+                &blue_green.post_promotion_analysis,
+                "spec.strategy.blueGreen.postPromotionAnalysis",
+            ),
+        ] {
+            if let (true, Some(analysis)) = (wants, analysis) {
+                wanted.push(Wanted {
+                    kind,
+                    step: None,
+                    refs: &analysis.templates,
+                    args: &analysis.args,
+                    field: field.to_owned(),
+                });
+            }
+        }
+    }
+    if let Strategy::Canary(canary) = strategy
+        && releasing
+    {
         let step = usize::try_from(index)
             .ok()
             .and_then(|i| canary.steps.get(i));
@@ -309,13 +376,37 @@ pub async fn sync(
         }
     }
 
-    let status = plan.status.canary.get_or_insert_with(CanaryStatus::default);
     let mut keep: Vec<String> = Vec::new();
     for want in &wanted {
-        let slot = if want.kind == "step" {
-            &mut status.current_step_analysis_run_status
-        } else {
-            &mut status.current_background_analysis_run_status
+        let slot = match want.kind {
+            "step" => {
+                &mut plan
+                    .status
+                    .canary
+                    .get_or_insert_with(CanaryStatus::default)
+                    .current_step_analysis_run_status
+            }
+            "background" => {
+                &mut plan
+                    .status
+                    .canary
+                    .get_or_insert_with(CanaryStatus::default)
+                    .current_background_analysis_run_status
+            }
+            "pre-promotion" => {
+                &mut plan
+                    .status
+                    .blue_green
+                    .get_or_insert_with(BlueGreenStatus::default)
+                    .pre_promotion_analysis_run_status
+            }
+            _ => {
+                &mut plan
+                    .status
+                    .blue_green
+                    .get_or_insert_with(BlueGreenStatus::default)
+                    .post_promotion_analysis_run_status
+            }
         };
         let current = recorded(runs, slot.as_ref(), hash).filter(|r| {
             want.step
@@ -342,7 +433,7 @@ pub async fn sync(
                     .count();
                 let what = match want.step {
                     Some(i) => format!("step{}", i + 1),
-                    None => "background".to_owned(),
+                    None => want.kind.to_owned(),
                 };
                 let name = format!("{}-{hash}-{what}-{}", rollout.name_any(), same_kind + 1);
                 let mut labels = BTreeMap::from([

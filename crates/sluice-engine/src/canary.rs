@@ -143,16 +143,16 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
 }
 
-fn add(at: Timestamp, seconds: i64) -> Timestamp {
+pub(crate) fn add(at: Timestamp, seconds: i64) -> Timestamp {
     at.checked_add(SignedDuration::from_secs(seconds))
         .unwrap_or(at)
 }
 
-fn until(now: Timestamp, at: Timestamp) -> Duration {
+pub(crate) fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
-fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
+pub(crate) fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
 }
 
@@ -1101,7 +1101,7 @@ fn history_to_delete(d: &Decision<'_>, stable: &str, current: &str) -> Vec<Strin
 }
 
 /// The pod selector as a string, for the scale subresource.
-fn selector_string(spec: &RolloutSpec) -> Option<String> {
+pub(crate) fn selector_string(spec: &RolloutSpec) -> Option<String> {
     let labels = spec.selector.match_labels.as_ref()?;
     Some(
         labels

@@ -6,6 +6,7 @@
 //! same code that runs in the cluster.
 
 pub mod analysis;
+pub mod bluegreen;
 pub mod canary;
 pub mod conditions;
 pub mod duration;

@@ -2,6 +2,7 @@
 
 mod analysis;
 mod api;
+mod bluegreen;
 mod canary;
 mod chart;
 mod cluster;

@@ -1,0 +1,904 @@
+//! The blue-green state machine: from what the controller observed and the time, the next status
+//! and what to change in the cluster. Pure: no client, no clock of its own.
+//!
+//! It shares the canary's types ([`Snapshot`], [`Plan`], ...), read this way for blue-green:
+//! - `Plan.traffic.stable_hash` is the hash the **active** Service must select, and
+//!   `Plan.traffic.canary_hash` the hash the **preview** Service selects; `canary_weight` is always 0
+//!   (no weighted routing).
+//! - `Snapshot.step_analysis` is the verdict of the pre-promotion run and
+//!   `Snapshot.background_analysis` that of the post-promotion run (`None`: not started). The
+//!   controller starts the pre-promotion run while [`wants_pre_promotion_analysis`] holds and the
+//!   post-promotion run while [`wants_post_promotion_analysis`] holds, and drops a run once it is no
+//!   longer wanted.
+//! - `status.currentStepIndex` records the [`Stage`] of the release (see [`stage`]); like a canary
+//!   step it never goes back within a revision, except by a retry.
+//!
+//! A release is the pair (stable hash, current hash). The new ReplicaSet comes up at
+//! `previewReplicaCount` behind the preview Service while active stays on stable at full size; once
+//! the preview is available, pre-promotion analysis runs, then the release waits for promotion (a
+//! person, or `autoPromotionSeconds`); the new ReplicaSet is scaled to full size and, once fully
+//! available, active switches to it in one change. Post-promotion analysis then runs with the old
+//! version still at full size, so that a failure can switch back at once. When it passes the new
+//! version becomes stable and the old one is scaled down after `scaleDownDelaySeconds`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use sluice_api::rollout::{
+    BlueGreenStatus, BlueGreenStrategy, PauseCondition, RolloutPhase, RolloutStatus,
+};
+
+use crate::canary::{
+    AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
+    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, earliest, pause_reason, selector_string,
+    until,
+};
+use crate::conditions::{self, ConditionStatus};
+use crate::replicas::Observed;
+
+/// Pause reason while the release waits for promotion (a person, or `autoPromotionSeconds`).
+pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
+
+/// Where a blue-green release stands, in order; persisted as `status.currentStepIndex`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// The new ReplicaSet comes up at preview size; active stays on stable.
+    Preview,
+    /// The preview is fully available; pre-promotion analysis runs (if configured).
+    PrePromotionAnalysis,
+    /// Waiting for promotion: a person, or `autoPromotionSeconds`.
+    AwaitingPromotion,
+    /// Promoted: the new ReplicaSet is scaled to full size before the switch (`scaleUpPreviewCheckPoint`).
+    ScalingUp,
+    /// Active selects the new version; post-promotion analysis runs (if configured), old version kept whole.
+    PostPromotionAnalysis,
+    /// The new version is stable (or there is no release).
+    Completed,
+}
+
+impl Stage {
+    const ALL: [Stage; 6] = [
+        Stage::Preview,
+        Stage::PrePromotionAnalysis,
+        Stage::AwaitingPromotion,
+        Stage::ScalingUp,
+        Stage::PostPromotionAnalysis,
+        Stage::Completed,
+    ];
+
+    /// The value stored in `status.currentStepIndex`.
+    pub fn index(self) -> i32 {
+        match self {
+            Stage::Preview => 0,
+            Stage::PrePromotionAnalysis => 1,
+            Stage::AwaitingPromotion => 2,
+            Stage::ScalingUp => 3,
+            Stage::PostPromotionAnalysis => 4,
+            Stage::Completed => 5,
+        }
+    }
+
+    /// The stage stored as `index`; out-of-range values read as `Preview`, the safe start.
+    pub fn from_index(index: i32) -> Stage {
+        Stage::ALL
+            .into_iter()
+            .find(|s| s.index() == index)
+            .unwrap_or(Stage::Preview)
+    }
+}
+
+/// The stage recorded in `status` (`Preview` if none is).
+pub fn stage(status: &RolloutStatus) -> Stage {
+    status
+        .current_step_index
+        .map_or(Stage::Preview, Stage::from_index)
+}
+
+/// A release is in flight and not aborted.
+fn in_flight(status: &RolloutStatus) -> bool {
+    !status.abort && status.current_pod_hash.is_some() && status.current_pod_hash != status.stable_rs
+}
+
+/// The controller should have a pre-promotion AnalysisRun of the current revision running.
+pub fn wants_pre_promotion_analysis(status: &RolloutStatus, strategy: &BlueGreenStrategy) -> bool {
+    strategy.pre_promotion_analysis.is_some()
+        && in_flight(status)
+        && !status.promote_full
+        && stage(status) == Stage::PrePromotionAnalysis
+}
+
+/// The controller should have a post-promotion AnalysisRun of the current revision running.
+pub fn wants_post_promotion_analysis(status: &RolloutStatus, strategy: &BlueGreenStrategy) -> bool {
+    strategy.post_promotion_analysis.is_some()
+        && in_flight(status)
+        && !status.promote_full
+        && stage(status) == Stage::PostPromotionAnalysis
+}
+
+/// The hash the active Service selects for this status: the new revision once switched (and not
+/// aborted), stable otherwise.
+pub fn active_hash(status: &RolloutStatus) -> Option<&str> {
+    if in_flight(status) && stage(status) >= Stage::PostPromotionAnalysis {
+        status.current_pod_hash.as_deref()
+    } else {
+        status
+            .stable_rs
+            .as_deref()
+            .or(status.current_pod_hash.as_deref())
+    }
+}
+
+/// Pods of the new version before promotion: `previewReplicaCount`, at most `replicas`.
+fn preview_replicas(replicas: i32, strategy: &BlueGreenStrategy) -> i32 {
+    strategy
+        .preview_replica_count
+        .map_or(replicas, |n| n.clamp(0, replicas.max(0)))
+}
+
+struct Decision<'a> {
+    s: &'a Snapshot<'a>,
+    bg: &'a BlueGreenStrategy,
+    status: RolloutStatus,
+    events: Vec<Event>,
+    requeue_after: Option<Duration>,
+    scale: BTreeMap<String, i32>,
+    scale_down_at: BTreeMap<String, Option<Timestamp>>,
+    /// The release's analysis runs were dropped in this decision (a new revision, a retry): the
+    /// verdicts in the snapshot belong to the old runs and do not count.
+    runs_forgotten: bool,
+}
+
+impl Decision<'_> {
+    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.events.push(Event {
+            warning,
+            reason,
+            message,
+        });
+    }
+
+    fn observed(&self, hash: &str) -> Observed {
+        self.s
+            .replica_sets
+            .iter()
+            .find(|rs| rs.hash == hash)
+            .map(|rs| Observed {
+                replicas: rs.replicas,
+                available: rs.available,
+            })
+            .unwrap_or_default()
+    }
+
+    /// `hash` has at least `n` pods, all available.
+    fn fully_available(&self, hash: &str, n: i32) -> bool {
+        let o = self.observed(hash);
+        o.replicas >= n && o.available >= n
+    }
+
+    fn has_pause(&self, reason: &str) -> bool {
+        self.status
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == reason)
+    }
+
+    fn add_pause(&mut self, reason: &str) {
+        if !self.has_pause(reason) {
+            self.status.pause_conditions.push(PauseCondition {
+                reason: reason.to_owned(),
+                start_time: Time(self.s.now),
+            });
+        }
+    }
+
+    fn remove_pause(&mut self, reason: &str) {
+        self.status.pause_conditions.retain(|p| p.reason != reason);
+    }
+
+    fn bg_status(&mut self) -> &mut BlueGreenStatus {
+        self.status
+            .blue_green
+            .get_or_insert_with(BlueGreenStatus::default)
+    }
+
+    fn set_stage(&mut self, stage: Stage) {
+        self.status.current_step_index = Some(stage.index());
+    }
+
+    fn stage(&self) -> Stage {
+        stage(&self.status)
+    }
+}
+
+/// Decides the next step of a blue-green Rollout.
+pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
+    let mut d = Decision {
+        s,
+        bg: strategy,
+        status: s.status.clone(),
+        events: Vec::new(),
+        requeue_after: None,
+        scale: BTreeMap::new(),
+        scale_down_at: BTreeMap::new(),
+        runs_forgotten: false,
+    };
+    let current = s.current_hash.to_owned();
+
+    // A new revision starts a new release (or, back to stable, ends the one in flight).
+    if d.status.current_pod_hash.as_deref() != Some(current.as_str()) {
+        d.status.current_pod_hash = Some(current.clone());
+        d.status.pause_conditions.clear();
+        d.status.controller_pause = false;
+        d.status.abort = false;
+        d.status.aborted_at = None;
+        d.status.promote_full = false;
+        forget_release(&mut d);
+        match d.status.stable_rs.clone() {
+            None => {
+                d.status.stable_rs = Some(current.clone());
+                d.set_stage(Stage::Completed);
+                d.event(
+                    false,
+                    "InitialRevision",
+                    format!("first revision {current} is released at full size"),
+                );
+            }
+            Some(stable) if stable == current => {
+                d.set_stage(Stage::Completed);
+                d.event(
+                    false,
+                    "RolledBackToStable",
+                    format!("template is back to stable {stable}: the release is cancelled"),
+                );
+            }
+            Some(stable) => {
+                d.set_stage(Stage::Preview);
+                d.event(
+                    false,
+                    "ReleaseStarted",
+                    format!("new revision {current} (stable {stable}) comes up behind the preview"),
+                );
+            }
+        }
+    }
+    let stable = d
+        .status
+        .stable_rs
+        .clone()
+        .unwrap_or_else(|| current.clone());
+    let releasing = stable != current;
+
+    // People's requests.
+    let mut promote = s.actions.promote;
+    if s.actions.retry && d.status.abort && releasing {
+        d.status.abort = false;
+        d.status.aborted_at = None;
+        d.status.pause_conditions.clear();
+        d.status.controller_pause = false;
+        d.set_stage(Stage::Preview);
+        // The aborted release's runs keep their verdicts; the retry measures afresh.
+        forget_release(&mut d);
+        d.event(
+            false,
+            "RolloutRetried",
+            "release retried from the preview".to_owned(),
+        );
+    }
+    if s.actions.abort && releasing && !d.status.abort {
+        abort(&mut d, "aborted by a user");
+    }
+    if s.actions.promote_full && releasing && !d.status.abort && !d.status.promote_full {
+        d.status.promote_full = true;
+        d.event(
+            false,
+            "RolloutPromotedFull",
+            "promoted in full: analysis and pauses skipped".to_owned(),
+        );
+    }
+    if s.actions.pause && !d.has_pause(pause_reason::PAUSED_BY_USER) {
+        d.add_pause(pause_reason::PAUSED_BY_USER);
+        d.event(false, "RolloutPaused", "paused by a user".to_owned());
+    }
+    if s.actions.resume && d.has_pause(pause_reason::PAUSED_BY_USER) {
+        d.remove_pause(pause_reason::PAUSED_BY_USER);
+        d.event(false, "RolloutResumed", "resumed by a user".to_owned());
+    }
+
+    if releasing && !d.status.abort {
+        walk(&mut d, &mut promote, &stable, &current);
+    }
+    plan_scale(&mut d, &current);
+    summarize(&mut d, &current);
+    let stable = d
+        .status
+        .stable_rs
+        .clone()
+        .unwrap_or_else(|| current.clone());
+    if check_progress(&mut d, &stable, &current) {
+        // The deadline aborted the release: active back on stable now, not on the next reconcile.
+        d.scale.clear();
+        d.scale_down_at.clear();
+        plan_scale(&mut d, &current);
+        summarize(&mut d, &current);
+    }
+    let active = active_hash(&d.status)
+        .unwrap_or(current.as_str())
+        .to_owned();
+    let delete = history_to_delete(&d, &[&stable, &current, &active]);
+    Plan {
+        status: d.status,
+        create_current: !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
+        scale: d.scale,
+        scale_down_at: d.scale_down_at,
+        delete,
+        traffic: Traffic {
+            canary_weight: 0,
+            canary_hash: current,
+            stable_hash: active,
+        },
+        events: d.events,
+        requeue_after: d.requeue_after,
+    }
+}
+
+/// Drops the release's analysis runs and check point, so that a fresh release starts.
+fn forget_release(d: &mut Decision<'_>) {
+    d.runs_forgotten = true;
+    if let Some(bg) = d.status.blue_green.as_mut() {
+        bg.pre_promotion_analysis_run_status = None;
+        bg.post_promotion_analysis_run_status = None;
+        bg.scale_up_preview_check_point = false;
+    }
+}
+
+fn abort(d: &mut Decision<'_>, reason: &str) {
+    d.status.abort = true;
+    d.status.aborted_at = Some(Time(d.s.now));
+    d.status.promote_full = false;
+    d.remove_pause(BLUE_GREEN_PAUSE);
+    d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+    d.status.controller_pause = false;
+    d.status.message = Some(format!(
+        "release aborted: {reason}; active is back on stable"
+    ));
+    d.event(true, "RolloutAborted", format!("release aborted: {reason}"));
+}
+
+/// The verdict handed in for `stage`'s run, if it counts: the run must belong to the stage the
+/// persisted status was at, and not have been dropped in this decision.
+fn verdict(d: &Decision<'_>, stage: Stage) -> Option<AnalysisOutcome> {
+    if d.runs_forgotten || self::stage(d.s.status) != stage {
+        return None;
+    }
+    match stage {
+        Stage::PrePromotionAnalysis => d.s.step_analysis.clone(),
+        Stage::PostPromotionAnalysis => d.s.background_analysis.clone(),
+        _ => None,
+    }
+}
+
+/// What an analysis stage does with its verdict: true if the stage is complete.
+fn judge(d: &mut Decision<'_>, stage: Stage, promote: &mut bool) -> bool {
+    let which = if stage == Stage::PrePromotionAnalysis {
+        "pre-promotion"
+    } else {
+        "post-promotion"
+    };
+    let done = match verdict(d, stage) {
+        Some(AnalysisOutcome::Successful) => true,
+        Some(AnalysisOutcome::Failed(why)) => {
+            abort(d, &format!("{which} analysis failed: {why}"));
+            false
+        }
+        Some(AnalysisOutcome::Inconclusive(why)) => {
+            if std::mem::take(promote) {
+                true
+            } else {
+                if !d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS) {
+                    d.add_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+                    d.event(
+                        true,
+                        "AnalysisInconclusive",
+                        format!("{which} analysis inconclusive: {why}; waiting for a person"),
+                    );
+                }
+                false
+            }
+        }
+        // A person may skip a running analysis, as with a canary analysis step.
+        Some(AnalysisOutcome::Running) | None => std::mem::take(promote),
+    };
+    if done {
+        d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+        let reason = if stage == Stage::PrePromotionAnalysis {
+            "PrePromotionAnalysisCompleted"
+        } else {
+            "PostPromotionAnalysisCompleted"
+        };
+        d.event(false, reason, format!("{which} analysis completed"));
+    }
+    done
+}
+
+/// Walks the stages from the persisted one as far as they complete now.
+fn walk(d: &mut Decision<'_>, promote: &mut bool, stable: &str, current: &str) {
+    let replicas = d.s.spec.replicas;
+    let preview = preview_replicas(replicas, d.bg);
+    let held = d.s.spec.paused || d.has_pause(pause_reason::PAUSED_BY_USER);
+    // A release cannot be complete while stable differs from current: start it over safely.
+    if d.stage() == Stage::Completed {
+        d.set_stage(Stage::Preview);
+    }
+    while !held && !d.status.abort {
+        let full = d.status.promote_full;
+        let next = match d.stage() {
+            Stage::Preview => {
+                if !d.fully_available(current, preview) {
+                    break;
+                }
+                d.event(
+                    false,
+                    "PreviewAvailable",
+                    format!("preview {current} is fully available ({preview} pods)"),
+                );
+                Stage::PrePromotionAnalysis
+            }
+            Stage::PrePromotionAnalysis => {
+                if full
+                    || d.bg.pre_promotion_analysis.is_none()
+                    || judge(d, Stage::PrePromotionAnalysis, promote)
+                {
+                    Stage::AwaitingPromotion
+                } else {
+                    break;
+                }
+            }
+            Stage::AwaitingPromotion => {
+                if !awaited_promotion(d, promote, current) {
+                    break;
+                }
+                Stage::ScalingUp
+            }
+            Stage::ScalingUp => {
+                d.bg_status().scale_up_preview_check_point = true;
+                // Active never points at a ReplicaSet that is not fully available.
+                if !d.fully_available(current, replicas) {
+                    break;
+                }
+                d.event(
+                    false,
+                    "ActiveSwitched",
+                    format!("active switched from {stable} to {current}"),
+                );
+                Stage::PostPromotionAnalysis
+            }
+            Stage::PostPromotionAnalysis => {
+                if full
+                    || d.bg.post_promotion_analysis.is_none()
+                    || judge(d, Stage::PostPromotionAnalysis, promote)
+                {
+                    Stage::Completed
+                } else {
+                    break;
+                }
+            }
+            Stage::Completed => {
+                complete(d, current);
+                break;
+            }
+        };
+        d.set_stage(next);
+    }
+    d.status.controller_pause =
+        d.has_pause(BLUE_GREEN_PAUSE) || d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+}
+
+/// The promotion gate: a person's promote (or promote --full), or auto-promotion, after
+/// `autoPromotionSeconds` if set. Returns true once promoted.
+fn awaited_promotion(d: &mut Decision<'_>, promote: &mut bool, current: &str) -> bool {
+    let auto = d.bg.auto_promotion_enabled.unwrap_or(true);
+    let seconds = d.bg.auto_promotion_seconds.filter(|n| *n > 0);
+    if d.status.promote_full || (auto && seconds.is_none()) || std::mem::take(promote) {
+        d.remove_pause(BLUE_GREEN_PAUSE);
+        d.event(
+            false,
+            "RolloutPromoted",
+            format!("{current} promoted: scaling it to full size before the switch"),
+        );
+        return true;
+    }
+    if !d.has_pause(BLUE_GREEN_PAUSE) {
+        d.add_pause(BLUE_GREEN_PAUSE);
+        d.event(
+            false,
+            "WaitingForPromotion",
+            format!("preview {current} is fully available: waiting for promotion"),
+        );
+    }
+    if auto && let Some(seconds) = seconds {
+        let started = d
+            .status
+            .pause_conditions
+            .iter()
+            .find(|p| p.reason == BLUE_GREEN_PAUSE)
+            .map_or(d.s.now, |p| p.start_time.0);
+        let at = add(started, i64::from(seconds));
+        if d.s.now >= at {
+            d.remove_pause(BLUE_GREEN_PAUSE);
+            d.event(
+                false,
+                "RolloutPromoted",
+                format!("{current} promoted automatically after {seconds}s"),
+            );
+            return true;
+        }
+        d.requeue_after = earliest(d.requeue_after, until(d.s.now, at));
+    }
+    false
+}
+
+/// Post-promotion passed: the new version becomes stable.
+fn complete(d: &mut Decision<'_>, current: &str) {
+    d.status.stable_rs = Some(current.to_owned());
+    d.status.promote_full = false;
+    d.status.pause_conditions.clear();
+    d.status.controller_pause = false;
+    d.bg_status().scale_up_preview_check_point = false;
+    d.event(
+        false,
+        "RolloutCompleted",
+        format!("revision {current} is stable"),
+    );
+}
+
+/// Sizes every ReplicaSet for the status decided so far.
+fn plan_scale(d: &mut Decision<'_>, current: &str) {
+    let replicas = d.s.spec.replicas;
+    let stable = d
+        .status
+        .stable_rs
+        .clone()
+        .unwrap_or_else(|| current.to_owned());
+    let releasing = stable != current;
+    if !releasing {
+        d.set_stage(Stage::Completed);
+    }
+    // Stable stays at full size throughout a release: active may come back to it at any moment.
+    d.scale.insert(stable.clone(), replicas);
+    if releasing {
+        let n = if d.status.abort {
+            aborted_size(d, current)
+        } else if d.stage() >= Stage::ScalingUp {
+            replicas
+        } else {
+            preview_replicas(replicas, d.bg)
+        };
+        d.scale.insert(current.to_owned(), n);
+    }
+    // The live revisions carry no scale-down deadline.
+    for rs in d.s.replica_sets {
+        if (rs.hash == stable || rs.hash == current) && rs.scale_down_at.is_some() {
+            d.scale_down_at.insert(rs.hash.clone(), None);
+        }
+    }
+    scale_down_others(d, &stable, current);
+}
+
+/// The new ReplicaSet's size after an abort: kept for `abortScaleDownDelaySeconds` (0 keeps it).
+fn aborted_size(d: &mut Decision<'_>, current: &str) -> i32 {
+    let kept = d.observed(current).replicas;
+    let delay = d
+        .bg
+        .abort_scale_down_delay_seconds
+        .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
+    if delay <= 0 {
+        return kept;
+    }
+    let aborted = d.status.aborted_at.as_ref().map_or(d.s.now, |t| t.0);
+    let at = add(aborted, i64::from(delay));
+    if d.s.now >= at {
+        0
+    } else {
+        d.requeue_after = earliest(d.requeue_after, until(d.s.now, at));
+        kept
+    }
+}
+
+/// ReplicaSets that are neither stable nor current go to zero, except those that served active
+/// traffic: they are kept for `scaleDownDelaySeconds` (at most `scaleDownDelayRevisionLimit` of them,
+/// newest first), so that in-flight requests finish and a rollback is instant.
+fn scale_down_others(d: &mut Decision<'_>, stable: &str, current: &str) {
+    let now = d.s.now;
+    let delay = i64::from(
+        d.bg
+            .scale_down_delay_seconds
+            .unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
+    );
+    let served = [active_hash(d.s.status), d.s.status.stable_rs.as_deref()];
+    let mut waiting: Vec<(&ReplicaSetView, Timestamp, bool)> = Vec::new();
+    for rs in d
+        .s
+        .replica_sets
+        .iter()
+        .filter(|rs| rs.hash != stable && rs.hash != current)
+    {
+        match rs.scale_down_at {
+            Some(at) if at > now && rs.replicas > 0 => waiting.push((rs, at, false)),
+            None if rs.replicas > 0 && delay > 0 && served.contains(&Some(rs.hash.as_str())) => {
+                waiting.push((rs, add(now, delay), true));
+            }
+            _ => {
+                d.scale.insert(rs.hash.clone(), 0);
+            }
+        }
+    }
+    waiting.sort_by_key(|(rs, _, _)| std::cmp::Reverse(rs.created));
+    let limit = d
+        .bg
+        .scale_down_delay_revision_limit
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(0));
+    for (i, (rs, at, new)) in waiting.into_iter().enumerate() {
+        if i >= limit {
+            d.scale.insert(rs.hash.clone(), 0);
+            continue;
+        }
+        d.scale.insert(rs.hash.clone(), rs.replicas);
+        if new {
+            d.scale_down_at.insert(rs.hash.clone(), Some(at));
+        }
+        d.requeue_after = earliest(d.requeue_after, until(now, at));
+    }
+}
+
+/// Fills in the counts, selectors, phase, message and conditions.
+fn summarize(d: &mut Decision<'_>, current: &str) {
+    let s = d.s;
+    let replicas = s.spec.replicas;
+    let sum = |f: fn(&ReplicaSetView) -> i32| s.replica_sets.iter().map(f).sum::<i32>();
+    d.status.observed_generation = Some(s.generation);
+    d.status.replicas = Some(sum(|rs| rs.replicas));
+    d.status.available_replicas = Some(sum(|rs| rs.available));
+    d.status.ready_replicas = Some(sum(|rs| rs.available));
+    d.status.updated_replicas = Some(d.observed(current).replicas);
+    d.status.updated_ready_replicas = Some(d.observed(current).available);
+    d.status.selector = selector_string(s.spec);
+    d.status.step_progress = None;
+    let stable = d
+        .status
+        .stable_rs
+        .clone()
+        .unwrap_or_else(|| current.to_owned());
+    let active = active_hash(&d.status).unwrap_or(current).to_owned();
+    {
+        let bg = d.bg_status();
+        bg.active_selector = Some(active.clone());
+        bg.preview_selector = Some(current.to_owned());
+    }
+
+    let active_view = d.observed(&active);
+    let current_view = d.observed(current);
+    let releasing = stable != current;
+    let converged = !releasing
+        && active_view.available >= replicas
+        && s.replica_sets.iter().all(|rs| {
+            // Judged on this plan: old ReplicaSets going to zero, or waiting out their delay.
+            rs.hash == stable
+                || d.scale.get(&rs.hash).is_some_and(|n| *n == 0)
+                || rs.scale_down_at.is_some()
+                || d.scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
+        });
+    let paused = s.spec.paused || !d.status.pause_conditions.is_empty();
+    let stage = d.stage();
+    let (phase, message) = if d.status.abort {
+        let message = d
+            .status
+            .message
+            .clone()
+            .filter(|m| m.starts_with("release aborted"))
+            .unwrap_or_else(|| "release aborted; active is back on stable".to_owned());
+        (RolloutPhase::Degraded, message)
+    } else if releasing && paused {
+        let why = if s.spec.paused {
+            "spec.paused".to_owned()
+        } else if d.has_pause(pause_reason::PAUSED_BY_USER) {
+            "paused by a user".to_owned()
+        } else if d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS) {
+            format!("analysis of {current} was inconclusive: waiting for a person to promote or abort")
+        } else {
+            format!("waiting for promotion: preview {current} is fully available")
+        };
+        (RolloutPhase::Paused, why)
+    } else if releasing {
+        let message = match stage {
+            Stage::Preview => format!(
+                "preview {current}: {}/{} pods available",
+                current_view.available,
+                preview_replicas(replicas, d.bg)
+            ),
+            Stage::PrePromotionAnalysis => {
+                format!("pre-promotion analysis of preview {current} running")
+            }
+            Stage::AwaitingPromotion => format!("preview {current} waits for promotion"),
+            Stage::ScalingUp => format!(
+                "promoted: scaling {current} to full size before the switch ({}/{replicas} available)",
+                current_view.available
+            ),
+            Stage::PostPromotionAnalysis | Stage::Completed => format!(
+                "active switched to {current}; post-promotion analysis running, {stable} kept at full size"
+            ),
+        };
+        (RolloutPhase::Progressing, message)
+    } else if converged {
+        (
+            RolloutPhase::Healthy,
+            format!("revision {stable} is stable and fully available"),
+        )
+    } else {
+        (
+            RolloutPhase::Progressing,
+            format!(
+                "{}/{replicas} pods of {stable} available",
+                active_view.available
+            ),
+        )
+    };
+    d.status.phase = Some(phase);
+    d.status.message = Some(message.clone());
+
+    let now = s.now;
+    let generation = s.generation;
+    let conds = &mut d.status.conditions;
+    let (progress_status, progress_reason) = match phase {
+        RolloutPhase::Degraded => (ConditionStatus::False, "RolloutAborted"),
+        RolloutPhase::Paused => (ConditionStatus::Unknown, "RolloutPaused"),
+        RolloutPhase::Progressing => (ConditionStatus::True, "ReplicaSetUpdated"),
+        RolloutPhase::Healthy => (ConditionStatus::True, "NewReplicaSetAvailable"),
+    };
+    let mut set = |type_: &str, status: ConditionStatus, reason: &str| {
+        conditions::set(conds, type_, status, reason, &message, now, generation);
+    };
+    set("Progressing", progress_status, progress_reason);
+    set(
+        "Paused",
+        ConditionStatus::from(paused),
+        if paused {
+            "RolloutPaused"
+        } else {
+            "RolloutResumed"
+        },
+    );
+    set(
+        "Completed",
+        ConditionStatus::from(converged),
+        if converged {
+            "RolloutCompleted"
+        } else {
+            "RolloutInProgress"
+        },
+    );
+    // kstatus: Ready when converged; Reconciling while work remains; Stalled when it cannot go on alone.
+    let stalled = d.status.abort;
+    set(
+        "Ready",
+        ConditionStatus::from(converged),
+        if converged {
+            "Healthy"
+        } else {
+            progress_reason
+        },
+    );
+    set(
+        "Reconciling",
+        ConditionStatus::from(!converged && !stalled && !paused),
+        progress_reason,
+    );
+    set(
+        "Stalled",
+        ConditionStatus::from(stalled),
+        if stalled {
+            "RolloutAborted"
+        } else {
+            "NotStalled"
+        },
+    );
+    let available = active_view.available >= replicas;
+    conditions::set(
+        &mut d.status.conditions,
+        "Available",
+        ConditionStatus::from(available),
+        if available {
+            "AvailableReplicas"
+        } else {
+            "MissingReplicas"
+        },
+        &format!(
+            "{}/{replicas} active pods ({active}) available",
+            active_view.available
+        ),
+        now,
+        generation,
+    );
+}
+
+/// Tracks progress and enforces `progressDeadlineSeconds`, as for a canary: a release that neither
+/// advances a stage nor gains available pods for that long is marked Degraded
+/// (ProgressDeadlineExceeded), and aborted if `progressDeadlineAbort` says so. Time spent paused
+/// (including waiting for promotion) or aborted does not count. Returns true if it aborted.
+fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
+    let previous = d.s.status;
+    let now = d.s.now;
+    let releasing = stable != current;
+    let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty();
+    let progressed = previous.current_pod_hash != d.status.current_pod_hash
+        || previous.current_step_index != d.status.current_step_index
+        || previous.updated_replicas != d.status.updated_replicas
+        || previous.updated_ready_replicas != d.status.updated_ready_replicas
+        || previous.stable_rs != d.status.stable_rs
+        || previous.last_progress_time.is_none()
+        || [stable, current]
+            .iter()
+            .any(|h| d.scale.get(*h).is_some_and(|n| *n != d.observed(h).replicas));
+    if !releasing || paused || d.status.abort || progressed {
+        d.status.last_progress_time = Some(Time(now));
+        return false;
+    }
+    let since = d.status.last_progress_time.as_ref().map_or(now, |t| t.0);
+    let deadline = add(since, i64::from(d.s.spec.progress_deadline_seconds));
+    if now < deadline {
+        d.requeue_after = earliest(d.requeue_after, until(now, deadline));
+        return false;
+    }
+    let o = d.observed(current);
+    let message = format!(
+        "no progress for {}s: {}/{} pods of {current} available",
+        d.s.spec.progress_deadline_seconds, o.available, o.replicas
+    );
+    if d.s.spec.progress_deadline_abort {
+        abort(d, &format!("progress deadline exceeded ({message})"));
+        return true;
+    }
+    let already = conditions::get(&previous.conditions, "Progressing")
+        .is_some_and(|c| c.reason == "ProgressDeadlineExceeded");
+    if !already {
+        d.event(true, "ProgressDeadlineExceeded", message.clone());
+    }
+    d.status.phase = Some(RolloutPhase::Degraded);
+    d.status.message = Some(format!("progress deadline exceeded: {message}"));
+    let generation = d.s.generation;
+    for (type_, status) in [
+        ("Progressing", ConditionStatus::False),
+        ("Reconciling", ConditionStatus::False),
+        ("Stalled", ConditionStatus::True),
+    ] {
+        conditions::set(
+            &mut d.status.conditions,
+            type_,
+            status,
+            "ProgressDeadlineExceeded",
+            &message,
+            now,
+            generation,
+        );
+    }
+    false
+}
+
+/// Idle ReplicaSets (scaled to zero, no delay running) beyond `revisionHistoryLimit`, oldest first;
+/// never one of `live`.
+fn history_to_delete(d: &Decision<'_>, live: &[&str]) -> Vec<String> {
+    let mut idle: Vec<&ReplicaSetView> =
+        d.s.replica_sets
+            .iter()
+            .filter(|rs| !live.contains(&rs.hash.as_str()))
+            .filter(|rs| rs.replicas == 0 && d.scale.get(&rs.hash).is_none_or(|n| *n == 0))
+            .filter(|rs| rs.scale_down_at.is_none_or(|at| at <= d.s.now))
+            .collect();
+    idle.sort_by_key(|rs| std::cmp::Reverse(rs.created));
+    let keep = usize::try_from(d.s.spec.revision_history_limit).unwrap_or(0);
+    idle.into_iter()
+        .skip(keep)
+        .map(|rs| rs.hash.clone())
+        .collect()
+}

@@ -98,7 +98,9 @@ pub fn stage(status: &RolloutStatus) -> Stage {
 
 /// A release is in flight and not aborted.
 fn in_flight(status: &RolloutStatus) -> bool {
-    !status.abort && status.current_pod_hash.is_some() && status.current_pod_hash != status.stable_rs
+    !status.abort
+        && status.current_pod_hash.is_some()
+        && status.current_pod_hash != status.stable_rs
 }
 
 /// The controller should have a pre-promotion AnalysisRun of the current revision running.
@@ -589,10 +591,9 @@ fn plan_scale(d: &mut Decision<'_>, current: &str) {
 /// The new ReplicaSet's size after an abort: kept for `abortScaleDownDelaySeconds` (0 keeps it).
 fn aborted_size(d: &mut Decision<'_>, current: &str) -> i32 {
     let kept = d.observed(current).replicas;
-    let delay = d
-        .bg
-        .abort_scale_down_delay_seconds
-        .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
+    let delay =
+        d.bg.abort_scale_down_delay_seconds
+            .unwrap_or(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS);
     if delay <= 0 {
         return kept;
     }
@@ -612,17 +613,15 @@ fn aborted_size(d: &mut Decision<'_>, current: &str) -> i32 {
 fn scale_down_others(d: &mut Decision<'_>, stable: &str, current: &str) {
     let now = d.s.now;
     let delay = i64::from(
-        d.bg
-            .scale_down_delay_seconds
+        d.bg.scale_down_delay_seconds
             .unwrap_or(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
     );
     let served = [active_hash(d.s.status), d.s.status.stable_rs.as_deref()];
     let mut waiting: Vec<(&ReplicaSetView, Timestamp, bool)> = Vec::new();
-    for rs in d
-        .s
-        .replica_sets
-        .iter()
-        .filter(|rs| rs.hash != stable && rs.hash != current)
+    for rs in
+        d.s.replica_sets
+            .iter()
+            .filter(|rs| rs.hash != stable && rs.hash != current)
     {
         match rs.scale_down_at {
             Some(at) if at > now && rs.replicas > 0 => waiting.push((rs, at, false)),
@@ -635,10 +634,9 @@ fn scale_down_others(d: &mut Decision<'_>, stable: &str, current: &str) {
         }
     }
     waiting.sort_by_key(|(rs, _, _)| std::cmp::Reverse(rs.created));
-    let limit = d
-        .bg
-        .scale_down_delay_revision_limit
-        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(0));
+    let limit =
+        d.bg.scale_down_delay_revision_limit
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(0));
     for (i, (rs, at, new)) in waiting.into_iter().enumerate() {
         if i >= limit {
             d.scale.insert(rs.hash.clone(), 0);
@@ -705,7 +703,9 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
         } else if d.has_pause(pause_reason::PAUSED_BY_USER) {
             "paused by a user".to_owned()
         } else if d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS) {
-            format!("analysis of {current} was inconclusive: waiting for a person to promote or abort")
+            format!(
+                "analysis of {current} was inconclusive: waiting for a person to promote or abort"
+            )
         } else {
             format!("waiting for promotion: preview {current} is fully available")
         };
@@ -837,9 +837,11 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
         || previous.updated_ready_replicas != d.status.updated_ready_replicas
         || previous.stable_rs != d.status.stable_rs
         || previous.last_progress_time.is_none()
-        || [stable, current]
-            .iter()
-            .any(|h| d.scale.get(*h).is_some_and(|n| *n != d.observed(h).replicas));
+        || [stable, current].iter().any(|h| {
+            d.scale
+                .get(*h)
+                .is_some_and(|n| *n != d.observed(h).replicas)
+        });
     if !releasing || paused || d.status.abort || progressed {
         d.status.last_progress_time = Some(Time(now));
         return false;
@@ -901,4 +903,338 @@ fn history_to_delete(d: &Decision<'_>, live: &[&str]) -> Vec<String> {
         .skip(keep)
         .map(|rs| rs.hash.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
+    use sluice_api::rollout::{RolloutSpec, RolloutStrategy};
+
+    use super::*;
+    use crate::canary::Actions;
+
+    fn analysis() -> Option<RolloutAnalysis> {
+        Some(RolloutAnalysis {
+            templates: vec![AnalysisTemplateRef {
+                template_name: "t".into(),
+                cluster_scope: false,
+            }],
+            args: vec![],
+        })
+    }
+
+    fn strategy() -> BlueGreenStrategy {
+        BlueGreenStrategy {
+            active_service: "active".into(),
+            preview_service: Some("preview".into()),
+            auto_promotion_enabled: None,
+            auto_promotion_seconds: None,
+            preview_replica_count: None,
+            pre_promotion_analysis: None,
+            post_promotion_analysis: None,
+            scale_down_delay_seconds: None,
+            scale_down_delay_revision_limit: None,
+            abort_scale_down_delay_seconds: None,
+            active_metadata: None,
+            preview_metadata: None,
+        }
+    }
+
+    /// A tiny cluster: the plan is applied as the controller would.
+    struct World {
+        spec: RolloutSpec,
+        status: RolloutStatus,
+        current: String,
+        rss: Vec<ReplicaSetView>,
+        now: Timestamp,
+        pre: Option<AnalysisOutcome>,
+        post: Option<AnalysisOutcome>,
+    }
+
+    impl World {
+        fn new(replicas: i32, bg: BlueGreenStrategy) -> World {
+            let spec = RolloutSpec {
+                replicas,
+                selector: LabelSelector {
+                    match_labels: Some([("app".to_owned(), "x".to_owned())].into()),
+                    match_expressions: None,
+                },
+                template: None,
+                workload_ref: None,
+                min_ready_seconds: None,
+                revision_history_limit: 10,
+                paused: false,
+                progress_deadline_seconds: 600,
+                progress_deadline_abort: false,
+                restart_at: None,
+                rollback_window: None,
+                strategy: RolloutStrategy {
+                    canary: None,
+                    blue_green: Some(bg),
+                },
+            };
+            World {
+                spec,
+                status: RolloutStatus::default(),
+                current: "aaaa".into(),
+                rss: Vec::new(),
+                now: Timestamp::from_second(1_800_000_000).expect("time"),
+                pre: None,
+                post: None,
+            }
+        }
+
+        fn step(&mut self, actions: Actions) -> Plan {
+            let bg = self.spec.strategy.blue_green.clone().expect("blue-green");
+            let snapshot = Snapshot {
+                generation: 1,
+                spec: &self.spec,
+                status: &self.status,
+                current_hash: &self.current,
+                replica_sets: &self.rss,
+                step_analysis: self.pre.clone(),
+                background_analysis: self.post.clone(),
+                actions,
+                now: self.now,
+            };
+            let plan = decide(&snapshot, &bg);
+            if plan.create_current {
+                self.rss.push(ReplicaSetView {
+                    hash: self.current.clone(),
+                    replicas: 0,
+                    available: 0,
+                    scale_down_at: None,
+                    created: self.now,
+                });
+            }
+            for rs in &mut self.rss {
+                if let Some(n) = plan.scale.get(&rs.hash) {
+                    rs.replicas = *n;
+                    rs.available = rs.available.min(*n);
+                }
+                if let Some(at) = plan.scale_down_at.get(&rs.hash) {
+                    rs.scale_down_at = *at;
+                }
+            }
+            self.rss.retain(|rs| !plan.delete.contains(&rs.hash));
+            self.status = plan.status.clone();
+            plan
+        }
+
+        fn ready(&mut self) -> Plan {
+            for rs in &mut self.rss {
+                rs.available = rs.replicas;
+            }
+            self.step(Actions::default())
+        }
+
+        fn tick(&mut self, seconds: i64) -> Plan {
+            self.now = add(self.now, seconds);
+            self.step(Actions::default())
+        }
+
+        fn replicas(&self, hash: &str) -> i32 {
+            self.rss
+                .iter()
+                .find(|rs| rs.hash == hash)
+                .map_or(0, |rs| rs.replicas)
+        }
+
+        /// The first revision, fully up, then a new template `bbbb`.
+        fn released(replicas: i32, bg: BlueGreenStrategy) -> (World, Plan) {
+            let mut w = World::new(replicas, bg);
+            w.step(Actions::default());
+            w.ready();
+            w.current = "bbbb".into();
+            let plan = w.step(Actions::default());
+            (w, plan)
+        }
+    }
+
+    fn reasons(plan: &Plan) -> Vec<&str> {
+        plan.events.iter().map(|e| e.reason).collect()
+    }
+
+    const PROMOTE: Actions = Actions {
+        promote: true,
+        promote_full: false,
+        abort: false,
+        retry: false,
+        pause: false,
+        resume: false,
+    };
+
+    #[test]
+    fn first_revision_goes_straight_to_active_at_full_size() {
+        let mut w = World::new(3, strategy());
+        let plan = w.step(Actions::default());
+        assert_eq!(reasons(&plan), ["InitialRevision"]);
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        assert_eq!(plan.traffic.canary_hash, "aaaa");
+        assert_eq!(plan.scale.get("aaaa"), Some(&3));
+        assert_eq!(w.status.stable_rs.as_deref(), Some("aaaa"));
+        let plan = w.ready();
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Healthy));
+        assert!(plan.events.is_empty());
+    }
+
+    #[test]
+    fn manual_promotion_waits_for_a_person_then_switches() {
+        let mut bg = strategy();
+        bg.auto_promotion_enabled = Some(false);
+        let (mut w, plan) = World::released(3, bg);
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        assert_eq!(plan.traffic.canary_hash, "bbbb");
+        assert_eq!(plan.scale.get("bbbb"), Some(&3));
+        assert_eq!(plan.scale.get("aaaa"), Some(&3));
+        let plan = w.ready();
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Paused));
+        assert_eq!(
+            plan.status.message.as_deref(),
+            Some("waiting for promotion: preview bbbb is fully available")
+        );
+        assert!(
+            w.status
+                .pause_conditions
+                .iter()
+                .any(|p| p.reason == BLUE_GREEN_PAUSE)
+        );
+        // Time alone does not promote.
+        let plan = w.tick(3600);
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        let plan = w.step(PROMOTE);
+        assert_eq!(plan.traffic.stable_hash, "bbbb");
+        assert_eq!(w.status.stable_rs.as_deref(), Some("bbbb"));
+        assert!(reasons(&plan).contains(&"ActiveSwitched"));
+        // The old version is kept for scaleDownDelaySeconds (30), then scaled down.
+        assert_eq!(w.replicas("aaaa"), 3);
+        assert_eq!(plan.scale_down_at.get("aaaa"), Some(&Some(add(w.now, 30))));
+        w.tick(10);
+        assert_eq!(w.replicas("aaaa"), 3);
+        let plan = w.tick(21);
+        assert_eq!(w.replicas("aaaa"), 0);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Healthy));
+    }
+
+    #[test]
+    fn auto_promotion_after_seconds() {
+        let mut bg = strategy();
+        bg.auto_promotion_seconds = Some(60);
+        bg.preview_replica_count = Some(1);
+        let (mut w, plan) = World::released(3, bg);
+        assert_eq!(plan.scale.get("bbbb"), Some(&1));
+        let plan = w.ready();
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Paused));
+        assert_eq!(plan.requeue_after, Some(Duration::from_secs(60)));
+        let plan = w.tick(30);
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        // Promoted: scaled to full size first, and only switched once fully available.
+        let plan = w.tick(30);
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        assert_eq!(plan.scale.get("bbbb"), Some(&3));
+        assert!(
+            w.status
+                .blue_green
+                .as_ref()
+                .is_some_and(|b| b.scale_up_preview_check_point)
+        );
+        let plan = w.ready();
+        assert_eq!(plan.traffic.stable_hash, "bbbb");
+        assert_eq!(w.status.stable_rs.as_deref(), Some("bbbb"));
+    }
+
+    #[test]
+    fn pre_promotion_failure_leaves_active_and_scales_preview_down_after_the_delay() {
+        let mut bg = strategy();
+        bg.pre_promotion_analysis = analysis();
+        bg.preview_replica_count = Some(1);
+        let (mut w, _) = World::released(3, bg.clone());
+        w.ready();
+        assert!(wants_pre_promotion_analysis(&w.status, &bg));
+        w.pre = Some(AnalysisOutcome::Running);
+        let plan = w.tick(10);
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        w.pre = Some(AnalysisOutcome::Failed("error rate".into()));
+        let plan = w.step(Actions::default());
+        assert!(w.status.abort);
+        assert_eq!(plan.status.phase, Some(RolloutPhase::Degraded));
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        assert_eq!(plan.scale.get("aaaa"), Some(&3));
+        assert_eq!(w.replicas("bbbb"), 1);
+        assert!(reasons(&plan).contains(&"RolloutAborted"));
+        let plan = w.tick(29);
+        assert_eq!(w.replicas("bbbb"), 1);
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        w.tick(1);
+        assert_eq!(w.replicas("bbbb"), 0);
+        assert_eq!(w.status.stable_rs.as_deref(), Some("aaaa"));
+    }
+
+    #[test]
+    fn post_promotion_failure_switches_back_at_once() {
+        let mut bg = strategy();
+        bg.post_promotion_analysis = analysis();
+        let (mut w, _) = World::released(3, bg.clone());
+        let plan = w.ready();
+        assert_eq!(plan.traffic.stable_hash, "bbbb");
+        assert_eq!(w.status.stable_rs.as_deref(), Some("aaaa"));
+        assert!(wants_post_promotion_analysis(&w.status, &bg));
+        // The old version stays whole while post-promotion analysis runs.
+        assert_eq!(plan.scale.get("aaaa"), Some(&3));
+        w.post = Some(AnalysisOutcome::Failed("latency".into()));
+        let plan = w.step(Actions::default());
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        assert!(w.status.abort);
+        assert!(
+            w.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("post-promotion analysis failed: latency"))
+        );
+        assert_eq!(plan.scale.get("aaaa"), Some(&3));
+        // The new version is kept for abortScaleDownDelaySeconds, then scaled down.
+        assert_eq!(w.replicas("bbbb"), 3);
+        w.tick(31);
+        assert_eq!(w.replicas("bbbb"), 0);
+        // Retry starts the release again from the preview.
+        w.post = None;
+        let plan = w.step(Actions {
+            retry: true,
+            ..Actions::default()
+        });
+        assert!(!w.status.abort);
+        assert_eq!(stage(&w.status), Stage::Preview);
+        assert_eq!(plan.scale.get("bbbb"), Some(&3));
+    }
+
+    #[test]
+    fn a_new_template_supersedes_the_release_in_flight() {
+        let mut bg = strategy();
+        bg.post_promotion_analysis = analysis();
+        let (mut w, _) = World::released(3, bg);
+        let plan = w.ready();
+        assert_eq!(plan.traffic.stable_hash, "bbbb");
+        // bbbb is active (post-promotion analysis running) when cccc arrives: active goes back to
+        // stable, bbbb is kept for the scale-down delay since it served traffic.
+        w.current = "cccc".into();
+        let plan = w.step(Actions::default());
+        assert!(reasons(&plan).contains(&"ReleaseStarted"));
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        assert_eq!(plan.traffic.canary_hash, "cccc");
+        assert_eq!(w.replicas("bbbb"), 3);
+        assert!(plan.scale_down_at.get("bbbb").is_some_and(Option::is_some));
+        w.tick(31);
+        assert_eq!(w.replicas("bbbb"), 0);
+        // A preview that never served is dropped at once.
+        w.current = "dddd".into();
+        let plan = w.step(Actions::default());
+        assert_eq!(plan.scale.get("cccc"), Some(&0));
+        // Back to the stable template: the fast path.
+        w.current = "aaaa".into();
+        let plan = w.step(Actions::default());
+        assert!(reasons(&plan).contains(&"RolledBackToStable"));
+        assert_eq!(plan.traffic.stable_hash, "aaaa");
+        assert_eq!(plan.scale.get("dddd"), Some(&0));
+    }
 }

@@ -65,6 +65,13 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         count: usize,
     },
+    /// Blue-green: from a promote to the active Service on the new version, and from an abort to
+    /// the active Service back on the old one.
+    Bluegreen {
+        /// How many releases to promote and abort.
+        #[arg(long, default_value_t = 20)]
+        count: usize,
+    },
     /// From a failed AnalysisRun being recorded to traffic back on stable and stable fully
     /// available, with and without a Gateway API route.
     Analysis {
@@ -203,6 +210,11 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
     let release = root.join("target").join("release");
     let args = match which {
         Bench::Abort { count } => vec!["abort".to_owned(), "--count".to_owned(), count.to_string()],
+        Bench::Bluegreen { count } => vec![
+            "bluegreen".to_owned(),
+            "--count".to_owned(),
+            count.to_string(),
+        ],
         Bench::Analysis { count } => vec![
             "analysis".to_owned(),
             "--count".to_owned(),

@@ -511,6 +511,166 @@ fn report(title: &str, values: &[f64]) {
     );
 }
 
+/// Blue-green: from `promote` to the active Service selecting the new version, and from `abort`
+/// (during post-promotion analysis) to the active Service back on the old one.
+async fn bluegreen_bench(client: &Client, count: usize) -> Result<()> {
+    let prometheus = std::env::var("SLUICE_E2E_PROMETHEUS_URL")
+        .context("SLUICE_E2E_PROMETHEUS_URL is not set")?;
+    let ns = TestNamespace::create(client, "bench-bluegreen").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["web-active", "web-preview"] {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        services
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&svc),
+            )
+            .await?;
+    }
+    // A post-promotion analysis that keeps measuring, so the release can be aborted after the switch.
+    let template = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "slow"},
+        "spec": {"metrics": [{
+            "name": "up", "count": 1000, "interval": "5s", "successCondition": "true",
+            "provider": {"prometheus": {"address": prometheus, "query": "vector(1)"}}
+        }]}
+    });
+    Api::<AnalysisTemplate>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "slow",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&template),
+        )
+        .await?;
+    // The active Service's selector, from a watch.
+    let active: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let log = active.clone();
+    let stream = watcher(
+        services.clone(),
+        watcher::Config::default().fields("metadata.name=web-active"),
+    );
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.applied_objects());
+        while let Some(Ok(svc)) = stream.next().await {
+            let hash = svc
+                .spec
+                .and_then(|s| s.selector)
+                .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned())
+                .unwrap_or_default();
+            if let Ok(mut log) = log.lock() {
+                log.push((Instant::now(), hash));
+            }
+        }
+    });
+    let selected_after = |since: Instant, hash: String| {
+        let active = active.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(at) = active.lock().ok().and_then(|l| {
+                    l.iter()
+                        .find(|(at, h)| *at >= since && *h == hash)
+                        .map(|(at, _)| *at)
+                }) {
+                    return Ok(at.duration_since(since).as_secs_f64() * 1000.0);
+                }
+                if Instant::now() > deadline {
+                    bail!("timed out waiting for the active Service to select {hash}");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let manifest = |image: &str| {
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+            "spec": {
+                "replicas": REPLICAS,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "app", "image": image}]}},
+                "strategy": {"blueGreen": {
+                    "activeService": "web-active", "previewService": "web-preview",
+                    "autoPromotionEnabled": false, "abortScaleDownDelaySeconds": 2,
+                    "postPromotionAnalysis": {"templates": [{"templateName": "slow"}]}
+                }}
+            }
+        })
+    };
+    let apply = |image: String| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "web",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&manifest(&image)),
+            )
+            .await
+        }
+    };
+    let request = |action: &'static str| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"metadata": {"annotations": {"sluice.dev/action": action}}});
+            api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    };
+    apply("registry.example/web:0".to_owned()).await?;
+    let first = wait_rollout(&api, "the first revision", |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(RolloutPhase::Healthy))
+    })
+    .await?;
+    let stable = first.status.and_then(|s| s.stable_rs).context("stable")?;
+    let mut promotions = Vec::new();
+    let mut switch_backs = Vec::new();
+    let mut previous = stable.clone();
+    for i in 1..=count {
+        apply(format!("registry.example/web:{i}")).await?;
+        let paused = wait_rollout(&api, "the preview to wait for promotion", |r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.phase == Some(RolloutPhase::Paused)
+                    && s.current_pod_hash
+                        .as_deref()
+                        .is_some_and(|h| h != stable && h != previous)
+            })
+        })
+        .await?;
+        let green = paused
+            .status
+            .and_then(|s| s.current_pod_hash)
+            .context("hash")?;
+        previous = green.clone();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let promoted = Instant::now();
+        request("promote").await?;
+        let switch = selected_after(promoted, green.clone()).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let aborted = Instant::now();
+        request("abort").await?;
+        let back = selected_after(aborted, stable.clone()).await?;
+        wait_rollout(&api, "the abort", |r| {
+            r.status.as_ref().is_some_and(|s| s.abort)
+        })
+        .await?;
+        eprintln!(
+            "  release {i:>2}/{count}: switch {switch:>7.1} ms after promote, back {back:>7.1} ms after abort"
+        );
+        promotions.push(switch);
+        switch_backs.push(back);
+    }
+    println!("\nBlue-green, through the active Service's selector (watch events):");
+    report("promote → active on the new version", &promotions);
+    report("abort → active back on the old one", &switch_backs);
+    Ok(())
+}
+
 async fn analysis_bench(client: &Client, count: usize) -> Result<()> {
     eprintln!("failing step analysis with a Gateway API route ({count} releases)");
     let routed = analysis_series(client, true, count).await?;
@@ -555,8 +715,11 @@ async fn main() -> Result<()> {
             }
             "abort" => which = Some("abort"),
             "analysis" => which = Some("analysis"),
+            "bluegreen" => which = Some("bluegreen"),
             other => {
-                bail!("unknown argument {other:?}; usage: sluice-bench abort|analysis [--count N]")
+                bail!(
+                    "unknown argument {other:?}; usage: sluice-bench abort|analysis|bluegreen [--count N]"
+                )
             }
         }
     }
@@ -565,7 +728,8 @@ async fn main() -> Result<()> {
     match which {
         Some("abort") => {}
         Some("analysis") => return analysis_bench(&client, count).await,
-        _ => bail!("usage: sluice-bench abort|analysis [--count N]"),
+        Some("bluegreen") => return bluegreen_bench(&client, count).await,
+        _ => bail!("usage: sluice-bench abort|analysis|bluegreen [--count N]"),
     }
     eprintln!(
         "abort with a Gateway API route ({count} releases, {REPLICAS} replicas, paused at 50%)"

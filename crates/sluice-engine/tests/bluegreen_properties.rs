@@ -1,0 +1,479 @@
+//! Property tests of the blue-green state machine: random strategies and random histories (time
+//! passing, pods becoming ready or never ready, new templates, people's actions, pre- and
+//! post-promotion verdicts) are driven through the real decision code against a small simulated
+//! cluster, and the safety invariants are checked after every reconcile.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
+use sluice_api::rollout::{BlueGreenStrategy, RolloutSpec, RolloutStatus, RolloutStrategy};
+use sluice_engine::bluegreen::{self, wants_post_promotion_analysis, wants_pre_promotion_analysis};
+use sluice_engine::canary::{Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
+
+#[derive(Clone, Debug)]
+enum Event {
+    Tick(i64),
+    PodsReady,
+    NewTemplate(usize, bool),
+    Promote,
+    PromoteFull,
+    Abort,
+    Retry,
+    Pause,
+    Resume,
+    /// A pre-promotion verdict, if that run is wanted.
+    Pre(u8),
+    /// A post-promotion verdict, if that run is wanted.
+    Post(u8),
+}
+
+fn event_strategy() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        6 => (1..=120i64).prop_map(Event::Tick),
+        8 => Just(Event::PodsReady),
+        2 => (0..3usize, prop::bool::weighted(0.8)).prop_map(|(t, good)| Event::NewTemplate(t, good)),
+        2 => Just(Event::Promote),
+        1 => Just(Event::PromoteFull),
+        1 => Just(Event::Abort),
+        1 => Just(Event::Retry),
+        1 => Just(Event::Pause),
+        1 => Just(Event::Resume),
+        2 => (0..4u8).prop_map(Event::Pre),
+        2 => (0..4u8).prop_map(Event::Post),
+    ]
+}
+
+/// The blue-green knobs, drawn per case.
+#[derive(Clone, Debug)]
+struct Knobs {
+    auto: Option<bool>,
+    auto_seconds: Option<i32>,
+    preview: Option<i32>,
+    pre: bool,
+    post: bool,
+    delay: Option<i32>,
+    revision_limit: Option<i32>,
+    abort_delay: Option<i32>,
+    deadline_seconds: i32,
+    deadline_abort: bool,
+    history: i32,
+}
+
+fn knobs_strategy() -> impl Strategy<Value = Knobs> {
+    (
+        (
+            prop::option::of(any::<bool>()),
+            prop::option::of(0..=300i32),
+            prop::option::of(0..=12i32),
+            any::<bool>(),
+            any::<bool>(),
+        ),
+        (
+            prop::option::of(0..=120i32),
+            prop::option::of(0..=2i32),
+            prop::option::of(0..=120i32),
+            30..=900i32,
+            any::<bool>(),
+            0..=3i32,
+        ),
+    )
+        .prop_map(
+            |(
+                (auto, auto_seconds, preview, pre, post),
+                (delay, revision_limit, abort_delay, deadline_seconds, deadline_abort, history),
+            )| Knobs {
+                auto,
+                auto_seconds,
+                preview,
+                pre,
+                post,
+                delay,
+                revision_limit,
+                abort_delay,
+                deadline_seconds,
+                deadline_abort,
+                history,
+            },
+        )
+}
+
+fn analysis() -> RolloutAnalysis {
+    RolloutAnalysis {
+        templates: vec![AnalysisTemplateRef {
+            template_name: "t".into(),
+            cluster_scope: false,
+        }],
+        args: vec![],
+    }
+}
+
+fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
+    RolloutSpec {
+        replicas,
+        selector: LabelSelector {
+            match_labels: Some([("app".to_owned(), "x".to_owned())].into()),
+            match_expressions: None,
+        },
+        template: None,
+        workload_ref: None,
+        min_ready_seconds: None,
+        revision_history_limit: k.history,
+        paused: false,
+        progress_deadline_seconds: k.deadline_seconds,
+        progress_deadline_abort: k.deadline_abort,
+        restart_at: None,
+        rollback_window: None,
+        strategy: RolloutStrategy {
+            canary: None,
+            blue_green: Some(BlueGreenStrategy {
+                active_service: "active".into(),
+                preview_service: Some("preview".into()),
+                auto_promotion_enabled: k.auto,
+                auto_promotion_seconds: k.auto_seconds,
+                preview_replica_count: k.preview,
+                pre_promotion_analysis: k.pre.then(analysis),
+                post_promotion_analysis: k.post.then(analysis),
+                scale_down_delay_seconds: k.delay,
+                scale_down_delay_revision_limit: k.revision_limit,
+                abort_scale_down_delay_seconds: k.abort_delay,
+                active_metadata: None,
+                preview_metadata: None,
+            }),
+        },
+    }
+}
+
+/// A ReplicaSet in the simulated cluster.
+#[derive(Clone, Debug)]
+struct SimRs {
+    replicas: i32,
+    available: i32,
+    good: bool,
+    scale_down_at: Option<Timestamp>,
+    created: Timestamp,
+}
+
+struct World {
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    current: String,
+    good: BTreeMap<String, bool>,
+    rss: BTreeMap<String, SimRs>,
+    now: Timestamp,
+    pre: Option<AnalysisOutcome>,
+    post: Option<AnalysisOutcome>,
+    /// A second revision was ever set: from then on, active must always be fully available.
+    released: bool,
+}
+
+const HASHES: [&str; 3] = ["aaaa", "bbbb", "cccc"];
+
+impl World {
+    fn new(replicas: i32, k: &Knobs) -> World {
+        World {
+            spec: spec(replicas, k),
+            status: RolloutStatus::default(),
+            current: HASHES[0].to_owned(),
+            good: [(HASHES[0].to_owned(), true)].into(),
+            rss: BTreeMap::new(),
+            now: Timestamp::from_second(1_800_000_000).expect("time"),
+            pre: None,
+            post: None,
+            released: false,
+        }
+    }
+
+    fn strategy(&self) -> &BlueGreenStrategy {
+        self.spec.strategy.blue_green.as_ref().expect("blue-green")
+    }
+
+    fn views(&self) -> Vec<ReplicaSetView> {
+        self.rss
+            .iter()
+            .map(|(hash, rs)| ReplicaSetView {
+                hash: hash.clone(),
+                replicas: rs.replicas,
+                available: rs.available,
+                scale_down_at: rs.scale_down_at,
+                created: rs.created,
+            })
+            .collect()
+    }
+
+    fn decide(&self, status: &RolloutStatus, actions: Actions) -> Plan {
+        let views = self.views();
+        let snapshot = Snapshot {
+            generation: 1,
+            spec: &self.spec,
+            status,
+            current_hash: &self.current,
+            replica_sets: &views,
+            step_analysis: self.pre.clone(),
+            background_analysis: self.post.clone(),
+            actions,
+            now: self.now,
+        };
+        bluegreen::decide(&snapshot, self.strategy())
+    }
+
+    fn apply(&mut self, plan: &Plan) {
+        if plan.create_current {
+            let good = self.good.get(&self.current).copied().unwrap_or(true);
+            self.rss.insert(
+                self.current.clone(),
+                SimRs {
+                    replicas: 0,
+                    available: 0,
+                    good,
+                    scale_down_at: None,
+                    created: self.now,
+                },
+            );
+        }
+        for (hash, replicas) in &plan.scale {
+            if let Some(rs) = self.rss.get_mut(hash) {
+                rs.replicas = *replicas;
+                rs.available = rs.available.min(*replicas);
+            }
+        }
+        for (hash, at) in &plan.scale_down_at {
+            if let Some(rs) = self.rss.get_mut(hash) {
+                rs.scale_down_at = *at;
+            }
+        }
+        for hash in &plan.delete {
+            self.rss.remove(hash);
+        }
+        self.status = plan.status.clone();
+        // As the controller does: a run that is no longer wanted is dropped; a new one starts empty.
+        if !wants_pre_promotion_analysis(&self.status, self.strategy()) {
+            self.pre = None;
+        }
+        if !wants_post_promotion_analysis(&self.status, self.strategy()) {
+            self.post = None;
+        }
+    }
+}
+
+/// Checks every safety invariant of one reconcile, on the world with the plan applied.
+fn check(
+    world: &World,
+    before: &RolloutStatus,
+    plan: &Plan,
+    actions: Actions,
+) -> Result<(), TestCaseError> {
+    let r = world.spec.replicas;
+    let status = &plan.status;
+    let stable = status
+        .stable_rs
+        .clone()
+        .expect("a stable revision once reconciled");
+    let releasing = stable != world.current;
+    let active = &plan.traffic.stable_hash;
+    let planned = |hash: &str| plan.scale.get(hash).copied().unwrap_or(0);
+
+    prop_assert_eq!(plan.traffic.canary_weight, 0, "no weighted routing");
+    prop_assert_eq!(
+        &plan.traffic.canary_hash,
+        &world.current,
+        "preview off current"
+    );
+    let bg = status.blue_green.as_ref().expect("blue-green status");
+    prop_assert_eq!(bg.active_selector.as_ref(), Some(active));
+    prop_assert_eq!(bg.preview_selector.as_ref(), Some(&world.current));
+    // Active is stable, or the current revision once switched.
+    prop_assert!(
+        *active == stable || *active == world.current,
+        "active {active} is neither stable {stable} nor current"
+    );
+    // Active selects a ReplicaSet that exists and is fully available at full size (the very first
+    // revision excepted, before its pods are up), and that is not being scaled down.
+    let active_rs = world.rss.get(active.as_str());
+    if world.released {
+        let rs = active_rs.expect("active ReplicaSet exists");
+        prop_assert!(
+            rs.replicas >= r && rs.available >= r,
+            "active {active} has {}/{} available of {r}",
+            rs.available,
+            rs.replicas
+        );
+    }
+    prop_assert!(planned(active) >= r, "active {active} scaled below {r}");
+    // Only idle, old ReplicaSets are deleted.
+    for hash in &plan.delete {
+        prop_assert!(
+            *hash != stable && *hash != world.current && hash != active,
+            "deleting a live revision {hash}"
+        );
+    }
+    // Stable (the version active may return to) stays whole.
+    prop_assert_eq!(planned(&stable), r, "stable {} not at full size", stable);
+    // Abort: active back on stable, at full size.
+    if status.abort {
+        prop_assert!(releasing, "abort outside a release");
+        prop_assert_eq!(active, &stable, "aborted with active off stable");
+    }
+    // The stage never goes back within a revision, except by an explicit retry.
+    if before.current_pod_hash.as_deref() == Some(world.current.as_str()) && !actions.retry {
+        let old = before.current_step_index.unwrap_or(0);
+        prop_assert!(
+            status.current_step_index.unwrap_or(0) >= old,
+            "stage went back from {old} to {:?}",
+            status.current_step_index
+        );
+    }
+    // The switch happens only once the new version is fully available.
+    if releasing && *active == world.current {
+        prop_assert!(!status.abort);
+        prop_assert!(bluegreen::stage(status) >= bluegreen::Stage::PostPromotionAnalysis);
+    }
+    Ok(())
+}
+
+fn actions_for(event: &Event) -> Actions {
+    let mut a = Actions::default();
+    match event {
+        Event::Promote => a.promote = true,
+        Event::PromoteFull => a.promote_full = true,
+        Event::Abort => a.abort = true,
+        Event::Retry => a.retry = true,
+        Event::Pause => a.pause = true,
+        Event::Resume => a.resume = true,
+        _ => {}
+    }
+    a
+}
+
+fn outcome(v: u8) -> AnalysisOutcome {
+    match v {
+        0 => AnalysisOutcome::Running,
+        1 => AnalysisOutcome::Successful,
+        2 => AnalysisOutcome::Inconclusive("no data".into()),
+        _ => AnalysisOutcome::Failed("error-rate 0.07 >= 0.05".into()),
+    }
+}
+
+fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
+    for event in events {
+        match event {
+            Event::Tick(secs) => {
+                world.now = world
+                    .now
+                    .checked_add(SignedDuration::from_secs(*secs))
+                    .expect("time")
+            }
+            Event::PodsReady => {
+                for rs in world.rss.values_mut() {
+                    rs.available = if rs.good { rs.replicas } else { 0 };
+                }
+            }
+            Event::NewTemplate(t, good) => {
+                if world.current != HASHES[*t] {
+                    world.released = true;
+                }
+                world.current = HASHES[*t].to_owned();
+                world.good.entry(world.current.clone()).or_insert(*good);
+                world.pre = None;
+                world.post = None;
+            }
+            // Verdicts arrive only for a run the controller would have started.
+            Event::Pre(v) if wants_pre_promotion_analysis(&world.status, world.strategy()) => {
+                world.pre = Some(outcome(*v));
+            }
+            Event::Post(v) if wants_post_promotion_analysis(&world.status, world.strategy()) => {
+                world.post = Some(outcome(*v));
+            }
+            _ => {}
+        }
+        let actions = actions_for(event);
+        let before = world.status.clone();
+        let plan = world.decide(&before, actions);
+        world.apply(&plan);
+        check(world, &before, &plan, actions)?;
+        // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
+        // world, the next reconcile keeps the same targets and records no new transition.
+        let again = world.decide(&world.status, Actions::default());
+        let mut kept = plan.scale.clone();
+        kept.retain(|hash, _| !plan.delete.contains(hash));
+        prop_assert_eq!(&again.scale, &kept, "second reconcile changed the scale");
+        prop_assert_eq!(
+            &again.traffic,
+            &plan.traffic,
+            "second reconcile changed the traffic"
+        );
+        prop_assert_eq!(
+            again.status.current_step_index,
+            plan.status.current_step_index
+        );
+        prop_assert_eq!(
+            &again.status.pause_conditions,
+            &plan.status.pause_conditions
+        );
+        prop_assert_eq!(again.status.phase, plan.status.phase);
+        prop_assert_eq!(&again.status.stable_rs, &plan.status.stable_rs);
+        prop_assert_eq!(again.status.abort, plan.status.abort);
+        prop_assert!(
+            again.events.is_empty(),
+            "second reconcile emitted {:?}",
+            again.events
+        );
+    }
+    Ok(())
+}
+
+/// `PROPTEST_CASES` if set, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+proptest! {
+    // 2000 cases per run; PROPTEST_CASES=50000 for a longer hunt.
+    #![proptest_config(ProptestConfig { cases: cases(2000), ..ProptestConfig::default() })]
+
+    #[test]
+    fn bluegreen_invariants_hold_over_random_histories(
+        replicas in 1..=10i32,
+        knobs in knobs_strategy(),
+        events in prop::collection::vec(event_strategy(), 1..80),
+    ) {
+        let mut world = World::new(replicas, &knobs);
+        // The first revision becomes stable before the history starts.
+        run(&mut world, &[Event::PodsReady, Event::PodsReady])?;
+        run(&mut world, &events)?;
+    }
+
+    #[test]
+    fn a_good_release_completes_when_people_promote_and_time_passes(
+        replicas in 1..=10i32,
+        mut knobs in knobs_strategy(),
+        auto in any::<bool>(),
+    ) {
+        knobs.auto = Some(auto);
+        knobs.deadline_seconds = 600;
+        knobs.deadline_abort = false;
+        let mut world = World::new(replicas, &knobs);
+        run(&mut world, &[Event::PodsReady, Event::PodsReady, Event::NewTemplate(1, true)])?;
+        for _ in 0..200 {
+            let mut round = vec![Event::PodsReady, Event::Tick(60), Event::Pre(1), Event::Post(1)];
+            if !auto {
+                round.push(Event::Promote);
+            }
+            run(&mut world, &round)?;
+            if world.status.stable_rs.as_deref() == Some(HASHES[1]) {
+                break;
+            }
+        }
+        prop_assert_eq!(world.status.stable_rs.as_deref(), Some(HASHES[1]), "release did not complete");
+        prop_assert!(!world.status.abort);
+        run(&mut world, &[Event::PodsReady, Event::Tick(130), Event::PodsReady])?;
+        prop_assert_eq!(world.rss[HASHES[1]].replicas, replicas);
+        prop_assert_eq!(world.rss.get(HASHES[0]).map_or(0, |rs| rs.replicas), 0, "old version not scaled down");
+        prop_assert_eq!(world.status.phase, Some(sluice_api::rollout::RolloutPhase::Healthy));
+    }
+}

@@ -357,6 +357,7 @@ async fn recorded_runs(
 ) -> Result<Vec<(&'static str, AnalysisRun)>> {
     let api: Api<AnalysisRun> = Api::namespaced(client.clone(), namespace);
     let canary = rollout.status.as_ref().and_then(|s| s.canary.as_ref());
+    let blue_green = rollout.status.as_ref().and_then(|s| s.blue_green.as_ref());
     let mut runs = Vec::new();
     for (what, record) in [
         (
@@ -366,6 +367,14 @@ async fn recorded_runs(
         (
             "background",
             canary.and_then(|c| c.current_background_analysis_run_status.as_ref()),
+        ),
+        (
+            "pre-promotion",
+            blue_green.and_then(|b| b.pre_promotion_analysis_run_status.as_ref()),
+        ),
+        (
+            "post-promotion",
+            blue_green.and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
         ),
     ] {
         if let Some(record) = record
@@ -463,6 +472,42 @@ fn render(
     }
     let stable = status.stable_rs.clone().unwrap_or_default();
     let current = status.current_pod_hash.clone().unwrap_or_default();
+    let blue_green = rollout.spec.strategy.blue_green.as_ref();
+    let active = status
+        .blue_green
+        .as_ref()
+        .and_then(|b| b.active_selector.clone())
+        .unwrap_or_default();
+    if let Some(strategy) = blue_green {
+        use sluice_engine::bluegreen::{Stage, stage};
+        let what = if stable == current {
+            "released"
+        } else {
+            match stage(&status) {
+                Stage::Preview => "preview coming up",
+                Stage::PrePromotionAnalysis => "pre-promotion analysis",
+                Stage::AwaitingPromotion => "waiting for promotion",
+                Stage::ScalingUp => "scaling up before the switch",
+                Stage::PostPromotionAnalysis => "switched; post-promotion analysis",
+                Stage::Completed => "completing",
+            }
+        };
+        let preview = status
+            .blue_green
+            .as_ref()
+            .and_then(|b| b.preview_selector.clone())
+            .unwrap_or_default();
+        let _ = writeln!(out, "Strategy:   BlueGreen");
+        let _ = writeln!(out, "  Stage:    {what}");
+        let _ = writeln!(
+            out,
+            "  Active:   {active} (Service {})",
+            strategy.active_service
+        );
+        if let Some(service) = &strategy.preview_service {
+            let _ = writeln!(out, "  Preview:  {preview} (Service {service})");
+        }
+    }
     if let Some(canary) = &rollout.spec.strategy.canary {
         let weight = status
             .canary
@@ -535,12 +580,12 @@ fn render(
             .get(POD_TEMPLATE_HASH_LABEL)
             .cloned()
             .unwrap_or_default();
-        let role = if hash == stable {
-            "stable"
-        } else if hash == current {
-            "canary"
-        } else {
-            "old"
+        let role = match (blue_green.is_some(), hash == stable, hash == current) {
+            (true, _, _) if hash == active => "active",
+            (true, _, true) => "preview",
+            (false, true, _) => "stable",
+            (false, false, true) => "canary",
+            _ => "old",
         };
         let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
         let available = rs

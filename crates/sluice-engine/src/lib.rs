@@ -10,6 +10,7 @@ pub mod bluegreen;
 pub mod canary;
 pub mod conditions;
 pub mod duration;
+pub mod gate;
 pub mod hash;
 pub mod judge;
 pub mod replicas;

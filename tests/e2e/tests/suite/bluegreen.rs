@@ -299,6 +299,19 @@ async fn blue_green_waits_for_a_person_then_switches_and_abort_switches_back() -
         Some(&(1, 1)),
         "preview at previewReplicaCount: {sets:?}"
     );
+    let out = sluice_e2e::kubectl_sluice(&ns.name, &["get", "rollout", "web"])?;
+    let view = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "Strategy:   BlueGreen",
+        "waiting for promotion",
+        "[active]",
+        "[preview]",
+    ] {
+        ensure!(
+            view.contains(expected),
+            "`get rollout` lacks {expected:?}:\n{view}"
+        );
+    }
     request(&api, "promote").await?;
     wait_status(&api, "green active", |s| {
         s.phase == Some(RolloutPhase::Healthy) && s.stable_rs.as_deref() == Some(green.as_str())

@@ -775,6 +775,84 @@ async fn execute(
             .delete(&name_of(h), &DeleteParams::background())
             .await?;
     }
+    label_roles(rollout, &client, namespace, strategy, plan).await?;
+    Ok(())
+}
+
+/// Puts each role's metadata (`stableMetadata`/`canaryMetadata`, `activeMetadata`/`previewMetadata`)
+/// on the pods that hold the role, and takes it off pods that no longer do.
+async fn label_roles(
+    rollout: &Rollout,
+    client: &kube::Client,
+    namespace: &str,
+    strategy: Strategy<'_>,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let (first, second) = match strategy {
+        Strategy::Canary(c) => (c.stable_metadata.as_ref(), c.canary_metadata.as_ref()),
+        Strategy::BlueGreen(b) => (b.active_metadata.as_ref(), b.preview_metadata.as_ref()),
+    };
+    if first.is_none() && second.is_none() {
+        return Ok(());
+    }
+    // The first role wins where both name the same version (no release in flight).
+    let mut roles = vec![(plan.traffic.stable_hash.as_str(), first)];
+    if plan.traffic.canary_hash != plan.traffic.stable_hash {
+        roles.push((plan.traffic.canary_hash.as_str(), second));
+    }
+    let role_labels: Vec<&String> = [first, second]
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m.labels.keys())
+        .collect();
+    let role_annotations: Vec<&String> = [first, second]
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m.annotations.keys())
+        .collect();
+    let selector = rollout
+        .spec
+        .selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    for pod in pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let Some(hash) = pod.labels().get(POD_TEMPLATE_HASH_LABEL) else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let wanted = roles.iter().find(|(h, _)| h == hash).and_then(|(_, m)| *m);
+        let mut labels = serde_json::Map::new();
+        let mut annotations = serde_json::Map::new();
+        for key in &role_labels {
+            let want = wanted.and_then(|m| m.labels.get(*key));
+            if pod.labels().get(*key) != want {
+                labels.insert((*key).clone(), json!(want));
+            }
+        }
+        for key in &role_annotations {
+            let want = wanted.and_then(|m| m.annotations.get(*key));
+            if pod.annotations().get(*key) != want {
+                annotations.insert((*key).clone(), json!(want));
+            }
+        }
+        if labels.is_empty() && annotations.is_empty() {
+            continue;
+        }
+        let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
+        pods.patch(&pod.name_any(), &writer(), &Patch::Merge(&patch))
+            .await?;
+    }
     Ok(())
 }
 

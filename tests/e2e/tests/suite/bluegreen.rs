@@ -122,6 +122,27 @@ async fn replica_sets(client: &Client, ns: &str) -> Result<BTreeMap<String, (i32
         .collect())
 }
 
+/// (pod-template hash, `role` label) of each pod that is not being deleted.
+async fn pod_roles(client: &Client, ns: &str) -> Result<Vec<(String, Option<String>)>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    Ok(pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            (
+                p.labels()
+                    .get(POD_TEMPLATE_HASH_LABEL)
+                    .cloned()
+                    .unwrap_or_default(),
+                p.labels().get("role").cloned(),
+            )
+        })
+        .collect())
+}
+
 /// Samples the active Service every 50 ms and records any moment it selected a ReplicaSet that was
 /// not fully available.
 fn guard_active(client: &Client, ns: &str) -> Arc<Mutex<Vec<String>>> {
@@ -262,7 +283,8 @@ async fn blue_green_waits_for_a_person_then_switches_and_abort_switches_back() -
     create_services(&client, &ns.name).await?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     let strategy = json!({"activeService": "web-active", "previewService": "web-preview",
-                          "autoPromotionEnabled": false, "previewReplicaCount": 1, "abortScaleDownDelaySeconds": 1});
+                          "autoPromotionEnabled": false, "previewReplicaCount": 1, "abortScaleDownDelaySeconds": 1,
+                          "activeMetadata": {"labels": {"role": "active"}}, "previewMetadata": {"labels": {"role": "preview"}}});
     apply(
         &api,
         &rollout("registry.example/web:1.0.0", strategy.clone()),
@@ -299,6 +321,15 @@ async fn blue_green_waits_for_a_person_then_switches_and_abort_switches_back() -
         Some(&(1, 1)),
         "preview at previewReplicaCount: {sets:?}"
     );
+    eventually("role labels on each version's pods", WAIT, || async {
+        let roles = pod_roles(&client, &ns.name).await?;
+        let ok = roles.iter().all(|(hash, role)| {
+            (hash == &blue && role.as_deref() == Some("active"))
+                || (hash == &green && role.as_deref() == Some("preview"))
+        });
+        Ok((ok && roles.len() == 4).then_some(()))
+    })
+    .await?;
     let out = sluice_e2e::kubectl_sluice(&ns.name, &["get", "rollout", "web"])?;
     let view = String::from_utf8_lossy(&out.stdout);
     for expected in [
@@ -321,6 +352,19 @@ async fn blue_green_waits_for_a_person_then_switches_and_abort_switches_back() -
         selector(&client, &ns.name, "web-active").await?,
         Some(green.clone())
     );
+    eventually("green's pods labelled active", WAIT, || async {
+        let roles = pod_roles(&client, &ns.name).await?;
+        let green_active = roles
+            .iter()
+            .filter(|(h, _)| h == &green)
+            .all(|(_, r)| r.as_deref() == Some("active"));
+        let blue_unlabelled = roles
+            .iter()
+            .filter(|(h, _)| h == &blue)
+            .all(|(_, r)| r.is_none());
+        Ok((green_active && blue_unlabelled).then_some(()))
+    })
+    .await?;
 
     // A third version, aborted while it waits: active stays on green, the preview goes.
     apply(&api, &rollout("registry.example/web:3.0.0", strategy)).await?;
@@ -347,6 +391,33 @@ async fn blue_green_waits_for_a_person_then_switches_and_abort_switches_back() -
         .then_some(()))
     })
     .await?;
+    // Retry brings v3 back up behind the preview; undo puts green's template back (the fast path).
+    request(&api, "retry").await?;
+    wait_status(&api, "v3 waiting again after the retry", |s| {
+        !s.abort
+            && s.phase == Some(RolloutPhase::Paused)
+            && s.current_pod_hash.as_deref() == Some(v3.as_str())
+    })
+    .await?;
+    assert_eq!(
+        selector(&client, &ns.name, "web-active").await?,
+        Some(green.clone())
+    );
+    let out = sluice_e2e::kubectl_sluice(&ns.name, &["undo", "web"])?;
+    ensure!(
+        out.status.success(),
+        "undo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_status(&api, "the undo back to green", |s| {
+        s.phase == Some(RolloutPhase::Healthy)
+            && s.current_pod_hash.as_deref() == Some(green.as_str())
+    })
+    .await?;
+    assert_eq!(
+        selector(&client, &ns.name, "web-active").await?,
+        Some(green.clone())
+    );
     let counts = endpoints.lock().map(|e| e.clone()).unwrap_or_default();
     ensure!(
         counts.iter().all(|n| *n > 0),

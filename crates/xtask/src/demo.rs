@@ -203,6 +203,35 @@ spec:
           args: [{name: canary-hash, valueFrom: {podTemplateHashValue: Latest}}]
 "#;
 
+/// A blue-green Rollout that waits for a person before it switches.
+const DEMO_BLUE_GREEN: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: pay-active}
+spec: {selector: {app: pay}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pay-preview}
+spec: {selector: {app: pay}, ports: [{port: 80}]}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata: {name: pay}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: pay}}
+  template:
+    metadata: {labels: {app: pay}}
+    spec: {containers: [{name: pay, image: "registry.example/pay:1.0.0"}]}
+  strategy:
+    blueGreen:
+      activeService: pay-active
+      previewService: pay-preview
+      autoPromotionEnabled: false
+      previewReplicaCount: 1
+      scaleDownDelaySeconds: 5
+"#;
+
 /// Starts the traffic simulator for the demo namespace and points Prometheus at it.
 fn start_simulator(root: &Path, cluster: &Cluster) -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -271,12 +300,26 @@ fn rollout_line(cluster: &Cluster, name: &str) -> Result<(String, String)> {
         "-n",
         NAMESPACE,
         "-o",
-        "jsonpath={.status.phase}|{.status.stepProgress}|{.status.message}",
+        "jsonpath={.status.phase}|{.status.stepProgress}|{.status.blueGreen.activeSelector}|{.status.blueGreen.previewSelector}|{.status.message}",
     ])?;
-    let mut parts = fields.splitn(3, '|');
+    let mut parts = fields.splitn(5, '|');
     let phase = parts.next().unwrap_or_default().to_owned();
     let step = parts.next().unwrap_or_default().to_owned();
+    let active = parts.next().unwrap_or_default().to_owned();
+    let preview = parts.next().unwrap_or_default().to_owned();
     let message = parts.next().unwrap_or_default().to_owned();
+    let colour = match phase.as_str() {
+        "Healthy" => GREEN,
+        "Degraded" => RED,
+        "Paused" => YELLOW,
+        _ => "",
+    };
+    if !active.is_empty() {
+        let line = format!(
+            "{colour}{phase:<11}{RESET} active {active:<10} preview {preview:<10}  {DIM}{message}{RESET}"
+        );
+        return Ok((phase, line));
+    }
     let weights = get(&[
         "get",
         "httproute",
@@ -288,12 +331,6 @@ fn rollout_line(cluster: &Cluster, name: &str) -> Result<(String, String)> {
     ])?;
     let mut w = weights.split_whitespace();
     let (stable, canary) = (w.next().unwrap_or("?"), w.next().unwrap_or("?"));
-    let colour = match phase.as_str() {
-        "Healthy" => GREEN,
-        "Degraded" => RED,
-        "Paused" => YELLOW,
-        _ => "",
-    };
     let line = format!(
         "{colour}{phase:<11}{RESET} step {step:<5} route stable {stable:>3}% canary {canary:>3}%  {DIM}{message}{RESET}"
     );
@@ -402,6 +439,19 @@ pub fn run(root: &Path) -> Result<()> {
     heading(&format!(
         "Starting the operator for namespace {NAMESPACE} (leader election on, JSON logs off for reading)"
     ));
+    // A fresh namespace each run, so the story starts from the beginning.
+    show(
+        &cluster,
+        &[
+            "delete",
+            "namespace",
+            NAMESPACE,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+        ],
+        3,
+    )?;
     let ns = kubectl(&cluster, &["create", "namespace", NAMESPACE], None)?;
     if !ns.status.success() && !String::from_utf8_lossy(&ns.stderr).contains("AlreadyExists") {
         bail!(
@@ -490,11 +540,43 @@ pub fn run(root: &Path) -> Result<()> {
     follow(&cluster, "shop", |phase, _| phase == "Degraded")?;
     show(&cluster, &["get", "analysisruns", "-n", NAMESPACE], 10)?;
 
+    heading(
+        "A blue-green Rollout: the new version comes up behind the preview Service and takes all traffic in one switch",
+    );
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        DEMO_BLUE_GREEN,
+    )?;
+    follow(&cluster, "pay", |phase, _| phase == "Healthy")?;
+    set_image(&cluster, "pay", "registry.example/pay:2.0.0")?;
+    follow(&cluster, "pay", |phase, _| phase == "Paused")?;
+    show(
+        &cluster,
+        &["sluice", "get", "rollout", "pay", "-n", NAMESPACE],
+        20,
+    )?;
+    show(&cluster, &["sluice", "promote", "pay", "-n", NAMESPACE], 3)?;
+    follow(&cluster, "pay", |phase, _| phase == "Healthy")?;
+    show(
+        &cluster,
+        &[
+            "get",
+            "service",
+            "pay-active",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "jsonpath={.spec.selector}{\"\\n\"}",
+        ],
+        3,
+    )?;
+
     heading("The samples in config/");
     show(&cluster, &["apply", "-n", NAMESPACE, "-f", "config/"], 20)?;
     show(&cluster, &["get", "ro", "-n", NAMESPACE], 10)?;
     println!(
-        "  {DIM}(analysis with Prometheus, blue-green and error-budget gates come in later releases of the operator){RESET}"
+        "  {DIM}(the operator does not yet act on ErrorBudgetGates: their controller comes next){RESET}"
     );
 
     heading("A manifest with mistakes is refused at apply time, naming each field");

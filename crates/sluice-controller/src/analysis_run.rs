@@ -339,7 +339,7 @@ async fn read_secret(
 }
 
 /// A connection with its Secrets read.
-async fn connection(
+pub(crate) async fn connection(
     spec: &PrometheusConnection,
     secrets: &Api<Secret>,
 ) -> Result<Result<Connection, String>, Error> {

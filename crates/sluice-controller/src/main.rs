@@ -24,12 +24,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
-use sluice_api::Rollout;
 use sluice_api::analysis::AnalysisRun;
+use sluice_api::{ErrorBudgetGate, Rollout};
 use tracing_subscriber::EnvFilter;
 
 mod analysis_run;
 mod error;
+mod gate;
 mod http;
 mod metrics;
 mod rollout;
@@ -304,10 +305,18 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
+    let gates: Api<ErrorBudgetGate> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let gates = Controller::new(gates, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(gate::reconcile, gate::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
     let rollouts = controller
         .run(rollout::reconcile, rollout::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    futures::join!(rollouts, analysis_runs);
+    futures::join!(rollouts, analysis_runs, gates);
 }
 
 /// The Rollouts in `namespace` whose canary strategy names `name` as `matches` says.

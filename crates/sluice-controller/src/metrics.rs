@@ -9,6 +9,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sluice_api::analysis::AnalysisPhase;
 use sluice_api::rollout::RolloutPhase;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -58,6 +59,13 @@ pub struct MeasurementLabels {
     pub phase: String,
 }
 
+/// An ErrorBudgetGate, by namespace and name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabels {
+    pub namespace: String,
+    pub gate: String,
+}
+
 /// Everything the operator counts.
 pub struct Metrics {
     pub reconciles: Counter,
@@ -69,6 +77,10 @@ pub struct Metrics {
     pub aborts: Family<RolloutLabels, Counter>,
     /// Analysis measurements taken, by metric and outcome.
     pub measurements: Family<MeasurementLabels, Counter>,
+    /// Error budget left per gate, in percent (negative when overspent).
+    pub gate_budget_remaining: Family<GateLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while a gate holds releases.
+    pub gate_held: Family<GateLabels, Gauge>,
     pub registry: Registry,
 }
 
@@ -81,6 +93,18 @@ impl Default for Metrics {
         let rollout_phase = Family::<PhaseLabels, Gauge>::default();
         let aborts = Family::<RolloutLabels, Counter>::default();
         let measurements = Family::<MeasurementLabels, Counter>::default();
+        let gate_budget_remaining = Family::<GateLabels, Gauge<f64, AtomicU64>>::default();
+        let gate_held = Family::<GateLabels, Gauge>::default();
+        registry.register(
+            "gate_budget_remaining_percent",
+            "Error budget left per ErrorBudgetGate, in percent of the budget",
+            gate_budget_remaining.clone(),
+        );
+        registry.register(
+            "gate_holds_releases",
+            "1 while an ErrorBudgetGate holds new releases",
+            gate_held.clone(),
+        );
         registry.register(
             "rollout_reconciles",
             "Rollout reconciles",
@@ -118,6 +142,8 @@ impl Default for Metrics {
             rollout_phase,
             aborts,
             measurements,
+            gate_budget_remaining,
+            gate_held,
             registry,
         }
     }

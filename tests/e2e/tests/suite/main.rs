@@ -6,6 +6,7 @@ mod bluegreen;
 mod canary;
 mod chart;
 mod cluster;
+mod gate;
 mod leader;
 mod operator;
 mod plugin;

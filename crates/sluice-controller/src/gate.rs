@@ -1,0 +1,138 @@
+//! The ErrorBudgetGate reconciler: run the gate's fixed set of ratio queries (one per window,
+//! however many Rollouts it selects) → sluice-engine's gate evaluation → status, Events, metrics →
+//! look again after `evaluationInterval`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sluice_analysis::QueryResult;
+use sluice_api::ErrorBudgetGate;
+use sluice_engine::gate::{self, Measurements};
+use tracing::{info, instrument, warn};
+
+use crate::error::Error;
+use crate::metrics::GateLabels;
+use crate::{Context, FIELD_MANAGER};
+
+pub fn error_policy(gate: Arc<ErrorBudgetGate>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(namespace = gate.namespace().unwrap_or_default(), gate = gate.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The error ratios of every planned window, or why they could not be had.
+async fn measure(
+    gate: &ErrorBudgetGate,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Result<Measurements, String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let connection = match crate::analysis_run::connection(&gate.spec.prometheus, &secrets).await? {
+        Ok(c) => c,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let plan = match gate::query_plan(&gate.spec) {
+        Ok(plan) => plan,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    let mut measurements = BTreeMap::new();
+    for query in plan {
+        let ratio = match sluice_analysis::prometheus::query(&connection, &query.promql).await {
+            // No series: no events in that window (NaN is how the engine reads "no events").
+            Ok(QueryResult::Vector(values)) => values.first().copied().unwrap_or(f64::NAN),
+            Ok(QueryResult::Scalar(value)) => value,
+            Ok(QueryResult::Matrix(_)) => {
+                return Ok(Err(format!(
+                    "the query for window {} answered a range vector; it must answer one number",
+                    query.window
+                )));
+            }
+            Err(err) => return Ok(Err(err.to_string())),
+        };
+        measurements.insert(query.window, ratio);
+    }
+    Ok(Ok(measurements))
+}
+
+#[instrument(skip_all, fields(namespace = gate.namespace().unwrap_or_default(), gate = gate.name_any()))]
+pub async fn reconcile(gate: Arc<ErrorBudgetGate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = gate
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(gate.name_any()))?;
+    if gate.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    // Our own status patch wakes this reconciler too: evaluate only when due or when the spec changed.
+    let now = Timestamp::now();
+    if let Some(status) = &gate.status
+        && status.observed_generation == gate.metadata.generation
+        && let Some(next) = status.next_evaluation_time.as_ref()
+        && next.0 > now
+    {
+        let wait = Duration::try_from(next.0.duration_since(now)).unwrap_or(Duration::ZERO);
+        return Ok(Action::requeue(wait + Duration::from_millis(20)));
+    }
+    let measured = measure(&gate, &ctx, &namespace).await?;
+    let evaluation = gate::evaluate(
+        &gate.spec,
+        gate.metadata.generation.unwrap_or(0),
+        gate.status.as_ref(),
+        measured.as_ref().map_err(String::as_str),
+        now,
+    );
+    let status = &evaluation.status;
+    let labels = GateLabels {
+        namespace: namespace.clone(),
+        gate: gate.name_any(),
+    };
+    if let Some(remaining) = status.budget_remaining_percent {
+        ctx.metrics
+            .gate_budget_remaining
+            .get_or_create(&labels)
+            .set(remaining);
+    }
+    ctx.metrics.gate_held.get_or_create(&labels).set(i64::from(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == gate::CONDITION_RELEASES_HELD && c.status == "True"),
+    ));
+    let patch =
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate", "status": status});
+    Api::<ErrorBudgetGate>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &gate.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    for event in &evaluation.events {
+        info!(reason = event.reason, note = %event.message, "gate transition");
+        let published = KubeEvent {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.to_owned(),
+            note: Some(event.message.chars().take(1000).collect()),
+            action: "Evaluate".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = ctx
+            .recorder
+            .publish(&published, &gate.object_ref(&()))
+            .await
+        {
+            warn!(%err, "could not record event");
+        }
+    }
+    Ok(Action::requeue(evaluation.requeue_after))
+}

@@ -328,7 +328,9 @@ pub fn mann_whitney_binned(canary: &[f64], baseline: &[f64]) -> Option<RankTest>
     let n = n_canary + n_baseline;
     // U1 - U2, so U1 - n1·n2/2 is half of it.
     let difference = canary_higher - baseline_higher;
-    let u = n_canary * n_baseline / 2.0 + difference / 2.0;
+    // U lies in [0, n1·n2]; with counts near a million the subtraction above can land a hair
+    // outside it in floating point.
+    let u = (n_canary * n_baseline / 2.0 + difference / 2.0).clamp(0.0, n_canary * n_baseline);
     let tie_share = if n > 1.0 { ties / (n * (n - 1.0)) } else { 0.0 };
     let variance = n_canary * n_baseline / 12.0 * ((n + 1.0) - tie_share);
     let (z, p) = if variance.is_finite() && variance > 0.0 {

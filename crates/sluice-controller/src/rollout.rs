@@ -292,15 +292,7 @@ async fn restart(
     }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let hashes: Vec<&str> = views.iter().map(|v| v.hash.as_str()).collect();
-    let selector = rollout
-        .spec
-        .selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = pod_selector(rollout);
     let listed = pods
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -354,6 +346,19 @@ fn whole_second_after(at: Timestamp) -> Timestamp {
     } else {
         Timestamp::from_second(at.as_second() + 1).unwrap_or(at)
     }
+}
+
+/// The label selector of the Rollout's pods, as a list query takes it.
+fn pod_selector(rollout: &Rollout) -> String {
+    rollout
+        .spec
+        .selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Ready for at least `min_ready_seconds`, as the ReplicaSet controller counts availability.
@@ -810,15 +815,7 @@ async fn label_roles(
         .flatten()
         .flat_map(|m| m.annotations.keys())
         .collect();
-    let selector = rollout
-        .spec
-        .selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = pod_selector(rollout);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     for pod in pods
         .list(&ListParams::default().labels(&selector))

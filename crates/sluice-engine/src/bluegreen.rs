@@ -32,8 +32,8 @@ use sluice_api::rollout::{
 
 use crate::canary::{
     AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
-    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, earliest, pause_reason, selector_string,
-    until,
+    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, earliest, history_to_delete, pause_reason,
+    selector_string, until,
 };
 use crate::conditions::{self, ConditionStatus};
 use crate::replicas::Observed;
@@ -328,7 +328,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
     let active = active_hash(&d.status)
         .unwrap_or(current.as_str())
         .to_owned();
-    let delete = history_to_delete(&d, &[&stable, &current, &active]);
+    let delete = history_to_delete(d.s, &d.scale, &[&stable, &current, &active]);
     Plan {
         status: d.status,
         create_current: !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
@@ -747,78 +747,25 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
     d.status.phase = Some(phase);
     d.status.message = Some(message.clone());
 
-    let now = s.now;
-    let generation = s.generation;
-    let conds = &mut d.status.conditions;
-    let (progress_status, progress_reason) = match phase {
-        RolloutPhase::Degraded => (ConditionStatus::False, "RolloutAborted"),
-        RolloutPhase::Paused => (ConditionStatus::Unknown, "RolloutPaused"),
-        RolloutPhase::Progressing => (ConditionStatus::True, "ReplicaSetUpdated"),
-        RolloutPhase::Healthy => (ConditionStatus::True, "NewReplicaSetAvailable"),
-    };
-    let mut set = |type_: &str, status: ConditionStatus, reason: &str| {
-        conditions::set(conds, type_, status, reason, &message, now, generation);
-    };
-    set("Progressing", progress_status, progress_reason);
-    set(
-        "Paused",
-        ConditionStatus::from(paused),
-        if paused {
-            "RolloutPaused"
-        } else {
-            "RolloutResumed"
-        },
-    );
-    set(
-        "Completed",
-        ConditionStatus::from(converged),
-        if converged {
-            "RolloutCompleted"
-        } else {
-            "RolloutInProgress"
-        },
-    );
-    // kstatus: Ready when converged; Reconciling while work remains; Stalled when it cannot go on alone.
-    let stalled = d.status.abort;
-    set(
-        "Ready",
-        ConditionStatus::from(converged),
-        if converged {
-            "Healthy"
-        } else {
-            progress_reason
-        },
-    );
-    set(
-        "Reconciling",
-        ConditionStatus::from(!converged && !stalled && !paused),
-        progress_reason,
-    );
-    set(
-        "Stalled",
-        ConditionStatus::from(stalled),
-        if stalled {
-            "RolloutAborted"
-        } else {
-            "NotStalled"
-        },
-    );
     let available = active_view.available >= replicas;
-    conditions::set(
+    conditions::set_release(
         &mut d.status.conditions,
-        "Available",
-        ConditionStatus::from(available),
-        if available {
-            "AvailableReplicas"
-        } else {
-            "MissingReplicas"
+        &conditions::ReleaseState {
+            phase,
+            paused,
+            converged,
+            stalled: d.status.abort,
+            available: (
+                available,
+                format!(
+                    "{}/{replicas} active pods ({active}) available",
+                    active_view.available
+                ),
+            ),
+            message: &message,
+            now: s.now,
+            generation: s.generation,
         },
-        &format!(
-            "{}/{replicas} active pods ({active}) available",
-            active_view.available
-        ),
-        now,
-        generation,
     );
 }
 
@@ -885,24 +832,6 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
         );
     }
     false
-}
-
-/// Idle ReplicaSets (scaled to zero, no delay running) beyond `revisionHistoryLimit`, oldest first;
-/// never one of `live`.
-fn history_to_delete(d: &Decision<'_>, live: &[&str]) -> Vec<String> {
-    let mut idle: Vec<&ReplicaSetView> =
-        d.s.replica_sets
-            .iter()
-            .filter(|rs| !live.contains(&rs.hash.as_str()))
-            .filter(|rs| rs.replicas == 0 && d.scale.get(&rs.hash).is_none_or(|n| *n == 0))
-            .filter(|rs| rs.scale_down_at.is_none_or(|at| at <= d.s.now))
-            .collect();
-    idle.sort_by_key(|rs| std::cmp::Reverse(rs.created));
-    let keep = usize::try_from(d.s.spec.revision_history_limit).unwrap_or(0);
-    idle.into_iter()
-        .skip(keep)
-        .map(|rs| rs.hash.clone())
-        .collect()
 }
 
 #[cfg(test)]

@@ -407,7 +407,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         scale_for_abort(&mut d, &stable, &current);
         summarize(&mut d, &stable, weight);
     }
-    let delete = history_to_delete(&d, &stable, &current);
+    let delete = history_to_delete(d.s, &d.scale, &[&stable, &current]);
     let traffic = Traffic {
         canary_weight: weight,
         canary_hash: current,
@@ -907,100 +907,22 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
     d.status.phase = Some(phase);
     d.status.message = Some(message.clone());
 
-    let now = s.now;
-    let generation = s.generation;
-    let conds = &mut d.status.conditions;
-    let (progress_status, progress_reason) = match phase {
-        RolloutPhase::Degraded => (ConditionStatus::False, "RolloutAborted"),
-        RolloutPhase::Paused => (ConditionStatus::Unknown, "RolloutPaused"),
-        RolloutPhase::Progressing => (ConditionStatus::True, "ReplicaSetUpdated"),
-        RolloutPhase::Healthy => (ConditionStatus::True, "NewReplicaSetAvailable"),
-    };
-    conditions::set(
-        conds,
-        "Progressing",
-        progress_status,
-        progress_reason,
-        &message,
-        now,
-        generation,
-    );
     let available = stable_view.available >= replicas;
-    conditions::set(
-        conds,
-        "Available",
-        ConditionStatus::from(available),
-        if available {
-            "AvailableReplicas"
-        } else {
-            "MissingReplicas"
+    conditions::set_release(
+        &mut d.status.conditions,
+        &conditions::ReleaseState {
+            phase,
+            paused,
+            converged,
+            stalled: d.status.abort,
+            available: (
+                available,
+                format!("{}/{replicas} stable pods available", stable_view.available),
+            ),
+            message: &message,
+            now: s.now,
+            generation: s.generation,
         },
-        &format!("{}/{replicas} stable pods available", stable_view.available),
-        now,
-        generation,
-    );
-    conditions::set(
-        conds,
-        "Paused",
-        ConditionStatus::from(paused),
-        if paused {
-            "RolloutPaused"
-        } else {
-            "RolloutResumed"
-        },
-        &message,
-        now,
-        generation,
-    );
-    conditions::set(
-        conds,
-        "Completed",
-        ConditionStatus::from(converged),
-        if converged {
-            "RolloutCompleted"
-        } else {
-            "RolloutInProgress"
-        },
-        &message,
-        now,
-        generation,
-    );
-    // kstatus: Ready when converged; Reconciling while work remains; Stalled when it cannot go on alone.
-    let stalled = d.status.abort;
-    conditions::set(
-        conds,
-        "Ready",
-        ConditionStatus::from(converged),
-        if converged {
-            "Healthy"
-        } else {
-            progress_reason
-        },
-        &message,
-        now,
-        generation,
-    );
-    conditions::set(
-        conds,
-        "Reconciling",
-        ConditionStatus::from(!converged && !stalled && !paused),
-        progress_reason,
-        &message,
-        now,
-        generation,
-    );
-    conditions::set(
-        conds,
-        "Stalled",
-        ConditionStatus::from(stalled),
-        if stalled {
-            "RolloutAborted"
-        } else {
-            "NotStalled"
-        },
-        &message,
-        now,
-        generation,
     );
 }
 
@@ -1083,17 +1005,22 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
     false
 }
 
-/// Idle ReplicaSets (scaled to zero, no delay running) beyond `revisionHistoryLimit`, oldest first.
-fn history_to_delete(d: &Decision<'_>, stable: &str, current: &str) -> Vec<String> {
-    let mut idle: Vec<&ReplicaSetView> =
-        d.s.replica_sets
-            .iter()
-            .filter(|rs| rs.hash != stable && rs.hash != current)
-            .filter(|rs| rs.replicas == 0 && d.scale.get(&rs.hash).is_none_or(|n| *n == 0))
-            .filter(|rs| rs.scale_down_at.is_none_or(|at| at <= d.s.now))
-            .collect();
+/// Idle ReplicaSets (scaled to zero by this plan, no delay running) beyond `revisionHistoryLimit`,
+/// oldest first; never one of `live`. Shared with the blue-green state machine.
+pub(crate) fn history_to_delete(
+    s: &Snapshot<'_>,
+    scale: &BTreeMap<String, i32>,
+    live: &[&str],
+) -> Vec<String> {
+    let mut idle: Vec<&ReplicaSetView> = s
+        .replica_sets
+        .iter()
+        .filter(|rs| !live.contains(&rs.hash.as_str()))
+        .filter(|rs| rs.replicas == 0 && scale.get(&rs.hash).is_none_or(|n| *n == 0))
+        .filter(|rs| rs.scale_down_at.is_none_or(|at| at <= s.now))
+        .collect();
     idle.sort_by_key(|rs| std::cmp::Reverse(rs.created));
-    let keep = usize::try_from(d.s.spec.revision_history_limit).unwrap_or(0);
+    let keep = usize::try_from(s.spec.revision_history_limit).unwrap_or(0);
     idle.into_iter()
         .skip(keep)
         .map(|rs| rs.hash.clone())

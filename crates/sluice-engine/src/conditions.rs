@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use sluice_api::rollout::RolloutPhase;
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,4 +64,92 @@ pub fn set(
 /// The condition of type `type_`, if set.
 pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// What a Rollout's conditions are computed from, whatever its strategy.
+pub struct ReleaseState<'a> {
+    pub phase: RolloutPhase,
+    pub paused: bool,
+    /// Released and fully available, nothing left to do.
+    pub converged: bool,
+    /// Stuck until a person acts (aborted).
+    pub stalled: bool,
+    /// Whether the serving version (stable, or active) is fully available, and a sentence saying so.
+    pub available: (bool, String),
+    pub message: &'a str,
+    pub now: Timestamp,
+    pub generation: i64,
+}
+
+/// Sets Progressing, Available, Paused and Completed, and kstatus' Ready (when converged),
+/// Reconciling (while work remains) and Stalled (when it cannot go on alone).
+pub fn set_release(conditions: &mut Vec<Condition>, state: &ReleaseState<'_>) {
+    let (progress_status, progress_reason) = match state.phase {
+        RolloutPhase::Degraded => (ConditionStatus::False, "RolloutAborted"),
+        RolloutPhase::Paused => (ConditionStatus::Unknown, "RolloutPaused"),
+        RolloutPhase::Progressing => (ConditionStatus::True, "ReplicaSetUpdated"),
+        RolloutPhase::Healthy => (ConditionStatus::True, "NewReplicaSetAvailable"),
+    };
+    let (available, available_message) = (&state.available.0, &state.available.1);
+    let pick = |flag: bool, yes: &'static str, no: &'static str| if flag { yes } else { no };
+    let ready_reason = if state.converged {
+        "Healthy"
+    } else {
+        progress_reason
+    };
+    let rows: [(&str, ConditionStatus, &str, &str); 7] = [
+        (
+            "Progressing",
+            progress_status,
+            progress_reason,
+            state.message,
+        ),
+        (
+            "Available",
+            ConditionStatus::from(*available),
+            pick(*available, "AvailableReplicas", "MissingReplicas"),
+            available_message,
+        ),
+        (
+            "Paused",
+            ConditionStatus::from(state.paused),
+            pick(state.paused, "RolloutPaused", "RolloutResumed"),
+            state.message,
+        ),
+        (
+            "Completed",
+            ConditionStatus::from(state.converged),
+            pick(state.converged, "RolloutCompleted", "RolloutInProgress"),
+            state.message,
+        ),
+        (
+            "Ready",
+            ConditionStatus::from(state.converged),
+            ready_reason,
+            state.message,
+        ),
+        (
+            "Reconciling",
+            ConditionStatus::from(!state.converged && !state.stalled && !state.paused),
+            progress_reason,
+            state.message,
+        ),
+        (
+            "Stalled",
+            ConditionStatus::from(state.stalled),
+            pick(state.stalled, "RolloutAborted", "NotStalled"),
+            state.message,
+        ),
+    ];
+    for (type_, status, reason, message) in rows {
+        set(
+            conditions,
+            type_,
+            status,
+            reason,
+            message,
+            state.now,
+            state.generation,
+        );
+    }
 }

@@ -470,6 +470,20 @@ fn render(
     if let Some(message) = &status.message {
         let _ = writeln!(out, "Message:    {message}");
     }
+    if let Some(held) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ReleaseHeld" && c.status == "True")
+    {
+        let _ = writeln!(out, "Held:       {} ({})", held.message, held.reason);
+    }
+    if let Some(bypass) = status.error_budget.as_ref().and_then(|e| e.bypasses.last()) {
+        let _ = writeln!(
+            out,
+            "Bypassed:   {} at {}: {}",
+            bypass.revision, bypass.time.0, bypass.reason
+        );
+    }
     let stable = status.stable_rs.clone().unwrap_or_default();
     let current = status.current_pod_hash.clone().unwrap_or_default();
     let blue_green = rollout.spec.strategy.blue_green.as_ref();

@@ -506,6 +506,49 @@ pub struct RolloutStatus {
     /// Blue-green progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blue_green: Option<BlueGreenStatus>,
+    /// What the ErrorBudgetGates selecting this Rollout decided: the revision they let start, the
+    /// gates holding the release now, and the bypasses used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_budget: Option<ErrorBudgetReleaseStatus>,
+}
+
+/// The ErrorBudgetGates' say on a Rollout's releases.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBudgetReleaseStatus {
+    /// The revision (pod-template hash) whose release the gates let start. A release that started is
+    /// held only at a step boundary (or aborted, if a gate's `inFlightReleases` says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_revision: Option<String>,
+    /// Revisions (pod-template hashes) that were stable, newest last (at most 10): going back to one
+    /// (an undo, a revert) is a rollback, which no gate holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released_revisions: Vec<String>,
+    /// The gates holding the release now, by name; empty while none does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_by: Vec<String>,
+    /// Revisions that went through a holding gate, by the `sluice.dev/bypass-error-budget` annotation
+    /// or the `sluice.dev/critical` mark, newest last (at most 10): the audit trail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bypasses: Vec<ErrorBudgetBypass>,
+}
+
+/// One revision let through holding ErrorBudgetGates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBudgetBypass {
+    /// The revision (pod-template hash) let through.
+    pub revision: String,
+    /// The reason given in `sluice.dev/bypass-error-budget`, or `critical fix` for a revision whose
+    /// pod template carries `sluice.dev/critical: "true"`.
+    pub reason: String,
+    /// The revision was marked critical (rather than bypassed by the annotation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub critical: bool,
+    /// What the holding gates said when it went through.
+    pub message: String,
+    /// When.
+    pub time: Time,
 }
 
 /// The summary state of a Rollout.
@@ -525,7 +568,7 @@ pub enum RolloutPhase {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PauseCondition {
-    /// CanaryPauseStep, BlueGreenPause, InconclusiveAnalysis, PausedByUser or ReleaseHeld.
+    /// CanaryPauseStep, BlueGreenPause, InconclusiveAnalysis or PausedByUser.
     pub reason: String,
     /// When the pause began.
     pub start_time: Time,

@@ -43,7 +43,12 @@ async fn measure(
         Err(problem) => return Ok(Err(problem)),
     };
     let mut measurements = BTreeMap::new();
+    let labels = GateLabels {
+        namespace: namespace.to_owned(),
+        gate: gate.name_any(),
+    };
     for query in plan {
+        ctx.metrics.gate_queries.get_or_create(&labels).inc();
         let ratio = match sluice_analysis::prometheus::query(&connection, &query.promql).await {
             // No series: no events in that window (NaN is how the engine reads "no events").
             Ok(QueryResult::Vector(values)) => values.first().copied().unwrap_or(f64::NAN),
@@ -92,6 +97,24 @@ pub async fn reconcile(gate: Arc<ErrorBudgetGate>, ctx: Arc<Context>) -> Result<
         namespace: namespace.clone(),
         gate: gate.name_any(),
     };
+    ctx.metrics.gate_evaluations.get_or_create(&labels).inc();
+    for burn in &status.burn_rates {
+        for (window, rate) in [
+            (&burn.long_window, burn.long_burn_rate),
+            (&burn.short_window, burn.short_burn_rate),
+        ] {
+            if let Some(rate) = rate {
+                ctx.metrics
+                    .gate_burn_rate
+                    .get_or_create(&crate::metrics::BurnRateLabels {
+                        namespace: namespace.clone(),
+                        gate: gate.name_any(),
+                        window: window.clone(),
+                    })
+                    .set(rate);
+            }
+        }
+    }
     if let Some(remaining) = status.budget_remaining_percent {
         ctx.metrics
             .gate_budget_remaining

@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::DynamicObject;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use sluice_api::analysis::AnalysisRun;
@@ -33,6 +33,7 @@ mod error;
 mod gate;
 mod http;
 mod metrics;
+mod release_gates;
 mod rollout;
 mod rollout_analysis;
 
@@ -80,6 +81,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: metrics::Metrics,
     pub ready: AtomicBool,
+    /// Every ErrorBudgetGate the controller watches, kept by a watch: a Rollout reconcile reads the
+    /// gates selecting it from here, without an API call.
+    pub gates: Store<ErrorBudgetGate>,
 }
 
 #[tokio::main]
@@ -104,11 +108,13 @@ async fn main() -> anyhow::Result<()> {
         controller: FIELD_MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let (gates, gate_writer) = reflector::store::<ErrorBudgetGate>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics::Metrics::default(),
         ready: AtomicBool::new(false),
+        gates,
     });
     tokio::spawn(http::serve(args.http_addr, ctx.clone()));
 
@@ -152,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
-    let run = run_controller(&args, client, ctx);
+    let run = run_controller(&args, client, ctx, gate_writer);
     match lease {
         None => run.await,
         Some((mut leader, task)) => {
@@ -184,7 +190,12 @@ fn default_identity() -> String {
 }
 
 /// Runs the Rollout controller until a termination signal.
-async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
+async fn run_controller(
+    args: &Args,
+    client: Client,
+    ctx: Arc<Context>,
+    gate_writer: reflector::store::Writer<ErrorBudgetGate>,
+) {
     let (rollouts, replica_sets, services, routes): (
         Api<Rollout>,
         Api<ReplicaSet>,
@@ -220,9 +231,48 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
         None => Api::all(client.clone()),
     };
     let rollouts_for_readiness = rollouts.clone();
+    let gates_api: Api<ErrorBudgetGate> = match &args.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // One watch of the gates fills the cache Rollout reconciles read, then passes each change on to
+    // wake the Rollouts it bears on: the cache is always at least as new as the change.
+    let (gate_changes, gate_changes_rx) = futures::channel::mpsc::channel::<ErrorBudgetGate>(256);
+    let gate_watch = reflector::reflector(
+        gate_writer,
+        watcher(gates_api.clone(), watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut gate_changes = gate_changes;
+        let mut gate_watch = std::pin::pin!(gate_watch);
+        while let Some(change) = gate_watch.next().await {
+            match change {
+                Ok(gate) => {
+                    if futures::SinkExt::send(&mut gate_changes, gate)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "watching ErrorBudgetGates failed; retrying"),
+            }
+        }
+    });
+    // A release must not start before the gates that may hold it are known.
+    if ctx.gates.wait_until_ready().await.is_err() {
+        tracing::error!("the ErrorBudgetGate watch stopped before its first full list");
+        return;
+    }
+    tracing::info!(
+        gates = ctx.gates.state().len(),
+        "first full list of ErrorBudgetGates"
+    );
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
     let by_service = store.clone();
+    let gate_trigger = release_gates::GateTrigger::new(store.clone(), ctx.gates.clone());
     let controller = controller
         .owns(
             replica_sets,
@@ -245,6 +295,11 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
                         || canary.stable_service.as_deref() == Some(name)
                 },
             )
+        })
+        // A gate that freezes, opens or changes its selection wakes the Rollouts it selects (and
+        // those it no longer selects) at once; routine evaluations that change nothing do not.
+        .watches_stream(gate_changes_rx.map(Ok), move |gate| {
+            gate_trigger.rollouts_to_reconcile(&gate)
         })
         .shutdown_on_signal();
     let controller = if watch_routes {
@@ -305,11 +360,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>) {
             ctx.clone(),
         )
         .for_each(|_| futures::future::ready(()));
-    let gates: Api<ErrorBudgetGate> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let gates = Controller::new(gates, watcher::Config::default())
+    let gates = Controller::new(gates_api, watcher::Config::default())
         .shutdown_on_signal()
         .run(gate::reconcile, gate::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -66,6 +66,14 @@ pub struct GateLabels {
     pub gate: String,
 }
 
+/// A burn rate of an ErrorBudgetGate, by window.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BurnRateLabels {
+    pub namespace: String,
+    pub gate: String,
+    pub window: String,
+}
+
 /// Everything the operator counts.
 pub struct Metrics {
     pub reconciles: Counter,
@@ -81,6 +89,12 @@ pub struct Metrics {
     pub gate_budget_remaining: Family<GateLabels, Gauge<f64, AtomicU64>>,
     /// 1 while a gate holds releases.
     pub gate_held: Family<GateLabels, Gauge>,
+    /// Burn rate per gate and window (1 spends the budget exactly over the SLO window).
+    pub gate_burn_rate: Family<BurnRateLabels, Gauge<f64, AtomicU64>>,
+    /// Gate evaluations.
+    pub gate_evaluations: Family<GateLabels, Counter>,
+    /// Prometheus queries issued by gate evaluations: a fixed number per evaluation.
+    pub gate_queries: Family<GateLabels, Counter>,
     pub registry: Registry,
 }
 
@@ -95,6 +109,24 @@ impl Default for Metrics {
         let measurements = Family::<MeasurementLabels, Counter>::default();
         let gate_budget_remaining = Family::<GateLabels, Gauge<f64, AtomicU64>>::default();
         let gate_held = Family::<GateLabels, Gauge>::default();
+        let gate_burn_rate = Family::<BurnRateLabels, Gauge<f64, AtomicU64>>::default();
+        let gate_evaluations = Family::<GateLabels, Counter>::default();
+        let gate_queries = Family::<GateLabels, Counter>::default();
+        registry.register(
+            "gate_burn_rate",
+            "Burn rate per ErrorBudgetGate and window (1 spends the budget exactly over the SLO window)",
+            gate_burn_rate.clone(),
+        );
+        registry.register(
+            "gate_evaluations",
+            "ErrorBudgetGate evaluations",
+            gate_evaluations.clone(),
+        );
+        registry.register(
+            "gate_queries",
+            "Prometheus queries issued by ErrorBudgetGate evaluations (a fixed number per evaluation, however many Rollouts a gate selects)",
+            gate_queries.clone(),
+        );
         registry.register(
             "gate_budget_remaining_percent",
             "Error budget left per ErrorBudgetGate, in percent of the budget",
@@ -144,6 +176,9 @@ impl Default for Metrics {
             measurements,
             gate_budget_remaining,
             gate_held,
+            gate_burn_rate,
+            gate_evaluations,
+            gate_queries,
             registry,
         }
     }

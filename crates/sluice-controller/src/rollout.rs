@@ -178,6 +178,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         Timestamp::now(),
         rollout.metadata.generation.unwrap_or(0),
     );
+    let gating = crate::release_gates::gating(&ctx.gates, rollout);
     let snapshot = Snapshot {
         generation: rollout.metadata.generation.unwrap_or(0),
         spec: &rollout.spec,
@@ -187,6 +188,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         step_analysis,
         background_analysis,
         actions,
+        gating: &gating,
         now: Timestamp::now(),
     };
     let mut plan = match strategy {

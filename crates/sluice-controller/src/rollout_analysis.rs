@@ -319,7 +319,9 @@ pub async fn sync(
 ) -> Result<Result<(), String>, Error> {
     let api: Api<AnalysisRun> = Api::namespaced(ctx.client.clone(), namespace);
     let stable = plan.status.stable_rs.clone().unwrap_or_default();
-    let releasing = stable != hash && !plan.status.abort;
+    // A revision the error-budget gates have not let start gets no analysis yet.
+    let releasing =
+        stable != hash && !plan.status.abort && sluice_engine::gate::admitted(&plan.status, hash);
     let index = plan.status.current_step_index.unwrap_or(0);
     let mut wanted: Vec<Wanted<'_>> = Vec::new();
     if let Strategy::BlueGreen(blue_green) = strategy {

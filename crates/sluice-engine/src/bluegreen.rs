@@ -36,6 +36,7 @@ use crate::canary::{
     selector_string, until,
 };
 use crate::conditions::{self, ConditionStatus};
+use crate::gate::{self, Gated};
 use crate::replicas::Observed;
 
 /// Pause reason while the release waits for promotion (a person, or `autoPromotionSeconds`).
@@ -150,6 +151,10 @@ struct Decision<'a> {
     /// The release's analysis runs were dropped in this decision (a new revision, a retry): the
     /// verdicts in the snapshot belong to the old runs and do not count.
     runs_forgotten: bool,
+    /// An error-budget gate holds the release, with this message.
+    held: Option<String>,
+    /// The new revision waits for the gates: no pods yet.
+    waits: bool,
 }
 
 impl Decision<'_> {
@@ -225,6 +230,8 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
         scale: BTreeMap::new(),
         scale_down_at: BTreeMap::new(),
         runs_forgotten: false,
+        held: None,
+        waits: false,
     };
     let current = s.current_hash.to_owned();
 
@@ -282,6 +289,8 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
         d.set_stage(Stage::Preview);
         // The aborted release's runs keep their verdicts; the retry measures afresh.
         forget_release(&mut d);
+        // A retry starts the release again: the gates have their say again.
+        gate::forget_admission(&mut d.status);
         d.event(
             false,
             "RolloutRetried",
@@ -308,8 +317,42 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
         d.event(false, "RolloutResumed", "resumed by a user".to_owned());
     }
 
-    if releasing && !d.status.abort {
+    let going = releasing && !d.status.abort;
+    let gated = gate::gate_release(
+        &mut d.status,
+        s.gating,
+        &current,
+        going,
+        s.now,
+        s.generation,
+        &mut d.events,
+    );
+    if let Gated::Abort { message } = &gated {
+        abort(&mut d, message);
+    }
+    d.held = gated.held().map(str::to_owned);
+    d.waits = matches!(gated, Gated::HoldNew { .. });
+    crate::canary::refuse_promotion_while_held(
+        &mut d.events,
+        d.held.as_deref(),
+        &mut promote,
+        s.actions,
+    );
+
+    if releasing && !d.status.abort && !d.waits {
         walk(&mut d, &mut promote, &stable, &current);
+    }
+    gate::settle(
+        &mut d.status,
+        s.gating,
+        &current,
+        s.now,
+        s.generation,
+        &mut d.events,
+    );
+    if d.status.abort || d.status.stable_rs.as_deref() == Some(current.as_str()) {
+        d.held = None;
+        d.waits = false;
     }
     plan_scale(&mut d, &current);
     summarize(&mut d, &current);
@@ -329,9 +372,10 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
         .unwrap_or(current.as_str())
         .to_owned();
     let delete = history_to_delete(d.s, &d.scale, &[&stable, &current, &active]);
+    let waits = d.waits;
     Plan {
         status: d.status,
-        create_current: !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
+        create_current: !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
         scale: d.scale,
         scale_down_at: d.scale_down_at,
         delete,
@@ -434,6 +478,16 @@ fn walk(d: &mut Decision<'_>, promote: &mut bool, stable: &str, current: &str) {
         d.set_stage(Stage::Preview);
     }
     while !held && !d.status.abort {
+        if d.held.is_some() && d.stage() < Stage::PostPromotionAnalysis {
+            // Held before the switch: the preview stays as it is and active stays on stable. A
+            // failing pre-promotion analysis still aborts; a promotion waits for the gates.
+            if d.stage() == Stage::PrePromotionAnalysis
+                && let Some(AnalysisOutcome::Failed(why)) = verdict(d, Stage::PrePromotionAnalysis)
+            {
+                abort(d, &format!("pre-promotion analysis failed: {why}"));
+            }
+            break;
+        }
         let full = d.status.promote_full;
         let next = match d.stage() {
             Stage::Preview => {
@@ -572,6 +626,8 @@ fn plan_scale(d: &mut Decision<'_>, current: &str) {
     if releasing {
         let n = if d.status.abort {
             aborted_size(d, current)
+        } else if d.waits {
+            0
         } else if d.stage() >= Stage::ScalingUp {
             replicas
         } else {
@@ -687,7 +743,7 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
                 || rs.scale_down_at.is_some()
                 || d.scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
         });
-    let paused = s.spec.paused || !d.status.pause_conditions.is_empty();
+    let paused = s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
     let stage = d.stage();
     let (phase, message) = if d.status.abort {
         let message = d
@@ -697,6 +753,13 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
             .filter(|m| m.starts_with("release aborted"))
             .unwrap_or_else(|| "release aborted; active is back on stable".to_owned());
         (RolloutPhase::Degraded, message)
+    } else if let (true, Some(held)) = (releasing, d.held.as_deref()) {
+        let message = if gate::admitted(&d.status, current) {
+            format!("release held at stage {stage:?}: {held}")
+        } else {
+            format!("new revision {current} waits: {held}")
+        };
+        (RolloutPhase::Paused, message)
     } else if releasing && paused {
         let why = if s.spec.paused {
             "spec.paused".to_owned()
@@ -777,7 +840,7 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
     let previous = d.s.status;
     let now = d.s.now;
     let releasing = stable != current;
-    let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty();
+    let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
     let progressed = previous.current_pod_hash != d.status.current_pod_hash
         || previous.current_step_index != d.status.current_step_index
         || previous.updated_replicas != d.status.updated_replicas
@@ -925,6 +988,7 @@ mod tests {
                 step_analysis: self.pre.clone(),
                 background_analysis: self.post.clone(),
                 actions,
+                gating: &crate::gate::Gating::default(),
                 now: self.now,
             };
             let plan = decide(&snapshot, &bg);

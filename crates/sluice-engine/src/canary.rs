@@ -18,6 +18,7 @@ use sluice_api::rollout::{
 
 use crate::conditions::{self, ConditionStatus};
 use crate::duration;
+use crate::gate::{self, Gated, Gating};
 use crate::replicas::{self, Counts, Observed};
 
 /// Default seconds an old stable ReplicaSet is kept after traffic left it (with a traffic router).
@@ -97,6 +98,8 @@ pub struct Snapshot<'a> {
     /// The background analysis of this release, if it was started.
     pub background_analysis: Option<AnalysisOutcome>,
     pub actions: Actions,
+    /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
+    pub gating: &'a Gating,
     pub now: Timestamp,
 }
 
@@ -209,6 +212,8 @@ struct Decision<'a> {
     /// The release's analysis runs were dropped in this decision (a new revision, a retry): the
     /// verdicts in the snapshot belong to the old runs and do not count.
     runs_forgotten: bool,
+    /// An error-budget gate holds the release, with this message.
+    held: Option<String>,
 }
 
 impl<'a> Decision<'a> {
@@ -278,6 +283,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         scale: BTreeMap::new(),
         scale_down_at: BTreeMap::new(),
         runs_forgotten: false,
+        held: None,
     };
     let steps = &canary.steps;
     let step_count = i32::try_from(steps.len()).unwrap_or(i32::MAX);
@@ -339,6 +345,8 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         d.status.pause_conditions.clear();
         // The aborted release's runs keep their verdicts; the retry measures afresh.
         forget_analysis_runs(&mut d);
+        // A retry starts the release again: the gates have their say again.
+        gate::forget_admission(&mut d.status);
         d.event(
             false,
             "RolloutRetried",
@@ -365,6 +373,13 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         d.event(false, "RolloutResumed", "resumed by a user".to_owned());
     }
 
+    let gated = gate_release(&mut d, releasing);
+    if let Gated::Abort { message } = &gated {
+        abort(&mut d, message);
+    }
+    d.held = gated.held().map(str::to_owned);
+    refuse_promotion_while_held(&mut d.events, d.held.as_deref(), &mut promote, s.actions);
+
     let mut weight;
     if !releasing {
         weight = 0;
@@ -373,6 +388,12 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
     } else if d.status.abort {
         weight = 0;
         scale_for_abort(&mut d, &stable, &current);
+    } else if matches!(gated, Gated::HoldNew { .. }) {
+        // The new revision waits: stable serves everything, the new ReplicaSet has no pods.
+        weight = 0;
+        d.scale.insert(stable.clone(), s.spec.replicas);
+        d.scale.insert(current.clone(), 0);
+        scale_down_others(&mut d, &stable, &current);
     } else {
         judge_background(&mut d, &mut promote);
         let (index, w) = walk_steps(&mut d, &mut promote);
@@ -399,6 +420,17 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
     if stable == current {
         weight = 0;
     }
+    gate::settle(
+        &mut d.status,
+        s.gating,
+        &current,
+        s.now,
+        s.generation,
+        &mut d.events,
+    );
+    if d.status.abort || stable == current {
+        d.held = None;
+    }
     summarize(&mut d, &stable, weight);
     if check_progress(&mut d, &stable, &current) {
         // The deadline aborted the release: traffic back to stable now, not on the next reconcile.
@@ -413,15 +445,54 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         canary_hash: current,
         stable_hash: stable,
     };
+    let waits = matches!(gated, Gated::HoldNew { .. });
     Plan {
         status: d.status,
-        create_current: !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
+        create_current: !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
         scale: d.scale,
         scale_down_at: d.scale_down_at,
         delete,
         traffic,
         events: d.events,
         requeue_after: d.requeue_after,
+    }
+}
+
+/// Asks the gates about the release of the current revision (shared with blue-green in spirit: each
+/// strategy decides what a hold means for its own steps).
+fn gate_release(d: &mut Decision<'_>, releasing: bool) -> Gated {
+    let s = d.s;
+    let going = releasing && !d.status.abort;
+    gate::gate_release(
+        &mut d.status,
+        s.gating,
+        s.current_hash,
+        going,
+        s.now,
+        s.generation,
+        &mut d.events,
+    )
+}
+
+/// A promotion does not get past a holding gate (a bypass does): the request is refused with an
+/// Event saying how to bypass. `promote --full` stays recorded and goes ahead once released.
+pub(crate) fn refuse_promotion_while_held(
+    events: &mut Vec<Event>,
+    held: Option<&str>,
+    promote: &mut bool,
+    actions: Actions,
+) {
+    let Some(held) = held else { return };
+    if *promote || actions.promote_full {
+        *promote = false;
+        events.push(Event {
+            warning: true,
+            reason: "PromotionHeld",
+            message: format!(
+                "promotion waits: an error-budget gate holds the release ({held}); the {} annotation with a reason lets this revision through",
+                gate::BYPASS_ANNOTATION
+            ),
+        });
     }
 }
 
@@ -481,7 +552,8 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
     let mut index = usize::try_from(d.status.current_step_index.unwrap_or(0))
         .unwrap_or(0)
         .min(steps.len());
-    if d.status.promote_full {
+    // A hold keeps a full promotion waiting too: it is recorded and goes ahead once released.
+    if d.status.promote_full && d.held.is_none() {
         return (steps.len(), d.previous_weight());
     }
     let held = d.s.spec.paused
@@ -528,7 +600,8 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
                     d.requeue_after = earliest(d.requeue_after, until(d.s.now, ends));
                 }
             }
-            if done {
+            // Under a hold the pause stays recorded (with its start), so that it is not counted again.
+            if done && d.held.is_none() {
                 d.remove_pause(pause_reason::CANARY_PAUSE_STEP);
                 d.status.controller_pause = false;
             }
@@ -560,7 +633,7 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
                 }
                 Some(AnalysisOutcome::Running) | None => done = std::mem::take(promote),
             }
-            if done {
+            if done && d.held.is_none() {
                 d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
                 d.status.controller_pause = !d.status.pause_conditions.is_empty();
             }
@@ -569,6 +642,10 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
             done = true;
         }
         if !done {
+            break;
+        }
+        if d.held.is_some() {
+            // Held at the step boundary: the step ran to its end, the next one does not start.
             break;
         }
         index += 1;
@@ -861,7 +938,7 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
                 || rs.scale_down_at.is_some()
                 || d.scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
         });
-    let paused = s.spec.paused || !d.status.pause_conditions.is_empty();
+    let paused = s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
     let (phase, message) = if d.status.abort {
         let message = d
             .status
@@ -869,6 +946,13 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
             .clone()
             .unwrap_or_else(|| "release aborted".to_owned());
         (RolloutPhase::Degraded, message)
+    } else if let (true, Some(held)) = (releasing, d.held.as_deref()) {
+        let message = if gate::admitted(&d.status, s.current_hash) {
+            format!("release held after step {index}/{steps}: {held}")
+        } else {
+            format!("new revision {} waits: {held}", s.current_hash)
+        };
+        (RolloutPhase::Paused, message)
     } else if releasing && paused {
         let reasons: Vec<&str> = d
             .status
@@ -934,7 +1018,7 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
     let previous = d.s.status;
     let now = d.s.now;
     let releasing = stable != current;
-    let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty();
+    let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
     let progressed = previous.current_pod_hash != d.status.current_pod_hash
         || previous.current_step_index != d.status.current_step_index
         // Only the new revision's pods count: old ReplicaSets winding down are not progress.

@@ -9,9 +9,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
+use sluice_api::gate::{
+    BudgetThresholds, ErrorBudgetGateStatus, GateState, InFlightPolicy, UnknownPolicy,
+};
 use sluice_api::rollout::{BlueGreenStrategy, RolloutSpec, RolloutStatus, RolloutStrategy};
 use sluice_engine::bluegreen::{self, wants_post_promotion_analysis, wants_pre_promotion_analysis};
 use sluice_engine::canary::{Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::gate::{self, GatePolicy, GateView, Gating};
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -28,6 +32,9 @@ enum Event {
     Pre(u8),
     /// A post-promotion verdict, if that run is wanted.
     Post(u8),
+    /// The error-budget gate selecting the Rollout: 0 none, 1 Open, 2 Frozen, 3 Unknown; with the
+    /// in-flight policy 0 HoldAtNextStep, 1 Abort, 2 Continue.
+    Gate(u8, u8),
 }
 
 fn event_strategy() -> impl Strategy<Value = Event> {
@@ -43,6 +50,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         1 => Just(Event::Resume),
         2 => (0..4u8).prop_map(Event::Pre),
         2 => (0..4u8).prop_map(Event::Post),
+        2 => (0..4u8, 0..3u8).prop_map(|(g, p)| Event::Gate(g, p)),
     ]
 }
 
@@ -167,6 +175,30 @@ struct World {
     post: Option<AnalysisOutcome>,
     /// A second revision was ever set: from then on, active must always be fully available.
     released: bool,
+    gating: Gating,
+}
+
+fn gate_view(state: GateState, in_flight: InFlightPolicy) -> GateView {
+    GateView {
+        name: "slo".into(),
+        status: Some(ErrorBudgetGateStatus {
+            state: Some(state),
+            budget_remaining_percent: Some(6.0),
+            ..ErrorBudgetGateStatus::default()
+        }),
+        thresholds: BudgetThresholds::default(),
+        policy: GatePolicy {
+            on_unknown: UnknownPolicy::Hold,
+            in_flight,
+        },
+    }
+}
+
+fn held(status: &RolloutStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "ReleaseHeld" && c.status == "True")
 }
 
 const HASHES: [&str; 3] = ["aaaa", "bbbb", "cccc"];
@@ -183,6 +215,7 @@ impl World {
             pre: None,
             post: None,
             released: false,
+            gating: Gating::default(),
         }
     }
 
@@ -214,6 +247,7 @@ impl World {
             step_analysis: self.pre.clone(),
             background_analysis: self.post.clone(),
             actions,
+            gating: &self.gating,
             now: self.now,
         };
         bluegreen::decide(&snapshot, self.strategy())
@@ -325,6 +359,15 @@ fn check(
             status.current_step_index
         );
     }
+    // A new revision held by a gate gets no pods; a release held before the switch does not switch.
+    if releasing && held(status) {
+        if !gate::admitted(status, &world.current) {
+            prop_assert_eq!(planned(&world.current), 0, "pods for a held revision");
+        }
+        if held(before) && bluegreen::stage(before) < bluegreen::Stage::PostPromotionAnalysis {
+            prop_assert_eq!(active, &stable, "switched while held");
+        }
+    }
     // The switch happens only once the new version is fully available.
     if releasing && *active == world.current {
         prop_assert!(!status.abort);
@@ -385,6 +428,19 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
             }
             Event::Post(v) if wants_post_promotion_analysis(&world.status, world.strategy()) => {
                 world.post = Some(outcome(*v));
+            }
+            Event::Gate(g, p) => {
+                let policy = match p {
+                    0 => InFlightPolicy::HoldAtNextStep,
+                    1 => InFlightPolicy::Abort,
+                    _ => InFlightPolicy::Continue,
+                };
+                world.gating.gates = match g {
+                    0 => vec![],
+                    1 => vec![gate_view(GateState::Open, policy)],
+                    2 => vec![gate_view(GateState::Frozen, policy)],
+                    _ => vec![gate_view(GateState::Unknown, policy)],
+                };
             }
             _ => {}
         }

@@ -3,13 +3,16 @@
 //! real decision code against a small simulated cluster, and the safety invariants are checked after
 //! every reconcile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
+use sluice_api::gate::{
+    BudgetThresholds, ErrorBudgetGateStatus, GateState, InFlightPolicy, UnknownPolicy,
+};
 use sluice_api::rollout::{
     CanaryStep, CanaryStrategy, GatewayApiRouting, PauseStep, RolloutSpec, RolloutStatus,
     RolloutStrategy, SetCanaryScale, TrafficRouting,
@@ -17,6 +20,7 @@ use sluice_api::rollout::{
 use sluice_engine::canary::{
     self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot, step_weight,
 };
+use sluice_engine::gate::{self, GatePolicy, GateView, Gating};
 use sluice_engine::replicas;
 
 #[derive(Clone, Debug)]
@@ -40,6 +44,10 @@ enum Event {
     Resume,
     Verdict(u8),
     Background(u8),
+    /// The error-budget gate selecting the Rollout: 0 none, 1 Open, 2 Frozen, 3 CriticalOnly, 4 Unknown.
+    Gate(u8),
+    /// The bypass annotation: 0 removed, else set with reason `n`.
+    Bypass(u8),
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -64,6 +72,8 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         1 => Just(Event::Resume),
         2 => (0..4u8).prop_map(Event::Verdict),
         1 => (0..4u8).prop_map(Event::Background),
+        2 => (0..5u8).prop_map(Event::Gate),
+        1 => (0..3u8).prop_map(Event::Bypass),
     ]
 }
 
@@ -197,6 +207,35 @@ struct World {
     /// The verdict of the analysis run of one step (by index).
     verdict: Option<(i32, AnalysisOutcome)>,
     background: Option<AnalysisOutcome>,
+    /// The gates selecting the Rollout.
+    gating: Gating,
+    /// What a holding gate does to a release in flight, drawn per case.
+    in_flight: InFlightPolicy,
+    /// Revisions that have been stable.
+    released: BTreeSet<String>,
+}
+
+fn gate_view(state: GateState, in_flight: InFlightPolicy) -> GateView {
+    GateView {
+        name: "slo".into(),
+        status: Some(ErrorBudgetGateStatus {
+            state: Some(state),
+            budget_remaining_percent: Some(6.0),
+            ..ErrorBudgetGateStatus::default()
+        }),
+        thresholds: BudgetThresholds::default(),
+        policy: GatePolicy {
+            on_unknown: UnknownPolicy::Hold,
+            in_flight,
+        },
+    }
+}
+
+fn held(status: &RolloutStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "ReleaseHeld" && c.status == "True")
 }
 
 const HASHES: [&str; 3] = ["aaaa", "bbbb", "cccc"];
@@ -231,6 +270,7 @@ impl World {
                 .map(|(_, outcome)| outcome),
             background_analysis: self.background.clone(),
             actions,
+            gating: &self.gating,
             now: self.now,
         };
         canary::decide(
@@ -268,6 +308,9 @@ impl World {
             self.rss.remove(hash);
         }
         self.status = plan.status.clone();
+        if let Some(stable) = &self.status.stable_rs {
+            self.released.insert(stable.clone());
+        }
     }
 }
 
@@ -355,6 +398,29 @@ fn check(
             "stable not at full size outside a release"
         );
     }
+    // A new revision held by a gate gets no pods and no traffic; stable serves at full size.
+    if releasing && held(status) && !gate::admitted(status, &world.current) {
+        prop_assert_eq!(weight, 0, "traffic on a held revision");
+        prop_assert_eq!(planned(&world.current), 0, "pods for a held revision");
+        prop_assert_eq!(planned(&stable), r, "stable shrank for a held revision");
+    }
+    // A release held in flight goes no further than the step it was on.
+    if held(before)
+        && held(status)
+        && before.current_pod_hash.as_deref() == Some(world.current.as_str())
+        && before.current_step_index < Some(i32::try_from(canary_spec.steps.len()).unwrap_or(0))
+        && !actions.retry
+    {
+        prop_assert_eq!(
+            status.current_step_index,
+            before.current_step_index,
+            "a held release moved on"
+        );
+    }
+    // Going back to a revision that was stable is never held.
+    if world.released.contains(&world.current) {
+        prop_assert!(!held(status), "a rollback to {} was held", world.current);
+    }
     // The step index never goes back within a revision, except by an explicit retry.
     if before.current_pod_hash.as_deref() == Some(world.current.as_str()) && !actions.retry {
         let old = before.current_step_index.unwrap_or(0);
@@ -414,6 +480,18 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
             }
             Event::Verdict(v) => {
                 world.verdict = world.status.current_step_index.map(|i| (i, outcome(*v)))
+            }
+            Event::Gate(g) => {
+                world.gating.gates = match g {
+                    0 => vec![],
+                    1 => vec![gate_view(GateState::Open, world.in_flight)],
+                    2 => vec![gate_view(GateState::Frozen, world.in_flight)],
+                    3 => vec![gate_view(GateState::CriticalOnly, world.in_flight)],
+                    _ => vec![gate_view(GateState::Unknown, world.in_flight)],
+                };
+            }
+            Event::Bypass(b) => {
+                world.gating.bypass_reason = (*b > 0).then(|| format!("incident {b}"));
             }
             _ => {}
         }
@@ -495,6 +573,11 @@ proptest! {
         unavailable in 0..=3i32,
         events in prop::collection::vec(event_strategy(), 1..80),
         limits in limits_strategy(),
+        in_flight in prop_oneof![
+            Just(InFlightPolicy::HoldAtNextStep),
+            Just(InFlightPolicy::Abort),
+            Just(InFlightPolicy::Continue),
+        ],
     ) {
         let spec = spec(replicas, &steps, routed, surge, unavailable, limits);
         let mut world = World {
@@ -506,6 +589,9 @@ proptest! {
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             verdict: None,
             background: None,
+            gating: Gating::default(),
+            in_flight,
+            released: BTreeSet::new(),
         };
         // The first revision becomes stable before the history starts.
         run(&mut world, &[Event::PodsReady, Event::PodsReady])?;
@@ -530,6 +616,9 @@ proptest! {
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             verdict: None,
             background: None,
+            gating: Gating::default(),
+            in_flight: InFlightPolicy::HoldAtNextStep,
+            released: BTreeSet::new(),
         };
         run(&mut world, &[Event::PodsReady, Event::PodsReady, Event::NewTemplate(1, true)])?;
         for _ in 0..200 {

@@ -81,8 +81,7 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "sluice.dev/pod-template-hash";
         name = "Message",
         type_ = "string",
         json_path = ".status.message",
-        priority = 1,
-        description = "Why the release is where it is"
+        description = "Why the release is where it is (e.g. which gate holds it and when it resumes)"
     ),
     printcolumn(
         name = "Age",

@@ -15,6 +15,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod slo_history;
+
+pub use slo_history::{SLO_METRIC, SloHistory, SloPrometheus, Stretch};
+
 /// Label on every namespace the tests create.
 pub const TEST_LABEL: &str = "sluice.dev/e2e";
 

@@ -262,6 +262,7 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
             "STEP",
             "WEIGHT",
             "PHASE",
+            "MESSAGE",
             "AGE"
         ]
     );

@@ -10,5 +10,6 @@ mod gate;
 mod leader;
 mod operator;
 mod plugin;
+mod slo_history;
 mod traffic;
 mod validation;

@@ -372,7 +372,8 @@ pub fn evaluate(
             );
             let message = state_message(spec, state, reason, budget, &burn_rates);
             status.error_ratio = Some(error_ratio);
-            status.budget_remaining_percent = Some(budget);
+            // Thousandths of a point: far finer than any threshold, and readable in `kubectl get`.
+            status.budget_remaining_percent = Some((budget * 1000.0).round() / 1000.0);
             status.burn_rates = burn_rates;
             (state, reason, message)
         }
@@ -415,6 +416,31 @@ pub fn evaluate(
         CONDITION_READY,
         ConditionStatus::from(ready),
         reason,
+        &message,
+        now,
+        generation,
+    );
+    // kstatus: an evaluated gate is never mid-way; one whose spec cannot be evaluated is stuck until
+    // a person fixes it.
+    conditions::set(
+        &mut status.conditions,
+        "Reconciling",
+        ConditionStatus::False,
+        "Evaluated",
+        &message,
+        now,
+        generation,
+    );
+    let stalled = reason == REASON_INVALID_SPEC;
+    conditions::set(
+        &mut status.conditions,
+        "Stalled",
+        ConditionStatus::from(stalled),
+        if stalled {
+            REASON_INVALID_SPEC
+        } else {
+            "Evaluated"
+        },
         &message,
         now,
         generation,

@@ -232,6 +232,43 @@ spec:
       scaleDownDelaySeconds: 5
 "#;
 
+/// A service failing 3% of its requests against a 99% objective, and the ErrorBudgetGate over it.
+/// `PROMETHEUS` is replaced by the cluster's address.
+const DEMO_GATE: &str = r#"apiVersion: sluice.dev/v1alpha1
+kind: ErrorBudgetGate
+metadata: {name: cart-slo}
+spec:
+  selector: {matchLabels: {slo: cart}}
+  objective: 99
+  window: 10m
+  evaluationInterval: 2s
+  sli:
+    events:
+      errorQuery: sum(increase(sim_http_requests_total{namespace="sluice-demo",app="cart",code="500"}[{{window}}]))
+      totalQuery: sum(increase(sim_http_requests_total{namespace="sluice-demo",app="cart"}[{{window}}]))
+  prometheus: {address: PROMETHEUS}
+"#;
+
+const DEMO_GATED_ROLLOUT: &str = r#"apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: cart
+  labels: {slo: cart}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: cart}}
+  template:
+    metadata:
+      labels: {app: cart}
+      annotations: {sim.sluice.dev/error-rate: "0.03"}
+    spec: {containers: [{name: cart, image: "registry.example/cart:1.0.0"}]}
+  strategy:
+    canary:
+      steps:
+      - setWeight: 50
+      - pause: {duration: 2s}
+"#;
+
 /// Starts the traffic simulator for the demo namespace and points Prometheus at it.
 fn start_simulator(root: &Path, cluster: &Cluster) -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -300,13 +337,14 @@ fn rollout_line(cluster: &Cluster, name: &str) -> Result<(String, String)> {
         "-n",
         NAMESPACE,
         "-o",
-        "jsonpath={.status.phase}|{.status.stepProgress}|{.status.blueGreen.activeSelector}|{.status.blueGreen.previewSelector}|{.status.message}",
+        "jsonpath={.status.phase}|{.status.stepProgress}|{.status.blueGreen.activeSelector}|{.status.blueGreen.previewSelector}|{.status.canary.weights.canary.weight}|{.status.message}",
     ])?;
-    let mut parts = fields.splitn(5, '|');
+    let mut parts = fields.splitn(6, '|');
     let phase = parts.next().unwrap_or_default().to_owned();
     let step = parts.next().unwrap_or_default().to_owned();
     let active = parts.next().unwrap_or_default().to_owned();
     let preview = parts.next().unwrap_or_default().to_owned();
+    let canary_weight = parts.next().unwrap_or_default().to_owned();
     let message = parts.next().unwrap_or_default().to_owned();
     let colour = match phase.as_str() {
         "Healthy" => GREEN,
@@ -317,6 +355,21 @@ fn rollout_line(cluster: &Cluster, name: &str) -> Result<(String, String)> {
     if !active.is_empty() {
         let line = format!(
             "{colour}{phase:<11}{RESET} active {active:<10} preview {preview:<10}  {DIM}{message}{RESET}"
+        );
+        return Ok((phase, line));
+    }
+    let routed = get(&[
+        "get",
+        "rollout",
+        name,
+        "-n",
+        NAMESPACE,
+        "-o",
+        "jsonpath={.spec.strategy.canary.trafficRouting.gatewayAPI.httpRoute}",
+    ])?;
+    if routed.is_empty() {
+        let line = format!(
+            "{colour}{phase:<11}{RESET} step {step:<5} canary weight {canary_weight:>3}%          {DIM}{message}{RESET}"
         );
         return Ok((phase, line));
     }
@@ -572,12 +625,63 @@ pub fn run(root: &Path) -> Result<()> {
         3,
     )?;
 
+    heading(
+        "An ErrorBudgetGate: a service failing 3% of its requests has spent its 1% budget, so its next release waits",
+    );
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        DEMO_GATED_ROLLOUT,
+    )?;
+    follow(&cluster, "cart", |phase, _| phase == "Healthy")?;
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        &DEMO_GATE.replace("PROMETHEUS", &cluster.prometheus_url),
+    )?;
+    wait_for_gate(&cluster, "cart-slo")?;
+    show(&cluster, &["get", "errorbudgetgates", "-n", NAMESPACE], 5)?;
+    set_image(&cluster, "cart", "registry.example/cart:2.0.0")?;
+    follow(&cluster, "cart", |phase, _| phase == "Paused")?;
+    show(&cluster, &["get", "ro", "cart", "-n", NAMESPACE], 5)?;
+    println!(
+        "  {DIM}below 5% of budget only a revision marked critical passes; its pod template says so, and the pass is recorded{RESET}"
+    );
+    show(
+        &cluster,
+        &[
+            "-n",
+            NAMESPACE,
+            "patch",
+            "rollout",
+            "cart",
+            "--type=merge",
+            r#"-p={"spec":{"template":{"metadata":{"annotations":{"sluice.dev/critical":"true"}}}}}"#,
+        ],
+        3,
+    )?;
+    let passed = std::cell::Cell::new(false);
+    follow(&cluster, "cart", |phase, _| {
+        passed.set(passed.get() || phase != "Paused");
+        passed.get() && phase == "Healthy"
+    })?;
+    show(
+        &cluster,
+        &[
+            "get",
+            "events",
+            "-n",
+            NAMESPACE,
+            "--field-selector",
+            "involvedObject.name=cart",
+            "--sort-by=.metadata.creationTimestamp",
+        ],
+        14,
+    )?;
+
     heading("The samples in config/");
     show(&cluster, &["apply", "-n", NAMESPACE, "-f", "config/"], 20)?;
     show(&cluster, &["get", "ro", "-n", NAMESPACE], 10)?;
-    println!(
-        "  {DIM}(the operator does not yet act on ErrorBudgetGates: their controller comes next){RESET}"
-    );
 
     heading("A manifest with mistakes is refused at apply time, naming each field");
     let out = kubectl(
@@ -605,6 +709,33 @@ pub fn run(root: &Path) -> Result<()> {
     println!("  kubectl sluice get rollout web -n {NAMESPACE} --watch");
     println!("Stop both with `cargo xtask cluster down`.");
     Ok(())
+}
+
+/// Waits until gate `name` has been evaluated and holds releases.
+fn wait_for_gate(cluster: &Cluster, name: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let out = cluster
+            .kubectl()
+            .args([
+                "get",
+                "errorbudgetgate",
+                name,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.state}",
+            ])
+            .output()?;
+        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if matches!(state.as_str(), "Frozen" | "CriticalOnly") {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            bail!("gate {name} is still {state:?} after 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn kubectl_ok(cluster: &Cluster, args: &[&str], stdin: &str) -> Result<()> {

@@ -82,20 +82,35 @@ async fn kubectl_sluice_drives_a_release() -> Result<()> {
     )
     .await?;
     phase_is(&api, "a pause at 50%", RolloutPhase::Paused).await?;
-    let view = ok(sluice(&ns.name, &["get", "rollout", "web"])?)?;
-    for expected in [
+    let expected = [
         "⏸ Paused",
         "✔ 1. setWeight: 50",
         "▶ 2. pause: until promoted",
         "[canary] 1/1 available",
         "[stable] 1/1 available",
         "registry.example/web:2.0.0",
-    ] {
-        ensure!(
-            view.contains(expected),
-            "`get rollout` lacks {expected:?}:\n{view}"
-        );
-    }
+    ];
+    // The old ReplicaSet's status may still count the pod it is removing for a moment.
+    let mut last = String::new();
+    let shown = eventually(
+        "`get rollout` to show the pause",
+        Duration::from_secs(30),
+        || {
+            let view = sluice(&ns.name, &["get", "rollout", "web"]).and_then(ok);
+            if let Ok(view) = &view {
+                last.clone_from(view);
+            }
+            async move {
+                let view = view?;
+                Ok(expected.iter().all(|e| view.contains(e)).then_some(()))
+            }
+        },
+    )
+    .await;
+    ensure!(
+        shown.is_ok(),
+        "`get rollout` lacks one of {expected:?}:\n{last}"
+    );
 
     // pause / resume are recorded as a reason of their own.
     ok(sluice(&ns.name, &["pause", "web"])?)?;

@@ -125,3 +125,115 @@ impl GateTrigger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector::{self, store::Writer};
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+    use sluice_api::gate::GateState;
+
+    use super::*;
+
+    fn gate(state: GateState, budget: f64) -> ErrorBudgetGate {
+        let mut gate: ErrorBudgetGate = serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate",
+            "metadata": {"name": "slo", "namespace": "shop", "generation": 1},
+            "spec": {
+                "selector": {"matchLabels": {"slo": "checkout"}},
+                "objective": 99.9,
+                "sli": {"events": {"errorQuery": "e[{{window}}]", "totalQuery": "t[{{window}}]"}},
+                "prometheus": {"address": "http://prometheus:9090"}
+            }
+        }))
+        .expect("gate");
+        gate.status = Some(sluice_api::gate::ErrorBudgetGateStatus {
+            state: Some(state),
+            budget_remaining_percent: Some(budget),
+            ..Default::default()
+        });
+        gate
+    }
+
+    fn rollout(name: &str, slo: &str) -> Rollout {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"slo": slo}},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "strategy": {"canary": {}}}
+        }))
+        .expect("rollout")
+    }
+
+    fn apply<K>(writer: &mut Writer<K>, object: K)
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        writer.apply_watcher_event(&Event::Apply(object));
+    }
+
+    fn names(refs: &[ObjectRef<Rollout>]) -> Vec<String> {
+        let mut names: Vec<String> = refs.iter().map(|r| r.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_changes_a_release_decision_reads_wake_the_selected_rollouts() {
+        let (rollouts, mut rollout_writer) = reflector::store::<Rollout>();
+        let (gates, mut gate_writer) = reflector::store::<ErrorBudgetGate>();
+        apply(&mut rollout_writer, rollout("a", "checkout"));
+        apply(&mut rollout_writer, rollout("b", "checkout"));
+        apply(&mut rollout_writer, rollout("c", "search"));
+        let trigger = GateTrigger::new(rollouts, gates.clone());
+
+        let frozen = gate(GateState::Frozen, 6.02);
+        apply(&mut gate_writer, frozen.clone());
+        assert_eq!(names(&trigger.rollouts_to_reconcile(&frozen)), ["a", "b"]);
+        // A routine evaluation: same state, budget within a tenth of a point.
+        let again = gate(GateState::Frozen, 6.04);
+        apply(&mut gate_writer, again.clone());
+        assert!(trigger.rollouts_to_reconcile(&again).is_empty());
+        // The budget moves: the hold message changes.
+        let lower = gate(GateState::Frozen, 5.5);
+        apply(&mut gate_writer, lower.clone());
+        assert_eq!(names(&trigger.rollouts_to_reconcile(&lower)), ["a", "b"]);
+        // `a` leaves the selection: it is woken too, to drop its hold.
+        apply(&mut rollout_writer, rollout("a", "other"));
+        assert_eq!(names(&trigger.rollouts_to_reconcile(&lower)), ["a", "b"]);
+        assert!(trigger.rollouts_to_reconcile(&lower).is_empty());
+        // Deleted: the Rollouts it selected are woken.
+        gate_writer.apply_watcher_event(&Event::Delete(lower.clone()));
+        assert_eq!(names(&trigger.rollouts_to_reconcile(&lower)), ["b"]);
+        assert!(gating(&gates, &rollout("b", "checkout")).gates.is_empty());
+    }
+
+    #[test]
+    fn gating_reads_the_bypass_from_the_rollout_and_the_critical_mark_from_its_template() {
+        let (gates, mut gate_writer) = reflector::store::<ErrorBudgetGate>();
+        apply(&mut gate_writer, gate(GateState::CriticalOnly, 2.0));
+        let mut r = rollout("a", "checkout");
+        r.metadata.annotations = Some(
+            [(
+                "sluice.dev/bypass-error-budget".to_owned(),
+                " INC-1 ".to_owned(),
+            )]
+            .into(),
+        );
+        r.spec.template = Some(
+            serde_json::from_value(
+                json!({"metadata": {"annotations": {"sluice.dev/critical": "true"}}}),
+            )
+            .expect("template"),
+        );
+        let gating = gating(&gates, &r);
+        assert_eq!(gating.gates.len(), 1);
+        assert_eq!(gating.bypass_reason.as_deref(), Some("INC-1"));
+        assert!(gating.critical);
+        assert!(
+            super::gating(&gates, &rollout("c", "search"))
+                .gates
+                .is_empty()
+        );
+    }
+}

@@ -12,6 +12,9 @@ pub enum Error {
     /// The Rollout has no namespace (it is namespaced; this cannot happen with a real API server).
     #[error("Rollout {0} has no namespace")]
     NoNamespace(String),
+    /// The reconcile took longer than this (an API request that does not answer); retried.
+    #[error("reconcile did not finish within {0:?}; retrying")]
+    Timeout(std::time::Duration),
 }
 
 impl Error {
@@ -21,6 +24,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Serialization(_) => "serialization",
             Self::NoNamespace(_) => "no_namespace",
+            Self::Timeout(_) => "timeout",
         }
     }
 }

@@ -51,11 +51,17 @@ pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
 const RESYNC: Duration = Duration::from_secs(300);
 /// How often to look at pods while a restart replaces them (pods are not watched).
 const RESTART_POLL: Duration = Duration::from_secs(1);
+/// A reconcile that takes longer is abandoned and retried: an API request that never answers (the
+/// client's own read timeout is minutes) must not leave a release unattended. Abandoning one midway
+/// is as safe as a crash: the next reconcile starts again from status and what it observes.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_rollout(&rollout, &ctx).await;
+    let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_rollout(&rollout, &ctx))
+        .await
+        .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());

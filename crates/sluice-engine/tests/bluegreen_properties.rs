@@ -3,19 +3,21 @@
 //! post-promotion verdicts) are driven through the real decision code against a small simulated
 //! cluster, and the safety invariants are checked after every reconcile.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
-use sluice_api::gate::{
-    BudgetThresholds, ErrorBudgetGateStatus, GateState, InFlightPolicy, UnknownPolicy,
-};
+use sluice_api::gate::{GateState, InFlightPolicy};
 use sluice_api::rollout::{BlueGreenStrategy, RolloutSpec, RolloutStatus, RolloutStrategy};
 use sluice_engine::bluegreen::{self, wants_post_promotion_analysis, wants_pre_promotion_analysis};
 use sluice_engine::canary::{Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
-use sluice_engine::gate::{self, GatePolicy, GateView, Gating};
+use sluice_engine::gate::{self, Gating};
+
+use common::{gate_view, held};
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -176,29 +178,6 @@ struct World {
     /// A second revision was ever set: from then on, active must always be fully available.
     released: bool,
     gating: Gating,
-}
-
-fn gate_view(state: GateState, in_flight: InFlightPolicy) -> GateView {
-    GateView {
-        name: "slo".into(),
-        status: Some(ErrorBudgetGateStatus {
-            state: Some(state),
-            budget_remaining_percent: Some(6.0),
-            ..ErrorBudgetGateStatus::default()
-        }),
-        thresholds: BudgetThresholds::default(),
-        policy: GatePolicy {
-            on_unknown: UnknownPolicy::Hold,
-            in_flight,
-        },
-    }
-}
-
-fn held(status: &RolloutStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "ReleaseHeld" && c.status == "True")
 }
 
 const HASHES: [&str; 3] = ["aaaa", "bbbb", "cccc"];

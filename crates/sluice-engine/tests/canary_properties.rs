@@ -3,6 +3,8 @@
 //! real decision code against a small simulated cluster, and the safety invariants are checked after
 //! every reconcile.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -10,9 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
-use sluice_api::gate::{
-    BudgetThresholds, ErrorBudgetGateStatus, GateState, InFlightPolicy, UnknownPolicy,
-};
+use sluice_api::gate::{GateState, InFlightPolicy};
 use sluice_api::rollout::{
     CanaryStep, CanaryStrategy, GatewayApiRouting, PauseStep, RolloutSpec, RolloutStatus,
     RolloutStrategy, SetCanaryScale, TrafficRouting,
@@ -20,8 +20,10 @@ use sluice_api::rollout::{
 use sluice_engine::canary::{
     self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot, step_weight,
 };
-use sluice_engine::gate::{self, GatePolicy, GateView, Gating};
+use sluice_engine::gate::{self, Gating};
 use sluice_engine::replicas;
+
+use common::{gate_view, held};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -213,29 +215,6 @@ struct World {
     in_flight: InFlightPolicy,
     /// Revisions that have been stable.
     released: BTreeSet<String>,
-}
-
-fn gate_view(state: GateState, in_flight: InFlightPolicy) -> GateView {
-    GateView {
-        name: "slo".into(),
-        status: Some(ErrorBudgetGateStatus {
-            state: Some(state),
-            budget_remaining_percent: Some(6.0),
-            ..ErrorBudgetGateStatus::default()
-        }),
-        thresholds: BudgetThresholds::default(),
-        policy: GatePolicy {
-            on_unknown: UnknownPolicy::Hold,
-            in_flight,
-        },
-    }
-}
-
-fn held(status: &RolloutStatus) -> bool {
-    status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "ReleaseHeld" && c.status == "True")
 }
 
 const HASHES: [&str; 3] = ["aaaa", "bbbb", "cccc"];

@@ -214,6 +214,21 @@ impl World {
         })
     }
 
+    /// A world whose gate is Frozen, with a steady history leaving `remaining` percent of budget.
+    async fn frozen(prefix: &str, remaining: f64) -> Result<Self> {
+        let world = Self::start(prefix, history_leaving("checkout", remaining)).await?;
+        world
+            .wait_gate("the gate to freeze", |s| s.state == Some(GateState::Frozen))
+            .await?;
+        Ok(world)
+    }
+
+    /// Applies Rollout `name` on `image` and waits until that image is stable.
+    async fn released(&self, name: &str, image: &str, replicas: i32) -> Result<()> {
+        self.apply_rollout(name, image, replicas).await?;
+        self.wait_healthy_on(name, image).await
+    }
+
     async fn gate_status(&self) -> Result<ErrorBudgetGateStatus> {
         Ok(self.gates.get("slo").await?.status.unwrap_or_default())
     }
@@ -435,15 +450,9 @@ async fn the_budget_left_over_thirty_days_matches_the_hand_computed_value() -> R
 #[tokio::test]
 async fn a_frozen_gate_holds_a_new_image_without_flapping_until_the_budget_is_above_fifteen_percent()
 -> Result<()> {
-    let world = World::start("gate-freeze", history_leaving("checkout", 6.0)).await?;
+    let world = World::frozen("gate-freeze", 6.0).await?;
     world
-        .wait_gate("the gate to freeze", |s| s.state == Some(GateState::Frozen))
-        .await?;
-    world
-        .apply_rollout("checkout", "registry.example/checkout:1.0", 2)
-        .await?;
-    world
-        .wait_healthy_on("checkout", "registry.example/checkout:1.0")
+        .released("checkout", "registry.example/checkout:1.0", 2)
         .await?;
     let before = world.replica_sets("checkout").await?;
 
@@ -584,10 +593,7 @@ async fn a_fast_burn_freezes_with_most_of_the_budget_left() -> Result<()> {
         status.burn_rates
     );
     world
-        .apply_rollout("checkout", "registry.example/checkout:1.0", 1)
-        .await?;
-    world
-        .wait_healthy_on("checkout", "registry.example/checkout:1.0")
+        .released("checkout", "registry.example/checkout:1.0", 1)
         .await?;
     world
         .apply_rollout("checkout", "registry.example/checkout:2.0", 1)
@@ -601,15 +607,9 @@ async fn a_fast_burn_freezes_with_most_of_the_budget_left() -> Result<()> {
 #[tokio::test]
 async fn a_bypass_lets_one_revision_through_audited_and_a_rollback_proceeds_during_the_freeze()
 -> Result<()> {
-    let world = World::start("gate-bypass", history_leaving("checkout", 7.0)).await?;
+    let world = World::frozen("gate-bypass", 7.0).await?;
     world
-        .wait_gate("the gate to freeze", |s| s.state == Some(GateState::Frozen))
-        .await?;
-    world
-        .apply_rollout("checkout", "registry.example/checkout:1.0", 2)
-        .await?;
-    world
-        .wait_healthy_on("checkout", "registry.example/checkout:1.0")
+        .released("checkout", "registry.example/checkout:1.0", 2)
         .await?;
     let v1 = world
         .rollouts
@@ -628,10 +628,7 @@ async fn a_bypass_lets_one_revision_through_audited_and_a_rollback_proceeds_duri
         )
         .await?;
     world
-        .apply_rollout("checkout", "registry.example/checkout:1.1", 2)
-        .await?;
-    world
-        .wait_healthy_on("checkout", "registry.example/checkout:1.1")
+        .released("checkout", "registry.example/checkout:1.1", 2)
         .await?;
     let status = world
         .rollouts
@@ -662,10 +659,7 @@ async fn a_bypass_lets_one_revision_through_audited_and_a_rollback_proceeds_duri
 
     // Going back to 1.0, which was stable, is a rollback: it proceeds during the freeze.
     world
-        .apply_rollout("checkout", "registry.example/checkout:1.0", 2)
-        .await?;
-    world
-        .wait_healthy_on("checkout", "registry.example/checkout:1.0")
+        .released("checkout", "registry.example/checkout:1.0", 2)
         .await?;
     let status = world
         .rollouts
@@ -685,10 +679,7 @@ async fn a_bypass_lets_one_revision_through_audited_and_a_rollback_proceeds_duri
 #[tokio::test]
 async fn one_gate_holds_and_releases_fifty_rollouts_with_a_fixed_number_of_queries() -> Result<()> {
     const COUNT: usize = 50;
-    let world = World::start("gate-fifty", history_leaving("checkout", 6.0)).await?;
-    world
-        .wait_gate("the gate to freeze", |s| s.state == Some(GateState::Frozen))
-        .await?;
+    let world = World::frozen("gate-fifty", 6.0).await?;
     let names: Vec<String> = (0..COUNT).map(|i| format!("svc-{i:02}")).collect();
     for name in &names {
         world

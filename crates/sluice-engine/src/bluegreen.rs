@@ -32,10 +32,10 @@ use sluice_api::rollout::{
 
 use crate::canary::{
     AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
-    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, earliest, history_to_delete, pause_reason,
-    selector_string, until,
+    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, earliest, history_to_delete, observed,
+    pause_reason, progress_deadline, selector_string, until,
 };
-use crate::conditions::{self, ConditionStatus};
+use crate::conditions;
 use crate::gate::{self, Gated};
 use crate::replicas::Observed;
 
@@ -167,15 +167,7 @@ impl Decision<'_> {
     }
 
     fn observed(&self, hash: &str) -> Observed {
-        self.s
-            .replica_sets
-            .iter()
-            .find(|rs| rs.hash == hash)
-            .map(|rs| Observed {
-                replicas: rs.replicas,
-                available: rs.available,
-            })
-            .unwrap_or_default()
+        observed(self.s, hash)
     }
 
     /// `hash` has at least `n` pods, all available.
@@ -831,70 +823,23 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
         },
     );
 }
-
-/// Tracks progress and enforces `progressDeadlineSeconds`, as for a canary: a release that neither
-/// advances a stage nor gains available pods for that long is marked Degraded
-/// (ProgressDeadlineExceeded), and aborted if `progressDeadlineAbort` says so. Time spent paused
-/// (including waiting for promotion) or aborted does not count. Returns true if it aborted.
+/// Tracks progress and enforces `progressDeadlineSeconds`, as for a canary
+/// ([`crate::canary::progress_deadline`]): time spent paused (including waiting for promotion) or
+/// aborted does not count. Returns true if it aborted.
 fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
-    let previous = d.s.status;
-    let now = d.s.now;
-    let releasing = stable != current;
     let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
-    let progressed = previous.current_pod_hash != d.status.current_pod_hash
-        || previous.current_step_index != d.status.current_step_index
-        || previous.updated_replicas != d.status.updated_replicas
-        || previous.updated_ready_replicas != d.status.updated_ready_replicas
-        || previous.stable_rs != d.status.stable_rs
-        || previous.last_progress_time.is_none()
-        || [stable, current].iter().any(|h| {
-            d.scale
-                .get(*h)
-                .is_some_and(|n| *n != d.observed(h).replicas)
-        });
-    if !releasing || paused || d.status.abort || progressed {
-        d.status.last_progress_time = Some(Time(now));
-        return false;
+    let deadline = progress_deadline(d.s, &mut d.status, &d.scale, paused, (stable, current));
+    if let Some(at) = deadline.requeue_after {
+        d.requeue_after = earliest(d.requeue_after, at);
     }
-    let since = d.status.last_progress_time.as_ref().map_or(now, |t| t.0);
-    let deadline = add(since, i64::from(d.s.spec.progress_deadline_seconds));
-    if now < deadline {
-        d.requeue_after = earliest(d.requeue_after, until(now, deadline));
-        return false;
+    d.events.extend(deadline.event);
+    match deadline.abort {
+        Some(why) => {
+            abort(d, &why);
+            true
+        }
+        None => false,
     }
-    let o = d.observed(current);
-    let message = format!(
-        "no progress for {}s: {}/{} pods of {current} available",
-        d.s.spec.progress_deadline_seconds, o.available, o.replicas
-    );
-    if d.s.spec.progress_deadline_abort {
-        abort(d, &format!("progress deadline exceeded ({message})"));
-        return true;
-    }
-    let already = conditions::get(&previous.conditions, "Progressing")
-        .is_some_and(|c| c.reason == "ProgressDeadlineExceeded");
-    if !already {
-        d.event(true, "ProgressDeadlineExceeded", message.clone());
-    }
-    d.status.phase = Some(RolloutPhase::Degraded);
-    d.status.message = Some(format!("progress deadline exceeded: {message}"));
-    let generation = d.s.generation;
-    for (type_, status) in [
-        ("Progressing", ConditionStatus::False),
-        ("Reconciling", ConditionStatus::False),
-        ("Stalled", ConditionStatus::True),
-    ] {
-        conditions::set(
-            &mut d.status.conditions,
-            type_,
-            status,
-            "ProgressDeadlineExceeded",
-            &message,
-            now,
-            generation,
-        );
-    }
-    false
 }
 
 #[cfg(test)]

@@ -226,15 +226,7 @@ impl<'a> Decision<'a> {
     }
 
     fn observed(&self, hash: &str) -> Observed {
-        self.s
-            .replica_sets
-            .iter()
-            .find(|rs| rs.hash == hash)
-            .map(|rs| Observed {
-                replicas: rs.replicas,
-                available: rs.available,
-            })
-            .unwrap_or_default()
+        observed(self.s, hash)
     }
 
     fn has_pause(&self, reason: &str) -> bool {
@@ -1009,84 +1001,125 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
         },
     );
 }
-
 /// Tracks progress and enforces `progressDeadlineSeconds`: a release that neither completes a step
 /// nor gains available pods for that long is marked Degraded (ProgressDeadlineExceeded), and aborted
 /// if `progressDeadlineAbort` says so. Time spent paused or aborted does not count.
 /// Returns true if it aborted the release.
 fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
-    let previous = d.s.status;
-    let now = d.s.now;
-    let releasing = stable != current;
     let paused = d.s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
-    let progressed = previous.current_pod_hash != d.status.current_pod_hash
-        || previous.current_step_index != d.status.current_step_index
+    let deadline = progress_deadline(d.s, &mut d.status, &d.scale, paused, (stable, current));
+    if let Some(at) = deadline.requeue_after {
+        d.requeue_after = earliest(d.requeue_after, at);
+    }
+    d.events.extend(deadline.event);
+    match deadline.abort {
+        Some(why) => {
+            abort(d, &why);
+            true
+        }
+        None => false,
+    }
+}
+
+/// What the progress deadline asks of a decision, canary or blue-green.
+pub(crate) struct Deadline {
+    /// Look again when the deadline falls.
+    pub requeue_after: Option<Duration>,
+    /// The `ProgressDeadlineExceeded` Event, the first time it is missed.
+    pub event: Option<Event>,
+    /// Abort the release with this reason (`progressDeadlineAbort`).
+    pub abort: Option<String>,
+}
+
+/// The progress-deadline check both strategies share: records `lastProgressTime` while the release
+/// (stable, current) moves (a new revision or step, the new revision's pods, a resize of its own
+/// ReplicaSets planned in `scale`) or is paused or aborted; past the deadline, marks the release
+/// Degraded with `Progressing`/`Reconciling` False and `Stalled` True, or asks for an abort.
+pub(crate) fn progress_deadline(
+    s: &Snapshot<'_>,
+    status: &mut RolloutStatus,
+    scale: &BTreeMap<String, i32>,
+    paused: bool,
+    (stable, current): (&str, &str),
+) -> Deadline {
+    let mut outcome = Deadline {
+        requeue_after: None,
+        event: None,
+        abort: None,
+    };
+    let previous = s.status;
+    let now = s.now;
+    let releasing = stable != current;
+    let progressed = previous.current_pod_hash != status.current_pod_hash
+        || previous.current_step_index != status.current_step_index
         // Only the new revision's pods count: old ReplicaSets winding down are not progress.
-        || previous.updated_replicas != d.status.updated_replicas
-        || previous.updated_ready_replicas != d.status.updated_ready_replicas
-        || previous.stable_rs != d.status.stable_rs
+        || previous.updated_replicas != status.updated_replicas
+        || previous.updated_ready_replicas != status.updated_ready_replicas
+        || previous.stable_rs != status.stable_rs
         || previous.last_progress_time.is_none()
         // Resizing the release's own ReplicaSets is progress too (e.g. the canary shrinking to a
         // lower weight while stable grows back); an old revision winding down is not.
         || [stable, current]
             .iter()
-            .any(|h| d.scale.get(*h).is_some_and(|n| *n != d.observed(h).replicas));
-    if !releasing || paused || d.status.abort || progressed {
-        d.status.last_progress_time = Some(Time(now));
-        return false;
+            .any(|h| scale.get(*h).is_some_and(|n| *n != observed(s, h).replicas));
+    if !releasing || paused || status.abort || progressed {
+        status.last_progress_time = Some(Time(now));
+        return outcome;
     }
-    let since = d.status.last_progress_time.as_ref().map_or(now, |t| t.0);
-    let deadline = add(since, i64::from(d.s.spec.progress_deadline_seconds));
+    let since = status.last_progress_time.as_ref().map_or(now, |t| t.0);
+    let deadline = add(since, i64::from(s.spec.progress_deadline_seconds));
     if now < deadline {
-        d.requeue_after = earliest(d.requeue_after, until(now, deadline));
-        return false;
+        outcome.requeue_after = Some(until(now, deadline));
+        return outcome;
     }
-    let canary = d.observed(current);
+    let new = observed(s, current);
     let message = format!(
         "no progress for {}s: {}/{} pods of {current} available",
-        d.s.spec.progress_deadline_seconds, canary.available, canary.replicas
+        s.spec.progress_deadline_seconds, new.available, new.replicas
     );
-    let generation = d.s.generation;
-    if d.s.spec.progress_deadline_abort {
-        abort(d, &format!("progress deadline exceeded ({message})"));
-        return true;
+    if s.spec.progress_deadline_abort {
+        outcome.abort = Some(format!("progress deadline exceeded ({message})"));
+        return outcome;
     }
     let already = conditions::get(&previous.conditions, "Progressing")
         .is_some_and(|c| c.reason == "ProgressDeadlineExceeded");
     if !already {
-        d.event(true, "ProgressDeadlineExceeded", message.clone());
+        outcome.event = Some(Event {
+            warning: true,
+            reason: "ProgressDeadlineExceeded",
+            message: message.clone(),
+        });
     }
-    d.status.phase = Some(RolloutPhase::Degraded);
-    d.status.message = Some(format!("progress deadline exceeded: {message}"));
-    let conds = &mut d.status.conditions;
-    conditions::set(
-        conds,
-        "Progressing",
-        ConditionStatus::False,
-        "ProgressDeadlineExceeded",
-        &message,
-        now,
-        generation,
-    );
-    conditions::set(
-        conds,
-        "Reconciling",
-        ConditionStatus::False,
-        "ProgressDeadlineExceeded",
-        &message,
-        now,
-        generation,
-    );
-    conditions::set(
-        conds,
-        "Stalled",
-        ConditionStatus::True,
-        "ProgressDeadlineExceeded",
-        &message,
-        now,
-        generation,
-    );
-    false
+    status.phase = Some(RolloutPhase::Degraded);
+    status.message = Some(format!("progress deadline exceeded: {message}"));
+    for (type_, condition) in [
+        ("Progressing", ConditionStatus::False),
+        ("Reconciling", ConditionStatus::False),
+        ("Stalled", ConditionStatus::True),
+    ] {
+        conditions::set(
+            &mut status.conditions,
+            type_,
+            condition,
+            "ProgressDeadlineExceeded",
+            &message,
+            now,
+            s.generation,
+        );
+    }
+    outcome
+}
+
+/// The counts of the ReplicaSet of `hash` as observed (zero if there is none).
+pub(crate) fn observed(s: &Snapshot<'_>, hash: &str) -> Observed {
+    s.replica_sets
+        .iter()
+        .find(|rs| rs.hash == hash)
+        .map(|rs| Observed {
+            replicas: rs.replicas,
+            available: rs.available,
+        })
+        .unwrap_or_default()
 }
 
 /// Idle ReplicaSets (scaled to zero by this plan, no delay running) beyond `revisionHistoryLimit`,

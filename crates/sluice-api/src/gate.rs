@@ -104,7 +104,9 @@ fn default_window() -> String {
 fn default_evaluation_interval() -> String {
     "1m".to_owned()
 }
-fn default_burn_rate_alerts() -> Vec<BurnRateAlert> {
+/// The workbook's paging pairs, applied when `burnRateAlerts` is absent: 1h/5m at 14.4× (2% of a
+/// 30-day budget in an hour) and 6h/30m at 6× (5% in six hours).
+pub fn default_burn_rate_alerts() -> Vec<BurnRateAlert> {
     vec![
         BurnRateAlert {
             long_window: "1h".to_owned(),

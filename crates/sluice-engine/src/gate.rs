@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+pub use sluice_api::gate::default_burn_rate_alerts;
 use sluice_api::gate::{
     BudgetThresholds, BurnRateAlert, BurnRateStatus, ErrorBudgetGateSpec, ErrorBudgetGateStatus,
     GateState, GateTransition, InFlightPolicy, ServiceLevelIndicator, UnknownPolicy,
@@ -112,23 +113,6 @@ pub fn burn_rate(error_ratio: f64, objective_percent: f64) -> Option<f64> {
 /// Whether a burn-rate pair fires: both windows known and both strictly above `factor`.
 pub fn pair_fires(long_burn_rate: Option<f64>, short_burn_rate: Option<f64>, factor: f64) -> bool {
     matches!((long_burn_rate, short_burn_rate), (Some(l), Some(s)) if l > factor && s > factor)
-}
-
-/// The workbook's paging pairs, which the API applies when `burnRateAlerts` is absent: 1h/5m at
-/// 14.4× (2% of a 30-day budget in an hour) and 6h/30m at 6× (5% in six hours).
-pub fn default_burn_rate_alerts() -> Vec<BurnRateAlert> {
-    vec![
-        BurnRateAlert {
-            long_window: "1h".to_owned(),
-            short_window: "5m".to_owned(),
-            factor: 14.4,
-        },
-        BurnRateAlert {
-            long_window: "6h".to_owned(),
-            short_window: "30m".to_owned(),
-            factor: 6.0,
-        },
-    ]
 }
 
 /// The burn rates of each configured pair from the measurements. A window missing or without events

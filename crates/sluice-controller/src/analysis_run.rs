@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_analysis::{Conditions, Connection, Credentials};
@@ -130,20 +129,8 @@ async fn announce(ctx: &Context, run: &AnalysisRun, status: &AnalysisRunStatus) 
     };
     let message = status.message.clone().unwrap_or_default();
     info!(reason, note = %message, "analysis run finished");
-    let event = KubeEvent {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_owned(),
-        note: Some(message.chars().take(1000).collect()),
-        action: "Analyse".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
-        warn!(%err, "could not record event");
-    }
+    ctx.publish(&run.object_ref(&()), warning, reason, "Analyse", &message)
+        .await;
 }
 
 /// A run that cannot be measured (a missing argument or Secret, a condition that does not compile) is

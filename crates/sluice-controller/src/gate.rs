@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_analysis::QueryResult;
@@ -138,24 +137,14 @@ pub async fn reconcile(gate: Arc<ErrorBudgetGate>, ctx: Arc<Context>) -> Result<
         .await?;
     for event in &evaluation.events {
         info!(reason = event.reason, note = %event.message, "gate transition");
-        let published = KubeEvent {
-            type_: if event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: event.reason.to_owned(),
-            note: Some(event.message.chars().take(1000).collect()),
-            action: "Evaluate".to_owned(),
-            secondary: None,
-        };
-        if let Err(err) = ctx
-            .recorder
-            .publish(&published, &gate.object_ref(&()))
-            .await
-        {
-            warn!(%err, "could not record event");
-        }
+        ctx.publish(
+            &gate.object_ref(&()),
+            event.warning,
+            event.reason,
+            "Evaluate",
+            &event.message,
+        )
+        .await;
     }
     Ok(Action::requeue(evaluation.requeue_after))
 }

@@ -16,10 +16,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::DynamicObject;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -84,6 +85,34 @@ pub struct Context {
     /// Every ErrorBudgetGate the controller watches, kept by a watch: a Rollout reconcile reads the
     /// gates selecting it from here, without an API call.
     pub gates: Store<ErrorBudgetGate>,
+}
+
+impl Context {
+    /// Records an Event on `object` (its note cut to the API's 1000 characters). A failure is logged
+    /// and otherwise ignored: an Event is a report, never a reason to fail a reconcile.
+    pub async fn publish(
+        &self,
+        object: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        message: &str,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(message.chars().take(1000).collect()),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, object).await {
+            tracing::warn!(%err, reason, "could not record event");
+        }
+    }
 }
 
 #[tokio::main]

@@ -14,7 +14,6 @@ use kube::api::{
 };
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::rollout::{
@@ -591,20 +590,8 @@ async fn invalid_spec(
 }
 
 async fn publish(ctx: &Context, rollout: &Rollout, warning: bool, reason: &str, message: &str) {
-    let event = KubeEvent {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_owned(),
-        note: Some(message.chars().take(1000).collect()),
-        action: reason.to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
-        warn!(%err, reason, "could not record event");
-    }
+    ctx.publish(&rollout.object_ref(&()), warning, reason, reason, message)
+        .await;
 }
 
 /// Gateway API's HTTPRoute, used untyped (the gateway-api crate is on another kube version).

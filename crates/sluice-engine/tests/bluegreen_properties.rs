@@ -17,7 +17,7 @@ use sluice_engine::bluegreen::{self, wants_post_promotion_analysis, wants_pre_pr
 use sluice_engine::canary::{Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::gate::{self, Gating};
 
-use common::{gate_view, held};
+use common::{cases, gate_view, held, outcome, second_reconcile_changes_nothing};
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -369,15 +369,6 @@ fn actions_for(event: &Event) -> Actions {
     a
 }
 
-fn outcome(v: u8) -> AnalysisOutcome {
-    match v {
-        0 => AnalysisOutcome::Running,
-        1 => AnalysisOutcome::Successful,
-        2 => AnalysisOutcome::Inconclusive("no data".into()),
-        _ => AnalysisOutcome::Failed("error-rate 0.07 >= 0.05".into()),
-    }
-}
-
 fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
     for event in events {
         match event {
@@ -431,40 +422,10 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
         let again = world.decide(&world.status, Actions::default());
-        let mut kept = plan.scale.clone();
-        kept.retain(|hash, _| !plan.delete.contains(hash));
-        prop_assert_eq!(&again.scale, &kept, "second reconcile changed the scale");
-        prop_assert_eq!(
-            &again.traffic,
-            &plan.traffic,
-            "second reconcile changed the traffic"
-        );
-        prop_assert_eq!(
-            again.status.current_step_index,
-            plan.status.current_step_index
-        );
-        prop_assert_eq!(
-            &again.status.pause_conditions,
-            &plan.status.pause_conditions
-        );
-        prop_assert_eq!(again.status.phase, plan.status.phase);
-        prop_assert_eq!(&again.status.stable_rs, &plan.status.stable_rs);
+        second_reconcile_changes_nothing(&plan, &again)?;
         prop_assert_eq!(again.status.abort, plan.status.abort);
-        prop_assert!(
-            again.events.is_empty(),
-            "second reconcile emitted {:?}",
-            again.events
-        );
     }
     Ok(())
-}
-
-/// `PROPTEST_CASES` if set, else `default`.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

@@ -107,16 +107,14 @@ impl GateTrigger {
         let Ok(mut seen) = self.seen.lock() else {
             return selected.into_iter().collect();
         };
-        let previous = match &current {
-            Some(gate) => seen.insert(key, (fingerprint(gate), selected.clone())),
+        let print = current.as_deref().map(fingerprint);
+        let previous = match &print {
+            Some(print) => seen.insert(key, (print.clone(), selected.clone())),
             None => seen.remove(&key),
         };
         match previous {
             Some((old_print, old_selected))
-                if current
-                    .as_ref()
-                    .is_some_and(|g| fingerprint(g) == old_print)
-                    && old_selected == selected =>
+                if print.as_ref() == Some(&old_print) && old_selected == selected =>
             {
                 Vec::new()
             }

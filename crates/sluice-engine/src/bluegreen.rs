@@ -334,15 +334,14 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
     if releasing && !d.status.abort && !d.waits {
         walk(&mut d, &mut promote, &stable, &current);
     }
-    gate::settle(
+    if gate::settle(
         &mut d.status,
         s.gating,
         &current,
         s.now,
         s.generation,
         &mut d.events,
-    );
-    if d.status.abort || d.status.stable_rs.as_deref() == Some(current.as_str()) {
+    ) {
         d.held = None;
         d.waits = false;
     }

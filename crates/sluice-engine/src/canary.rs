@@ -412,15 +412,14 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
     if stable == current {
         weight = 0;
     }
-    gate::settle(
+    if gate::settle(
         &mut d.status,
         s.gating,
         &current,
         s.now,
         s.generation,
         &mut d.events,
-    );
-    if d.status.abort || stable == current {
+    ) {
         d.held = None;
     }
     summarize(&mut d, &stable, weight);

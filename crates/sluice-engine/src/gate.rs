@@ -1074,7 +1074,8 @@ pub fn gate_release(
 }
 
 /// After a decision: a release that ended (aborted, or its revision now stable) is held no more,
-/// and a new stable revision is remembered as one a rollback may go back to.
+/// and a new stable revision is remembered as one a rollback may go back to. Returns true if the
+/// release ended, so that the caller drops its hold too.
 pub fn settle(
     status: &mut RolloutStatus,
     gating: &Gating,
@@ -1082,11 +1083,13 @@ pub fn settle(
     now: Timestamp,
     generation: i64,
     events: &mut Vec<crate::canary::Event>,
-) {
+) -> bool {
     remember_stable(status);
-    if status.abort || status.stable_rs.as_deref() == Some(current) {
+    let ended = status.abort || status.stable_rs.as_deref() == Some(current);
+    if ended {
         release_hold(status, gating, now, generation, events);
     }
+    ended
 }
 
 fn remember_stable(status: &mut RolloutStatus) {

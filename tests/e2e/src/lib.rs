@@ -82,6 +82,28 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// GET `path` from `base` (e.g. `http://127.0.0.1:8080`, `/metrics`) through the test bed's blocking
+/// client, off the test's runtime.
+pub async fn http_get(base: &str, path: &str) -> Result<String> {
+    let (base, path) = (base.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || sluice_testbed::http::get(&base, &path))
+        .await
+        .context("the HTTP task panicked")?
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for a PromQL query in a URL).
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with the last error.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
 where

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::{http_get, percent_encode};
+
 /// The counter the history and the live exporter serve (family `slo_requests`).
 pub const SLO_METRIC: &str = "slo_requests_total";
 
@@ -362,7 +364,7 @@ impl SloPrometheus {
         promql: &str,
     ) -> Result<Vec<(serde_json::Map<String, serde_json::Value>, f64)>> {
         let path = format!("/api/v1/query?query={}", percent_encode(promql));
-        let body = get(&self.url, &path)
+        let body = http_get(&self.url, &path)
             .await
             .with_context(|| format!("querying {promql}"))?;
         let answer: serde_json::Value =
@@ -401,7 +403,7 @@ impl SloPrometheus {
                     log_tail(&self.log)
                 );
             }
-            let last_error = match get(&self.url, "/-/ready").await {
+            let last_error = match http_get(&self.url, "/-/ready").await {
                 Ok(_) => match self.query_value(&series).await {
                     Ok(count) if count >= 4.0 => break,
                     Ok(count) => anyhow::anyhow!("{count} of 4 series"),
@@ -521,27 +523,6 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// GET through the test bed's blocking client, off the runtime.
-async fn get(base: &str, path: &str) -> Result<String> {
-    let (base, path) = (base.to_owned(), path.to_owned());
-    tokio::task::spawn_blocking(move || sluice_testbed::http::get(&base, &path))
-        .await
-        .context("the HTTP task panicked")?
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut encoded = String::with_capacity(text.len() * 3);
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            let _ = write!(encoded, "%{byte:02X}");
-        }
-    }
-    encoded
 }
 
 /// The live counters the exporter serves.

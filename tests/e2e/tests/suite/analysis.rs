@@ -649,9 +649,7 @@ async fn a_prometheus_behind_basic_auth_is_queried_with_credentials_from_a_secre
     eventually("the guarded Prometheus to start", WAIT, || {
         let url = url.clone();
         async move {
-            let answer =
-                tokio::task::spawn_blocking(move || sluice_testbed::http::get(&url, "/-/ready"))
-                    .await?;
+            let answer = sluice_e2e::http_get(&url, "/-/ready").await;
             Ok(answer
                 .err()
                 .map(|e| e.to_string())

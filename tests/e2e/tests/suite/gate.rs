@@ -748,9 +748,7 @@ async fn one_gate_holds_and_releases_fifty_rollouts_with_a_fixed_number_of_queri
 
 /// The value of `name{labels...}` on the controller's /metrics (summed over matching series).
 async fn metric(controller: &ControllerProcess, name: &str, labels: &str) -> Result<f64> {
-    let base = controller.http.clone();
-    let body =
-        tokio::task::spawn_blocking(move || sluice_testbed::http::get(&base, "/metrics")).await??;
+    let body = sluice_e2e::http_get(&controller.http, "/metrics").await?;
     let mut sum = 0.0;
     for line in body.lines().filter(|l| l.starts_with(name)) {
         let (series, value) = line.rsplit_once(' ').context("metric line")?;

@@ -13,9 +13,8 @@ use sluice_e2e::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn get(base: &str, path: &'static str) -> Result<String> {
-    let base = base.to_owned();
-    tokio::task::spawn_blocking(move || sluice_testbed::http::get(&base, path)).await?
+async fn get(base: &str, path: &str) -> Result<String> {
+    sluice_e2e::http_get(base, path).await
 }
 
 #[tokio::test]

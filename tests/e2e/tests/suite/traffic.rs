@@ -25,26 +25,10 @@ fn replica_set(hash: &str, annotations: Value) -> Result<ReplicaSet> {
     }))?)
 }
 
-/// Percent-encodes a PromQL query for a URL's query string.
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Runs an instant query against the cluster's Prometheus; returns each series' value by hash.
 async fn query_by_hash(prometheus: &str, promql: &str) -> Result<BTreeMap<String, f64>> {
-    let (base, path) = (
-        prometheus.to_owned(),
-        format!("/api/v1/query?query={}", url_encode(promql)),
-    );
-    let body =
-        tokio::task::spawn_blocking(move || sluice_testbed::http::get(&base, &path)).await??;
+    let path = format!("/api/v1/query?query={}", sluice_e2e::percent_encode(promql));
+    let body = sluice_e2e::http_get(prometheus, &path).await?;
     let answer: Value = serde_json::from_str(&body)?;
     if answer["status"] != "success" {
         bail!("query {promql} failed: {body}");

@@ -32,8 +32,8 @@ use sluice_api::rollout::{
 
 use crate::canary::{
     AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
-    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, earliest, history_to_delete, observed,
-    pause_reason, progress_deadline, selector_string, until,
+    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, converged, earliest, fill_counts,
+    history_to_delete, observed, pause_reason, progress_deadline, until,
 };
 use crate::conditions;
 use crate::gate::{self, Gated};
@@ -701,14 +701,7 @@ fn scale_down_others(d: &mut Decision<'_>, stable: &str, current: &str) {
 fn summarize(d: &mut Decision<'_>, current: &str) {
     let s = d.s;
     let replicas = s.spec.replicas;
-    let sum = |f: fn(&ReplicaSetView) -> i32| s.replica_sets.iter().map(f).sum::<i32>();
-    d.status.observed_generation = Some(s.generation);
-    d.status.replicas = Some(sum(|rs| rs.replicas));
-    d.status.available_replicas = Some(sum(|rs| rs.available));
-    d.status.ready_replicas = Some(sum(|rs| rs.available));
-    d.status.updated_replicas = Some(d.observed(current).replicas);
-    d.status.updated_ready_replicas = Some(d.observed(current).available);
-    d.status.selector = selector_string(s.spec);
+    fill_counts(s, &mut d.status);
     d.status.step_progress = None;
     let stable = d
         .status
@@ -725,15 +718,8 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
     let active_view = d.observed(&active);
     let current_view = d.observed(current);
     let releasing = stable != current;
-    let converged = !releasing
-        && active_view.available >= replicas
-        && s.replica_sets.iter().all(|rs| {
-            // Judged on this plan: old ReplicaSets going to zero, or waiting out their delay.
-            rs.hash == stable
-                || d.scale.get(&rs.hash).is_some_and(|n| *n == 0)
-                || rs.scale_down_at.is_some()
-                || d.scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
-        });
+    // Only without a release, when active is stable.
+    let converged = converged(s, &stable, &d.scale, &d.scale_down_at);
     let paused = s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
     let stage = d.stage();
     let (phase, message) = if d.status.abort {

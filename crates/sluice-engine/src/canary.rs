@@ -888,14 +888,7 @@ fn scale_for_abort(d: &mut Decision<'_>, stable: &str, current: &str) {
 fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
     let s = d.s;
     let replicas = s.spec.replicas;
-    let sum = |f: fn(&ReplicaSetView) -> i32| s.replica_sets.iter().map(f).sum::<i32>();
-    d.status.observed_generation = Some(s.generation);
-    d.status.replicas = Some(sum(|rs| rs.replicas));
-    d.status.available_replicas = Some(sum(|rs| rs.available));
-    d.status.ready_replicas = Some(sum(|rs| rs.available));
-    d.status.updated_replicas = Some(d.observed(s.current_hash).replicas);
-    d.status.updated_ready_replicas = Some(d.observed(s.current_hash).available);
-    d.status.selector = selector_string(s.spec);
+    fill_counts(s, &mut d.status);
     let steps = d.canary.steps.len();
     let index = usize::try_from(d.status.current_step_index.unwrap_or(0))
         .unwrap_or(0)
@@ -920,15 +913,7 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
 
     let stable_view = d.observed(stable);
     let releasing = stable != s.current_hash;
-    let converged = !releasing
-        && stable_view.available >= replicas
-        && s.replica_sets.iter().all(|rs| {
-            // Judged on this plan: old ReplicaSets going to zero, or waiting out their delay.
-            rs.hash == stable
-                || d.scale.get(&rs.hash).is_some_and(|n| *n == 0)
-                || rs.scale_down_at.is_some()
-                || d.scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
-        });
+    let converged = converged(s, stable, &d.scale, &d.scale_down_at);
     let paused = s.spec.paused || !d.status.pause_conditions.is_empty() || d.held.is_some();
     let (phase, message) = if d.status.abort {
         let message = d
@@ -1141,6 +1126,38 @@ pub(crate) fn history_to_delete(
         .skip(keep)
         .map(|rs| rs.hash.clone())
         .collect()
+}
+
+/// Fills in what both strategies report alike: the generation, the pod counts and the selector.
+pub(crate) fn fill_counts(s: &Snapshot<'_>, status: &mut RolloutStatus) {
+    let sum = |f: fn(&ReplicaSetView) -> i32| s.replica_sets.iter().map(f).sum::<i32>();
+    let current = observed(s, s.current_hash);
+    status.observed_generation = Some(s.generation);
+    status.replicas = Some(sum(|rs| rs.replicas));
+    status.available_replicas = Some(sum(|rs| rs.available));
+    status.ready_replicas = Some(sum(|rs| rs.available));
+    status.updated_replicas = Some(current.replicas);
+    status.updated_ready_replicas = Some(current.available);
+    status.selector = selector_string(s.spec);
+}
+
+/// No release is under way and nothing is left to do: `stable` is the current revision and fully
+/// available, and every other ReplicaSet goes to zero in this plan or waits out its delay.
+pub(crate) fn converged(
+    s: &Snapshot<'_>,
+    stable: &str,
+    scale: &BTreeMap<String, i32>,
+    scale_down_at: &BTreeMap<String, Option<Timestamp>>,
+) -> bool {
+    stable == s.current_hash
+        && observed(s, stable).available >= s.spec.replicas
+        && s.replica_sets.iter().all(|rs| {
+            // Judged on this plan: old ReplicaSets going to zero, or waiting out their delay.
+            rs.hash == stable
+                || scale.get(&rs.hash).is_some_and(|n| *n == 0)
+                || rs.scale_down_at.is_some()
+                || scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
+        })
 }
 
 /// The pod selector as a string, for the scale subresource.

@@ -488,8 +488,9 @@ pub struct RolloutStatus {
     /// Skip the remaining steps and analysis and release fully. Set by `kubectl sluice promote --full`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promote_full: bool,
-    /// When the release last made progress (a step completed, pods became available, a pause ended);
-    /// the progress deadline counts from here.
+    /// When the release in flight last made progress (a step completed, pods became available, a
+    /// pause ended); the progress deadline counts from here. Absent while no release is in flight,
+    /// and while the release is paused or aborted (the deadline does not run then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_time: Option<Time>,
     /// When `kubectl sluice restart` last asked for every pod to be replaced. The restart in force is

@@ -74,6 +74,15 @@ pub struct BurnRateLabels {
     pub window: String,
 }
 
+/// One kind of request to the API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// get, list, watch, create, update, patch, delete.
+    pub verb: String,
+    /// The resource's plural (`rollouts`, `replicasets`, ...), with `/status` for the subresource.
+    pub resource: String,
+}
+
 /// Everything the operator counts.
 pub struct Metrics {
     pub reconciles: Counter,
@@ -95,6 +104,9 @@ pub struct Metrics {
     pub gate_evaluations: Family<GateLabels, Counter>,
     /// Prometheus queries issued by gate evaluations: a fixed number per evaluation.
     pub gate_queries: Family<GateLabels, Counter>,
+    /// Requests sent to the API server, by verb and resource (watches included, as one request each
+    /// time one is opened).
+    pub api_requests: Family<RequestLabels, Counter>,
     pub registry: Registry,
 }
 
@@ -112,6 +124,12 @@ impl Default for Metrics {
         let gate_burn_rate = Family::<BurnRateLabels, Gauge<f64, AtomicU64>>::default();
         let gate_evaluations = Family::<GateLabels, Counter>::default();
         let gate_queries = Family::<GateLabels, Counter>::default();
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by verb and resource (a settled Rollout costs none)",
+            api_requests.clone(),
+        );
         registry.register(
             "gate_burn_rate",
             "Burn rate per ErrorBudgetGate and window (1 spends the budget exactly over the SLO window)",
@@ -179,6 +197,7 @@ impl Default for Metrics {
             gate_burn_rate,
             gate_evaluations,
             gate_queries,
+            api_requests,
             registry,
         }
     }
@@ -213,5 +232,106 @@ impl Metrics {
                 phase: format!("{phase:?}"),
             })
             .inc();
+    }
+}
+
+/// The verb and resource of a request to the API server, from its method and path.
+pub fn request_labels(method: &http::Method, uri: &http::Uri) -> RequestLabels {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    // /api/v1/..., /apis/group/version/...: then [namespaces/ns/]resource[/name[/subresource]].
+    let rest: &[&str] = match segments.first() {
+        Some(&"api") => segments.get(2..).unwrap_or_default(),
+        Some(&"apis") => segments.get(3..).unwrap_or_default(),
+        _ => &[],
+    };
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    let resource = match rest {
+        [] => "other".to_owned(),
+        [resource] | [resource, _] => (*resource).to_owned(),
+        [resource, _, subresource, ..] => format!("{resource}/{subresource}"),
+    };
+    let named = rest.len() >= 2;
+    let watch = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let verb = match *method {
+        http::Method::GET if watch => "watch",
+        http::Method::GET if named => "get",
+        http::Method::GET => "list",
+        http::Method::POST => "create",
+        http::Method::PUT => "update",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    };
+    RequestLabels {
+        verb: verb.to_owned(),
+        resource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(method: http::Method, uri: &str) -> (String, String) {
+        let l = request_labels(&method, &uri.parse().expect("uri"));
+        (l.verb, l.resource)
+    }
+
+    #[test]
+    fn requests_are_named_by_verb_and_resource() {
+        let cases = [
+            (
+                http::Method::GET,
+                "/apis/sluice.dev/v1alpha1/rollouts?watch=true&resourceVersion=1",
+                ("watch", "rollouts"),
+            ),
+            (
+                http::Method::GET,
+                "/apis/apps/v1/namespaces/a/replicasets?labelSelector=x",
+                ("list", "replicasets"),
+            ),
+            (
+                http::Method::GET,
+                "/api/v1/namespaces/a/services/web",
+                ("get", "services"),
+            ),
+            (
+                http::Method::PATCH,
+                "/apis/sluice.dev/v1alpha1/namespaces/a/rollouts/web/status",
+                ("patch", "rollouts/status"),
+            ),
+            (
+                http::Method::POST,
+                "/api/v1/namespaces/a/pods/p/eviction",
+                ("create", "pods/eviction"),
+            ),
+            (
+                http::Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/a/events",
+                ("create", "events"),
+            ),
+            (
+                http::Method::DELETE,
+                "/apis/apps/v1/namespaces/a/replicasets/web-1",
+                ("delete", "replicasets"),
+            ),
+            (
+                http::Method::GET,
+                "/apis/sluice.dev/v1alpha1/clusteranalysistemplates/t",
+                ("get", "clusteranalysistemplates"),
+            ),
+        ];
+        for (method, uri, (verb, resource)) in cases {
+            assert_eq!(
+                labels(method, uri),
+                (verb.to_owned(), resource.to_owned()),
+                "{uri}"
+            );
+        }
     }
 }

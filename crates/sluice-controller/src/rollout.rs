@@ -14,20 +14,21 @@ use kube::api::{
 };
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::rollout::{
     BlueGreenStrategy, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase,
     RolloutStatus,
 };
-use sluice_engine::bluegreen;
-use sluice_engine::canary::{self, Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::conditions::{self, ConditionStatus};
 use sluice_engine::hash::pod_template_hash;
+use sluice_engine::release::{self, Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::replicas;
 use sluice_engine::restart::{self, PodView};
 use tracing::{info, instrument, warn};
 
+use crate::cache;
 use crate::error::Error;
 use crate::rollout_analysis;
 use crate::{Context, FIELD_MANAGER};
@@ -46,8 +47,10 @@ pub const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
 /// Annotation on an HTTPRoute while a release shifts its weights.
 pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
 
-/// How long to wait before looking again when nothing is scheduled.
-const RESYNC: Duration = Duration::from_secs(300);
+/// How long to wait before looking again when nothing is scheduled. Every change a decision reads
+/// wakes the Rollout through a watch; this is only a safety net (as Argo Rollouts' resync), and a
+/// settled Rollout's look costs no request.
+const RESYNC: Duration = Duration::from_secs(900);
 /// How often to look at pods while a restart replaces them (pods are not watched).
 const RESTART_POLL: Duration = Duration::from_secs(1);
 /// A reconcile that takes longer is abandoned and retried: an API request that never answers (the
@@ -76,6 +79,108 @@ pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> 
         })
         .inc();
     Action::requeue(Duration::from_secs(5))
+}
+
+/// What of a Rollout wakes its reconcile: its spec (generation), labels, annotations (people's
+/// requests) and deletion. Its status does not: the controller is its only writer, and a plan stands
+/// on its own, so the controller's own status write never needs to wake it again.
+pub fn wakes(rollout: &Rollout) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = &rollout.metadata;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        &meta.uid,
+        meta.generation,
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// The Rollouts in the namespace of a Service that name it (canary, stable, active or preview).
+pub fn referencing_service(
+    rollouts: &Store<Rollout>,
+    service: &Service,
+) -> Vec<ObjectRef<Rollout>> {
+    let name = service.name_any();
+    referencing(rollouts, &service.namespace(), |rollout| {
+        let strategy = &rollout.spec.strategy;
+        strategy.canary.as_ref().is_some_and(|c| {
+            c.canary_service.as_deref() == Some(name.as_str())
+                || c.stable_service.as_deref() == Some(name.as_str())
+        }) || strategy.blue_green.as_ref().is_some_and(|b| {
+            b.active_service == name || b.preview_service.as_deref() == Some(name.as_str())
+        })
+    })
+}
+
+/// The Rollouts in the namespace of an HTTPRoute that route traffic through it.
+pub fn referencing_route(
+    rollouts: &Store<Rollout>,
+    route: &DynamicObject,
+) -> Vec<ObjectRef<Rollout>> {
+    let name = route.name_any();
+    referencing(rollouts, &route.namespace(), |rollout| {
+        rollout
+            .spec
+            .strategy
+            .canary
+            .as_ref()
+            .and_then(|c| c.traffic_routing.as_ref())
+            .is_some_and(|t| t.gateway_api.http_route == name)
+    })
+}
+
+/// The Rollouts that name an analysis template (`cluster`: a ClusterAnalysisTemplate, named from any
+/// namespace).
+pub fn referencing_template(
+    rollouts: &Store<Rollout>,
+    namespace: &Option<String>,
+    name: &str,
+    cluster: bool,
+) -> Vec<ObjectRef<Rollout>> {
+    let names_it = |refs: &[sluice_api::common::AnalysisTemplateRef]| {
+        refs.iter()
+            .any(|r| r.template_name == name && r.cluster_scope == cluster)
+    };
+    let matches = |rollout: &Rollout| {
+        let strategy = &rollout.spec.strategy;
+        strategy.canary.as_ref().is_some_and(|c| {
+            rollout_analysis::template_refs(c)
+                .iter()
+                .any(|(_, refs)| names_it(refs))
+        }) || strategy.blue_green.as_ref().is_some_and(|b| {
+            rollout_analysis::blue_green_template_refs(b)
+                .iter()
+                .any(|(_, refs)| names_it(refs))
+        })
+    };
+    if cluster {
+        rollouts
+            .state()
+            .iter()
+            .filter(|r| matches(r))
+            .map(|r| ObjectRef::from_obj(r.as_ref()))
+            .collect()
+    } else {
+        referencing(rollouts, namespace, matches)
+    }
+}
+
+/// The Rollouts in `namespace` for which `matches` holds.
+fn referencing(
+    rollouts: &Store<Rollout>,
+    namespace: &Option<String>,
+    matches: impl Fn(&Rollout) -> bool,
+) -> Vec<ObjectRef<Rollout>> {
+    rollouts
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == *namespace && matches(r))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
 }
 
 /// Parameters for the merge and JSON patches the controller makes, under its field manager, so that
@@ -145,24 +250,26 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     let status = rollout.status.clone().unwrap_or_default();
     let client = ctx.client.clone();
 
-    let strategy = match check_spec(rollout, &client, &namespace).await? {
+    let strategy = match check_spec(rollout, ctx, &namespace) {
         Ok(strategy) => strategy,
         Err(problem) => return invalid_spec(rollout, ctx, &status, &problem).await,
     };
     let template = rollout.spec.template.clone().unwrap_or_default();
     let hash = pod_template_hash(&serde_json::to_value(&template)?);
 
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &namespace);
     let uid = rollout.uid().unwrap_or_default();
-    let owned: Vec<ReplicaSet> = replica_sets
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
-        .await?
-        .items
-        .into_iter()
-        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
-        .collect();
-    let views: Vec<ReplicaSetView> = owned.iter().filter_map(view).collect();
-    let runs = rollout_analysis::owned_runs(&client, &namespace, rollout).await?;
+    let caches = &ctx.caches;
+    let views: Vec<ReplicaSetView> = cache::owned(
+        &caches.replica_sets,
+        &caches.replica_set_index,
+        &namespace,
+        &name,
+    )
+    .iter()
+    .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+    .filter_map(|rs| view(rs))
+    .collect();
+    let runs = rollout_analysis::owned_runs(ctx, &namespace, rollout);
     let (step_analysis, background_analysis) = rollout_analysis::verdicts(rollout, &runs, &hash);
     let (mut actions, mut raw_action) = parse_actions(rollout);
     if let Some(raw) = raw_action.clone()
@@ -183,7 +290,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         Timestamp::now(),
         rollout.metadata.generation.unwrap_or(0),
     );
-    let gating = crate::release_gates::gating(&ctx.gates, rollout);
+    let gating = crate::release_gates::gating(&ctx.caches.gates, rollout);
     let snapshot = Snapshot {
         generation: rollout.metadata.generation.unwrap_or(0),
         spec: &rollout.spec,
@@ -196,10 +303,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         gating: &gating,
         now: Timestamp::now(),
     };
-    let mut plan = match strategy {
-        Strategy::Canary(canary) => canary::decide(&snapshot, canary),
-        Strategy::BlueGreen(blue_green) => bluegreen::decide(&snapshot, blue_green),
-    };
+    let mut plan = release::decide(&snapshot, strategy.engine());
     execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
     if let Err(problem) =
         rollout_analysis::sync(ctx, rollout, &namespace, strategy, &hash, &runs, &mut plan).await?
@@ -210,7 +314,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         // Pod creation times have whole seconds: round up, so that no pod created before the request
         // passes for a new one (one created in the same second is replaced once more, harmlessly).
         plan.status.restart_requested_at = Some(Time(whole_second_after(snapshot.now)));
-        plan.events.push(canary::Event {
+        plan.events.push(release::Event {
             warning: false,
             reason: "RolloutRestartRequested",
             message: "restart requested: every pod will be replaced, a few at a time".to_owned(),
@@ -337,7 +441,7 @@ async fn restart(
     let replica_sets_available: i32 = views.iter().map(|v| v.available).sum();
     if restart.done && replica_sets_available >= wanted {
         plan.status.restarted_at = Some(Time(target));
-        plan.events.push(canary::Event {
+        plan.events.push(release::Event {
             warning: false,
             reason: "RolloutRestarted",
             message: format!("every pod was created after {target}"),
@@ -407,19 +511,21 @@ fn view(rs: &ReplicaSet) -> Option<ReplicaSetView> {
     })
 }
 
-/// What only the controller can check. `Ok(Err(problem))` is a user error to report, not a failure.
-async fn check_spec<'a>(
+/// What only the controller can check, read from the caches: the strategy, or what is wrong with
+/// the spec (a user error to report, not a failure).
+fn check_spec<'a>(
     rollout: &'a Rollout,
-    client: &kube::Client,
+    ctx: &Context,
     namespace: &str,
-) -> Result<Result<Strategy<'a>, String>, Error> {
+) -> Result<Strategy<'a>, String> {
     if rollout.spec.template.is_none() {
-        return Ok(Err(
+        return Err(
             "spec.workloadRef is not supported by this version of Sluice; set spec.template"
                 .to_owned(),
-        ));
+        );
     }
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let caches = &ctx.caches;
+    let service_exists = |name: &str| cache::get(&caches.services, namespace, name).is_some();
     let canary = match (
         &rollout.spec.strategy.canary,
         &rollout.spec.strategy.blue_green,
@@ -431,26 +537,20 @@ async fn check_spec<'a>(
                 ("previewService", blue_green.preview_service.as_ref()),
             ] {
                 if let Some(service) = service
-                    && services.get_opt(service).await?.is_none()
+                    && !service_exists(service)
                 {
-                    return Ok(Err(format!(
+                    return Err(format!(
                         "Service {service:?} named in spec.strategy.blueGreen.{field} does not exist in namespace {namespace}"
-                    )));
+                    ));
                 }
             }
             for (field, refs) in rollout_analysis::blue_green_template_refs(blue_green) {
-                if let Err(problem) =
-                    rollout_analysis::templates(client, namespace, refs, &field).await?
-                {
-                    return Ok(Err(problem));
-                }
+                rollout_analysis::templates(caches, namespace, refs, &field)?;
             }
-            return Ok(Ok(Strategy::BlueGreen(blue_green)));
+            return Ok(Strategy::BlueGreen(blue_green));
         }
         (None, None) => {
-            return Ok(Err(
-                "spec.strategy sets neither canary nor blueGreen".to_owned()
-            ));
+            return Err("spec.strategy sets neither canary nor blueGreen".to_owned());
         }
     };
     for (field, service) in [
@@ -458,37 +558,35 @@ async fn check_spec<'a>(
         ("stableService", &canary.stable_service),
     ] {
         if let Some(service) = service
-            && services.get_opt(service).await?.is_none()
+            && !service_exists(service)
         {
-            return Ok(Err(format!(
+            return Err(format!(
                 "Service {service:?} named in spec.strategy.canary.{field} does not exist in namespace {namespace}"
-            )));
+            ));
         }
     }
     if let Some(routing) = &canary.traffic_routing {
         let route_name = &routing.gateway_api.http_route;
-        let Some(route) = http_routes(client, namespace).get_opt(route_name).await? else {
-            return Ok(Err(format!(
+        let Some(route) = caches.route(namespace, route_name) else {
+            return Err(format!(
                 "HTTPRoute {route_name:?} named in spec.strategy.canary.trafficRouting.gatewayAPI.httpRoute does not exist in namespace {namespace}"
-            )));
+            ));
         };
         for service in [&canary.canary_service, &canary.stable_service]
             .into_iter()
             .flatten()
         {
             if backend_positions(&route, service).is_empty() {
-                return Ok(Err(format!(
+                return Err(format!(
                     "HTTPRoute {route_name:?} has no backendRef for Service {service:?}; add it (weight 0 for the canary) so Sluice can shift traffic"
-                )));
+                ));
             }
         }
     }
     for (field, refs) in rollout_analysis::template_refs(canary) {
-        if let Err(problem) = rollout_analysis::templates(client, namespace, refs, &field).await? {
-            return Ok(Err(problem));
-        }
+        rollout_analysis::templates(caches, namespace, refs, &field)?;
     }
-    Ok(Ok(Strategy::Canary(canary)))
+    Ok(Strategy::Canary(canary))
 }
 
 /// A Rollout's release strategy, with what the executor needs from either kind.
@@ -498,7 +596,15 @@ pub(crate) enum Strategy<'a> {
     BlueGreen(&'a BlueGreenStrategy),
 }
 
-impl Strategy<'_> {
+impl<'a> Strategy<'a> {
+    /// The strategy as the engine takes it.
+    fn engine(self) -> release::Strategy<'a> {
+        match self {
+            Self::Canary(c) => release::Strategy::Canary(c),
+            Self::BlueGreen(b) => release::Strategy::BlueGreen(b),
+        }
+    }
+
     /// The Service that selects the stable (canary) or active (blue-green) version.
     fn stable_service(&self) -> Option<&String> {
         match self {
@@ -695,7 +801,7 @@ async fn execute(
         if !observed.contains_key(target.as_str()) && target != hash {
             continue;
         }
-        if let Some(svc) = services.get_opt(service).await? {
+        if let Some(svc) = cache::get(&ctx.caches.services, namespace, service) {
             let current = svc
                 .spec
                 .as_ref()
@@ -716,7 +822,7 @@ async fn execute(
     ) {
         let routes = http_routes(&client, namespace);
         let route_name = &routing.gateway_api.http_route;
-        if let Some(route) = routes.get_opt(route_name).await? {
+        if let Some(route) = ctx.caches.route(namespace, route_name) {
             let weight = plan.traffic.canary_weight;
             let mut ops = Vec::new();
             for (service, w) in [(canary_service, weight), (stable_service, 100 - weight)] {

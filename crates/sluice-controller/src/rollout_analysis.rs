@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{
-    AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisTemplate, AnalysisTemplateSpec, Argument,
-    ClusterAnalysisTemplate, MetricFailurePolicy,
+    AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisTemplateSpec, Argument,
+    MetricFailurePolicy,
 };
 use sluice_api::common::{AnalysisRunArgument, AnalysisTemplateRef, PodTemplateHashValue};
 use sluice_api::rollout::{
@@ -17,9 +18,10 @@ use sluice_api::rollout::{
     Rollout, RolloutAnalysisRunStatus,
 };
 use sluice_engine::bluegreen;
-use sluice_engine::canary::{AnalysisOutcome, Plan};
+use sluice_engine::release::{AnalysisOutcome, Plan};
 use tracing::info;
 
+use crate::cache::{self, Caches};
 use crate::error::Error;
 use crate::rollout::{ROLLOUT_LABEL, Strategy};
 use crate::{Context, FIELD_MANAGER};
@@ -31,20 +33,20 @@ pub const STEP_LABEL: &str = "sluice.dev/step";
 /// Annotation on a run: the stable version's pod-template hash, the baseline judge's baseline.
 pub const STABLE_HASH_ANNOTATION: &str = "sluice.dev/stable-pod-template-hash";
 
-/// The runs the Rollout owns.
-pub async fn owned_runs(
-    client: &kube::Client,
-    namespace: &str,
-    rollout: &Rollout,
-) -> Result<Vec<AnalysisRun>, Error> {
+/// The runs the Rollout owns, from the cache.
+pub fn owned_runs(ctx: &Context, namespace: &str, rollout: &Rollout) -> Vec<AnalysisRun> {
     let uid = rollout.uid().unwrap_or_default();
-    Ok(Api::<AnalysisRun>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", rollout.name_any())))
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
-        .collect())
+    let caches = &ctx.caches;
+    cache::owned(
+        &caches.runs,
+        &caches.run_index,
+        namespace,
+        &rollout.name_any(),
+    )
+    .iter()
+    .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
+    .map(|r| r.as_ref().clone())
+    .collect()
 }
 
 /// What a run's phase means for the release. A failure of metrics that all say `onFailure: Pause`
@@ -137,26 +139,24 @@ pub fn verdicts(
     (step, background)
 }
 
-/// The template specs named by `refs`, or what is wrong with them (a missing template).
-pub async fn templates(
-    client: &kube::Client,
+/// The template specs named by `refs`, from the cache, or what is wrong with them (a missing
+/// template).
+pub fn templates(
+    caches: &Caches,
     namespace: &str,
     refs: &[AnalysisTemplateRef],
     field: &str,
-) -> Result<Result<Vec<AnalysisTemplateSpec>, String>, Error> {
+) -> Result<Vec<AnalysisTemplateSpec>, String> {
     let mut specs = Vec::new();
     for reference in refs {
         let name = &reference.template_name;
         let spec = if reference.cluster_scope {
-            Api::<ClusterAnalysisTemplate>::all(client.clone())
-                .get_opt(name)
-                .await?
-                .map(|t| t.spec.template)
+            caches
+                .cluster_templates
+                .get(&ObjectRef::new(name))
+                .map(|t| t.spec.template.clone())
         } else {
-            Api::<AnalysisTemplate>::namespaced(client.clone(), namespace)
-                .get_opt(name)
-                .await?
-                .map(|t| t.spec)
+            cache::get(&caches.templates, namespace, name).map(|t| t.spec.clone())
         };
         match spec {
             Some(spec) => specs.push(spec),
@@ -166,13 +166,11 @@ pub async fn templates(
                 } else {
                     format!("AnalysisTemplate in namespace {namespace}")
                 };
-                return Ok(Err(format!(
-                    "{kind} {name:?} named in {field} does not exist"
-                )));
+                return Err(format!("{kind} {name:?} named in {field} does not exist"));
             }
         }
     }
-    Ok(Ok(specs))
+    Ok(specs)
 }
 
 /// Every template reference of the canary strategy, with the field that names it.
@@ -417,7 +415,7 @@ pub async fn sync(
         let run = match current {
             Some(run) => run.clone(),
             None => {
-                let specs = match templates(&ctx.client, namespace, want.refs, &want.field).await? {
+                let specs = match templates(&ctx.caches, namespace, want.refs, &want.field) {
                     Ok(specs) => specs,
                     Err(problem) => return Ok(Err(problem)),
                 };
@@ -465,7 +463,7 @@ pub async fn sync(
                     )
                     .await?;
                 info!(analysisrun = name.as_str(), "started an analysis run");
-                plan.events.push(sluice_engine::canary::Event {
+                plan.events.push(sluice_engine::release::Event {
                     warning: false,
                     reason: "AnalysisRunStarted",
                     message: format!("{} analysis started: AnalysisRun {name}", want.kind),

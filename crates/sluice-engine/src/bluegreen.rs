@@ -30,13 +30,14 @@ use sluice_api::rollout::{
     BlueGreenStatus, BlueGreenStrategy, PauseCondition, RolloutPhase, RolloutStatus,
 };
 
-use crate::canary::{
-    AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
-    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, converged, earliest, fill_counts,
-    history_to_delete, observed, pause_reason, progress_deadline, until,
-};
 use crate::conditions;
 use crate::gate::{self, Gated};
+use crate::release::{
+    AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
+    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, converged, earliest, fill_counts,
+    history_to_delete, observed, pause_reason, progress_deadline, refuse_promotion_while_held,
+    until,
+};
 use crate::replicas::Observed;
 
 /// Pause reason while the release waits for promotion (a person, or `autoPromotionSeconds`).
@@ -324,12 +325,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
     }
     d.held = gated.held().map(str::to_owned);
     d.waits = matches!(gated, Gated::HoldNew { .. });
-    crate::canary::refuse_promotion_while_held(
-        &mut d.events,
-        d.held.as_deref(),
-        &mut promote,
-        s.actions,
-    );
+    refuse_promotion_while_held(&mut d.events, d.held.as_deref(), &mut promote, s.actions);
 
     if releasing && !d.status.abort && !d.waits {
         walk(&mut d, &mut promote, &stable, &current);
@@ -363,6 +359,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
         .unwrap_or(current.as_str())
         .to_owned();
     let delete = history_to_delete(d.s, &d.scale, &[&stable, &current, &active]);
+    conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
     let waits = d.waits;
     Plan {
         status: d.status,
@@ -834,7 +831,7 @@ mod tests {
     use sluice_api::rollout::{RolloutSpec, RolloutStrategy};
 
     use super::*;
-    use crate::canary::Actions;
+    use crate::release::Actions;
 
     fn analysis() -> Option<RolloutAnalysis> {
         Some(RolloutAnalysis {

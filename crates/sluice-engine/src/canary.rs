@@ -12,152 +12,20 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sluice_api::rollout::{
-    CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, RolloutPhase, RolloutSpec,
-    RolloutStatus, TrafficWeight, TrafficWeights,
+    CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, RolloutPhase, RolloutStatus,
+    TrafficWeight, TrafficWeights,
 };
 
-use crate::conditions::{self, ConditionStatus};
+use crate::conditions;
 use crate::duration;
-use crate::gate::{self, Gated, Gating};
+use crate::gate::{self, Gated};
+use crate::release::{
+    AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
+    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, converged, earliest, fill_counts,
+    history_to_delete, observed, pause_reason, progress_deadline, refuse_promotion_while_held,
+    until,
+};
 use crate::replicas::{self, Counts, Observed};
-
-/// Default seconds an old stable ReplicaSet is kept after traffic left it (with a traffic router).
-pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
-/// Default seconds the canary's pods are kept after an abort (with a traffic router).
-pub const DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
-
-/// Pause reasons recorded in `status.pauseConditions`.
-pub mod pause_reason {
-    /// A `pause` step.
-    pub const CANARY_PAUSE_STEP: &str = "CanaryPauseStep";
-    /// A person paused the release.
-    pub const PAUSED_BY_USER: &str = "PausedByUser";
-    /// Step analysis was inconclusive: a person decides.
-    pub const INCONCLUSIVE_ANALYSIS: &str = "InconclusiveAnalysis";
-}
-
-/// A ReplicaSet the Rollout owns, as the controller saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaSetView {
-    /// Its pod-template hash.
-    pub hash: String,
-    /// `spec.replicas`.
-    pub replicas: i32,
-    /// `status.availableReplicas`.
-    pub available: i32,
-    /// When it is due to be scaled to zero, if a delay is running.
-    pub scale_down_at: Option<Timestamp>,
-    /// When it was created; the oldest idle ReplicaSets beyond `revisionHistoryLimit` are deleted.
-    pub created: Timestamp,
-}
-
-/// What people asked for since the last reconcile (kubectl sluice promote, abort, ...).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Actions {
-    /// Complete the current step (a pause, an analysis) and go on.
-    pub promote: bool,
-    /// Skip all remaining steps and analysis.
-    pub promote_full: bool,
-    /// Send all traffic back to stable.
-    pub abort: bool,
-    /// Start an aborted release again from its first step.
-    pub retry: bool,
-    /// Pause where the release stands.
-    pub pause: bool,
-    /// Undo `pause`.
-    pub resume: bool,
-}
-
-/// The verdict of the current step's analysis.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AnalysisOutcome {
-    /// Still measuring.
-    Running,
-    /// Passed.
-    Successful,
-    /// Neither passed nor failed: pause for a person.
-    Inconclusive(String),
-    /// Failed or errored: abort.
-    Failed(String),
-}
-
-/// Everything a decision depends on.
-#[derive(Clone, Debug)]
-pub struct Snapshot<'a> {
-    /// `metadata.generation` of the Rollout.
-    pub generation: i64,
-    pub spec: &'a RolloutSpec,
-    /// The status as persisted by the last reconcile.
-    pub status: &'a RolloutStatus,
-    /// Hash of `spec.template`.
-    pub current_hash: &'a str,
-    /// The ReplicaSets the Rollout owns.
-    pub replica_sets: &'a [ReplicaSetView],
-    /// The analysis of the step at the persisted `currentStepIndex`, if it has one and it was started.
-    pub step_analysis: Option<AnalysisOutcome>,
-    /// The background analysis of this release, if it was started.
-    pub background_analysis: Option<AnalysisOutcome>,
-    pub actions: Actions,
-    /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
-    pub gating: &'a Gating,
-    pub now: Timestamp,
-}
-
-/// Traffic split to put in force.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Traffic {
-    /// Percentage of traffic for the canary (the rest goes to stable).
-    pub canary_weight: i32,
-    /// The hash the canary Service selects.
-    pub canary_hash: String,
-    /// The hash the stable Service selects.
-    pub stable_hash: String,
-}
-
-/// An event to record on the Rollout.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// `Warning` rather than `Normal`.
-    pub warning: bool,
-    /// CamelCase reason, e.g. `RolloutAborted`.
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// What to change. The executor applies it in this order so that traffic never points at pods that
-/// are not there: create and scale up ReplicaSets; then Services and route weights; then scale down.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// The status to write.
-    pub status: RolloutStatus,
-    /// Create the ReplicaSet of the current template (with 0 replicas before scaling) if it is missing.
-    pub create_current: bool,
-    /// `spec.replicas` for each ReplicaSet, by hash.
-    pub scale: BTreeMap<String, i32>,
-    /// Scale-down deadlines to record (or clear, with `None`), by hash.
-    pub scale_down_at: BTreeMap<String, Option<Timestamp>>,
-    /// ReplicaSets to delete, by hash: idle ones beyond `revisionHistoryLimit`.
-    pub delete: Vec<String>,
-    /// Selectors and weights.
-    pub traffic: Traffic,
-    /// Events to record.
-    pub events: Vec<Event>,
-    /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).
-    pub requeue_after: Option<Duration>,
-}
-
-pub(crate) fn add(at: Timestamp, seconds: i64) -> Timestamp {
-    at.checked_add(SignedDuration::from_secs(seconds))
-        .unwrap_or(at)
-}
-
-pub(crate) fn until(now: Timestamp, at: Timestamp) -> Duration {
-    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
-}
-
-pub(crate) fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
-    Some(a.map_or(b, |a| a.min(b)))
-}
 
 /// The weight the steps ask for at `index`: the last `setWeight` at or before it, 100 past the end.
 pub fn step_weight(steps: &[CanaryStep], index: usize) -> i32 {
@@ -436,6 +304,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         canary_hash: current,
         stable_hash: stable,
     };
+    conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
     let waits = matches!(gated, Gated::HoldNew { .. });
     Plan {
         status: d.status,
@@ -463,28 +332,6 @@ fn gate_release(d: &mut Decision<'_>, releasing: bool) -> Gated {
         s.generation,
         &mut d.events,
     )
-}
-
-/// A promotion does not get past a holding gate (a bypass does): the request is refused with an
-/// Event saying how to bypass. `promote --full` stays recorded and goes ahead once released.
-pub(crate) fn refuse_promotion_while_held(
-    events: &mut Vec<Event>,
-    held: Option<&str>,
-    promote: &mut bool,
-    actions: Actions,
-) {
-    let Some(held) = held else { return };
-    if *promote || actions.promote_full {
-        *promote = false;
-        events.push(Event {
-            warning: true,
-            reason: "PromotionHeld",
-            message: format!(
-                "promotion waits: an error-budget gate holds the release ({held}); the {} annotation with a reason lets this revision through",
-                gate::BYPASS_ANNOTATION
-            ),
-        });
-    }
 }
 
 /// Drops the runs recorded for the release, so that new ones are started.
@@ -1003,171 +850,4 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
         }
         None => false,
     }
-}
-
-/// What the progress deadline asks of a decision, canary or blue-green.
-pub(crate) struct Deadline {
-    /// Look again when the deadline falls.
-    pub requeue_after: Option<Duration>,
-    /// The `ProgressDeadlineExceeded` Event, the first time it is missed.
-    pub event: Option<Event>,
-    /// Abort the release with this reason (`progressDeadlineAbort`).
-    pub abort: Option<String>,
-}
-
-/// The progress-deadline check both strategies share: records `lastProgressTime` while the release
-/// (stable, current) moves (a new revision or step, the new revision's pods, a resize of its own
-/// ReplicaSets planned in `scale`) or is paused or aborted; past the deadline, marks the release
-/// Degraded with `Progressing`/`Reconciling` False and `Stalled` True, or asks for an abort.
-pub(crate) fn progress_deadline(
-    s: &Snapshot<'_>,
-    status: &mut RolloutStatus,
-    scale: &BTreeMap<String, i32>,
-    paused: bool,
-    (stable, current): (&str, &str),
-) -> Deadline {
-    let mut outcome = Deadline {
-        requeue_after: None,
-        event: None,
-        abort: None,
-    };
-    let previous = s.status;
-    let now = s.now;
-    let releasing = stable != current;
-    let progressed = previous.current_pod_hash != status.current_pod_hash
-        || previous.current_step_index != status.current_step_index
-        // Only the new revision's pods count: old ReplicaSets winding down are not progress.
-        || previous.updated_replicas != status.updated_replicas
-        || previous.updated_ready_replicas != status.updated_ready_replicas
-        || previous.stable_rs != status.stable_rs
-        || previous.last_progress_time.is_none()
-        // Resizing the release's own ReplicaSets is progress too (e.g. the canary shrinking to a
-        // lower weight while stable grows back); an old revision winding down is not.
-        || [stable, current]
-            .iter()
-            .any(|h| scale.get(*h).is_some_and(|n| *n != observed(s, h).replicas));
-    if !releasing || paused || status.abort || progressed {
-        status.last_progress_time = Some(Time(now));
-        return outcome;
-    }
-    let since = status.last_progress_time.as_ref().map_or(now, |t| t.0);
-    let deadline = add(since, i64::from(s.spec.progress_deadline_seconds));
-    if now < deadline {
-        outcome.requeue_after = Some(until(now, deadline));
-        return outcome;
-    }
-    let new = observed(s, current);
-    let message = format!(
-        "no progress for {}s: {}/{} pods of {current} available",
-        s.spec.progress_deadline_seconds, new.available, new.replicas
-    );
-    if s.spec.progress_deadline_abort {
-        outcome.abort = Some(format!("progress deadline exceeded ({message})"));
-        return outcome;
-    }
-    let already = conditions::get(&previous.conditions, "Progressing")
-        .is_some_and(|c| c.reason == "ProgressDeadlineExceeded");
-    if !already {
-        outcome.event = Some(Event {
-            warning: true,
-            reason: "ProgressDeadlineExceeded",
-            message: message.clone(),
-        });
-    }
-    status.phase = Some(RolloutPhase::Degraded);
-    status.message = Some(format!("progress deadline exceeded: {message}"));
-    for (type_, condition) in [
-        ("Progressing", ConditionStatus::False),
-        ("Reconciling", ConditionStatus::False),
-        ("Stalled", ConditionStatus::True),
-    ] {
-        conditions::set(
-            &mut status.conditions,
-            type_,
-            condition,
-            "ProgressDeadlineExceeded",
-            &message,
-            now,
-            s.generation,
-        );
-    }
-    outcome
-}
-
-/// The counts of the ReplicaSet of `hash` as observed (zero if there is none).
-pub(crate) fn observed(s: &Snapshot<'_>, hash: &str) -> Observed {
-    s.replica_sets
-        .iter()
-        .find(|rs| rs.hash == hash)
-        .map(|rs| Observed {
-            replicas: rs.replicas,
-            available: rs.available,
-        })
-        .unwrap_or_default()
-}
-
-/// Idle ReplicaSets (scaled to zero by this plan, no delay running) beyond `revisionHistoryLimit`,
-/// oldest first; never one of `live`. Shared with the blue-green state machine.
-pub(crate) fn history_to_delete(
-    s: &Snapshot<'_>,
-    scale: &BTreeMap<String, i32>,
-    live: &[&str],
-) -> Vec<String> {
-    let mut idle: Vec<&ReplicaSetView> = s
-        .replica_sets
-        .iter()
-        .filter(|rs| !live.contains(&rs.hash.as_str()))
-        .filter(|rs| rs.replicas == 0 && scale.get(&rs.hash).is_none_or(|n| *n == 0))
-        .filter(|rs| rs.scale_down_at.is_none_or(|at| at <= s.now))
-        .collect();
-    idle.sort_by_key(|rs| std::cmp::Reverse(rs.created));
-    let keep = usize::try_from(s.spec.revision_history_limit).unwrap_or(0);
-    idle.into_iter()
-        .skip(keep)
-        .map(|rs| rs.hash.clone())
-        .collect()
-}
-
-/// Fills in what both strategies report alike: the generation, the pod counts and the selector.
-pub(crate) fn fill_counts(s: &Snapshot<'_>, status: &mut RolloutStatus) {
-    let sum = |f: fn(&ReplicaSetView) -> i32| s.replica_sets.iter().map(f).sum::<i32>();
-    let current = observed(s, s.current_hash);
-    status.observed_generation = Some(s.generation);
-    status.replicas = Some(sum(|rs| rs.replicas));
-    status.available_replicas = Some(sum(|rs| rs.available));
-    status.ready_replicas = Some(sum(|rs| rs.available));
-    status.updated_replicas = Some(current.replicas);
-    status.updated_ready_replicas = Some(current.available);
-    status.selector = selector_string(s.spec);
-}
-
-/// No release is under way and nothing is left to do: `stable` is the current revision and fully
-/// available, and every other ReplicaSet goes to zero in this plan or waits out its delay.
-pub(crate) fn converged(
-    s: &Snapshot<'_>,
-    stable: &str,
-    scale: &BTreeMap<String, i32>,
-    scale_down_at: &BTreeMap<String, Option<Timestamp>>,
-) -> bool {
-    stable == s.current_hash
-        && observed(s, stable).available >= s.spec.replicas
-        && s.replica_sets.iter().all(|rs| {
-            // Judged on this plan: old ReplicaSets going to zero, or waiting out their delay.
-            rs.hash == stable
-                || scale.get(&rs.hash).is_some_and(|n| *n == 0)
-                || rs.scale_down_at.is_some()
-                || scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
-        })
-}
-
-/// The pod selector as a string, for the scale subresource.
-pub(crate) fn selector_string(spec: &RolloutSpec) -> Option<String> {
-    let labels = spec.selector.match_labels.as_ref()?;
-    Some(
-        labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    )
 }

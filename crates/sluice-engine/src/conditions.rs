@@ -61,6 +61,19 @@ pub fn set(
     }
 }
 
+/// Gives each condition whose status is the same as before this decision its earlier transition
+/// time back: a decision may set a condition more than once on its way (True, then False past a
+/// deadline), and only a change from the persisted status is a transition.
+pub fn keep_transition_times(previous: &[Condition], next: &mut [Condition]) {
+    for condition in next {
+        if let Some(before) = get(previous, &condition.type_)
+            && before.status == condition.status
+        {
+            condition.last_transition_time = before.last_transition_time.clone();
+        }
+    }
+}
+
 /// The condition of type `type_`, if set.
 pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

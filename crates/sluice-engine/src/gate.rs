@@ -961,7 +961,7 @@ pub fn gate_release(
     releasing: bool,
     now: Timestamp,
     generation: i64,
-    events: &mut Vec<crate::canary::Event>,
+    events: &mut Vec<crate::release::Event>,
 ) -> Gated {
     let legacy_in_flight =
         status.error_budget.is_none() && status.current_step_index.unwrap_or(0) > 0;
@@ -1027,7 +1027,7 @@ pub fn gate_release(
                 });
                 let excess = record.bypasses.len().saturating_sub(BYPASS_HISTORY_LIMIT);
                 record.bypasses.drain(..excess);
-                events.push(crate::canary::Event {
+                events.push(crate::release::Event {
                     warning: true,
                     reason: EVENT_RELEASE_BYPASSED,
                     message: format!(
@@ -1052,7 +1052,7 @@ pub fn gate_release(
                 generation,
             );
             if !was_held {
-                events.push(crate::canary::Event {
+                events.push(crate::release::Event {
                     warning: true,
                     reason: EVENT_RELEASE_HELD,
                     message: format!("release of {current} held: {message}"),
@@ -1082,7 +1082,7 @@ pub fn settle(
     current: &str,
     now: Timestamp,
     generation: i64,
-    events: &mut Vec<crate::canary::Event>,
+    events: &mut Vec<crate::release::Event>,
 ) -> bool {
     remember_stable(status);
     let ended = status.abort || status.stable_rs.as_deref() == Some(current);
@@ -1115,7 +1115,7 @@ fn release_hold(
     gating: &Gating,
     now: Timestamp,
     generation: i64,
-    events: &mut Vec<crate::canary::Event>,
+    events: &mut Vec<crate::release::Event>,
 ) {
     if let Some(record) = status.error_budget.as_mut() {
         record.held_by.clear();
@@ -1144,7 +1144,7 @@ fn release_hold(
         generation,
     );
     if was_held == Some(true) {
-        events.push(crate::canary::Event {
+        events.push(crate::release::Event {
             warning: false,
             reason: EVENT_RELEASE_RESUMED,
             message: "no error-budget gate holds the release any more".to_owned(),
@@ -1827,7 +1827,7 @@ mod tests {
         status: &mut RolloutStatus,
         gating: &Gating,
         current: &str,
-    ) -> (Gated, Vec<crate::canary::Event>) {
+    ) -> (Gated, Vec<crate::release::Event>) {
         let mut events = Vec::new();
         let now = Timestamp::from_second(1_800_000_000).expect("time");
         let gated = gate_release(status, gating, current, true, now, 1, &mut events);

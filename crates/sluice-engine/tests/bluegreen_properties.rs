@@ -14,10 +14,13 @@ use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
 use sluice_api::gate::{GateState, InFlightPolicy};
 use sluice_api::rollout::{BlueGreenStrategy, RolloutSpec, RolloutStatus, RolloutStrategy};
 use sluice_engine::bluegreen::{self, wants_post_promotion_analysis, wants_pre_promotion_analysis};
-use sluice_engine::canary::{Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::gate::{self, Gating};
+use sluice_engine::release::{self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
 
-use common::{cases, gate_view, held, outcome, second_reconcile_changes_nothing};
+use common::{
+    cases, gate_view, held, later_reconcile_changes_nothing, later_than, outcome,
+    plan_is_a_fixed_point, second_reconcile_changes_nothing,
+};
 
 #[derive(Clone, Debug)]
 enum Event {
@@ -166,6 +169,7 @@ struct SimRs {
     created: Timestamp,
 }
 
+#[derive(Clone)]
 struct World {
     spec: RolloutSpec,
     status: RolloutStatus,
@@ -216,6 +220,10 @@ impl World {
     }
 
     fn decide(&self, status: &RolloutStatus, actions: Actions) -> Plan {
+        self.decide_at(status, actions, self.now)
+    }
+
+    fn decide_at(&self, status: &RolloutStatus, actions: Actions, now: Timestamp) -> Plan {
         let views = self.views();
         let snapshot = Snapshot {
             generation: 1,
@@ -227,9 +235,9 @@ impl World {
             background_analysis: self.post.clone(),
             actions,
             gating: &self.gating,
-            now: self.now,
+            now,
         };
-        bluegreen::decide(&snapshot, self.strategy())
+        release::decide(&snapshot, release::Strategy::BlueGreen(self.strategy()))
     }
 
     fn apply(&mut self, plan: &Plan) {
@@ -417,12 +425,26 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         let actions = actions_for(event);
         let before = world.status.clone();
         let plan = world.decide(&before, actions);
+        // As the controller sees it after writing the plan's status: the runs of a release that a
+        // new revision or a retry dropped give no verdict.
+        let mut own = world.clone();
+        if before.abort != plan.status.abort
+            || before.current_pod_hash != plan.status.current_pod_hash
+        {
+            own.pre = None;
+            own.post = None;
+        }
+        plan_is_a_fixed_point(&plan, &own.decide(&plan.status, Actions::default()))?;
         world.apply(&plan);
         check(world, &before, &plan, actions)?;
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
         let again = world.decide(&world.status, Actions::default());
         second_reconcile_changes_nothing(&plan, &again)?;
+        if let Some(later) = later_than(world.now, &again) {
+            let later = world.decide_at(&again.status, Actions::default(), later);
+            later_reconcile_changes_nothing(&again, &later)?;
+        }
         prop_assert_eq!(again.status.abort, plan.status.abort);
     }
     Ok(())

@@ -17,13 +17,15 @@ use sluice_api::rollout::{
     CanaryStep, CanaryStrategy, GatewayApiRouting, PauseStep, RolloutSpec, RolloutStatus,
     RolloutStrategy, SetCanaryScale, TrafficRouting,
 };
-use sluice_engine::canary::{
-    self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot, step_weight,
-};
+use sluice_engine::canary::step_weight;
 use sluice_engine::gate::{self, Gating};
+use sluice_engine::release::{self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::replicas;
 
-use common::{cases, gate_view, held, outcome, second_reconcile_changes_nothing};
+use common::{
+    cases, gate_view, held, later_reconcile_changes_nothing, later_than, outcome,
+    plan_is_a_fixed_point, second_reconcile_changes_nothing,
+};
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -199,6 +201,7 @@ struct SimRs {
     created: Timestamp,
 }
 
+#[derive(Clone)]
 struct World {
     spec: RolloutSpec,
     status: RolloutStatus,
@@ -234,6 +237,10 @@ impl World {
     }
 
     fn decide(&self, status: &RolloutStatus, actions: Actions) -> Plan {
+        self.decide_at(status, actions, self.now)
+    }
+
+    fn decide_at(&self, status: &RolloutStatus, actions: Actions, now: Timestamp) -> Plan {
         let views = self.views();
         let snapshot = Snapshot {
             generation: 1,
@@ -250,11 +257,11 @@ impl World {
             background_analysis: self.background.clone(),
             actions,
             gating: &self.gating,
-            now: self.now,
+            now,
         };
-        canary::decide(
+        release::decide(
             &snapshot,
-            self.spec.strategy.canary.as_ref().expect("canary"),
+            release::Strategy::Canary(self.spec.strategy.canary.as_ref().expect("canary")),
         )
     }
 
@@ -468,6 +475,16 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         let actions = actions_for(event);
         let before = world.status.clone();
         let plan = world.decide(&before, actions);
+        // As the controller sees it after writing the plan's status: the runs of a release that a
+        // new revision or a retry dropped give no verdict.
+        let mut own = world.clone();
+        if before.abort != plan.status.abort
+            || before.current_pod_hash != plan.status.current_pod_hash
+        {
+            own.verdict = None;
+            own.background = None;
+        }
+        plan_is_a_fixed_point(&plan, &own.decide(&plan.status, Actions::default()))?;
         check(world, &before, &plan, actions)?;
 
         world.apply(&plan);
@@ -496,6 +513,10 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         // world, the next reconcile keeps the same targets and records no new transition.
         let again = world.decide(&world.status, Actions::default());
         second_reconcile_changes_nothing(&plan, &again)?;
+        if let Some(later) = later_than(world.now, &again) {
+            let later = world.decide_at(&again.status, Actions::default(), later);
+            later_reconcile_changes_nothing(&again, &later)?;
+        }
     }
     Ok(())
 }

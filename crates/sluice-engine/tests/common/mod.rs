@@ -7,8 +7,11 @@ use sluice_api::gate::{
     BudgetThresholds, ErrorBudgetGateStatus, GateState, InFlightPolicy, UnknownPolicy,
 };
 use sluice_api::rollout::RolloutStatus;
-use sluice_engine::canary::{AnalysisOutcome, Plan};
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sluice_engine::gate::{GatePolicy, GateView};
+use sluice_engine::release::{AnalysisOutcome, Plan};
 
 /// A gate named `slo` in `state` (6% of budget left), holding on Unknown, with `in_flight`.
 pub fn gate_view(state: GateState, in_flight: InFlightPolicy) -> GateView {
@@ -79,5 +82,76 @@ pub fn second_reconcile_changes_nothing(plan: &Plan, again: &Plan) -> Result<(),
         "second reconcile emitted {:?}",
         again.events
     );
+    Ok(())
+}
+
+/// A time after `now` at which nothing the reconcile `again` scheduled has come due yet: half way to
+/// its requeue, or an hour on when it scheduled nothing. `None` when the requeue is too close to
+/// leave room.
+pub fn later_than(now: Timestamp, again: &Plan) -> Option<Timestamp> {
+    let wait = match again.requeue_after {
+        Some(d) if d < Duration::from_secs(2) => return None,
+        Some(d) => d / 2,
+        None => Duration::from_secs(3600),
+    };
+    let wait = SignedDuration::try_from(wait).ok()?;
+    now.checked_add(wait).ok()
+}
+
+/// Time passing alone changes nothing before the requeue the last reconcile asked for: a reconcile
+/// at a later `now`, of the same world, writes the same status (no timestamp refreshed every time,
+/// which would turn every settled Rollout into a loop through its own watch) and records nothing.
+pub fn later_reconcile_changes_nothing(again: &Plan, later: &Plan) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        &later.status,
+        &again.status,
+        "a reconcile later, with nothing else new, changed the status"
+    );
+    prop_assert_eq!(
+        &later.scale,
+        &again.scale,
+        "a later reconcile changed the scale"
+    );
+    prop_assert_eq!(
+        &later.traffic,
+        &again.traffic,
+        "a later reconcile changed the traffic"
+    );
+    prop_assert!(
+        later.events.is_empty(),
+        "a later reconcile emitted {:?}",
+        later.events
+    );
+    Ok(())
+}
+
+/// The controller is not woken by its own status writes, so a plan must stand on its own: decided
+/// again from the status it writes, in the same world at the same time (`own`), nothing more
+/// happens, and whatever `own` would wait for, the plan already asked to be woken for in time.
+pub fn plan_is_a_fixed_point(plan: &Plan, own: &Plan) -> Result<(), TestCaseError> {
+    prop_assert_eq!(
+        &own.status,
+        &plan.status,
+        "its own status moved the decision on"
+    );
+    prop_assert_eq!(&own.scale, &plan.scale, "its own status changed the scale");
+    prop_assert_eq!(
+        &own.traffic,
+        &plan.traffic,
+        "its own status changed the traffic"
+    );
+    prop_assert!(
+        own.events.is_empty(),
+        "its own status emitted {:?}",
+        own.events
+    );
+    if let Some(wait) = own.requeue_after {
+        prop_assert!(
+            plan.requeue_after.is_some_and(|asked| asked <= wait),
+            "the plan asked to be woken after {:?}, but its status waits for {:?}",
+            plan.requeue_after,
+            wait
+        );
+    }
     Ok(())
 }

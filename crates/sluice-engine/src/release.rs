@@ -1,0 +1,452 @@
+//! The release core both strategies share: what a decision sees ([`Snapshot`]), what it asks for
+//! ([`Plan`]), people's requests ([`Actions`]), the Events it records, and the progress deadline.
+//! [`decide`] is the one entry point the controller calls: it runs the strategy's state machine until
+//! the plan no longer moves, so a plan stands on its own and the controller need not be woken by its
+//! own status write to finish a transition.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use sluice_api::rollout::{
+    BlueGreenStrategy, CanaryStrategy, RolloutPhase, RolloutSpec, RolloutStatus,
+};
+
+use crate::conditions::{self, ConditionStatus};
+use crate::gate::{self, Gating};
+use crate::replicas::Observed;
+use crate::{bluegreen, canary};
+
+/// A Rollout's release strategy.
+#[derive(Clone, Copy, Debug)]
+pub enum Strategy<'a> {
+    Canary(&'a CanaryStrategy),
+    BlueGreen(&'a BlueGreenStrategy),
+}
+
+/// How many passes of a strategy's state machine one decision may take before it stops and asks to
+/// be woken again shortly. Every transition settles in a few; the bound only keeps a mistake from
+/// spinning.
+const MAX_PASSES: usize = 8;
+
+/// Decides the next step of a release: the strategy's state machine, run again on the status it
+/// produced (same observation, same time, no new requests) until nothing more changes. Verdicts of
+/// analysis runs that a pass moved past or dropped are not carried into the next pass.
+pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
+    let pass = |snapshot: &Snapshot<'_>| match strategy {
+        Strategy::Canary(c) => canary::decide(snapshot, c),
+        Strategy::BlueGreen(b) => bluegreen::decide(snapshot, b),
+    };
+    let mut plan = pass(s);
+    let mut before = s.status.clone();
+    let (mut step_analysis, mut background_analysis) =
+        (s.step_analysis.clone(), s.background_analysis.clone());
+    for _ in 1..MAX_PASSES {
+        if plan.status == before {
+            return plan;
+        }
+        let blue_green = matches!(strategy, Strategy::BlueGreen(_));
+        step_analysis = step_analysis.filter(|_| same_step_run(&before, &plan.status, blue_green));
+        background_analysis =
+            background_analysis.filter(|_| same_background_run(&before, &plan.status, blue_green));
+        let mut next = pass(&Snapshot {
+            status: &plan.status,
+            step_analysis: step_analysis.clone(),
+            background_analysis: background_analysis.clone(),
+            actions: Actions::default(),
+            ..s.clone()
+        });
+        // What the earlier passes asked for still stands unless a later pass says otherwise.
+        next.create_current |= plan.create_current;
+        let mut scale_down_at = std::mem::take(&mut plan.scale_down_at);
+        scale_down_at.append(&mut next.scale_down_at);
+        next.scale_down_at = scale_down_at;
+        let mut events = std::mem::take(&mut plan.events);
+        events.append(&mut next.events);
+        next.events = events;
+        before = std::mem::replace(&mut plan, next).status;
+    }
+    // Not settled (a mistake in a state machine): look again soon rather than spin here.
+    plan.requeue_after = earliest(plan.requeue_after, Duration::from_secs(1));
+    plan
+}
+
+/// The release, its step and its abort are the same in both statuses.
+fn same_release(before: &RolloutStatus, after: &RolloutStatus) -> bool {
+    before.current_pod_hash == after.current_pod_hash && before.abort == after.abort
+}
+
+/// The verdict of the step's (blue-green: pre-promotion) run still belongs to the release in `after`.
+fn same_step_run(before: &RolloutStatus, after: &RolloutStatus, blue_green: bool) -> bool {
+    let run = |s: &RolloutStatus| {
+        if blue_green {
+            s.blue_green
+                .as_ref()
+                .and_then(|b| b.pre_promotion_analysis_run_status.clone())
+        } else {
+            s.canary
+                .as_ref()
+                .and_then(|c| c.current_step_analysis_run_status.clone())
+        }
+    };
+    same_release(before, after)
+        && before.current_step_index == after.current_step_index
+        && run(before) == run(after)
+}
+
+/// The verdict of the background (blue-green: post-promotion) run still belongs to the release.
+fn same_background_run(before: &RolloutStatus, after: &RolloutStatus, blue_green: bool) -> bool {
+    let run = |s: &RolloutStatus| {
+        if blue_green {
+            s.blue_green
+                .as_ref()
+                .and_then(|b| b.post_promotion_analysis_run_status.clone())
+        } else {
+            s.canary
+                .as_ref()
+                .and_then(|c| c.current_background_analysis_run_status.clone())
+        }
+    };
+    same_release(before, after)
+        && (!blue_green || before.current_step_index == after.current_step_index)
+        && run(before) == run(after)
+}
+
+/// Default seconds an old stable ReplicaSet is kept after traffic left it (with a traffic router).
+pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
+/// Default seconds the canary's pods are kept after an abort (with a traffic router).
+pub const DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
+
+/// Pause reasons recorded in `status.pauseConditions`.
+pub mod pause_reason {
+    /// A `pause` step.
+    pub const CANARY_PAUSE_STEP: &str = "CanaryPauseStep";
+    /// A person paused the release.
+    pub const PAUSED_BY_USER: &str = "PausedByUser";
+    /// Step analysis was inconclusive: a person decides.
+    pub const INCONCLUSIVE_ANALYSIS: &str = "InconclusiveAnalysis";
+}
+
+/// A ReplicaSet the Rollout owns, as the controller saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaSetView {
+    /// Its pod-template hash.
+    pub hash: String,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `status.availableReplicas`.
+    pub available: i32,
+    /// When it is due to be scaled to zero, if a delay is running.
+    pub scale_down_at: Option<Timestamp>,
+    /// When it was created; the oldest idle ReplicaSets beyond `revisionHistoryLimit` are deleted.
+    pub created: Timestamp,
+}
+
+/// What people asked for since the last reconcile (kubectl sluice promote, abort, ...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Complete the current step (a pause, an analysis) and go on.
+    pub promote: bool,
+    /// Skip all remaining steps and analysis.
+    pub promote_full: bool,
+    /// Send all traffic back to stable.
+    pub abort: bool,
+    /// Start an aborted release again from its first step.
+    pub retry: bool,
+    /// Pause where the release stands.
+    pub pause: bool,
+    /// Undo `pause`.
+    pub resume: bool,
+}
+
+/// The verdict of the current step's analysis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnalysisOutcome {
+    /// Still measuring.
+    Running,
+    /// Passed.
+    Successful,
+    /// Neither passed nor failed: pause for a person.
+    Inconclusive(String),
+    /// Failed or errored: abort.
+    Failed(String),
+}
+
+/// Everything a decision depends on.
+#[derive(Clone, Debug)]
+pub struct Snapshot<'a> {
+    /// `metadata.generation` of the Rollout.
+    pub generation: i64,
+    pub spec: &'a RolloutSpec,
+    /// The status as persisted by the last reconcile.
+    pub status: &'a RolloutStatus,
+    /// Hash of `spec.template`.
+    pub current_hash: &'a str,
+    /// The ReplicaSets the Rollout owns.
+    pub replica_sets: &'a [ReplicaSetView],
+    /// The analysis of the step at the persisted `currentStepIndex`, if it has one and it was started.
+    pub step_analysis: Option<AnalysisOutcome>,
+    /// The background analysis of this release, if it was started.
+    pub background_analysis: Option<AnalysisOutcome>,
+    pub actions: Actions,
+    /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
+    pub gating: &'a Gating,
+    pub now: Timestamp,
+}
+
+/// Traffic split to put in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    /// Percentage of traffic for the canary (the rest goes to stable).
+    pub canary_weight: i32,
+    /// The hash the canary Service selects.
+    pub canary_hash: String,
+    /// The hash the stable Service selects.
+    pub stable_hash: String,
+}
+
+/// An event to record on the Rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// CamelCase reason, e.g. `RolloutAborted`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What to change. The executor applies it in this order so that traffic never points at pods that
+/// are not there: create and scale up ReplicaSets; then Services and route weights; then scale down.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The status to write.
+    pub status: RolloutStatus,
+    /// Create the ReplicaSet of the current template (with 0 replicas before scaling) if it is missing.
+    pub create_current: bool,
+    /// `spec.replicas` for each ReplicaSet, by hash.
+    pub scale: BTreeMap<String, i32>,
+    /// Scale-down deadlines to record (or clear, with `None`), by hash.
+    pub scale_down_at: BTreeMap<String, Option<Timestamp>>,
+    /// ReplicaSets to delete, by hash: idle ones beyond `revisionHistoryLimit`.
+    pub delete: Vec<String>,
+    /// Selectors and weights.
+    pub traffic: Traffic,
+    /// Events to record.
+    pub events: Vec<Event>,
+    /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).
+    pub requeue_after: Option<Duration>,
+}
+
+pub(crate) fn add(at: Timestamp, seconds: i64) -> Timestamp {
+    at.checked_add(SignedDuration::from_secs(seconds))
+        .unwrap_or(at)
+}
+
+pub(crate) fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+pub(crate) fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// A promotion does not get past a holding gate (a bypass does): the request is refused with an
+/// Event saying how to bypass. `promote --full` stays recorded and goes ahead once released.
+pub(crate) fn refuse_promotion_while_held(
+    events: &mut Vec<Event>,
+    held: Option<&str>,
+    promote: &mut bool,
+    actions: Actions,
+) {
+    let Some(held) = held else { return };
+    if *promote || actions.promote_full {
+        *promote = false;
+        events.push(Event {
+            warning: true,
+            reason: "PromotionHeld",
+            message: format!(
+                "promotion waits: an error-budget gate holds the release ({held}); the {} annotation with a reason lets this revision through",
+                gate::BYPASS_ANNOTATION
+            ),
+        });
+    }
+}
+
+/// What the progress deadline asks of a decision, canary or blue-green.
+pub(crate) struct Deadline {
+    /// Look again when the deadline falls.
+    pub requeue_after: Option<Duration>,
+    /// The `ProgressDeadlineExceeded` Event, the first time it is missed.
+    pub event: Option<Event>,
+    /// Abort the release with this reason (`progressDeadlineAbort`).
+    pub abort: Option<String>,
+}
+
+/// The progress-deadline check both strategies share: records `lastProgressTime` when the release
+/// (stable, current) moves (a new revision or step, the new revision's pods, a resize of its own
+/// ReplicaSets planned in `scale`, the end of a pause) and clears it while no release is in flight
+/// or it is paused or aborted; past the deadline, marks the release
+/// Degraded with `Progressing`/`Reconciling` False and `Stalled` True, or asks for an abort.
+pub(crate) fn progress_deadline(
+    s: &Snapshot<'_>,
+    status: &mut RolloutStatus,
+    scale: &BTreeMap<String, i32>,
+    paused: bool,
+    (stable, current): (&str, &str),
+) -> Deadline {
+    let mut outcome = Deadline {
+        requeue_after: None,
+        event: None,
+        abort: None,
+    };
+    let previous = s.status;
+    let now = s.now;
+    let releasing = stable != current;
+    let progressed = previous.current_pod_hash != status.current_pod_hash
+        || previous.current_step_index != status.current_step_index
+        // Only the new revision's pods count: old ReplicaSets winding down are not progress.
+        || previous.updated_replicas != status.updated_replicas
+        || previous.updated_ready_replicas != status.updated_ready_replicas
+        || previous.stable_rs != status.stable_rs
+        || previous.last_progress_time.is_none()
+        // Resizing the release's own ReplicaSets is progress too (e.g. the canary shrinking to a
+        // lower weight while stable grows back); an old revision winding down is not.
+        || [stable, current]
+            .iter()
+            .any(|h| scale.get(*h).is_some_and(|n| *n != observed(s, h).replicas));
+    // The deadline runs only while a release is free to move. Otherwise there is no progress time
+    // at all (rather than one refreshed on every reconcile, which would rewrite a settled status
+    // forever); the first reconcile that lets the release move again starts the clock afresh.
+    if !releasing || paused || status.abort {
+        status.last_progress_time = None;
+        return outcome;
+    }
+    if progressed {
+        status.last_progress_time = Some(Time(now));
+        outcome.requeue_after = Some(Duration::from_secs(
+            u64::try_from(s.spec.progress_deadline_seconds).unwrap_or(0),
+        ));
+        return outcome;
+    }
+    let since = status.last_progress_time.as_ref().map_or(now, |t| t.0);
+    let deadline = add(since, i64::from(s.spec.progress_deadline_seconds));
+    if now < deadline {
+        outcome.requeue_after = Some(until(now, deadline));
+        return outcome;
+    }
+    let new = observed(s, current);
+    let message = format!(
+        "no progress for {}s: {}/{} pods of {current} available",
+        s.spec.progress_deadline_seconds, new.available, new.replicas
+    );
+    if s.spec.progress_deadline_abort {
+        outcome.abort = Some(format!("progress deadline exceeded ({message})"));
+        return outcome;
+    }
+    let already = conditions::get(&previous.conditions, "Progressing")
+        .is_some_and(|c| c.reason == "ProgressDeadlineExceeded");
+    if !already {
+        outcome.event = Some(Event {
+            warning: true,
+            reason: "ProgressDeadlineExceeded",
+            message: message.clone(),
+        });
+    }
+    status.phase = Some(RolloutPhase::Degraded);
+    status.message = Some(format!("progress deadline exceeded: {message}"));
+    for (type_, condition) in [
+        ("Progressing", ConditionStatus::False),
+        ("Reconciling", ConditionStatus::False),
+        ("Stalled", ConditionStatus::True),
+    ] {
+        conditions::set(
+            &mut status.conditions,
+            type_,
+            condition,
+            "ProgressDeadlineExceeded",
+            &message,
+            now,
+            s.generation,
+        );
+    }
+    outcome
+}
+
+/// The counts of the ReplicaSet of `hash` as observed (zero if there is none).
+pub(crate) fn observed(s: &Snapshot<'_>, hash: &str) -> Observed {
+    s.replica_sets
+        .iter()
+        .find(|rs| rs.hash == hash)
+        .map(|rs| Observed {
+            replicas: rs.replicas,
+            available: rs.available,
+        })
+        .unwrap_or_default()
+}
+
+/// Idle ReplicaSets (scaled to zero by this plan, no delay running) beyond `revisionHistoryLimit`,
+/// oldest first; never one of `live`. Shared with the blue-green state machine.
+pub(crate) fn history_to_delete(
+    s: &Snapshot<'_>,
+    scale: &BTreeMap<String, i32>,
+    live: &[&str],
+) -> Vec<String> {
+    let mut idle: Vec<&ReplicaSetView> = s
+        .replica_sets
+        .iter()
+        .filter(|rs| !live.contains(&rs.hash.as_str()))
+        .filter(|rs| rs.replicas == 0 && scale.get(&rs.hash).is_none_or(|n| *n == 0))
+        .filter(|rs| rs.scale_down_at.is_none_or(|at| at <= s.now))
+        .collect();
+    idle.sort_by_key(|rs| std::cmp::Reverse(rs.created));
+    let keep = usize::try_from(s.spec.revision_history_limit).unwrap_or(0);
+    idle.into_iter()
+        .skip(keep)
+        .map(|rs| rs.hash.clone())
+        .collect()
+}
+
+/// Fills in what both strategies report alike: the generation, the pod counts and the selector.
+pub(crate) fn fill_counts(s: &Snapshot<'_>, status: &mut RolloutStatus) {
+    let sum = |f: fn(&ReplicaSetView) -> i32| s.replica_sets.iter().map(f).sum::<i32>();
+    let current = observed(s, s.current_hash);
+    status.observed_generation = Some(s.generation);
+    status.replicas = Some(sum(|rs| rs.replicas));
+    status.available_replicas = Some(sum(|rs| rs.available));
+    status.ready_replicas = Some(sum(|rs| rs.available));
+    status.updated_replicas = Some(current.replicas);
+    status.updated_ready_replicas = Some(current.available);
+    status.selector = selector_string(s.spec);
+}
+
+/// No release is under way and nothing is left to do: `stable` is the current revision and fully
+/// available, and every other ReplicaSet goes to zero in this plan or waits out its delay.
+pub(crate) fn converged(
+    s: &Snapshot<'_>,
+    stable: &str,
+    scale: &BTreeMap<String, i32>,
+    scale_down_at: &BTreeMap<String, Option<Timestamp>>,
+) -> bool {
+    stable == s.current_hash
+        && observed(s, stable).available >= s.spec.replicas
+        && s.replica_sets.iter().all(|rs| {
+            // Judged on this plan: old ReplicaSets going to zero, or waiting out their delay.
+            rs.hash == stable
+                || scale.get(&rs.hash).is_some_and(|n| *n == 0)
+                || rs.scale_down_at.is_some()
+                || scale_down_at.get(&rs.hash).is_some_and(Option::is_some)
+        })
+}
+
+/// The pod selector as a string, for the scale subresource.
+pub(crate) fn selector_string(spec: &RolloutSpec) -> Option<String> {
+    let labels = spec.selector.match_labels.as_ref()?;
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}

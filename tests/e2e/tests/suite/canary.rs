@@ -18,7 +18,7 @@ use sluice_e2e::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn rollout(name: &str, replicas: i32, image: &str, canary: Value) -> Value {
+pub(crate) fn rollout(name: &str, replicas: i32, image: &str, canary: Value) -> Value {
     json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout",
         "metadata": {"name": name},
@@ -32,7 +32,7 @@ fn rollout(name: &str, replicas: i32, image: &str, canary: Value) -> Value {
     })
 }
 
-async fn apply(api: &Api<Rollout>, manifest: &Value) -> Result<()> {
+pub(crate) async fn apply(api: &Api<Rollout>, manifest: &Value) -> Result<()> {
     let name = manifest["metadata"]["name"].as_str().context("name")?;
     api.patch(
         name,
@@ -59,7 +59,7 @@ async fn request(api: &Api<Rollout>, name: &str, action: &str) -> Result<()> {
 }
 
 /// Waits until the Rollout's status satisfies `check`, and returns it.
-async fn wait_status(
+pub(crate) async fn wait_status(
     api: &Api<Rollout>,
     name: &str,
     what: &str,
@@ -72,7 +72,7 @@ async fn wait_status(
     .await
 }
 
-fn healthy_on(status: &RolloutStatus, hash: Option<&str>) -> bool {
+pub(crate) fn healthy_on(status: &RolloutStatus, hash: Option<&str>) -> bool {
     status.phase == Some(RolloutPhase::Healthy)
         && (hash.is_none() || status.stable_rs.as_deref() == hash)
 }
@@ -101,7 +101,7 @@ async fn replica_sets(client: &Client, ns: &str) -> Result<Vec<(String, i32, i32
         .collect())
 }
 
-async fn route_weights(client: &Client, ns: &str) -> Result<(i64, i64)> {
+pub(crate) async fn route_weights(client: &Client, ns: &str) -> Result<(i64, i64)> {
     let routes = sluice_e2e_routes(client, ns);
     let route = routes.get("web").await?;
     let refs = route.data["spec"]["rules"][0]["backendRefs"]
@@ -155,7 +155,7 @@ fn record_route_weights(client: &Client, ns: &str) -> Arc<Mutex<Vec<(i64, i64)>>
     seen
 }
 
-async fn create_routing(client: &Client, ns: &str) -> Result<()> {
+pub(crate) async fn create_routing(client: &Client, ns: &str) -> Result<()> {
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     for name in ["web-stable", "web-canary"] {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
@@ -183,7 +183,7 @@ async fn create_routing(client: &Client, ns: &str) -> Result<()> {
     Ok(())
 }
 
-fn routed_canary(steps: Value) -> Value {
+pub(crate) fn routed_canary(steps: Value) -> Value {
     json!({
         "canaryService": "web-canary", "stableService": "web-stable",
         "trafficRouting": {"gatewayAPI": {"httpRoute": "web"}},

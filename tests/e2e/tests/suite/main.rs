@@ -10,6 +10,7 @@ mod gate;
 mod leader;
 mod operator;
 mod plugin;
+mod requests;
 mod slo_history;
 mod traffic;
 mod validation;

@@ -1,0 +1,203 @@
+//! What the controller costs the API server: a settled Rollout's reconcile reads its caches and sends
+//! nothing; an abort sends only the writes that carry it out. Counted by the controller itself in
+//! `sluice_api_requests_total` (verb, resource), which this test reads from `/metrics`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use sluice_api::rollout::{Rollout, RolloutPhase};
+use sluice_e2e::{
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+};
+
+use crate::canary::{
+    apply, create_routing, healthy_on, rollout, route_weights, routed_canary, wait_status,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Requests by (verb, resource), and the Rollout reconciles so far.
+struct Counts {
+    requests: BTreeMap<(String, String), u64>,
+    reconciles: u64,
+}
+
+impl Counts {
+    async fn read(controller: &ControllerProcess) -> Result<Self> {
+        let body = sluice_e2e::http_get(&controller.http, "/metrics").await?;
+        let mut requests = BTreeMap::new();
+        let mut reconciles = 0;
+        for line in body.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: u64 = value.parse::<f64>().map_or(0, |v| v as u64);
+            if series == "sluice_rollout_reconciles_total" {
+                reconciles = value;
+            } else if let Some(labels) = series.strip_prefix("sluice_api_requests_total{") {
+                let label = |name: &str| {
+                    labels
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                        .map(|v| v.trim_end_matches(['"', '}']).to_owned())
+                        .unwrap_or_default()
+                };
+                requests.insert((label("verb"), label("resource")), value);
+            }
+        }
+        Ok(Self {
+            requests,
+            reconciles,
+        })
+    }
+
+    /// What was sent since `before`, watches and the leader Lease left out: a watch is opened per
+    /// kind and re-opened now and then, and the Lease is renewed every few seconds, whatever the
+    /// Rollouts do.
+    fn since(&self, before: &Counts) -> BTreeMap<(String, String), u64> {
+        self.requests
+            .iter()
+            .filter(|((verb, resource), _)| verb != "watch" && resource != "leases")
+            .map(|(key, n)| {
+                (
+                    key.clone(),
+                    n - before.requests.get(key).copied().unwrap_or(0),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// Waits until the controller has reconciled at least `count` more times than `before` and has
+/// been quiet for a moment, then reads the counts.
+async fn after_reconciles(
+    controller: &ControllerProcess,
+    before: &Counts,
+    count: u64,
+) -> Result<Counts> {
+    eventually("the reconciles", WAIT, || async {
+        let now = Counts::read(controller).await?;
+        Ok((now.reconciles >= before.reconciles + count).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Counts::read(controller).await
+}
+
+#[tokio::test]
+async fn a_settled_rollout_costs_no_requests_and_an_abort_only_its_writes() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "requests").await?;
+    let controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    // A template named by a later step: a reconcile checks that it exists, from its cache.
+    let templates: Api<sluice_api::analysis::AnalysisTemplate> =
+        Api::namespaced(client.clone(), &ns.name);
+    templates
+        .patch(
+            "checks",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "checks"},
+                "spec": {"metrics": [{"name": "up", "successCondition": "result[0] == 1",
+                    "provider": {"prometheus": {"address": "http://127.0.0.1:9", "query": "up"}}}]}
+            })),
+        )
+        .await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps = json!([{"setWeight": 50}, {"pause": {}}, {"analysis": {"templates": [{"templateName": "checks"}]}}]);
+    apply(
+        &api,
+        &rollout(
+            "web",
+            2,
+            "registry.example/web:1.0.0",
+            routed_canary(steps.clone()),
+        ),
+    )
+    .await?;
+    wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Settled: reconciles woken by the Rollout's own metadata and by its Services read caches only.
+    let before = Counts::read(&controller).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let mut settled = Counts::read(&controller).await?;
+    for i in 0..3 {
+        let touch = json!({"metadata": {"annotations": {"e2e.sluice.dev/touch": i.to_string()}}});
+        api.patch("web", &PatchParams::default(), &Patch::Merge(&touch))
+            .await?;
+        settled = after_reconciles(&controller, &settled, 1).await?;
+        let touch = json!({"metadata": {"labels": {"e2e.sluice.dev/touch": i.to_string()}}});
+        services
+            .patch("web-stable", &PatchParams::default(), &Patch::Merge(&touch))
+            .await?;
+        settled = after_reconciles(&controller, &settled, 1).await?;
+    }
+    let sent = settled.since(&before);
+    println!(
+        "settled Rollout: {} reconciles, API requests: {sent:?}",
+        settled.reconciles - before.reconciles
+    );
+    ensure!(
+        sent.is_empty(),
+        "a settled Rollout's reconciles sent requests: {sent:?}"
+    );
+
+    // A release paused at 50%, then aborted.
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:2.0.0", routed_canary(steps)),
+    )
+    .await?;
+    wait_status(&api, "web", "the release to pause at 50%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = Counts::read(&controller).await?;
+    let abort = json!({"metadata": {"annotations": {"sluice.dev/action": "abort"}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&abort))
+        .await?;
+    wait_status(&api, "web", "the abort", |s| {
+        s.abort && s.phase == Some(RolloutPhase::Degraded)
+    })
+    .await?;
+    eventually("traffic back on stable", WAIT, || async {
+        Ok((route_weights(&client, &ns.name).await? == (100, 0)).then_some(()))
+    })
+    .await?;
+    let aborted = after_reconciles(&controller, &before, 1).await?;
+    let sent = aborted.since(&before);
+    println!(
+        "abort: {} reconciles, API requests: {sent:?}",
+        aborted.reconciles - before.reconciles
+    );
+    let reads: Vec<_> = sent
+        .keys()
+        .filter(|(verb, _)| verb == "get" || verb == "list")
+        .collect();
+    ensure!(
+        reads.is_empty(),
+        "an abort read from the API server instead of the caches: {reads:?}"
+    );
+    // Take the request, put the route back, record the status and report it (an Event), and at most
+    // mark when the canary's pods go: each write once, none that changes nothing.
+    let twice: Vec<_> = sent.iter().filter(|(_, n)| **n > 1).collect();
+    ensure!(
+        twice.is_empty(),
+        "an abort wrote something twice: {twice:?}"
+    );
+    let writes: u64 = sent.values().sum();
+    ensure!(writes <= 5, "an abort took {writes} requests: {sent:?}");
+    Ok(())
+}

@@ -17,12 +17,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
+use sluice_api::names::{ACTION_ANNOTATION, ROLLOUT_LABEL, RolloutAction, TEMPLATE_ANNOTATION};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
 /// Label on the ReplicaSets a Rollout owns (set by the controller).
-const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
-const ACTION_ANNOTATION: &str = "sluice.dev/action";
-const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
 /// The field manager of the plugin's writes.
 const FIELD_MANAGER: &str = "kubectl-sluice";
 
@@ -107,21 +105,21 @@ async fn run() -> Result<ExitCode> {
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &namespace);
     match cli.command {
         Command::Promote { name, full } => {
-            request(
-                &rollouts,
-                &name,
-                if full { "promote-full" } else { "promote" },
-            )
-            .await
+            let action = if full {
+                RolloutAction::PromoteFull
+            } else {
+                RolloutAction::Promote
+            };
+            request(&rollouts, &name, action).await
         }
-        Command::Abort { name } => request(&rollouts, &name, "abort").await,
+        Command::Abort { name } => request(&rollouts, &name, RolloutAction::Abort).await,
         Command::Retry { kind, name } => {
             check_kind(&kind)?;
-            request(&rollouts, &name, "retry").await
+            request(&rollouts, &name, RolloutAction::Retry).await
         }
-        Command::Pause { name } => request(&rollouts, &name, "pause").await,
-        Command::Resume { name } => request(&rollouts, &name, "resume").await,
-        Command::Restart { name } => request(&rollouts, &name, "restart").await,
+        Command::Pause { name } => request(&rollouts, &name, RolloutAction::Pause).await,
+        Command::Resume { name } => request(&rollouts, &name, RolloutAction::Resume).await,
+        Command::Restart { name } => request(&rollouts, &name, RolloutAction::Restart).await,
         Command::Undo { name, to_revision } => {
             undo(&client, &rollouts, &namespace, &name, to_revision).await
         }
@@ -159,7 +157,8 @@ async fn pending(rollouts: &Api<Rollout>, name: &str) -> Result<Option<String>> 
 /// Writes a request to the Rollout's annotation and waits until the controller takes it. The
 /// annotation holds one request at a time, so a request first waits for the one before it: two
 /// quick commands (resume, then promote) must not overwrite each other.
-async fn request(rollouts: &Api<Rollout>, name: &str, action: &str) -> Result<ExitCode> {
+async fn request(rollouts: &Api<Rollout>, name: &str, action: RolloutAction) -> Result<ExitCode> {
+    let action = action.as_str();
     let started = Instant::now();
     while let Some(previous) = pending(rollouts, name).await? {
         if started.elapsed() > REQUEST_WAIT {

@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod common;
 pub mod crdgen;
 pub mod gate;
+pub mod names;
 pub mod rollout;
 
 pub use analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};

@@ -23,8 +23,8 @@ use sluice_engine::conditions::{self, ConditionStatus};
 use tracing::{info, instrument, warn};
 
 use crate::error::Error;
-use crate::rollout_analysis::STABLE_HASH_ANNOTATION;
 use crate::{Context, FIELD_MANAGER};
+use sluice_api::names::STABLE_HASH_ANNOTATION;
 
 /// The longest wait between looks at a running run, should a wake-up be missed.
 const MAX_WAIT: Duration = Duration::from_secs(60);

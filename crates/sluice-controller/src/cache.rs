@@ -58,11 +58,7 @@ impl OwnerIndex {
         Some((object.namespace()?, object.labels().get(label)?.clone()))
     }
 
-    fn insert<K: ResourceExt>(
-        map: &mut NamesByOwner,
-        object: &K,
-        label: &str,
-    ) {
+    fn insert<K: ResourceExt>(map: &mut NamesByOwner, object: &K, label: &str) {
         if let Some(key) = Self::key(object, label) {
             map.entry(key).or_default().insert(object.name_any());
         }
@@ -262,7 +258,7 @@ pub fn keep_all<K>(_: &mut K) {}
 /// availability; not its pod template.
 pub fn trim_replica_set(rs: &mut ReplicaSet) {
     if let Some(annotations) = rs.metadata.annotations.as_mut() {
-        annotations.retain(|key, _| key == crate::rollout::SCALE_DOWN_AT_ANNOTATION);
+        annotations.retain(|key, _| key == sluice_api::names::SCALE_DOWN_AT_ANNOTATION);
     }
     rs.spec = rs.spec.take().map(|spec| ReplicaSetSpec {
         replicas: spec.replicas,
@@ -294,7 +290,7 @@ pub fn trim_service(service: &mut Service) {
 /// positions, which the weight patches address) and Sluice's own annotation.
 pub fn trim_route(route: &mut DynamicObject) {
     if let Some(annotations) = route.metadata.annotations.as_mut() {
-        annotations.retain(|key, _| key == crate::rollout::ROUTE_IN_FLIGHT_ANNOTATION);
+        annotations.retain(|key, _| key == sluice_api::names::ROUTE_IN_FLIGHT_ANNOTATION);
     }
     route.metadata.labels = None;
     let rules: Vec<serde_json::Value> = route.data["spec"]["rules"]

@@ -18,7 +18,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::DynamicObject;
+use kube::api::{DynamicObject, PatchParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -77,6 +77,15 @@ struct Args {
     /// Rollouts reconciled at the same time, at most (one Rollout is never reconciled twice at once).
     #[arg(long, env = "SLUICE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+}
+
+/// Parameters for the merge and JSON patches the controller makes, under its field manager, so that
+/// `managedFields` show who set a Service's selector or a route's weights.
+pub fn writer() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
 }
 
 /// What every reconcile shares.
@@ -254,7 +263,7 @@ where
 /// Runs the controllers until a termination signal.
 async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers: cache::Writers) {
     let namespace = args.namespace.as_deref();
-    let owned = || watcher::Config::default().labels(rollout::ROLLOUT_LABEL);
+    let owned = || watcher::Config::default().labels(sluice_api::names::ROLLOUT_LABEL);
     let route_resource = rollout::http_route_resource();
     let routes: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &route_resource),
@@ -298,7 +307,10 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             api: scoped::<ReplicaSet>(&client, namespace),
             config: owned(),
             trim: cache::trim_replica_set,
-            owner: Some((rollout::ROLLOUT_LABEL, ctx.caches.replica_set_index.clone())),
+            owner: Some((
+                sluice_api::names::ROLLOUT_LABEL,
+                ctx.caches.replica_set_index.clone(),
+            )),
             subscribers: 1,
         },
         writers.replica_sets,
@@ -309,7 +321,10 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             // All runs: the AnalysisRun controller also measures runs that people create.
             config: watcher::Config::default(),
             trim: cache::keep_all,
-            owner: Some((rollout::ROLLOUT_LABEL, ctx.caches.run_index.clone())),
+            owner: Some((
+                sluice_api::names::ROLLOUT_LABEL,
+                ctx.caches.run_index.clone(),
+            )),
             subscribers: 2,
         },
         writers.runs,

@@ -23,29 +23,21 @@ use sluice_api::rollout::{
 };
 use sluice_engine::conditions::{self, ConditionStatus};
 use sluice_engine::hash::pod_template_hash;
-use sluice_engine::release::{self, Actions, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::replicas;
 use sluice_engine::restart::{self, PodView};
+use sluice_engine::runs::RunView;
 use tracing::{info, instrument, warn};
+
+use sluice_api::names::{
+    ACTION_ANNOTATION, ROLLOUT_LABEL, ROUTE_IN_FLIGHT_ANNOTATION, RolloutAction,
+    SCALE_DOWN_AT_ANNOTATION, TEMPLATE_ANNOTATION,
+};
 
 use crate::cache;
 use crate::error::Error;
 use crate::rollout_analysis;
-use crate::{Context, FIELD_MANAGER};
-
-/// Label on the ReplicaSets a Rollout owns, naming it.
-pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
-/// Annotation on an old ReplicaSet: when it is due to be scaled to zero (RFC 3339).
-pub const SCALE_DOWN_AT_ANNOTATION: &str = "sluice.dev/scale-down-at";
-/// Annotation on a Rollout carrying a person's request (`promote`, `promote-full`, `abort`, `retry`,
-/// `pause`, `resume`, `restart`); the controller acts on it and removes it. Kept out of the spec so that GitOps
-/// tools never revert it.
-pub const ACTION_ANNOTATION: &str = "sluice.dev/action";
-/// Annotation on a ReplicaSet holding the Rollout's pod template exactly as written (the ReplicaSet's
-/// own copy gets the API server's defaults), so that `undo` restores a template with the same hash.
-pub const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
-/// Annotation on an HTTPRoute while a release shifts its weights.
-pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
+use crate::{Context, FIELD_MANAGER, writer};
 
 /// How long to wait before looking again when nothing is scheduled. Every change a decision reads
 /// wakes the Rollout through a watch; this is only a safety net (as Argo Rollouts' resync), and a
@@ -183,15 +175,6 @@ fn referencing(
         .collect()
 }
 
-/// Parameters for the merge and JSON patches the controller makes, under its field manager, so that
-/// `managedFields` show who set a Service's selector or a route's weights.
-pub(crate) fn writer() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    }
-}
-
 /// Takes a person's request off the Rollout before acting on it, if it is still there: the watch
 /// cache may hand the controller a copy of the Rollout from before an earlier reconcile removed it,
 /// and a request must be acted on once (two promotes would skip a step). Returns false if the request
@@ -224,17 +207,8 @@ async fn claim_request(
 
 fn parse_actions(rollout: &Rollout) -> (Actions, Option<String>) {
     let raw = rollout.annotations().get(ACTION_ANNOTATION).cloned();
-    let mut actions = Actions::default();
-    match raw.as_deref().map(str::trim) {
-        Some("promote") => actions.promote = true,
-        Some("promote-full") => actions.promote_full = true,
-        Some("abort") => actions.abort = true,
-        Some("retry") => actions.retry = true,
-        Some("pause") => actions.pause = true,
-        Some("resume") => actions.resume = true,
-        _ => {}
-    }
-    (actions, raw)
+    let action = raw.as_deref().and_then(|r| r.parse::<RolloutAction>().ok());
+    (Actions::from(action), raw)
 }
 
 #[instrument(skip_all, fields(namespace = rollout.namespace().unwrap_or_default(), rollout = rollout.name_any()))]
@@ -252,7 +226,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
 
     let strategy = match check_spec(rollout, ctx, &namespace) {
         Ok(strategy) => strategy,
-        Err(problem) => return invalid_spec(rollout, ctx, &status, &problem).await,
+        Err(problem) => {
+            return invalid_spec(rollout, ctx, &status, &problem, Timestamp::now()).await;
+        }
     };
     let template = rollout.spec.template.clone().unwrap_or_default();
     let hash = pod_template_hash(&serde_json::to_value(&template)?);
@@ -269,15 +245,18 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
     .filter_map(|rs| view(rs))
     .collect();
-    let runs = rollout_analysis::owned_runs(ctx, &namespace, rollout);
-    let (step_analysis, background_analysis) = rollout_analysis::verdicts(rollout, &runs, &hash);
-    let (mut actions, mut raw_action) = parse_actions(rollout);
-    if let Some(raw) = raw_action.clone()
+    let runs: Vec<RunView> = rollout_analysis::owned_runs(ctx, &namespace, rollout)
+        .iter()
+        .map(rollout_analysis::view)
+        .collect();
+    // One clock read per reconcile: everything decided in it is decided at this moment.
+    let now = Timestamp::now();
+    let (mut actions, raw_action) = parse_actions(rollout);
+    if let Some(raw) = raw_action
         && !claim_request(&client, &namespace, &name, &raw).await?
     {
         // Already taken by an earlier reconcile: this copy of the Rollout is older than the removal.
         actions = Actions::default();
-        raw_action = None;
     }
 
     let mut status_in = status.clone();
@@ -287,38 +266,29 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         ConditionStatus::False,
         "SpecValid",
         "the spec is valid",
-        Timestamp::now(),
+        now,
         rollout.metadata.generation.unwrap_or(0),
     );
     let gating = crate::release_gates::gating(&ctx.caches.gates, rollout);
     let snapshot = Snapshot {
+        name: &name,
         generation: rollout.metadata.generation.unwrap_or(0),
         spec: &rollout.spec,
         status: &status_in,
         current_hash: &hash,
         replica_sets: &views,
-        step_analysis,
-        background_analysis,
+        runs: &runs,
         actions,
         gating: &gating,
-        now: Timestamp::now(),
+        now,
     };
-    let mut plan = release::decide(&snapshot, strategy.engine());
+    let mut plan = sluice_engine::decide(&snapshot, strategy.engine());
     execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
+    let stable = plan.status.stable_rs.clone().unwrap_or_default();
     if let Err(problem) =
-        rollout_analysis::sync(ctx, rollout, &namespace, strategy, &hash, &runs, &mut plan).await?
+        rollout_analysis::apply(ctx, rollout, &namespace, &hash, &stable, &plan.runs).await?
     {
-        return invalid_spec(rollout, ctx, &status, &problem).await;
-    }
-    if raw_action.as_deref().map(str::trim) == Some("restart") {
-        // Pod creation times have whole seconds: round up, so that no pod created before the request
-        // passes for a new one (one created in the same second is replaced once more, harmlessly).
-        plan.status.restart_requested_at = Some(Time(whole_second_after(snapshot.now)));
-        plan.events.push(release::Event {
-            warning: false,
-            reason: "RolloutRestartRequested",
-            message: "restart requested: every pod will be replaced, a few at a time".to_owned(),
-        });
+        return invalid_spec(rollout, ctx, &status, &problem, now).await;
     }
     if let Some(again) = restart(
         rollout,
@@ -351,16 +321,16 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     if let Some(phase) = plan.status.phase {
         ctx.metrics.set_phase(&namespace, &name, phase);
     }
+    if plan.status.abort && !status.abort {
+        ctx.metrics
+            .aborts
+            .get_or_create(&crate::metrics::RolloutLabels {
+                namespace: namespace.clone(),
+                rollout: name.clone(),
+            })
+            .inc();
+    }
     for event in &plan.events {
-        if event.reason == "RolloutAborted" {
-            ctx.metrics
-                .aborts
-                .get_or_create(&crate::metrics::RolloutLabels {
-                    namespace: namespace.clone(),
-                    rollout: name.clone(),
-                })
-                .inc();
-        }
         info!(reason = event.reason, note = %event.message, "transition");
         publish(ctx, rollout, event.warning, event.reason, &event.message).await;
     }
@@ -441,7 +411,7 @@ async fn restart(
     let replica_sets_available: i32 = views.iter().map(|v| v.available).sum();
     if restart.done && replica_sets_available >= wanted {
         plan.status.restarted_at = Some(Time(target));
-        plan.events.push(release::Event {
+        plan.events.push(sluice_engine::events::Event {
             warning: false,
             reason: "RolloutRestarted",
             message: format!("every pod was created after {target}"),
@@ -449,14 +419,6 @@ async fn restart(
         return Ok(None);
     }
     Ok(Some(RESTART_POLL))
-}
-
-fn whole_second_after(at: Timestamp) -> Timestamp {
-    if at.subsec_nanosecond() == 0 {
-        at
-    } else {
-        Timestamp::from_second(at.as_second() + 1).unwrap_or(at)
-    }
 }
 
 /// The label selector of the Rollout's pods, as a list query takes it.
@@ -598,10 +560,10 @@ pub(crate) enum Strategy<'a> {
 
 impl<'a> Strategy<'a> {
     /// The strategy as the engine takes it.
-    fn engine(self) -> release::Strategy<'a> {
+    fn engine(self) -> sluice_engine::Strategy<'a> {
         match self {
-            Self::Canary(c) => release::Strategy::Canary(c),
-            Self::BlueGreen(b) => release::Strategy::BlueGreen(b),
+            Self::Canary(c) => sluice_engine::Strategy::Canary(c),
+            Self::BlueGreen(b) => sluice_engine::Strategy::BlueGreen(b),
         }
     }
 
@@ -644,6 +606,7 @@ async fn invalid_spec(
     ctx: &Context,
     status: &RolloutStatus,
     problem: &str,
+    now: Timestamp,
 ) -> Result<Action, Error> {
     let mut next = status.clone();
     let generation = rollout.metadata.generation.unwrap_or(0);
@@ -655,7 +618,7 @@ async fn invalid_spec(
         ConditionStatus::True,
         "InvalidSpec",
         problem,
-        Timestamp::now(),
+        now,
         generation,
     );
     conditions::set(
@@ -664,7 +627,7 @@ async fn invalid_spec(
         ConditionStatus::True,
         "InvalidSpec",
         problem,
-        Timestamp::now(),
+        now,
         generation,
     );
     conditions::set(
@@ -673,7 +636,7 @@ async fn invalid_spec(
         ConditionStatus::False,
         "InvalidSpec",
         problem,
-        Timestamp::now(),
+        now,
         generation,
     );
     next.phase = Some(RolloutPhase::Degraded);

@@ -10,28 +10,17 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{
     AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisTemplateSpec, Argument,
-    MetricFailurePolicy,
 };
 use sluice_api::common::{AnalysisRunArgument, AnalysisTemplateRef, PodTemplateHashValue};
-use sluice_api::rollout::{
-    BlueGreenStatus, BlueGreenStrategy, CanaryStatus, CanaryStrategy, POD_TEMPLATE_HASH_LABEL,
-    Rollout, RolloutAnalysisRunStatus,
-};
-use sluice_engine::bluegreen;
-use sluice_engine::release::{AnalysisOutcome, Plan};
+use sluice_api::names::{ANALYSIS_KIND_LABEL, ROLLOUT_LABEL, STABLE_HASH_ANNOTATION, STEP_LABEL};
+use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout};
+use sluice_engine::runs::{RunPlan, RunSlot, RunView};
 use tracing::info;
 
 use crate::cache::{self, Caches};
 use crate::error::Error;
-use crate::rollout::{ROLLOUT_LABEL, Strategy};
+use crate::writer;
 use crate::{Context, FIELD_MANAGER};
-
-/// Label on a run: `step` or `background`.
-pub const ANALYSIS_KIND_LABEL: &str = "sluice.dev/analysis";
-/// Label on a step's run: the step's index.
-pub const STEP_LABEL: &str = "sluice.dev/step";
-/// Annotation on a run: the stable version's pod-template hash, the baseline judge's baseline.
-pub const STABLE_HASH_ANNOTATION: &str = "sluice.dev/stable-pod-template-hash";
 
 /// The runs the Rollout owns, from the cache.
 pub fn owned_runs(ctx: &Context, namespace: &str, rollout: &Rollout) -> Vec<AnalysisRun> {
@@ -49,94 +38,35 @@ pub fn owned_runs(ctx: &Context, namespace: &str, rollout: &Rollout) -> Vec<Anal
     .collect()
 }
 
-/// What a run's phase means for the release. A failure of metrics that all say `onFailure: Pause`
-/// holds the release for a person instead of aborting it.
-pub fn outcome(run: &AnalysisRun) -> AnalysisOutcome {
+/// A run as the engine sees it: what it measures (from its labels), its phase and message, and the
+/// `onFailure` policy of each metric that failed or errored.
+pub fn view(run: &AnalysisRun) -> RunView {
     let status = run.status.clone().unwrap_or_default();
-    let message = status.message.clone().unwrap_or_default();
-    let message = format!("{message} (AnalysisRun {})", run.name_any());
-    match status.phase {
-        None | Some(AnalysisPhase::Pending | AnalysisPhase::Running) => AnalysisOutcome::Running,
-        Some(AnalysisPhase::Successful) => AnalysisOutcome::Successful,
-        Some(AnalysisPhase::Inconclusive) => AnalysisOutcome::Inconclusive(message),
-        Some(AnalysisPhase::Failed | AnalysisPhase::Error) => {
-            let bad: Vec<&str> = status
-                .metric_results
+    let failed_policies = status
+        .metric_results
+        .iter()
+        .filter(|r| !r.dry_run)
+        .filter(|r| matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error))
+        .map(|r| {
+            run.spec
+                .metrics
                 .iter()
-                .filter(|r| !r.dry_run)
-                .filter(|r| matches!(r.phase, AnalysisPhase::Failed | AnalysisPhase::Error))
-                .map(|r| r.name.as_str())
-                .collect();
-            let pause_only = !bad.is_empty()
-                && bad.iter().all(|name| {
-                    run.spec.metrics.iter().any(|m| {
-                        m.name == *name && m.on_failure == Some(MetricFailurePolicy::Pause)
-                    })
-                });
-            if pause_only {
-                AnalysisOutcome::Inconclusive(format!("{message}; onFailure: Pause"))
-            } else {
-                AnalysisOutcome::Failed(message)
-            }
-        }
+                .find(|m| m.name == r.name)
+                .and_then(|m| m.on_failure)
+        })
+        .collect();
+    let labels = run.labels();
+    RunView {
+        name: run.name_any(),
+        hash: labels.get(POD_TEMPLATE_HASH_LABEL).cloned(),
+        slot: labels.get(ANALYSIS_KIND_LABEL).and_then(|kind| {
+            RunSlot::from_labels(kind, labels.get(STEP_LABEL).map(String::as_str))
+        }),
+        phase: status.phase,
+        message: status.message,
+        terminating: run.spec.terminate,
+        failed_policies,
     }
-}
-
-fn recorded<'a>(
-    runs: &'a [AnalysisRun],
-    record: Option<&RolloutAnalysisRunStatus>,
-    hash: &str,
-) -> Option<&'a AnalysisRun> {
-    let name = &record?.name;
-    runs.iter().find(|r| {
-        r.name_any() == *name
-            && r.labels().get(POD_TEMPLATE_HASH_LABEL).map(String::as_str) == Some(hash)
-    })
-}
-
-/// The verdicts the engine needs: the run of the step at the persisted index, and the background run.
-pub fn verdicts(
-    rollout: &Rollout,
-    runs: &[AnalysisRun],
-    hash: &str,
-) -> (Option<AnalysisOutcome>, Option<AnalysisOutcome>) {
-    if rollout.spec.strategy.canary.is_none() {
-        // Blue-green: the pre-promotion run stands for the step's, the post-promotion for the background.
-        let blue_green = rollout.status.as_ref().and_then(|s| s.blue_green.as_ref());
-        let pre = recorded(
-            runs,
-            blue_green.and_then(|b| b.pre_promotion_analysis_run_status.as_ref()),
-            hash,
-        )
-        .map(outcome);
-        let post = recorded(
-            runs,
-            blue_green.and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
-            hash,
-        )
-        .map(outcome);
-        return (pre, post);
-    }
-    let canary = rollout.status.as_ref().and_then(|s| s.canary.as_ref());
-    let index = rollout
-        .status
-        .as_ref()
-        .and_then(|s| s.current_step_index)
-        .unwrap_or(0);
-    let step = recorded(
-        runs,
-        canary.and_then(|c| c.current_step_analysis_run_status.as_ref()),
-        hash,
-    )
-    .filter(|r| r.labels().get(STEP_LABEL) == Some(&index.to_string()))
-    .map(outcome);
-    let background = recorded(
-        runs,
-        canary.and_then(|c| c.current_background_analysis_run_status.as_ref()),
-        hash,
-    )
-    .map(outcome);
-    (step, background)
 }
 
 /// The template specs named by `refs`, from the cache, or what is wrong with them (a missing
@@ -294,216 +224,61 @@ fn run_spec(
     spec
 }
 
-/// Which run the plan's state wants.
-struct Wanted<'a> {
-    kind: &'static str,
-    step: Option<i32>,
-    refs: &'a [AnalysisTemplateRef],
-    args: &'a [AnalysisRunArgument],
-    field: String,
-}
-
-/// After the engine decided: start the runs the release now needs, record their summaries in the
-/// plan's status, stop the runs it no longer needs, and delete those of deleted revisions.
-/// `Ok(Err(problem))` is a user error (a missing template) to report.
-pub async fn sync(
+/// Carries out the plan's run changes: creates the runs it starts (from their templates, read from
+/// the caches), stops and deletes the others. `Ok(Err(problem))` is a user error (a template that
+/// went missing since the spec was checked) to report.
+pub async fn apply(
     ctx: &Context,
     rollout: &Rollout,
     namespace: &str,
-    strategy: Strategy<'_>,
     hash: &str,
-    runs: &[AnalysisRun],
-    plan: &mut Plan,
+    stable: &str,
+    runs: &RunPlan,
 ) -> Result<Result<(), String>, Error> {
     let api: Api<AnalysisRun> = Api::namespaced(ctx.client.clone(), namespace);
-    let stable = plan.status.stable_rs.clone().unwrap_or_default();
-    // A revision the error-budget gates have not let start gets no analysis yet.
-    let releasing =
-        stable != hash && !plan.status.abort && sluice_engine::gate::admitted(&plan.status, hash);
-    let index = plan.status.current_step_index.unwrap_or(0);
-    let mut wanted: Vec<Wanted<'_>> = Vec::new();
-    if let Strategy::BlueGreen(blue_green) = strategy {
-        for (kind, wants, analysis, field) in [
-            (
-                "pre-promotion",
-                bluegreen::wants_pre_promotion_analysis(&plan.status, blue_green),
-                &blue_green.pre_promotion_analysis,
-                "spec.strategy.blueGreen.prePromotionAnalysis",
-            ),
-            (
-                "post-promotion",
-                bluegreen::wants_post_promotion_analysis(&plan.status, blue_green),
-                &blue_green.post_promotion_analysis,
-                "spec.strategy.blueGreen.postPromotionAnalysis",
-            ),
-        ] {
-            if let (true, Some(analysis)) = (wants, analysis) {
-                wanted.push(Wanted {
-                    kind,
-                    step: None,
-                    refs: &analysis.templates,
-                    args: &analysis.args,
-                    field: field.to_owned(),
-                });
-            }
-        }
-    }
-    if let Strategy::Canary(canary) = strategy
-        && releasing
-    {
-        let step = usize::try_from(index)
-            .ok()
-            .and_then(|i| canary.steps.get(i));
-        if let Some(analysis) = step.and_then(|s| s.analysis.as_ref()) {
-            wanted.push(Wanted {
-                kind: "step",
-                step: Some(index),
-                refs: &analysis.templates,
-                args: &analysis.args,
-                field: format!("spec.strategy.canary.steps[{index}].analysis"),
-            });
-        }
-        if let Some(background) = &canary.analysis
-            && index >= background.starting_step.unwrap_or(0)
-        {
-            wanted.push(Wanted {
-                kind: "background",
-                step: None,
-                refs: &background.templates,
-                args: &background.args,
-                field: "spec.strategy.canary.analysis".to_owned(),
-            });
-        }
-    }
-
-    let mut keep: Vec<String> = Vec::new();
-    for want in &wanted {
-        let slot = match want.kind {
-            "step" => {
-                &mut plan
-                    .status
-                    .canary
-                    .get_or_insert_with(CanaryStatus::default)
-                    .current_step_analysis_run_status
-            }
-            "background" => {
-                &mut plan
-                    .status
-                    .canary
-                    .get_or_insert_with(CanaryStatus::default)
-                    .current_background_analysis_run_status
-            }
-            "pre-promotion" => {
-                &mut plan
-                    .status
-                    .blue_green
-                    .get_or_insert_with(BlueGreenStatus::default)
-                    .pre_promotion_analysis_run_status
-            }
-            _ => {
-                &mut plan
-                    .status
-                    .blue_green
-                    .get_or_insert_with(BlueGreenStatus::default)
-                    .post_promotion_analysis_run_status
-            }
+    for start in &runs.start {
+        let specs = match templates(&ctx.caches, namespace, &start.templates, &start.field) {
+            Ok(specs) => specs,
+            Err(problem) => return Ok(Err(problem)),
         };
-        let current = recorded(runs, slot.as_ref(), hash).filter(|r| {
-            want.step
-                .is_none_or(|i| r.labels().get(STEP_LABEL) == Some(&i.to_string()))
+        let spec = run_spec(rollout, specs, &start.args, hash, stable);
+        let mut labels = BTreeMap::from([
+            (ROLLOUT_LABEL.to_owned(), rollout.name_any()),
+            (POD_TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned()),
+            (ANALYSIS_KIND_LABEL.to_owned(), start.slot.kind().to_owned()),
+        ]);
+        if let Some(i) = start.slot.step() {
+            labels.insert(STEP_LABEL.to_owned(), i.to_string());
+        }
+        let manifest = json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "AnalysisRun",
+            "metadata": {
+                "name": start.name,
+                "labels": labels,
+                "annotations": {STABLE_HASH_ANNOTATION: stable},
+                "ownerReferences": [rollout.controller_owner_ref(&())],
+            },
+            "spec": spec,
         });
-        let run = match current {
-            Some(run) => run.clone(),
-            None => {
-                let specs = match templates(&ctx.caches, namespace, want.refs, &want.field) {
-                    Ok(specs) => specs,
-                    Err(problem) => return Ok(Err(problem)),
-                };
-                let spec = run_spec(rollout, specs, want.args, hash, &stable);
-                let same_kind = runs
-                    .iter()
-                    .filter(|r| {
-                        r.labels().get(POD_TEMPLATE_HASH_LABEL).map(String::as_str) == Some(hash)
-                            && r.labels().get(ANALYSIS_KIND_LABEL).map(String::as_str)
-                                == Some(want.kind)
-                            && want
-                                .step
-                                .is_none_or(|i| r.labels().get(STEP_LABEL) == Some(&i.to_string()))
-                    })
-                    .count();
-                let what = match want.step {
-                    Some(i) => format!("step{}", i + 1),
-                    None => want.kind.to_owned(),
-                };
-                let name = format!("{}-{hash}-{what}-{}", rollout.name_any(), same_kind + 1);
-                let mut labels = BTreeMap::from([
-                    (ROLLOUT_LABEL.to_owned(), rollout.name_any()),
-                    (POD_TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned()),
-                    (ANALYSIS_KIND_LABEL.to_owned(), want.kind.to_owned()),
-                ]);
-                if let Some(i) = want.step {
-                    labels.insert(STEP_LABEL.to_owned(), i.to_string());
-                }
-                let manifest = json!({
-                    "apiVersion": "sluice.dev/v1alpha1",
-                    "kind": "AnalysisRun",
-                    "metadata": {
-                        "name": name,
-                        "labels": labels,
-                        "annotations": {STABLE_HASH_ANNOTATION: stable},
-                        "ownerReferences": [rollout.controller_owner_ref(&())],
-                    },
-                    "spec": spec,
-                });
-                let created = api
-                    .patch(
-                        &name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&manifest),
-                    )
-                    .await?;
-                info!(analysisrun = name.as_str(), "started an analysis run");
-                plan.events.push(sluice_engine::release::Event {
-                    warning: false,
-                    reason: "AnalysisRunStarted",
-                    message: format!("{} analysis started: AnalysisRun {name}", want.kind),
-                });
-                created
-            }
-        };
-        let run_status = run.status.clone().unwrap_or_default();
-        *slot = Some(RolloutAnalysisRunStatus {
-            name: run.name_any(),
-            status: run_status
-                .phase
-                .map_or_else(|| "Pending".to_owned(), |p| format!("{p:?}")),
-            message: run_status.message,
-        });
-        keep.push(run.name_any());
+        api.patch(
+            &start.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&manifest),
+        )
+        .await?;
+        info!(analysisrun = start.name.as_str(), "started an analysis run");
     }
-
-    // Runs the release no longer needs stop measuring; those of deleted revisions go.
-    for run in runs {
-        let name = run.name_any();
-        let run_hash = run.labels().get(POD_TEMPLATE_HASH_LABEL).cloned();
-        if run_hash.as_ref().is_some_and(|h| plan.delete.contains(h)) {
-            api.delete(&name, &DeleteParams::background()).await?;
-            continue;
-        }
-        let running = !run
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(sluice_engine::analysis::is_completed);
-        if running && !run.spec.terminate && !keep.contains(&name) {
-            let patch = json!({"spec": {"terminate": true}});
-            api.patch(&name, &crate::rollout::writer(), &Patch::Merge(&patch))
-                .await?;
-            info!(
-                analysisrun = name.as_str(),
-                "stopped an analysis run the release no longer needs"
-            );
-        }
+    for name in &runs.terminate {
+        let patch = json!({"spec": {"terminate": true}});
+        api.patch(name, &writer(), &Patch::Merge(&patch)).await?;
+        info!(
+            analysisrun = name.as_str(),
+            "stopped an analysis run the release no longer needs"
+        );
+    }
+    for name in &runs.delete {
+        api.delete(name, &DeleteParams::background()).await?;
     }
     Ok(Ok(()))
 }

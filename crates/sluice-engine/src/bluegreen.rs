@@ -31,14 +31,16 @@ use sluice_api::rollout::{
 };
 
 use crate::conditions;
+use crate::events::Event;
+use crate::gate::refuse_promotion_while_held;
 use crate::gate::{self, Gated};
 use crate::release::{
     AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
-    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, converged, earliest, fill_counts,
-    history_to_delete, observed, pause_reason, progress_deadline, refuse_promotion_while_held,
-    until,
+    Plan, ReplicaSetView, Snapshot, Traffic, Verdicts, add, converged, earliest, fill_counts,
+    history_to_delete, observed, pause_reason, progress_deadline, until,
 };
 use crate::replicas::Observed;
+use crate::runs::RunPlan;
 
 /// Pause reason while the release waits for promotion (a person, or `autoPromotionSeconds`).
 pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
@@ -143,6 +145,8 @@ fn preview_replicas(replicas: i32, strategy: &BlueGreenStrategy) -> i32 {
 
 struct Decision<'a> {
     s: &'a Snapshot<'a>,
+    /// The verdicts of the release's analysis runs.
+    v: &'a Verdicts,
     bg: &'a BlueGreenStrategy,
     status: RolloutStatus,
     events: Vec<Event>,
@@ -213,9 +217,10 @@ impl Decision<'_> {
 }
 
 /// Decides the next step of a blue-green Rollout.
-pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
+pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrategy) -> Plan {
     let mut d = Decision {
         s,
+        v,
         bg: strategy,
         status: s.status.clone(),
         events: Vec::new(),
@@ -325,7 +330,12 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
     }
     d.held = gated.held().map(str::to_owned);
     d.waits = matches!(gated, Gated::HoldNew { .. });
-    refuse_promotion_while_held(&mut d.events, d.held.as_deref(), &mut promote, s.actions);
+    refuse_promotion_while_held(
+        &mut d.events,
+        d.held.as_deref(),
+        &mut promote,
+        s.actions.promote_full,
+    );
 
     if releasing && !d.status.abort && !d.waits {
         walk(&mut d, &mut promote, &stable, &current);
@@ -372,6 +382,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: &BlueGreenStrategy) -> Plan {
             canary_hash: current,
             stable_hash: active,
         },
+        runs: RunPlan::default(),
         events: d.events,
         requeue_after: d.requeue_after,
     }
@@ -407,8 +418,8 @@ fn verdict(d: &Decision<'_>, stage: Stage) -> Option<AnalysisOutcome> {
         return None;
     }
     match stage {
-        Stage::PrePromotionAnalysis => d.s.step_analysis.clone(),
-        Stage::PostPromotionAnalysis => d.s.background_analysis.clone(),
+        Stage::PrePromotionAnalysis => d.v.step.clone(),
+        Stage::PostPromotionAnalysis => d.v.background.clone(),
         _ => None,
     }
 }
@@ -907,18 +918,22 @@ mod tests {
         fn step(&mut self, actions: Actions) -> Plan {
             let bg = self.spec.strategy.blue_green.clone().expect("blue-green");
             let snapshot = Snapshot {
+                name: "web",
                 generation: 1,
                 spec: &self.spec,
                 status: &self.status,
                 current_hash: &self.current,
                 replica_sets: &self.rss,
-                step_analysis: self.pre.clone(),
-                background_analysis: self.post.clone(),
+                runs: &[],
                 actions,
                 gating: &crate::gate::Gating::default(),
                 now: self.now,
             };
-            let plan = decide(&snapshot, &bg);
+            let verdicts = Verdicts {
+                step: self.pre.clone(),
+                background: self.post.clone(),
+            };
+            let plan = decide(&snapshot, &verdicts, &bg);
             if plan.create_current {
                 self.rss.push(ReplicaSetView {
                     hash: self.current.clone(),
@@ -983,6 +998,7 @@ mod tests {
         retry: false,
         pause: false,
         resume: false,
+        restart: false,
     };
 
     #[test]

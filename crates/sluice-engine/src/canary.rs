@@ -18,14 +18,16 @@ use sluice_api::rollout::{
 
 use crate::conditions;
 use crate::duration;
+use crate::events::Event;
+use crate::gate::refuse_promotion_while_held;
 use crate::gate::{self, Gated};
 use crate::release::{
     AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
-    Event, Plan, ReplicaSetView, Snapshot, Traffic, add, converged, earliest, fill_counts,
-    history_to_delete, observed, pause_reason, progress_deadline, refuse_promotion_while_held,
-    until,
+    Plan, ReplicaSetView, Snapshot, Traffic, Verdicts, add, converged, earliest, fill_counts,
+    history_to_delete, observed, pause_reason, progress_deadline, until,
 };
 use crate::replicas::{self, Counts, Observed};
+use crate::runs::RunPlan;
 
 /// The weight the steps ask for at `index`: the last `setWeight` at or before it, 100 past the end.
 pub fn step_weight(steps: &[CanaryStep], index: usize) -> i32 {
@@ -71,6 +73,8 @@ fn explicit_canary_replicas(replicas: i32, steps: &[CanaryStep], index: usize) -
 
 struct Decision<'a> {
     s: &'a Snapshot<'a>,
+    /// The verdicts of the release's analysis runs.
+    v: &'a Verdicts,
     canary: &'a CanaryStrategy,
     status: RolloutStatus,
     events: Vec<Event>,
@@ -133,9 +137,10 @@ impl<'a> Decision<'a> {
 }
 
 /// Decides the next step of a canary Rollout.
-pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
+pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) -> Plan {
     let mut d = Decision {
         s,
+        v,
         canary,
         status: s.status.clone(),
         events: Vec::new(),
@@ -238,7 +243,12 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         abort(&mut d, message);
     }
     d.held = gated.held().map(str::to_owned);
-    refuse_promotion_while_held(&mut d.events, d.held.as_deref(), &mut promote, s.actions);
+    refuse_promotion_while_held(
+        &mut d.events,
+        d.held.as_deref(),
+        &mut promote,
+        s.actions.promote_full,
+    );
 
     let mut weight;
     if !releasing {
@@ -313,6 +323,7 @@ pub fn decide(s: &Snapshot<'_>, canary: &CanaryStrategy) -> Plan {
         scale_down_at: d.scale_down_at,
         delete,
         traffic,
+        runs: RunPlan::default(),
         events: d.events,
         requeue_after: d.requeue_after,
     }
@@ -349,7 +360,7 @@ fn judge_background(d: &mut Decision<'_>, promote: &mut bool) {
     if d.runs_forgotten {
         return;
     }
-    match d.s.background_analysis.clone() {
+    match d.v.background.clone() {
         Some(AnalysisOutcome::Failed(why)) => {
             abort(d, &format!("background analysis failed: {why}"));
         }
@@ -398,10 +409,7 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
         || d.has_pause(pause_reason::PAUSED_BY_USER)
         || (d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS)
             && !d.runs_forgotten
-            && matches!(
-                d.s.background_analysis,
-                Some(AnalysisOutcome::Inconclusive(_))
-            ));
+            && matches!(d.v.background, Some(AnalysisOutcome::Inconclusive(_))));
     // The verdict handed in belongs to the step at the persisted index only.
     let analysed_step = index;
     let mut weight = d.previous_weight().min(step_weight(steps, index));
@@ -445,7 +453,7 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
             }
         } else if step.analysis.is_some() {
             let outcome = (index == analysed_step && !d.runs_forgotten)
-                .then(|| d.s.step_analysis.clone())
+                .then(|| d.v.step.clone())
                 .flatten();
             match outcome {
                 Some(AnalysisOutcome::Successful) => done = true,

@@ -23,6 +23,7 @@ use sluice_api::rollout::{ErrorBudgetBypass, RolloutStatus};
 
 use crate::conditions::{self, ConditionStatus};
 use crate::duration;
+use crate::events::Event;
 
 /// Annotation on a Rollout that lets its current revision through a holding gate; its value is the
 /// reason, recorded in the Rollout's status and an Event. An empty reason does not bypass.
@@ -961,7 +962,7 @@ pub fn gate_release(
     releasing: bool,
     now: Timestamp,
     generation: i64,
-    events: &mut Vec<crate::release::Event>,
+    events: &mut Vec<Event>,
 ) -> Gated {
     let legacy_in_flight =
         status.error_budget.is_none() && status.current_step_index.unwrap_or(0) > 0;
@@ -1027,7 +1028,7 @@ pub fn gate_release(
                 });
                 let excess = record.bypasses.len().saturating_sub(BYPASS_HISTORY_LIMIT);
                 record.bypasses.drain(..excess);
-                events.push(crate::release::Event {
+                events.push(Event {
                     warning: true,
                     reason: EVENT_RELEASE_BYPASSED,
                     message: format!(
@@ -1052,7 +1053,7 @@ pub fn gate_release(
                 generation,
             );
             if !was_held {
-                events.push(crate::release::Event {
+                events.push(Event {
                     warning: true,
                     reason: EVENT_RELEASE_HELD,
                     message: format!("release of {current} held: {message}"),
@@ -1082,7 +1083,7 @@ pub fn settle(
     current: &str,
     now: Timestamp,
     generation: i64,
-    events: &mut Vec<crate::release::Event>,
+    events: &mut Vec<Event>,
 ) -> bool {
     remember_stable(status);
     let ended = status.abort || status.stable_rs.as_deref() == Some(current);
@@ -1115,7 +1116,7 @@ fn release_hold(
     gating: &Gating,
     now: Timestamp,
     generation: i64,
-    events: &mut Vec<crate::release::Event>,
+    events: &mut Vec<Event>,
 ) {
     if let Some(record) = status.error_budget.as_mut() {
         record.held_by.clear();
@@ -1144,10 +1145,32 @@ fn release_hold(
         generation,
     );
     if was_held == Some(true) {
-        events.push(crate::release::Event {
+        events.push(Event {
             warning: false,
             reason: EVENT_RELEASE_RESUMED,
             message: "no error-budget gate holds the release any more".to_owned(),
+        });
+    }
+}
+
+/// A promotion does not get past a holding gate (a bypass does): the request is refused with an
+/// Event saying how to bypass. `promote --full` stays recorded and goes ahead once released.
+pub(crate) fn refuse_promotion_while_held(
+    events: &mut Vec<Event>,
+    held: Option<&str>,
+    promote: &mut bool,
+    promote_full: bool,
+) {
+    let Some(held) = held else { return };
+    if *promote || promote_full {
+        *promote = false;
+        events.push(Event {
+            warning: true,
+            reason: "PromotionHeld",
+            message: format!(
+                "promotion waits: an error-budget gate holds the release ({held}); the {} annotation with a reason lets this revision through",
+                BYPASS_ANNOTATION
+            ),
         });
     }
 }
@@ -1827,7 +1850,7 @@ mod tests {
         status: &mut RolloutStatus,
         gating: &Gating,
         current: &str,
-    ) -> (Gated, Vec<crate::release::Event>) {
+    ) -> (Gated, Vec<Event>) {
         let mut events = Vec::new();
         let now = Timestamp::from_second(1_800_000_000).expect("time");
         let gated = gate_release(status, gating, current, true, now, 1, &mut events);

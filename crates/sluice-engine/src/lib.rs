@@ -1,7 +1,7 @@
 //! Sluice's release engine: pure decisions, no I/O.
 //!
-//! The controller takes a snapshot (the Rollout, the ReplicaSets it owns, analysis verdicts, people's
-//! requests) and the time, asks the engine for a [`release::Plan`] through [`release::decide`], and applies it. Because nothing
+//! The controller takes a snapshot (the Rollout, the ReplicaSets and AnalysisRuns it owns, people's
+//! requests) and the time, asks [`decide`] for a [`release::Plan`], and applies it. Because nothing
 //! here reads a clock or a client, property tests drive thousands of random histories through the
 //! same code that runs in the cluster.
 
@@ -10,9 +10,82 @@ pub mod bluegreen;
 pub mod canary;
 pub mod conditions;
 pub mod duration;
+pub mod events;
 pub mod gate;
 pub mod hash;
 pub mod judge;
 pub mod release;
 pub mod replicas;
 pub mod restart;
+pub mod runs;
+
+use std::time::Duration;
+
+use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy};
+
+use release::{Actions, Plan, Snapshot, Verdicts};
+
+/// A Rollout's release strategy.
+#[derive(Clone, Copy, Debug)]
+pub enum Strategy<'a> {
+    Canary(&'a CanaryStrategy),
+    BlueGreen(&'a BlueGreenStrategy),
+}
+
+/// How many passes of a strategy's state machine one decision may take before it stops and asks to
+/// be woken again shortly. Every transition settles in a few; the bound only keeps a mistake from
+/// spinning.
+const MAX_PASSES: usize = 8;
+
+/// Decides the next step of a release: everything the controller then does, and nothing it has to
+/// work out for itself.
+///
+/// The strategy's state machine runs again on the status it produced (same observation, same
+/// time, no new requests) until nothing more changes, so a plan stands on its own and the
+/// controller need not be woken by its own status write to finish a transition. Each pass reads the
+/// verdicts of the runs its status records; then the release's runs are planned.
+pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
+    let pass = |snapshot: &Snapshot<'_>| {
+        let (step, background) = runs::verdicts(
+            snapshot.status,
+            snapshot.runs,
+            snapshot.current_hash,
+            strategy,
+        );
+        let verdicts = Verdicts { step, background };
+        match strategy {
+            Strategy::Canary(c) => canary::decide(snapshot, &verdicts, c),
+            Strategy::BlueGreen(b) => bluegreen::decide(snapshot, &verdicts, b),
+        }
+    };
+    let mut plan = pass(s);
+    let mut before = s.status.clone();
+    let mut passes = 1;
+    while plan.status != before {
+        if passes == MAX_PASSES {
+            // Not settled (a mistake in a state machine): look again soon rather than spin here.
+            plan.requeue_after = release::earliest(plan.requeue_after, Duration::from_secs(1));
+            break;
+        }
+        passes += 1;
+        let mut next = pass(&Snapshot {
+            status: &plan.status,
+            actions: Actions::default(),
+            ..s.clone()
+        });
+        // What the earlier passes asked for still stands unless a later pass says otherwise.
+        next.create_current |= plan.create_current;
+        let mut scale_down_at = std::mem::take(&mut plan.scale_down_at);
+        scale_down_at.append(&mut next.scale_down_at);
+        next.scale_down_at = scale_down_at;
+        let mut events = std::mem::take(&mut plan.events);
+        events.append(&mut next.events);
+        next.events = events;
+        before = std::mem::replace(&mut plan, next).status;
+    }
+    runs::plan_runs(s, strategy, &mut plan);
+    if s.actions.restart {
+        restart::record_request(&mut plan, s.now);
+    }
+    plan
+}

@@ -1,117 +1,19 @@
 //! The release core both strategies share: what a decision sees ([`Snapshot`]), what it asks for
-//! ([`Plan`]), people's requests ([`Actions`]), the Events it records, and the progress deadline.
-//! [`decide`] is the one entry point the controller calls: it runs the strategy's state machine until
-//! the plan no longer moves, so a plan stands on its own and the controller need not be woken by its
-//! own status write to finish a transition.
+//! ([`Plan`]), people's requests ([`Actions`]), and the progress deadline.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use sluice_api::rollout::{
-    BlueGreenStrategy, CanaryStrategy, RolloutPhase, RolloutSpec, RolloutStatus,
-};
+use sluice_api::names::RolloutAction;
+use sluice_api::rollout::{RolloutPhase, RolloutSpec, RolloutStatus};
 
 use crate::conditions::{self, ConditionStatus};
-use crate::gate::{self, Gating};
+use crate::events::Event;
+use crate::gate::Gating;
 use crate::replicas::Observed;
-use crate::{bluegreen, canary};
-
-/// A Rollout's release strategy.
-#[derive(Clone, Copy, Debug)]
-pub enum Strategy<'a> {
-    Canary(&'a CanaryStrategy),
-    BlueGreen(&'a BlueGreenStrategy),
-}
-
-/// How many passes of a strategy's state machine one decision may take before it stops and asks to
-/// be woken again shortly. Every transition settles in a few; the bound only keeps a mistake from
-/// spinning.
-const MAX_PASSES: usize = 8;
-
-/// Decides the next step of a release: the strategy's state machine, run again on the status it
-/// produced (same observation, same time, no new requests) until nothing more changes. Verdicts of
-/// analysis runs that a pass moved past or dropped are not carried into the next pass.
-pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
-    let pass = |snapshot: &Snapshot<'_>| match strategy {
-        Strategy::Canary(c) => canary::decide(snapshot, c),
-        Strategy::BlueGreen(b) => bluegreen::decide(snapshot, b),
-    };
-    let mut plan = pass(s);
-    let mut before = s.status.clone();
-    let (mut step_analysis, mut background_analysis) =
-        (s.step_analysis.clone(), s.background_analysis.clone());
-    for _ in 1..MAX_PASSES {
-        if plan.status == before {
-            return plan;
-        }
-        let blue_green = matches!(strategy, Strategy::BlueGreen(_));
-        step_analysis = step_analysis.filter(|_| same_step_run(&before, &plan.status, blue_green));
-        background_analysis =
-            background_analysis.filter(|_| same_background_run(&before, &plan.status, blue_green));
-        let mut next = pass(&Snapshot {
-            status: &plan.status,
-            step_analysis: step_analysis.clone(),
-            background_analysis: background_analysis.clone(),
-            actions: Actions::default(),
-            ..s.clone()
-        });
-        // What the earlier passes asked for still stands unless a later pass says otherwise.
-        next.create_current |= plan.create_current;
-        let mut scale_down_at = std::mem::take(&mut plan.scale_down_at);
-        scale_down_at.append(&mut next.scale_down_at);
-        next.scale_down_at = scale_down_at;
-        let mut events = std::mem::take(&mut plan.events);
-        events.append(&mut next.events);
-        next.events = events;
-        before = std::mem::replace(&mut plan, next).status;
-    }
-    // Not settled (a mistake in a state machine): look again soon rather than spin here.
-    plan.requeue_after = earliest(plan.requeue_after, Duration::from_secs(1));
-    plan
-}
-
-/// The release, its step and its abort are the same in both statuses.
-fn same_release(before: &RolloutStatus, after: &RolloutStatus) -> bool {
-    before.current_pod_hash == after.current_pod_hash && before.abort == after.abort
-}
-
-/// The verdict of the step's (blue-green: pre-promotion) run still belongs to the release in `after`.
-fn same_step_run(before: &RolloutStatus, after: &RolloutStatus, blue_green: bool) -> bool {
-    let run = |s: &RolloutStatus| {
-        if blue_green {
-            s.blue_green
-                .as_ref()
-                .and_then(|b| b.pre_promotion_analysis_run_status.clone())
-        } else {
-            s.canary
-                .as_ref()
-                .and_then(|c| c.current_step_analysis_run_status.clone())
-        }
-    };
-    same_release(before, after)
-        && before.current_step_index == after.current_step_index
-        && run(before) == run(after)
-}
-
-/// The verdict of the background (blue-green: post-promotion) run still belongs to the release.
-fn same_background_run(before: &RolloutStatus, after: &RolloutStatus, blue_green: bool) -> bool {
-    let run = |s: &RolloutStatus| {
-        if blue_green {
-            s.blue_green
-                .as_ref()
-                .and_then(|b| b.post_promotion_analysis_run_status.clone())
-        } else {
-            s.canary
-                .as_ref()
-                .and_then(|c| c.current_background_analysis_run_status.clone())
-        }
-    };
-    same_release(before, after)
-        && (!blue_green || before.current_step_index == after.current_step_index)
-        && run(before) == run(after)
-}
+use crate::runs::{RunPlan, RunView};
 
 /// Default seconds an old stable ReplicaSet is kept after traffic left it (with a traffic router).
 pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i32 = 30;
@@ -158,6 +60,25 @@ pub struct Actions {
     pub pause: bool,
     /// Undo `pause`.
     pub resume: bool,
+    /// Replace every pod, a few at a time.
+    pub restart: bool,
+}
+
+impl From<Option<RolloutAction>> for Actions {
+    fn from(action: Option<RolloutAction>) -> Self {
+        let mut actions = Self::default();
+        match action {
+            Some(RolloutAction::Promote) => actions.promote = true,
+            Some(RolloutAction::PromoteFull) => actions.promote_full = true,
+            Some(RolloutAction::Abort) => actions.abort = true,
+            Some(RolloutAction::Retry) => actions.retry = true,
+            Some(RolloutAction::Pause) => actions.pause = true,
+            Some(RolloutAction::Resume) => actions.resume = true,
+            Some(RolloutAction::Restart) => actions.restart = true,
+            None => {}
+        }
+        actions
+    }
 }
 
 /// The verdict of the current step's analysis.
@@ -176,6 +97,8 @@ pub enum AnalysisOutcome {
 /// Everything a decision depends on.
 #[derive(Clone, Debug)]
 pub struct Snapshot<'a> {
+    /// `metadata.name` of the Rollout (its runs are named after it).
+    pub name: &'a str,
     /// `metadata.generation` of the Rollout.
     pub generation: i64,
     pub spec: &'a RolloutSpec,
@@ -185,10 +108,8 @@ pub struct Snapshot<'a> {
     pub current_hash: &'a str,
     /// The ReplicaSets the Rollout owns.
     pub replica_sets: &'a [ReplicaSetView],
-    /// The analysis of the step at the persisted `currentStepIndex`, if it has one and it was started.
-    pub step_analysis: Option<AnalysisOutcome>,
-    /// The background analysis of this release, if it was started.
-    pub background_analysis: Option<AnalysisOutcome>,
+    /// The AnalysisRuns the Rollout owns.
+    pub runs: &'a [RunView],
     pub actions: Actions,
     /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
     pub gating: &'a Gating,
@@ -206,14 +127,13 @@ pub struct Traffic {
     pub stable_hash: String,
 }
 
-/// An event to record on the Rollout.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    /// `Warning` rather than `Normal`.
-    pub warning: bool,
-    /// CamelCase reason, e.g. `RolloutAborted`.
-    pub reason: &'static str,
-    pub message: String,
+/// The verdicts of a release's analysis, as a strategy's state machine reads them: the run of the
+/// step at the persisted `currentStepIndex` (blue-green: pre-promotion) and the background run
+/// (blue-green: post-promotion); `None` where none was started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    pub step: Option<AnalysisOutcome>,
+    pub background: Option<AnalysisOutcome>,
 }
 
 /// What to change. The executor applies it in this order so that traffic never points at pods that
@@ -232,6 +152,8 @@ pub struct Plan {
     pub delete: Vec<String>,
     /// Selectors and weights.
     pub traffic: Traffic,
+    /// AnalysisRuns to start, stop and delete.
+    pub runs: RunPlan,
     /// Events to record.
     pub events: Vec<Event>,
     /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).
@@ -249,28 +171,6 @@ pub(crate) fn until(now: Timestamp, at: Timestamp) -> Duration {
 
 pub(crate) fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
-}
-
-/// A promotion does not get past a holding gate (a bypass does): the request is refused with an
-/// Event saying how to bypass. `promote --full` stays recorded and goes ahead once released.
-pub(crate) fn refuse_promotion_while_held(
-    events: &mut Vec<Event>,
-    held: Option<&str>,
-    promote: &mut bool,
-    actions: Actions,
-) {
-    let Some(held) = held else { return };
-    if *promote || actions.promote_full {
-        *promote = false;
-        events.push(Event {
-            warning: true,
-            reason: "PromotionHeld",
-            message: format!(
-                "promotion waits: an error-budget gate holds the release ({held}); the {} annotation with a reason lets this revision through",
-                gate::BYPASS_ANNOTATION
-            ),
-        });
-    }
 }
 
 /// What the progress deadline asks of a decision, canary or blue-green.

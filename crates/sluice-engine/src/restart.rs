@@ -2,6 +2,7 @@
 //! before the restart time is evicted, a few at a time, so that no more than `maxUnavailable` (at
 //! least one) of the wanted pods are missing at any moment. The ReplicaSets replace them.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 /// A pod of one of the Rollout's ReplicaSets, as the controller saw it.
@@ -71,6 +72,23 @@ pub fn plan(
         remaining: old.len(),
         done: false,
     }
+}
+
+/// Records a person's restart request in the plan: every pod created before now is to be replaced.
+/// Pod creation times have whole seconds: round up, so that no pod created before the request passes
+/// for a new one (one created in the same second is replaced once more, harmlessly).
+pub(crate) fn record_request(plan: &mut crate::release::Plan, now: Timestamp) {
+    let at = if now.subsec_nanosecond() == 0 {
+        now
+    } else {
+        Timestamp::from_second(now.as_second() + 1).unwrap_or(now)
+    };
+    plan.status.restart_requested_at = Some(Time(at));
+    plan.events.push(crate::events::Event {
+        warning: false,
+        reason: "RolloutRestartRequested",
+        message: "restart requested: every pod will be replaced, a few at a time".to_owned(),
+    });
 }
 
 #[cfg(test)]

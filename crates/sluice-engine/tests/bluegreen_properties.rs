@@ -13,12 +13,13 @@ use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
 use sluice_api::gate::{GateState, InFlightPolicy};
 use sluice_api::rollout::{BlueGreenStrategy, RolloutSpec, RolloutStatus, RolloutStrategy};
-use sluice_engine::bluegreen::{self, wants_post_promotion_analysis, wants_pre_promotion_analysis};
+use sluice_engine::bluegreen;
 use sluice_engine::gate::{self, Gating};
-use sluice_engine::release::{self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::runs::RunSlot;
 
 use common::{
-    cases, gate_view, held, later_reconcile_changes_nothing, later_than, outcome,
+    SimRuns, cases, gate_view, held, later_reconcile_changes_nothing, later_than,
     plan_is_a_fixed_point, second_reconcile_changes_nothing,
 };
 
@@ -177,8 +178,8 @@ struct World {
     good: BTreeMap<String, bool>,
     rss: BTreeMap<String, SimRs>,
     now: Timestamp,
-    pre: Option<AnalysisOutcome>,
-    post: Option<AnalysisOutcome>,
+    /// The AnalysisRuns the Rollout owns, with their verdicts.
+    runs: SimRuns,
     /// A second revision was ever set: from then on, active must always be fully available.
     released: bool,
     gating: Gating,
@@ -195,8 +196,7 @@ impl World {
             good: [(HASHES[0].to_owned(), true)].into(),
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
-            pre: None,
-            post: None,
+            runs: SimRuns::default(),
             released: false,
             gating: Gating::default(),
         }
@@ -226,18 +226,21 @@ impl World {
     fn decide_at(&self, status: &RolloutStatus, actions: Actions, now: Timestamp) -> Plan {
         let views = self.views();
         let snapshot = Snapshot {
+            name: "web",
             generation: 1,
             spec: &self.spec,
             status,
             current_hash: &self.current,
             replica_sets: &views,
-            step_analysis: self.pre.clone(),
-            background_analysis: self.post.clone(),
+            runs: &self.runs.runs,
             actions,
             gating: &self.gating,
             now,
         };
-        release::decide(&snapshot, release::Strategy::BlueGreen(self.strategy()))
+        sluice_engine::decide(
+            &snapshot,
+            sluice_engine::Strategy::BlueGreen(self.strategy()),
+        )
     }
 
     fn apply(&mut self, plan: &Plan) {
@@ -268,14 +271,8 @@ impl World {
         for hash in &plan.delete {
             self.rss.remove(hash);
         }
+        self.runs.apply(plan, &self.current);
         self.status = plan.status.clone();
-        // As the controller does: a run that is no longer wanted is dropped; a new one starts empty.
-        if !wants_pre_promotion_analysis(&self.status, self.strategy()) {
-            self.pre = None;
-        }
-        if !wants_post_promotion_analysis(&self.status, self.strategy()) {
-            self.post = None;
-        }
     }
 }
 
@@ -397,15 +394,13 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
                 }
                 world.current = HASHES[*t].to_owned();
                 world.good.entry(world.current.clone()).or_insert(*good);
-                world.pre = None;
-                world.post = None;
             }
-            // Verdicts arrive only for a run the controller would have started.
-            Event::Pre(v) if wants_pre_promotion_analysis(&world.status, world.strategy()) => {
-                world.pre = Some(outcome(*v));
+            // Verdicts arrive only for a run the controller started.
+            Event::Pre(v) => {
+                world.runs.judge(&world.status, RunSlot::PrePromotion, *v);
             }
-            Event::Post(v) if wants_post_promotion_analysis(&world.status, world.strategy()) => {
-                world.post = Some(outcome(*v));
+            Event::Post(v) => {
+                world.runs.judge(&world.status, RunSlot::PostPromotion, *v);
             }
             Event::Gate(g, p) => {
                 let policy = match p {
@@ -425,16 +420,7 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         let actions = actions_for(event);
         let before = world.status.clone();
         let plan = world.decide(&before, actions);
-        // As the controller sees it after writing the plan's status: the runs of a release that a
-        // new revision or a retry dropped give no verdict.
-        let mut own = world.clone();
-        if before.abort != plan.status.abort
-            || before.current_pod_hash != plan.status.current_pod_hash
-        {
-            own.pre = None;
-            own.post = None;
-        }
-        plan_is_a_fixed_point(&plan, &own.decide(&plan.status, Actions::default()))?;
+        plan_is_a_fixed_point(&plan, &world.decide(&plan.status, Actions::default()))?;
         world.apply(&plan);
         check(world, &before, &plan, actions)?;
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the

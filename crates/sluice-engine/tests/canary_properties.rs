@@ -14,16 +14,17 @@ use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
 use sluice_api::gate::{GateState, InFlightPolicy};
 use sluice_api::rollout::{
-    CanaryStep, CanaryStrategy, GatewayApiRouting, PauseStep, RolloutSpec, RolloutStatus,
-    RolloutStrategy, SetCanaryScale, TrafficRouting,
+    BackgroundAnalysis, CanaryStep, CanaryStrategy, GatewayApiRouting, PauseStep, RolloutSpec,
+    RolloutStatus, RolloutStrategy, SetCanaryScale, TrafficRouting,
 };
 use sluice_engine::canary::step_weight;
 use sluice_engine::gate::{self, Gating};
-use sluice_engine::release::{self, Actions, AnalysisOutcome, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::replicas;
+use sluice_engine::runs::RunSlot;
 
 use common::{
-    cases, gate_view, held, later_reconcile_changes_nothing, later_than, outcome,
+    SimRuns, cases, gate_view, held, later_reconcile_changes_nothing, later_than,
     plan_is_a_fixed_point, second_reconcile_changes_nothing,
 };
 
@@ -87,22 +88,32 @@ struct Limits {
     deadline_seconds: i32,
     deadline_abort: bool,
     history: i32,
+    /// Background analysis from this step, if any.
+    background: Option<i32>,
 }
 
 fn limits_strategy() -> impl Strategy<Value = Limits> {
-    (30..=900i32, any::<bool>(), 0..=3i32).prop_map(
-        |(deadline_seconds, deadline_abort, history)| Limits {
-            deadline_seconds,
-            deadline_abort,
-            history,
-        },
+    (
+        30..=900i32,
+        any::<bool>(),
+        0..=3i32,
+        prop::option::of(0..=3i32),
     )
+        .prop_map(
+            |(deadline_seconds, deadline_abort, history, background)| Limits {
+                deadline_seconds,
+                deadline_abort,
+                history,
+                background,
+            },
+        )
 }
 
 const RELAXED: Limits = Limits {
     deadline_seconds: 600,
     deadline_abort: false,
     history: 10,
+    background: None,
 };
 
 fn spec(
@@ -177,7 +188,14 @@ fn spec(
                 dynamic_stable_scale: false,
                 min_pods_per_replica_set: None,
                 steps,
-                analysis: None,
+                analysis: limits.background.map(|from| BackgroundAnalysis {
+                    templates: vec![AnalysisTemplateRef {
+                        template_name: "b".into(),
+                        cluster_scope: false,
+                    }],
+                    args: vec![],
+                    starting_step: Some(from),
+                }),
                 traffic_routing: routed.then(|| TrafficRouting {
                     gateway_api: GatewayApiRouting {
                         http_route: "r".into(),
@@ -209,9 +227,8 @@ struct World {
     good: BTreeMap<String, bool>,
     rss: BTreeMap<String, SimRs>,
     now: Timestamp,
-    /// The verdict of the analysis run of one step (by index).
-    verdict: Option<(i32, AnalysisOutcome)>,
-    background: Option<AnalysisOutcome>,
+    /// The AnalysisRuns the Rollout owns, with their verdicts.
+    runs: SimRuns,
     /// The gates selecting the Rollout.
     gating: Gating,
     /// What a holding gate does to a release in flight, drawn per case.
@@ -243,25 +260,20 @@ impl World {
     fn decide_at(&self, status: &RolloutStatus, actions: Actions, now: Timestamp) -> Plan {
         let views = self.views();
         let snapshot = Snapshot {
+            name: "web",
             generation: 1,
             spec: &self.spec,
             status,
             current_hash: &self.current,
             replica_sets: &views,
-            // As the controller does: the verdict of the run of the step at the persisted index.
-            step_analysis: self
-                .verdict
-                .clone()
-                .filter(|(step, _)| Some(*step) == status.current_step_index)
-                .map(|(_, outcome)| outcome),
-            background_analysis: self.background.clone(),
+            runs: &self.runs.runs,
             actions,
             gating: &self.gating,
             now,
         };
-        release::decide(
+        sluice_engine::decide(
             &snapshot,
-            release::Strategy::Canary(self.spec.strategy.canary.as_ref().expect("canary")),
+            sluice_engine::Strategy::Canary(self.spec.strategy.canary.as_ref().expect("canary")),
         )
     }
 
@@ -293,6 +305,7 @@ impl World {
         for hash in &plan.delete {
             self.rss.remove(hash);
         }
+        self.runs.apply(plan, &self.current);
         self.status = plan.status.clone();
         if let Some(stable) = &self.status.stable_rs {
             self.released.insert(stable.clone());
@@ -449,14 +462,13 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
             Event::NewTemplate(t, good) => {
                 world.current = HASHES[*t].to_owned();
                 world.good.entry(world.current.clone()).or_insert(*good);
-                world.verdict = None;
-                world.background = None;
             }
+            // Verdicts arrive only for a run the controller started.
             Event::Background(v) => {
-                world.background = Some(outcome(*v));
+                world.runs.judge(&world.status, RunSlot::Background, *v);
             }
             Event::Verdict(v) => {
-                world.verdict = world.status.current_step_index.map(|i| (i, outcome(*v)))
+                world.runs.judge(&world.status, RunSlot::Step(0), *v);
             }
             Event::Gate(g) => {
                 world.gating.gates = match g {
@@ -475,40 +487,10 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         let actions = actions_for(event);
         let before = world.status.clone();
         let plan = world.decide(&before, actions);
-        // As the controller sees it after writing the plan's status: the runs of a release that a
-        // new revision or a retry dropped give no verdict.
-        let mut own = world.clone();
-        if before.abort != plan.status.abort
-            || before.current_pod_hash != plan.status.current_pod_hash
-        {
-            own.verdict = None;
-            own.background = None;
-        }
-        plan_is_a_fixed_point(&plan, &own.decide(&plan.status, Actions::default()))?;
+        plan_is_a_fixed_point(&plan, &world.decide(&plan.status, Actions::default()))?;
         check(world, &before, &plan, actions)?;
 
         world.apply(&plan);
-        // A retry starts fresh runs: the old verdicts no longer count.
-        if before.abort && !world.status.abort {
-            world.verdict = None;
-            world.background = None;
-        }
-        // A promote past an inconclusive background run starts a fresh one.
-        let had_background_pause = before
-            .pause_conditions
-            .iter()
-            .any(|p| p.reason == "InconclusiveAnalysis");
-        if had_background_pause
-            && !world
-                .status
-                .pause_conditions
-                .iter()
-                .any(|p| p.reason == "InconclusiveAnalysis")
-            && matches!(world.background, Some(AnalysisOutcome::Inconclusive(_)))
-        {
-            world.background = Some(AnalysisOutcome::Running);
-        }
-
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
         let again = world.decide(&world.status, Actions::default());
@@ -548,8 +530,7 @@ proptest! {
             good: [(HASHES[0].to_owned(), true)].into(),
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
-            verdict: None,
-            background: None,
+            runs: SimRuns::default(),
             gating: Gating::default(),
             in_flight,
             released: BTreeSet::new(),
@@ -575,8 +556,7 @@ proptest! {
             good: [(HASHES[0].to_owned(), true)].into(),
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
-            verdict: None,
-            background: None,
+            runs: SimRuns::default(),
             gating: Gating::default(),
             in_flight: InFlightPolicy::HoldAtNextStep,
             released: BTreeSet::new(),

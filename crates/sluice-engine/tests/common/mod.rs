@@ -10,8 +10,10 @@ use sluice_api::rollout::RolloutStatus;
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use sluice_api::analysis::AnalysisPhase;
 use sluice_engine::gate::{GatePolicy, GateView};
-use sluice_engine::release::{AnalysisOutcome, Plan};
+use sluice_engine::release::Plan;
+use sluice_engine::runs::{RunSlot, RunView};
 
 /// A gate named `slo` in `state` (6% of budget left), holding on Unknown, with `in_flight`.
 pub fn gate_view(state: GateState, in_flight: InFlightPolicy) -> GateView {
@@ -38,13 +40,76 @@ pub fn held(status: &RolloutStatus) -> bool {
         .any(|c| c.type_ == "ReleaseHeld" && c.status == "True")
 }
 
-/// An analysis verdict from a drawn number: Running, Successful, Inconclusive, or Failed.
-pub fn outcome(v: u8) -> AnalysisOutcome {
-    match v {
-        0 => AnalysisOutcome::Running,
-        1 => AnalysisOutcome::Successful,
-        2 => AnalysisOutcome::Inconclusive("no data".into()),
-        _ => AnalysisOutcome::Failed("error-rate 0.07 >= 0.05".into()),
+/// The AnalysisRuns of the simulated cluster, as the controller keeps them: created, stopped and
+/// deleted as plans say, each with the verdict a test gives it.
+#[derive(Clone, Debug, Default)]
+pub struct SimRuns {
+    pub runs: Vec<RunView>,
+}
+
+impl SimRuns {
+    /// Applies a plan's run changes; `hash` is the revision the started runs measure.
+    pub fn apply(&mut self, plan: &Plan, hash: &str) {
+        for start in &plan.runs.start {
+            if !self.runs.iter().any(|r| r.name == start.name) {
+                self.runs.push(RunView {
+                    name: start.name.clone(),
+                    hash: Some(hash.to_owned()),
+                    slot: Some(start.slot),
+                    phase: None,
+                    message: None,
+                    terminating: false,
+                    failed_policies: Vec::new(),
+                });
+            }
+        }
+        for name in &plan.runs.terminate {
+            if let Some(run) = self.runs.iter_mut().find(|r| r.name == *name) {
+                run.terminating = true;
+            }
+        }
+        self.runs.retain(|r| !plan.runs.delete.contains(&r.name));
+    }
+
+    /// Gives the run recorded in `status` for `slot` the verdict drawn as `v`: 0 Running,
+    /// 1 Successful, 2 Inconclusive, else Failed. Returns whether there was such a run.
+    pub fn judge(&mut self, status: &RolloutStatus, slot: RunSlot, v: u8) -> bool {
+        let record = match slot {
+            RunSlot::Step(_) => status
+                .canary
+                .as_ref()
+                .and_then(|c| c.current_step_analysis_run_status.as_ref()),
+            RunSlot::Background => status
+                .canary
+                .as_ref()
+                .and_then(|c| c.current_background_analysis_run_status.as_ref()),
+            RunSlot::PrePromotion => status
+                .blue_green
+                .as_ref()
+                .and_then(|b| b.pre_promotion_analysis_run_status.as_ref()),
+            RunSlot::PostPromotion => status
+                .blue_green
+                .as_ref()
+                .and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
+        };
+        let Some(run) = record.and_then(|r| self.runs.iter_mut().find(|run| run.name == r.name))
+        else {
+            return false;
+        };
+        let (phase, message) = match v {
+            0 => (AnalysisPhase::Running, None),
+            1 => (AnalysisPhase::Successful, None),
+            2 => (AnalysisPhase::Inconclusive, Some("no data")),
+            _ => (AnalysisPhase::Failed, Some("error-rate 0.07 >= 0.05")),
+        };
+        run.phase = Some(phase);
+        run.message = message.map(str::to_owned);
+        run.failed_policies = if phase == AnalysisPhase::Failed {
+            vec![None]
+        } else {
+            Vec::new()
+        };
+        true
     }
 }
 

@@ -12,11 +12,14 @@ use k8s_openapi::jiff::Timestamp;
 use sluice_api::analysis::{
     AnalysisPhase, BaselineJudge, ChangeDirection, JudgedMetric, Measurement, MissingBaselinePolicy,
 };
+use sluice_api::common::PrometheusConnection;
+use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 use sluice_engine::judge::{
     self, EventCounts, Histogram, MetricData, MetricPolicy, ScoreThresholds, Verdict,
 };
 
 use crate::prometheus::{self, Connection, QueryError};
+use crate::provider::{Provider, RunContext, error_measurement};
 use crate::substitute;
 
 /// The window queried when the judge does not say.
@@ -33,9 +36,58 @@ enum FetchError {
     Empty(String),
 }
 
+/// A metric's baseline judge.
+#[derive(Debug)]
+pub struct BaselineProvider<'a> {
+    spec: &'a BaselineJudge,
+}
+
+impl<'a> BaselineProvider<'a> {
+    pub fn new(spec: &'a BaselineJudge) -> Self {
+        Self { spec }
+    }
+}
+
+impl Provider for BaselineProvider<'_> {
+    fn name(&self) -> &'static str {
+        "baseline"
+    }
+
+    fn connection(&self) -> &PrometheusConnection {
+        &self.spec.prometheus
+    }
+
+    /// Needs the canary's hash; without a stable hash the judgement is what `onMissingBaseline` says.
+    async fn measure(
+        &self,
+        connection: &Connection,
+        args: &BTreeMap<String, String>,
+        run: &RunContext<'_>,
+        now: impl Fn() -> Timestamp + Send + Sync,
+    ) -> Measurement {
+        let Some(canary_hash) = run.canary_hash else {
+            return error_measurement(
+                format!(
+                    "the baseline judge needs the canary's hash in the run's {POD_TEMPLATE_HASH_LABEL} label; runs created by a Rollout have it"
+                ),
+                now,
+            );
+        };
+        measure(
+            connection,
+            self.spec,
+            args,
+            canary_hash,
+            run.stable_hash,
+            now,
+        )
+        .await
+    }
+}
+
 /// Takes one measurement with the baseline judge. `args` holds `args.NAME` values; the hashes select
 /// the versions.
-pub async fn measure(
+async fn measure(
     connection: &Connection,
     spec: &BaselineJudge,
     args: &BTreeMap<String, String>,
@@ -254,5 +306,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Through the provider: the hashes come from the run, and without the canary's there is nothing
+    /// to select its series with (no query is sent).
+    #[tokio::test]
+    async fn the_provider_needs_the_canary_hash_and_says_where_it_comes_from() {
+        let connection = Connection::plain("http://127.0.0.1:1");
+        let spec = judge(None);
+        let provider = BaselineProvider::new(&spec);
+        let args = BTreeMap::new();
+        let m = provider
+            .measure(&connection, &args, &RunContext::default(), Timestamp::now)
+            .await;
+        assert_eq!(m.phase, AnalysisPhase::Error);
+        assert_eq!(
+            m.message.as_deref(),
+            Some(
+                "the baseline judge needs the canary's hash in the run's sluice.dev/pod-template-hash label; runs created by a Rollout have it"
+            )
+        );
+        let run = RunContext {
+            canary_hash: Some("abc"),
+            stable_hash: None,
+        };
+        let m = provider
+            .measure(&connection, &args, &run, Timestamp::now)
+            .await;
+        assert_eq!(m.phase, AnalysisPhase::Inconclusive, "{:?}", m.message);
+        assert_eq!(
+            m.metadata.get("canaryHash").map(String::as_str),
+            Some("abc")
+        );
     }
 }

@@ -1,20 +1,20 @@
-//! Sluice's metric providers: a Prometheus query judged by CEL conditions, and the data the baseline
-//! judge compares. The controller resolves Secrets and arguments; this crate sends the queries and
-//! turns answers into measurements, never failing silently: no data or NaN is Inconclusive, an
-//! unreachable server or a refused query is an Error with the server's words.
+//! Sluice's metric providers, one module each behind the [`Provider`] trait: [`prometheus`], a query
+//! judged by CEL conditions, and [`baseline`], the statistical judge of canary against stable.
+//! [`MetricSource::of`] maps a metric's `provider` to its implementation. The controller resolves
+//! Secrets and arguments; this crate sends the queries and turns answers into measurements, never
+//! failing silently: no data or NaN is Inconclusive, an unreachable server or a refused query is an
+//! Error with the server's words.
 
 pub mod baseline;
 pub mod condition;
 pub mod prometheus;
+pub mod provider;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use sluice_api::analysis::{AnalysisPhase, Measurement};
-
 pub use condition::{ConditionError, Conditions, QueryResult, Verdict};
 pub use prometheus::{Connection, Credentials, QueryError};
+pub use provider::{MetricSource, NoProvider, Provider, RunContext, error_measurement};
 
 /// A `{{...}}` placeholder with no value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,33 +47,6 @@ pub fn substitute(
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// Takes one measurement of a Prometheus metric: sends `query`, judges the answer.
-pub async fn measure_prometheus(
-    connection: &Connection,
-    query: &str,
-    conditions: &Conditions,
-    now: impl Fn() -> Timestamp,
-) -> Measurement {
-    let started = now();
-    let mut metadata = BTreeMap::new();
-    metadata.insert("query".to_owned(), query.to_owned());
-    let (phase, value, message) = match prometheus::query(connection, query).await {
-        Ok(result) => {
-            let verdict = conditions.judge(&result);
-            (verdict.phase, Some(result.display()), verdict.message)
-        }
-        Err(err) => (AnalysisPhase::Error, None, err.to_string()),
-    };
-    Measurement {
-        phase,
-        value,
-        started_at: Some(Time(started)),
-        finished_at: Some(Time(now())),
-        message: Some(message),
-        metadata,
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,110 @@
-//! Queries against a Prometheus-compatible HTTP API (prometheus-http-query over reqwest and rustls).
+//! The Prometheus provider: a PromQL query (`{{args.NAME}}` replaced by the argument's value) whose
+//! answer the metric's CEL conditions judge. No data or NaN is Inconclusive; an unreachable server or
+//! a refused query is an Error with the server's words.
+//!
+//! Also the client for a Prometheus-compatible HTTP API (prometheus-http-query over reqwest and
+//! rustls) that this provider, the baseline judge and ErrorBudgetGates send their queries with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use base64::Engine as _;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use prometheus_http_query::response::Data;
 use reqwest::header::{HeaderName, HeaderValue};
+use sluice_api::analysis::{AnalysisPhase, Measurement, Metric, PrometheusMetric};
+use sluice_api::common::PrometheusConnection;
 
-use crate::condition::QueryResult;
+use crate::condition::{ConditionError, Conditions, QueryResult};
+use crate::provider::{Provider, RunContext, error_measurement};
+use crate::substitute;
+
+/// A metric's query, with its conditions compiled.
+#[derive(Debug)]
+pub struct PrometheusProvider<'a> {
+    spec: &'a PrometheusMetric,
+    /// Boxed: compiled CEL programs are large, and `MetricSource`'s other variants small.
+    conditions: Result<Box<Conditions>, ConditionError>,
+}
+
+impl<'a> PrometheusProvider<'a> {
+    /// The query of `spec`, judged by `metric`'s conditions. A condition that does not compile is
+    /// reported by [`Provider::check`].
+    pub fn new(spec: &'a PrometheusMetric, metric: &Metric) -> Self {
+        Self {
+            spec,
+            conditions: Conditions::compile(
+                metric.success_condition.as_deref(),
+                metric.failure_condition.as_deref(),
+            )
+            .map(Box::new),
+        }
+    }
+}
+
+impl Provider for PrometheusProvider<'_> {
+    fn name(&self) -> &'static str {
+        "prometheus"
+    }
+
+    fn connection(&self) -> &PrometheusConnection {
+        &self.spec.connection
+    }
+
+    fn check(&self, args: &BTreeMap<String, String>) -> Result<(), String> {
+        if let Err(err) = &self.conditions {
+            return Err(err.to_string());
+        }
+        substitute(&self.spec.query, args)
+            .map(drop)
+            .map_err(|missing| missing.to_string())
+    }
+
+    async fn measure(
+        &self,
+        connection: &Connection,
+        args: &BTreeMap<String, String>,
+        _run: &RunContext<'_>,
+        now: impl Fn() -> Timestamp + Send + Sync,
+    ) -> Measurement {
+        let conditions = match &self.conditions {
+            Ok(conditions) => conditions,
+            Err(err) => return error_measurement(err.to_string(), now),
+        };
+        match substitute(&self.spec.query, args) {
+            Ok(query) => measure(connection, &query, conditions, now).await,
+            Err(missing) => error_measurement(missing.to_string(), now),
+        }
+    }
+}
+
+/// Takes one measurement: sends `promql`, judges the answer.
+async fn measure(
+    connection: &Connection,
+    promql: &str,
+    conditions: &Conditions,
+    now: impl Fn() -> Timestamp,
+) -> Measurement {
+    let started = now();
+    let mut metadata = BTreeMap::new();
+    metadata.insert("query".to_owned(), promql.to_owned());
+    let (phase, value, message) = match query(connection, promql).await {
+        Ok(result) => {
+            let verdict = conditions.judge(&result);
+            (verdict.phase, Some(result.display()), verdict.message)
+        }
+        Err(err) => (AnalysisPhase::Error, None, err.to_string()),
+    };
+    Measurement {
+        phase,
+        value,
+        started_at: Some(Time(started)),
+        finished_at: Some(Time(now())),
+        message: Some(message),
+        metadata,
+    }
+}
 
 /// Seconds a query may take when the metric does not say.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
@@ -198,4 +295,65 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(success: &str, query: &str) -> Metric {
+        serde_json::from_value(serde_json::json!({
+            "name": "errors",
+            "successCondition": success,
+            "provider": {"prometheus": {"address": "http://127.0.0.1:1", "query": query}},
+        }))
+        .expect("metric")
+    }
+
+    fn provider(metric: &Metric) -> PrometheusProvider<'_> {
+        let spec = metric.provider.prometheus.as_ref().expect("prometheus");
+        PrometheusProvider::new(spec, metric)
+    }
+
+    /// A condition that does not compile, or a placeholder with no argument, spoils every measurement:
+    /// the check finds them before the first.
+    #[test]
+    fn the_check_finds_a_bad_condition_and_a_missing_argument() {
+        let args: BTreeMap<String, String> =
+            [("args.service".to_owned(), "checkout".to_owned())].into();
+        let good = metric("result[0] < 1", "up{svc=\"{{args.service}}\"}");
+        assert_eq!(provider(&good).check(&args), Ok(()));
+
+        let bad = metric("result[0] <", "up");
+        let problem = provider(&bad).check(&args).expect_err("bad condition");
+        assert!(
+            problem.starts_with("successCondition \"result[0] <\" is not a valid expression"),
+            "{problem}"
+        );
+
+        let missing = metric("result[0] < 1", "up{svc=\"{{args.nope}}\"}");
+        assert_eq!(
+            provider(&missing).check(&args),
+            Err("the query uses {{args.nope}} but no argument of that name was given".to_owned())
+        );
+    }
+
+    /// Should a measurement be taken anyway, the missing argument is its Error; no query is sent.
+    #[tokio::test]
+    async fn a_missing_argument_is_an_error_measurement() {
+        let missing = metric("result[0] < 1", "up{svc=\"{{args.nope}}\"}");
+        let m = provider(&missing)
+            .measure(
+                &Connection::plain("http://127.0.0.1:1"),
+                &BTreeMap::new(),
+                &RunContext::default(),
+                Timestamp::now,
+            )
+            .await;
+        assert_eq!(m.phase, AnalysisPhase::Error);
+        assert_eq!(
+            m.message.as_deref(),
+            Some("the query uses {{args.nope}} but no argument of that name was given")
+        );
+    }
 }

@@ -12,7 +12,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use sluice_analysis::{Conditions, Connection, Credentials};
+use sluice_analysis::{
+    Connection, Credentials, MetricSource, NoProvider, Provider, RunContext, error_measurement,
+};
 use sluice_api::analysis::{
     AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisRunStatus, Measurement, Metric,
 };
@@ -66,14 +68,25 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
             }
             Ok(prepared) => {
                 let schedule = analysis::schedule(&run.spec, &status, started, now);
+                let context = RunContext {
+                    canary_hash: run
+                        .labels()
+                        .get(POD_TEMPLATE_HASH_LABEL)
+                        .map(String::as_str),
+                    stable_hash: run
+                        .annotations()
+                        .get(STABLE_HASH_ANNOTATION)
+                        .map(String::as_str),
+                };
                 let measurements = join_all(schedule.due.iter().filter_map(|name| {
                     let metric = run.spec.metrics.iter().find(|m| &m.name == name)?;
-                    Some(prepared.measure(metric, &run))
+                    Some(prepared.measure(metric, &context))
                 }))
                 .await;
-                for (metric, measurement) in measurements {
+                for (metric, provider, measurement) in measurements {
                     info!(
                         metric = metric.name.as_str(),
+                        provider,
                         phase = ?measurement.phase,
                         value = measurement.value.as_deref().unwrap_or(""),
                         "measured"
@@ -129,8 +142,7 @@ async fn announce(ctx: &Context, run: &AnalysisRun, status: &AnalysisRunStatus) 
     };
     let message = status.message.clone().unwrap_or_default();
     info!(reason, note = %message, "analysis run finished");
-    ctx.publish(&run.object_ref(&()), warning, reason, "Analyse", &message)
-        .await;
+    ctx.publish(&run.object_ref(&()), warning, reason, "Analyse", &message);
 }
 
 /// A run that cannot be measured (a missing argument or Secret, a condition that does not compile) is
@@ -159,17 +171,18 @@ fn fail_invalid(
 }
 
 /// What the run's measurements need, resolved once per reconcile.
-struct Prepared {
+struct Prepared<'a> {
     /// `args.NAME` → value.
     values: BTreeMap<String, String>,
-    conditions: BTreeMap<String, Conditions>,
-    connections: BTreeMap<String, Connection>,
+    /// Each metric's provider, with its connection's Secrets read. A metric without a provider is not
+    /// here: each of its measurements is an Error saying so.
+    sources: BTreeMap<&'a str, (MetricSource<'a>, Connection)>,
 }
 
-impl Prepared {
+impl<'a> Prepared<'a> {
     /// `Ok(Err(problem))` is the user's mistake, reported on the run; `Err` is a failure to retry.
     async fn new(
-        spec: &AnalysisRunSpec,
+        spec: &'a AnalysisRunSpec,
         client: &kube::Client,
         namespace: &str,
     ) -> Result<Result<Self, String>, Error> {
@@ -196,98 +209,48 @@ impl Prepared {
             };
             values.insert(format!("args.{}", arg.name), value);
         }
-        let mut conditions = BTreeMap::new();
-        let mut connections = BTreeMap::new();
+        let mut sources = BTreeMap::new();
         for metric in &spec.metrics {
-            if let Some(prometheus) = &metric.provider.prometheus {
-                let compiled = match Conditions::compile(
-                    metric.success_condition.as_deref(),
-                    metric.failure_condition.as_deref(),
-                ) {
-                    Ok(c) => c,
-                    Err(err) => return Ok(Err(format!("metric {:?}: {err}", metric.name))),
-                };
-                conditions.insert(metric.name.clone(), compiled);
-                if let Err(missing) = sluice_analysis::substitute(&prometheus.query, &values) {
-                    return Ok(Err(format!("metric {:?}: {missing}", metric.name)));
-                }
-                match connection(&prometheus.connection, &secrets).await? {
-                    Ok(c) => connections.insert(metric.name.clone(), c),
-                    Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
-                };
-            } else if let Some(judge) = &metric.provider.baseline {
-                match connection(&judge.prometheus, &secrets).await? {
-                    Ok(c) => connections.insert(metric.name.clone(), c),
-                    Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
-                };
+            let Ok(source) = MetricSource::of(metric) else {
+                // Not a problem of the whole run: each of its measurements is an Error saying so.
+                continue;
+            };
+            if let Err(problem) = source.check(&values) {
+                return Ok(Err(format!("metric {:?}: {problem}", metric.name)));
             }
+            let connection = match connection(source.connection(), &secrets).await? {
+                Ok(c) => c,
+                Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
+            };
+            sources.insert(metric.name.as_str(), (source, connection));
         }
-        Ok(Ok(Self {
-            values,
-            conditions,
-            connections,
-        }))
+        Ok(Ok(Self { values, sources }))
     }
 
+    /// One measurement of `metric`, with the name of the provider that took it.
     async fn measure<'m>(
         &self,
         metric: &'m Metric,
-        run: &AnalysisRun,
-    ) -> (&'m Metric, Measurement) {
-        let measurement = match (
-            &metric.provider.prometheus,
-            self.conditions.get(&metric.name),
-            self.connections.get(&metric.name),
-        ) {
-            (None, _, Some(connection)) if metric.provider.baseline.is_some() => {
-                let canary = run.labels().get(POD_TEMPLATE_HASH_LABEL);
-                let stable = run.annotations().get(STABLE_HASH_ANNOTATION);
-                match (&metric.provider.baseline, canary) {
-                    (Some(judge), Some(canary)) => {
-                        sluice_analysis::baseline::measure(
-                            connection,
-                            judge,
-                            &self.values,
-                            canary,
-                            stable.map(String::as_str),
-                            Timestamp::now,
-                        )
-                        .await
-                    }
-                    _ => error_measurement(format!(
-                        "the baseline judge needs the canary's hash in the run's {POD_TEMPLATE_HASH_LABEL} label; runs created by a Rollout have it"
-                    )),
-                }
+        run: &RunContext<'_>,
+    ) -> (&'m Metric, &'static str, Measurement) {
+        match self.sources.get(metric.name.as_str()) {
+            Some((source, connection)) => {
+                let measurement = source
+                    .measure(connection, &self.values, run, Timestamp::now)
+                    .await;
+                (metric, source.name(), measurement)
             }
-            (Some(prometheus), Some(conditions), Some(connection)) => {
-                match sluice_analysis::substitute(&prometheus.query, &self.values) {
-                    Ok(query) => {
-                        sluice_analysis::measure_prometheus(
-                            connection,
-                            &query,
-                            conditions,
-                            Timestamp::now,
-                        )
-                        .await
-                    }
-                    Err(missing) => error_measurement(missing.to_string()),
-                }
+            None => {
+                let missing = NoProvider {
+                    metric: metric.name.clone(),
+                };
+                (
+                    metric,
+                    "none",
+                    error_measurement(missing.to_string(), Timestamp::now),
+                )
             }
-            _ => error_measurement(format!("metric {:?} has no usable provider", metric.name)),
-        };
-        (metric, measurement)
-    }
-}
-
-fn error_measurement(message: String) -> Measurement {
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
-    Measurement {
-        phase: AnalysisPhase::Error,
-        value: None,
-        started_at: Some(now.clone()),
-        finished_at: Some(now),
-        message: Some(message),
-        metadata: BTreeMap::new(),
+        }
     }
 }
 

@@ -113,7 +113,7 @@ impl Caches {
         let (replica_sets, replica_sets_writer) = reflector::store();
         let (runs, runs_writer) = reflector::store();
         let (services, services_writer) = reflector::store();
-        let routes_writer = Writer::new(crate::rollout::http_route_resource());
+        let routes_writer = Writer::new(crate::traffic::gateway_api::http_route_resource());
         let routes = routes_writer.as_reader();
         let (templates, templates_writer) = reflector::store();
         let (cluster_templates, cluster_templates_writer) = reflector::store();
@@ -146,7 +146,8 @@ impl Caches {
     /// The HTTPRoute `namespace`/`name`, if it exists.
     pub fn route(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
         self.routes.get(
-            &ObjectRef::new_with(name, crate::rollout::http_route_resource()).within(namespace),
+            &ObjectRef::new_with(name, crate::traffic::gateway_api::http_route_resource())
+                .within(namespace),
         )
     }
 }

@@ -143,8 +143,7 @@ pub async fn reconcile(gate: Arc<ErrorBudgetGate>, ctx: Arc<Context>) -> Result<
             event.reason,
             "Evaluate",
             &event.message,
-        )
-        .await;
+        );
     }
     Ok(Action::requeue(evaluation.requeue_after))
 }

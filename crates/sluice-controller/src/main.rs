@@ -29,6 +29,7 @@ use sluice_api::{ErrorBudgetGate, Rollout};
 use tracing_subscriber::EnvFilter;
 
 mod analysis_run;
+mod backoff;
 mod cache;
 mod error;
 mod gate;
@@ -37,6 +38,8 @@ mod metrics;
 mod release_gates;
 mod rollout;
 mod rollout_analysis;
+mod traffic;
+mod written;
 
 /// The field manager of everything the controller writes.
 pub const FIELD_MANAGER: &str = "sluice-controller";
@@ -91,17 +94,23 @@ pub fn writer() -> PatchParams {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
     pub metrics: metrics::Metrics,
     pub ready: AtomicBool,
     /// Everything reconciles read, kept by watches: a settled Rollout's reconcile makes no request.
     pub caches: cache::Caches,
+    /// How long each Rollout whose reconcile fails waits before the next try.
+    pub backoffs: backoff::Backoffs,
+    /// The controller's last write to each Rollout: no reconcile acts on an older cached copy.
+    pub written: written::Written,
+    /// Events waiting to be recorded.
+    events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
 }
 
 impl Context {
-    /// Records an Event on `object` (its note cut to the API's 1000 characters). A failure is logged
-    /// and otherwise ignored: an Event is a report, never a reason to fail a reconcile.
-    pub async fn publish(
+    /// Records an Event on `object` (its note cut to the API's 1000 characters) in the background,
+    /// after the Events recorded before it: an Event is a report, never a reason to fail or slow a
+    /// reconcile. A failure is logged.
+    pub fn publish(
         &self,
         object: &ObjectReference,
         warning: bool,
@@ -120,10 +129,25 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, object).await {
-            tracing::warn!(%err, reason, "could not record event");
+        if self.events.send((event, object.clone())).is_err() {
+            tracing::warn!(reason, "could not record event: the recorder stopped");
         }
     }
+}
+
+/// Records Events in the order they were published, one at a time, off the reconciles' path.
+fn spawn_recorder(
+    recorder: Recorder,
+) -> tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)> {
+    let (sender, mut events) = tokio::sync::mpsc::unbounded_channel::<(Event, ObjectReference)>();
+    tokio::spawn(async move {
+        while let Some((event, object)) = events.recv().await {
+            if let Err(err) = recorder.publish(&event, &object).await {
+                tracing::warn!(%err, reason = event.reason, "could not record event");
+            }
+        }
+    });
+    sender
 }
 
 #[tokio::main]
@@ -152,10 +176,12 @@ async fn main() -> anyhow::Result<()> {
     let (caches, writers) = cache::Caches::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        events: spawn_recorder(Recorder::new(client.clone(), reporter)),
         metrics,
         ready: AtomicBool::new(false),
         caches,
+        backoffs: backoff::Backoffs::default(),
+        written: written::Written::default(),
     });
     tokio::spawn(http::serve(args.http_addr, ctx.clone()));
 
@@ -264,7 +290,7 @@ where
 async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers: cache::Writers) {
     let namespace = args.namespace.as_deref();
     let owned = || watcher::Config::default().labels(sluice_api::names::ROLLOUT_LABEL);
-    let route_resource = rollout::http_route_resource();
+    let route_resource = traffic::gateway_api::http_route_resource();
     let routes: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &route_resource),
         None => Api::all_with(client.clone(), &route_resource),
@@ -430,8 +456,8 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
         )
         .watches_stream_with(
             cache::as_trigger(route_changes),
-            move |route: DynamicObject| rollout::referencing_route(&by_route, &route),
-            rollout::http_route_resource(),
+            move |route: DynamicObject| traffic::gateway_api::referencing_route(&by_route, &route),
+            traffic::gateway_api::http_route_resource(),
         )
         .watches_stream(
             cache::as_trigger(template_changes.into_iter().next().unwrap_or_else(closed)),

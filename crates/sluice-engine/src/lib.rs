@@ -21,8 +21,10 @@ pub mod runs;
 
 use std::time::Duration;
 
-use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy};
+use k8s_openapi::jiff::Timestamp;
+use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy, RolloutPhase, RolloutStatus};
 
+use events::Event;
 use release::{Actions, Plan, Snapshot, Verdicts};
 
 /// A Rollout's release strategy.
@@ -45,6 +47,22 @@ const MAX_PASSES: usize = 8;
 /// controller need not be woken by its own status write to finish a transition. Each pass reads the
 /// verdicts of the runs its status records; then the release's runs are planned.
 pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
+    // The spec passed the controller's checks (a missing Service, route or template is
+    // `hold_invalid_spec`'s).
+    let mut valid = s.status.clone();
+    conditions::set(
+        &mut valid.conditions,
+        "InvalidSpec",
+        conditions::ConditionStatus::False,
+        "SpecValid",
+        "the spec is valid",
+        s.now,
+        s.generation,
+    );
+    let s = &Snapshot {
+        status: &valid,
+        ..s.clone()
+    };
     let pass = |snapshot: &Snapshot<'_>| {
         let (step, background) = runs::verdicts(
             snapshot.status,
@@ -88,4 +106,42 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
         restart::record_request(&mut plan, s.now);
     }
     plan
+}
+
+/// What a spec that only the controller can find wrong (a missing Service, route or template)
+/// means: nothing moves, stable keeps serving, and the Rollout says why: `InvalidSpec` and
+/// `Stalled` True, `Ready` False, phase Degraded, and an Event the first time this problem is seen.
+pub fn hold_invalid_spec(
+    status: &RolloutStatus,
+    problem: &str,
+    generation: i64,
+    now: Timestamp,
+) -> (RolloutStatus, Option<Event>) {
+    let mut next = status.clone();
+    let already = conditions::get(&next.conditions, "InvalidSpec")
+        .is_some_and(|c| c.status == "True" && c.message == problem);
+    for (type_, condition) in [
+        ("InvalidSpec", conditions::ConditionStatus::True),
+        ("Stalled", conditions::ConditionStatus::True),
+        ("Ready", conditions::ConditionStatus::False),
+    ] {
+        conditions::set(
+            &mut next.conditions,
+            type_,
+            condition,
+            "InvalidSpec",
+            problem,
+            now,
+            generation,
+        );
+    }
+    next.phase = Some(RolloutPhase::Degraded);
+    next.message = Some(format!("invalid spec: {problem}"));
+    next.observed_generation = Some(generation);
+    let event = (!already).then(|| Event {
+        warning: true,
+        reason: "InvalidSpec",
+        message: problem.to_owned(),
+    });
+    (next, event)
 }

@@ -344,16 +344,25 @@ impl World {
             .collect())
     }
 
+    /// The messages of the Events with `reason`, once there is one (Events are recorded just after
+    /// the status that reports the same change), or none after a few seconds.
     async fn events(&self, reason: &str) -> Result<Vec<String>> {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
-        Ok(api
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .map(|e| e.message.unwrap_or_default())
-            .collect())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = api
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| e.message.unwrap_or_default())
+                .collect();
+            if !found.is_empty() || Instant::now() > deadline {
+                return Ok(found);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Adds good events until the budget left is about `target` percent, and waits for Prometheus to have them.

@@ -24,6 +24,10 @@ pub const KWOK_VERSION: &str = "0.8.0";
 pub const HELM_VERSION: &str = "3.22.0";
 /// Gateway API release whose standard CRDs (HTTPRoute) are installed into test clusters.
 pub const GATEWAY_API_VERSION: &str = "1.5.1";
+/// Argo Rollouts release built as a peer to benchmark against: the newest v1.10.x the local Go
+/// builds. (v1.10.2 declares `go 1.26.10` in its go.mod, which a go1.26.8 toolchain with
+/// `GOTOOLCHAIN=local` refuses; v1.10.1 declares `go 1.26.1`.)
+pub const ARGO_ROLLOUTS_VERSION: &str = "1.10.1";
 
 /// Paths of the built binaries.
 #[derive(Clone, Debug)]
@@ -35,6 +39,32 @@ pub struct Binaries {
     pub kubectl: PathBuf,
     pub kwok: PathBuf,
     pub helm: PathBuf,
+}
+
+/// The Argo Rollouts controller, built from its Go module, and its CRD manifests.
+///
+/// Run it out of cluster, scoped to one namespace, with
+/// `rollouts-controller --kubeconfig <file> --namespaced --namespace <ns> --leader-elect=false
+/// --metricsPort <port> --healthzPort <port>` and `POD_NAMESPACE=<ns>` in its environment (else it
+/// watches notification ConfigMaps and Secrets in `argo-rollouts`). Its metrics and healthz servers
+/// listen on all interfaces (`0.0.0.0`); the defaults are 8090 and 8080.
+///
+/// Argo's CRDs are in group `argoproj.io`, but their plural and short names (`rollouts`/`ro`,
+/// `analysisruns`/`ar`, `analysistemplates`/`at`, `clusteranalysistemplates`/`cat`) are Sluice's
+/// too: once both are installed, a bare `kubectl get ro` or `kubectl get rollouts` lists Argo's
+/// (`argoproj.io` sorts first), so install them only in clusters where nothing relies on the
+/// bare names, or use `rollouts.sluice.dev`.
+#[derive(Clone, Debug)]
+pub struct ArgoRollouts {
+    /// The `rollouts-controller` binary.
+    pub controller: PathBuf,
+    /// The module version it was built from, e.g. `v1.10.1`.
+    pub version: String,
+    /// `manifests/crds` of that version in the Go module cache (Rollout, AnalysisRun,
+    /// AnalysisTemplate, ClusterAnalysisTemplate, Experiment). It also holds a
+    /// `kustomization.yaml`, which makes `kubectl apply -f <dir>` fail; apply it with
+    /// `kubectl apply --server-side -k <dir>` (or the `*-crd.yaml` files one by one).
+    pub crds: PathBuf,
 }
 
 /// Where built binaries and downloads are cached: `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`,
@@ -137,6 +167,28 @@ fn builds() -> Vec<GoBuild> {
     ]
 }
 
+fn argo_rollouts_build() -> GoBuild {
+    let version = format!("v{ARGO_ROLLOUTS_VERSION}");
+    GoBuild {
+        name: format!("argo-rollouts-{version}"),
+        module: ARGO_ROLLOUTS_MODULE,
+        version,
+        packages: vec![(
+            "github.com/argoproj/argo-rollouts/cmd/rollouts-controller",
+            "rollouts-controller",
+        )],
+        // Reported by `rollouts-controller --version` as `v1.10.1+unknown`.
+        ldflags: format!(
+            "-s -w -X {ARGO_ROLLOUTS_MODULE}/utils/version.version={ARGO_ROLLOUTS_VERSION}"
+        ),
+        // Its go.mod replaces module-to-module only (k8s.io/* pinned to published versions, and a
+        // telegram-bot-api fork): `wrapper_go_mod` carries them all over as they are.
+        staging_version: None,
+    }
+}
+
+const ARGO_ROLLOUTS_MODULE: &str = "github.com/argoproj/argo-rollouts";
+
 /// The Go environment for reproducible, offline-friendly builds with the local toolchain.
 fn go_command(dir: &Path) -> Command {
     let mut cmd = Command::new("go");
@@ -178,6 +230,33 @@ pub fn ensure_binaries() -> Result<Binaries> {
     })
 }
 
+/// Builds the Argo Rollouts controller (cached per version, like the control-plane binaries) and
+/// locates its CRDs. Not part of [`ensure_binaries`]: only benchmarks that compare against Argo
+/// Rollouts need it. The controller's embedded UI (`server/static`) needs no assets: the module
+/// ships that directory with a `.gitkeep`, which the `static/*` embed pattern matches.
+pub fn ensure_argo_rollouts() -> Result<ArgoRollouts> {
+    let build = argo_rollouts_build();
+    if !build.is_built() {
+        check_go()?;
+        eprintln!(
+            "Building {} from its Go module into {} (cached per version; a cold build takes several minutes on 2 cores)",
+            build.name,
+            build.dir().display()
+        );
+        build_one(&build).with_context(|| format!("building {}", build.name))?;
+    }
+    let dir = module_source(&format!("{}-src", build.name), build.module, &build.version)?;
+    let crds = dir.join("manifests").join("crds");
+    if !crds.join("rollout-crd.yaml").is_file() {
+        bail!("{} has no manifests/crds/rollout-crd.yaml", dir.display());
+    }
+    Ok(ArgoRollouts {
+        controller: build.dir().join("rollouts-controller"),
+        version: build.version,
+        crds,
+    })
+}
+
 fn check_go() -> Result<()> {
     let out = Command::new("go").arg("version").output();
     match out {
@@ -206,6 +285,19 @@ fn download_module(work: &Path, module: &str, version: &str) -> Result<(PathBuf,
             .with_context(|| format!("go mod download gave no {name} for {module}"))
     };
     Ok((field("GoMod")?, field("Dir")?))
+}
+
+/// Downloads `module@version` from a scratch module directory named `work_name` and returns its
+/// (read-only) source directory in the module cache.
+fn module_source(work_name: &str, module: &str, version: &str) -> Result<PathBuf> {
+    let work = cache_dir().join("go-work").join(work_name);
+    fs::create_dir_all(&work)?;
+    fs::write(
+        work.join("go.mod"),
+        format!("module sluice.dev/testbed/{work_name}\n"),
+    )?;
+    let (_, dir) = download_module(&work, module, version)?;
+    Ok(dir)
 }
 
 /// The wrapper module's go.mod: requires the module and carries over its replace directives.
@@ -353,14 +445,8 @@ fn build_one(build: &GoBuild) -> Result<()> {
 
 /// The directory holding the Gateway API's standard CRDs (HTTPRoute and friends).
 pub fn gateway_api_crds() -> Result<PathBuf> {
-    let work = cache_dir().join("go-work").join("gateway-api");
-    fs::create_dir_all(&work)?;
-    fs::write(
-        work.join("go.mod"),
-        "module sluice.dev/testbed/gateway-api\n",
-    )?;
-    let (_, dir) = download_module(
-        &work,
+    let dir = module_source(
+        "gateway-api",
         "sigs.k8s.io/gateway-api",
         &format!("v{GATEWAY_API_VERSION}"),
     )?;
@@ -374,13 +460,11 @@ pub fn gateway_api_crds() -> Result<PathBuf> {
 /// kwok's own "fast" stages, from its module: nodes become Ready and keep a lease; pods become
 /// Running and Ready at once, complete, and are deleted.
 pub fn kwok_stages() -> Result<String> {
-    let work = cache_dir().join("go-work").join("kwok-stages");
-    fs::create_dir_all(&work)?;
-    fs::write(
-        work.join("go.mod"),
-        "module sluice.dev/testbed/kwok-stages\n",
+    let dir = module_source(
+        "kwok-stages",
+        "sigs.k8s.io/kwok",
+        &format!("v{KWOK_VERSION}"),
     )?;
-    let (_, dir) = download_module(&work, "sigs.k8s.io/kwok", &format!("v{KWOK_VERSION}"))?;
     let stages = dir.join("kustomize").join("stage");
     let files = [
         "node/fast/node-initialize.yaml",
@@ -497,5 +581,23 @@ mod tests {
         assert!(go_mod.contains("github.com/x/y => github.com/x/y v1.2.3"));
         assert!(!go_mod.contains("../api"));
         assert!(go_mod.contains("\ngo 1.26.0\n"));
+    }
+
+    #[test]
+    fn argo_rollouts_wrapper_keeps_module_pins() {
+        let upstream = "module github.com/argoproj/argo-rollouts\n\ngo 1.26.1\n\nreplace (\n\tgithub.com/go-telegram-bot-api/telegram-bot-api/v5 => github.com/OvyFlash/telegram-bot-api/v5 v5.0.0-20240108230938-63e5c59035bf\n\tk8s.io/api => k8s.io/api v0.34.5\n)\n";
+        let build = argo_rollouts_build();
+        assert_eq!(
+            build.name,
+            format!("argo-rollouts-v{ARGO_ROLLOUTS_VERSION}")
+        );
+        let go_mod = wrapper_go_mod(&build, upstream);
+        assert!(go_mod.contains(&format!(
+            "require github.com/argoproj/argo-rollouts v{ARGO_ROLLOUTS_VERSION}"
+        )));
+        assert!(go_mod.contains("\tk8s.io/api => k8s.io/api v0.34.5\n"));
+        assert!(go_mod.contains(
+            "github.com/go-telegram-bot-api/telegram-bot-api/v5 => github.com/OvyFlash/telegram-bot-api/v5 v5.0.0-20240108230938-63e5c59035bf"
+        ));
     }
 }

@@ -23,8 +23,56 @@ use crate::http;
 use crate::pki;
 use crate::prometheus;
 
-/// Number of fake nodes.
+/// Number of fake nodes, unless `SLUICE_CLUSTER_NODES` says otherwise.
 pub const NODE_COUNT: usize = 2;
+
+/// Pods each fake node takes.
+pub const PODS_PER_NODE: usize = 110;
+
+/// How to start a cluster. [`up`] reads them from the environment ([`Options::from_env`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Fake nodes (`SLUICE_CLUSTER_NODES`, default [`NODE_COUNT`]), [`PODS_PER_NODE`] pods each.
+    pub nodes: usize,
+    /// The API client rate of kube-controller-manager and kube-scheduler, in requests per second,
+    /// with a burst of twice that (`SLUICE_CLUSTER_API_QPS`; default: the components' own, 20 and
+    /// 50), so that a benchmark with many objects measures the operator and not them.
+    pub api_qps: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            nodes: NODE_COUNT,
+            api_qps: None,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults, changed by `SLUICE_CLUSTER_NODES` and `SLUICE_CLUSTER_API_QPS` when set.
+    pub fn from_env() -> Result<Self> {
+        fn var<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+            match std::env::var(name) {
+                Ok(value) if !value.trim().is_empty() => value
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| anyhow::anyhow!("{name}={value:?} is not a positive number")),
+                _ => Ok(None),
+            }
+        }
+        let defaults = Self::default();
+        Ok(Self {
+            nodes: var::<usize>("SLUICE_CLUSTER_NODES")?
+                .filter(|n| *n > 0)
+                .unwrap_or(defaults.nodes),
+            api_qps: var::<u32>("SLUICE_CLUSTER_API_QPS")?
+                .filter(|q| *q > 0)
+                .or(defaults.api_qps),
+        })
+    }
+}
 
 /// A running cluster, as described by its state directory.
 #[derive(Clone, Debug)]
@@ -145,12 +193,46 @@ fn is_alive(pid: i32) -> bool {
             .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
-/// Brings up a cluster in `state_dir`, or returns the one already running there.
+/// Brings up a cluster in `state_dir`, or returns the one already running there, with the
+/// [`Options`] of the environment (`SLUICE_CLUSTER_NODES`, `SLUICE_CLUSTER_API_QPS`).
 pub fn up(state_dir: &Path) -> Result<Cluster> {
+    up_with(state_dir, &Options::from_env()?)
+}
+
+/// Brings up a cluster in `state_dir` with `options`, or returns the one already running there,
+/// given nodes up to `options.nodes` if it has fewer. Its API rates cannot change while it runs: a
+/// warning says so when they are below those asked for.
+pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
     if running_components(state_dir).len() == COMPONENTS.len()
         && let Ok(cluster) = Cluster::load(state_dir)
     {
         eprintln!("A cluster is already running in {}", state_dir.display());
+        let nodes = node_count(state_dir);
+        if options.nodes > nodes {
+            let step = spinner(&format!(
+                "registering kwok nodes {nodes}..{}",
+                options.nodes
+            ));
+            add_nodes(&cluster, nodes, options.nodes)?;
+            step.finish_and_clear();
+            eprintln!(
+                "Added {} kwok nodes (now {})",
+                options.nodes - nodes,
+                options.nodes
+            );
+        }
+        let qps = api_qps(state_dir);
+        if let Some(wanted) = options.api_qps
+            && qps.is_none_or(|qps| qps < wanted)
+        {
+            eprintln!(
+                "warning: the cluster in {} runs kube-controller-manager and kube-scheduler at {}, not \
+                 the {wanted} API requests per second asked for; `cargo xtask cluster down` and start \
+                 again to change it",
+                state_dir.display(),
+                qps.map_or_else(|| "their default rate".to_owned(), |q| q.to_string()),
+            );
+        }
         return Ok(cluster);
     }
     down(state_dir)?;
@@ -201,24 +283,15 @@ pub fn up(state_dir: &Path) -> Result<Cluster> {
     })?;
 
     step.set_message("starting kube-controller-manager, kube-scheduler and kwok");
-    start_controller_manager(state_dir, &binaries, &pki, &kubeconfig, &ports)?;
-    start_scheduler(state_dir, &binaries, &kubeconfig, &ports)?;
+    if let Some(qps) = options.api_qps {
+        fs::write(state_dir.join("api-qps"), qps.to_string())?;
+    }
+    start_controller_manager(state_dir, &binaries, &pki, &kubeconfig, &ports, options)?;
+    start_scheduler(state_dir, &binaries, &kubeconfig, &ports, options)?;
     start_kwok(state_dir, &binaries, &kubeconfig, &ports)?;
 
-    step.set_message(format!("registering {NODE_COUNT} kwok nodes"));
-    apply_stdin(&cluster, &nodes_manifest())?;
-    wait_for(state_dir, "kwok", Duration::from_secs(60), || {
-        let out = cluster
-            .kubectl()
-            .args(["get", "nodes", "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{\"\\n\"}{end}"])
-            .stderr(Stdio::null())
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| *l == "True")
-            .count()
-            == NODE_COUNT)
-    })?;
+    step.set_message(format!("registering {} kwok nodes", options.nodes));
+    add_nodes(&cluster, 0, options.nodes)?;
 
     step.set_message("waiting for the default ServiceAccount (kube-controller-manager)");
     wait_for(
@@ -453,12 +526,23 @@ fn start_apiserver(state_dir: &Path, bins: &Binaries, pki: &pki::Pki, ports: &Po
     )
 }
 
+/// `--kube-api-qps` and `--kube-api-burst` for `options.api_qps`, if set.
+fn api_rate_args(options: &Options) -> Vec<String> {
+    options.api_qps.map_or_else(Vec::new, |qps| {
+        vec![
+            arg("kube-api-qps", qps),
+            arg("kube-api-burst", u64::from(qps) * 2),
+        ]
+    })
+}
+
 fn start_controller_manager(
     state_dir: &Path,
     bins: &Binaries,
     pki: &pki::Pki,
     kubeconfig: &Path,
     ports: &Ports,
+    options: &Options,
 ) -> Result<()> {
     spawn_component(
         state_dir,
@@ -481,7 +565,10 @@ fn start_controller_manager(
             arg("use-service-account-credentials", "true"),
             // Pods of a bad version are deleted and recreated quickly in tests.
             arg("concurrent-replicaset-syncs", 10),
-        ],
+        ]
+        .into_iter()
+        .chain(api_rate_args(options))
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -490,6 +577,7 @@ fn start_scheduler(
     bins: &Binaries,
     kubeconfig: &Path,
     ports: &Ports,
+    options: &Options,
 ) -> Result<()> {
     spawn_component(
         state_dir,
@@ -502,7 +590,11 @@ fn start_scheduler(
             arg("bind-address", "127.0.0.1"),
             arg("secure-port", ports.scheduler),
             arg("leader-elect", "false"),
-        ],
+        ]
+        .into_iter()
+        // Deprecated flags, but honoured without a --config file.
+        .chain(api_rate_args(options))
+        .collect::<Vec<_>>(),
     )
 }
 
@@ -532,9 +624,46 @@ fn start_kwok(state_dir: &Path, bins: &Binaries, kubeconfig: &Path, ports: &Port
     )
 }
 
-fn nodes_manifest() -> String {
+/// The number of kwok nodes the cluster in `state_dir` was given (clusters started before it was
+/// recorded have [`NODE_COUNT`]).
+pub fn node_count(state_dir: &Path) -> usize {
+    fs::read_to_string(state_dir.join("nodes"))
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(NODE_COUNT)
+}
+
+/// The API rate kube-controller-manager and kube-scheduler of the cluster in `state_dir` were
+/// started with, if not their defaults.
+pub fn api_qps(state_dir: &Path) -> Option<u32> {
+    fs::read_to_string(state_dir.join("api-qps"))
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Registers kwok nodes `kwok-node-{from}` to `kwok-node-{to - 1}` (Node objects that kwok manages
+/// by annotation) and waits until `to` nodes are Ready.
+fn add_nodes(cluster: &Cluster, from: usize, to: usize) -> Result<()> {
+    apply_stdin(cluster, &nodes_manifest(from..to))?;
+    wait_for(&cluster.state_dir, "kwok", Duration::from_secs(60), || {
+        let out = cluster
+            .kubectl()
+            .args(["get", "nodes", "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{\"\\n\"}{end}"])
+            .stderr(Stdio::null())
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| *l == "True")
+            .count()
+            >= to)
+    })?;
+    fs::write(cluster.state_dir.join("nodes"), to.to_string())?;
+    Ok(())
+}
+
+fn nodes_manifest(range: std::ops::Range<usize>) -> String {
     let mut yaml = String::new();
-    for i in 0..NODE_COUNT {
+    for i in range {
         let _ = write!(
             yaml,
             r#"---
@@ -552,8 +681,8 @@ metadata:
     node-role.kubernetes.io/agent: ""
     type: kwok
 status:
-  allocatable: {{cpu: "32", memory: 256Gi, pods: "110"}}
-  capacity: {{cpu: "32", memory: 256Gi, pods: "110"}}
+  allocatable: {{cpu: "32", memory: 256Gi, pods: "{PODS_PER_NODE}"}}
+  capacity: {{cpu: "32", memory: 256Gi, pods: "{PODS_PER_NODE}"}}
   nodeInfo:
     architecture: amd64
     kubeletVersion: fake
@@ -633,6 +762,15 @@ pub fn status(state_dir: &Path) -> Result<String> {
         };
         let _ = writeln!(out, "{name:<24} {state}");
     }
+    let _ = writeln!(
+        out,
+        "{} kwok nodes; kube-controller-manager and kube-scheduler at {}",
+        node_count(state_dir),
+        api_qps(state_dir).map_or_else(
+            || "their default API rates".to_owned(),
+            |qps| format!("{qps} API requests/s")
+        ),
+    );
     let _ = writeln!(out, "\nexport KUBECONFIG={}", cluster.kubeconfig.display());
     for (key, value) in cluster.env() {
         let _ = writeln!(out, "export {key}={value}");

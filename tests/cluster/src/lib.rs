@@ -11,5 +11,5 @@ pub mod http;
 pub mod pki;
 pub mod prometheus;
 
-pub use binaries::{Binaries, cache_dir, ensure_binaries};
-pub use cluster::{Cluster, down, status, up};
+pub use binaries::{ArgoRollouts, Binaries, cache_dir, ensure_argo_rollouts, ensure_binaries};
+pub use cluster::{Cluster, Options, down, status, up, up_with};

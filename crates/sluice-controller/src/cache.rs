@@ -12,7 +12,7 @@ use std::hash::Hash;
 use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -28,8 +28,6 @@ use sluice_api::{ErrorBudgetGate, Rollout};
 /// Annotation `kubectl apply` keeps the whole last-applied object in: never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// How many changes may wait for a controller before the watch waits for it.
-const CHANGES_BUFFER: usize = 1024;
 
 /// Object names by (namespace, owning Rollout).
 type NamesByOwner = HashMap<(String, String), BTreeSet<String>>;
@@ -166,15 +164,17 @@ pub struct WatchSpec<K> {
 
 /// Starts watching into `writer`'s store: sends every object that changed (applied or deleted, and
 /// every object again after a re-list) to each returned change stream, in the order seen. The store
-/// is updated before a change is sent, so a reconcile woken by a change reads at least that.
-pub fn watch<K>(spec: WatchSpec<K>, writer: Writer<K>) -> Vec<mpsc::Receiver<K>>
+/// is updated before a change is sent, so a reconcile woken by a change reads at least that. The
+/// streams are unbounded: the first full list must complete (and the stores be ready) before the
+/// controllers that drain them start, whatever the number of objects.
+pub fn watch<K>(spec: WatchSpec<K>, writer: Writer<K>) -> Vec<mpsc::UnboundedReceiver<K>>
 where
     K: Resource + Lookup<DynamicType = <K as Resource>::DynamicType>,
     K: Clone + Debug + DeserializeOwned + Send + Sync + 'static,
     <K as Resource>::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     let (senders, changes): (Vec<_>, Vec<_>) = (0..spec.subscribers)
-        .map(|_| mpsc::channel::<K>(CHANGES_BUFFER))
+        .map(|_| mpsc::unbounded::<K>())
         .unzip();
     let trim = spec.trim;
     let events = watcher(spec.api, spec.config)
@@ -187,7 +187,6 @@ where
     let kind = std::any::type_name::<K>();
     let owner = spec.owner;
     tokio::spawn(async move {
-        let mut senders = senders;
         let mut events = std::pin::pin!(events);
         // Filled during a (re-)list, swapped in when it is complete, as the store does.
         let mut relisting: Option<NamesByOwner> = None;
@@ -234,9 +233,9 @@ where
                 }
             };
             if let Some(object) = touched {
-                for sender in &mut senders {
+                for sender in &senders {
                     // A controller that stopped is shutting down: nothing left to wake.
-                    let _ = sender.send(object.clone()).await;
+                    let _ = sender.unbounded_send(object.clone());
                 }
             }
         }
@@ -346,7 +345,7 @@ where
 
 /// A stream of changes as a controller's trigger takes it.
 pub fn as_trigger<K>(
-    changes: mpsc::Receiver<K>,
+    changes: mpsc::UnboundedReceiver<K>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Send + 'static,

@@ -519,6 +519,6 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
 }
 
 /// A change stream that never yields (for a kind whose watch handed out none).
-fn closed<K>() -> futures::channel::mpsc::Receiver<K> {
-    futures::channel::mpsc::channel(1).1
+fn closed<K>() -> futures::channel::mpsc::UnboundedReceiver<K> {
+    futures::channel::mpsc::unbounded().1
 }

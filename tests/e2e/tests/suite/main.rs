@@ -12,5 +12,6 @@ mod operator;
 mod plugin;
 mod requests;
 mod slo_history;
+mod startup;
 mod traffic;
 mod validation;

@@ -28,7 +28,6 @@ use sluice_api::{ErrorBudgetGate, Rollout};
 /// Annotation `kubectl apply` keeps the whole last-applied object in: never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-
 /// Object names by (namespace, owning Rollout).
 type NamesByOwner = HashMap<(String, String), BTreeSet<String>>;
 

@@ -6,14 +6,15 @@
 //! - `crdgen`: regenerate `crds/` from the API types (`--check` fails on drift).
 //! - `cluster up|down|status|build`: the local control plane on its own.
 //! - `bench abort|analysis`: figures for how fast an abort, or a failed analysis, puts traffic back
-//!   on stable.
+//!   on stable; `bench scale`: time to all Healthy, memory, CPU and API requests with many Rollouts
+//!   (`--peer argo-rollouts`: the same for Argo Rollouts, compared, on a cluster of its own).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use sluice_testbed::Cluster;
 
 mod demo;
@@ -79,7 +80,38 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         count: usize,
     },
+    /// Many Rollouts in one namespace: controller start to all Healthy, its peak and steady RSS, its
+    /// CPU and API requests while idle, and a mass image update to all Healthy again. The cluster
+    /// gets a kwok node per 100 pods and high API rates for kube-controller-manager and
+    /// kube-scheduler, so that they are not what is measured.
+    Scale {
+        /// How many Rollouts.
+        #[arg(long)]
+        rollouts: usize,
+        /// `spec.replicas` of each (pods run on kwok's fake nodes).
+        #[arg(long, default_value_t = 0)]
+        replicas: u32,
+        /// The bound of each wait, in seconds; when it runs out what was reached is printed.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Run the same scenario against this controller too, after Sluice's, on the same cluster
+        /// (one at a time, fresh namespaces), and print a comparison. Its CRDs take Sluice's short
+        /// names, so this uses a cluster of its own, in target/sluice-cluster-bench, left running.
+        #[arg(long, value_enum)]
+        peer: Option<Peer>,
+    },
 }
+
+/// A controller `bench scale --peer` compares Sluice's with.
+#[derive(Clone, Copy, ValueEnum)]
+enum Peer {
+    /// Argo Rollouts, built from its Go module (the version pinned in tests/cluster).
+    ArgoRollouts,
+}
+
+/// The API rate (requests per second, burst twice that) `bench scale` gives kube-controller-manager
+/// and kube-scheduler, unless `SLUICE_CLUSTER_API_QPS` says otherwise.
+const SCALE_API_QPS: u32 = 500;
 
 #[derive(Subcommand)]
 enum ClusterAction {
@@ -88,9 +120,17 @@ enum ClusterAction {
     /// Start the cluster (idempotent) and print how to use it.
     Up,
     /// Stop the cluster and delete its state.
-    Down,
+    Down {
+        /// The benchmark cluster (`bench scale --peer`, target/sluice-cluster-bench) instead.
+        #[arg(long)]
+        bench: bool,
+    },
     /// Show what is running.
-    Status,
+    Status {
+        /// The benchmark cluster (`bench scale --peer`, target/sluice-cluster-bench) instead.
+        #[arg(long)]
+        bench: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -116,9 +156,9 @@ fn main() -> Result<()> {
                 print!("{}", sluice_testbed::status(&dev_cluster_dir(&root))?);
                 Ok(())
             }
-            ClusterAction::Down => sluice_testbed::down(&dev_cluster_dir(&root)),
-            ClusterAction::Status => {
-                print!("{}", sluice_testbed::status(&dev_cluster_dir(&root))?);
+            ClusterAction::Down { bench } => sluice_testbed::down(&cluster_dir(&root, bench)),
+            ClusterAction::Status { bench } => {
+                print!("{}", sluice_testbed::status(&cluster_dir(&root, bench))?);
                 Ok(())
             }
         },
@@ -136,6 +176,21 @@ fn workspace_root() -> PathBuf {
 /// The cluster for the demo and development.
 pub(crate) fn dev_cluster_dir(root: &Path) -> PathBuf {
     root.join("target").join("sluice-cluster")
+}
+
+/// The cluster of `bench scale --peer`, whose peer's CRDs (Argo Rollouts' take the short names
+/// `ro` and `rollouts`) must stay out of the development and test clusters.
+fn bench_cluster_dir(root: &Path) -> PathBuf {
+    root.join("target").join("sluice-cluster-bench")
+}
+
+/// The benchmark cluster if `bench`, else the development one.
+fn cluster_dir(root: &Path, bench: bool) -> PathBuf {
+    if bench {
+        bench_cluster_dir(root)
+    } else {
+        dev_cluster_dir(root)
+    }
 }
 
 /// The test suite's own cluster, so that `test` never tears down a developer's cluster.
@@ -188,9 +243,40 @@ fn crdgen(root: &Path, check: bool) -> Result<()> {
 }
 
 /// Builds the controller and the benchmark in release mode and runs the benchmark against the
-/// development cluster, started if it is not running.
+/// development cluster (`bench scale --peer`: the benchmark cluster), started if it is not running.
 fn bench(root: &Path, which: Bench) -> Result<()> {
-    let cluster = sluice_testbed::up(&dev_cluster_dir(root))?;
+    let peer = match which {
+        Bench::Scale { peer, .. } => peer,
+        _ => None,
+    };
+    if let Some(Peer::ArgoRollouts) = peer {
+        // Built (or found in the cache) before the cluster starts, so a failed build costs no start.
+        let argo = sluice_testbed::ensure_argo_rollouts()?;
+        eprintln!(
+            "Argo Rollouts {}: {} (CRDs in {})",
+            argo.version,
+            argo.controller.display(),
+            argo.crds.display()
+        );
+    }
+    let cluster_dir = if peer.is_some() {
+        bench_cluster_dir(root)
+    } else {
+        dev_cluster_dir(root)
+    };
+    let mut options = sluice_testbed::Options::from_env()?;
+    if let Bench::Scale {
+        rollouts, replicas, ..
+    } = which
+    {
+        // A node per 100 pods (kwok's take 110), beside the usual ones.
+        let pods = rollouts.saturating_mul(replicas as usize);
+        options.nodes = options
+            .nodes
+            .max(sluice_testbed::cluster::NODE_COUNT + pods.div_ceil(100));
+        options.api_qps = options.api_qps.or(Some(SCALE_API_QPS));
+    }
+    let cluster = sluice_testbed::up_with(&cluster_dir, &options)?;
     run(
         "build the controller and the benchmark (release)",
         cargo().args([
@@ -220,14 +306,42 @@ fn bench(root: &Path, which: Bench) -> Result<()> {
             "--count".to_owned(),
             count.to_string(),
         ],
+        Bench::Scale {
+            rollouts,
+            replicas,
+            timeout,
+            peer,
+        } => {
+            let mut args = vec![
+                "scale".to_owned(),
+                "--rollouts".to_owned(),
+                rollouts.to_string(),
+                "--replicas".to_owned(),
+                replicas.to_string(),
+                "--timeout".to_owned(),
+                timeout.to_string(),
+            ];
+            if let Some(Peer::ArgoRollouts) = peer {
+                args.extend(["--peer".to_owned(), "argo-rollouts".to_owned()]);
+            }
+            args
+        }
     };
-    run(
+    let result = run(
         "sluice-bench",
         Command::new(release.join("sluice-bench"))
             .args(&args)
             .envs(cluster.env())
             .env("SLUICE_E2E_CONTROLLER", release.join("sluice-controller")),
-    )
+    );
+    if peer.is_some() {
+        eprintln!(
+            "\nThe benchmark cluster (with Argo Rollouts' CRDs) is still running in {}; \
+             `cargo xtask cluster status --bench` shows it, `cargo xtask cluster down --bench` stops it.",
+            cluster_dir.display()
+        );
+    }
+    result
 }
 
 /// Runs a command, failing with its description if it fails.

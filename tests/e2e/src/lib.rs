@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod scale;
 pub mod slo_history;
 
 pub use slo_history::{SLO_METRIC, SloHistory, SloPrometheus, Stretch};
@@ -272,6 +273,11 @@ impl ControllerProcess {
             log,
             http: format!("http://127.0.0.1:{port}"),
         })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the controller with SIGKILL, as a crash would.

@@ -11,6 +11,10 @@
 //! Times are taken from watch events, so they include the API server's and the watch's latency, as a
 //! user's client would see them. Run through `cargo xtask bench abort`, which starts the cluster and
 //! builds the controller in release mode.
+//!
+//! `sluice-bench scale --rollouts N [--replicas R] [--timeout S] [--peer argo-rollouts]`: many
+//! Rollouts in one namespace, with Sluice's controller and, with `--peer`, then with Argo Rollouts'
+//! on the same cluster, compared; see [`sluice_e2e::scale`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -701,6 +705,9 @@ async fn analysis_bench(client: &Client, count: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "scale") {
+        return sluice_e2e::scale::main(&args[1..]).await;
+    }
     let mut count = 20usize;
     let mut which = None;
     let mut it = args.iter();
@@ -718,7 +725,8 @@ async fn main() -> Result<()> {
             "bluegreen" => which = Some("bluegreen"),
             other => {
                 bail!(
-                    "unknown argument {other:?}; usage: sluice-bench abort|analysis|bluegreen [--count N]"
+                    "unknown argument {other:?}; usage: sluice-bench abort|analysis|bluegreen [--count N], or {}",
+                    sluice_e2e::scale::USAGE
                 )
             }
         }
@@ -729,7 +737,10 @@ async fn main() -> Result<()> {
         Some("abort") => {}
         Some("analysis") => return analysis_bench(&client, count).await,
         Some("bluegreen") => return bluegreen_bench(&client, count).await,
-        _ => bail!("usage: sluice-bench abort|analysis|bluegreen [--count N]"),
+        _ => bail!(
+            "usage: sluice-bench abort|analysis|bluegreen [--count N], or {}",
+            sluice_e2e::scale::USAGE
+        ),
     }
     eprintln!(
         "abort with a Gateway API route ({count} releases, {REPLICAS} replicas, paused at 50%)"

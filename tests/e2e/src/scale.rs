@@ -754,6 +754,36 @@ async fn apiserver_counts() -> Result<(Instant, Counts)> {
     Ok((at, counts))
 }
 
+/// Waits until the controller has sent nothing but Lease renewals for `quiet` (at most `limit`), and
+/// says how long that took; `None` if it serves no request counter.
+async fn wait_until_quiet(
+    controller: &dyn RunningController,
+    quiet: Duration,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let sent = |counts: &Counts| -> f64 {
+        counts
+            .iter()
+            .filter(|(key, _)| !key.contains("leases"))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let mut last = sent(&controller_requests(controller).await?.1);
+    let mut quiet_since = Instant::now();
+    while started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = sent(&controller_requests(controller).await?.1);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= quiet {
+            break;
+        }
+    }
+    Some(quiet_since.duration_since(started))
+}
+
 /// The controller's API request counter by verb and resource, and the moment it was read; `None`
 /// if it serves no such counter (or could not be read).
 async fn controller_requests(controller: &dyn RunningController) -> Option<(Instant, Counts)> {
@@ -1458,7 +1488,12 @@ async fn scenario(
         bail!("the controller exited");
     }
 
-    // 3 and 4. Idle.
+    // 3 and 4. Idle, once the work of the first sync (its Events above all) is sent.
+    let drained = wait_until_quiet(controller, Duration::from_secs(3), args.timeout).await;
+    figures.row(
+        "  then sending its backlog (Events) until 3 s without a request",
+        drained.map_or_else(|| "n/a".to_owned(), secs),
+    );
     let idle_from = Instant::now();
     let events_before = tracker.events();
     let cpu_before = cpu_seconds(pid, ticks);

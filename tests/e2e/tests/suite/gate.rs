@@ -737,8 +737,18 @@ async fn one_gate_holds_and_releases_fifty_rollouts_with_a_fixed_number_of_queri
     let all_done = opened.elapsed();
 
     let gate = "gate=\"slo\"";
-    let queries = metric(&world.controller, "sluice_gate_queries_total", gate).await?;
-    let evaluations = metric(&world.controller, "sluice_gate_evaluations_total", gate).await?;
+    // The two counters are read one after the other while evaluations go on: take a reading with
+    // no evaluation under way between them (the evaluation count the same before and after).
+    let (mut queries, mut evaluations) = (0.0, 0.0);
+    for _ in 0..20 {
+        let before = metric(&world.controller, "sluice_gate_evaluations_total", gate).await?;
+        queries = metric(&world.controller, "sluice_gate_queries_total", gate).await?;
+        evaluations = metric(&world.controller, "sluice_gate_evaluations_total", gate).await?;
+        if before == evaluations && (queries / evaluations).fract() == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     eprintln!(
         "{COUNT} Rollouts on one gate: all held {all_held:.1?} after their images changed; {reconciles_quiet} Rollout reconciles during 10 s (5 evaluations) of an unchanged frozen gate; all released {all_released:.1?} and all completed {all_done:.1?} after the gate was seen open; {queries} queries in {evaluations} evaluations ({:.1} per evaluation)",
         queries / evaluations

@@ -22,8 +22,8 @@ use crate::error::Error;
 use crate::writer;
 use crate::{Context, FIELD_MANAGER};
 
-/// The runs the Rollout owns, from the cache.
-pub fn owned_runs(ctx: &Context, namespace: &str, rollout: &Rollout) -> Vec<AnalysisRun> {
+/// The runs the Rollout owns, from the cache, as the engine sees them.
+pub fn owned_runs(ctx: &Context, namespace: &str, rollout: &Rollout) -> Vec<RunView> {
     let uid = rollout.uid().unwrap_or_default();
     let caches = &ctx.caches;
     cache::owned(
@@ -34,13 +34,13 @@ pub fn owned_runs(ctx: &Context, namespace: &str, rollout: &Rollout) -> Vec<Anal
     )
     .iter()
     .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
-    .map(|r| r.as_ref().clone())
+    .map(|r| view(r))
     .collect()
 }
 
 /// A run as the engine sees it: what it measures (from its labels), its phase and message, and the
 /// `onFailure` policy of each metric that failed or errored.
-pub fn view(run: &AnalysisRun) -> RunView {
+fn view(run: &AnalysisRun) -> RunView {
     let status = run.status.clone().unwrap_or_default();
     let failed_policies = status
         .metric_results

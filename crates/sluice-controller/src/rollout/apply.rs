@@ -152,23 +152,31 @@ pub(super) async fn invalid_spec(
     let (next, event) = sluice_engine::hold_invalid_spec(status, problem, generation, now);
     if let Some(event) = event {
         warn!(problem, "invalid spec");
-        let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "status": next});
-        let namespace = rollout.namespace().unwrap_or_default();
-        let written = Api::<Rollout>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &rollout.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-        ctx.written.wrote(
-            &namespace,
-            &rollout.name_any(),
-            written.metadata.resource_version.as_deref(),
-        );
+        write_status(ctx, rollout, &next).await?;
         publish(ctx, rollout, event.warning, event.reason, &event.message);
     }
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// Writes the Rollout's status (server-side apply under the controller's field manager) and
+/// remembers the resourceVersion it got, so that no reconcile decides on an older cached copy.
+async fn write_status(ctx: &Context, rollout: &Rollout, next: &RolloutStatus) -> Result<(), Error> {
+    let name = rollout.name_any();
+    let namespace = rollout.namespace().unwrap_or_default();
+    let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "status": next});
+    let written = Api::<Rollout>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.written.wrote(
+        &namespace,
+        &name,
+        written.metadata.resource_version.as_deref(),
+    );
+    Ok(())
 }
 
 pub(super) fn publish(
@@ -408,23 +416,7 @@ pub(super) async fn record(
     let name = rollout.name_any();
     let namespace = rollout.namespace().unwrap_or_default();
     if plan.status != *status {
-        let patch = json!({
-            "apiVersion": "sluice.dev/v1alpha1",
-            "kind": "Rollout",
-            "status": plan.status,
-        });
-        let written = Api::<Rollout>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-        ctx.written.wrote(
-            &namespace,
-            &name,
-            written.metadata.resource_version.as_deref(),
-        );
+        write_status(ctx, rollout, &plan.status).await?;
     }
     if let Some(phase) = plan.status.phase {
         ctx.metrics.set_phase(&namespace, &name, phase);

@@ -14,7 +14,6 @@ use kube::runtime::controller::Action;
 use sluice_api::rollout::Rollout;
 use sluice_engine::hash::pod_template_hash;
 use sluice_engine::release::{Actions, ReplicaSetView, Snapshot};
-use sluice_engine::runs::RunView;
 use tracing::{instrument, warn};
 
 use crate::Context;
@@ -28,6 +27,7 @@ mod requests;
 
 use apply::{execute, invalid_spec, record, restart};
 pub(crate) use observe::Strategy;
+pub(crate) use observe::referencing;
 use observe::{check_spec, view};
 pub use observe::{referencing_service, referencing_template, wakes};
 use requests::{claim_request, parse_actions};
@@ -118,10 +118,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
     .filter_map(|rs| view(rs))
     .collect();
-    let runs: Vec<RunView> = rollout_analysis::owned_runs(ctx, &namespace, rollout)
-        .iter()
-        .map(rollout_analysis::view)
-        .collect();
+    let runs = rollout_analysis::owned_runs(ctx, &namespace, rollout);
     // One clock read per reconcile: everything decided in it is decided at this moment.
     let now = Timestamp::now();
     let (mut actions, raw_action) = parse_actions(rollout);

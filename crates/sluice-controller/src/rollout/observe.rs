@@ -91,7 +91,7 @@ pub fn referencing_template(
 }
 
 /// The Rollouts in `namespace` for which `matches` holds.
-fn referencing(
+pub(crate) fn referencing(
     rollouts: &Store<Rollout>,
     namespace: &Option<String>,
     matches: impl Fn(&Rollout) -> bool,

@@ -127,19 +127,13 @@ pub fn referencing_route(
     route: &DynamicObject,
 ) -> Vec<ObjectRef<Rollout>> {
     let name = route.name_any();
-    let namespace = route.namespace();
-    rollouts
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == namespace)
-        .filter(|r| {
-            r.spec
-                .strategy
-                .canary
-                .as_ref()
-                .and_then(|c| c.traffic_routing.as_ref())
-                .is_some_and(|t| t.gateway_api.http_route == name)
-        })
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
+    crate::rollout::referencing(rollouts, &route.namespace(), |rollout| {
+        rollout
+            .spec
+            .strategy
+            .canary
+            .as_ref()
+            .and_then(|c| c.traffic_routing.as_ref())
+            .is_some_and(|t| t.gateway_api.http_route == name)
+    })
 }

@@ -1,14 +1,15 @@
 //! Sluice's metric providers, one module each behind the [`Provider`] trait: [`prometheus`], a query
 //! judged by CEL conditions, and [`baseline`], the statistical judge of canary against stable.
-//! [`MetricSource::of`] maps a metric's `provider` to its implementation. The controller resolves
-//! Secrets and arguments; this crate sends the queries and turns answers into measurements, never
-//! failing silently: no data or NaN is Inconclusive, an unreachable server or a refused query is an
-//! Error with the server's words.
+//! [`MetricSource::of`] maps a metric's `provider` to its implementation; [`slo`] writes an
+//! ErrorBudgetGate's error-ratio queries. The controller resolves Secrets and arguments; this crate
+//! sends the queries and turns answers into measurements, never failing silently: no data or NaN is
+//! Inconclusive, an unreachable server or a refused query is an Error with the server's words.
 
 pub mod baseline;
 pub mod condition;
 pub mod prometheus;
 pub mod provider;
+pub mod slo;
 
 use std::collections::BTreeMap;
 

@@ -137,6 +137,26 @@ pub struct ServiceLevelIndicator {
     pub pyrra: Option<PyrraSlo>,
 }
 
+/// Where an SLI's error ratio comes from: the one source it sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SliSource<'a> {
+    Events(&'a EventQueries),
+    Sloth(&'a SlothSlo),
+    Pyrra(&'a PyrraSlo),
+}
+
+impl ServiceLevelIndicator {
+    /// The one source the SLI sets, or what is wrong (the schema refuses the same at apply).
+    pub fn source(&self) -> Result<SliSource<'_>, String> {
+        match (&self.events, &self.sloth, &self.pyrra) {
+            (Some(events), None, None) => Ok(SliSource::Events(events)),
+            (None, Some(sloth), None) => Ok(SliSource::Sloth(sloth)),
+            (None, None, Some(pyrra)) => Ok(SliSource::Pyrra(pyrra)),
+            _ => Err("sli must set exactly one of events, sloth or pyrra".to_owned()),
+        }
+    }
+}
+
 /// Raw PromQL queries for bad and all events; `{{window}}` is replaced by the window being evaluated.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -14,13 +14,14 @@ use std::sync::{Arc, RwLock};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_api::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use sluice_api::{ErrorBudgetGate, Rollout};
@@ -28,17 +29,37 @@ use sluice_api::{ErrorBudgetGate, Rollout};
 /// Annotation `kubectl apply` keeps the whole last-applied object in: never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Object names by (namespace, owning Rollout).
+/// Object names by (namespace, owner name).
 type NamesByOwner = HashMap<(String, String), BTreeSet<String>>;
 
-/// The objects of one kind, by the namespace and name of the Rollout that owns them.
+/// The name of the object (in the same namespace) that owns an object, for an [`OwnerIndex`].
+pub type OwnerOf<K> = fn(&K) -> Option<String>;
+
+/// The Rollout named in an object's `sluice.dev/rollout` label (ReplicaSets and AnalysisRuns).
+pub fn rollout_label<K: ResourceExt>(object: &K) -> Option<String> {
+    object
+        .labels()
+        .get(sluice_api::names::ROLLOUT_LABEL)
+        .cloned()
+}
+
+/// The ReplicaSet that controls a pod.
+pub fn controlling_replica_set(pod: &Pod) -> Option<String> {
+    pod.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "ReplicaSet")
+        .map(|o| o.name.clone())
+}
+
+/// The objects of one kind, by the namespace and name of the object that owns them (a Rollout, or a
+/// pod's ReplicaSet).
 #[derive(Clone, Default)]
 pub struct OwnerIndex {
     by_owner: Arc<RwLock<NamesByOwner>>,
 }
 
 impl OwnerIndex {
-    /// The names of the objects labelled as owned by Rollout `namespace`/`owner`.
+    /// The names of the objects owned by `namespace`/`owner`.
     pub fn names(&self, namespace: &str, owner: &str) -> Vec<String> {
         self.by_owner
             .read()
@@ -51,18 +72,18 @@ impl OwnerIndex {
             .unwrap_or_default()
     }
 
-    fn key<K: ResourceExt>(object: &K, label: &str) -> Option<(String, String)> {
-        Some((object.namespace()?, object.labels().get(label)?.clone()))
+    fn key<K: ResourceExt>(object: &K, owner: OwnerOf<K>) -> Option<(String, String)> {
+        Some((object.namespace()?, owner(object)?))
     }
 
-    fn insert<K: ResourceExt>(map: &mut NamesByOwner, object: &K, label: &str) {
-        if let Some(key) = Self::key(object, label) {
+    fn insert<K: ResourceExt>(map: &mut NamesByOwner, object: &K, owner: OwnerOf<K>) {
+        if let Some(key) = Self::key(object, owner) {
             map.entry(key).or_default().insert(object.name_any());
         }
     }
 
-    fn remove<K: ResourceExt>(&self, object: &K, label: &str) {
-        if let (Some(key), Ok(mut map)) = (Self::key(object, label), self.by_owner.write())
+    fn remove<K: ResourceExt>(&self, object: &K, owner: OwnerOf<K>) {
+        if let (Some(key), Ok(mut map)) = (Self::key(object, owner), self.by_owner.write())
             && let Some(names) = map.get_mut(&key)
         {
             names.remove(&object.name_any());
@@ -76,10 +97,16 @@ impl OwnerIndex {
 /// The stores reconciles read.
 pub struct Caches {
     pub rollouts: Store<Rollout>,
+    /// The Rollouts by the Services, routes and templates they name.
+    pub rollout_references: ReferenceIndex,
     pub gates: Store<ErrorBudgetGate>,
     pub replica_sets: Store<ReplicaSet>,
     /// The ReplicaSets by the Rollout that owns them.
     pub replica_set_index: OwnerIndex,
+    /// The pods of the Rollouts' ReplicaSets.
+    pub pods: Store<Pod>,
+    /// The pods by the ReplicaSet that controls them.
+    pub pod_index: OwnerIndex,
     pub runs: Store<AnalysisRun>,
     /// The AnalysisRuns by the Rollout that owns them.
     pub run_index: OwnerIndex,
@@ -95,6 +122,7 @@ pub struct Writers {
     pub rollouts: Writer<Rollout>,
     pub gates: Writer<ErrorBudgetGate>,
     pub replica_sets: Writer<ReplicaSet>,
+    pub pods: Writer<Pod>,
     pub runs: Writer<AnalysisRun>,
     pub services: Writer<Service>,
     pub routes: Writer<DynamicObject>,
@@ -108,6 +136,7 @@ impl Caches {
         let (rollouts, rollouts_writer) = reflector::store();
         let (gates, gates_writer) = reflector::store();
         let (replica_sets, replica_sets_writer) = reflector::store();
+        let (pods, pods_writer) = reflector::store();
         let (runs, runs_writer) = reflector::store();
         let (services, services_writer) = reflector::store();
         let routes_writer = Writer::new(crate::traffic::gateway_api::http_route_resource());
@@ -117,9 +146,12 @@ impl Caches {
         (
             Self {
                 rollouts,
+                rollout_references: ReferenceIndex::default(),
                 gates,
                 replica_sets,
                 replica_set_index: OwnerIndex::default(),
+                pods,
+                pod_index: OwnerIndex::default(),
                 runs,
                 run_index: OwnerIndex::default(),
                 services,
@@ -131,6 +163,7 @@ impl Caches {
                 rollouts: rollouts_writer,
                 gates: gates_writer,
                 replica_sets: replica_sets_writer,
+                pods: pods_writer,
                 runs: runs_writer,
                 services: services_writer,
                 routes: routes_writer,
@@ -155,21 +188,25 @@ pub struct WatchSpec<K> {
     pub config: watcher::Config,
     /// Drops what no reconcile reads.
     pub trim: fn(&mut K),
-    /// Index the objects by the Rollout named in this label, into this index.
-    pub owner: Option<(&'static str, OwnerIndex)>,
+    /// Index the objects by their owner, into this index.
+    pub owner: Option<(OwnerOf<K>, OwnerIndex)>,
+    /// Index the objects by the objects they name, into this index (Rollouts).
+    pub references: Option<(ReferencesOf<K>, ReferenceIndex)>,
     /// How many change streams to hand out, one per controller woken by the kind's changes.
     pub subscribers: usize,
 }
 
 /// Starts watching into `writer`'s store: sends every object that changed (applied or deleted, and
-/// every object again after a re-list) to each returned change stream, in the order seen. The store
-/// is updated before a change is sent, so a reconcile woken by a change reads at least that. The
-/// streams are unbounded: the first full list must complete (and the stores be ready) before the
-/// controllers that drain them start, whatever the number of objects.
+/// every object again after a re-list) to each returned change stream, in the order seen. An update
+/// that leaves the trimmed object as it was (a status field no decision reads, a resourceVersion)
+/// is not sent: nothing that reads the store could decide differently. The store is updated before
+/// a change is sent, so a reconcile woken by a change reads at least that. The streams are
+/// unbounded: the first full list must complete (and the stores be ready) before the controllers
+/// that drain them start, whatever the number of objects.
 pub fn watch<K>(spec: WatchSpec<K>, writer: Writer<K>) -> Vec<mpsc::UnboundedReceiver<K>>
 where
     K: Resource + Lookup<DynamicType = <K as Resource>::DynamicType>,
-    K: Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
     <K as Resource>::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     let (senders, changes): (Vec<_>, Vec<_>) = (0..spec.subscribers)
@@ -185,10 +222,13 @@ where
         .reflect(writer);
     let kind = std::any::type_name::<K>();
     let owner = spec.owner;
+    let references = spec.references;
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
+        // What each object looked like when last sent, by (namespace, name).
+        let mut seen: HashMap<Key, u64> = HashMap::new();
         // Filled during a (re-)list, swapped in when it is complete, as the store does.
-        let mut relisting: Option<NamesByOwner> = None;
+        let mut relisting: Option<(NamesByOwner, ReferenceMaps, HashMap<Key, u64>)> = None;
         while let Some(event) = events.next().await {
             let event = match event {
                 Ok(event) => event,
@@ -199,34 +239,64 @@ where
             };
             let touched = match event {
                 watcher::Event::Init => {
-                    relisting = Some(HashMap::new());
+                    relisting = Some(Default::default());
                     None
                 }
                 watcher::Event::InitApply(object) => {
-                    if let (Some((label, _)), Some(map)) = (&owner, relisting.as_mut()) {
-                        OwnerIndex::insert(map, &object, label);
+                    if let Some((owners, refs, hashes)) = relisting.as_mut() {
+                        if let Some((owner_of, _)) = &owner {
+                            OwnerIndex::insert(owners, &object, *owner_of);
+                        }
+                        if let Some((references_of, _)) = &references {
+                            refs.insert(&object, references_of(&object));
+                        }
+                        hashes.insert(key_of(&object), content_hash(&object));
                     }
                     Some(object)
                 }
                 watcher::Event::InitDone => {
-                    if let (Some((_, index)), Some(map)) = (&owner, relisting.take())
-                        && let Ok(mut current) = index.by_owner.write()
-                    {
-                        *current = map;
+                    if let Some((owners, refs, hashes)) = relisting.take() {
+                        if let Some((_, index)) = &owner
+                            && let Ok(mut current) = index.by_owner.write()
+                        {
+                            *current = owners;
+                        }
+                        if let Some((_, index)) = &references
+                            && let Ok(mut current) = index.maps.write()
+                        {
+                            *current = refs;
+                        }
+                        seen = hashes;
                     }
                     None
                 }
                 watcher::Event::Apply(object) => {
-                    if let Some((label, index)) = &owner
-                        && let Ok(mut map) = index.by_owner.write()
-                    {
-                        OwnerIndex::insert(&mut map, &object, label);
+                    let hash = content_hash(&object);
+                    if seen.insert(key_of(&object), hash) == Some(hash) {
+                        None
+                    } else {
+                        if let Some((owner_of, index)) = &owner
+                            && let Ok(mut map) = index.by_owner.write()
+                        {
+                            OwnerIndex::insert(&mut map, &object, *owner_of);
+                        }
+                        if let Some((references_of, index)) = &references
+                            && let Ok(mut maps) = index.maps.write()
+                        {
+                            maps.insert(&object, references_of(&object));
+                        }
+                        Some(object)
                     }
-                    Some(object)
                 }
                 watcher::Event::Delete(object) => {
-                    if let Some((label, index)) = &owner {
-                        index.remove(&object, label);
+                    seen.remove(&key_of(&object));
+                    if let Some((owner_of, index)) = &owner {
+                        index.remove(&object, *owner_of);
+                    }
+                    if let Some((_, index)) = &references
+                        && let Ok(mut maps) = index.maps.write()
+                    {
+                        maps.remove(&object);
                     }
                     Some(object)
                 }
@@ -242,6 +312,127 @@ where
     changes
 }
 
+/// An object's (namespace, name).
+type Key = (String, String);
+
+/// A referenced object: its namespace (none if cluster-scoped) and what it is.
+type Scoped = (Option<String>, Reference);
+
+fn key_of<K: ResourceExt>(object: &K) -> Key {
+    (object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// A hash of what the store keeps of an object, but its resourceVersion.
+fn content_hash<K: Resource + Serialize>(object: &K) -> u64 {
+    use std::hash::Hasher;
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(meta) = value
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.remove("resourceVersion");
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(value.to_string().as_bytes());
+    hasher.finish()
+}
+
+/// An object a Rollout names, that wakes it when it changes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reference {
+    /// A Service in the Rollout's namespace.
+    Service(String),
+    /// An HTTPRoute in the Rollout's namespace.
+    Route(String),
+    /// An AnalysisTemplate in the Rollout's namespace.
+    Template(String),
+    /// A ClusterAnalysisTemplate.
+    ClusterTemplate(String),
+}
+
+impl Reference {
+    /// The namespace the referenced object lives in, for a referrer in `namespace`.
+    fn scope(&self, namespace: &str) -> Option<String> {
+        match self {
+            Self::ClusterTemplate(_) => None,
+            _ => Some(namespace.to_owned()),
+        }
+    }
+}
+
+/// The objects an object names, for a [`ReferenceIndex`].
+pub type ReferencesOf<K> = fn(&K) -> Vec<Reference>;
+
+/// Referrers (namespace, name) by what they name (its namespace, or none if cluster-scoped), and
+/// what each referrer names, to take it out again.
+#[derive(Default)]
+struct ReferenceMaps {
+    referrers: HashMap<Scoped, BTreeSet<Key>>,
+    named_by: HashMap<Key, Vec<Scoped>>,
+}
+
+impl ReferenceMaps {
+    fn insert<K: ResourceExt>(&mut self, object: &K, references: Vec<Reference>) {
+        self.remove(object);
+        let referrer = key_of(object);
+        let keys: Vec<Scoped> = references
+            .into_iter()
+            .map(|r| (r.scope(&referrer.0), r))
+            .collect();
+        for key in &keys {
+            self.referrers
+                .entry(key.clone())
+                .or_default()
+                .insert(referrer.clone());
+        }
+        if !keys.is_empty() {
+            self.named_by.insert(referrer, keys);
+        }
+    }
+
+    fn remove<K: ResourceExt>(&mut self, object: &K) {
+        let referrer = key_of(object);
+        for key in self.named_by.remove(&referrer).unwrap_or_default() {
+            if let Some(referrers) = self.referrers.get_mut(&key) {
+                referrers.remove(&referrer);
+                if referrers.is_empty() {
+                    self.referrers.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Which objects (Rollouts) name a Service, route or template: what a change to one wakes.
+#[derive(Clone, Default)]
+pub struct ReferenceIndex {
+    maps: Arc<RwLock<ReferenceMaps>>,
+}
+
+impl ReferenceIndex {
+    /// The referrers of `reference`, an object in `namespace` (`None`: cluster-scoped).
+    pub fn referrers<K>(&self, namespace: Option<String>, reference: Reference) -> Vec<ObjectRef<K>>
+    where
+        K: Lookup,
+        K::DynamicType: Default,
+    {
+        self.maps
+            .read()
+            .map(|maps| {
+                maps.referrers
+                    .get(&(namespace, reference))
+                    .map(|referrers| {
+                        referrers
+                            .iter()
+                            .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// What no reconcile reads on any kind.
 fn strip_common(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
@@ -254,23 +445,44 @@ fn strip_common(meta: &mut ObjectMeta) {
 pub fn keep_all<K>(_: &mut K) {}
 
 /// A ReplicaSet as a release decision sees it: its labels, owner, scale-down annotation, size and
-/// availability; not its pod template.
+/// availability; not its pod template, nor the status fields no decision reads (so that the
+/// ReplicaSet controller's bookkeeping wakes nothing).
 pub fn trim_replica_set(rs: &mut ReplicaSet) {
     if let Some(annotations) = rs.metadata.annotations.as_mut() {
         annotations.retain(|key, _| key == sluice_api::names::SCALE_DOWN_AT_ANNOTATION);
     }
+    rs.metadata.generation = None;
     rs.spec = rs.spec.take().map(|spec| ReplicaSetSpec {
         replicas: spec.replicas,
-        min_ready_seconds: spec.min_ready_seconds,
         selector: spec.selector,
-        template: None,
+        ..ReplicaSetSpec::default()
     });
     rs.status = rs.status.take().map(|status| ReplicaSetStatus {
-        replicas: status.replicas,
         available_replicas: status.available_replicas,
-        ready_replicas: status.ready_replicas,
-        observed_generation: status.observed_generation,
         ..ReplicaSetStatus::default()
+    });
+}
+
+/// A pod as a decision sees it: its labels and annotations (role metadata), owner, creation and
+/// deletion times, and since when it is Ready; not its spec or the rest of its status.
+pub fn trim_pod(pod: &mut Pod) {
+    pod.metadata.generation = None;
+    pod.metadata.finalizers = None;
+    pod.spec = None;
+    pod.status = pod.status.take().map(|status| PodStatus {
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| c.type_ == "Ready")
+                .map(|c| PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    last_transition_time: c.last_transition_time,
+                    ..PodCondition::default()
+                })
+                .collect()
+        }),
+        ..PodStatus::default()
     });
 }
 

@@ -37,7 +37,7 @@ async fn measure(
         Ok(c) => c,
         Err(problem) => return Ok(Err(problem)),
     };
-    let plan = match gate::query_plan(&gate.spec) {
+    let plan = match sluice_analysis::slo::query_plan(&gate.spec) {
         Ok(plan) => plan,
         Err(problem) => return Ok(Err(problem)),
     };

@@ -17,16 +17,20 @@ use clap::Parser;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DynamicObject, PatchParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use sluice_api::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
+use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 use sluice_api::{ErrorBudgetGate, Rollout};
 use tracing_subscriber::EnvFilter;
+
+use crate::cache::Reference;
 
 mod analysis_run;
 mod backoff;
@@ -256,17 +260,20 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A client that counts every request it sends in `sluice_api_requests_total`.
+/// A client that counts every request it sends in `sluice_api_requests_total`, and each Rollout
+/// reconcile's in `sluice_rollout_reconcile_api_requests`.
 async fn counted_client(metrics: &metrics::Metrics) -> anyhow::Result<Client> {
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API server (kubeconfig or in-cluster)")?;
     let requests = metrics.api_requests.clone();
+    let open_reconciles = metrics.open_reconciles.clone();
     let count =
         tower::util::MapRequestLayer::new(move |request: ::http::Request<kube::client::Body>| {
             requests
                 .get_or_create(&metrics::request_labels(request.method(), request.uri()))
                 .inc();
+            open_reconciles.count_current();
             request
         });
     Ok(kube::client::ClientBuilder::try_from(config)?
@@ -314,6 +321,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
+            references: Some((rollout::references, ctx.caches.rollout_references.clone())),
             subscribers: 1,
         },
         writers.rollouts,
@@ -324,6 +332,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
+            references: None,
             subscribers: 2,
         },
         writers.gates,
@@ -333,13 +342,23 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             api: scoped::<ReplicaSet>(&client, namespace),
             config: owned(),
             trim: cache::trim_replica_set,
-            owner: Some((
-                sluice_api::names::ROLLOUT_LABEL,
-                ctx.caches.replica_set_index.clone(),
-            )),
+            owner: Some((cache::rollout_label, ctx.caches.replica_set_index.clone())),
+            references: None,
             subscribers: 1,
         },
         writers.replica_sets,
+    );
+    let pod_changes = cache::watch(
+        cache::WatchSpec {
+            api: scoped::<Pod>(&client, namespace),
+            // The pods of Sluice's ReplicaSets, which carry its pod-template-hash label.
+            config: watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+            trim: cache::trim_pod,
+            owner: Some((cache::controlling_replica_set, ctx.caches.pod_index.clone())),
+            references: None,
+            subscribers: 1,
+        },
+        writers.pods,
     );
     let mut run_changes = cache::watch(
         cache::WatchSpec {
@@ -347,10 +366,8 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             // All runs: the AnalysisRun controller also measures runs that people create.
             config: watcher::Config::default(),
             trim: cache::keep_all,
-            owner: Some((
-                sluice_api::names::ROLLOUT_LABEL,
-                ctx.caches.run_index.clone(),
-            )),
+            owner: Some((cache::rollout_label, ctx.caches.run_index.clone())),
+            references: None,
             subscribers: 2,
         },
         writers.runs,
@@ -361,6 +378,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             config: watcher::Config::default(),
             trim: cache::trim_service,
             owner: None,
+            references: None,
             subscribers: 1,
         },
         writers.services,
@@ -371,6 +389,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
+            references: None,
             subscribers: 1,
         },
         writers.templates,
@@ -381,6 +400,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
+            references: None,
             subscribers: 1,
         },
         writers.cluster_templates,
@@ -392,6 +412,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
                 config: watcher::Config::default(),
                 trim: cache::trim_route,
                 owner: None,
+                references: None,
                 subscribers: 1,
             },
             writers.routes,
@@ -409,6 +430,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
         caches.rollouts.wait_until_ready().boxed(),
         caches.gates.wait_until_ready().boxed(),
         caches.replica_sets.wait_until_ready().boxed(),
+        caches.pods.wait_until_ready().boxed(),
         caches.runs.wait_until_ready().boxed(),
         caches.services.wait_until_ready().boxed(),
         caches.templates.wait_until_ready().boxed(),
@@ -433,7 +455,14 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
 
     let store = caches.rollouts.clone();
     let gate_trigger = release_gates::GateTrigger::new(store.clone(), caches.gates.clone());
-    let (by_service, by_route, by_template) = (store.clone(), store.clone(), store.clone());
+    let references = &caches.rollout_references;
+    let (by_service, by_route, by_template, by_cluster_template) = (
+        references.clone(),
+        references.clone(),
+        references.clone(),
+        references.clone(),
+    );
+    let replica_sets = caches.replica_sets.clone();
     let rollout_trigger = cache::as_trigger(rollout_changes.remove(0))
         // The controller's own status writes do not wake it: a plan stands on its own.
         .predicate_filter(rollout::wakes, Default::default());
@@ -448,29 +477,43 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
                 .unwrap_or_else(closed),
         ))
         .owns_stream(cache::as_trigger(run_changes.remove(0)))
+        // A pod that appears, becomes ready or goes wakes its ReplicaSet's Rollout: role metadata
+        // for a new pod, the next evictions of a restart.
+        .watches_stream(
+            cache::as_trigger(pod_changes.into_iter().next().unwrap_or_else(closed)),
+            move |pod: Pod| {
+                let namespace = pod.namespace()?;
+                let replica_set = cache::get(
+                    &replica_sets,
+                    &namespace,
+                    &cache::controlling_replica_set(&pod)?,
+                )?;
+                let rollout = cache::rollout_label(replica_set.as_ref())?;
+                Some(ObjectRef::<Rollout>::new(&rollout).within(&namespace))
+            },
+        )
         // A Service, route or template that appears, disappears or is edited by someone else is
         // looked at again at once: an InvalidSpec clears, a weight changed by hand is put back.
         .watches_stream(
             cache::as_trigger(service_changes.into_iter().next().unwrap_or_else(closed)),
-            move |svc: Service| rollout::referencing_service(&by_service, &svc),
+            move |svc: Service| {
+                by_service.referrers(svc.namespace(), Reference::Service(svc.name_any()))
+            },
         )
         .watches_stream_with(
             cache::as_trigger(route_changes),
-            move |route: DynamicObject| traffic::gateway_api::referencing_route(&by_route, &route),
+            move |route: DynamicObject| {
+                by_route.referrers(route.namespace(), Reference::Route(route.name_any()))
+            },
             traffic::gateway_api::http_route_resource(),
         )
         .watches_stream(
             cache::as_trigger(template_changes.into_iter().next().unwrap_or_else(closed)),
-            {
-                let by_template = by_template.clone();
-                move |template: AnalysisTemplate| {
-                    rollout::referencing_template(
-                        &by_template,
-                        &template.namespace(),
-                        &template.name_any(),
-                        false,
-                    )
-                }
+            move |template: AnalysisTemplate| {
+                by_template.referrers(
+                    template.namespace(),
+                    Reference::Template(template.name_any()),
+                )
             },
         )
         .watches_stream(
@@ -481,7 +524,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
                     .unwrap_or_else(closed),
             ),
             move |template: ClusterAnalysisTemplate| {
-                rollout::referencing_template(&by_template, &None, &template.name_any(), true)
+                by_cluster_template.referrers(None, Reference::ClusterTemplate(template.name_any()))
             },
         )
         // A gate that freezes, opens or changes its selection wakes the Rollouts it selects (and

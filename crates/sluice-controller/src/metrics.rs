@@ -9,7 +9,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sluice_api::analysis::AnalysisPhase;
 use sluice_api::rollout::RolloutPhase;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tracing::{Span, span};
+use tracing_subscriber::Registry as SpanRegistry;
+use tracing_subscriber::registry::LookupSpan;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -107,7 +112,53 @@ pub struct Metrics {
     /// Requests sent to the API server, by verb and resource (watches included, as one request each
     /// time one is opened).
     pub api_requests: Family<RequestLabels, Counter>,
+    /// Requests sent by each Rollout reconcile (a settled Rollout's: none).
+    pub reconcile_requests: Histogram,
+    /// The reconciles under way, for [`Self::reconcile_requests`].
+    pub open_reconciles: OpenReconciles,
     pub registry: Registry,
+}
+
+/// The Rollout reconciles under way, each with the requests it sent so far, by its tracing span.
+///
+/// The client sends from a task of its own (a buffer in front of the connection); the buffer carries
+/// the caller's span along, so a request is attributed to the reconcile whose span it was sent in.
+#[derive(Clone, Default)]
+pub struct OpenReconciles {
+    open: Arc<Mutex<HashMap<span::Id, u64>>>,
+}
+
+impl OpenReconciles {
+    /// Starts counting the requests sent within `span`.
+    pub fn begin(&self, span: &Span) {
+        if let (Some(id), Ok(mut open)) = (span.id(), self.open.lock()) {
+            open.insert(id, 0);
+        }
+    }
+
+    /// Stops counting for `span`: the requests it sent, if it was counted.
+    pub fn end(&self, span: &Span) -> Option<u64> {
+        let id = span.id()?;
+        self.open.lock().ok()?.remove(&id)
+    }
+
+    /// Counts one request for the reconcile whose span (or a span within it) is current.
+    pub fn count_current(&self) {
+        Span::current().with_subscriber(|(id, dispatch)| {
+            let Some(registry) = dispatch.downcast_ref::<SpanRegistry>() else {
+                return;
+            };
+            let (Some(current), Ok(mut open)) = (registry.span(id), self.open.lock()) else {
+                return;
+            };
+            for span in current.scope() {
+                if let Some(count) = open.get_mut(&span.id()) {
+                    *count += 1;
+                    return;
+                }
+            }
+        });
+    }
 }
 
 impl Default for Metrics {
@@ -125,6 +176,12 @@ impl Default for Metrics {
         let gate_evaluations = Family::<GateLabels, Counter>::default();
         let gate_queries = Family::<GateLabels, Counter>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
+        let reconcile_requests = Histogram::new([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]);
+        registry.register(
+            "rollout_reconcile_api_requests",
+            "API requests sent by one Rollout reconcile (a settled Rollout's: 0; Events are sent apart, by a background task)",
+            reconcile_requests.clone(),
+        );
         registry.register(
             "api_requests",
             "Requests sent to the Kubernetes API server, by verb and resource (a settled Rollout costs none)",
@@ -198,6 +255,8 @@ impl Default for Metrics {
             gate_evaluations,
             gate_queries,
             api_requests,
+            reconcile_requests,
+            open_reconciles: OpenReconciles::default(),
             registry,
         }
     }

@@ -383,6 +383,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
             stable_hash: active,
         },
         runs: RunPlan::default(),
+        evict: Vec::new(),
+        pod_metadata: Vec::new(),
         events: d.events,
         requeue_after: d.requeue_after,
     }
@@ -925,6 +927,7 @@ mod tests {
                 current_hash: &self.current,
                 replica_sets: &self.rss,
                 runs: &[],
+                pods: &[],
                 actions,
                 gating: &crate::gate::Gating::default(),
                 now: self.now,

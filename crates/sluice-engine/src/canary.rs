@@ -324,6 +324,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         delete,
         traffic,
         runs: RunPlan::default(),
+        evict: Vec::new(),
+        pod_metadata: Vec::new(),
         events: d.events,
         requeue_after: d.requeue_after,
     }

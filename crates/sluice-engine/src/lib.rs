@@ -1,9 +1,9 @@
 //! Sluice's release engine: pure decisions, no I/O.
 //!
-//! The controller takes a snapshot (the Rollout, the ReplicaSets and AnalysisRuns it owns, people's
-//! requests) and the time, asks [`decide`] for a [`release::Plan`], and applies it. Because nothing
-//! here reads a clock or a client, property tests drive thousands of random histories through the
-//! same code that runs in the cluster.
+//! The controller takes a snapshot (the Rollout, the ReplicaSets, AnalysisRuns and pods it owns,
+//! people's requests) and the time, asks [`decide`] for a [`release::Plan`], and applies it.
+//! Because nothing here reads a clock or a client, property tests drive thousands of random
+//! histories through the same code that runs in the cluster.
 
 pub mod analysis;
 pub mod bluegreen;
@@ -14,6 +14,7 @@ pub mod events;
 pub mod gate;
 pub mod hash;
 pub mod judge;
+pub mod pods;
 pub mod release;
 pub mod replicas;
 pub mod restart;
@@ -105,6 +106,8 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
     if s.actions.restart {
         restart::record_request(&mut plan, s.now);
     }
+    restart::decide(s, strategy, &mut plan);
+    plan.pod_metadata = pods::role_metadata(strategy, &plan.traffic, s.pods);
     plan
 }
 

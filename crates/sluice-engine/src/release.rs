@@ -12,6 +12,7 @@ use sluice_api::rollout::{RolloutPhase, RolloutSpec, RolloutStatus};
 use crate::conditions::{self, ConditionStatus};
 use crate::events::Event;
 use crate::gate::Gating;
+use crate::pods::{PodMetadataPatch, PodView};
 use crate::replicas::Observed;
 use crate::runs::{RunPlan, RunView};
 
@@ -110,6 +111,8 @@ pub struct Snapshot<'a> {
     pub replica_sets: &'a [ReplicaSetView],
     /// The AnalysisRuns the Rollout owns.
     pub runs: &'a [RunView],
+    /// The pods of the ReplicaSets the Rollout owns.
+    pub pods: &'a [PodView],
     pub actions: Actions,
     /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
     pub gating: &'a Gating,
@@ -154,6 +157,10 @@ pub struct Plan {
     pub traffic: Traffic,
     /// AnalysisRuns to start, stop and delete.
     pub runs: RunPlan,
+    /// Pods to evict now (a restart replacing them).
+    pub evict: Vec<String>,
+    /// Role metadata to put on or take off pods.
+    pub pod_metadata: Vec<PodMetadataPatch>,
     /// Events to record.
     pub events: Vec<Event>,
     /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).

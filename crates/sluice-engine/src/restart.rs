@@ -2,20 +2,20 @@
 //! before the restart time is evicted, a few at a time, so that no more than `maxUnavailable` (at
 //! least one) of the wanted pods are missing at any moment. The ReplicaSets replace them.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-/// A pod of one of the Rollout's ReplicaSets, as the controller saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodView {
-    pub name: String,
-    /// When it was created.
-    pub created: Timestamp,
-    /// Ready for `minReadySeconds` (counted as serving).
-    pub available: bool,
-    /// Already being deleted.
-    pub terminating: bool,
-}
+use crate::Strategy;
+use crate::events::Event;
+use crate::pods::PodView;
+use crate::release::{Plan, Snapshot, earliest, until};
+use crate::replicas;
+
+/// How soon to look again while a restart replaces pods, if no pod or ReplicaSet change comes first
+/// (an eviction a PodDisruptionBudget refused is tried again then).
+const RESTART_POLL: Duration = Duration::from_secs(5);
 
 /// What to do for a restart now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,23 +30,25 @@ pub struct RestartPlan {
 
 /// Which pods to evict now for a restart at `restart_at`, when the Rollout's ReplicaSets want
 /// `wanted` pods in all and at most `max_unavailable` of them may be missing (at least one, or a
-/// one-pod Rollout could never restart).
+/// one-pod Rollout could never restart). `available` says which pods serve.
 pub fn plan(
     restart_at: Timestamp,
-    pods: &[PodView],
+    pods: &[&PodView],
+    available: impl Fn(&PodView) -> bool,
     wanted: i32,
     max_unavailable: i32,
 ) -> RestartPlan {
-    let mut old: Vec<&PodView> = pods
+    let mut old: Vec<(&PodView, bool)> = pods
         .iter()
         .filter(|p| !p.terminating && p.created < restart_at)
+        .map(|p| (*p, available(p)))
         .collect();
-    let available = pods
+    let serving = pods
         .iter()
-        .filter(|p| p.available && !p.terminating)
+        .filter(|p| !p.terminating && available(p))
         .count();
-    let available = i32::try_from(available).unwrap_or(i32::MAX);
-    let missing = (wanted - available).max(0);
+    let serving = i32::try_from(serving).unwrap_or(i32::MAX);
+    let missing = (wanted - serving).max(0);
     if old.is_empty() {
         let terminating = pods.iter().any(|p| p.terminating && p.created < restart_at);
         return RestartPlan {
@@ -56,11 +58,11 @@ pub fn plan(
         };
     }
     // Pods that serve nothing go first: evicting them costs no capacity.
-    old.sort_by_key(|p| (p.available, p.created));
+    old.sort_by_key(|(p, available)| (*available, p.created));
     let mut budget = max_unavailable.max(1) - missing;
     let mut evict = Vec::new();
-    for pod in &old {
-        if !pod.available {
+    for (pod, available) in &old {
+        if !available {
             evict.push(pod.name.clone());
         } else if budget > 0 {
             budget -= 1;
@@ -74,17 +76,88 @@ pub fn plan(
     }
 }
 
+/// The restart in force (the later of `spec.restartAt` and the last `kubectl sluice restart`), in
+/// the plan: the pods to evict now, when to look again, and `status.restartedAt` with an Event once
+/// every pod is newer and the ReplicaSets have all their pods available again.
+pub(crate) fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>, out: &mut Plan) {
+    let requested = [
+        s.spec.restart_at.as_ref(),
+        out.status.restart_requested_at.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|t| t.0)
+    .max();
+    let Some(target) = requested else {
+        return;
+    };
+    // One already completed is not repeated; one in the future waits for its time.
+    if out
+        .status
+        .restarted_at
+        .as_ref()
+        .is_some_and(|done| done.0 >= target)
+    {
+        return;
+    }
+    if target > s.now {
+        out.requeue_after = earliest(out.requeue_after, until(s.now, target));
+        return;
+    }
+    let pods: Vec<&PodView> = s
+        .pods
+        .iter()
+        .filter(|p| s.replica_sets.iter().any(|rs| rs.hash == p.hash))
+        .collect();
+    let min_ready = s.spec.min_ready_seconds.unwrap_or(0);
+    let wanted: i32 = out.scale.values().sum();
+    let (surge, unavailable) = match strategy {
+        Strategy::Canary(c) => (c.max_surge.as_ref(), c.max_unavailable.as_ref()),
+        Strategy::BlueGreen(_) => (None, None),
+    };
+    let max_unavailable = replicas::surge_and_unavailable(s.spec.replicas, surge, unavailable).1;
+    let restart = plan(
+        target,
+        &pods,
+        |p| p.available(min_ready, s.now),
+        wanted,
+        max_unavailable,
+    );
+    // Done when the pods say so and the ReplicaSets agree (their status lags the pods a little).
+    let replica_sets_available: i32 = s.replica_sets.iter().map(|rs| rs.available).sum();
+    if restart.done && replica_sets_available >= wanted {
+        out.status.restarted_at = Some(Time(target));
+        out.events.push(Event {
+            warning: false,
+            reason: "RolloutRestarted",
+            message: format!("every pod was created after {target}"),
+        });
+        return;
+    }
+    out.evict = restart.evict;
+    // Pod and ReplicaSet changes wake the Rollout; time alone makes a ready pod available.
+    let next_available = pods
+        .iter()
+        .filter_map(|p| p.available_at(min_ready, s.now))
+        .min()
+        .map(|at| until(s.now, at));
+    out.requeue_after = earliest(
+        out.requeue_after,
+        next_available.map_or(RESTART_POLL, |d| d.min(RESTART_POLL)),
+    );
+}
+
 /// Records a person's restart request in the plan: every pod created before now is to be replaced.
 /// Pod creation times have whole seconds: round up, so that no pod created before the request passes
 /// for a new one (one created in the same second is replaced once more, harmlessly).
-pub(crate) fn record_request(plan: &mut crate::release::Plan, now: Timestamp) {
+pub(crate) fn record_request(plan: &mut Plan, now: Timestamp) {
     let at = if now.subsec_nanosecond() == 0 {
         now
     } else {
         Timestamp::from_second(now.as_second() + 1).unwrap_or(now)
     };
     plan.status.restart_requested_at = Some(Time(at));
-    plan.events.push(crate::events::Event {
+    plan.events.push(Event {
         warning: false,
         reason: "RolloutRestartRequested",
         message: "restart requested: every pod will be replaced, a few at a time".to_owned(),
@@ -98,10 +171,18 @@ mod tests {
     fn pod(name: &str, created: i64, available: bool) -> PodView {
         PodView {
             name: name.to_owned(),
+            hash: "abc".to_owned(),
             created: Timestamp::from_second(created).expect("time"),
-            available,
+            ready_since: available.then_some(Timestamp::UNIX_EPOCH),
             terminating: false,
+            labels: Default::default(),
+            annotations: Default::default(),
         }
+    }
+
+    fn plan(restart_at: Timestamp, pods: &[PodView], wanted: i32, max: i32) -> RestartPlan {
+        let pods: Vec<&PodView> = pods.iter().collect();
+        super::plan(restart_at, &pods, |p| p.ready_since.is_some(), wanted, max)
     }
 
     fn at(second: i64) -> Timestamp {

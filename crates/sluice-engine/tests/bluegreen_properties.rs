@@ -233,6 +233,7 @@ impl World {
             current_hash: &self.current,
             replica_sets: &views,
             runs: &self.runs.runs,
+            pods: &[],
             actions,
             gating: &self.gating,
             now,

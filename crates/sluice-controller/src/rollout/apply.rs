@@ -1,20 +1,19 @@
 //! The plan put in force: ReplicaSets created and scaled, Services pointed, the router's weights
-//! set, role metadata on pods, restarts' evictions, and the status and Events written last.
+//! set, role metadata on pods, a restart's evictions, and the status and Events written last.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutStatus};
 use sluice_engine::release::{Plan, ReplicaSetView};
-use sluice_engine::restart::{self, PodView};
 use tracing::{info, warn};
 
 use sluice_api::names::{ROLLOUT_LABEL, SCALE_DOWN_AT_ANNOTATION, TEMPLATE_ANNOTATION};
@@ -24,121 +23,6 @@ use crate::cache;
 use crate::error::Error;
 use crate::traffic::{self, TrafficRouter};
 use crate::{Context, FIELD_MANAGER, writer};
-
-/// How often to look at pods while a restart replaces them (pods are not watched).
-const RESTART_POLL: Duration = Duration::from_secs(1);
-
-/// Replaces pods created before the restart in force (the later of `spec.restartAt` and the last
-/// `kubectl sluice restart`), evicting a few at a time. Returns when to look again, while a restart
-/// is under way or due.
-pub(super) async fn restart(
-    rollout: &Rollout,
-    ctx: &Context,
-    namespace: &str,
-    strategy: Strategy<'_>,
-    views: &[ReplicaSetView],
-    plan: &mut Plan,
-    now: Timestamp,
-) -> Result<Option<Duration>, Error> {
-    let requested = [
-        rollout.spec.restart_at.as_ref(),
-        plan.status.restart_requested_at.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|t| t.0)
-    .max();
-    let Some(target) = requested else {
-        return Ok(None);
-    };
-    let done_up_to = plan.status.restarted_at.as_ref().map(|t| t.0);
-    // One already completed is not repeated; one in the future waits for its time.
-    if done_up_to.is_some_and(|done| done >= target) {
-        return Ok(None);
-    }
-    if target > now {
-        let wait = Duration::try_from(target.duration_since(now)).unwrap_or(RESTART_POLL);
-        return Ok(Some(wait));
-    }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let hashes: Vec<&str> = views.iter().map(|v| v.hash.as_str()).collect();
-    let selector = pod_selector(rollout);
-    let listed = pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items;
-    let min_ready = rollout.spec.min_ready_seconds.unwrap_or(0);
-    let seen: Vec<PodView> = listed
-        .iter()
-        .filter(|p| {
-            p.labels()
-                .get(POD_TEMPLATE_HASH_LABEL)
-                .is_some_and(|h| hashes.contains(&h.as_str()))
-        })
-        .map(|p| PodView {
-            name: p.name_any(),
-            created: p
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
-            available: pod_available(p, min_ready, now),
-            terminating: p.metadata.deletion_timestamp.is_some(),
-        })
-        .collect();
-    let wanted: i32 = plan.scale.values().sum();
-    let max_unavailable = strategy.max_unavailable(rollout.spec.replicas);
-    let restart = restart::plan(target, &seen, wanted, max_unavailable);
-    for name in &restart.evict {
-        match pods.evict(name, &EvictParams::default()).await {
-            Ok(_) => info!(pod = name.as_str(), "evicted for the restart"),
-            // A PodDisruptionBudget may refuse for now (429); the next look tries again.
-            Err(err) => warn!(pod = name.as_str(), %err, "eviction refused for now"),
-        }
-    }
-    // Done when the pods say so and the ReplicaSets agree (their status lags the pods a little).
-    let replica_sets_available: i32 = views.iter().map(|v| v.available).sum();
-    if restart.done && replica_sets_available >= wanted {
-        plan.status.restarted_at = Some(Time(target));
-        plan.events.push(sluice_engine::events::Event {
-            warning: false,
-            reason: "RolloutRestarted",
-            message: format!("every pod was created after {target}"),
-        });
-        return Ok(None);
-    }
-    Ok(Some(RESTART_POLL))
-}
-
-/// The label selector of the Rollout's pods, as a list query takes it.
-fn pod_selector(rollout: &Rollout) -> String {
-    rollout
-        .spec
-        .selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Ready for at least `min_ready_seconds`, as the ReplicaSet controller counts availability.
-fn pod_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == "True")
-        .is_some_and(|c| {
-            let since = c.last_transition_time.as_ref().map_or(now, |t| t.0);
-            since
-                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
-                    min_ready_seconds,
-                )))
-                .is_ok_and(|ready_at| ready_at <= now)
-        })
-}
 
 /// Records an InvalidSpec condition and event, and changes nothing else: stable keeps serving.
 pub(super) async fn invalid_spec(
@@ -292,75 +176,33 @@ pub(super) async fn execute(
             .delete(&name_of(h), &DeleteParams::background())
             .await?;
     }
-    label_roles(rollout, &client, namespace, strategy, plan).await?;
-    Ok(())
+    apply_to_pods(&client, namespace, plan).await
 }
 
-/// Puts each role's metadata (`stableMetadata`/`canaryMetadata`, `activeMetadata`/`previewMetadata`)
-/// on the pods that hold the role, and takes it off pods that no longer do.
-async fn label_roles(
-    rollout: &Rollout,
-    client: &kube::Client,
-    namespace: &str,
-    strategy: Strategy<'_>,
-    plan: &Plan,
-) -> Result<(), Error> {
-    let (first, second) = match strategy {
-        Strategy::Canary(c) => (c.stable_metadata.as_ref(), c.canary_metadata.as_ref()),
-        Strategy::BlueGreen(b) => (b.active_metadata.as_ref(), b.preview_metadata.as_ref()),
-    };
-    if first.is_none() && second.is_none() {
-        return Ok(());
-    }
-    // The first role wins where both name the same version (no release in flight).
-    let mut roles = vec![(plan.traffic.stable_hash.as_str(), first)];
-    if plan.traffic.canary_hash != plan.traffic.stable_hash {
-        roles.push((plan.traffic.canary_hash.as_str(), second));
-    }
-    let role_labels: Vec<&String> = [first, second]
-        .into_iter()
-        .flatten()
-        .flat_map(|m| m.labels.keys())
-        .collect();
-    let role_annotations: Vec<&String> = [first, second]
-        .into_iter()
-        .flatten()
-        .flat_map(|m| m.annotations.keys())
-        .collect();
-    let selector = pod_selector(rollout);
+/// Puts the plan's role metadata on pods (and takes it off), then evicts the pods a restart
+/// replaces now.
+async fn apply_to_pods(client: &kube::Client, namespace: &str, plan: &Plan) -> Result<(), Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    for pod in pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-    {
-        let Some(hash) = pod.labels().get(POD_TEMPLATE_HASH_LABEL) else {
-            continue;
-        };
-        if pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let wanted = roles.iter().find(|(h, _)| h == hash).and_then(|(_, m)| *m);
-        let mut labels = serde_json::Map::new();
-        let mut annotations = serde_json::Map::new();
-        for key in &role_labels {
-            let want = wanted.and_then(|m| m.labels.get(*key));
-            if pod.labels().get(*key) != want {
-                labels.insert((*key).clone(), json!(want));
+    for change in &plan.pod_metadata {
+        let patch =
+            json!({"metadata": {"labels": change.labels, "annotations": change.annotations}});
+        match pods
+            .patch(&change.pod, &writer(), &Patch::Merge(&patch))
+            .await
+        {
+            // Gone since the cache saw it: its replacement is labelled when it appears.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            other => {
+                other?;
             }
         }
-        for key in &role_annotations {
-            let want = wanted.and_then(|m| m.annotations.get(*key));
-            if pod.annotations().get(*key) != want {
-                annotations.insert((*key).clone(), json!(want));
-            }
+    }
+    for name in &plan.evict {
+        match pods.evict(name, &EvictParams::default()).await {
+            Ok(_) => info!(pod = name.as_str(), "evicted for the restart"),
+            // A PodDisruptionBudget may refuse for now (429); the next look tries again.
+            Err(err) => warn!(pod = name.as_str(), %err, "eviction refused for now"),
         }
-        if labels.is_empty() && annotations.is_empty() {
-            continue;
-        }
-        let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
-        pods.patch(&pod.name_any(), &writer(), &Patch::Merge(&patch))
-            .await?;
     }
     Ok(())
 }

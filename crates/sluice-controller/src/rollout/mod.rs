@@ -14,7 +14,7 @@ use kube::runtime::controller::Action;
 use sluice_api::rollout::Rollout;
 use sluice_engine::hash::pod_template_hash;
 use sluice_engine::release::{Actions, ReplicaSetView, Snapshot};
-use tracing::{instrument, warn};
+use tracing::{Instrument, warn};
 
 use crate::Context;
 use crate::cache;
@@ -25,11 +25,10 @@ mod apply;
 mod observe;
 mod requests;
 
-use apply::{execute, invalid_spec, record, restart};
+use apply::{execute, invalid_spec, record};
 pub(crate) use observe::Strategy;
-pub(crate) use observe::referencing;
-use observe::{check_spec, view};
-pub use observe::{referencing_service, referencing_template, wakes};
+use observe::{check_spec, pod_view, view};
+pub use observe::{references, wakes};
 use requests::{claim_request, parse_actions};
 
 /// How long to wait before looking again when nothing is scheduled. Every change a decision reads
@@ -46,12 +45,26 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(20);
 pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_rollout(&rollout, &ctx))
-        .await
-        .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
+    // Every request sent within this span is counted for this reconcile. Its level is ERROR so
+    // that any filter short of `off` keeps it.
+    let span = tracing::error_span!(
+        "reconcile",
+        namespace = rollout.namespace().unwrap_or_default(),
+        rollout = rollout.name_any()
+    );
+    ctx.metrics.open_reconciles.begin(&span);
+    let result = tokio::time::timeout(
+        RECONCILE_TIMEOUT,
+        reconcile_rollout(&rollout, &ctx).instrument(span.clone()),
+    )
+    .await
+    .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
+    if let Some(sent) = ctx.metrics.open_reconciles.end(&span) {
+        ctx.metrics.reconcile_requests.observe(sent as f64);
+    }
     if result.is_ok() {
         ctx.backoffs.succeeded(
             &rollout.namespace().unwrap_or_default(),
@@ -75,7 +88,6 @@ pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> 
     ))
 }
 
-#[instrument(skip_all, fields(namespace = rollout.namespace().unwrap_or_default(), rollout = rollout.name_any()))]
 async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, Error> {
     let name = rollout.name_any();
     let namespace = rollout
@@ -121,6 +133,18 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     let runs = rollout_analysis::owned_runs(ctx, &namespace, rollout);
     // One clock read per reconcile: everything decided in it is decided at this moment.
     let now = Timestamp::now();
+    let pods: Vec<_> = views
+        .iter()
+        .flat_map(|v| {
+            cache::owned(
+                &caches.pods,
+                &caches.pod_index,
+                &namespace,
+                &format!("{name}-{}", v.hash),
+            )
+        })
+        .filter_map(|pod| pod_view(&pod, now))
+        .collect();
     let (mut actions, raw_action) = parse_actions(rollout);
     if let Some(raw) = raw_action
         && !claim_request(ctx, &namespace, &name, &raw).await?
@@ -138,30 +162,18 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         current_hash: &hash,
         replica_sets: &views,
         runs: &runs,
+        pods: &pods,
         actions,
         gating: &gating,
         now,
     };
-    let mut plan = sluice_engine::decide(&snapshot, strategy.engine());
+    let plan = sluice_engine::decide(&snapshot, strategy.engine());
     execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
     let stable = plan.status.stable_rs.clone().unwrap_or_default();
     if let Err(problem) =
         rollout_analysis::apply(ctx, rollout, &namespace, &hash, &stable, &plan.runs).await?
     {
         return invalid_spec(rollout, ctx, &status, &problem, now).await;
-    }
-    if let Some(again) = restart(
-        rollout,
-        ctx,
-        &namespace,
-        strategy,
-        &views,
-        &mut plan,
-        snapshot.now,
-    )
-    .await?
-    {
-        plan.requeue_after = Some(plan.requeue_after.map_or(again, |d| d.min(again)));
     }
 
     record(ctx, rollout, &status, &plan).await?;

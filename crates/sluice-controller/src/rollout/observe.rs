@@ -1,21 +1,20 @@
-//! What a reconcile reads, all from the caches: the ReplicaSets as the engine sees them, what is
-//! wrong with the spec, and which Rollouts a change to a Service or template wakes.
+//! What a reconcile reads, all from the caches: the ReplicaSets and pods as the engine sees them,
+//! what is wrong with the spec, and what a Rollout names (so that a change to it wakes the Rollout).
 
 use std::str::FromStr;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
 use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout};
+use sluice_engine::pods::PodView;
 use sluice_engine::release::ReplicaSetView;
-use sluice_engine::replicas;
 
 use sluice_api::names::SCALE_DOWN_AT_ANNOTATION;
 
 use crate::Context;
-use crate::cache;
+use crate::cache::{self, Reference};
 use crate::rollout_analysis;
 use crate::traffic::{self, TrafficRouter};
 
@@ -37,71 +36,40 @@ pub fn wakes(rollout: &Rollout) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// The Rollouts in the namespace of a Service that name it (canary, stable, active or preview).
-pub fn referencing_service(
-    rollouts: &Store<Rollout>,
-    service: &Service,
-) -> Vec<ObjectRef<Rollout>> {
-    let name = service.name_any();
-    referencing(rollouts, &service.namespace(), |rollout| {
-        let strategy = &rollout.spec.strategy;
-        strategy.canary.as_ref().is_some_and(|c| {
-            c.canary_service.as_deref() == Some(name.as_str())
-                || c.stable_service.as_deref() == Some(name.as_str())
-        }) || strategy.blue_green.as_ref().is_some_and(|b| {
-            b.active_service == name || b.preview_service.as_deref() == Some(name.as_str())
-        })
-    })
-}
-
-/// The Rollouts that name an analysis template (`cluster`: a ClusterAnalysisTemplate, named from any
-/// namespace).
-pub fn referencing_template(
-    rollouts: &Store<Rollout>,
-    namespace: &Option<String>,
-    name: &str,
-    cluster: bool,
-) -> Vec<ObjectRef<Rollout>> {
-    let names_it = |refs: &[sluice_api::common::AnalysisTemplateRef]| {
-        refs.iter()
-            .any(|r| r.template_name == name && r.cluster_scope == cluster)
-    };
-    let matches = |rollout: &Rollout| {
-        let strategy = &rollout.spec.strategy;
-        strategy.canary.as_ref().is_some_and(|c| {
-            rollout_analysis::template_refs(c)
-                .iter()
-                .any(|(_, refs)| names_it(refs))
-        }) || strategy.blue_green.as_ref().is_some_and(|b| {
-            rollout_analysis::blue_green_template_refs(b)
-                .iter()
-                .any(|(_, refs)| names_it(refs))
-        })
-    };
-    if cluster {
-        rollouts
-            .state()
-            .iter()
-            .filter(|r| matches(r))
-            .map(|r| ObjectRef::from_obj(r.as_ref()))
-            .collect()
-    } else {
-        referencing(rollouts, namespace, matches)
+/// The objects a Rollout names (its Services, route and templates), by which the cache indexes it:
+/// a change to one of them wakes the Rollout.
+pub fn references(rollout: &Rollout) -> Vec<Reference> {
+    let strategy = &rollout.spec.strategy;
+    let mut references: Vec<Reference> = Vec::new();
+    let mut template_refs = Vec::new();
+    if let Some(canary) = &strategy.canary {
+        references.extend(
+            [&canary.canary_service, &canary.stable_service]
+                .into_iter()
+                .flatten()
+                .map(|s| Reference::Service(s.clone())),
+        );
+        references.extend(traffic::router(canary).references());
+        template_refs.extend(rollout_analysis::template_refs(canary));
     }
-}
-
-/// The Rollouts in `namespace` for which `matches` holds.
-pub(crate) fn referencing(
-    rollouts: &Store<Rollout>,
-    namespace: &Option<String>,
-    matches: impl Fn(&Rollout) -> bool,
-) -> Vec<ObjectRef<Rollout>> {
-    rollouts
-        .state()
-        .iter()
-        .filter(|r| r.namespace() == *namespace && matches(r))
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
+    if let Some(blue_green) = &strategy.blue_green {
+        references.push(Reference::Service(blue_green.active_service.clone()));
+        references.extend(blue_green.preview_service.clone().map(Reference::Service));
+        template_refs.extend(rollout_analysis::blue_green_template_refs(blue_green));
+    }
+    for (_, refs) in template_refs {
+        references.extend(refs.iter().map(|r| {
+            let name = r.template_name.clone();
+            if r.cluster_scope {
+                Reference::ClusterTemplate(name)
+            } else {
+                Reference::Template(name)
+            }
+        }));
+    }
+    references.sort();
+    references.dedup();
+    references
 }
 
 pub(super) fn view(rs: &ReplicaSet) -> Option<ReplicaSetView> {
@@ -123,6 +91,31 @@ pub(super) fn view(rs: &ReplicaSet) -> Option<ReplicaSetView> {
             .creation_timestamp
             .as_ref()
             .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+    })
+}
+
+/// A pod as the engine sees it (`now` stands in for a Ready condition with no transition time).
+pub(super) fn pod_view(pod: &Pod, now: Timestamp) -> Option<PodView> {
+    let hash = pod.labels().get(POD_TEMPLATE_HASH_LABEL)?.clone();
+    let ready_since = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == "True")
+        .map(|c| c.last_transition_time.as_ref().map_or(now, |t| t.0));
+    Some(PodView {
+        name: pod.name_any(),
+        hash,
+        created: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        ready_since,
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        labels: pod.labels().clone(),
+        annotations: pod.annotations().clone(),
     })
 }
 
@@ -217,14 +210,5 @@ impl<'a> Strategy<'a> {
             Self::Canary(c) => c.canary_service.as_ref(),
             Self::BlueGreen(b) => b.preview_service.as_ref(),
         }
-    }
-
-    /// Pods that may be missing during a restart.
-    pub(super) fn max_unavailable(&self, replicas: i32) -> i32 {
-        let (surge, unavailable) = match self {
-            Self::Canary(c) => (c.max_surge.as_ref(), c.max_unavailable.as_ref()),
-            Self::BlueGreen(_) => (None, None),
-        };
-        replicas::surge_and_unavailable(replicas, surge, unavailable).1
     }
 }

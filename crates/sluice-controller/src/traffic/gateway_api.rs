@@ -5,15 +5,13 @@
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch};
 use kube::core::GroupVersionKind;
-use kube::runtime::reflector::{ObjectRef, Store};
 use serde_json::json;
-use sluice_api::Rollout;
 use sluice_api::names::ROUTE_IN_FLIGHT_ANNOTATION;
 use sluice_engine::release::Traffic;
 use tracing::info;
 
 use super::TrafficRouter;
-use crate::cache::Caches;
+use crate::cache::{Caches, Reference};
 use crate::error::Error;
 use crate::{Context, writer};
 
@@ -51,6 +49,10 @@ fn backend_positions(route: &DynamicObject, service: &str) -> Vec<(usize, usize)
 }
 
 impl TrafficRouter for GatewayApi<'_> {
+    fn references(&self) -> Vec<Reference> {
+        vec![Reference::Route(self.route.to_owned())]
+    }
+
     fn check(&self, caches: &Caches, namespace: &str) -> Result<(), String> {
         let route_name = self.route;
         let Some(route) = caches.route(namespace, route_name) else {
@@ -119,21 +121,4 @@ impl TrafficRouter for GatewayApi<'_> {
         }
         Ok(())
     }
-}
-
-/// The Rollouts in the namespace of an HTTPRoute that route traffic through it.
-pub fn referencing_route(
-    rollouts: &Store<Rollout>,
-    route: &DynamicObject,
-) -> Vec<ObjectRef<Rollout>> {
-    let name = route.name_any();
-    crate::rollout::referencing(rollouts, &route.namespace(), |rollout| {
-        rollout
-            .spec
-            .strategy
-            .canary
-            .as_ref()
-            .and_then(|c| c.traffic_routing.as_ref())
-            .is_some_and(|t| t.gateway_api.http_route == name)
-    })
 }

@@ -13,11 +13,14 @@ use sluice_api::rollout::CanaryStrategy;
 use sluice_engine::release::Traffic;
 
 use crate::Context;
-use crate::cache::Caches;
+use crate::cache::{Caches, Reference};
 use crate::error::Error;
 
 /// What the rest of the controller asks of a traffic router.
 pub trait TrafficRouter {
+    /// The objects the router reads (in the Rollout's namespace): a change to one wakes the Rollout.
+    fn references(&self) -> Vec<Reference>;
+
     /// What only the controller can check about the router's configuration (its objects exist and
     /// name the Rollout's Services), read from the caches: the problem, said for the user.
     fn check(&self, caches: &Caches, namespace: &str) -> Result<(), String>;
@@ -61,6 +64,13 @@ pub fn router(canary: &CanaryStrategy) -> Router<'_> {
 }
 
 impl TrafficRouter for Router<'_> {
+    fn references(&self) -> Vec<Reference> {
+        match self {
+            Self::GatewayApi(r) => r.references(),
+            Self::Replicas(r) => r.references(),
+        }
+    }
+
     fn check(&self, caches: &Caches, namespace: &str) -> Result<(), String> {
         match self {
             Self::GatewayApi(r) => r.check(caches, namespace),

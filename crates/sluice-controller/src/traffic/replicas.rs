@@ -5,13 +5,17 @@ use sluice_engine::release::Traffic;
 
 use super::TrafficRouter;
 use crate::Context;
-use crate::cache::Caches;
+use crate::cache::{Caches, Reference};
 use crate::error::Error;
 
 /// The split by replica counts: nothing to check, nothing to write.
 pub struct Replicas;
 
 impl TrafficRouter for Replicas {
+    fn references(&self) -> Vec<Reference> {
+        Vec::new()
+    }
+
     fn check(&self, _caches: &Caches, _namespace: &str) -> Result<(), String> {
         Ok(())
     }

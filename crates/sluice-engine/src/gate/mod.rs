@@ -1,9 +1,10 @@
-//! The `ErrorBudgetGate`'s logic: budget and burn-rate math, the queries a controller must run, the
+//! The `ErrorBudgetGate`'s logic: budget and burn-rate math, the windows an evaluation needs, the
 //! gate's state machine with hysteresis, and whether a Rollout's revision may go ahead.
 //!
-//! Pure: the controller runs the queries this module plans (a fixed number per gate, however many
-//! Rollouts it selects), hands the ratios in with the time, writes the status, publishes the events,
-//! and asks [`release_decision`] for each Rollout the gate selects.
+//! Pure: the controller measures the error ratio of each window [`planned_windows`] names (a fixed
+//! number per gate, however many Rollouts it selects; the PromQL is `sluice_analysis::slo`'s),
+//! hands the ratios in with the time, writes the status, publishes the events, and asks
+//! [`release_decision`] for each Rollout the gate selects.
 //!
 //! Math (SRE workbook), with the objective `o` in percent and the error budget `b = 1 - o/100`:
 //! the burn rate over a window is `error ratio / b`; the budget left over the SLO window is
@@ -12,10 +13,10 @@
 mod admission;
 mod budget;
 mod decision;
-mod queries;
 mod state;
 #[cfg(test)]
 mod tests;
+mod windows;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,11 +35,11 @@ pub use budget::{
 pub use decision::{
     GatePolicy, ReleaseDecision, RevisionFacts, RevisionKind, combine, release_decision,
 };
-pub use queries::{RatioQuery, error_ratio_query, planned_windows, query_plan};
 pub use state::{
     GateEvaluation, GateEvent, evaluate, evaluation_interval, holds_releases, in_flight_policy,
     last_known_state, next_state, on_unknown,
 };
+pub use windows::planned_windows;
 
 /// Annotation on a Rollout that lets its current revision through a holding gate; its value is the
 /// reason, recorded in the Rollout's status and an Event. An empty reason does not bypass.

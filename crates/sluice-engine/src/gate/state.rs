@@ -12,7 +12,7 @@ use sluice_api::gate::{
 };
 
 use super::budget::{budget_remaining_percent, error_budget, evaluate_burn_rates, sanitize_ratio};
-use super::queries::{error_ratio_query, planned_windows};
+use super::windows::planned_windows;
 use super::{
     CONDITION_READY, CONDITION_RELEASES_HELD, DEFAULT_EVALUATION_INTERVAL, HISTORY_LIMIT,
     Measurements, REASON_BUDGET_CRITICAL, REASON_BUDGET_EXHAUSTED, REASON_BUDGET_HEALTHY,
@@ -264,7 +264,7 @@ fn judge(spec: &ErrorBudgetGateSpec, measurements: Result<&Measurements, &str>) 
             ),
         };
     }
-    if let Err(message) = error_ratio_query(&spec.sli, &spec.window, &spec.window) {
+    if let Err(message) = spec.sli.source() {
         return Verdict::Unknown {
             reason: REASON_INVALID_SPEC,
             message,

@@ -1,12 +1,12 @@
 //! What the controller costs the API server: a settled Rollout's reconcile reads its caches and sends
 //! nothing; an abort sends only the writes that carry it out. Counted by the controller itself in
-//! `sluice_api_requests_total` (verb, resource), which this test reads from `/metrics`.
+//! `sluice_api_requests_total` (verb, resource) and per reconcile in
+//! `sluice_rollout_reconcile_api_requests`, which this test reads from `/metrics`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use sluice_api::rollout::{Rollout, RolloutPhase};
@@ -20,10 +20,12 @@ use crate::canary::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Requests by (verb, resource), and the Rollout reconciles so far.
+/// Requests by (verb, resource), the Rollout reconciles so far, and the requests the finished
+/// reconciles sent (the per-reconcile histogram's sum).
 struct Counts {
     requests: BTreeMap<(String, String), u64>,
     reconciles: u64,
+    reconcile_requests: u64,
 }
 
 impl Counts {
@@ -31,6 +33,7 @@ impl Counts {
         let body = sluice_e2e::http_get(&controller.http, "/metrics").await?;
         let mut requests = BTreeMap::new();
         let mut reconciles = 0;
+        let mut reconcile_requests = 0;
         for line in body.lines() {
             let Some((series, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -38,6 +41,8 @@ impl Counts {
             let value: u64 = value.parse::<f64>().map_or(0, |v| v as u64);
             if series == "sluice_rollout_reconciles_total" {
                 reconciles = value;
+            } else if series == "sluice_rollout_reconcile_api_requests_sum" {
+                reconcile_requests = value;
             } else if let Some(labels) = series.strip_prefix("sluice_api_requests_total{") {
                 let label = |name: &str| {
                     labels
@@ -52,6 +57,7 @@ impl Counts {
         Ok(Self {
             requests,
             reconciles,
+            reconcile_requests,
         })
     }
 
@@ -128,9 +134,9 @@ async fn a_settled_rollout_costs_no_requests_and_an_abort_only_its_writes() -> R
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Settled: reconciles woken by the Rollout's own metadata and by its Services read caches only.
+    // Settled: reconciles woken by the Rollout's own metadata and by a template it names read caches
+    // only. (A Service's labels would wake nothing: the cache keeps only what a decision reads.)
     let before = Counts::read(&controller).await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let mut settled = Counts::read(&controller).await?;
     for i in 0..3 {
         let touch = json!({"metadata": {"annotations": {"e2e.sluice.dev/touch": i.to_string()}}});
@@ -138,8 +144,8 @@ async fn a_settled_rollout_costs_no_requests_and_an_abort_only_its_writes() -> R
             .await?;
         settled = after_reconciles(&controller, &settled, 1).await?;
         let touch = json!({"metadata": {"labels": {"e2e.sluice.dev/touch": i.to_string()}}});
-        services
-            .patch("web-stable", &PatchParams::default(), &Patch::Merge(&touch))
+        templates
+            .patch("checks", &PatchParams::default(), &Patch::Merge(&touch))
             .await?;
         settled = after_reconciles(&controller, &settled, 1).await?;
     }
@@ -151,6 +157,11 @@ async fn a_settled_rollout_costs_no_requests_and_an_abort_only_its_writes() -> R
     ensure!(
         sent.is_empty(),
         "a settled Rollout's reconciles sent requests: {sent:?}"
+    );
+    ensure!(
+        settled.reconcile_requests == before.reconcile_requests,
+        "the per-reconcile count says settled reconciles sent {} requests",
+        settled.reconcile_requests - before.reconcile_requests
     );
 
     // A release paused at 50%, then aborted.
@@ -199,5 +210,16 @@ async fn a_settled_rollout_costs_no_requests_and_an_abort_only_its_writes() -> R
     );
     let writes: u64 = sent.values().sum();
     ensure!(writes <= 5, "an abort took {writes} requests: {sent:?}");
+    // The reconciles sent them all but the Event, which a background task sends.
+    let events = sent
+        .iter()
+        .filter(|((_, resource), _)| resource == "events")
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    let by_reconciles = aborted.reconcile_requests - before.reconcile_requests;
+    ensure!(
+        by_reconciles == writes - events,
+        "the per-reconcile count ({by_reconciles}) differs from the requests sent ({sent:?})"
+    );
     Ok(())
 }

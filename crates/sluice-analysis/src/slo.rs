@@ -1,32 +1,18 @@
-//! The query plan: the windows a gate measures and the PromQL, one error ratio per window, that the
-//! controller runs for it (from `events` queries, Sloth or Pyrra recording rules). The number of
+//! An ErrorBudgetGate's queries: the PromQL, one error ratio per window the engine's gate logic
+//! needs ([`planned_windows`]), from `events` queries, Sloth or Pyrra recording rules. The number of
 //! queries depends on the gate's spec only, never on how many Rollouts it selects.
 
-use sluice_api::gate::{ErrorBudgetGateSpec, ServiceLevelIndicator};
-
-use super::WINDOW_PLACEHOLDER;
+use sluice_api::gate::{ErrorBudgetGateSpec, ServiceLevelIndicator, SliSource};
+use sluice_engine::gate::{WINDOW_PLACEHOLDER, planned_windows};
 
 /// One error ratio the controller must measure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RatioQuery {
-    /// The window, as written in the spec; the key of the result in [`Measurements`](super::Measurements).
+    /// The window, as written in the spec; the key of the result in the engine's
+    /// [`Measurements`](sluice_engine::gate::Measurements).
     pub window: String,
     /// PromQL answering a single error ratio (bad / all events) over `window`.
     pub promql: String,
-}
-
-/// The windows a gate measures: its SLO window first, then each distinct burn-rate window in the
-/// order the alerts name them. Its length depends on the spec only, never on the Rollouts selected.
-pub fn planned_windows(spec: &ErrorBudgetGateSpec) -> Vec<String> {
-    let mut windows = vec![spec.window.clone()];
-    for alert in &spec.burn_rate_alerts {
-        for window in [&alert.long_window, &alert.short_window] {
-            if !windows.contains(window) {
-                windows.push(window.clone());
-            }
-        }
-    }
-    windows
 }
 
 /// The queries of one evaluation, one per [`planned_windows`] entry. `Err` when the SLI sets none
@@ -57,28 +43,27 @@ pub fn error_ratio_query(
     slo_window: &str,
     window: &str,
 ) -> Result<String, String> {
-    match (&sli.events, &sli.sloth, &sli.pyrra) {
-        (Some(events), None, None) => Ok(format!(
+    Ok(match sli.source()? {
+        SliSource::Events(events) => format!(
             "({}) / ({})",
             events.error_query.replace(WINDOW_PLACEHOLDER, window),
             events.total_query.replace(WINDOW_PLACEHOLDER, window)
-        )),
-        (None, Some(sloth), None) => Ok(format!(
+        ),
+        SliSource::Sloth(sloth) => format!(
             "max(slo:sli_error:ratio_rate{window}{{sloth_service=\"{}\",sloth_slo=\"{}\"}})",
             escape_label(&sloth.service),
             escape_label(&sloth.slo)
-        )),
-        (None, None, Some(pyrra)) if window == slo_window => Ok(format!(
+        ),
+        SliSource::Pyrra(pyrra) if window == slo_window => format!(
             "1 - max(pyrra_availability{{slo=\"{}\"}})",
             escape_label(&pyrra.slo)
-        )),
-        (None, None, Some(pyrra)) => Ok(format!(
+        ),
+        SliSource::Pyrra(pyrra) => format!(
             "max({}:burnrate{window}{{slo=\"{}\"}})",
             pyrra.metric,
             escape_label(&pyrra.slo)
-        )),
-        _ => Err("sli must set exactly one of events, sloth or pyrra".to_owned()),
-    }
+        ),
+    })
 }
 
 /// A PromQL label value, quoted with `"`.
@@ -89,19 +74,27 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gate::tests::{spec, spec_json};
+    use sluice_api::gate::ErrorBudgetGateSpec;
 
-    #[test]
-    fn the_plan_is_the_slo_window_plus_each_distinct_burn_window() {
-        assert_eq!(planned_windows(&spec()), ["28d", "1h", "5m", "6h", "30m"]);
-        let shared = spec_json(serde_json::json!({"burnRateAlerts": [
-            {"longWindow": "1h", "shortWindow": "5m", "factor": 14.4},
-            {"longWindow": "6h", "shortWindow": "1h", "factor": 6.0},
-            {"longWindow": "1h", "shortWindow": "5m", "factor": 10.0}
-        ]}));
-        assert_eq!(planned_windows(&shared), ["28d", "1h", "5m", "6h"]);
-        let none = spec_json(serde_json::json!({"burnRateAlerts": []}));
-        assert_eq!(planned_windows(&none), ["28d"]);
+    fn spec_json(extra: serde_json::Value) -> ErrorBudgetGateSpec {
+        let mut base = serde_json::json!({
+            "selector": {"matchLabels": {"app": "checkout"}},
+            "objective": 99.9,
+            "window": "28d",
+            "sli": {"events": {
+                "errorQuery": "sum(increase(http_requests_total{job=\"checkout\",code=~\"5..\"}[{{window}}]))",
+                "totalQuery": "sum(increase(http_requests_total{job=\"checkout\"}[{{window}}]))"
+            }},
+            "prometheus": {"address": "http://prometheus:9090"}
+        });
+        if let (Some(base), serde_json::Value::Object(extra)) = (base.as_object_mut(), extra) {
+            base.extend(extra);
+        }
+        serde_json::from_value(base).expect("spec")
+    }
+
+    fn spec() -> ErrorBudgetGateSpec {
+        spec_json(serde_json::json!({}))
     }
 
     #[test]

@@ -486,6 +486,21 @@ pub fn trim_pod(pod: &mut Pod) {
     });
 }
 
+/// An AnalysisRun as the controllers see it: once it has finished, without its measurements (the
+/// Rollout reads its phase, message and each metric's verdict; the run's own reconciler no longer
+/// looks at it). A running run is kept whole: its reconciler records the next measurement on it.
+pub fn trim_run(run: &mut AnalysisRun) {
+    if let Some(status) = run.status.as_mut()
+        && status
+            .phase
+            .is_some_and(sluice_engine::analysis::is_completed)
+    {
+        for result in &mut status.metric_results {
+            result.measurements = Vec::new();
+        }
+    }
+}
+
 /// A Service as the controller sees it: that it exists, and its selector.
 pub fn trim_service(service: &mut Service) {
     service.metadata.annotations = None;

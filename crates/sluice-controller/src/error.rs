@@ -12,6 +12,9 @@ pub enum Error {
     /// The Rollout has no namespace (it is namespaced; this cannot happen with a real API server).
     #[error("Rollout {0} has no namespace")]
     NoNamespace(String),
+    /// The plan asked for something its observation did not include: a bug in Sluice; retried.
+    #[error("the plan needs {0}, which was not observed before the decision (a bug); retrying")]
+    Unobserved(String),
     /// The reconcile took longer than this (an API request that does not answer); retried.
     #[error("reconcile did not finish within {0:?}; retrying")]
     Timeout(std::time::Duration),
@@ -25,6 +28,7 @@ impl Error {
             Self::Serialization(_) => "serialization",
             Self::NoNamespace(_) => "no_namespace",
             Self::Timeout(_) => "timeout",
+            Self::Unobserved(_) => "unobserved",
         }
     }
 }

@@ -365,7 +365,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             api: scoped::<AnalysisRun>(&client, namespace),
             // All runs: the AnalysisRun controller also measures runs that people create.
             config: watcher::Config::default(),
-            trim: cache::keep_all,
+            trim: cache::trim_run,
             owner: Some((cache::rollout_label, ctx.caches.run_index.clone())),
             references: None,
             subscribers: 2,

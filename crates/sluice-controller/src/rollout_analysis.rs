@@ -3,13 +3,15 @@
 //! when the release moves on, and deleted with the revision they measured.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{
-    AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisTemplateSpec, Argument,
+    AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisTemplate, AnalysisTemplateSpec, Argument,
+    ClusterAnalysisTemplate,
 };
 use sluice_api::common::{AnalysisRunArgument, AnalysisTemplateRef, PodTemplateHashValue};
 use sluice_api::names::{ANALYSIS_KIND_LABEL, ROLLOUT_LABEL, STABLE_HASH_ANNOTATION, STEP_LABEL};
@@ -69,27 +71,46 @@ fn view(run: &AnalysisRun) -> RunView {
     }
 }
 
-/// The template specs named by `refs`, from the cache, or what is wrong with them (a missing
-/// template).
+/// An analysis template as the cache holds it, namespaced or cluster-scoped.
+#[derive(Clone)]
+pub enum Template {
+    Namespaced(Arc<AnalysisTemplate>),
+    Cluster(Arc<ClusterAnalysisTemplate>),
+}
+
+impl Template {
+    pub fn spec(&self) -> &AnalysisTemplateSpec {
+        match self {
+            Self::Namespaced(t) => &t.spec,
+            Self::Cluster(t) => &t.spec.template,
+        }
+    }
+}
+
+/// The templates each field of a Rollout's strategy names, by that field
+/// (`spec.strategy.canary.steps[2].analysis`).
+pub type Templates = BTreeMap<String, Vec<Template>>;
+
+/// The templates named by `refs`, from the cache, or what is wrong with them (a missing template).
 pub fn templates(
     caches: &Caches,
     namespace: &str,
     refs: &[AnalysisTemplateRef],
     field: &str,
-) -> Result<Vec<AnalysisTemplateSpec>, String> {
-    let mut specs = Vec::new();
+) -> Result<Vec<Template>, String> {
+    let mut found = Vec::new();
     for reference in refs {
         let name = &reference.template_name;
-        let spec = if reference.cluster_scope {
+        let template = if reference.cluster_scope {
             caches
                 .cluster_templates
                 .get(&ObjectRef::new(name))
-                .map(|t| t.spec.template.clone())
+                .map(Template::Cluster)
         } else {
-            cache::get(&caches.templates, namespace, name).map(|t| t.spec.clone())
+            cache::get(&caches.templates, namespace, name).map(Template::Namespaced)
         };
-        match spec {
-            Some(spec) => specs.push(spec),
+        match template {
+            Some(template) => found.push(template),
             None => {
                 let kind = if reference.cluster_scope {
                     "ClusterAnalysisTemplate".to_owned()
@@ -100,7 +121,7 @@ pub fn templates(
             }
         }
     }
-    Ok(specs)
+    Ok(found)
 }
 
 /// Every template reference of the canary strategy, with the field that names it.
@@ -174,7 +195,7 @@ fn field_of(rollout: &Rollout, path: &str) -> Option<String> {
 /// The run's spec: the templates' metrics merged, their arguments filled from the Rollout's.
 fn run_spec(
     rollout: &Rollout,
-    templates: Vec<AnalysisTemplateSpec>,
+    templates: &[Template],
     args: &[AnalysisRunArgument],
     hash: &str,
     stable: &str,
@@ -187,18 +208,20 @@ fn run_spec(
         terminate: false,
     };
     let mut merged: BTreeMap<String, Argument> = BTreeMap::new();
-    for template in templates {
-        for metric in template.metrics {
+    for template in templates.iter().map(Template::spec) {
+        for metric in &template.metrics {
             if !spec.metrics.iter().any(|m| m.name == metric.name) {
-                spec.metrics.push(metric);
+                spec.metrics.push(metric.clone());
             }
         }
-        for arg in template.args {
-            merged.entry(arg.name.clone()).or_insert(arg);
+        for arg in &template.args {
+            merged
+                .entry(arg.name.clone())
+                .or_insert_with(|| arg.clone());
         }
-        spec.dry_run.extend(template.dry_run);
+        spec.dry_run.extend(template.dry_run.iter().cloned());
         spec.measurement_retention
-            .extend(template.measurement_retention);
+            .extend(template.measurement_retention.iter().cloned());
     }
     for given in args {
         let value = match (&given.value, &given.value_from) {
@@ -224,24 +247,25 @@ fn run_spec(
     spec
 }
 
-/// Carries out the plan's run changes: creates the runs it starts (from their templates, read from
-/// the caches), stops and deletes the others. `Ok(Err(problem))` is a user error (a template that
-/// went missing since the spec was checked) to report.
+/// Carries out the plan's run changes: creates the runs it starts (from the templates observed
+/// before the decision), stops and deletes the others.
 pub async fn apply(
     ctx: &Context,
     rollout: &Rollout,
     namespace: &str,
-    hash: &str,
-    stable: &str,
+    templates: &Templates,
+    (hash, stable): (&str, &str),
     runs: &RunPlan,
-) -> Result<Result<(), String>, Error> {
+) -> Result<(), Error> {
     let api: Api<AnalysisRun> = Api::namespaced(ctx.client.clone(), namespace);
     for start in &runs.start {
-        let specs = match templates(&ctx.caches, namespace, &start.templates, &start.field) {
-            Ok(specs) => specs,
-            Err(problem) => return Ok(Err(problem)),
+        let Some(found) = templates.get(&start.field) else {
+            return Err(Error::Unobserved(format!(
+                "the templates of {}, for run {}",
+                start.field, start.name
+            )));
         };
-        let spec = run_spec(rollout, specs, &start.args, hash, stable);
+        let spec = run_spec(rollout, found, &start.args, hash, stable);
         let mut labels = BTreeMap::from([
             (ROLLOUT_LABEL.to_owned(), rollout.name_any()),
             (POD_TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned()),
@@ -280,5 +304,5 @@ pub async fn apply(
     for name in &runs.delete {
         api.delete(name, &DeleteParams::background()).await?;
     }
-    Ok(Ok(()))
+    Ok(())
 }

@@ -109,8 +109,8 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     }
     let status = rollout.status.clone().unwrap_or_default();
 
-    let strategy = match check_spec(rollout, ctx, &namespace) {
-        Ok(strategy) => strategy,
+    let (strategy, templates) = match check_spec(rollout, ctx, &namespace) {
+        Ok(checked) => checked,
         Err(problem) => {
             return invalid_spec(rollout, ctx, &status, &problem, Timestamp::now()).await;
         }
@@ -170,11 +170,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     let plan = sluice_engine::decide(&snapshot, strategy.engine());
     execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
     let stable = plan.status.stable_rs.clone().unwrap_or_default();
-    if let Err(problem) =
-        rollout_analysis::apply(ctx, rollout, &namespace, &hash, &stable, &plan.runs).await?
-    {
-        return invalid_spec(rollout, ctx, &status, &problem, now).await;
-    }
+    rollout_analysis::apply(
+        ctx,
+        rollout,
+        &namespace,
+        &templates,
+        (&hash, &stable),
+        &plan.runs,
+    )
+    .await?;
 
     record(ctx, rollout, &status, &plan).await?;
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {

@@ -15,7 +15,7 @@ use sluice_api::names::SCALE_DOWN_AT_ANNOTATION;
 
 use crate::Context;
 use crate::cache::{self, Reference};
-use crate::rollout_analysis;
+use crate::rollout_analysis::{self, Templates};
 use crate::traffic::{self, TrafficRouter};
 
 /// What of a Rollout wakes its reconcile: its spec (generation), labels, annotations (people's
@@ -119,13 +119,14 @@ pub(super) fn pod_view(pod: &Pod, now: Timestamp) -> Option<PodView> {
     })
 }
 
-/// What only the controller can check, read from the caches: the strategy, or what is wrong with
-/// the spec (a user error to report, not a failure).
+/// What only the controller can check, read from the caches: the strategy and the templates its
+/// fields name, or what is wrong with the spec (a user error to report, not a failure).
 pub(super) fn check_spec<'a>(
     rollout: &'a Rollout,
     ctx: &Context,
     namespace: &str,
-) -> Result<Strategy<'a>, String> {
+) -> Result<(Strategy<'a>, Templates), String> {
+    let mut templates = Templates::new();
     if rollout.spec.template.is_none() {
         return Err(
             "spec.workloadRef is not supported by this version of Sluice; set spec.template"
@@ -153,9 +154,10 @@ pub(super) fn check_spec<'a>(
                 }
             }
             for (field, refs) in rollout_analysis::blue_green_template_refs(blue_green) {
-                rollout_analysis::templates(caches, namespace, refs, &field)?;
+                let found = rollout_analysis::templates(caches, namespace, refs, &field)?;
+                templates.insert(field, found);
             }
-            return Ok(Strategy::BlueGreen(blue_green));
+            return Ok((Strategy::BlueGreen(blue_green), templates));
         }
         (None, None) => {
             return Err("spec.strategy sets neither canary nor blueGreen".to_owned());
@@ -175,9 +177,10 @@ pub(super) fn check_spec<'a>(
     }
     traffic::router(canary).check(caches, namespace)?;
     for (field, refs) in rollout_analysis::template_refs(canary) {
-        rollout_analysis::templates(caches, namespace, refs, &field)?;
+        let found = rollout_analysis::templates(caches, namespace, refs, &field)?;
+        templates.insert(field, found);
     }
-    Ok(Strategy::Canary(canary))
+    Ok((Strategy::Canary(canary), templates))
 }
 
 /// A Rollout's release strategy, with what the executor needs from either kind.

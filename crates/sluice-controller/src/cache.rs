@@ -578,3 +578,88 @@ where
 {
     changes.map(Ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(namespace: &str, name: &str) -> Service {
+        let mut service = Service::default();
+        service.metadata.namespace = Some(namespace.to_owned());
+        service.metadata.name = Some(name.to_owned());
+        service
+    }
+
+    fn referrers(index: &ReferenceIndex, namespace: Option<&str>, r: Reference) -> Vec<String> {
+        index
+            .referrers::<Service>(namespace.map(str::to_owned), r)
+            .into_iter()
+            .map(|o| format!("{}/{}", o.namespace.unwrap_or_default(), o.name))
+            .collect()
+    }
+
+    #[test]
+    fn referrers_follow_what_each_object_names_now() {
+        let index = ReferenceIndex::default();
+        let a = named("team-a", "web");
+        let b = named("team-b", "web");
+        if let Ok(mut maps) = index.maps.write() {
+            maps.insert(&a, vec![Reference::Service("stable".into())]);
+            maps.insert(
+                &b,
+                vec![
+                    Reference::Service("stable".into()),
+                    Reference::ClusterTemplate("checks".into()),
+                ],
+            );
+        }
+        let stable = || Reference::Service("stable".into());
+        // A Service named the same in another namespace is another Service.
+        assert_eq!(referrers(&index, Some("team-a"), stable()), ["team-a/web"]);
+        assert_eq!(referrers(&index, Some("team-b"), stable()), ["team-b/web"]);
+        assert_eq!(
+            referrers(&index, None, Reference::ClusterTemplate("checks".into())),
+            ["team-b/web"]
+        );
+        // Naming something else drops the old reference; deletion drops them all.
+        if let Ok(mut maps) = index.maps.write() {
+            maps.insert(&a, vec![Reference::Service("other".into())]);
+            maps.remove(&b);
+        }
+        assert!(referrers(&index, Some("team-a"), stable()).is_empty());
+        assert!(referrers(&index, Some("team-b"), stable()).is_empty());
+        assert_eq!(
+            referrers(&index, Some("team-a"), Reference::Service("other".into())),
+            ["team-a/web"]
+        );
+        assert!(index.maps.read().is_ok_and(|m| m.named_by.len() == 1));
+    }
+
+    #[test]
+    fn only_what_survives_trimming_counts_as_a_change() {
+        let mut rs = ReplicaSet::default();
+        rs.metadata.name = Some("web-abc".into());
+        rs.metadata.resource_version = Some("1".into());
+        rs.status = Some(ReplicaSetStatus {
+            replicas: 1,
+            available_replicas: Some(1),
+            observed_generation: Some(1),
+            ..ReplicaSetStatus::default()
+        });
+        let mut bookkeeping = rs.clone();
+        bookkeeping.metadata.resource_version = Some("2".into());
+        if let Some(status) = bookkeeping.status.as_mut() {
+            status.observed_generation = Some(2);
+            status.fully_labeled_replicas = Some(1);
+        }
+        let mut availability = rs.clone();
+        if let Some(status) = availability.status.as_mut() {
+            status.available_replicas = Some(0);
+        }
+        for object in [&mut rs, &mut bookkeeping, &mut availability] {
+            trim_replica_set(object);
+        }
+        assert_eq!(content_hash(&rs), content_hash(&bookkeeping));
+        assert_ne!(content_hash(&rs), content_hash(&availability));
+    }
+}

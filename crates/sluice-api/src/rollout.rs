@@ -91,6 +91,7 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "sluice.dev/pod-template-hash";
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.template), has(self.workloadRef)].exists_one(x, x)").message("set exactly one of spec.template or spec.workloadRef"))]
+#[x_kube(validation = Rule::new("!has(self.template) || !has(self.template.spec) || self.template.spec.containers.all(c, has(c.image) && c.image != '') && (!has(self.template.spec.initContainers) || self.template.spec.initContainers.all(c, has(c.image) && c.image != ''))").message("every container in spec.template.spec.containers and initContainers needs an image (a ReplicaSet without one is refused)").field_path(".template.spec.containers"))]
 #[x_kube(validation = Rule::new("!has(self.selector.matchLabels) || !has(self.template) || has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k])").message("spec.selector.matchLabels must all appear, with the same values, in spec.template.metadata.labels").field_path(".selector"))]
 #[x_kube(validation = Rule::new("!has(self.minReadySeconds) || self.progressDeadlineSeconds > self.minReadySeconds").message("spec.progressDeadlineSeconds must be greater than spec.minReadySeconds").field_path(".progressDeadlineSeconds"))]
 pub struct RolloutSpec {

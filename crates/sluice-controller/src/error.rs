@@ -4,8 +4,15 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The API server refused or failed a request; retried with backoff.
-    #[error("Kubernetes API request failed: {0}")]
+    #[error("Kubernetes API request failed: {}", api_words(.0))]
     Kube(#[from] kube::Error),
+    /// The API server refused or failed a write of `object`; retried with backoff.
+    #[error("writing {object}: {}", api_words(.source))]
+    Write {
+        /// The object being written, e.g. `ReplicaSet web-6d4b9c7f5`.
+        object: String,
+        source: kube::Error,
+    },
     /// The object could not be (de)serialized; a bug, or a field this version does not know.
     #[error("could not encode or decode an object: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -18,6 +25,9 @@ pub enum Error {
     /// The reconcile took longer than this (an API request that does not answer); retried.
     #[error("reconcile did not finish within {0:?}; retrying")]
     Timeout(std::time::Duration),
+    /// The reconcile panicked (a bug in Sluice); the process carries on and the reconcile is retried.
+    #[error("reconcile panicked (a bug in Sluice): {0}")]
+    Panic(String),
 }
 
 impl Error {
@@ -25,10 +35,74 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
+            Self::Write { .. } => "write",
             Self::Serialization(_) => "serialization",
             Self::NoNamespace(_) => "no_namespace",
             Self::Timeout(_) => "timeout",
             Self::Unobserved(_) => "unobserved",
+            Self::Panic(_) => "panic",
         }
+    }
+
+    /// The reason of the condition and Event that report it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "ApiRequestFailed",
+            Self::Write { .. } => "WriteRefused",
+            Self::Serialization(_) => "EncodingFailed",
+            Self::NoNamespace(_) => "NoNamespace",
+            Self::Timeout(_) => "ReconcileTimeout",
+            Self::Unobserved(_) | Self::Panic(_) => "InternalError",
+        }
+    }
+}
+
+/// The API server's own words for a failed request: its message, status code and reason.
+fn api_words(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Names the object a request was writing, for the error that reports its failure.
+pub trait Writing<T> {
+    fn writing(self, object: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T> Writing<T> for Result<T, kube::Error> {
+    fn writing(self, object: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|source| Error::Write {
+            object: object(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_write_names_the_object_in_the_api_servers_words() {
+        let refused: Result<(), kube::Error> = Err(kube::Error::Api(
+            kube::core::Status::failure(
+                "ReplicaSet.apps \"web-1\" is invalid: spec.template.spec.containers[0].image: Required value",
+                "Invalid",
+            )
+            .with_code(422)
+            .boxed(),
+        ));
+        let error = refused
+            .writing(|| "ReplicaSet web-1".to_owned())
+            .expect_err("refused");
+        assert_eq!(
+            error.to_string(),
+            "writing ReplicaSet web-1: ReplicaSet.apps \"web-1\" is invalid: \
+             spec.template.spec.containers[0].image: Required value (422 Invalid)"
+        );
+        assert_eq!(error.reason(), "WriteRefused");
     }
 }

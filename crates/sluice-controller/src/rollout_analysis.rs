@@ -20,7 +20,7 @@ use sluice_engine::runs::{RunPlan, RunSlot, RunView};
 use tracing::info;
 
 use crate::cache::{self, Caches};
-use crate::error::Error;
+use crate::error::{Error, Writing};
 use crate::writer;
 use crate::{Context, FIELD_MANAGER};
 
@@ -290,19 +290,24 @@ pub async fn apply(
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&manifest),
         )
-        .await?;
+        .await
+        .writing(|| format!("AnalysisRun {}", start.name))?;
         info!(analysisrun = start.name.as_str(), "started an analysis run");
     }
     for name in &runs.terminate {
         let patch = json!({"spec": {"terminate": true}});
-        api.patch(name, &writer(), &Patch::Merge(&patch)).await?;
+        api.patch(name, &writer(), &Patch::Merge(&patch))
+            .await
+            .writing(|| format!("(stopping) AnalysisRun {name}"))?;
         info!(
             analysisrun = name.as_str(),
             "stopped an analysis run the release no longer needs"
         );
     }
     for name in &runs.delete {
-        api.delete(name, &DeleteParams::background()).await?;
+        api.delete(name, &DeleteParams::background())
+            .await
+            .writing(|| format!("(deleting) AnalysisRun {name}"))?;
     }
     Ok(())
 }

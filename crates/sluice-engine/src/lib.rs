@@ -60,6 +60,10 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
         s.now,
         s.generation,
     );
+    // The controller got this far: a failure of an earlier reconcile is over.
+    valid
+        .conditions
+        .retain(|c| c.type_ != CONDITION_RECONCILE_ERROR);
     let s = &Snapshot {
         status: &valid,
         ..s.clone()
@@ -144,6 +148,43 @@ pub fn hold_invalid_spec(
     let event = (!already).then(|| Event {
         warning: true,
         reason: "InvalidSpec",
+        message: problem.to_owned(),
+    });
+    (next, event)
+}
+
+/// Condition type set while the controller cannot carry out its decisions for a Rollout.
+pub const CONDITION_RECONCILE_ERROR: &str = "ReconcileError";
+
+/// What a reconcile that failed (`reason`: the kind of failure; `problem`: in the API server's own
+/// words, with the object being written) means for the Rollout's status: nothing else changes (the
+/// failed step is retried with backoff, and stable keeps serving), and the Rollout says so:
+/// `ReconcileError` True, phase Degraded with the problem as its message, and an Event the first
+/// time this problem is seen. The next reconcile that succeeds takes the condition away.
+pub fn hold_reconcile_error(
+    status: &RolloutStatus,
+    reason: &str,
+    problem: &str,
+    generation: i64,
+    now: Timestamp,
+) -> (RolloutStatus, Option<Event>) {
+    let mut next = status.clone();
+    let already = conditions::get(&next.conditions, CONDITION_RECONCILE_ERROR)
+        .is_some_and(|c| c.status == "True" && c.reason == reason && c.message == problem);
+    conditions::set(
+        &mut next.conditions,
+        CONDITION_RECONCILE_ERROR,
+        conditions::ConditionStatus::True,
+        reason,
+        problem,
+        now,
+        generation,
+    );
+    next.phase = Some(RolloutPhase::Degraded);
+    next.message = Some(format!("reconcile failed, retrying: {problem}"));
+    let event = (!already).then(|| Event {
+        warning: true,
+        reason: "ReconcileError",
         message: problem.to_owned(),
     });
     (next, event)

@@ -360,7 +360,17 @@ impl ControllerUnderTest for ArgoRollouts {
                 kubectl_checked(&["apply", "--server-side", "--force-conflicts", "-k", &crds])?;
                 let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
                 wait.extend(ARGO_CRDS);
-                kubectl_checked(&wait)
+                // Right after the apply a CRD may have no conditions at all yet, which `kubectl wait`
+                // reports as an error rather than waiting: try again for a while.
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    match kubectl_checked(&wait) {
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                        done => break done,
+                    }
+                }
             })
             .await
             .context("the kubectl task panicked")?
@@ -694,7 +704,8 @@ fn rates(
         .filter(|(_, delta)| *delta > 0.0)
         .collect();
     deltas.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total: f64 = deltas.iter().map(|(_, d)| d).sum();
+    // A fold from +0.0: an empty `sum` of floats is -0.0, printed "-0".
+    let total: f64 = deltas.iter().fold(0.0, |sum, (_, d)| sum + d);
     let mut breakdown: Vec<String> = deltas
         .iter()
         .take(top)

@@ -20,7 +20,7 @@ use sluice_api::names::{ROLLOUT_LABEL, SCALE_DOWN_AT_ANNOTATION, TEMPLATE_ANNOTA
 
 use super::Strategy;
 use crate::cache;
-use crate::error::Error;
+use crate::error::{Error, Writing};
 use crate::traffic::{self, TrafficRouter};
 use crate::{Context, FIELD_MANAGER, writer};
 
@@ -42,6 +42,30 @@ pub(super) async fn invalid_spec(
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
+/// Reports a failed reconcile on the Rollout (`ReconcileError` condition, phase Degraded with the
+/// problem as its message, an Event when the problem is new); the reconcile is retried with backoff.
+/// If even this write fails (the API server is out of reach), the log is all that is left.
+pub(super) async fn report_failure(rollout: &Rollout, ctx: &Context, error: &Error) {
+    let status = rollout.status.clone().unwrap_or_default();
+    let generation = rollout.metadata.generation.unwrap_or(0);
+    let (next, event) = sluice_engine::hold_reconcile_error(
+        &status,
+        error.reason(),
+        &error.to_string(),
+        generation,
+        Timestamp::now(),
+    );
+    if next != status
+        && let Err(err) = write_status(ctx, rollout, &next).await
+    {
+        warn!(%err, "could not report the failure on the Rollout");
+        return;
+    }
+    if let Some(event) = event {
+        publish(ctx, rollout, event.warning, event.reason, &event.message);
+    }
+}
+
 /// Writes the Rollout's status (server-side apply under the controller's field manager) and
 /// remembers the resourceVersion it got, so that no reconcile decides on an older cached copy.
 async fn write_status(ctx: &Context, rollout: &Rollout, next: &RolloutStatus) -> Result<(), Error> {
@@ -54,7 +78,8 @@ async fn write_status(ctx: &Context, rollout: &Rollout, next: &RolloutStatus) ->
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
-        .await?;
+        .await
+        .writing(|| format!("the status of Rollout {name}"))?;
     ctx.written.wrote(
         &namespace,
         &name,
@@ -99,7 +124,8 @@ pub(super) async fn execute(
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&rs),
             )
-            .await?;
+            .await
+            .writing(|| format!("ReplicaSet {}", name_of(hash)))?;
         info!(hash, replicas, "created ReplicaSet");
     }
     let scale = |h: &str, n: i32| {
@@ -111,6 +137,7 @@ pub(super) async fn execute(
                 .patch(&name, &writer(), &Patch::Merge(&patch))
                 .await
                 .map(|_| ())
+                .writing(|| format!("the size of ReplicaSet {name}"))
         }
     };
     for (h, n) in &plan.scale {
@@ -126,7 +153,8 @@ pub(super) async fn execute(
             let patch = json!({"metadata": {"annotations": {SCALE_DOWN_AT_ANNOTATION: value}}});
             replica_sets
                 .patch(&name_of(h), &writer(), &Patch::Merge(&patch))
-                .await?;
+                .await
+                .writing(|| format!("the scale-down time of ReplicaSet {}", name_of(h)))?;
         }
     }
 
@@ -150,7 +178,8 @@ pub(super) async fn execute(
                 let patch = json!({"spec": {"selector": {POD_TEMPLATE_HASH_LABEL: target}}});
                 services
                     .patch(service, &writer(), &Patch::Merge(&patch))
-                    .await?;
+                    .await
+                    .writing(|| format!("the selector of Service {service}"))?;
             }
         }
     }
@@ -174,7 +203,8 @@ pub(super) async fn execute(
         );
         replica_sets
             .delete(&name_of(h), &DeleteParams::background())
-            .await?;
+            .await
+            .writing(|| format!("(deleting) ReplicaSet {}", name_of(h)))?;
     }
     apply_to_pods(&client, namespace, plan).await
 }
@@ -193,7 +223,7 @@ async fn apply_to_pods(client: &kube::Client, namespace: &str, plan: &Plan) -> R
             // Gone since the cache saw it: its replacement is labelled when it appears.
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             other => {
-                other?;
+                other.writing(|| format!("the role metadata of Pod {}", change.pod))?;
             }
         }
     }

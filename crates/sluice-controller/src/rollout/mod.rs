@@ -5,9 +5,11 @@
 //! - [`requests`]: people's requests, taken off the Rollout before they are acted on;
 //! - [`apply`]: the plan put in force, in the order that keeps traffic on pods that exist.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -25,7 +27,7 @@ mod apply;
 mod observe;
 mod requests;
 
-use apply::{execute, invalid_spec, record};
+use apply::{execute, invalid_spec, record, report_failure};
 pub(crate) use observe::Strategy;
 use observe::{check_spec, pod_view, view};
 pub use observe::{references, wakes};
@@ -53,25 +55,36 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
         rollout = rollout.name_any()
     );
     ctx.metrics.open_reconciles.begin(&span);
-    let result = tokio::time::timeout(
-        RECONCILE_TIMEOUT,
-        reconcile_rollout(&rollout, &ctx).instrument(span.clone()),
-    )
-    .await
-    .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
+    // A panic is one Rollout's failure (reported on it, retried with backoff), not the process's.
+    let attempt = AssertUnwindSafe(reconcile_rollout(&rollout, &ctx))
+        .catch_unwind()
+        .map(|outcome| outcome.unwrap_or_else(|panic| Err(Error::Panic(panic_message(&*panic)))));
+    let result = tokio::time::timeout(RECONCILE_TIMEOUT, attempt.instrument(span.clone()))
+        .await
+        .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
     if let Some(sent) = ctx.metrics.open_reconciles.end(&span) {
         ctx.metrics.reconcile_requests.observe(sent as f64);
     }
-    if result.is_ok() {
-        ctx.backoffs.succeeded(
+    match &result {
+        Ok(_) => ctx.backoffs.succeeded(
             &rollout.namespace().unwrap_or_default(),
             &rollout.name_any(),
-        );
+        ),
+        Err(error) => report_failure(&rollout, &ctx, error).instrument(span).await,
     }
     result
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".to_owned())
 }
 
 pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -44,7 +44,10 @@ pub(super) async fn claim_request(
         }
         // The test failed: the annotation is gone or holds another request (seen on a later look).
         Err(kube::Error::Api(status)) if status.code == 422 || status.code == 409 => Ok(false),
-        Err(err) => Err(err.into()),
+        Err(source) => Err(Error::Write {
+            object: format!("(taking the request off) Rollout {name}"),
+            source,
+        }),
     }
 }
 

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::TrafficRouter;
 use crate::cache::{Caches, Reference};
-use crate::error::Error;
+use crate::error::{Error, Writing};
 use crate::{Context, writer};
 
 /// Gateway API's HTTPRoute, used untyped (the gateway-api crate is on another kube version).
@@ -103,7 +103,8 @@ impl TrafficRouter for GatewayApi<'_> {
             let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
             routes
                 .patch(self.route, &writer(), &Patch::<()>::Json(patch))
-                .await?;
+                .await
+                .writing(|| format!("the backend weights of HTTPRoute {}", self.route))?;
             info!(
                 route = self.route,
                 canary_weight = weight,
@@ -117,7 +118,8 @@ impl TrafficRouter for GatewayApi<'_> {
             let patch = json!({"metadata": {"annotations": {ROUTE_IN_FLIGHT_ANNOTATION: value}}});
             routes
                 .patch(self.route, &writer(), &Patch::Merge(&patch))
-                .await?;
+                .await
+                .writing(|| format!("the annotations of HTTPRoute {}", self.route))?;
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ mod bluegreen;
 mod canary;
 mod chart;
 mod cluster;
+mod faults;
 mod gate;
 mod leader;
 mod operator;

@@ -87,6 +87,15 @@ fn prometheus_provider(extra: Value) -> Value {
 fn cases() -> Vec<Case> {
     vec![
         Case {
+            // As a JSON merge patch that replaces `containers` would leave it: the ReplicaSet made
+            // from it would be refused, so the Rollout is refused first.
+            name: "a container without an image",
+            base: canary_rollout,
+            patch: json!({"spec": {"template": {"spec": {"containers": [{"name": "app"}]}}}}),
+            field: "spec.template.spec.containers",
+            says: "needs an image",
+        },
+        Case {
             name: "both strategies",
             base: canary_rollout,
             patch: json!({"spec": {"strategy": {"blueGreen": {"activeService": "a"}}}}),

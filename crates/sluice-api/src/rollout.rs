@@ -219,7 +219,8 @@ pub struct RolloutStrategy {
 #[x_kube(validation = Rule::new("!has(self.dynamicStableScale) || !self.dynamicStableScale || has(self.trafficRouting)").message("dynamicStableScale needs trafficRouting").field_path(".dynamicStableScale"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setMirrorRoute)) || has(self.trafficRouting)").message("setMirrorRoute steps need trafficRouting").field_path(".steps"))]
 pub struct CanaryStrategy {
-    /// Service whose selector Sluice pins to the canary's pods (by pod-template hash) during a release.
+    /// Service whose selector Sluice pins to the canary's pods (by pod-template hash) during a release;
+    /// after an abort it selects stable's pods, so that no Service selects the aborted version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub canary_service: Option<String>,
@@ -382,7 +383,8 @@ pub struct BlueGreenStrategy {
     /// Service that receives production traffic; Sluice points its selector at the active version.
     #[schemars(length(min = 1, max = 63))]
     pub active_service: String,
-    /// Service pointed at the new version before promotion, for checks and tests.
+    /// Service pointed at the new version before promotion, for checks and tests; after an abort it
+    /// selects the active version's pods, so that no Service selects the aborted version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub preview_service: Option<String>,

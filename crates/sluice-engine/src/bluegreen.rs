@@ -371,6 +371,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
     let delete = history_to_delete(d.s, &d.scale, &[&stable, &current, &active]);
     conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
     let waits = d.waits;
+    let aborted = d.status.abort;
     Plan {
         status: d.status,
         create_current: !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
@@ -379,7 +380,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         delete,
         traffic: Traffic {
             canary_weight: 0,
-            canary_hash: current,
+            // After an abort the preview Service selects the active version too: no Service selects
+            // the aborted one.
+            canary_hash: if aborted { active.clone() } else { current },
             stable_hash: active,
         },
         runs: RunPlan::default(),
@@ -719,10 +722,16 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
         .clone()
         .unwrap_or_else(|| current.to_owned());
     let active = active_hash(&d.status).unwrap_or(current).to_owned();
+    // After an abort the preview Service selects the active version: none selects the aborted one.
+    let preview = if d.status.abort {
+        active.clone()
+    } else {
+        current.to_owned()
+    };
     {
         let bg = d.bg_status();
         bg.active_selector = Some(active.clone());
-        bg.preview_selector = Some(current.to_owned());
+        bg.preview_selector = Some(preview);
     }
 
     let active_view = d.observed(&active);

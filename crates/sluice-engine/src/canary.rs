@@ -309,9 +309,16 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         summarize(&mut d, &stable, weight);
     }
     let delete = history_to_delete(d.s, &d.scale, &[&stable, &current]);
+    // After an abort no Service selects the aborted version: the canary Service serves stable too
+    // (without a router, its selector is all that sends traffic to a version).
+    let canary_hash = if d.status.abort {
+        stable.clone()
+    } else {
+        current
+    };
     let traffic = Traffic {
         canary_weight: weight,
-        canary_hash: current,
+        canary_hash,
         stable_hash: stable,
     };
     conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);

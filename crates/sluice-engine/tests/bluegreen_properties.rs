@@ -295,14 +295,17 @@ fn check(
     let planned = |hash: &str| plan.scale.get(hash).copied().unwrap_or(0);
 
     prop_assert_eq!(plan.traffic.canary_weight, 0, "no weighted routing");
+    // Preview selects the current revision; after an abort, the active one (no Service selects the
+    // aborted version).
+    let preview = if status.abort { active } else { &world.current };
     prop_assert_eq!(
         &plan.traffic.canary_hash,
-        &world.current,
-        "preview off current"
+        preview,
+        "preview off its version"
     );
     let bg = status.blue_green.as_ref().expect("blue-green status");
     prop_assert_eq!(bg.active_selector.as_ref(), Some(active));
-    prop_assert_eq!(bg.preview_selector.as_ref(), Some(&world.current));
+    prop_assert_eq!(bg.preview_selector.as_ref(), Some(preview));
     // Active is stable, or the current revision once switched.
     prop_assert!(
         *active == stable || *active == world.current,

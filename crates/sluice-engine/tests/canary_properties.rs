@@ -366,6 +366,13 @@ fn check(
     if status.abort {
         prop_assert_eq!(weight, 0);
         prop_assert_eq!(planned(&stable), r, "stable not at full size after abort");
+        // No Service selects the aborted version: without a router the canary Service's selector is
+        // what sends it traffic.
+        prop_assert_eq!(
+            &plan.traffic.canary_hash,
+            &stable,
+            "the canary Service still selects the aborted version"
+        );
     }
     // Stable keeps its capacity: with a router it stays whole during a release; without one it only
     // shrinks while enough canary pods are available to keep `replicas - maxUnavailable` serving.

@@ -99,6 +99,25 @@ impl TrafficRouter for GatewayApi<'_> {
                 }
             }
         }
+        // The in-flight mark goes in the same patch where it can: a JSON patch can add a key only
+        // to an annotations map that exists (the cache keeps the map, emptied of others' keys).
+        let in_flight = traffic.canary_hash != traffic.stable_hash;
+        let marked = route.annotations().contains_key(ROUTE_IN_FLIGHT_ANNOTATION);
+        let mark_path = format!(
+            "/metadata/annotations/{}",
+            ROUTE_IN_FLIGHT_ANNOTATION
+                .replace('~', "~0")
+                .replace('/', "~1")
+        );
+        let mut mark_apart = false;
+        match (in_flight, marked, route.metadata.annotations.is_some()) {
+            (true, false, true) => {
+                ops.push(json!({"op": "add", "path": mark_path, "value": rollout}));
+            }
+            (true, false, false) => mark_apart = true,
+            (false, true, _) => ops.push(json!({"op": "remove", "path": mark_path})),
+            _ => {}
+        }
         if !ops.is_empty() {
             let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
             routes
@@ -108,14 +127,12 @@ impl TrafficRouter for GatewayApi<'_> {
             info!(
                 route = self.route,
                 canary_weight = weight,
+                in_flight,
                 "set route weights"
             );
         }
-        let in_flight = traffic.canary_hash != traffic.stable_hash;
-        let marked = route.annotations().contains_key(ROUTE_IN_FLIGHT_ANNOTATION);
-        if in_flight != marked {
-            let value = in_flight.then_some(rollout);
-            let patch = json!({"metadata": {"annotations": {ROUTE_IN_FLIGHT_ANNOTATION: value}}});
+        if mark_apart {
+            let patch = json!({"metadata": {"annotations": {ROUTE_IN_FLIGHT_ANNOTATION: rollout}}});
             routes
                 .patch(self.route, &writer(), &Patch::Merge(&patch))
                 .await

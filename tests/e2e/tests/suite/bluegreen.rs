@@ -382,6 +382,14 @@ async fn blue_green_waits_for_a_person_then_switches_and_abort_switches_back() -
         selector(&client, &ns.name, "web-active").await?,
         Some(green.clone())
     );
+    // No Service selects the aborted version: the preview serves green too.
+    eventually("the preview on green after the abort", WAIT, || async {
+        Ok(
+            (selector(&client, &ns.name, "web-preview").await? == Some(green.clone()))
+                .then_some(()),
+        )
+    })
+    .await?;
     eventually("v3 scaled down after its abort delay", WAIT, || async {
         Ok((replica_sets(&client, &ns.name)
             .await?

@@ -284,9 +284,22 @@ async fn abort_puts_all_traffic_and_full_capacity_back_on_stable_and_retry_start
     let ns = TestNamespace::create(&client, "abort").await?;
     let _controller = ControllerProcess::start(&ns.name)?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    // No router: weight is the share of canary pods.
-    let canary =
-        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["web-stable", "web-canary"] {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        services
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&svc),
+            )
+            .await?;
+    }
+    // No router: weight is the share of canary pods, and each Service selects one version.
+    let canary = json!({"maxSurge": 1, "maxUnavailable": 0,
+        "canaryService": "web-canary", "stableService": "web-stable",
+        "steps": [{"setWeight": 50}, {"pause": {}}]});
     apply(
         &api,
         &rollout("web", 4, "registry.example/web:1.0.0", canary),
@@ -341,6 +354,23 @@ async fn abort_puts_all_traffic_and_full_capacity_back_on_stable_and_retry_start
     let status = api.get("web").await?.status.unwrap_or_default();
     let weights = status.canary.and_then(|c| c.weights).context("weights")?;
     assert_eq!((weights.stable.weight, weights.canary.weight), (100, 0));
+    // No Service selects the aborted version: the canary Service serves stable too.
+    eventually("both Services on stable", WAIT, || async {
+        let mut selected = Vec::new();
+        for name in ["web-stable", "web-canary"] {
+            let svc = services.get(name).await?;
+            selected.push(
+                svc.spec
+                    .and_then(|s| s.selector)
+                    .and_then(|s| s.get(POD_TEMPLATE_HASH_LABEL).cloned()),
+            );
+        }
+        Ok(selected
+            .iter()
+            .all(|h| h.as_deref() == Some(stable.as_str()))
+            .then_some(()))
+    })
+    .await?;
 
     request(&api, "web", "retry").await?;
     let again = wait_status(

@@ -7,22 +7,23 @@ use kube::core::Rule;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A duration made of whole units, as Argo Rollouts writes them: `30s`, `5m`, `1h30m`.
+/// A duration made of whole units, as Argo Rollouts writes them: `30s`, `5m`, `1h30m` (at most nine
+/// digits a unit, so that every accepted duration can be read).
 pub(crate) fn duration_rule() -> Rule {
-    Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')")
+    Rule::new("self.matches('^([0-9]{1,9}(ms|s|m|h))+$')")
         .message("must be a duration such as 30s, 5m or 1h30m (units ms, s, m, h)")
 }
 
 /// A duration written as Prometheus writes them, days and weeks included: `5m`, `1h`, `28d`, `4w`.
 pub(crate) fn prometheus_duration_rule() -> Rule {
-    Rule::new("self.matches('^([0-9]+(ms|s|m|h|d|w))+$')").message(
+    Rule::new("self.matches('^([0-9]{1,9}(ms|s|m|h|d|w))+$')").message(
         "must be a Prometheus duration such as 5m, 1h, 28d or 4w (units ms, s, m, h, d, w)",
     )
 }
 
 /// A whole number of seconds, or a duration string such as `30s` or `5m`.
 pub(crate) fn seconds_or_duration_rule() -> Rule {
-    Rule::new("type(self) == int ? self >= 0 : string(self).matches('^([0-9]+(ms|s|m|h))+$')")
+    Rule::new("type(self) == int ? self >= 0 : string(self).matches('^([0-9]{1,9}(ms|s|m|h))+$')")
         .message("must be a number of seconds (0 or more) or a duration such as 30s, 5m or 1h30m")
 }
 

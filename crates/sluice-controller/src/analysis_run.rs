@@ -60,6 +60,9 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
     let next = if run.spec.terminate {
         analysis::summarize(&run.spec, &mut status, now);
         None
+    } else if let Some(problem) = analysis::unreadable_durations(&run.spec) {
+        fail_invalid(&mut status, &problem, now, run.metadata.generation);
+        None
     } else {
         match Prepared::new(&run.spec, &ctx.client, &namespace).await? {
             Err(problem) => {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use sluice_api::analysis::{
     AnalysisPhase, AnalysisRunSpec, AnalysisRunStatus, Measurement, Metric, MetricResult,
     RunSummary,
@@ -62,10 +62,28 @@ fn result_for<'a>(status: &'a AnalysisRunStatus, name: &str) -> Option<&'a Metri
 }
 
 fn add(at: Timestamp, by: Duration) -> Timestamp {
-    SignedDuration::try_from(by)
-        .ok()
-        .and_then(|by| at.checked_add(by).ok())
-        .unwrap_or(at)
+    duration::after(at, by)
+}
+
+/// What makes a run's spec unreadable to the scheduler: a duration that does not parse (the schema
+/// refuses these; a run written another way must fail, not measure at once).
+pub fn unreadable_durations(spec: &AnalysisRunSpec) -> Option<String> {
+    spec.metrics.iter().find_map(|metric| {
+        [
+            ("interval", metric.interval.as_deref()),
+            ("initialDelay", metric.initial_delay.as_deref()),
+        ]
+        .into_iter()
+        .find_map(|(field, value)| {
+            let value = value?;
+            duration::parse(value).is_none().then(|| {
+                format!(
+                    "metric {}: {field} {value:?} is not a duration such as 30s, 5m or 1h30m",
+                    metric.name
+                )
+            })
+        })
+    })
 }
 
 /// What is due now, and when to look again.
@@ -102,6 +120,7 @@ pub fn schedule(
                     .initial_delay
                     .as_deref()
                     .and_then(duration::parse)
+                    // Unreadable runs are failed before they are scheduled (`unreadable_durations`).
                     .unwrap_or(Duration::ZERO),
             ),
             Some(last) => {
@@ -402,6 +421,26 @@ mod tests {
     }
 
     use AnalysisPhase::{Error, Failed, Inconclusive, Running, Successful};
+
+    #[test]
+    fn a_delay_past_the_end_of_time_is_never_due_and_an_unreadable_one_is_named() {
+        let mut long = metric("m", Some(1), None);
+        long.initial_delay = Some("999999999h".to_owned());
+        let waits = spec(vec![long]);
+        let status = AnalysisRunStatus::default();
+        // It used to fall back to "now" when the sum overflowed: measured at once.
+        assert!(schedule(&waits, &status, at(0), at(1)).due.is_empty());
+        assert_eq!(unreadable_durations(&waits), None);
+        let mut unreadable = metric("m", Some(1), None);
+        unreadable.initial_delay = Some("9999999999999h".to_owned());
+        let message = unreadable_durations(&spec(vec![unreadable]));
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("initialDelay") && m.contains("metric m")),
+            "{message:?}"
+        );
+    }
 
     #[test]
     fn count_successes_complete_the_metric() {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use sluice_api::rollout::{
     CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, RolloutPhase, RolloutStatus,
     TrafficWeight, TrafficWeights,
@@ -446,9 +446,7 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
             if std::mem::take(promote) {
                 done = true;
             } else if let Some(limit) = limit {
-                let ends = started
-                    .checked_add(SignedDuration::try_from(limit).unwrap_or(SignedDuration::ZERO))
-                    .unwrap_or(started);
+                let ends = duration::after(started, limit);
                 if d.s.now >= ends {
                     done = true;
                 } else {

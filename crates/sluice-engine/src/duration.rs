@@ -3,6 +3,15 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// `at` plus `by`, or the end of time if that is past it: a long wait is never cut short.
+pub fn after(at: Timestamp, by: Duration) -> Timestamp {
+    SignedDuration::try_from(by)
+        .ok()
+        .and_then(|by| at.checked_add(by).ok())
+        .unwrap_or(Timestamp::MAX)
+}
 
 /// Parses `30s`, `5m`, `1h30m`, `250ms`. The CRD's rules already refuse anything else.
 pub fn parse(text: &str) -> Option<Duration> {
@@ -63,5 +72,16 @@ mod tests {
             Some(Duration::from_secs(45))
         );
         assert_eq!(from_int_or_string(&IntOrString::Int(-1)), None);
+    }
+
+    #[test]
+    fn a_wait_past_the_end_of_time_never_ends_early() {
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let forever = parse("999999999h").expect("within the API's bounds");
+        assert_eq!(after(now, forever), Timestamp::MAX);
+        assert_eq!(
+            after(now, Duration::from_secs(60)),
+            Timestamp::from_second(1_800_000_060).expect("time")
+        );
     }
 }

@@ -169,7 +169,11 @@ pub struct Plan {
 
 pub(crate) fn add(at: Timestamp, seconds: i64) -> Timestamp {
     at.checked_add(SignedDuration::from_secs(seconds))
-        .unwrap_or(at)
+        .unwrap_or(if seconds < 0 {
+            Timestamp::MIN
+        } else {
+            Timestamp::MAX
+        })
 }
 
 pub(crate) fn until(now: Timestamp, at: Timestamp) -> Duration {

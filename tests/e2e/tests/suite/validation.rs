@@ -87,6 +87,16 @@ fn prometheus_provider(extra: Value) -> Value {
 fn cases() -> Vec<Case> {
     vec![
         Case {
+            // More digits than a duration can hold would be read as zero or overflow.
+            name: "a duration too long to read",
+            base: analysis_template,
+            patch: json!({"spec": {"metrics": [{"name": "error-rate", "interval": "9999999999h",
+                "successCondition": "result[0] < 0.01",
+                "provider": {"prometheus": {"address": "http://prometheus:9090", "query": "vector(0)"}}}]}}),
+            field: "spec.metrics[0].interval",
+            says: "must be a duration such as 30s",
+        },
+        Case {
             // As a JSON merge patch that replaces `containers` would leave it: the ReplicaSet made
             // from it would be refused, so the Rollout is refused first.
             name: "a container without an image",

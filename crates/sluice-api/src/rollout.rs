@@ -500,6 +500,10 @@ pub struct RolloutStatus {
     /// the later of this and `spec.restartAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_requested_at: Option<Time>,
+    /// The last request (`sluice.dev/action`) acted on, as it was claimed (`abort#<id>`): recorded
+    /// with what it did, so that a request is acted on exactly once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_request: Option<String>,
     /// The last restart that completed: every pod is newer than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<Time>,

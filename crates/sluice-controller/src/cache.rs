@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc;
@@ -194,6 +195,9 @@ pub struct WatchSpec<K> {
     pub references: Option<(ReferencesOf<K>, ReferenceIndex)>,
     /// How many change streams to hand out, one per controller woken by the kind's changes.
     pub subscribers: usize,
+    /// Changes are passed on only while this is set (the controllers run: this instance leads);
+    /// before, only the store is kept, and the controllers start from what it holds.
+    pub leading: Arc<AtomicBool>,
 }
 
 /// Starts watching into `writer`'s store: sends every object that changed (applied or deleted, and
@@ -223,6 +227,7 @@ where
     let kind = std::any::type_name::<K>();
     let owner = spec.owner;
     let references = spec.references;
+    let leading = spec.leading;
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
         // What each object looked like when last sent, by (namespace, name).
@@ -301,7 +306,9 @@ where
                     Some(object)
                 }
             };
-            if let Some(object) = touched {
+            if let Some(object) = touched
+                && leading.load(Ordering::Relaxed)
+            {
                 for sender in &senders {
                     // A controller that stopped is shutting down: nothing left to wake.
                     let _ = sender.unbounded_send(object.clone());
@@ -569,9 +576,24 @@ where
     store.get(&ObjectRef::new(name).within(namespace))
 }
 
+/// A controller's trigger: every object the store holds now, then each change passed on. The store
+/// is read after the controllers start leading, so nothing falls between the two (an object may come
+/// twice, which costs one more reconcile).
+pub fn as_trigger_from<K>(
+    store: &Store<K>,
+    changes: mpsc::UnboundedReceiver<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    let now: Vec<K> = store.state().iter().map(|k| K::clone(k)).collect();
+    futures::stream::iter(now).chain(changes).map(Ok)
+}
+
 /// A stream of changes as a controller's trigger takes it.
 pub fn as_trigger<K>(
-    changes: mpsc::UnboundedReceiver<K>,
+    changes: impl Stream<Item = K> + Send + 'static,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Send + 'static,

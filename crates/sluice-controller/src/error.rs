@@ -44,6 +44,16 @@ impl Error {
         }
     }
 
+    /// A write refused because the object changed since the view it was decided on (409): not a
+    /// failure, a reason to look again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            Self::Write { source: kube::Error::Api(status), .. } | Self::Kube(kube::Error::Api(status))
+                if status.code == 409
+        )
+    }
+
     /// The reason of the condition and Event that report it.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Parser;
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -189,6 +190,13 @@ async fn main() -> anyhow::Result<()> {
     });
     tokio::spawn(http::serve(args.http_addr, ctx.clone()));
 
+    // The caches fill whether or not this instance leads: a standby is Ready (so a disruption
+    // budget lets the leader's pod go) and takes over with warm caches.
+    let leading = Arc::new(AtomicBool::new(false));
+    let Some(watched) = start_watches(&args, &client, &ctx, writers, &leading).await else {
+        anyhow::bail!("a watch stopped before its first full list");
+    };
+
     let lease = if args.leader_elect {
         let namespace = args
             .lease_namespace
@@ -229,7 +237,8 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
-    let run = run_controller(&args, client, ctx, writers);
+    leading.store(true, Ordering::Relaxed);
+    let run = run_controllers(&args, ctx, watched);
     match lease {
         None => run.await,
         Some((mut leader, task)) => {
@@ -293,8 +302,32 @@ where
     }
 }
 
-/// Runs the controllers until a termination signal.
-async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers: cache::Writers) {
+/// The change streams of the watches, for the controllers they wake.
+struct Watched {
+    rollouts: UnboundedReceiver<Rollout>,
+    gates_for_rollouts: UnboundedReceiver<ErrorBudgetGate>,
+    gates: UnboundedReceiver<ErrorBudgetGate>,
+    replica_sets: UnboundedReceiver<ReplicaSet>,
+    pods: UnboundedReceiver<Pod>,
+    runs_for_rollouts: UnboundedReceiver<AnalysisRun>,
+    runs: UnboundedReceiver<AnalysisRun>,
+    services: UnboundedReceiver<Service>,
+    templates: UnboundedReceiver<AnalysisTemplate>,
+    cluster_templates: UnboundedReceiver<ClusterAnalysisTemplate>,
+    routes: UnboundedReceiver<DynamicObject>,
+}
+
+/// Starts one watch per kind, each filling its store, and waits for every store's first full list:
+/// the instance is then ready, leader or not (a standby keeps its caches warm, to take over at once).
+/// Changes are passed on to the controllers only once `leading` is set. `None` if a watch stopped
+/// before its first full list.
+async fn start_watches(
+    args: &Args,
+    client: &Client,
+    ctx: &Context,
+    writers: cache::Writers,
+    leading: &Arc<AtomicBool>,
+) -> Option<Watched> {
     let namespace = args.namespace.as_deref();
     let owned = || watcher::Config::default().labels(sluice_api::names::ROLLOUT_LABEL);
     let route_resource = traffic::gateway_api::http_route_resource();
@@ -317,80 +350,87 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
     // One watch per kind; each feeds its store and wakes the controllers that depend on it.
     let mut rollout_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<Rollout>(&client, namespace),
+            api: scoped::<Rollout>(client, namespace),
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: Some((rollout::references, ctx.caches.rollout_references.clone())),
             subscribers: 1,
+            leading: leading.clone(),
         },
         writers.rollouts,
     );
     let mut gate_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<ErrorBudgetGate>(&client, namespace),
+            api: scoped::<ErrorBudgetGate>(client, namespace),
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: None,
             subscribers: 2,
+            leading: leading.clone(),
         },
         writers.gates,
     );
     let replica_set_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<ReplicaSet>(&client, namespace),
+            api: scoped::<ReplicaSet>(client, namespace),
             config: owned(),
             trim: cache::trim_replica_set,
             owner: Some((cache::rollout_label, ctx.caches.replica_set_index.clone())),
             references: None,
             subscribers: 1,
+            leading: leading.clone(),
         },
         writers.replica_sets,
     );
     let pod_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<Pod>(&client, namespace),
+            api: scoped::<Pod>(client, namespace),
             // The pods of Sluice's ReplicaSets, which carry its pod-template-hash label.
             config: watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
             trim: cache::trim_pod,
             owner: Some((cache::controlling_replica_set, ctx.caches.pod_index.clone())),
             references: None,
             subscribers: 1,
+            leading: leading.clone(),
         },
         writers.pods,
     );
     let mut run_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<AnalysisRun>(&client, namespace),
+            api: scoped::<AnalysisRun>(client, namespace),
             // All runs: the AnalysisRun controller also measures runs that people create.
             config: watcher::Config::default(),
             trim: cache::trim_run,
             owner: Some((cache::rollout_label, ctx.caches.run_index.clone())),
             references: None,
             subscribers: 2,
+            leading: leading.clone(),
         },
         writers.runs,
     );
     let service_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<Service>(&client, namespace),
+            api: scoped::<Service>(client, namespace),
             config: watcher::Config::default(),
             trim: cache::trim_service,
             owner: None,
             references: None,
             subscribers: 1,
+            leading: leading.clone(),
         },
         writers.services,
     );
     let template_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<AnalysisTemplate>(&client, namespace),
+            api: scoped::<AnalysisTemplate>(client, namespace),
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: None,
             subscribers: 1,
+            leading: leading.clone(),
         },
         writers.templates,
     );
@@ -402,6 +442,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             owner: None,
             references: None,
             subscribers: 1,
+            leading: leading.clone(),
         },
         writers.cluster_templates,
     );
@@ -414,6 +455,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
                 owner: None,
                 references: None,
                 subscribers: 1,
+                leading: leading.clone(),
             },
             writers.routes,
         )
@@ -439,11 +481,11 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
     .await;
     if synced.is_err() {
         tracing::error!("a watch stopped before its first full list");
-        return;
+        return None;
     }
     if watch_routes && caches.routes.wait_until_ready().await.is_err() {
         tracing::error!("the HTTPRoute watch stopped before its first full list");
-        return;
+        return None;
     }
     ctx.ready.store(true, Ordering::Relaxed);
     tracing::info!(
@@ -453,6 +495,31 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
         "first full list of everything the controller reads: ready"
     );
 
+    Some(Watched {
+        rollouts: rollout_changes.remove(0),
+        gates_for_rollouts: gate_changes.remove(0),
+        gates: gate_changes.remove(0),
+        replica_sets: replica_set_changes
+            .into_iter()
+            .next()
+            .unwrap_or_else(closed),
+        pods: pod_changes.into_iter().next().unwrap_or_else(closed),
+        runs_for_rollouts: run_changes.remove(0),
+        runs: run_changes.remove(0),
+        services: service_changes.into_iter().next().unwrap_or_else(closed),
+        templates: template_changes.into_iter().next().unwrap_or_else(closed),
+        cluster_templates: cluster_template_changes
+            .into_iter()
+            .next()
+            .unwrap_or_else(closed),
+        routes: route_changes,
+    })
+}
+
+/// Runs the controllers until a termination signal: every object in the stores first, then each
+/// change the watches pass on.
+async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
+    let caches = &ctx.caches;
     let store = caches.rollouts.clone();
     let gate_trigger = release_gates::GateTrigger::new(store.clone(), caches.gates.clone());
     let references = &caches.rollout_references;
@@ -463,52 +530,41 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
         references.clone(),
     );
     let replica_sets = caches.replica_sets.clone();
-    let rollout_trigger = cache::as_trigger(rollout_changes.remove(0))
+    let rollout_trigger = cache::as_trigger_from(&store, watched.rollouts)
         // The controller's own status writes do not wake it: a plan stands on its own.
         .predicate_filter(rollout::wakes, Default::default());
     let controller = Controller::for_stream(rollout_trigger, store)
         .with_config(controller::Config::default().concurrency(args.concurrency))
         // A ReplicaSet's or a run's change moves its release at once (an abort within a second of
         // the failing measurement).
-        .owns_stream(cache::as_trigger(
-            replica_set_changes
-                .into_iter()
-                .next()
-                .unwrap_or_else(closed),
-        ))
-        .owns_stream(cache::as_trigger(run_changes.remove(0)))
+        .owns_stream(cache::as_trigger(watched.replica_sets))
+        .owns_stream(cache::as_trigger(watched.runs_for_rollouts))
         // A pod that appears, becomes ready or goes wakes its ReplicaSet's Rollout: role metadata
         // for a new pod, the next evictions of a restart.
-        .watches_stream(
-            cache::as_trigger(pod_changes.into_iter().next().unwrap_or_else(closed)),
-            move |pod: Pod| {
-                let namespace = pod.namespace()?;
-                let replica_set = cache::get(
-                    &replica_sets,
-                    &namespace,
-                    &cache::controlling_replica_set(&pod)?,
-                )?;
-                let rollout = cache::rollout_label(replica_set.as_ref())?;
-                Some(ObjectRef::<Rollout>::new(&rollout).within(&namespace))
-            },
-        )
+        .watches_stream(cache::as_trigger(watched.pods), move |pod: Pod| {
+            let namespace = pod.namespace()?;
+            let replica_set = cache::get(
+                &replica_sets,
+                &namespace,
+                &cache::controlling_replica_set(&pod)?,
+            )?;
+            let rollout = cache::rollout_label(replica_set.as_ref())?;
+            Some(ObjectRef::<Rollout>::new(&rollout).within(&namespace))
+        })
         // A Service, route or template that appears, disappears or is edited by someone else is
         // looked at again at once: an InvalidSpec clears, a weight changed by hand is put back.
-        .watches_stream(
-            cache::as_trigger(service_changes.into_iter().next().unwrap_or_else(closed)),
-            move |svc: Service| {
-                by_service.referrers(svc.namespace(), Reference::Service(svc.name_any()))
-            },
-        )
+        .watches_stream(cache::as_trigger(watched.services), move |svc: Service| {
+            by_service.referrers(svc.namespace(), Reference::Service(svc.name_any()))
+        })
         .watches_stream_with(
-            cache::as_trigger(route_changes),
+            cache::as_trigger(watched.routes),
             move |route: DynamicObject| {
                 by_route.referrers(route.namespace(), Reference::Route(route.name_any()))
             },
             traffic::gateway_api::http_route_resource(),
         )
         .watches_stream(
-            cache::as_trigger(template_changes.into_iter().next().unwrap_or_else(closed)),
+            cache::as_trigger(watched.templates),
             move |template: AnalysisTemplate| {
                 by_template.referrers(
                     template.namespace(),
@@ -517,28 +573,28 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
             },
         )
         .watches_stream(
-            cache::as_trigger(
-                cluster_template_changes
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(closed),
-            ),
+            cache::as_trigger(watched.cluster_templates),
             move |template: ClusterAnalysisTemplate| {
                 by_cluster_template.referrers(None, Reference::ClusterTemplate(template.name_any()))
             },
         )
-        // A gate that freezes, opens or changes its selection wakes the Rollouts it selects (and
-        // those it no longer selects) at once; routine evaluations that change nothing do not.
-        .watches_stream(cache::as_trigger(gate_changes.remove(0)), move |gate| {
-            gate_trigger.rollouts_to_reconcile(&gate)
-        })
+        // A gate that freezes, opens, changes its selection or is no longer evaluated wakes the
+        // Rollouts it selects (and those it no longer selects) at once; routine evaluations that
+        // change nothing do not.
+        .watches_stream(
+            cache::as_trigger(futures::stream::select(
+                watched.gates_for_rollouts,
+                release_gates::staleness_changes(caches.gates.clone()),
+            )),
+            move |gate| gate_trigger.rollouts_to_reconcile(&gate),
+        )
         .shutdown_on_signal();
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("*"),
         "starting the Rollout controller"
     );
     let analysis_runs = Controller::for_stream(
-        cache::as_trigger(run_changes.remove(0)),
+        cache::as_trigger_from(&caches.runs, watched.runs),
         caches.runs.clone(),
     )
     .shutdown_on_signal()
@@ -549,7 +605,7 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
     )
     .for_each(|_| futures::future::ready(()));
     let gates = Controller::for_stream(
-        cache::as_trigger(gate_changes.remove(0)),
+        cache::as_trigger_from(&caches.gates, watched.gates),
         caches.gates.clone(),
     )
     .shutdown_on_signal()
@@ -562,6 +618,6 @@ async fn run_controller(args: &Args, client: Client, ctx: Arc<Context>, writers:
 }
 
 /// A change stream that never yields (for a kind whose watch handed out none).
-fn closed<K>() -> futures::channel::mpsc::UnboundedReceiver<K> {
+fn closed<K>() -> UnboundedReceiver<K> {
     futures::channel::mpsc::unbounded().1
 }

@@ -3,10 +3,15 @@
 //!
 //! A gate's status changes on every evaluation (its times and figures); Rollouts are woken only when
 //! something a release decision reads changes: the gate's spec, state, reason, the budget to a tenth
-//! of a percent, the firing burn-rate alerts, or the Rollouts it selects.
+//! of a percent, the firing burn-rate alerts, the Rollouts it selects, or whether its last
+//! evaluation still counts (a gate no longer evaluated is read as Unknown).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedReceiver;
+use k8s_openapi::jiff::Timestamp;
 
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -55,7 +60,7 @@ fn fingerprint(gate: &ErrorBudgetGate) -> String {
         .map(|b| (b.long_window.clone(), b.short_window.clone()))
         .collect();
     format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}",
         gate.metadata.generation,
         status.state,
         status.reason,
@@ -64,7 +69,50 @@ fn fingerprint(gate: &ErrorBudgetGate) -> String {
             .map(|b| (b * 10.0).round() as i64),
         firing,
         status.message.as_ref().filter(|_| status.state.is_none()),
+        stale(gate, Timestamp::now()),
     )
+}
+
+/// Whether the gate's last evaluation no longer counts at `now` (the engine then reads it as
+/// Unknown).
+fn stale(gate: &ErrorBudgetGate, now: Timestamp) -> bool {
+    GateView::new(&gate.name_any(), &gate.spec, gate.status.as_ref())
+        .stale_at()
+        .is_some_and(|at| at <= now)
+}
+
+/// How often to look for gates whose last evaluation stopped counting.
+const STALENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// Gates whose last evaluation stopped counting (or counts again) since the last look: a gate that
+/// is no longer evaluated sends no change, so the Rollouts it selects would never learn that its
+/// last state no longer counts. Reads the gates' cache only.
+pub fn staleness_changes(gates: Store<ErrorBudgetGate>) -> UnboundedReceiver<ErrorBudgetGate> {
+    let (sender, changes) = futures::channel::mpsc::unbounded();
+    tokio::spawn(async move {
+        let mut known: HashMap<ObjectRef<ErrorBudgetGate>, bool> = HashMap::new();
+        let mut tick = tokio::time::interval(STALENESS_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Timestamp::now();
+            let mut present = HashSet::new();
+            for gate in gates.state() {
+                let key = ObjectRef::from_obj(gate.as_ref());
+                let is_stale = stale(&gate, now);
+                present.insert(key.clone());
+                if known
+                    .insert(key, is_stale)
+                    .is_some_and(|was| was != is_stale)
+                    && sender.unbounded_send(gate.as_ref().clone()).is_err()
+                {
+                    return;
+                }
+            }
+            known.retain(|key, _| present.contains(key));
+        }
+    });
+    changes
 }
 
 /// A gate's fingerprint when last seen, and the Rollouts it selected then.

@@ -938,6 +938,7 @@ mod tests {
                 runs: &[],
                 pods: &[],
                 actions,
+                request: None,
                 gating: &crate::gate::Gating::default(),
                 now: self.now,
             };

@@ -110,6 +110,10 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
     if s.actions.restart {
         restart::record_request(&mut plan, s.now);
     }
+    if let Some(request) = s.request {
+        // Recorded with what the request did, in the same status write: acted on exactly once.
+        plan.status.handled_request = Some(request.to_owned());
+    }
     restart::decide(s, strategy, &mut plan);
     plan.pod_metadata = pods::role_metadata(strategy, &plan.traffic, s.pods);
     plan

@@ -114,6 +114,8 @@ pub struct Snapshot<'a> {
     /// The pods of the ReplicaSets the Rollout owns.
     pub pods: &'a [PodView],
     pub actions: Actions,
+    /// The id of the request `actions` come from, recorded in `status.handledRequest` by this plan.
+    pub request: Option<&'a str>,
     /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
     pub gating: &'a Gating,
     pub now: Timestamp,

@@ -269,6 +269,7 @@ impl World {
             runs: &self.runs.runs,
             pods: &[],
             actions,
+            request: None,
             gating: &self.gating,
             now,
         };

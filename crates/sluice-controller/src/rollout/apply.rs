@@ -36,7 +36,13 @@ pub(super) async fn invalid_spec(
     let (next, event) = sluice_engine::hold_invalid_spec(status, problem, generation, now);
     if let Some(event) = event {
         warn!(problem, "invalid spec");
-        write_status(ctx, rollout, &next).await?;
+        write_status(
+            ctx,
+            rollout,
+            &next,
+            rollout.metadata.resource_version.as_deref(),
+        )
+        .await?;
         publish(ctx, rollout, event.warning, event.reason, &event.message);
     }
     Ok(Action::requeue(Duration::from_secs(30)))
@@ -55,8 +61,9 @@ pub(super) async fn report_failure(rollout: &Rollout, ctx: &Context, error: &Err
         generation,
         Timestamp::now(),
     );
+    let based_on = rollout.metadata.resource_version.as_deref();
     if next != status
-        && let Err(err) = write_status(ctx, rollout, &next).await
+        && let Err(err) = write_status(ctx, rollout, &next, based_on).await
     {
         warn!(%err, "could not report the failure on the Rollout");
         return;
@@ -66,12 +73,22 @@ pub(super) async fn report_failure(rollout: &Rollout, ctx: &Context, error: &Err
     }
 }
 
-/// Writes the Rollout's status (server-side apply under the controller's field manager) and
-/// remembers the resourceVersion it got, so that no reconcile decides on an older cached copy.
-async fn write_status(ctx: &Context, rollout: &Rollout, next: &RolloutStatus) -> Result<(), Error> {
+/// Writes the Rollout's status (server-side apply under the controller's field manager) on the
+/// condition that the Rollout is still at `based_on`, the resourceVersion it was decided on (409
+/// otherwise: an older view never overwrites a newer status), and remembers the resourceVersion it
+/// got, so that no reconcile decides on an older cached copy.
+async fn write_status(
+    ctx: &Context,
+    rollout: &Rollout,
+    next: &RolloutStatus,
+    based_on: Option<&str>,
+) -> Result<(), Error> {
     let name = rollout.name_any();
     let namespace = rollout.namespace().unwrap_or_default();
-    let patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "status": next});
+    let mut patch = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "status": next});
+    if let Some(version) = based_on {
+        patch["metadata"] = json!({"resourceVersion": version});
+    }
     let written = Api::<Rollout>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(
             &name,
@@ -284,11 +301,12 @@ pub(super) async fn record(
     rollout: &Rollout,
     status: &RolloutStatus,
     plan: &Plan,
+    based_on: Option<&str>,
 ) -> Result<(), Error> {
     let name = rollout.name_any();
     let namespace = rollout.namespace().unwrap_or_default();
     if plan.status != *status {
-        write_status(ctx, rollout, &plan.status).await?;
+        write_status(ctx, rollout, &plan.status, based_on).await?;
     }
     if let Some(phase) = plan.status.phase {
         ctx.metrics.set_phase(&namespace, &name, phase);

@@ -31,7 +31,7 @@ use apply::{execute, invalid_spec, record, report_failure};
 pub(crate) use observe::Strategy;
 use observe::{check_spec, pod_view, view};
 pub use observe::{references, wakes};
-use requests::{claim_request, parse_actions};
+use requests::{Pending, take_request};
 
 /// How long to wait before looking again when nothing is scheduled. Every change a decision reads
 /// wakes the Rollout through a watch; this is only a safety net (as Argo Rollouts' resync), and a
@@ -73,6 +73,8 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
             &rollout.namespace().unwrap_or_default(),
             &rollout.name_any(),
         ),
+        // The view was older than the Rollout: nothing failed, the next look decides afresh.
+        Err(error) if error.is_conflict() => {}
         Err(error) => report_failure(&rollout, &ctx, error).instrument(span).await,
     }
     result
@@ -88,6 +90,10 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_conflict() {
+        // A conditional write found the Rollout changed since the view it was decided on.
+        return Action::requeue(STALE_RETRY);
+    }
     warn!(namespace = rollout.namespace().unwrap_or_default(), rollout = rollout.name_any(), %error, "reconcile failed");
     ctx.metrics
         .failures
@@ -158,13 +164,11 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         })
         .filter_map(|pod| pod_view(&pod, now))
         .collect();
-    let (mut actions, raw_action) = parse_actions(rollout);
-    if let Some(raw) = raw_action
-        && !claim_request(ctx, &namespace, &name, &raw).await?
-    {
-        // Already taken by an earlier reconcile: this copy of the Rollout is older than the removal.
-        actions = Actions::default();
-    }
+    let (pending, based_on) = take_request(ctx, rollout, &status).await?;
+    let (actions, request) = match &pending {
+        Pending::Act(request) => (request.actions, Some(request.id.as_str())),
+        Pending::None => (Actions::default(), None),
+    };
 
     let gating = crate::release_gates::gating(&ctx.caches.gates, rollout);
     let snapshot = Snapshot {
@@ -177,6 +181,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         runs: &runs,
         pods: &pods,
         actions,
+        request,
         gating: &gating,
         now,
     };
@@ -193,7 +198,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     )
     .await?;
 
-    record(ctx, rollout, &status, &plan).await?;
+    record(ctx, rollout, &status, &plan, based_on.as_deref()).await?;
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(50)
     })))

@@ -3,17 +3,20 @@
 //! the Rollout's Events, and what the release does at this reconcile.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use sluice_api::gate::{BudgetThresholds, ErrorBudgetGateSpec, ErrorBudgetGateStatus};
+use sluice_api::gate::{BudgetThresholds, ErrorBudgetGateSpec, ErrorBudgetGateStatus, GateState};
 use sluice_api::rollout::{ErrorBudgetBypass, RolloutStatus};
 
 use super::decision::{
     GatePolicy, ReleaseDecision, RevisionFacts, RevisionKind, combine, release_decision,
 };
+use super::state::evaluation_interval;
 use super::{BYPASS_ANNOTATION, CONDITION_RELEASE_HELD, EVENT_RELEASE_BYPASSED};
 use crate::conditions::{self, ConditionStatus};
+use crate::duration;
 use crate::events::Event;
 
 /// Bypasses kept in a Rollout's `status.errorBudget.bypasses`, newest last.
@@ -36,7 +39,17 @@ pub struct GateView {
     pub thresholds: BudgetThresholds,
     /// Its policies.
     pub policy: GatePolicy,
+    /// How often it is evaluated.
+    pub interval: Duration,
 }
+
+/// Evaluation intervals after which a gate's last evaluation no longer counts: its state is then
+/// Unknown (held, unless `onUnknown: Allow`). A gate whose evaluations keep failing (its writes
+/// refused, its controller down) must not stay Open forever.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// Gate reason when its last evaluation is too old to count.
+pub const REASON_EVALUATION_STALE: &str = "EvaluationStale";
 
 impl GateView {
     /// The view of gate `name` with `spec` and `status`.
@@ -50,7 +63,35 @@ impl GateView {
             status: status.cloned(),
             thresholds: spec.thresholds.clone(),
             policy: GatePolicy::from_spec(spec),
+            interval: evaluation_interval(spec),
         }
+    }
+
+    /// When its last evaluation stops counting (`None`: never evaluated, or no time recorded). The
+    /// controller wakes the Rollouts a gate selects when this passes (no change to the gate does).
+    pub fn stale_at(&self) -> Option<Timestamp> {
+        let last = self.status.as_ref()?.last_evaluation_time.as_ref()?.0;
+        Some(duration::after(
+            last,
+            self.interval.saturating_mul(STALE_AFTER_INTERVALS),
+        ))
+    }
+
+    /// Its status as a decision at `now` reads it: Unknown once its last evaluation is too old.
+    fn status_at(&self, now: Timestamp) -> Option<ErrorBudgetGateStatus> {
+        let mut status = self.status.clone()?;
+        if let (Some(stale_at), Some(last)) = (self.stale_at(), &status.last_evaluation_time)
+            && now >= stale_at
+        {
+            status.message = Some(format!(
+                "not evaluated since {} (every {}s expected): its last figures no longer count",
+                last.0,
+                self.interval.as_secs()
+            ));
+            status.state = Some(GateState::Unknown);
+            status.reason = Some(REASON_EVALUATION_STALE.to_owned());
+        }
+        Some(status)
     }
 }
 
@@ -180,8 +221,9 @@ pub fn gate_release(
         .gates
         .iter()
         .map(|g| {
+            let status = g.status_at(now);
             let decision =
-                release_decision(&g.name, g.status.as_ref(), &g.thresholds, &g.policy, &facts);
+                release_decision(&g.name, status.as_ref(), &g.thresholds, &g.policy, &facts);
             (g.name.clone(), decision)
         })
         .collect();
@@ -381,6 +423,7 @@ mod tests {
                 on_unknown: UnknownPolicy::Hold,
                 in_flight,
             },
+            interval: std::time::Duration::from_secs(60),
         }
     }
 
@@ -400,6 +443,42 @@ mod tests {
         let now = Timestamp::from_second(1_800_000_000).expect("time");
         let gated = gate_release(status, gating, current, true, now, 1, &mut events);
         (gated, events)
+    }
+
+    #[test]
+    fn an_open_gate_not_evaluated_for_three_intervals_counts_as_unknown() {
+        let now = Timestamp::from_second(1_800_000_000).expect("time");
+        let evaluated = |seconds_ago: i64| {
+            let mut gate = view(GateState::Open, InFlightPolicy::HoldAtNextStep);
+            if let Some(status) = gate.status.as_mut() {
+                status.last_evaluation_time = Some(Time(
+                    Timestamp::from_second(1_800_000_000 - seconds_ago).expect("time"),
+                ));
+            }
+            Gating {
+                gates: vec![gate],
+                ..Gating::default()
+            }
+        };
+        // Evaluated a minute ago (every minute expected): it counts until three minutes have gone.
+        let fresh = evaluated(60);
+        let (gated, _) = gate_once(&mut releasing("v1"), &fresh, "v2");
+        assert_eq!(gated, Gated::Go);
+        assert_eq!(
+            fresh.gates[0].stale_at(),
+            Timestamp::from_second(1_800_000_120).ok()
+        );
+        // Ten minutes ago: the gate's controller has not managed to evaluate it; Open no longer
+        // counts, and Unknown holds by default.
+        let stale = evaluated(600);
+        let mut status = releasing("v1");
+        let (gated, events) = gate_once(&mut status, &stale, "v2");
+        assert!(
+            matches!(&gated, Gated::HoldNew { message } if message.contains("not evaluated since")),
+            "{gated:?}"
+        );
+        assert_eq!(events.len(), 1);
+        assert!(stale.gates[0].stale_at().is_some_and(|at| at <= now));
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub use sluice_api::gate::default_burn_rate_alerts;
 pub(crate) use admission::refuse_promotion_while_held;
 pub use admission::{
     BYPASS_HISTORY_LIMIT, EVENT_RELEASE_HELD, EVENT_RELEASE_RESUMED, GateView, Gated, Gating,
-    RELEASED_HISTORY_LIMIT, admitted, forget_admission, gate_release, settle,
+    REASON_EVALUATION_STALE, RELEASED_HISTORY_LIMIT, STALE_AFTER_INTERVALS, admitted,
+    forget_admission, gate_release, settle,
 };
 pub use budget::{
     budget_remaining_percent, burn_rate, error_budget, evaluate_burn_rates, pair_fires,

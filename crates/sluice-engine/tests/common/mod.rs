@@ -29,6 +29,7 @@ pub fn gate_view(state: GateState, in_flight: InFlightPolicy) -> GateView {
             on_unknown: UnknownPolicy::Hold,
             in_flight,
         },
+        interval: std::time::Duration::from_secs(60),
     }
 }
 

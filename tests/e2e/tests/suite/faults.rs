@@ -1,16 +1,18 @@
 //! Faults a release must survive and make visible: a write the API server refuses becomes a
 //! condition and an Event on the Rollout (shown by `kubectl get`), while stable keeps serving, and the
-//! release carries on once the cause is gone.
+//! release carries on once the cause is gone; a gate whose status is no longer refreshed is not
+//! trusted.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Event, ResourceQuota};
+use k8s_openapi::api::core::v1::{Event, ResourceQuota, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use sluice_api::ErrorBudgetGate;
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{
     ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
@@ -155,5 +157,258 @@ async fn a_refused_write_is_a_condition_and_an_event_and_stable_keeps_serving() 
         "the condition stayed after a reconcile succeeded: {:?}",
         done.conditions
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gate_whose_last_evaluation_is_too_old_holds_instead_of_trusting_open() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "stale-gate").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let gates: Api<ErrorBudgetGate> = Api::namespaced(client.clone(), &ns.name);
+    gates
+        .patch(
+            "slo",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate", "metadata": {"name": "slo"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "objective": 99.9, "window": "28d", "evaluationInterval": "1m",
+                    "sli": {"events": {
+                        "errorQuery": "sum(increase(errors_total[{{window}}]))",
+                        "totalQuery": "sum(increase(requests_total[{{window}}]))"
+                    }},
+                    "prometheus": {"address": "http://127.0.0.1:9"}
+                }
+            })),
+        )
+        .await?;
+    let evaluated = eventually("the gate's first evaluation", WAIT, || async {
+        let gate = gates.get("slo").await?;
+        Ok(gate.status.is_some().then_some(gate))
+    })
+    .await?;
+    // A status that says Open, last evaluated ten minutes ago and next due in an hour: as a gate
+    // whose evaluations stopped reaching the API server would look. The gate's reconciler leaves it.
+    let ago = |minutes: i64| {
+        k8s_openapi::jiff::Timestamp::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_mins(minutes))
+            .map(|t| t.to_string())
+    };
+    gates
+        .patch_status(
+            "slo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "observedGeneration": evaluated.metadata.generation,
+                "state": "Open", "reason": "BudgetHealthy", "message": "80.0% of budget left",
+                "budgetRemainingPercent": 80.0,
+                "lastEvaluationTime": ago(-10)?, "nextEvaluationTime": ago(60)?
+            }})),
+        )
+        .await?;
+
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps = json!({"steps": [{"setWeight": 50}, {"pause": {"duration": "1s"}}]});
+    // The gate selects Rollouts by their own labels.
+    let labelled = |image: &str| {
+        let mut manifest = rollout("web", 1, image, steps.clone());
+        manifest["metadata"]["labels"] = json!({"app": "web"});
+        manifest
+    };
+    apply(&api, &labelled("registry.example/web:1.0.0")).await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    apply(&api, &labelled("registry.example/web:2.0.0")).await?;
+    let held = wait_status(&api, "web", "the new revision to be held", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "ReleaseHeld" && c.status == "True")
+    })
+    .await?;
+    let condition = held
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ReleaseHeld")
+        .context("ReleaseHeld")?;
+    println!("held: {}: {}", condition.reason, condition.message);
+    ensure!(
+        condition.reason == "ErrorBudgetUnknown"
+            && condition.message.contains("not evaluated since"),
+        "held for another reason: {condition:?}"
+    );
+    ensure!(
+        held.stable_rs == first.stable_rs,
+        "stable moved while held: {held:?}"
+    );
+    Ok(())
+}
+
+/// A ValidatingAdmissionPolicy (and its binding) refusing any change to a Service's selector in
+/// `ns`: the writes an abort makes to its canary Service fail until it is deleted.
+async fn refuse_selector_changes(client: &Client, ns: &str) -> Result<()> {
+    let name = format!("{ns}-frozen-selectors");
+    for (plural, manifest) in [
+        (
+            "validatingadmissionpolicies",
+            json!({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": name},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                        "operations": ["UPDATE"], "resources": ["services"]}]},
+                    "validations": [{"expression": "object.spec.selector == oldObject.spec.selector",
+                                     "message": "selectors are frozen for this test"}]
+                }
+            }),
+        ),
+        (
+            "validatingadmissionpolicybindings",
+            json!({
+                "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": name},
+                "spec": {
+                    "policyName": name, "validationActions": ["Deny"],
+                    "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+                }
+            }),
+        ),
+    ] {
+        let kind = manifest["kind"].as_str().unwrap_or_default();
+        let resource = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind),
+            plural,
+        );
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&manifest),
+        )
+        .await?;
+    }
+    // The policy takes a moment to be in force: until a selector change is refused (dry run).
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    eventually("the admission policy to be in force", WAIT, || async {
+        let probe = services
+            .patch(
+                "web-canary",
+                &PatchParams {
+                    dry_run: true,
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(json!({"spec": {"selector": {"e2e.sluice.dev/probe": "x"}}})),
+            )
+            .await;
+        Ok(probe.is_err().then_some(()))
+    })
+    .await
+}
+
+async fn allow_selector_changes(client: &Client, ns: &str) -> Result<()> {
+    let name = format!("{ns}-frozen-selectors");
+    for (kind, plural) in [
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+        ),
+        ("ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
+    ] {
+        let resource = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind),
+            plural,
+        );
+        let api: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &resource);
+        api.delete(&name, &DeleteParams::default()).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_whose_reconcile_fails_is_carried_out_once_the_failure_is_gone() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "lost-request").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["web-stable", "web-canary"] {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        services
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&svc),
+            )
+            .await?;
+    }
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let canary = json!({"canaryService": "web-canary", "stableService": "web-stable",
+        "steps": [{"setWeight": 50}, {"pause": {}}]});
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:1.0.0", canary.clone()),
+    )
+    .await?;
+    wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:2.0.0", canary),
+    )
+    .await?;
+    wait_status(&api, "web", "the release to pause at 50%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+
+    // The abort's first write after taking the request (the canary Service onto stable) is refused.
+    refuse_selector_changes(&client, &ns.name).await?;
+    let abort = json!({"metadata": {"annotations": {"sluice.dev/action": "abort"}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&abort))
+        .await?;
+    let failing = wait_status(&api, "web", "the refused write to be reported", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "ReconcileError" && c.status == "True")
+    })
+    .await?;
+    ensure!(!failing.abort, "aborted although the write was refused");
+    let claimed = api
+        .get("web")
+        .await?
+        .annotations()
+        .get("sluice.dev/action")
+        .cloned()
+        .unwrap_or_default();
+    println!("while failing: request annotation {claimed:?}");
+    ensure!(
+        claimed.starts_with("abort#"),
+        "the request is no longer on the Rollout while it could not be carried out: {claimed:?}"
+    );
+
+    // The failure gone, a retried reconcile carries the abort out, once.
+    allow_selector_changes(&client, &ns.name).await?;
+    let aborted = wait_status(&api, "web", "the abort once the writes go through", |s| {
+        s.abort
+    })
+    .await?;
+    ensure!(
+        aborted.handled_request.as_deref() == Some(claimed.as_str()),
+        "the status does not record the request: {:?}",
+        aborted.handled_request
+    );
+    eventually("the handled request to be taken off", WAIT, || async {
+        let ro = api.get("web").await?;
+        Ok((!ro.annotations().contains_key("sluice.dev/action")).then_some(()))
+    })
+    .await?;
     Ok(())
 }

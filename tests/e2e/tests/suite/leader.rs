@@ -91,6 +91,15 @@ async fn a_standby_controller_takes_over_when_the_leader_dies() -> Result<()> {
         !standby_log.contains("created ReplicaSet"),
         "the standby wrote:\n{standby_log}"
     );
+    // The standby is Ready (its caches are full), so that with two replicas and a disruption
+    // budget of one the leader's pod can still be evicted (a node drain would hang otherwise).
+    eventually("the standby to be Ready", WAIT, || async {
+        Ok(sluice_e2e::http_get(&second.http, "/readyz")
+            .await
+            .is_ok()
+            .then_some(()))
+    })
+    .await?;
 
     // The leader dies without releasing the Lease; the standby takes over once it expires (5 s).
     first.kill()?;

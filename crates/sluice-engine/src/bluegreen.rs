@@ -298,6 +298,13 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
     if s.actions.abort && releasing && !d.status.abort {
         abort(&mut d, "aborted by a user");
     }
+    if let Some(problem) = s.invalid_spec
+        && releasing
+        && !d.status.abort
+    {
+        // It cannot go on safely: back to stable, through whatever routing is left.
+        abort(&mut d, &format!("aborted: invalid spec: {problem}"));
+    }
     if s.actions.promote_full && releasing && !d.status.abort && !d.status.promote_full {
         d.status.promote_full = true;
         d.event(
@@ -939,6 +946,7 @@ mod tests {
                 pods: &[],
                 actions,
                 request: None,
+                invalid_spec: None,
                 gating: &crate::gate::Gating::default(),
                 now: self.now,
             };

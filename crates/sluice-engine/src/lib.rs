@@ -48,18 +48,21 @@ const MAX_PASSES: usize = 8;
 /// controller need not be woken by its own status write to finish a transition. Each pass reads the
 /// verdicts of the runs its status records; then the release's runs are planned.
 pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
-    // The spec passed the controller's checks (a missing Service, route or template is
+    // The spec passed the controller's checks, or a release in flight meets a spec gone invalid (a
+    // missing Service, route or template: aborted below; with no release in flight it is
     // `hold_invalid_spec`'s).
     let mut valid = s.status.clone();
-    conditions::set(
-        &mut valid.conditions,
-        "InvalidSpec",
-        conditions::ConditionStatus::False,
-        "SpecValid",
-        "the spec is valid",
-        s.now,
-        s.generation,
-    );
+    if s.invalid_spec.is_none() {
+        conditions::set(
+            &mut valid.conditions,
+            "InvalidSpec",
+            conditions::ConditionStatus::False,
+            "SpecValid",
+            "the spec is valid",
+            s.now,
+            s.generation,
+        );
+    }
     // The controller got this far: a failure of an earlier reconcile is over.
     valid
         .conditions
@@ -109,6 +112,12 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
     runs::plan_runs(s, strategy, &mut plan);
     if s.actions.restart {
         restart::record_request(&mut plan, s.now);
+    }
+    if let Some(problem) = s.invalid_spec {
+        // The release in flight was aborted above; the Rollout says why, as for a spec held invalid.
+        let (held, event) = hold_invalid_spec(&plan.status, problem, s.generation, s.now);
+        plan.status = held;
+        plan.events.extend(event);
     }
     if let Some(request) = s.request {
         // Recorded with what the request did, in the same status write: acted on exactly once.

@@ -116,6 +116,9 @@ pub struct Snapshot<'a> {
     pub actions: Actions,
     /// The id of the request `actions` come from, recorded in `status.handledRequest` by this plan.
     pub request: Option<&'a str>,
+    /// What the controller found wrong with the spec (a Service, route or template missing) while a
+    /// release is in flight: the release is aborted, and the Rollout says why.
+    pub invalid_spec: Option<&'a str>,
     /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
     pub gating: &'a Gating,
     pub now: Timestamp,

@@ -236,6 +236,7 @@ impl World {
             pods: &[],
             actions,
             request: None,
+            invalid_spec: None,
             gating: &self.gating,
             now,
         };

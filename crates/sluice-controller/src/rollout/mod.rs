@@ -21,7 +21,7 @@ use tracing::{Instrument, warn};
 use crate::Context;
 use crate::cache;
 use crate::error::Error;
-use crate::rollout_analysis;
+use crate::rollout_analysis::{self, Templates};
 
 mod apply;
 mod observe;
@@ -29,7 +29,7 @@ mod requests;
 
 use apply::{execute, invalid_spec, record, report_failure};
 pub(crate) use observe::Strategy;
-use observe::{check_spec, pod_view, view};
+use observe::{check_objects, in_flight, pod_view, strategy_of, view};
 pub use observe::{references, wakes};
 use requests::{Pending, take_request};
 
@@ -128,11 +128,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     }
     let status = rollout.status.clone().unwrap_or_default();
 
-    let (strategy, templates) = match check_spec(rollout, ctx, &namespace) {
-        Ok(checked) => checked,
+    let strategy = match strategy_of(rollout) {
+        Ok(strategy) => strategy,
         Err(problem) => {
             return invalid_spec(rollout, ctx, &status, &problem, Timestamp::now()).await;
         }
+    };
+    let (templates, problem) = match check_objects(strategy, ctx, &namespace) {
+        Ok(templates) => (templates, None),
+        Err(problem) => (Templates::new(), Some(problem)),
     };
     let template = rollout.spec.template.clone().unwrap_or_default();
     let hash = pod_template_hash(&serde_json::to_value(&template)?);
@@ -149,6 +153,12 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
     .filter_map(|rs| view(rs))
     .collect();
+    if let Some(problem) = &problem
+        && !in_flight(&status, &views)
+    {
+        // Nothing in flight: nothing moves until the spec is mended, and the Rollout says why.
+        return invalid_spec(rollout, ctx, &status, problem, Timestamp::now()).await;
+    }
     let runs = rollout_analysis::owned_runs(ctx, &namespace, rollout);
     // One clock read per reconcile: everything decided in it is decided at this moment.
     let now = Timestamp::now();
@@ -182,6 +192,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         pods: &pods,
         actions,
         request,
+        invalid_spec: problem.as_deref(),
         gating: &gating,
         now,
     };

@@ -7,7 +7,9 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout};
+use sluice_api::rollout::{
+    BlueGreenStrategy, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutStatus,
+};
 use sluice_engine::pods::PodView;
 use sluice_engine::release::ReplicaSetView;
 
@@ -119,28 +121,38 @@ pub(super) fn pod_view(pod: &Pod, now: Timestamp) -> Option<PodView> {
     })
 }
 
-/// What only the controller can check, read from the caches: the strategy and the templates its
-/// fields name, or what is wrong with the spec (a user error to report, not a failure).
-pub(super) fn check_spec<'a>(
-    rollout: &'a Rollout,
-    ctx: &Context,
-    namespace: &str,
-) -> Result<(Strategy<'a>, Templates), String> {
-    let mut templates = Templates::new();
+/// The strategy the spec sets, or why there is none (a user error to report, not a failure).
+pub(super) fn strategy_of(rollout: &Rollout) -> Result<Strategy<'_>, String> {
     if rollout.spec.template.is_none() {
         return Err(
             "spec.workloadRef is not supported by this version of Sluice; set spec.template"
                 .to_owned(),
         );
     }
-    let caches = &ctx.caches;
-    let service_exists = |name: &str| cache::get(&caches.services, namespace, name).is_some();
-    let canary = match (
+    match (
         &rollout.spec.strategy.canary,
         &rollout.spec.strategy.blue_green,
     ) {
-        (Some(canary), _) => canary,
-        (None, Some(blue_green)) => {
+        (Some(canary), _) => Ok(Strategy::Canary(canary)),
+        (None, Some(blue_green)) => Ok(Strategy::BlueGreen(blue_green)),
+        (None, None) => Err("spec.strategy sets neither canary nor blueGreen".to_owned()),
+    }
+}
+
+/// What only the controller can check, read from the caches: that the Services, route and templates
+/// the strategy names exist (the templates, for the runs the plan may start), or what is missing (a
+/// user error to report, not a failure).
+pub(super) fn check_objects(
+    strategy: Strategy<'_>,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Templates, String> {
+    let mut templates = Templates::new();
+    let caches = &ctx.caches;
+    let service_exists = |name: &str| cache::get(&caches.services, namespace, name).is_some();
+    let canary = match strategy {
+        Strategy::Canary(canary) => canary,
+        Strategy::BlueGreen(blue_green) => {
             for (field, service) in [
                 ("activeService", Some(&blue_green.active_service)),
                 ("previewService", blue_green.preview_service.as_ref()),
@@ -157,10 +169,7 @@ pub(super) fn check_spec<'a>(
                 let found = rollout_analysis::templates(caches, namespace, refs, &field)?;
                 templates.insert(field, found);
             }
-            return Ok((Strategy::BlueGreen(blue_green), templates));
-        }
-        (None, None) => {
-            return Err("spec.strategy sets neither canary nor blueGreen".to_owned());
+            return Ok(templates);
         }
     };
     for (field, service) in [
@@ -180,7 +189,18 @@ pub(super) fn check_spec<'a>(
         let found = rollout_analysis::templates(caches, namespace, refs, &field)?;
         templates.insert(field, found);
     }
-    Ok((Strategy::Canary(canary), templates))
+    Ok(templates)
+}
+
+/// A release is under way that an invalid spec must not freeze: a revision other than stable has
+/// pods (and may have traffic). The engine then aborts it (traffic back on stable through whatever
+/// routing still exists) instead of holding everything where it stands; a release that has not
+/// started yet is held before it creates anything.
+pub(super) fn in_flight(status: &RolloutStatus, views: &[ReplicaSetView]) -> bool {
+    let Some(stable) = status.stable_rs.as_deref() else {
+        return false;
+    };
+    views.iter().any(|v| v.hash != stable && v.replicas > 0)
 }
 
 /// A Rollout's release strategy, with what the executor needs from either kind.

@@ -18,7 +18,9 @@ use sluice_e2e::{
     ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
 };
 
-use crate::canary::{apply, healthy_on, rollout, wait_status};
+use crate::canary::{
+    apply, create_routing, healthy_on, rollout, route_weights, routed_canary, wait_status,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -410,5 +412,78 @@ async fn a_request_whose_reconcile_fails_is_carried_out_once_the_failure_is_gone
         Ok((!ro.annotations().contains_key("sluice.dev/action")).then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_deleted_mid_release_aborts_it_back_to_stable_instead_of_freezing_it()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "invalid-mid-release").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps = json!([{"setWeight": 50}, {"pause": {}}]);
+    apply(
+        &api,
+        &rollout(
+            "web",
+            2,
+            "registry.example/web:1.0.0",
+            routed_canary(steps.clone()),
+        ),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:2.0.0", routed_canary(steps)),
+    )
+    .await?;
+    wait_status(&api, "web", "the release to pause at 50%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    eventually("half the traffic on the canary", WAIT, || async {
+        Ok((route_weights(&client, &ns.name).await? == (50, 50)).then_some(()))
+    })
+    .await?;
+
+    // The canary Service goes mid-release: the release cannot go on, and must not stay at 50%.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .delete("web-canary", &DeleteParams::default())
+        .await?;
+    let aborted = wait_status(&api, "web", "the release to be aborted", |s| s.abort).await?;
+    println!("aborted: {:?}", aborted.message);
+    ensure!(
+        aborted
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("web-canary") && m.contains("does not exist")),
+        "the Rollout does not say why: {:?}",
+        aborted.message
+    );
+    ensure!(
+        aborted
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "InvalidSpec" && c.status == "True"),
+        "no InvalidSpec condition: {:?}",
+        aborted.conditions
+    );
+    eventually("all traffic back on stable", WAIT, || async {
+        Ok((route_weights(&client, &ns.name).await? == (100, 0)).then_some(()))
+    })
+    .await?;
+    ensure!(
+        aborted.stable_rs == first.stable_rs,
+        "stable changed: {:?}",
+        aborted.stable_rs
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -39,6 +40,7 @@ mod cache;
 mod error;
 mod gate;
 mod http;
+mod lease;
 mod metrics;
 mod release_gates;
 mod rollout;
@@ -173,7 +175,8 @@ async fn main() -> anyhow::Result<()> {
 
     sluice_analysis::prometheus::install_crypto_provider();
     let metrics = metrics::Metrics::default();
-    let client = counted_client(&metrics).await?;
+    let renewals = lease::Renewals::new(&args.lease_name);
+    let client = counted_client(&metrics, &renewals).await?;
     let reporter = Reporter {
         controller: FIELD_MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
@@ -210,11 +213,14 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| std::env::var("POD_NAME").ok())
             .unwrap_or_else(default_identity);
         let duration = args.lease_duration_seconds;
+        // Renewed `grace` seconds before it expires; given up (the process exits) halfway through
+        // that margin, before a standby may take it over.
+        let grace = (duration * 2 / 5).clamp(1, 5);
         let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&namespace)
             .with_identity(&identity)
             .with_duration(duration)
-            .with_grace((duration / 3).clamp(1, 5))
+            .with_grace(grace)
             .build()
             .await
             .with_context(|| {
@@ -232,6 +238,12 @@ async fn main() -> anyhow::Result<()> {
                 .context("leader election stopped before this instance became the leader")?;
         }
         tracing::info!(%identity, "became the leader");
+        let deadline = Duration::from_secs(duration) - Duration::from_secs(grace) / 2;
+        tokio::spawn(lease::stop_when_renewals_fail(
+            renewals.clone(),
+            std::time::Instant::now(),
+            deadline,
+        ));
         Some((leader, task))
     } else {
         None
@@ -270,8 +282,11 @@ fn default_identity() -> String {
 }
 
 /// A client that counts every request it sends in `sluice_api_requests_total`, and each Rollout
-/// reconcile's in `sluice_rollout_reconcile_api_requests`.
-async fn counted_client(metrics: &metrics::Metrics) -> anyhow::Result<Client> {
+/// reconcile's in `sluice_rollout_reconcile_api_requests`, and notes each renewal of the Lease.
+async fn counted_client(
+    metrics: &metrics::Metrics,
+    renewals: &Arc<lease::Renewals>,
+) -> anyhow::Result<Client> {
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API server (kubeconfig or in-cluster)")?;
@@ -287,6 +302,7 @@ async fn counted_client(metrics: &metrics::Metrics) -> anyhow::Result<Client> {
         });
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
+        .with_layer(&lease::NoteRenewals(renewals.clone()))
         .build())
 }
 

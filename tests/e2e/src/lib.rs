@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod proxy;
 pub mod scale;
 pub mod slo_history;
 
@@ -228,7 +229,8 @@ impl ControllerProcess {
         Self::start_as(namespace, &format!("e2e-{namespace}"))
     }
 
-    /// Starts a controller for `namespace` with its own leader-election identity and a 5 s Lease.
+    /// Starts a controller for `namespace` with its own leader-election identity and a 10 s Lease
+    /// (renewed every 6 s, given up after 8 s without a renewal).
     pub fn start_as(namespace: &str, identity: &str) -> Result<Self> {
         Self::start_with(namespace, identity, &kubeconfig_path())
     }
@@ -255,7 +257,7 @@ impl ControllerProcess {
             .port();
         let child = Command::new(&binary)
             .args(["--namespace", namespace, "--log-format", "text"])
-            .args(["--identity", identity, "--lease-duration-seconds", "5"])
+            .args(["--identity", identity, "--lease-duration-seconds", "10"])
             .env("KUBECONFIG", kubeconfig)
             .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .stdout(file.try_clone()?)
@@ -278,6 +280,11 @@ impl ControllerProcess {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process has exited (on its own).
+    pub fn try_exited(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
     }
 
     /// Kills the controller with SIGKILL, as a crash would.

@@ -20,7 +20,7 @@
 //! reached is printed instead.
 //!
 //! Alone, Sluice's controller runs as the end-to-end tests start it ([`ControllerProcess`]: leader
-//! election on a 5 s Lease), so its idle requests are mostly the Lease's renewals.
+//! election on a 10 s Lease), so its idle requests are mostly the Lease's renewals.
 //!
 //! With `--peer argo-rollouts` the scenario runs twice on the same cluster, one controller at a
 //! time, each in a fresh namespace: first Sluice's, then [`ArgoRollouts`]' controller (built from
@@ -175,7 +175,7 @@ pub trait RunningController: Send {
 /// Sluice's controller: `SLUICE_E2E_CONTROLLER` (the release build under `cargo xtask bench`),
 /// for the namespace.
 pub struct Sluice {
-    /// Take part in leader election on a 5 s Lease, as the end-to-end tests start it
+    /// Take part in leader election on a 10 s Lease, as the end-to-end tests start it
     /// ([`ControllerProcess`]); else `--leader-elect false`, as a single instance (and as the peer
     /// runs).
     pub leader_elect: bool,
@@ -225,7 +225,7 @@ impl ControllerUnderTest for Sluice {
 
     fn setup(&self) -> String {
         if self.leader_elect {
-            "leader election on a 5 s Lease".to_owned()
+            "leader election on a 10 s Lease".to_owned()
         } else {
             "no leader election".to_owned()
         }

@@ -4,6 +4,7 @@ mod analysis;
 mod api;
 mod bluegreen;
 mod canary;
+mod chaos;
 mod chart;
 mod cluster;
 mod faults;

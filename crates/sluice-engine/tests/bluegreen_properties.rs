@@ -41,6 +41,9 @@ enum Event {
     /// The error-budget gate selecting the Rollout: 0 none, 1 Open, 2 Frozen, 3 Unknown; with the
     /// in-flight policy 0 HoldAtNextStep, 1 Abort, 2 Continue.
     Gate(u8, u8),
+    /// The controller dies while applying the next plan, after its first `n` writes (create, scale
+    /// up, scale-down marks, scale down, delete, runs), before the status.
+    Crash(u8),
 }
 
 fn event_strategy() -> impl Strategy<Value = Event> {
@@ -57,6 +60,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         2 => (0..4u8).prop_map(Event::Pre),
         2 => (0..4u8).prop_map(Event::Post),
         2 => (0..4u8, 0..3u8).prop_map(|(g, p)| Event::Gate(g, p)),
+        2 => (0..7u8).prop_map(Event::Crash),
     ]
 }
 
@@ -246,6 +250,48 @@ impl World {
         )
     }
 
+    /// Applies the first `writes` kinds of the plan's writes, in the executor's order, and not the
+    /// status: a crash part way.
+    fn apply_partly(&mut self, plan: &Plan, writes: u8) {
+        if writes >= 1 && plan.create_current && !self.rss.contains_key(&self.current) {
+            let good = self.good.get(&self.current).copied().unwrap_or(true);
+            self.rss.insert(
+                self.current.clone(),
+                SimRs {
+                    replicas: 0,
+                    available: 0,
+                    good,
+                    scale_down_at: None,
+                    created: self.now,
+                },
+            );
+        }
+        for (hash, replicas) in &plan.scale {
+            if let Some(rs) = self.rss.get_mut(hash) {
+                let up = *replicas > rs.replicas;
+                if (up && writes >= 2) || (!up && writes >= 4) {
+                    rs.replicas = *replicas;
+                    rs.available = rs.available.min(*replicas);
+                }
+            }
+        }
+        if writes >= 3 {
+            for (hash, at) in &plan.scale_down_at {
+                if let Some(rs) = self.rss.get_mut(hash) {
+                    rs.scale_down_at = *at;
+                }
+            }
+        }
+        if writes >= 5 {
+            for hash in &plan.delete {
+                self.rss.remove(hash);
+            }
+        }
+        if writes >= 6 {
+            self.runs.apply(plan, &self.current);
+        }
+    }
+
     fn apply(&mut self, plan: &Plan) {
         if plan.create_current {
             let good = self.good.get(&self.current).copied().unwrap_or(true);
@@ -420,6 +466,17 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
                     2 => vec![gate_view(GateState::Frozen, policy)],
                     _ => vec![gate_view(GateState::Unknown, policy)],
                 };
+            }
+            Event::Crash(writes) => {
+                let before = world.status.clone();
+                let plan = world.decide(&before, Actions::default());
+                // The plan itself keeps the promises (checked on a copy with it all applied); the
+                // world only gets its first writes, and the next reconcile starts from there.
+                let mut whole = world.clone();
+                whole.apply(&plan);
+                check(&whole, &before, &plan, Actions::default())?;
+                world.apply_partly(&plan, *writes);
+                continue;
             }
             _ => {}
         }

@@ -53,6 +53,10 @@ enum Event {
     Gate(u8),
     /// The bypass annotation: 0 removed, else set with reason `n`.
     Bypass(u8),
+    /// The controller dies while applying the next plan, after its first `n` writes (in the
+    /// executor's order: create, scale up, scale-down marks, scale down, delete, runs), before the
+    /// status: the next reconcile starts from the old status and the partly changed world.
+    Crash(u8),
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -79,6 +83,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         1 => (0..4u8).prop_map(Event::Background),
         2 => (0..5u8).prop_map(Event::Gate),
         1 => (0..3u8).prop_map(Event::Bypass),
+        2 => (0..7u8).prop_map(Event::Crash),
     ]
 }
 
@@ -278,6 +283,48 @@ impl World {
             &snapshot,
             sluice_engine::Strategy::Canary(self.spec.strategy.canary.as_ref().expect("canary")),
         )
+    }
+
+    /// Applies the first `writes` kinds of the plan's writes, in the executor's order, and not the
+    /// status: a crash part way.
+    fn apply_partly(&mut self, plan: &Plan, writes: u8) {
+        if writes >= 1 && plan.create_current && !self.rss.contains_key(&self.current) {
+            let good = self.good.get(&self.current).copied().unwrap_or(true);
+            self.rss.insert(
+                self.current.clone(),
+                SimRs {
+                    replicas: 0,
+                    available: 0,
+                    good,
+                    scale_down_at: None,
+                    created: self.now,
+                },
+            );
+        }
+        for (hash, replicas) in &plan.scale {
+            if let Some(rs) = self.rss.get_mut(hash) {
+                let up = *replicas > rs.replicas;
+                if (up && writes >= 2) || (!up && writes >= 4) {
+                    rs.replicas = *replicas;
+                    rs.available = rs.available.min(*replicas);
+                }
+            }
+        }
+        if writes >= 3 {
+            for (hash, at) in &plan.scale_down_at {
+                if let Some(rs) = self.rss.get_mut(hash) {
+                    rs.scale_down_at = *at;
+                }
+            }
+        }
+        if writes >= 5 {
+            for hash in &plan.delete {
+                self.rss.remove(hash);
+            }
+        }
+        if writes >= 6 {
+            self.runs.apply(plan, &self.current);
+        }
     }
 
     fn apply(&mut self, plan: &Plan) {
@@ -491,6 +538,15 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
             }
             Event::Bypass(b) => {
                 world.gating.bypass_reason = (*b > 0).then(|| format!("incident {b}"));
+            }
+            Event::Crash(writes) => {
+                let before = world.status.clone();
+                let plan = world.decide(&before, Actions::default());
+                check(world, &before, &plan, Actions::default())?;
+                world.apply_partly(&plan, *writes);
+                // The next event's reconcile starts from the old status and the partly changed
+                // world, and is checked like any other.
+                continue;
             }
             _ => {}
         }

@@ -460,9 +460,35 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     }
     let e2e = timed("e2e tests", &mut || {
         let mut cmd = cargo();
-        cmd.args(["test", "-p", "sluice-e2e", "--locked"])
+        cmd.args([
+            "test",
+            "-p",
+            "sluice-e2e",
+            "--locked",
+            "--",
+            "--skip",
+            "isolated::",
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v)));
+        run("end-to-end tests", &mut cmd)?;
+        // Tests that disturb the whole cluster (etcd paused) run alone, after the others.
+        let mut alone = cargo();
+        alone
+            .args([
+                "test",
+                "-p",
+                "sluice-e2e",
+                "--locked",
+                "--test",
+                "suite",
+                "--",
+            ])
+            .args(["isolated::", "--test-threads=1"])
             .envs(env.iter().map(|(k, v)| (*k, v)));
-        run("end-to-end tests", &mut cmd)
+        run(
+            "end-to-end tests that need the cluster to themselves",
+            &mut alone,
+        )
     });
     if !external && !keep_cluster {
         if let Err(err) = &e2e {

@@ -212,6 +212,28 @@ pub fn yaml_documents(text: &str) -> Result<Vec<serde_json::Value>> {
     Ok(docs)
 }
 
+/// Creates (server-side apply) each Service `name` of `services`, selecting the pods labelled
+/// `app: <app>` on port 80, given as `(app, name)` pairs.
+pub async fn create_services(
+    client: &Client,
+    namespace: &str,
+    services: &[(&str, &str)],
+) -> Result<()> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), namespace);
+    for (app, name) in services {
+        let svc = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                                     "spec": {"selector": {"app": app}, "ports": [{"port": 80}]}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::apply(FIELD_MANAGER),
+            &kube::api::Patch::Apply(&svc),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// A controller process for one test, watching only that test's namespace; killed when dropped.
 pub struct ControllerProcess {
     child: std::process::Child,

@@ -218,18 +218,8 @@ fn manifest(routed: bool, image: &str) -> Value {
 }
 
 async fn create_routing(client: &Client, ns: &str) -> Result<()> {
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    for name in ["web-stable", "web-canary"] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(client, ns, &[("web", "web-stable"), ("web", "web-canary")])
+        .await?;
     let route = json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "web"},
         "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [
@@ -523,17 +513,12 @@ async fn bluegreen_bench(client: &Client, count: usize) -> Result<()> {
     let ns = TestNamespace::create(client, "bench-bluegreen").await?;
     let _controller = ControllerProcess::start(&ns.name)?;
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    for name in ["web-active", "web-preview"] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(
+        client,
+        &ns.name,
+        &[("web", "web-active"), ("web", "web-preview")],
+    )
+    .await?;
     // A post-promotion analysis that keeps measuring, so the release can be aborted after the switch.
     let template = json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "slow"},

@@ -39,18 +39,8 @@ fn rollout(image: &str, blue_green: Value) -> Value {
 }
 
 async fn create_services(client: &Client, ns: &str) -> Result<()> {
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    for name in ["web-active", "web-preview"] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(client, ns, &[("web", "web-active"), ("web", "web-preview")])
+        .await?;
     Ok(())
 }
 

@@ -156,18 +156,8 @@ fn record_route_weights(client: &Client, ns: &str) -> Arc<Mutex<Vec<(i64, i64)>>
 }
 
 pub(crate) async fn create_routing(client: &Client, ns: &str) -> Result<()> {
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    for name in ["web-stable", "web-canary"] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(client, ns, &[("web", "web-stable"), ("web", "web-canary")])
+        .await?;
     let route = json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "web"},
         "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [
@@ -284,18 +274,12 @@ async fn abort_puts_all_traffic_and_full_capacity_back_on_stable_and_retry_start
     let ns = TestNamespace::create(&client, "abort").await?;
     let _controller = ControllerProcess::start(&ns.name)?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    for name in ["web-stable", "web-canary"] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(
+        &client,
+        &ns.name,
+        &[("web", "web-stable"), ("web", "web-canary")],
+    )
+    .await?;
     // No router: weight is the share of canary pods, and each Service selects one version.
     let canary = json!({"maxSurge": 1, "maxUnavailable": 0,
         "canaryService": "web-canary", "stableService": "web-stable",
@@ -355,6 +339,7 @@ async fn abort_puts_all_traffic_and_full_capacity_back_on_stable_and_retry_start
     let weights = status.canary.and_then(|c| c.weights).context("weights")?;
     assert_eq!((weights.stable.weight, weights.canary.weight), (100, 0));
     // No Service selects the aborted version: the canary Service serves stable too.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     eventually("both Services on stable", WAIT, || async {
         let mut selected = Vec::new();
         for name in ["web-stable", "web-canary"] {
@@ -441,18 +426,12 @@ async fn a_missing_service_is_an_invalid_spec_and_leaves_the_cluster_alone() -> 
 
     // The Services appear: the controller watches them, so the Rollout recovers at once rather than
     // at its next periodic look (30 s).
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    for name in ["web-stable", "web-canary"] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(
+        &client,
+        &ns.name,
+        &[("web", "web-stable"), ("web", "web-canary")],
+    )
+    .await?;
     let healthy = eventually(
         "the Rollout to recover once its Services exist",
         Duration::from_secs(15),

@@ -76,25 +76,19 @@ fn routes(client: &Client, ns: &str) -> Api<DynamicObject> {
 }
 
 async fn create_objects(client: &Client, ns: &str) -> Result<()> {
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    for (app, name) in [
-        ("routed", "routed-stable"),
-        ("routed", "routed-canary"),
-        ("plain", "plain-stable"),
-        ("plain", "plain-canary"),
-        ("bg", "bg-active"),
-        ("bg", "bg-preview"),
-    ] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": app}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(
+        client,
+        ns,
+        &[
+            ("routed", "routed-stable"),
+            ("routed", "routed-canary"),
+            ("plain", "plain-stable"),
+            ("plain", "plain-canary"),
+            ("bg", "bg-active"),
+            ("bg", "bg-preview"),
+        ],
+    )
+    .await?;
     let route = json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "routed"},
         "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [

@@ -25,7 +25,7 @@ use crate::canary::{
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Each ReplicaSet of the namespace with its wanted replicas.
-async fn replica_sets(client: &Client, ns: &str) -> Result<BTreeMap<String, i32>> {
+pub(crate) async fn replica_sets(client: &Client, ns: &str) -> Result<BTreeMap<String, i32>> {
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
     Ok(api
         .list(&ListParams::default())
@@ -337,18 +337,12 @@ async fn a_request_whose_reconcile_fails_is_carried_out_once_the_failure_is_gone
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "lost-request").await?;
     let _controller = ControllerProcess::start(&ns.name)?;
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    for name in ["web-stable", "web-canary"] {
-        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        services
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER),
-                &Patch::Apply(&svc),
-            )
-            .await?;
-    }
+    sluice_e2e::create_services(
+        &client,
+        &ns.name,
+        &[("web", "web-stable"), ("web", "web-canary")],
+    )
+    .await?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     let canary = json!({"canaryService": "web-canary", "stableService": "web-stable",
         "steps": [{"setWeight": 50}, {"pause": {}}]});

@@ -9,6 +9,7 @@ mod chart;
 mod cluster;
 mod faults;
 mod gate;
+mod isolated;
 mod leader;
 mod operator;
 mod plugin;

@@ -4,7 +4,7 @@
 //! trusted.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -478,6 +478,131 @@ async fn a_service_deleted_mid_release_aborts_it_back_to_stable_instead_of_freez
         aborted.stable_rs == first.stable_rs,
         "stable changed: {:?}",
         aborted.stable_rs
+    );
+    Ok(())
+}
+
+/// The request annotation once the controller has claimed it, and the status recording it handled.
+async fn handled(api: &Api<Rollout>, request: &str) -> Result<String> {
+    eventually(&format!("{request} to be handled"), WAIT, || async {
+        let rollout = api.get("web").await?;
+        let status = rollout.status.clone().unwrap_or_default();
+        Ok(status
+            .handled_request
+            .filter(|id| id.starts_with(&format!("{request}#")))
+            .filter(|_| {
+                rollout
+                    .annotations()
+                    .get("sluice.dev/action")
+                    .is_none_or(|a| a != request)
+            }))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_burst_of_abort_and_retry_requests_never_undoes_an_abort() -> Result<()> {
+    use futures::StreamExt as _;
+    use kube::runtime::{WatchStreamExt as _, watcher};
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "request-burst").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps = json!([{"setWeight": 50}, {"pause": {}}]);
+    apply(
+        &api,
+        &rollout(
+            "web",
+            2,
+            "registry.example/web:1.0.0",
+            routed_canary(steps.clone()),
+        ),
+    )
+    .await?;
+    wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:2.0.0", routed_canary(steps)),
+    )
+    .await?;
+    wait_status(&api, "web", "the release to pause at 50%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+
+    // Every weight the route takes, with when it was seen.
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(Instant, i64)>>> = Default::default();
+    let log = seen.clone();
+    let gvk = kube::core::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "httproutes"),
+    );
+    tokio::spawn(async move {
+        let mut stream =
+            std::pin::pin!(watcher(routes, watcher::Config::default()).applied_objects());
+        while let Some(Ok(route)) = stream.next().await {
+            let canary = route.data["spec"]["rules"][0]["backendRefs"]
+                .as_array()
+                .and_then(|refs| refs.iter().find(|r| r["name"] == "web-canary"))
+                .and_then(|r| r["weight"].as_i64())
+                .unwrap_or(-1);
+            if let Ok(mut seen) = log.lock() {
+                seen.push((Instant::now(), canary));
+            }
+        }
+    });
+
+    // Abort and retry in quick succession, each sent the moment the one before is taken.
+    let rounds = 8;
+    let mut aborted_spans: Vec<(Instant, Option<Instant>)> = Vec::new();
+    for _ in 0..rounds {
+        for request in ["abort", "retry"] {
+            eventually("the request slot to be free", WAIT, || async {
+                let rollout = api.get("web").await?;
+                Ok((!rollout.annotations().contains_key("sluice.dev/action")).then_some(()))
+            })
+            .await?;
+            if request == "retry"
+                && let Some(last) = aborted_spans.last_mut()
+            {
+                // The retry may move traffic as soon as it is sent.
+                last.1 = Some(Instant::now());
+            }
+            let patch = json!({"metadata": {"annotations": {"sluice.dev/action": request}}});
+            api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            handled(&api, request).await?;
+            if request == "abort" {
+                aborted_spans.push((Instant::now(), None));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once an abort is recorded, the canary gets no traffic until the retry that follows is sent.
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let undone: Vec<_> = aborted_spans
+        .iter()
+        .filter_map(|(from, to)| {
+            seen.iter()
+                .find(|(at, canary)| at > from && to.is_none_or(|to| *at < to) && *canary > 0)
+                .map(|(_, canary)| *canary)
+        })
+        .collect();
+    println!(
+        "{rounds} abort/retry rounds: {} route changes seen, {} aborts undone",
+        seen.len(),
+        undone.len()
+    );
+    ensure!(
+        undone.is_empty(),
+        "an abort was undone: canary weights {undone:?} after it"
     );
     Ok(())
 }

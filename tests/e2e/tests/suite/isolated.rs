@@ -132,6 +132,20 @@ fn restart_apiserver(pid_file: &std::path::Path) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The killed server's port may take a moment to be free again: wait until it can be bound.
+    let port = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--secure-port="))
+        .context("no --secure-port")?
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpListener::bind(format!("127.0.0.1:{port}")).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "port {port} stayed in use"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let log = pid_file
         .parent()
         .and_then(std::path::Path::parent)

@@ -327,35 +327,9 @@ impl World {
         }
     }
 
+    /// Applies the whole plan, status last.
     fn apply(&mut self, plan: &Plan) {
-        if plan.create_current {
-            let good = self.good.get(&self.current).copied().unwrap_or(true);
-            self.rss.insert(
-                self.current.clone(),
-                SimRs {
-                    replicas: 0,
-                    available: 0,
-                    good,
-                    scale_down_at: None,
-                    created: self.now,
-                },
-            );
-        }
-        for (hash, replicas) in &plan.scale {
-            if let Some(rs) = self.rss.get_mut(hash) {
-                rs.replicas = *replicas;
-                rs.available = rs.available.min(*replicas);
-            }
-        }
-        for (hash, at) in &plan.scale_down_at {
-            if let Some(rs) = self.rss.get_mut(hash) {
-                rs.scale_down_at = *at;
-            }
-        }
-        for hash in &plan.delete {
-            self.rss.remove(hash);
-        }
-        self.runs.apply(plan, &self.current);
+        self.apply_partly(plan, u8::MAX);
         self.status = plan.status.clone();
         if let Some(stable) = &self.status.stable_rs {
             self.released.insert(stable.clone());

@@ -409,13 +409,21 @@ async fn a_request_whose_reconcile_fails_is_carried_out_once_the_failure_is_gone
     Ok(())
 }
 
-#[tokio::test]
-async fn a_service_deleted_mid_release_aborts_it_back_to_stable_instead_of_freezing_it()
--> Result<()> {
+/// A routed canary (`setWeight: 50`, then a pause for a person) whose second revision waits at 50%,
+/// with the controller running; returns the first revision's status too.
+async fn routed_release_paused_at_half(
+    prefix: &str,
+) -> Result<(
+    Client,
+    TestNamespace,
+    ControllerProcess,
+    Api<Rollout>,
+    sluice_api::rollout::RolloutStatus,
+)> {
     let client = client().await?;
     install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "invalid-mid-release").await?;
-    let _controller = ControllerProcess::start(&ns.name)?;
+    let ns = TestNamespace::create(&client, prefix).await?;
+    let controller = ControllerProcess::start(&ns.name)?;
     create_routing(&client, &ns.name).await?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     let steps = json!([{"setWeight": 50}, {"pause": {}}]);
@@ -442,6 +450,14 @@ async fn a_service_deleted_mid_release_aborts_it_back_to_stable_instead_of_freez
         s.phase == Some(RolloutPhase::Paused)
     })
     .await?;
+    Ok((client, ns, controller, api, first))
+}
+
+#[tokio::test]
+async fn a_service_deleted_mid_release_aborts_it_back_to_stable_instead_of_freezing_it()
+-> Result<()> {
+    let (client, ns, _controller, api, first) =
+        routed_release_paused_at_half("invalid-mid-release").await?;
     eventually("half the traffic on the canary", WAIT, || async {
         Ok((route_weights(&client, &ns.name).await? == (50, 50)).then_some(()))
     })
@@ -504,36 +520,7 @@ async fn handled(api: &Api<Rollout>, request: &str) -> Result<String> {
 async fn a_burst_of_abort_and_retry_requests_never_undoes_an_abort() -> Result<()> {
     use futures::StreamExt as _;
     use kube::runtime::{WatchStreamExt as _, watcher};
-    let client = client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "request-burst").await?;
-    let _controller = ControllerProcess::start(&ns.name)?;
-    create_routing(&client, &ns.name).await?;
-    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    let steps = json!([{"setWeight": 50}, {"pause": {}}]);
-    apply(
-        &api,
-        &rollout(
-            "web",
-            2,
-            "registry.example/web:1.0.0",
-            routed_canary(steps.clone()),
-        ),
-    )
-    .await?;
-    wait_status(&api, "web", "the first revision to be healthy", |s| {
-        healthy_on(s, None)
-    })
-    .await?;
-    apply(
-        &api,
-        &rollout("web", 2, "registry.example/web:2.0.0", routed_canary(steps)),
-    )
-    .await?;
-    wait_status(&api, "web", "the release to pause at 50%", |s| {
-        s.phase == Some(RolloutPhase::Paused)
-    })
-    .await?;
+    let (client, ns, _controller, api, _) = routed_release_paused_at_half("request-burst").await?;
 
     // Every weight the route takes, with when it was seen.
     let seen: std::sync::Arc<std::sync::Mutex<Vec<(Instant, i64)>>> = Default::default();

@@ -37,6 +37,91 @@ fn signal(pid: &str, signal: &str) -> Result<()> {
     Ok(())
 }
 
+/// A canary (2 replicas, maxUnavailable 0) whose second revision's release has started.
+struct ReleaseUnderWay {
+    client: kube::Client,
+    ns: TestNamespace,
+    controller: ControllerProcess,
+    api: Api<Rollout>,
+    stable: String,
+}
+
+impl ReleaseUnderWay {
+    async fn start(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        install_crds(&client).await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        let controller = ControllerProcess::start(&ns.name)?;
+        let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+        let canary = json!({"maxSurge": 1, "maxUnavailable": 0,
+            "steps": [{"setWeight": 50}, {"pause": {"duration": "3s"}}]});
+        apply(
+            &api,
+            &rollout("web", 2, "registry.example/web:1.0.0", canary.clone()),
+        )
+        .await?;
+        let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+            healthy_on(s, None)
+        })
+        .await?;
+        let stable = first.stable_rs.clone().context("stable")?;
+        apply(
+            &api,
+            &rollout("web", 2, "registry.example/web:2.0.0", canary),
+        )
+        .await?;
+        wait_status(&api, "web", "the release to start", |s| {
+            s.current_pod_hash.as_deref().is_some_and(|h| h != stable)
+        })
+        .await?;
+        Ok(Self {
+            client,
+            ns,
+            controller,
+            api,
+            stable,
+        })
+    }
+
+    /// After `what` (begun at `since`): once the API server answers, the pods wanted are still at
+    /// the Rollout's size, and the release finishes without an abort. A controller that gave up its
+    /// leadership (it could not renew the Lease) is restarted, as its pod would be.
+    async fn recovers(mut self, what: &str, since: std::time::Instant) -> Result<()> {
+        let sets = eventually("the API server to answer again", WAIT, || async {
+            Ok(replica_sets(&self.client, &self.ns.name).await.ok())
+        })
+        .await?;
+        let back = since.elapsed();
+        let exited = self.controller.try_exited()?;
+        if exited {
+            self.controller = ControllerProcess::start(&self.ns.name)?;
+        }
+        let wanted: i32 = sets.values().sum();
+        println!(
+            "{what}: answering again after {back:.1?}; the controller {}; pods wanted right after: {wanted} ({sets:?})",
+            if exited {
+                "exited and was restarted"
+            } else {
+                "kept running"
+            }
+        );
+        ensure!(
+            wanted >= 2,
+            "fewer pods wanted than replicas after {what}: {sets:?}"
+        );
+        let stable = self.stable.as_str();
+        let done = wait_status(
+            &self.api,
+            "web",
+            &format!("the release to finish after {what}"),
+            |s| healthy_on(s, None) && s.stable_rs.as_deref() != Some(stable),
+        )
+        .await?;
+        ensure!(!done.abort, "the release was aborted: {:?}", done.message);
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn etcd_paused_for_ten_seconds_mid_release_keeps_stable_whole_and_the_release_finishes()
 -> Result<()> {
@@ -44,67 +129,13 @@ async fn etcd_paused_for_ten_seconds_mid_release_keeps_stable_whole_and_the_rele
         println!("skipped: the cluster's etcd was not started by this testbed");
         return Ok(());
     };
-    let client = client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "etcd-pause").await?;
-    let mut controller = ControllerProcess::start(&ns.name)?;
-    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    let canary = json!({"maxSurge": 1, "maxUnavailable": 0,
-        "steps": [{"setWeight": 50}, {"pause": {"duration": "3s"}}]});
-    apply(
-        &api,
-        &rollout("web", 2, "registry.example/web:1.0.0", canary.clone()),
-    )
-    .await?;
-    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
-        healthy_on(s, None)
-    })
-    .await?;
-    let stable = first.stable_rs.clone().context("stable")?;
-    apply(
-        &api,
-        &rollout("web", 2, "registry.example/web:2.0.0", canary),
-    )
-    .await?;
-    wait_status(&api, "web", "the release to start", |s| {
-        s.current_pod_hash.as_deref().is_some_and(|h| h != stable)
-    })
-    .await?;
-
+    let release = ReleaseUnderWay::start("etcd-pause").await?;
     // etcd stops answering for 10 s: every write fails or hangs, the Lease cannot be renewed.
+    let paused = std::time::Instant::now();
     signal(&etcd, "-STOP")?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     signal(&etcd, "-CONT")?;
-    let sets = eventually("the API server to answer again", WAIT, || async {
-        Ok(replica_sets(&client, &ns.name).await.ok())
-    })
-    .await?;
-    // The controller gives up its leadership when it cannot renew the Lease; its pod would be
-    // restarted, as it is here.
-    let exited = controller.try_exited()?;
-    if exited {
-        controller = ControllerProcess::start(&ns.name)?;
-    }
-    let wanted: i32 = sets.values().sum();
-    println!(
-        "etcd paused 10 s: the controller {}; pods wanted right after: {wanted} ({sets:?})",
-        if exited {
-            "exited and was restarted"
-        } else {
-            "kept running"
-        }
-    );
-    ensure!(
-        wanted >= 2,
-        "fewer pods wanted than replicas after the pause: {sets:?}"
-    );
-    let done = wait_status(&api, "web", "the release to finish after the pause", |s| {
-        healthy_on(s, None) && s.stable_rs.as_deref() != Some(stable.as_str())
-    })
-    .await?;
-    ensure!(!done.abort, "the release was aborted: {:?}", done.message);
-    drop(controller);
-    Ok(())
+    release.recovers("etcd paused 10 s", paused).await
 }
 
 /// Restarts kube-apiserver as its supervisor would after a crash: kills it, and starts it again with
@@ -173,65 +204,10 @@ async fn the_api_server_restarted_mid_release_keeps_stable_whole_and_the_release
         println!("skipped: the cluster's kube-apiserver was not started by this testbed");
         return Ok(());
     };
-    let client = client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "apiserver-restart").await?;
-    let mut controller = ControllerProcess::start(&ns.name)?;
-    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    let canary = json!({"maxSurge": 1, "maxUnavailable": 0,
-        "steps": [{"setWeight": 50}, {"pause": {"duration": "3s"}}]});
-    apply(
-        &api,
-        &rollout("web", 2, "registry.example/web:1.0.0", canary.clone()),
-    )
-    .await?;
-    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
-        healthy_on(s, None)
-    })
-    .await?;
-    let stable = first.stable_rs.clone().context("stable")?;
-    apply(
-        &api,
-        &rollout("web", 2, "registry.example/web:2.0.0", canary),
-    )
-    .await?;
-    wait_status(&api, "web", "the release to start", |s| {
-        s.current_pod_hash.as_deref().is_some_and(|h| h != stable)
-    })
-    .await?;
-
+    let release = ReleaseUnderWay::start("apiserver-restart").await?;
     let restarted = std::time::Instant::now();
     tokio::task::spawn_blocking(move || restart_apiserver(&apiserver)).await??;
-    let sets = eventually("the API server to answer again", WAIT, || async {
-        Ok(replica_sets(&client, &ns.name).await.ok())
-    })
-    .await?;
-    let back = restarted.elapsed();
-    let exited = controller.try_exited()?;
-    if exited {
-        controller = ControllerProcess::start(&ns.name)?;
-    }
-    let wanted: i32 = sets.values().sum();
-    println!(
-        "kube-apiserver restarted: answering again after {back:.1?}; the controller {}; pods wanted right after: {wanted} ({sets:?})",
-        if exited {
-            "exited and was restarted"
-        } else {
-            "kept running"
-        }
-    );
-    ensure!(
-        wanted >= 2,
-        "fewer pods wanted than replicas after the restart: {sets:?}"
-    );
-    let done = wait_status(
-        &api,
-        "web",
-        "the release to finish after the restart",
-        |s| healthy_on(s, None) && s.stable_rs.as_deref() != Some(stable.as_str()),
-    )
-    .await?;
-    ensure!(!done.abort, "the release was aborted: {:?}", done.message);
-    drop(controller);
-    Ok(())
+    release
+        .recovers("kube-apiserver restarted", restarted)
+        .await
 }

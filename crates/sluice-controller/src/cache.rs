@@ -217,14 +217,33 @@ where
         .map(|_| mpsc::unbounded::<K>())
         .unzip();
     let trim = spec.trim;
+    let kind = std::any::type_name::<K>();
+    // `watch-lag-rollout` and so on: the fault tests' lagging cache (nothing without failpoints).
+    let lag_point = format!(
+        "watch-lag-{}",
+        kind.rsplit("::").next().unwrap_or(kind).to_lowercase()
+    );
     let events = watcher(spec.api, spec.config)
         .default_backoff()
         .modify(move |object| {
             strip_common(object.meta_mut());
             trim(object);
         })
+        .then(move |event| {
+            let lag = match &event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                    crate::failpoints::lag(&lag_point)
+                }
+                _ => None,
+            };
+            async move {
+                if let Some(lag) = lag {
+                    tokio::time::sleep(lag).await;
+                }
+                event
+            }
+        })
         .reflect(writer);
-    let kind = std::any::type_name::<K>();
     let owner = spec.owner;
     let references = spec.references;
     let leading = spec.leading;

@@ -38,6 +38,7 @@ mod analysis_run;
 mod backoff;
 mod cache;
 mod error;
+mod failpoints;
 mod gate;
 mod http;
 mod lease;
@@ -173,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
 
+    let _failpoints = failpoints::setup()?;
     sluice_analysis::prometheus::install_crypto_provider();
     let metrics = metrics::Metrics::default();
     let renewals = lease::Renewals::new(&args.lease_name);

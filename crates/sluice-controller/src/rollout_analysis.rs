@@ -293,6 +293,7 @@ pub async fn apply(
         .await
         .writing(|| format!("AnalysisRun {}", start.name))?;
         info!(analysisrun = start.name.as_str(), "started an analysis run");
+        crate::failpoints::crash("analysisrun-created");
     }
     for name in &runs.terminate {
         let patch = json!({"spec": {"terminate": true}});

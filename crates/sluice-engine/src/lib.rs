@@ -26,7 +26,7 @@ use k8s_openapi::jiff::Timestamp;
 use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy, RolloutPhase, RolloutStatus};
 
 use events::Event;
-use release::{Actions, Plan, Snapshot, Verdicts};
+use release::{Actions, Plan, ReplicaSetView, Snapshot, Verdicts};
 
 /// A Rollout's release strategy.
 #[derive(Clone, Copy, Debug)]
@@ -94,9 +94,25 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
             break;
         }
         passes += 1;
+        // The next pass sees the scale-down deadlines the earlier ones set, as the next reconcile
+        // would: a version switched away from keeps its pods for its delay, not only until the
+        // pass that no longer counts it as serving.
+        let views: Vec<ReplicaSetView> = s
+            .replica_sets
+            .iter()
+            .map(|rs| ReplicaSetView {
+                scale_down_at: plan
+                    .scale_down_at
+                    .get(&rs.hash)
+                    .copied()
+                    .unwrap_or(rs.scale_down_at),
+                ..rs.clone()
+            })
+            .collect();
         let mut next = pass(&Snapshot {
             status: &plan.status,
             actions: Actions::default(),
+            replica_sets: &views,
             ..s.clone()
         });
         // What the earlier passes asked for still stands unless a later pass says otherwise.

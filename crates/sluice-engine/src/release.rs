@@ -145,7 +145,8 @@ pub struct Verdicts {
 }
 
 /// What to change. The executor applies it in this order so that traffic never points at pods that
-/// are not there: create and scale up ReplicaSets; then Services and route weights; then scale down.
+/// are not there and a crash between two writes loses nothing: create and scale up ReplicaSets; then
+/// Services and route weights; then the status; then runs, scale-downs and deletions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// The status to write.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -19,8 +19,8 @@ use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::runs::RunSlot;
 
 use common::{
-    SimRuns, cases, gate_view, held, later_reconcile_changes_nothing, later_than,
-    plan_is_a_fixed_point, second_reconcile_changes_nothing,
+    SimRuns, cases, gate_view, held, later_reconcile_changes_nothing, later_than, no_run_forgotten,
+    plan_is_a_fixed_point, recorded_runs, second_reconcile_changes_nothing,
 };
 
 #[derive(Clone, Debug)]
@@ -41,8 +41,9 @@ enum Event {
     /// The error-budget gate selecting the Rollout: 0 none, 1 Open, 2 Frozen, 3 Unknown; with the
     /// in-flight policy 0 HoldAtNextStep, 1 Abort, 2 Continue.
     Gate(u8, u8),
-    /// The controller dies while applying the next plan, after its first `n` writes (create, scale
-    /// up, scale-down marks, scale down, delete, runs), before the status.
+    /// The controller dies while applying the next reconcile's plan, after its first `n` writes
+    /// (see `World::apply_partly`): the next reconcile starts from the status and the world as far
+    /// as they were written, and acts again on a request it had not recorded as handled.
     Crash(u8),
 }
 
@@ -184,6 +185,12 @@ struct World {
     now: Timestamp,
     /// The AnalysisRuns the Rollout owns, with their verdicts.
     runs: SimRuns,
+    /// The next reconcile dies after this many writes (see `Event::Crash`).
+    crash_after: Option<u8>,
+    /// Every run a written status has named.
+    recorded_runs: BTreeSet<String>,
+    /// The request the controller died acting on, still to be carried out.
+    unfinished: Actions,
     /// A second revision was ever set: from then on, active must always be fully available.
     released: bool,
     gating: Gating,
@@ -201,6 +208,9 @@ impl World {
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             runs: SimRuns::default(),
+            crash_after: None,
+            recorded_runs: BTreeSet::new(),
+            unfinished: Actions::default(),
             released: false,
             gating: Gating::default(),
         }
@@ -250,8 +260,9 @@ impl World {
         )
     }
 
-    /// Applies the first `writes` kinds of the plan's writes, in the executor's order, and not the
-    /// status: a crash part way.
+    /// Applies the first `writes` kinds of the plan's writes, in the executor's order (create, scale
+    /// up, scale-down deadlines, the status, runs, scale down; deletions come after all of them): a
+    /// crash part way.
     fn apply_partly(&mut self, plan: &Plan, writes: u8) {
         if writes >= 1 && plan.create_current && !self.rss.contains_key(&self.current) {
             let good = self.good.get(&self.current).copied().unwrap_or(true);
@@ -269,7 +280,7 @@ impl World {
         for (hash, replicas) in &plan.scale {
             if let Some(rs) = self.rss.get_mut(hash) {
                 let up = *replicas > rs.replicas;
-                if (up && writes >= 2) || (!up && writes >= 4) {
+                if (up && writes >= 2) || (!up && writes >= 6) {
                     rs.replicas = *replicas;
                     rs.available = rs.available.min(*replicas);
                 }
@@ -282,20 +293,37 @@ impl World {
                 }
             }
         }
-        if writes >= 5 {
-            for hash in &plan.delete {
-                self.rss.remove(hash);
-            }
+        if writes >= 4 {
+            self.record(plan);
         }
-        if writes >= 6 {
+        if writes >= 5 {
             self.runs.apply(plan, &self.current);
         }
     }
 
-    /// Applies the whole plan, status last.
+    /// This world with only the plan's scale-down deadlines written.
+    fn with_marks(&self, plan: &Plan) -> World {
+        let mut marked = self.clone();
+        for (hash, at) in &plan.scale_down_at {
+            if let Some(rs) = marked.rss.get_mut(hash) {
+                rs.scale_down_at = *at;
+            }
+        }
+        marked
+    }
+
+    /// Applies the whole plan: old ReplicaSets go last, once the status no longer names them.
     fn apply(&mut self, plan: &Plan) {
         self.apply_partly(plan, u8::MAX);
+        for hash in &plan.delete {
+            self.rss.remove(hash);
+        }
+    }
+
+    /// Writes the plan's status.
+    fn record(&mut self, plan: &Plan) {
         self.status = plan.status.clone();
+        self.recorded_runs.extend(recorded_runs(&self.status));
     }
 }
 
@@ -442,23 +470,39 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
                 };
             }
             Event::Crash(writes) => {
-                let before = world.status.clone();
-                let plan = world.decide(&before, Actions::default());
-                // The plan itself keeps the promises (checked on a copy with it all applied); the
-                // world only gets its first writes, and the next reconcile starts from there.
-                let mut whole = world.clone();
-                whole.apply(&plan);
-                check(&whole, &before, &plan, Actions::default())?;
-                world.apply_partly(&plan, *writes);
+                world.crash_after = Some(*writes);
                 continue;
             }
             _ => {}
         }
-        let actions = actions_for(event);
+        // A request the controller died acting on is still on the Rollout (claimed, not recorded
+        // as handled): the next reconcile acts on it, unless a new one replaced it.
+        let actions = match actions_for(event) {
+            none if none == Actions::default() => std::mem::take(&mut world.unfinished),
+            asked => {
+                world.unfinished = Actions::default();
+                asked
+            }
+        };
         let before = world.status.clone();
         let plan = world.decide(&before, actions);
-        plan_is_a_fixed_point(&plan, &world.decide(&plan.status, Actions::default()))?;
+        if let Some(writes) = world.crash_after.take() {
+            world.unfinished = actions;
+            // The plan itself keeps the promises (checked on a copy with it all applied); the
+            // world only gets its first writes, and the next reconcile starts from there.
+            let mut whole = world.clone();
+            whole.apply(&plan);
+            check(&whole, &before, &plan, actions)?;
+            world.apply_partly(&plan, writes);
+            no_run_forgotten(&world.runs, &world.recorded_runs)?;
+            continue;
+        }
+        // Its own status wakes nothing, but its scale-down deadlines (ReplicaSet annotations) are
+        // what the next reconcile sees.
+        let marked = world.with_marks(&plan);
+        plan_is_a_fixed_point(&plan, &marked.decide(&plan.status, Actions::default()))?;
         world.apply(&plan);
+        no_run_forgotten(&world.runs, &world.recorded_runs)?;
         check(world, &before, &plan, actions)?;
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
@@ -470,6 +514,53 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(again.status.abort, plan.status.abort);
     }
+    Ok(())
+}
+
+/// Promoted in full (post-promotion analysis skipped), the switch and the completion fall in one
+/// decision: the old active still keeps its pods for `scaleDownDelaySeconds`, and is not scaled
+/// down at once by the pass that already counts the new version as stable.
+#[test]
+fn a_full_promotion_keeps_the_old_active_for_its_scale_down_delay() -> Result<(), TestCaseError> {
+    let knobs = Knobs {
+        auto: Some(false),
+        auto_seconds: None,
+        preview: None,
+        pre: false,
+        post: true,
+        delay: None,
+        revision_limit: None,
+        abort_delay: None,
+        deadline_seconds: 600,
+        deadline_abort: false,
+        history: 10,
+    };
+    let mut world = World::new(3, &knobs);
+    run(
+        &mut world,
+        &[
+            Event::PodsReady,
+            Event::PodsReady,
+            Event::NewTemplate(1, true),
+            Event::PodsReady,
+        ],
+    )?;
+    let promote_full = Actions {
+        promote_full: true,
+        ..Actions::default()
+    };
+    let plan = world.decide(&world.status.clone(), promote_full);
+    prop_assert_eq!(plan.traffic.stable_hash.as_str(), HASHES[1]);
+    prop_assert_eq!(
+        plan.scale.get(HASHES[0]),
+        Some(&3),
+        "old active scaled down at once"
+    );
+    prop_assert!(
+        plan.scale_down_at
+            .get(HASHES[0])
+            .is_some_and(Option::is_some)
+    );
     Ok(())
 }
 

@@ -24,8 +24,8 @@ use sluice_engine::replicas;
 use sluice_engine::runs::RunSlot;
 
 use common::{
-    SimRuns, cases, gate_view, held, later_reconcile_changes_nothing, later_than,
-    plan_is_a_fixed_point, second_reconcile_changes_nothing,
+    SimRuns, cases, gate_view, held, later_reconcile_changes_nothing, later_than, no_run_forgotten,
+    plan_is_a_fixed_point, recorded_runs, second_reconcile_changes_nothing,
 };
 
 #[derive(Clone, Debug)]
@@ -53,9 +53,9 @@ enum Event {
     Gate(u8),
     /// The bypass annotation: 0 removed, else set with reason `n`.
     Bypass(u8),
-    /// The controller dies while applying the next plan, after its first `n` writes (in the
-    /// executor's order: create, scale up, scale-down marks, scale down, delete, runs), before the
-    /// status: the next reconcile starts from the old status and the partly changed world.
+    /// The controller dies while applying the next reconcile's plan, after its first `n` writes
+    /// (see `World::apply_partly`): the next reconcile starts from the status and the world as far
+    /// as they were written, and acts again on a request it had not recorded as handled.
     Crash(u8),
 }
 
@@ -234,6 +234,12 @@ struct World {
     now: Timestamp,
     /// The AnalysisRuns the Rollout owns, with their verdicts.
     runs: SimRuns,
+    /// The next reconcile dies after this many writes (see `Event::Crash`).
+    crash_after: Option<u8>,
+    /// Every run a written status has named.
+    recorded_runs: BTreeSet<String>,
+    /// The request the controller died acting on, still to be carried out.
+    unfinished: Actions,
     /// The gates selecting the Rollout.
     gating: Gating,
     /// What a holding gate does to a release in flight, drawn per case.
@@ -285,8 +291,9 @@ impl World {
         )
     }
 
-    /// Applies the first `writes` kinds of the plan's writes, in the executor's order, and not the
-    /// status: a crash part way.
+    /// Applies the first `writes` kinds of the plan's writes, in the executor's order (create, scale
+    /// up, scale-down deadlines, the status, runs, scale down; deletions come after all of them): a
+    /// crash part way.
     fn apply_partly(&mut self, plan: &Plan, writes: u8) {
         if writes >= 1 && plan.create_current && !self.rss.contains_key(&self.current) {
             let good = self.good.get(&self.current).copied().unwrap_or(true);
@@ -304,7 +311,7 @@ impl World {
         for (hash, replicas) in &plan.scale {
             if let Some(rs) = self.rss.get_mut(hash) {
                 let up = *replicas > rs.replicas;
-                if (up && writes >= 2) || (!up && writes >= 4) {
+                if (up && writes >= 2) || (!up && writes >= 6) {
                     rs.replicas = *replicas;
                     rs.available = rs.available.min(*replicas);
                 }
@@ -317,20 +324,37 @@ impl World {
                 }
             }
         }
-        if writes >= 5 {
-            for hash in &plan.delete {
-                self.rss.remove(hash);
-            }
+        if writes >= 4 {
+            self.record(plan);
         }
-        if writes >= 6 {
+        if writes >= 5 {
             self.runs.apply(plan, &self.current);
         }
     }
 
-    /// Applies the whole plan, status last.
+    /// This world with only the plan's scale-down deadlines written.
+    fn with_marks(&self, plan: &Plan) -> World {
+        let mut marked = self.clone();
+        for (hash, at) in &plan.scale_down_at {
+            if let Some(rs) = marked.rss.get_mut(hash) {
+                rs.scale_down_at = *at;
+            }
+        }
+        marked
+    }
+
+    /// Applies the whole plan: old ReplicaSets go last, once the status no longer names them.
     fn apply(&mut self, plan: &Plan) {
         self.apply_partly(plan, u8::MAX);
+        for hash in &plan.delete {
+            self.rss.remove(hash);
+        }
+    }
+
+    /// Writes the plan's status.
+    fn record(&mut self, plan: &Plan) {
         self.status = plan.status.clone();
+        self.recorded_runs.extend(recorded_runs(&self.status));
         if let Some(stable) = &self.status.stable_rs {
             self.released.insert(stable.clone());
         }
@@ -514,23 +538,39 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
                 world.gating.bypass_reason = (*b > 0).then(|| format!("incident {b}"));
             }
             Event::Crash(writes) => {
-                let before = world.status.clone();
-                let plan = world.decide(&before, Actions::default());
-                check(world, &before, &plan, Actions::default())?;
-                world.apply_partly(&plan, *writes);
-                // The next event's reconcile starts from the old status and the partly changed
-                // world, and is checked like any other.
+                world.crash_after = Some(*writes);
                 continue;
             }
             _ => {}
         }
-        let actions = actions_for(event);
+        // A request the controller died acting on is still on the Rollout (claimed, not recorded
+        // as handled): the next reconcile acts on it, unless a new one replaced it.
+        let actions = match actions_for(event) {
+            none if none == Actions::default() => std::mem::take(&mut world.unfinished),
+            asked => {
+                world.unfinished = Actions::default();
+                asked
+            }
+        };
         let before = world.status.clone();
         let plan = world.decide(&before, actions);
-        plan_is_a_fixed_point(&plan, &world.decide(&plan.status, Actions::default()))?;
+        if let Some(writes) = world.crash_after.take() {
+            world.unfinished = actions;
+            check(world, &before, &plan, actions)?;
+            world.apply_partly(&plan, writes);
+            no_run_forgotten(&world.runs, &world.recorded_runs)?;
+            // The next reconcile starts from the status and the world as far as they were
+            // written, and is checked like any other.
+            continue;
+        }
+        // Its own status wakes nothing, but its scale-down deadlines (ReplicaSet annotations) are
+        // what the next reconcile sees.
+        let marked = world.with_marks(&plan);
+        plan_is_a_fixed_point(&plan, &marked.decide(&plan.status, Actions::default()))?;
         check(world, &before, &plan, actions)?;
 
         world.apply(&plan);
+        no_run_forgotten(&world.runs, &world.recorded_runs)?;
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
         let again = world.decide(&world.status, Actions::default());
@@ -571,6 +611,9 @@ proptest! {
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             runs: SimRuns::default(),
+            crash_after: None,
+            recorded_runs: BTreeSet::new(),
+            unfinished: Actions::default(),
             gating: Gating::default(),
             in_flight,
             released: BTreeSet::new(),
@@ -597,6 +640,9 @@ proptest! {
             rss: BTreeMap::new(),
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             runs: SimRuns::default(),
+            crash_after: None,
+            recorded_runs: BTreeSet::new(),
+            unfinished: Actions::default(),
             gating: Gating::default(),
             in_flight: InFlightPolicy::HoldAtNextStep,
             released: BTreeSet::new(),

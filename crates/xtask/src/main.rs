@@ -406,6 +406,8 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
                     "clippy",
                     "--workspace",
                     "--all-targets",
+                    "--features",
+                    "sluice-controller/failpoints",
                     "--locked",
                     "--",
                     "-D",
@@ -433,6 +435,9 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
                 "kubectl-sluice",
                 "-p",
                 "sluice-traffic-sim",
+                // The fault tests' crash and lag points; nothing without `FAILPOINTS` set.
+                "--features",
+                "sluice-controller/failpoints",
                 "--locked",
             ]),
         )?;

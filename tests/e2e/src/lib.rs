@@ -264,6 +264,27 @@ impl ControllerProcess {
         identity: &str,
         kubeconfig: &std::path::Path,
     ) -> Result<Self> {
+        Self::start_with_env(namespace, identity, kubeconfig, &[])
+    }
+
+    /// Starts a controller for `namespace` with failpoints set (`FAILPOINTS`, e.g.
+    /// `analysisrun-created=return`): the e2e build has them (`--features failpoints`); one without
+    /// refuses to start.
+    pub fn start_failing(namespace: &str, failpoints: &str) -> Result<Self> {
+        Self::start_with_env(
+            namespace,
+            &format!("e2e-{namespace}"),
+            &kubeconfig_path(),
+            &[("FAILPOINTS", failpoints)],
+        )
+    }
+
+    fn start_with_env(
+        namespace: &str,
+        identity: &str,
+        kubeconfig: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let binary = std::env::var_os("SLUICE_E2E_CONTROLLER")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/debug/sluice-controller"));
@@ -282,12 +303,13 @@ impl ControllerProcess {
             .args(["--identity", identity, "--lease-duration-seconds", "10"])
             .env("KUBECONFIG", kubeconfig)
             .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
             .with_context(|| {
                 format!(
-                    "starting {} (build it with `cargo build -p sluice-controller`)",
+                    "starting {} (build it with `cargo build -p sluice-controller --features failpoints`)",
                     binary.display()
                 )
             })?;

@@ -1,5 +1,6 @@
-//! The plan put in force: ReplicaSets created and scaled, Services pointed, the router's weights
-//! set, role metadata on pods, a restart's evictions, and the status and Events written last.
+//! The plan put in force: ReplicaSets created and scaled up, Services pointed, the router's weights
+//! set, role metadata on pods and a restart's evictions; then (`reconcile_rollout`) the status,
+//! runs, scale-downs and deletions (`remove_surplus`), and Events last (`announce`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,7 +78,7 @@ pub(super) async fn report_failure(rollout: &Rollout, ctx: &Context, error: &Err
 /// condition that the Rollout is still at `based_on`, the resourceVersion it was decided on (409
 /// otherwise: an older view never overwrites a newer status), and remembers the resourceVersion it
 /// got, so that no reconcile decides on an older cached copy.
-async fn write_status(
+pub(super) async fn write_status(
     ctx: &Context,
     rollout: &Rollout,
     next: &RolloutStatus,
@@ -115,8 +116,9 @@ pub(super) fn publish(
     ctx.publish(&rollout.object_ref(&()), warning, reason, reason, message);
 }
 
-/// Applies a plan in the order that keeps traffic on pods that exist: scale up, then Services and
-/// route weights, then scale down.
+/// Applies what a plan adds, in the order that keeps traffic on pods that exist: create and scale
+/// up, then Services and route weights, then pod metadata and evictions. The status, runs and
+/// `remove_surplus` follow (see `reconcile_rollout`).
 pub(super) async fn execute(
     rollout: &Rollout,
     ctx: &Context,
@@ -205,25 +207,44 @@ pub(super) async fn execute(
             .set_weight(ctx, namespace, &rollout.name_any(), &plan.traffic)
             .await?;
     }
+    apply_to_pods(&client, namespace, plan).await
+}
 
+/// Takes away what the plan no longer needs, once the status records the plan: scales ReplicaSets
+/// down, then deletes those beyond `revisionHistoryLimit`. A crash before the status write so
+/// leaves every ReplicaSet the old status counts on (its stable above all) whole.
+pub(super) async fn remove_surplus(
+    ctx: &Context,
+    rollout: &Rollout,
+    namespace: &str,
+    views: &[ReplicaSetView],
+    plan: &Plan,
+) -> Result<(), Error> {
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), namespace);
     for (h, n) in &plan.scale {
-        if let Some(current) = observed.get(h.as_str())
+        if let Some(current) = views.iter().find(|v| v.hash == *h)
             && *n < current.replicas
         {
-            scale(h, *n).await?;
+            let name = format!("{}-{h}", rollout.name_any());
+            let patch = json!({"spec": {"replicas": n}});
+            replica_sets
+                .patch(&name, &writer(), &Patch::Merge(&patch))
+                .await
+                .writing(|| format!("the size of ReplicaSet {name}"))?;
         }
     }
     for h in &plan.delete {
+        let name = format!("{}-{h}", rollout.name_any());
         info!(
             hash = h.as_str(),
             "deleting a ReplicaSet beyond revisionHistoryLimit"
         );
         replica_sets
-            .delete(&name_of(h), &DeleteParams::background())
+            .delete(&name, &DeleteParams::background())
             .await
-            .writing(|| format!("(deleting) ReplicaSet {}", name_of(h)))?;
+            .writing(|| format!("(deleting) ReplicaSet {name}"))?;
     }
-    apply_to_pods(&client, namespace, plan).await
+    Ok(())
 }
 
 /// Puts the plan's role metadata on pods (and takes it off), then evicts the pods a restart
@@ -294,20 +315,10 @@ fn build_replica_set(
     }))
 }
 
-/// Writes what the plan records, last: the status (only if it changed), the phase and abort metrics,
-/// and the Events.
-pub(super) async fn record(
-    ctx: &Context,
-    rollout: &Rollout,
-    status: &RolloutStatus,
-    plan: &Plan,
-    based_on: Option<&str>,
-) -> Result<(), Error> {
+/// Reports what the plan did, last: the phase and abort metrics, and the Events.
+pub(super) fn announce(ctx: &Context, rollout: &Rollout, status: &RolloutStatus, plan: &Plan) {
     let name = rollout.name_any();
     let namespace = rollout.namespace().unwrap_or_default();
-    if plan.status != *status {
-        write_status(ctx, rollout, &plan.status, based_on).await?;
-    }
     if let Some(phase) = plan.status.phase {
         ctx.metrics.set_phase(&namespace, &name, phase);
     }
@@ -324,5 +335,4 @@ pub(super) async fn record(
         info!(reason = event.reason, note = %event.message, "transition");
         publish(ctx, rollout, event.warning, event.reason, &event.message);
     }
-    Ok(())
 }

@@ -1,5 +1,6 @@
 //! The Rollout reconciler, one direction: observe (the caches → a snapshot, problems found as data)
-//! → decide (`sluice_engine::decide`, the clock passed in) → apply (the plan, status last).
+//! → decide (`sluice_engine::decide`, the clock passed in) → apply (what the plan adds, the status,
+//! then what it starts or takes away).
 //!
 //! - [`observe`]: what a reconcile reads, from the caches, and which Rollouts a change wakes;
 //! - [`requests`]: people's requests, taken off the Rollout before they are acted on;
@@ -27,7 +28,7 @@ mod apply;
 mod observe;
 mod requests;
 
-use apply::{execute, invalid_spec, record, report_failure};
+use apply::{announce, execute, invalid_spec, remove_surplus, report_failure, write_status};
 pub(crate) use observe::Strategy;
 use observe::{check_objects, in_flight, pod_view, strategy_of, view};
 pub use observe::{references, wakes};
@@ -198,6 +199,17 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     };
     let plan = sluice_engine::decide(&snapshot, strategy.engine());
     execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
+    // The status is written once what the plan adds is in place and before anything is taken
+    // away or started: a crash before it leaves the old status and everything it counts on (stable
+    // at full size); a crash after it, a status that names each run it starts (created again under
+    // the same name if missing, never forgotten and replaced) and surplus the next reconcile
+    // removes. Conditional on the view it was decided on, so a stale view changes no more.
+    if plan.status != status {
+        write_status(ctx, rollout, &plan.status, based_on.as_deref()).await?;
+        if !plan.runs.start.is_empty() {
+            crate::failpoints::crash("analysisrun-recorded");
+        }
+    }
     let stable = plan.status.stable_rs.clone().unwrap_or_default();
     rollout_analysis::apply(
         ctx,
@@ -208,8 +220,8 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         &plan.runs,
     )
     .await?;
-
-    record(ctx, rollout, &status, &plan, based_on.as_deref()).await?;
+    remove_surplus(ctx, rollout, &namespace, &views, &plan).await?;
+    announce(ctx, rollout, &status, &plan);
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(50)
     })))

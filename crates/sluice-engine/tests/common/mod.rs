@@ -7,6 +7,7 @@ use sluice_api::gate::{
     BudgetThresholds, ErrorBudgetGateStatus, GateState, InFlightPolicy, UnknownPolicy,
 };
 use sluice_api::rollout::RolloutStatus;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -112,6 +113,36 @@ impl SimRuns {
         };
         true
     }
+}
+
+/// The names of the runs `status` records, one per slot.
+pub fn recorded_runs(status: &RolloutStatus) -> Vec<String> {
+    let canary = status.canary.as_ref();
+    let blue_green = status.blue_green.as_ref();
+    [
+        canary.and_then(|c| c.current_step_analysis_run_status.as_ref()),
+        canary.and_then(|c| c.current_background_analysis_run_status.as_ref()),
+        blue_green.and_then(|b| b.pre_promotion_analysis_run_status.as_ref()),
+        blue_green.and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| r.name.clone())
+    .collect()
+}
+
+/// No run is forgotten: every run that exists was named by a status that was written before it
+/// (`recorded`). A run created but never recorded, when the controller died between the two
+/// writes, would be replaced by another and its verdict, perhaps a failure, never read.
+pub fn no_run_forgotten(runs: &SimRuns, recorded: &BTreeSet<String>) -> Result<(), TestCaseError> {
+    for run in &runs.runs {
+        prop_assert!(
+            recorded.contains(&run.name),
+            "run {} exists but no written status ever named it",
+            run.name
+        );
+    }
+    Ok(())
 }
 
 /// `PROPTEST_CASES` if set, else `default`.

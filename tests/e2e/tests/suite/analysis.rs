@@ -572,14 +572,14 @@ async fn the_baseline_judge_catches_a_latency_regression_a_fixed_threshold_passe
 
 /// A Prometheus of its own that answers only with basic authentication; stopped when dropped.
 struct GuardedPrometheus {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
     url: String,
+    port: u16,
     _dir: std::path::PathBuf,
 }
 
 impl GuardedPrometheus {
     fn start(username: &str, password: &str) -> Result<Self> {
-        let binary = sluice_testbed::prometheus::ensure_installed()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -594,7 +594,20 @@ impl GuardedPrometheus {
             dir.join("web.yml"),
             format!("basic_auth_users:\n  {username}: {hash}\n"),
         )?;
-        let child = std::process::Command::new(binary)
+        let mut prometheus = Self {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            _dir: dir,
+        };
+        prometheus.child = Some(prometheus.spawn()?);
+        Ok(prometheus)
+    }
+
+    fn spawn(&self) -> Result<std::process::Child> {
+        let binary = sluice_testbed::prometheus::ensure_installed()?;
+        let dir = &self._dir;
+        Ok(std::process::Command::new(binary)
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
@@ -607,24 +620,106 @@ impl GuardedPrometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .spawn()?;
-        Ok(Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        })
+            .spawn()?)
+    }
+
+    /// SIGKILLs it, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same address, with the same data.
+    fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.child = Some(self.spawn()?);
+        Ok(())
     }
 }
 
 impl Drop for GuardedPrometheus {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         let _ = std::fs::remove_dir_all(&self._dir);
     }
+}
+
+/// Prometheus killed mid-analysis and started again a few seconds later: the measurements while it
+/// is down are recorded as errors (never as passes), then measuring resumes and the release
+/// completes on real answers, within the metric's `consecutiveErrorLimit`.
+#[tokio::test]
+async fn prometheus_killed_and_restarted_during_analysis_records_errors_then_resumes() -> Result<()>
+{
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-restart").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let mut prometheus = GuardedPrometheus::start("sluice", "restart-Pa55")?;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    apply(
+        &secrets,
+        &json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prometheus-auth"},
+            "stringData": {"username": "sluice", "password": "restart-Pa55"}
+        }),
+    )
+    .await?;
+    let metric = json!({
+        "name": "one", "interval": "1s", "count": 12, "consecutiveErrorLimit": 30,
+        "successCondition": "result == 1.0",
+        "provider": {"prometheus": {
+            "address": prometheus.url, "query": "scalar(vector(1))", "timeout": 2,
+            "authentication": {"basic": {
+                "usernameSecretRef": {"name": "prometheus-auth", "key": "username"},
+                "passwordSecretRef": {"name": "prometheus-auth", "key": "password"}
+            }}
+        }}
+    });
+    let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let tally = || async {
+        let list = runs.list(&ListParams::default()).await?.items;
+        anyhow::Ok(
+            list.iter()
+                .filter_map(|r| r.status.as_ref())
+                .flat_map(|s| s.metric_results.iter())
+                .map(|m| (m.successful, m.error))
+                .next(),
+        )
+    };
+    eventually("two successful measurements", WAIT, || async {
+        Ok(tally().await?.filter(|(ok, _)| *ok >= 2))
+    })
+    .await?;
+    prometheus.kill();
+    eventually("a measurement to fail as an error", WAIT, || async {
+        Ok(tally().await?.filter(|(_, errors)| *errors >= 1))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    prometheus.restart()?;
+    let done = wait_status(&api, "the release to complete once Prometheus is back", |s| {
+        s.abort || s.stable_rs.as_deref() != Some(stable.as_str())
+    })
+    .await?;
+    ensure!(!done.abort, "aborted: {:?}", done.message);
+    let run = runs.list(&ListParams::default()).await?.items;
+    let status = run[0].status.clone().unwrap_or_default();
+    let result = &status.metric_results[0];
+    println!(
+        "Prometheus down mid-analysis: {} errors recorded, {} successful measurements, run {:?}",
+        result.error, result.successful, status.phase
+    );
+    assert_eq!(status.phase, Some(AnalysisPhase::Successful));
+    ensure!(result.error >= 1 && result.successful >= 3, "{result:?}");
+    Ok(())
 }
 
 #[tokio::test]
@@ -770,5 +865,66 @@ async fn prometheus_stopped_during_analysis_ends_in_error_and_an_abort_never_a_p
     let run = runs.list(&ListParams::default()).await?.items;
     let status = run[0].status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(AnalysisPhase::Error));
+    Ok(())
+}
+
+/// The controller dies between naming an analysis run in the status and creating it, or between
+/// creating it and everything after: either way the restarted controller carries on with that one
+/// run (created again under the same name if missing), and its failure ends the release. A second
+/// run in its place would leave the first one's verdict unread.
+#[tokio::test]
+async fn a_crash_between_starting_a_run_and_recording_it_never_forgets_the_run() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    for failpoint in ["analysisrun-created", "analysisrun-recorded"] {
+        let ns = TestNamespace::create(&client, &format!("crash-{failpoint}")).await?;
+        let mut controller = ControllerProcess::start(&ns.name)?;
+        let metric = json!({
+            "name": "errors", "count": 3, "interval": "1s",
+            "failureCondition": "result[0] >= 1",
+            "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+        });
+        let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
+        controller.kill()?;
+        let mut crashing =
+            ControllerProcess::start_failing(&ns.name, &format!("{failpoint}=return"))?;
+        set_image(&api, "registry.example/web:2.0.0").await?;
+        eventually(
+            &format!("the controller to die at {failpoint}"),
+            WAIT,
+            || {
+                let exited = crashing.try_exited();
+                async move { Ok(exited?.then_some(())) }
+            },
+        )
+        .await?;
+        let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+        let at_crash = runs.list(&ListParams::default()).await?.items.len();
+        let _restarted = ControllerProcess::start(&ns.name)?;
+        let aborted = wait_status(&api, "the failed run to abort the release", |s| s.abort).await?;
+        let names: Vec<String> = runs
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(|r| r.name_any())
+            .collect();
+        println!("{failpoint}: {at_crash} run(s) at the crash, {names:?} after the restart");
+        ensure!(
+            names.len() == 1,
+            "{failpoint}: one run expected after the restart, found {names:?}"
+        );
+        let recorded = aborted
+            .canary
+            .as_ref()
+            .and_then(|c| c.current_step_analysis_run_status.as_ref())
+            .map(|r| r.name.clone());
+        ensure!(
+            recorded.as_deref() == Some(names[0].as_str()),
+            "{failpoint}: the status names {recorded:?}, the run is {}",
+            names[0]
+        );
+        ensure!(aborted.stable_rs.as_deref() == Some(stable.as_str()));
+    }
     Ok(())
 }

@@ -410,9 +410,11 @@ async fn a_request_whose_reconcile_fails_is_carried_out_once_the_failure_is_gone
 }
 
 /// A routed canary (`setWeight: 50`, then a pause for a person) whose second revision waits at 50%,
-/// with the controller running; returns the first revision's status too.
+/// with the controller running (with `failpoints` set, if any); returns the first revision's status
+/// too.
 async fn routed_release_paused_at_half(
     prefix: &str,
+    failpoints: Option<&str>,
 ) -> Result<(
     Client,
     TestNamespace,
@@ -423,7 +425,10 @@ async fn routed_release_paused_at_half(
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, prefix).await?;
-    let controller = ControllerProcess::start(&ns.name)?;
+    let controller = match failpoints {
+        Some(failpoints) => ControllerProcess::start_failing(&ns.name, failpoints)?,
+        None => ControllerProcess::start(&ns.name)?,
+    };
     create_routing(&client, &ns.name).await?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     let steps = json!([{"setWeight": 50}, {"pause": {}}]);
@@ -457,7 +462,7 @@ async fn routed_release_paused_at_half(
 async fn a_service_deleted_mid_release_aborts_it_back_to_stable_instead_of_freezing_it()
 -> Result<()> {
     let (client, ns, _controller, api, first) =
-        routed_release_paused_at_half("invalid-mid-release").await?;
+        routed_release_paused_at_half("invalid-mid-release", None).await?;
     eventually("half the traffic on the canary", WAIT, || async {
         Ok((route_weights(&client, &ns.name).await? == (50, 50)).then_some(()))
     })
@@ -518,9 +523,24 @@ async fn handled(api: &Api<Rollout>, request: &str) -> Result<String> {
 
 #[tokio::test]
 async fn a_burst_of_abort_and_retry_requests_never_undoes_an_abort() -> Result<()> {
+    burst_of_abort_and_retry("request-burst", None).await
+}
+
+/// The same burst with the controller's Rollout cache held 400 ms behind the API server, so that
+/// reconciles woken by the route's and ReplicaSets' changes see the Rollout as it was before the
+/// controller's own last write: none of them may act on that older copy.
+#[tokio::test]
+async fn a_burst_of_requests_against_a_lagging_cache_never_undoes_an_abort() -> Result<()> {
+    burst_of_abort_and_retry("request-lag", Some("watch-lag-rollout=return(400)")).await
+}
+
+/// Abort and retry, each sent the moment the one before is taken; fails if the canary gets traffic
+/// while an abort stands.
+async fn burst_of_abort_and_retry(prefix: &str, failpoints: Option<&str>) -> Result<()> {
     use futures::StreamExt as _;
     use kube::runtime::{WatchStreamExt as _, watcher};
-    let (client, ns, _controller, api, _) = routed_release_paused_at_half("request-burst").await?;
+    let (client, ns, _controller, api, _) =
+        routed_release_paused_at_half(prefix, failpoints).await?;
 
     // Every weight the route takes, with when it was seen.
     let seen: std::sync::Arc<std::sync::Mutex<Vec<(Instant, i64)>>> = Default::default();
@@ -583,7 +603,7 @@ async fn a_burst_of_abort_and_retry_requests_never_undoes_an_abort() -> Result<(
         })
         .collect();
     println!(
-        "{rounds} abort/retry rounds: {} route changes seen, {} aborts undone",
+        "{prefix}: {rounds} abort/retry rounds: {} route changes seen, {} aborts undone",
         seen.len(),
         undone.len()
     );

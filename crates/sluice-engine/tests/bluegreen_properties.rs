@@ -19,8 +19,9 @@ use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::runs::RunSlot;
 
 use common::{
-    SimRuns, cases, gate_view, held, later_reconcile_changes_nothing, later_than, no_run_forgotten,
-    plan_is_a_fixed_point, recorded_runs, second_reconcile_changes_nothing,
+    SimReplicaSets, SimRuns, add_replica_sets, cases, gate_view, held,
+    later_reconcile_changes_nothing, later_than, mark, no_run_forgotten, plan_is_a_fixed_point,
+    recorded_runs, resize, second_reconcile_changes_nothing, views,
 };
 
 #[derive(Clone, Debug)]
@@ -165,23 +166,13 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
     }
 }
 
-/// A ReplicaSet in the simulated cluster.
-#[derive(Clone, Debug)]
-struct SimRs {
-    replicas: i32,
-    available: i32,
-    good: bool,
-    scale_down_at: Option<Timestamp>,
-    created: Timestamp,
-}
-
 #[derive(Clone)]
 struct World {
     spec: RolloutSpec,
     status: RolloutStatus,
     current: String,
     good: BTreeMap<String, bool>,
-    rss: BTreeMap<String, SimRs>,
+    rss: SimReplicaSets,
     now: Timestamp,
     /// The AnalysisRuns the Rollout owns, with their verdicts.
     runs: SimRuns,
@@ -221,16 +212,7 @@ impl World {
     }
 
     fn views(&self) -> Vec<ReplicaSetView> {
-        self.rss
-            .iter()
-            .map(|(hash, rs)| ReplicaSetView {
-                hash: hash.clone(),
-                replicas: rs.replicas,
-                available: rs.available,
-                scale_down_at: rs.scale_down_at,
-                created: rs.created,
-            })
-            .collect()
+        views(&self.rss)
     }
 
     fn decide(&self, status: &RolloutStatus, actions: Actions) -> Plan {
@@ -264,51 +246,28 @@ impl World {
     /// up, scale-down deadlines, the status, runs, scale down; deletions come after all of them): a
     /// crash part way.
     fn apply_partly(&mut self, plan: &Plan, writes: u8) {
-        if writes >= 1 && plan.create_current && !self.rss.contains_key(&self.current) {
-            let good = self.good.get(&self.current).copied().unwrap_or(true);
-            self.rss.insert(
-                self.current.clone(),
-                SimRs {
-                    replicas: 0,
-                    available: 0,
-                    good,
-                    scale_down_at: None,
-                    created: self.now,
-                },
-            );
-        }
-        for (hash, replicas) in &plan.scale {
-            if let Some(rs) = self.rss.get_mut(hash) {
-                let up = *replicas > rs.replicas;
-                if (up && writes >= 2) || (!up && writes >= 6) {
-                    rs.replicas = *replicas;
-                    rs.available = rs.available.min(*replicas);
-                }
-            }
-        }
-        if writes >= 3 {
-            for (hash, at) in &plan.scale_down_at {
-                if let Some(rs) = self.rss.get_mut(hash) {
-                    rs.scale_down_at = *at;
-                }
-            }
-        }
+        let good = self.good.get(&self.current).copied().unwrap_or(true);
+        add_replica_sets(
+            &mut self.rss,
+            plan,
+            (self.current.as_str(), good, self.now),
+            writes,
+        );
         if writes >= 4 {
             self.record(plan);
         }
         if writes >= 5 {
             self.runs.apply(plan, &self.current);
         }
+        if writes >= 6 {
+            resize(&mut self.rss, plan, false);
+        }
     }
 
     /// This world with only the plan's scale-down deadlines written.
     fn with_marks(&self, plan: &Plan) -> World {
         let mut marked = self.clone();
-        for (hash, at) in &plan.scale_down_at {
-            if let Some(rs) = marked.rss.get_mut(hash) {
-                rs.scale_down_at = *at;
-            }
-        }
+        mark(&mut marked.rss, plan);
         marked
     }
 

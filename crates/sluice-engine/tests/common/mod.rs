@@ -7,13 +7,13 @@ use sluice_api::gate::{
     BudgetThresholds, ErrorBudgetGateStatus, GateState, InFlightPolicy, UnknownPolicy,
 };
 use sluice_api::rollout::RolloutStatus;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sluice_api::analysis::AnalysisPhase;
 use sluice_engine::gate::{GatePolicy, GateView};
-use sluice_engine::release::Plan;
+use sluice_engine::release::{Plan, ReplicaSetView};
 use sluice_engine::runs::{RunSlot, RunView};
 
 /// A gate named `slo` in `state` (6% of budget left), holding on Unknown, with `in_flight`.
@@ -251,4 +251,80 @@ pub fn plan_is_a_fixed_point(plan: &Plan, own: &Plan) -> Result<(), TestCaseErro
         );
     }
     Ok(())
+}
+
+/// A ReplicaSet in the simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimRs {
+    pub replicas: i32,
+    pub available: i32,
+    /// Its pods become available when ready (a good image) or never.
+    pub good: bool,
+    pub scale_down_at: Option<Timestamp>,
+    pub created: Timestamp,
+}
+
+/// The simulated cluster's ReplicaSets, by pod-template hash.
+pub type SimReplicaSets = BTreeMap<String, SimRs>;
+
+/// The ReplicaSets as the controller observes them.
+pub fn views(rss: &SimReplicaSets) -> Vec<ReplicaSetView> {
+    rss.iter()
+        .map(|(hash, rs)| ReplicaSetView {
+            hash: hash.clone(),
+            replicas: rs.replicas,
+            available: rs.available,
+            scale_down_at: rs.scale_down_at,
+            created: rs.created,
+        })
+        .collect()
+}
+
+/// The executor's writes before the status, the first `writes` of them: create the current
+/// ReplicaSet (`good` or not, at `now`), scale up, record scale-down deadlines.
+pub fn add_replica_sets(
+    rss: &mut SimReplicaSets,
+    plan: &Plan,
+    (current, good, now): (&str, bool, Timestamp),
+    writes: u8,
+) {
+    if writes >= 1 && plan.create_current && !rss.contains_key(current) {
+        rss.insert(
+            current.to_owned(),
+            SimRs {
+                replicas: 0,
+                available: 0,
+                good,
+                scale_down_at: None,
+                created: now,
+            },
+        );
+    }
+    if writes >= 2 {
+        resize(rss, plan, true);
+    }
+    if writes >= 3 {
+        mark(rss, plan);
+    }
+}
+
+/// Sets the sizes the plan scales up (`up`) or down (else).
+pub fn resize(rss: &mut SimReplicaSets, plan: &Plan, up: bool) {
+    for (hash, replicas) in &plan.scale {
+        if let Some(rs) = rss.get_mut(hash)
+            && (*replicas > rs.replicas) == up
+        {
+            rs.replicas = *replicas;
+            rs.available = rs.available.min(*replicas);
+        }
+    }
+}
+
+/// Records the plan's scale-down deadlines.
+pub fn mark(rss: &mut SimReplicaSets, plan: &Plan) {
+    for (hash, at) in &plan.scale_down_at {
+        if let Some(rs) = rss.get_mut(hash) {
+            rs.scale_down_at = *at;
+        }
+    }
 }

@@ -649,29 +649,39 @@ impl Drop for GuardedPrometheus {
     }
 }
 
-/// Prometheus killed mid-analysis and started again a few seconds later: the measurements while it
-/// is down are recorded as errors (never as passes), then measuring resumes and the release
-/// completes on real answers, within the metric's `consecutiveErrorLimit`.
-#[tokio::test]
-async fn prometheus_killed_and_restarted_during_analysis_records_errors_then_resumes() -> Result<()>
-{
+/// A namespace with a controller, a Prometheus of its own behind basic authentication (credentials
+/// in a Secret) and a canary whose step analysis asks it `scalar(vector(1))` every second, `count`
+/// times with `consecutiveErrorLimit`; its second revision has just been applied.
+async fn release_measured_by_guarded(
+    prefix: &str,
+    count: i32,
+    error_limit: i32,
+) -> Result<(
+    Client,
+    TestNamespace,
+    ControllerProcess,
+    GuardedPrometheus,
+    Api<Rollout>,
+    String,
+)> {
     let client = client().await?;
     install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "analysis-restart").await?;
-    let _controller = ControllerProcess::start(&ns.name)?;
-    let mut prometheus = GuardedPrometheus::start("sluice", "restart-Pa55")?;
+    let ns = TestNamespace::create(&client, prefix).await?;
+    let controller = ControllerProcess::start(&ns.name)?;
+    let password = format!("{prefix}-Pa55");
+    let prometheus = GuardedPrometheus::start("sluice", &password)?;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(client.clone(), &ns.name);
     apply(
         &secrets,
         &json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prometheus-auth"},
-            "stringData": {"username": "sluice", "password": "restart-Pa55"}
+            "stringData": {"username": "sluice", "password": password}
         }),
     )
     .await?;
     let metric = json!({
-        "name": "one", "interval": "1s", "count": 12, "consecutiveErrorLimit": 30,
+        "name": "one", "interval": "1s", "count": count, "consecutiveErrorLimit": error_limit,
         "successCondition": "result == 1.0",
         "provider": {"prometheus": {
             "address": prometheus.url, "query": "scalar(vector(1))", "timeout": 2,
@@ -683,6 +693,17 @@ async fn prometheus_killed_and_restarted_during_analysis_records_errors_then_res
     });
     let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
     set_image(&api, "registry.example/web:2.0.0").await?;
+    Ok((client, ns, controller, prometheus, api, stable))
+}
+
+/// Prometheus killed mid-analysis and started again a few seconds later: the measurements while it
+/// is down are recorded as errors (never as passes), then measuring resumes and the release
+/// completes on real answers, within the metric's `consecutiveErrorLimit`.
+#[tokio::test]
+async fn prometheus_killed_and_restarted_during_analysis_records_errors_then_resumes() -> Result<()>
+{
+    let (client, ns, _controller, mut prometheus, api, stable) =
+        release_measured_by_guarded("analysis-restart", 12, 30).await?;
     let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
     let tally = || async {
         let list = runs.list(&ListParams::default()).await?.items;
@@ -705,9 +726,11 @@ async fn prometheus_killed_and_restarted_during_analysis_records_errors_then_res
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     prometheus.restart()?;
-    let done = wait_status(&api, "the release to complete once Prometheus is back", |s| {
-        s.abort || s.stable_rs.as_deref() != Some(stable.as_str())
-    })
+    let done = wait_status(
+        &api,
+        "the release to complete once Prometheus is back",
+        |s| s.abort || s.stable_rs.as_deref() != Some(stable.as_str()),
+    )
     .await?;
     ensure!(!done.abort, "aborted: {:?}", done.message);
     let run = runs.list(&ListParams::default()).await?.items;
@@ -809,34 +832,8 @@ async fn a_prometheus_behind_basic_auth_is_queried_with_credentials_from_a_secre
 #[tokio::test]
 async fn prometheus_stopped_during_analysis_ends_in_error_and_an_abort_never_a_promotion()
 -> Result<()> {
-    let client = client().await?;
-    install_crds(&client).await?;
-    let ns = TestNamespace::create(&client, "analysis-outage").await?;
-    let _controller = ControllerProcess::start(&ns.name)?;
-    let guarded = GuardedPrometheus::start("sluice", "outage-Pa55")?;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), &ns.name);
-    apply(
-        &secrets,
-        &json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prometheus-auth"},
-            "stringData": {"username": "sluice", "password": "outage-Pa55"}
-        }),
-    )
-    .await?;
-    let metric = json!({
-        "name": "one", "interval": "1s", "count": 30, "consecutiveErrorLimit": 2,
-        "successCondition": "result == 1.0",
-        "provider": {"prometheus": {
-            "address": guarded.url, "query": "scalar(vector(1))", "timeout": 2,
-            "authentication": {"basic": {
-                "usernameSecretRef": {"name": "prometheus-auth", "key": "username"},
-                "passwordSecretRef": {"name": "prometheus-auth", "key": "password"}
-            }}
-        }}
-    });
-    let (api, stable) = start(&client, &ns, metric, step_canary()).await?;
-    set_image(&api, "registry.example/web:2.0.0").await?;
+    let (client, ns, _controller, guarded, api, stable) =
+        release_measured_by_guarded("analysis-outage", 30, 2).await?;
     // Measurements pass while Prometheus serves...
     let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
     eventually("two successful measurements", WAIT, || async {

@@ -67,8 +67,20 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
     valid
         .conditions
         .retain(|c| c.type_ != CONDITION_RECONCILE_ERROR);
+    // A ReplicaSet's status lags its size: just scaled down, it may still count pods it is
+    // removing. Never more available pods than it is meant to have, so that a release never
+    // sends traffic to, or shrinks stable for, pods on their way out.
+    let counted: Vec<ReplicaSetView> = s
+        .replica_sets
+        .iter()
+        .map(|rs| ReplicaSetView {
+            available: rs.available.min(rs.replicas),
+            ..rs.clone()
+        })
+        .collect();
     let s = &Snapshot {
         status: &valid,
+        replica_sets: &counted,
         ..s.clone()
     };
     let pass = |snapshot: &Snapshot<'_>| {

@@ -58,6 +58,11 @@ enum Event {
     /// (see `World::apply_partly`): the next reconcile starts from the status and the world as far
     /// as they were written, and acts again on a request it had not recorded as handled.
     Crash(u8),
+    /// The next reconcile sees the ReplicaSets' availability as it was before the last reconcile:
+    /// their status lags (a scale-down not yet counted). Never their size or scale-down time as
+    /// they were before the controller's own last write to them, nor an older Rollout: the
+    /// controller waits for its cache to catch up with its own writes.
+    Stale,
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -85,6 +90,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         2 => (0..5u8).prop_map(Event::Gate),
         1 => (0..3u8).prop_map(Event::Bypass),
         2 => (0..7u8).prop_map(Event::Crash),
+        2 => Just(Event::Stale),
     ]
 }
 
@@ -227,6 +233,9 @@ struct World {
     runs: SimRuns,
     /// The next reconcile dies after this many writes (see `Event::Crash`).
     crash_after: Option<u8>,
+    /// The ReplicaSets before the last reconcile's writes, and whether the next reconcile sees them.
+    rss_before: Option<SimReplicaSets>,
+    stale_next: bool,
     /// Every run a written status has named.
     recorded_runs: BTreeSet<String>,
     /// The request the controller died acting on, still to be carried out.
@@ -500,6 +509,10 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
                 world.crash_after = Some(*writes);
                 continue;
             }
+            Event::Stale => {
+                world.stale_next = true;
+                continue;
+            }
             _ => {}
         }
         // A request the controller died acting on is still on the Rollout (claimed, not recorded
@@ -512,11 +525,32 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
             }
         };
         let before = world.status.clone();
+        let stale = std::mem::take(&mut world.stale_next)
+            .then(|| world.rss_before.clone())
+            .flatten();
+        let rss_before = world.rss.clone();
+        if let Some(stale) = stale {
+            let mut seen = world.clone();
+            for (hash, rs) in &mut seen.rss {
+                rs.available = stale.get(hash).map_or(0, |old| old.available);
+            }
+            let plan = seen.decide(&before, actions);
+            // Sound on what it saw, and safe in the world as it is.
+            check(&seen, &before, &plan, actions)
+                .map_err(|e| TestCaseError::fail(format!("on the stale view: {e}")))?;
+            check(world, &before, &plan, actions)
+                .map_err(|e| TestCaseError::fail(format!("in the world as it is: {e}")))?;
+            world.apply(&plan);
+            world.rss_before = Some(rss_before);
+            no_run_forgotten(&world.runs, &world.recorded_runs)?;
+            continue;
+        }
         let plan = world.decide(&before, actions);
         if let Some(writes) = world.crash_after.take() {
             world.unfinished = actions;
             check(world, &before, &plan, actions)?;
             world.apply_partly(&plan, writes);
+            world.rss_before = Some(rss_before);
             no_run_forgotten(&world.runs, &world.recorded_runs)?;
             // The next reconcile starts from the status and the world as far as they were
             // written, and is checked like any other.
@@ -529,6 +563,7 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
         check(world, &before, &plan, actions)?;
 
         world.apply(&plan);
+        world.rss_before = Some(rss_before);
         no_run_forgotten(&world.runs, &world.recorded_runs)?;
         // A reconcile applied twice changes nothing: with the plan applied and nothing new in the
         // world, the next reconcile keeps the same targets and records no new transition.
@@ -571,6 +606,8 @@ proptest! {
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             runs: SimRuns::default(),
             crash_after: None,
+            rss_before: None,
+            stale_next: false,
             recorded_runs: BTreeSet::new(),
             unfinished: Actions::default(),
             gating: Gating::default(),
@@ -600,6 +637,8 @@ proptest! {
             now: Timestamp::from_second(1_800_000_000).expect("time"),
             runs: SimRuns::default(),
             crash_after: None,
+            rss_before: None,
+            stale_next: false,
             recorded_runs: BTreeSet::new(),
             unfinished: Actions::default(),
             gating: Gating::default(),

@@ -23,6 +23,7 @@ use super::Strategy;
 use crate::cache;
 use crate::error::{Error, Writing};
 use crate::traffic::{self, TrafficRouter};
+use crate::written::Kind;
 use crate::{Context, FIELD_MANAGER, writer};
 
 /// Records an InvalidSpec condition and event, and changes nothing else: stable keeps serving.
@@ -99,6 +100,7 @@ pub(super) async fn write_status(
         .await
         .writing(|| format!("the status of Rollout {name}"))?;
     ctx.written.wrote(
+        Kind::Rollout,
         &namespace,
         &name,
         written.metadata.resource_version.as_deref(),
@@ -137,43 +139,35 @@ pub(super) async fn execute(
     if plan.create_current {
         let replicas = plan.scale.get(hash).copied().unwrap_or(0);
         let rs = build_replica_set(rollout, hash, replicas)?;
-        replica_sets
-            .patch(
-                &name_of(hash),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&rs),
-            )
-            .await
-            .writing(|| format!("ReplicaSet {}", name_of(hash)))?;
+        let name = name_of(hash);
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        write_replica_set(ctx, &replica_sets, &name, &apply, &Patch::Apply(&rs), "").await?;
         info!(hash, replicas, "created ReplicaSet");
     }
-    let scale = |h: &str, n: i32| {
-        let replica_sets = replica_sets.clone();
-        let name = name_of(h);
-        async move {
-            let patch = json!({"spec": {"replicas": n}});
-            replica_sets
-                .patch(&name, &writer(), &Patch::Merge(&patch))
-                .await
-                .map(|_| ())
-                .writing(|| format!("the size of ReplicaSet {name}"))
-        }
-    };
     for (h, n) in &plan.scale {
         if let Some(current) = observed.get(h.as_str())
             && *n > current.replicas
         {
-            scale(h, *n).await?;
+            let patch = json!({"spec": {"replicas": n}});
+            let size = &Patch::Merge(&patch);
+            write_replica_set(
+                ctx,
+                &replica_sets,
+                &name_of(h),
+                &writer(),
+                size,
+                "the size of ",
+            )
+            .await?;
         }
     }
     for (h, at) in &plan.scale_down_at {
         if observed.contains_key(h.as_str()) {
             let value = at.map(|t| t.to_string());
             let patch = json!({"metadata": {"annotations": {SCALE_DOWN_AT_ANNOTATION: value}}});
-            replica_sets
-                .patch(&name_of(h), &writer(), &Patch::Merge(&patch))
-                .await
-                .writing(|| format!("the scale-down time of ReplicaSet {}", name_of(h)))?;
+            let mark = &Patch::Merge(&patch);
+            let what = "the scale-down time of ";
+            write_replica_set(ctx, &replica_sets, &name_of(h), &writer(), mark, what).await?;
         }
     }
 
@@ -227,10 +221,8 @@ pub(super) async fn remove_surplus(
         {
             let name = format!("{}-{h}", rollout.name_any());
             let patch = json!({"spec": {"replicas": n}});
-            replica_sets
-                .patch(&name, &writer(), &Patch::Merge(&patch))
-                .await
-                .writing(|| format!("the size of ReplicaSet {name}"))?;
+            let size = &Patch::Merge(&patch);
+            write_replica_set(ctx, &replica_sets, &name, &writer(), size, "the size of ").await?;
         }
     }
     for h in &plan.delete {
@@ -243,7 +235,32 @@ pub(super) async fn remove_surplus(
             .delete(&name, &DeleteParams::background())
             .await
             .writing(|| format!("(deleting) ReplicaSet {name}"))?;
+        ctx.written.forget(Kind::ReplicaSet, namespace, &name);
     }
+    Ok(())
+}
+
+/// Writes to one ReplicaSet (`what` names the part written, for an error) and remembers the
+/// resourceVersion it got, so that no reconcile decides on an older cached copy of it.
+async fn write_replica_set<P: serde::Serialize + std::fmt::Debug>(
+    ctx: &Context,
+    api: &Api<ReplicaSet>,
+    name: &str,
+    params: &PatchParams,
+    patch: &Patch<P>,
+    what: &str,
+) -> Result<(), Error> {
+    let written = api
+        .patch(name, params, patch)
+        .await
+        .writing(|| format!("{what}ReplicaSet {name}"))?;
+    let namespace = written.namespace().unwrap_or_default();
+    ctx.written.wrote(
+        Kind::ReplicaSet,
+        &namespace,
+        name,
+        written.metadata.resource_version.as_deref(),
+    );
     Ok(())
 }
 

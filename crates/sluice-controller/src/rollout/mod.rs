@@ -23,6 +23,7 @@ use crate::Context;
 use crate::cache;
 use crate::error::Error;
 use crate::rollout_analysis::{self, Templates};
+use crate::written::Kind;
 
 mod apply;
 mod observe;
@@ -118,6 +119,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         return Ok(Action::await_change());
     }
     if ctx.written.is_stale(
+        Kind::Rollout,
         &namespace,
         &name,
         rollout.metadata.resource_version.as_deref(),
@@ -144,16 +146,28 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
 
     let uid = rollout.uid().unwrap_or_default();
     let caches = &ctx.caches;
-    let views: Vec<ReplicaSetView> = cache::owned(
+    let owned: Vec<_> = cache::owned(
         &caches.replica_sets,
         &caches.replica_set_index,
         &namespace,
         &name,
     )
-    .iter()
+    .into_iter()
     .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
-    .filter_map(|rs| view(rs))
     .collect();
+    if owned.iter().any(|rs| {
+        ctx.written.is_stale(
+            Kind::ReplicaSet,
+            &namespace,
+            &rs.name_any(),
+            rs.metadata.resource_version.as_deref(),
+        )
+    }) {
+        // A ReplicaSet as it was before this controller's own last write to it (a size, a
+        // scale-down time): deciding on it could undo that write. Its event wakes the Rollout.
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+    let views: Vec<ReplicaSetView> = owned.iter().filter_map(|rs| view(rs)).collect();
     if let Some(problem) = &problem
         && !in_flight(&status, &views)
     {

@@ -128,6 +128,7 @@ async fn patch_rollout(
     {
         Ok(patched) => {
             ctx.written.wrote(
+                crate::written::Kind::Rollout,
                 &namespace,
                 &name,
                 patched.metadata.resource_version.as_deref(),

@@ -17,6 +17,65 @@ pub use condition::{ConditionError, Conditions, QueryResult, Verdict};
 pub use prometheus::{Connection, Credentials, QueryError};
 pub use provider::{MetricSource, NoProvider, Provider, RunContext, error_measurement};
 
+/// Values read from Secrets, kept out of everything a run records or says: each is replaced by
+/// `***` in a measurement's value, message and metadata (the query as sent), longest first.
+#[derive(Clone, Default)]
+pub struct Redactions {
+    values: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactions({} values)", self.values.len())
+    }
+}
+
+impl Redactions {
+    /// Adds a value to keep out (an empty one hides nothing and is ignored).
+    pub fn add(&mut self, value: &str) {
+        if !value.is_empty() && !self.values.iter().any(|v| v == value) {
+            self.values.push(value.to_owned());
+            self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+
+    /// `text` with every value replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        self.values
+            .iter()
+            .fold(text.to_owned(), |text, value| text.replace(value, "***"))
+    }
+
+    /// Redacts what a measurement records. A failed query that carried a secret value gets no
+    /// server message at all: a server quotes pieces of what it could not parse, and a piece of a
+    /// secret is not caught by replacing the whole.
+    pub fn measurement(&self, measurement: &mut sluice_api::analysis::Measurement) {
+        if self.values.is_empty() {
+            return;
+        }
+        let carried = measurement
+            .metadata
+            .values()
+            .any(|text| self.values.iter().any(|v| text.contains(v.as_str())));
+        if carried && measurement.phase == sluice_api::analysis::AnalysisPhase::Error {
+            measurement.message = Some(
+                "the query failed; the server's answer is withheld because the query carries a \
+                 value read from a Secret"
+                    .to_owned(),
+            );
+        }
+        for text in [&mut measurement.value, &mut measurement.message]
+            .into_iter()
+            .flatten()
+        {
+            *text = self.redact(text);
+        }
+        for text in measurement.metadata.values_mut() {
+            *text = self.redact(text);
+        }
+    }
+}
+
 /// A `{{...}}` placeholder with no value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the query uses {{{{{name}}}}} but no argument of that name was given")]
@@ -53,6 +112,41 @@ pub fn substitute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_values_are_redacted_longest_first_wherever_they_appear() {
+        let mut redactions = Redactions::default();
+        redactions.add("");
+        redactions.add("abc");
+        redactions.add("abcdef");
+        let mut measurement = sluice_api::analysis::Measurement {
+            value: Some("[abcdef]".into()),
+            message: Some("parse error near \"abc\"".into()),
+            metadata: [("query".to_owned(), "up{token=\"abcdef\"}".to_owned())].into(),
+            phase: sluice_api::analysis::AnalysisPhase::Error,
+            started_at: None,
+            finished_at: None,
+        };
+        redactions.measurement(&mut measurement);
+        assert_eq!(measurement.value.as_deref(), Some("[***]"));
+        assert_eq!(
+            measurement.message.as_deref(),
+            Some(
+                "the query failed; the server's answer is withheld because the query carries a \
+                 value read from a Secret"
+            )
+        );
+        assert_eq!(measurement.metadata["query"], "up{token=\"***\"}");
+        assert_eq!(format!("{redactions:?}"), "Redactions(2 values)");
+        // A query without one keeps the server's words, with any value redacted.
+        let mut other = sluice_api::analysis::Measurement {
+            message: Some("no such label abc".into()),
+            metadata: [("query".to_owned(), "up".to_owned())].into(),
+            ..measurement
+        };
+        redactions.measurement(&mut other);
+        assert_eq!(other.message.as_deref(), Some("no such label ***"));
+    }
 
     #[test]
     fn placeholders_are_replaced_and_a_missing_one_is_named() {

@@ -92,7 +92,10 @@ pub struct Argument {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.secretKeyRef), has(self.fieldRef)].exists_one(x, x)").message("set exactly one of secretKeyRef or fieldRef"))]
 pub struct ValueFrom {
-    /// A key of a Secret in the run's namespace. The value is never written into the AnalysisRun.
+    /// A key of a Secret in the run's namespace (labelled `sluice.dev/analysis-secret: "true"`). The
+    /// value is never written into the AnalysisRun, its Events or the controller's log: the query
+    /// as sent is recorded with `***` in its place, and a failed query that carried it is recorded
+    /// without the server's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
     /// A field of the Rollout.
@@ -324,7 +327,8 @@ pub enum ChangeDirection {
 }
 
 /// A set of metrics measured during one step or phase of a release. Created by the controller from
-/// templates and arguments, owned by the Rollout.
+/// templates and arguments, owned by the Rollout. A run no Rollout owns is measured only when
+/// labelled `sluice.dev/standalone: "true"`; otherwise it ends in Error at once, saying so.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "sluice.dev",

@@ -54,7 +54,9 @@ pub struct PodMetadata {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// A key in a Secret in the same namespace as the object that refers to it.
+/// A key in a Secret in the same namespace as the object that refers to it. Sluice reads only a
+/// Secret labelled `sluice.dev/analysis-secret: "true"`, so that its own right to read Secrets
+/// never extends a tenant's; a missing Secret and an unlabelled one are the same error.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {

@@ -25,6 +25,12 @@ pub const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
 /// Annotation on an HTTPRoute while a release shifts its weights.
 pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
 
+/// Label a Secret must carry (`"true"`) before Sluice reads it for analysis (arguments, provider
+/// credentials, CA bundles): the controller's right to read Secrets never extends a tenant's.
+pub const ANALYSIS_SECRET_LABEL: &str = "sluice.dev/analysis-secret";
+/// Label an AnalysisRun no Rollout owns must carry (`"true"`) to be run on its own.
+pub const STANDALONE_LABEL: &str = "sluice.dev/standalone";
+
 /// A person's request of a Rollout, as the [`ACTION_ANNOTATION`] carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RolloutAction {

@@ -13,7 +13,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_analysis::{
-    Connection, Credentials, MetricSource, NoProvider, Provider, RunContext, error_measurement,
+    Connection, Credentials, MetricSource, NoProvider, Provider, Redactions, RunContext,
+    error_measurement,
 };
 use sluice_api::analysis::{
     AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisRunStatus, Measurement, Metric,
@@ -26,7 +27,7 @@ use tracing::{info, instrument, warn};
 
 use crate::error::Error;
 use crate::{Context, FIELD_MANAGER};
-use sluice_api::names::STABLE_HASH_ANNOTATION;
+use sluice_api::names::{ANALYSIS_SECRET_LABEL, STABLE_HASH_ANNOTATION, STANDALONE_LABEL};
 
 /// The longest wait between looks at a running run, should a wake-up be missed.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -59,6 +60,12 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
 
     let next = if run.spec.terminate {
         analysis::summarize(&run.spec, &mut status, now);
+        None
+    } else if !runs_here(&run) {
+        let problem = format!(
+            "no Rollout owns this run: label it {STANDALONE_LABEL}=true to have it run on its own"
+        );
+        fail_invalid(&mut status, &problem, now, run.metadata.generation);
         None
     } else if let Some(problem) = analysis::unreadable_durations(&run.spec) {
         fail_invalid(&mut status, &problem, now, run.metadata.generation);
@@ -134,6 +141,16 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
     ))
 }
 
+/// Whether the controller measures this run: one a Rollout owns, or one marked to run on its own
+/// ([`STANDALONE_LABEL`]). Anything else written as an AnalysisRun is refused, not measured.
+fn runs_here(run: &AnalysisRun) -> bool {
+    let owned = run
+        .owner_references()
+        .iter()
+        .any(|o| o.kind == "Rollout" && o.api_version.starts_with("sluice.dev/"));
+    owned || run.labels().get(STANDALONE_LABEL).map(String::as_str) == Some("true")
+}
+
 /// An Event on the run when it reaches its final phase.
 async fn announce(ctx: &Context, run: &AnalysisRun, status: &AnalysisRunStatus) {
     let phase = status.phase.unwrap_or(AnalysisPhase::Error);
@@ -177,6 +194,8 @@ fn fail_invalid(
 struct Prepared<'a> {
     /// `args.NAME` → value.
     values: BTreeMap<String, String>,
+    /// Every value read from a Secret, kept out of what the run records.
+    redactions: Redactions,
     /// Each metric's provider, with its connection's Secrets read. A metric without a provider is not
     /// here: each of its measurements is an Error saying so.
     sources: BTreeMap<&'a str, (MetricSource<'a>, Connection)>,
@@ -191,6 +210,7 @@ impl<'a> Prepared<'a> {
     ) -> Result<Result<Self, String>, Error> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let mut values = BTreeMap::new();
+        let mut redactions = Redactions::default();
         for arg in &spec.args {
             let value = match (
                 &arg.value,
@@ -200,7 +220,10 @@ impl<'a> Prepared<'a> {
             ) {
                 (Some(value), _) => value.clone(),
                 (None, Some(reference)) => match read_secret(&secrets, reference).await? {
-                    Ok(value) => value,
+                    Ok(value) => {
+                        redactions.add(&value);
+                        value
+                    }
                     Err(problem) => return Ok(Err(format!("argument {:?}: {problem}", arg.name))),
                 },
                 (None, None) => {
@@ -225,9 +248,21 @@ impl<'a> Prepared<'a> {
                 Ok(c) => c,
                 Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
             };
+            match &connection.credentials {
+                Some(Credentials::Basic { username, password }) => {
+                    redactions.add(username);
+                    redactions.add(password);
+                }
+                Some(Credentials::Bearer(token)) => redactions.add(token),
+                None => {}
+            }
             sources.insert(metric.name.as_str(), (source, connection));
         }
-        Ok(Ok(Self { values, sources }))
+        Ok(Ok(Self {
+            values,
+            redactions,
+            sources,
+        }))
     }
 
     /// One measurement of `metric`, with the name of the provider that took it.
@@ -238,9 +273,10 @@ impl<'a> Prepared<'a> {
     ) -> (&'m Metric, &'static str, Measurement) {
         match self.sources.get(metric.name.as_str()) {
             Some((source, connection)) => {
-                let measurement = source
+                let mut measurement = source
                     .measure(connection, &self.values, run, Timestamp::now)
                     .await;
+                self.redactions.measurement(&mut measurement);
                 (metric, source.name(), measurement)
             }
             None => {
@@ -257,13 +293,23 @@ impl<'a> Prepared<'a> {
     }
 }
 
-/// A Secret's key as text; `Ok(Err(problem))` when it is missing.
+/// A Secret's key as text; `Ok(Err(problem))` when it is missing or the Secret is not open to
+/// analysis (labelled [`ANALYSIS_SECRET_LABEL`]`=true`). A missing Secret and a closed one read
+/// alike, so that a run tells a tenant nothing of Secrets it may not read.
 async fn read_secret(
     secrets: &Api<Secret>,
     reference: &SecretKeyRef,
 ) -> Result<Result<String, String>, Error> {
-    let Some(secret) = secrets.get_opt(&reference.name).await? else {
-        return Ok(Err(format!("Secret {:?} does not exist", reference.name)));
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await?
+        .filter(|s| s.labels().get(ANALYSIS_SECRET_LABEL).map(String::as_str) == Some("true"));
+    let Some(secret) = secret else {
+        return Ok(Err(format!(
+            "Secret {:?} is not open to analysis: it does not exist, or lacks the label \
+             {ANALYSIS_SECRET_LABEL}=true that lets Sluice read it",
+            reference.name
+        )));
     };
     let bytes = secret
         .data

@@ -675,7 +675,8 @@ async fn release_measured_by_guarded(
     apply(
         &secrets,
         &json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prometheus-auth"},
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "prometheus-auth", "labels": {"sluice.dev/analysis-secret": "true"}},
             "stringData": {"username": "sluice", "password": password}
         }),
     )
@@ -757,7 +758,8 @@ async fn a_prometheus_behind_basic_auth_is_queried_with_credentials_from_a_secre
     apply(
         &secrets,
         &json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prometheus-auth"},
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "prometheus-auth", "labels": {"sluice.dev/analysis-secret": "true"}},
             "stringData": {"username": "sluice", "password": "s3cret-Pa55", "wrong": "guess"}
         }),
     )
@@ -778,7 +780,8 @@ async fn a_prometheus_behind_basic_auth_is_queried_with_credentials_from_a_secre
     .await?;
     let run = |name: &str, password_key: &str| {
         json!({
-            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun", "metadata": {"name": name},
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": name, "labels": {"sluice.dev/standalone": "true"}},
             "spec": {"metrics": [{
                 "name": "one", "count": 1, "consecutiveErrorLimit": 0,
                 "successCondition": "result == 1.0",

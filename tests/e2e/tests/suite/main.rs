@@ -16,5 +16,6 @@ mod plugin;
 mod requests;
 mod slo_history;
 mod startup;
+mod tenancy;
 mod traffic;
 mod validation;

@@ -1,0 +1,307 @@
+//! A tenant with rights in one namespace gains nothing through Sluice: a Secret its RBAC hides stays
+//! hidden whatever it writes, and values read from Secrets it may use never appear in what Sluice
+//! records or says.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
+use sluice_api::rollout::Rollout;
+use sluice_e2e::{
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// In a Secret the tenant may not read.
+const HIDDEN: &str = "hidden-Value-7Q2";
+/// In a Secret open to analysis, which the tenant may use but not read.
+const OPENED: &str = "opened-Value-9K4";
+
+/// A ServiceAccount `tenant` that may do anything with Sluice's objects in `ns` and read its
+/// Events, but not its Secrets; and a client acting as it.
+async fn tenant(client: &Client, ns: &str) -> Result<Client> {
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "tenant"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "tenant"},
+        "rules": [
+            {"apiGroups": ["sluice.dev"], "resources": ["*"], "verbs": ["*"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]}
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "tenant"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+               "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]}),
+    ];
+    for object in objects {
+        let kind = object["kind"].as_str().context("kind")?;
+        let api_version = object["apiVersion"].as_str().context("apiVersion")?;
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let resource = kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            group, version, kind,
+        ));
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &resource);
+        let name = object["metadata"]["name"].as_str().context("name")?;
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await?;
+    }
+    let mut config = kube::Config::infer().await?;
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:tenant"));
+    Ok(Client::try_from(config)?)
+}
+
+async fn apply<K>(api: &Api<K>, manifest: &Value) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = manifest["metadata"]["name"].as_str().context("name")?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(manifest),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A run of one metric with an argument read from `secret`, in `query`.
+fn run_reading(name: &str, labels: Value, secret: &str, query: &str) -> Result<Value> {
+    Ok(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "args": [{"name": "token", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}}],
+            "metrics": [{
+                "name": "probe", "count": 1, "consecutiveErrorLimit": 0,
+                "successCondition": "result[0] == 1",
+                "provider": {"prometheus": {"address": prometheus_url()?, "query": query}}
+            }]
+        }
+    }))
+}
+
+fn prometheus_url() -> Result<String> {
+    std::env::var("SLUICE_E2E_PROMETHEUS_URL").context("SLUICE_E2E_PROMETHEUS_URL is not set")
+}
+
+/// The run once finished, as the tenant reads it.
+async fn finished(runs: &Api<AnalysisRun>, name: &str) -> Result<AnalysisRun> {
+    eventually(&format!("run {name} to finish"), WAIT, || async {
+        let run = runs.get(name).await?;
+        let done = run
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| !matches!(p, AnalysisPhase::Pending | AnalysisPhase::Running));
+        Ok(done.then_some(run))
+    })
+    .await
+}
+
+fn message(run: &AnalysisRun) -> String {
+    run.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_tenant_reads_no_secret_through_sluice_and_secret_values_never_show() -> Result<()> {
+    let admin = client().await?;
+    install_crds(&admin).await?;
+    let ns = TestNamespace::create(&admin, "tenancy").await?;
+    let controller = ControllerProcess::start(&ns.name)?;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    apply(
+        &secrets,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hidden"},
+                "stringData": {"token": HIDDEN}}),
+    )
+    .await?;
+    apply(
+        &secrets,
+        &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "opened", "labels": {"sluice.dev/analysis-secret": "true"}},
+                "stringData": {"token": OPENED}}),
+    )
+    .await?;
+    let tenant = tenant(&admin, &ns.name).await?;
+    // The tenant's own RBAC hides the Secrets.
+    match Api::<Secret>::namespaced(tenant.clone(), &ns.name)
+        .get("hidden")
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => bail!("the tenant may read the Secret: {other:?}"),
+    }
+    let runs: Api<AnalysisRun> = Api::namespaced(tenant.clone(), &ns.name);
+    let inside_a_label = r#"label_replace(vector(1), "token", "{{args.token}}", "", "")"#;
+    let standalone = json!({"sluice.dev/standalone": "true"});
+
+    // 1. A run no Rollout owns, not marked to run on its own: refused, nothing read.
+    apply(
+        &runs,
+        &run_reading("unowned", json!({}), "hidden", inside_a_label)?,
+    )
+    .await?;
+    let unowned = finished(&runs, "unowned").await?;
+    ensure!(
+        message(&unowned).contains("no Rollout owns this run"),
+        "{}",
+        message(&unowned)
+    );
+
+    // 2. Marked to run on its own, reading a Secret not open to analysis: an Error naming the
+    //    label, the same whether or not the Secret exists.
+    apply(
+        &runs,
+        &run_reading("closed", standalone.clone(), "hidden", inside_a_label)?,
+    )
+    .await?;
+    apply(
+        &runs,
+        &run_reading(
+            "absent",
+            standalone.clone(),
+            "no-such-secret",
+            inside_a_label,
+        )?,
+    )
+    .await?;
+    let closed = finished(&runs, "closed").await?;
+    let absent = finished(&runs, "absent").await?;
+    ensure!(
+        message(&closed).contains("is not open to analysis")
+            && message(&closed).contains("sluice.dev/analysis-secret=true"),
+        "{}",
+        message(&closed)
+    );
+    ensure!(
+        message(&closed).replace("hidden", "X") == message(&absent).replace("no-such-secret", "X"),
+        "a closed Secret and a missing one read differently: {:?} / {:?}",
+        message(&closed),
+        message(&absent)
+    );
+
+    // 3. A Secret open to analysis is used, never shown: the query as sent is recorded redacted,
+    //    and a failed query that carried the value gives no server words (which quote pieces).
+    apply(
+        &runs,
+        &run_reading("opened", standalone.clone(), "opened", inside_a_label)?,
+    )
+    .await?;
+    apply(
+        &runs,
+        &run_reading(
+            "opened-broken",
+            standalone.clone(),
+            "opened",
+            "vector({{args.token}})",
+        )?,
+    )
+    .await?;
+    let opened = finished(&runs, "opened").await?;
+    let status = opened.status.clone().unwrap_or_default();
+    ensure!(
+        status.phase == Some(AnalysisPhase::Successful),
+        "{status:?}"
+    );
+    let query = status.metric_results[0].measurements[0]
+        .metadata
+        .get("query")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(query.contains(r#""token", "***""#), "{query}");
+    let broken = finished(&runs, "opened-broken").await?;
+    ensure!(
+        message(&broken).contains("withheld"),
+        "{}",
+        message(&broken)
+    );
+
+    // 4. Through a Rollout: its template's argument reads the hidden Secret; the run is an
+    //    Error, the release aborts, and nothing of the value shows.
+    let templates: Api<sluice_api::AnalysisTemplate> = Api::namespaced(tenant.clone(), &ns.name);
+    apply(
+        &templates,
+        &json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "probe"},
+                "spec": {
+                    "args": [{"name": "token", "valueFrom": {"secretKeyRef": {"name": "hidden", "key": "token"}}}],
+                    "metrics": [{"name": "probe", "count": 1,
+                                 "successCondition": "result[0] == 1",
+                                 "provider": {"prometheus": {"address": prometheus_url()?, "query": inside_a_label}}}]
+                }}),
+    )
+    .await?;
+    let rollouts: Api<Rollout> = Api::namespaced(tenant.clone(), &ns.name);
+    let rollout = |image: &str| {
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                        "template": {"metadata": {"labels": {"app": "web"}},
+                                     "spec": {"containers": [{"name": "app", "image": image}]}},
+                        "strategy": {"canary": {"steps": [
+                            {"setWeight": 50},
+                            {"analysis": {"templates": [{"templateName": "probe"}]}}]}}}})
+    };
+    apply(&rollouts, &rollout("registry.example/web:1.0.0")).await?;
+    eventually("the first revision to be stable", WAIT, || async {
+        let status = rollouts.get("web").await?.status.unwrap_or_default();
+        Ok(status.stable_rs.is_some().then_some(()))
+    })
+    .await?;
+    apply(&rollouts, &rollout("registry.example/web:2.0.0")).await?;
+    let aborted = eventually("the release to abort", WAIT, || async {
+        let status = rollouts.get("web").await?.status.unwrap_or_default();
+        Ok(status.abort.then_some(status))
+    })
+    .await?;
+    ensure!(
+        aborted
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("not open to analysis")),
+        "{:?}",
+        aborted.message
+    );
+
+    // Nowhere the tenant can look, nor in the controller's log, is either value.
+    let mut seen = String::new();
+    for run in runs.list(&ListParams::default()).await?.items {
+        seen.push_str(&serde_json::to_string(&run)?);
+    }
+    for rollout in rollouts.list(&ListParams::default()).await?.items {
+        seen.push_str(&serde_json::to_string(&rollout)?);
+    }
+    // Events are sent by a background task: give the last ones a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events: Api<Event> = Api::namespaced(tenant.clone(), &ns.name);
+    for event in events.list(&ListParams::default()).await?.items {
+        seen.push_str(&serde_json::to_string(&event)?);
+    }
+    let log = std::fs::read_to_string(&controller.log)?;
+    for (name, value) in [("hidden", HIDDEN), ("opened", OPENED)] {
+        ensure!(
+            !seen.contains(value),
+            "the {name} Secret's value is visible to the tenant"
+        );
+        ensure!(
+            !log.contains(value),
+            "the {name} Secret's value is in the controller's log"
+        );
+    }
+    println!(
+        "tenancy: 4 routes to a Secret tried (unowned run, closed Secret, open Secret, Rollout); \
+         {} bytes of runs, Rollouts and Events and {} bytes of log searched, no value found",
+        seen.len(),
+        log.len()
+    );
+    drop(controller);
+    Ok(())
+}

@@ -31,7 +31,7 @@ enum FetchError {
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error(transparent)]
-    Missing(#[from] crate::MissingPlaceholder),
+    Placing(#[from] crate::SubstituteError),
     #[error("metric {0:?} sets neither errorRatio nor latency")]
     Empty(String),
 }

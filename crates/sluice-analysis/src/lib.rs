@@ -5,16 +5,18 @@
 //! sends the queries and turns answers into measurements, never failing silently: no data or NaN is
 //! Inconclusive, an unreachable server or a refused query is an Error with the server's words.
 
+pub mod address;
 pub mod baseline;
 pub mod condition;
 pub mod prometheus;
+pub mod promql;
 pub mod provider;
 pub mod slo;
 
-use std::collections::BTreeMap;
-
+pub use address::{AddressPolicy, Rule as AddressRule};
 pub use condition::{ConditionError, Conditions, QueryResult, Verdict};
 pub use prometheus::{Connection, Credentials, QueryError};
+pub use promql::{SubstituteError, substitute};
 pub use provider::{MetricSource, NoProvider, Provider, RunContext, error_measurement};
 
 /// Values read from Secrets, kept out of everything a run records or says: each is replaced by
@@ -31,12 +33,19 @@ impl std::fmt::Debug for Redactions {
 }
 
 impl Redactions {
-    /// Adds a value to keep out (an empty one hides nothing and is ignored).
+    /// Adds a value to keep out, as written and as a query's strings carry it escaped (an empty
+    /// one hides nothing and is ignored).
     pub fn add(&mut self, value: &str) {
-        if !value.is_empty() && !self.values.iter().any(|v| v == value) {
-            self.values.push(value.to_owned());
-            self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for form in [
+            value.to_owned(),
+            promql::escape_double_quoted(value),
+            promql::escape_single_quoted(value),
+        ] {
+            if !form.is_empty() && !self.values.contains(&form) {
+                self.values.push(form);
+            }
         }
+        self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 
     /// `text` with every value replaced by `***`.
@@ -76,39 +85,6 @@ impl Redactions {
     }
 }
 
-/// A `{{...}}` placeholder with no value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("the query uses {{{{{name}}}}} but no argument of that name was given")]
-pub struct MissingPlaceholder {
-    pub name: String,
-}
-
-/// Replaces each `{{name}}` (spaces inside the braces allowed) with its value from `values`, whose
-/// keys are written as in the query: `args.service`, `hash`, `window`.
-pub fn substitute(
-    template: &str,
-    values: &BTreeMap<String, String>,
-) -> Result<String, MissingPlaceholder> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let name = after[..end].trim();
-        let value = values.get(name).ok_or_else(|| MissingPlaceholder {
-            name: name.to_owned(),
-        })?;
-        out.push_str(value);
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +95,7 @@ mod tests {
         redactions.add("");
         redactions.add("abc");
         redactions.add("abcdef");
+        redactions.add("q\"t");
         let mut measurement = sluice_api::analysis::Measurement {
             value: Some("[abcdef]".into()),
             message: Some("parse error near \"abc\"".into()),
@@ -137,7 +114,9 @@ mod tests {
             )
         );
         assert_eq!(measurement.metadata["query"], "up{token=\"***\"}");
-        assert_eq!(format!("{redactions:?}"), "Redactions(2 values)");
+        assert_eq!(format!("{redactions:?}"), "Redactions(4 values)");
+        // Escaped as a query's string carries it, it is still caught.
+        assert_eq!(redactions.redact(r#"up{a="q\"t"}"#), r#"up{a="***"}"#);
         // A query without one keeps the server's words, with any value redacted.
         let mut other = sluice_api::analysis::Measurement {
             message: Some("no such label abc".into()),
@@ -146,31 +125,5 @@ mod tests {
         };
         redactions.measurement(&mut other);
         assert_eq!(other.message.as_deref(), Some("no such label ***"));
-    }
-
-    #[test]
-    fn placeholders_are_replaced_and_a_missing_one_is_named() {
-        let values: BTreeMap<String, String> = [
-            ("args.service".to_owned(), "checkout".to_owned()),
-            ("hash".to_owned(), "abc".to_owned()),
-        ]
-        .into();
-        assert_eq!(
-            substitute(
-                "rate(x{svc=\"{{args.service}}\",h=\"{{ hash }}\"}[5m])",
-                &values
-            ),
-            Ok("rate(x{svc=\"checkout\",h=\"abc\"}[5m])".to_owned())
-        );
-        assert_eq!(
-            substitute("{{args.nope}}", &values),
-            Err(MissingPlaceholder {
-                name: "args.nope".to_owned()
-            })
-        );
-        assert_eq!(
-            substitute("no braces {", &values),
-            Ok("no braces {".to_owned())
-        );
     }
 }

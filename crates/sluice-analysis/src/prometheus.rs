@@ -6,6 +6,7 @@
 //! rustls) that this provider, the baseline judge and ErrorBudgetGates send their queries with.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -16,6 +17,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use sluice_api::analysis::{AnalysisPhase, Measurement, Metric, PrometheusMetric};
 use sluice_api::common::PrometheusConnection;
 
+use crate::address::{AddressPolicy, PolicyResolver};
 use crate::condition::{ConditionError, Conditions, QueryResult};
 use crate::provider::{Provider, RunContext, error_measurement};
 use crate::substitute;
@@ -139,6 +141,8 @@ pub struct Connection {
     pub insecure: bool,
     /// A CA bundle (PEM) to verify the server with.
     pub ca_pem: Option<Vec<u8>>,
+    /// Where queries may be sent (the controller's `--allow-provider-address` rules).
+    pub policy: Arc<AddressPolicy>,
 }
 
 impl Connection {
@@ -151,6 +155,7 @@ impl Connection {
             headers: Vec::new(),
             insecure: false,
             ca_pem: None,
+            policy: Arc::new(AddressPolicy::default()),
         }
     }
 }
@@ -167,6 +172,9 @@ pub enum QueryError {
     /// The connection settings are unusable (a bad header name, a bad CA bundle).
     #[error("invalid connection to {address}: {reason}")]
     Invalid { address: String, reason: String },
+    /// The address policy does not let the controller reach the address.
+    #[error("Sluice may not query {address}: {reason}")]
+    Denied { address: String, reason: String },
 }
 
 /// Installs rustls' ring provider for this process, once; kube and reqwest both use rustls and
@@ -183,7 +191,17 @@ fn client(connection: &Connection) -> Result<prometheus_http_query::Client, Quer
     };
     let mut builder = reqwest::Client::builder()
         .timeout(connection.timeout)
-        .tls_danger_accept_invalid_certs(connection.insecure);
+        .tls_danger_accept_invalid_certs(connection.insecure)
+        // A redirect would reach an address the policy never saw: refused, saying where to.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let to = attempt.url().to_string();
+            attempt.error(format!(
+                "the server redirected to {to}; Sluice never follows redirects (use that address)"
+            ))
+        }))
+        .dns_resolver(Arc::new(PolicyResolver {
+            policy: connection.policy.clone(),
+        }));
     if let Some(pem) = &connection.ca_pem {
         for cert in reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| invalid(format!("the CA bundle is not PEM: {e}")))?
@@ -239,6 +257,21 @@ pub async fn query_series(
 }
 
 async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryError> {
+    let denied = |reason: String| QueryError::Denied {
+        address: connection.address.clone(),
+        reason,
+    };
+    let url = reqwest::Url::parse(&connection.address).map_err(|e| QueryError::Invalid {
+        address: connection.address.clone(),
+        reason: format!("the address is not a URL: {e}"),
+    })?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| denied("the address names no host".to_owned()))?;
+    connection
+        .policy
+        .check_host(host)
+        .map_err(|e| denied(e.to_string()))?;
     let client = client(connection)?;
     let invalid = |reason: String| QueryError::Invalid {
         address: connection.address.clone(),

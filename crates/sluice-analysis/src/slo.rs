@@ -68,7 +68,7 @@ pub fn error_ratio_query(
 
 /// A PromQL label value, quoted with `"`.
 fn escape_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"")
+    crate::promql::escape_double_quoted(value)
 }
 
 #[cfg(test)]

@@ -210,7 +210,10 @@ pub struct PrometheusMetric {
     /// Where to send the query.
     #[serde(flatten)]
     pub connection: PrometheusConnection,
-    /// The PromQL query; `{{args.NAME}}` is replaced by the argument's value.
+    /// The PromQL query; `{{args.NAME}}` is replaced by the argument's value, escaped for where it
+    /// stands: inside a quoted string as PromQL reads strings (write `job="{{args.job}}"`), outside
+    /// any string only if it is a number, a duration or a name (anything else is an Error naming
+    /// the placeholder), so that no value can change the query's shape.
     #[schemars(length(min = 1, max = 8192))]
     pub query: String,
 }

@@ -71,7 +71,7 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
         fail_invalid(&mut status, &problem, now, run.metadata.generation);
         None
     } else {
-        match Prepared::new(&run.spec, &ctx.client, &namespace).await? {
+        match Prepared::new(&run.spec, &ctx.client, &namespace, &ctx.address_policy).await? {
             Err(problem) => {
                 fail_invalid(&mut status, &problem, now, run.metadata.generation);
                 None
@@ -207,6 +207,7 @@ impl<'a> Prepared<'a> {
         spec: &'a AnalysisRunSpec,
         client: &kube::Client,
         namespace: &str,
+        policy: &Arc<sluice_analysis::AddressPolicy>,
     ) -> Result<Result<Self, String>, Error> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let mut values = BTreeMap::new();
@@ -244,7 +245,7 @@ impl<'a> Prepared<'a> {
             if let Err(problem) = source.check(&values) {
                 return Ok(Err(format!("metric {:?}: {problem}", metric.name)));
             }
-            let connection = match connection(source.connection(), &secrets).await? {
+            let connection = match connection(source.connection(), &secrets, policy).await? {
                 Ok(c) => c,
                 Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
             };
@@ -341,8 +342,10 @@ async fn read_secret(
 pub(crate) async fn connection(
     spec: &PrometheusConnection,
     secrets: &Api<Secret>,
+    policy: &Arc<sluice_analysis::AddressPolicy>,
 ) -> Result<Result<Connection, String>, Error> {
     let mut connection = Connection::plain(&spec.address);
+    connection.policy = policy.clone();
     if let Some(timeout) = spec.timeout {
         connection.timeout = Duration::from_secs(u64::try_from(timeout).unwrap_or(30));
     }

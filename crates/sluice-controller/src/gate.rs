@@ -33,10 +33,13 @@ async fn measure(
     namespace: &str,
 ) -> Result<Result<Measurements, String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let connection = match crate::analysis_run::connection(&gate.spec.prometheus, &secrets).await? {
-        Ok(c) => c,
-        Err(problem) => return Ok(Err(problem)),
-    };
+    let connection =
+        match crate::analysis_run::connection(&gate.spec.prometheus, &secrets, &ctx.address_policy)
+            .await?
+        {
+            Ok(c) => c,
+            Err(problem) => return Ok(Err(problem)),
+        };
     let plan = match sluice_analysis::slo::query_plan(&gate.spec) {
         Ok(plan) => plan,
         Err(problem) => return Ok(Err(problem)),

@@ -27,6 +27,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
+use sluice_analysis::{AddressPolicy, AddressRule};
 use sluice_api::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 use sluice_api::{ErrorBudgetGate, Rollout};
@@ -88,6 +89,13 @@ struct Args {
     /// Rollouts reconciled at the same time, at most (one Rollout is never reconciled twice at once).
     #[arg(long, env = "SLUICE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Where metric providers and gates may send queries: a host (`prometheus.monitoring.svc`), a
+    /// host pattern (`*.svc`) or an address range (`10.0.0.0/8`, `127.0.0.1`); repeat the flag, or
+    /// separate rules with commas. Default: in-cluster Service names (`*.svc`,
+    /// `*.svc.cluster.local`). Loopback and link-local addresses (cloud metadata endpoints) are
+    /// refused unless a range names them; redirects are never followed.
+    #[arg(long = "allow-provider-address", env = "SLUICE_ALLOW_PROVIDER_ADDRESS", value_delimiter = ',', value_parser = clap::value_parser!(AddressRule))]
+    allow_provider_address: Vec<AddressRule>,
 }
 
 /// Parameters for the merge and JSON patches the controller makes, under its field manager, so that
@@ -110,6 +118,8 @@ pub struct Context {
     pub backoffs: backoff::Backoffs,
     /// The controller's last write to each Rollout: no reconcile acts on an older cached copy.
     pub written: written::Written,
+    /// Where providers and gates may send queries.
+    pub address_policy: Arc<AddressPolicy>,
     /// Events waiting to be recorded.
     events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
 }
@@ -192,7 +202,13 @@ async fn main() -> anyhow::Result<()> {
         caches,
         backoffs: backoff::Backoffs::default(),
         written: written::Written::default(),
+        address_policy: Arc::new(if args.allow_provider_address.is_empty() {
+            AddressPolicy::default()
+        } else {
+            AddressPolicy::new(args.allow_provider_address.clone())
+        }),
     });
+    tracing::info!(policy = %ctx.address_policy, "providers may be queried at these addresses");
     tokio::spawn(http::serve(args.http_addr, ctx.clone()));
 
     // The caches fill whether or not this instance leads: a standby is Ready (so a disruption

@@ -442,6 +442,9 @@ fn start_operator(root: &Path, cluster: &Cluster) -> Result<PathBuf> {
         "127.0.0.1:0",
         "--identity",
         "demo",
+        // The local control plane's Prometheus listens on loopback.
+        "--allow-provider-address",
+        "127.0.0.1",
     ])
     .env("KUBECONFIG", &cluster.kubeconfig);
     sluice_testbed::cluster::spawn_addon(&cluster.state_dir, "sluice-controller", cmd)

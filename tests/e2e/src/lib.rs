@@ -40,11 +40,22 @@ pub fn kubeconfig_path() -> PathBuf {
 
 /// A client for the cluster under test.
 pub async fn client() -> Result<Client> {
+    Ok(Client::try_from(config().await?)?)
+}
+
+/// A client for the cluster under test acting as `user` (impersonation, e.g.
+/// `system:serviceaccount:NS:NAME`): what that user's RBAC allows, no more.
+pub async fn client_as(user: &str) -> Result<Client> {
+    let mut config = config().await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    Ok(Client::try_from(config)?)
+}
+
+async fn config() -> Result<Config> {
     let path = kubeconfig_path();
     let kubeconfig =
         Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
+    Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
 }
 
 /// Runs kubectl (`SLUICE_E2E_KUBECTL`, else the one on PATH) against the cluster under test, from
@@ -301,6 +312,8 @@ impl ControllerProcess {
         let child = Command::new(&binary)
             .args(["--namespace", namespace, "--log-format", "text"])
             .args(["--identity", identity, "--lease-duration-seconds", "10"])
+            // The test cluster's Prometheus (and the tests' own servers) listen on loopback.
+            .args(["--allow-provider-address", "127.0.0.1"])
             .env("KUBECONFIG", kubeconfig)
             .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .envs(env.iter().copied())

@@ -112,6 +112,10 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
             &release,
             "--kube-version",
             "1.37.2",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "providerAddresses={prometheus.monitoring.svc,10.0.0.0/8}",
         ],
     )?)?;
     let kinds: Vec<&str> = full.iter().filter_map(|o| o["kind"].as_str()).collect();
@@ -123,12 +127,23 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
         "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
+        "NetworkPolicy",
     ] {
         ensure!(
             kinds.contains(&kind),
             "the chart renders no {kind}: {kinds:?}"
         );
     }
+    let args = full
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .map(|d| d["spec"]["template"]["spec"]["containers"][0]["args"].to_string())
+        .unwrap_or_default();
+    ensure!(
+        args.contains("--allow-provider-address=prometheus.monitoring.svc")
+            && args.contains("--allow-provider-address=10.0.0.0/8"),
+        "providerAddresses do not reach the operator's arguments: {args}"
+    );
     for object in &full {
         let mut object = object.clone();
         if object["metadata"]["namespace"].is_null()

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::rollout::Rollout;
 use sluice_e2e::{
-    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, client_as, eventually, install_crds,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -52,9 +52,7 @@ async fn tenant(client: &Client, ns: &str) -> Result<Client> {
         )
         .await?;
     }
-    let mut config = kube::Config::infer().await?;
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:tenant"));
-    Ok(Client::try_from(config)?)
+    client_as(&format!("system:serviceaccount:{ns}:tenant")).await
 }
 
 async fn apply<K>(api: &Api<K>, manifest: &Value) -> Result<()>
@@ -203,7 +201,9 @@ async fn a_tenant_reads_no_secret_through_sluice_and_secret_values_never_show() 
             "opened-broken",
             standalone.clone(),
             "opened",
-            "vector({{args.token}})",
+            // Carries the value in a string, and fails at the server (an invalid regular
+            // expression): the server's answer could quote the query.
+            r#"label_replace(vector(1), "token", "{{args.token}}", "", "(")"#,
         )?,
     )
     .await?;
@@ -303,5 +303,162 @@ async fn a_tenant_reads_no_secret_through_sluice_and_secret_values_never_show() 
         log.len()
     );
     drop(controller);
+    Ok(())
+}
+
+/// A plain HTTP server on loopback that answers every request with a redirect to `to`.
+fn redirecting_server(to: &'static str) -> Result<String> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    Ok(address)
+}
+
+#[tokio::test]
+async fn a_provider_address_the_policy_denies_is_an_error_naming_the_rule() -> Result<()> {
+    let admin = client().await?;
+    install_crds(&admin).await?;
+    let ns = TestNamespace::create(&admin, "address-policy").await?;
+    // Allowed: 127.0.0.1 only (the test cluster's Prometheus), as every e2e controller.
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let runs: Api<AnalysisRun> = Api::namespaced(admin.clone(), &ns.name);
+    let run = |name: &str, address: &str| {
+        json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": name, "labels": {"sluice.dev/standalone": "true"}},
+            "spec": {"metrics": [{
+                "name": "probe", "count": 1, "consecutiveErrorLimit": 0,
+                "successCondition": "result[0] == 1",
+                "provider": {"prometheus": {"address": address, "query": "vector(1)", "timeout": 2}}
+            }]}
+        })
+    };
+    let redirect = redirecting_server("http://169.254.169.254/api/v1/query")?;
+    let cases = [
+        (
+            "metadata",
+            "http://169.254.169.254".to_owned(),
+            vec!["link-local", "127.0.0.1/32"],
+        ),
+        (
+            "outside",
+            "http://prometheus.example.com:9090".to_owned(),
+            vec!["prometheus.example.com", "no host rule allows it"],
+        ),
+        (
+            "redirect",
+            redirect,
+            vec![
+                "redirected to http://169.254.169.254/api/v1/query",
+                "never follows redirects",
+            ],
+        ),
+        ("allowed", prometheus_url()?, vec![]),
+    ];
+    for (name, address, _) in &cases {
+        apply(&runs, &run(name, address)).await?;
+    }
+    for (name, _, expected) in &cases {
+        let run = finished(&runs, name).await?;
+        let status = run.status.clone().unwrap_or_default();
+        let said = status.metric_results[0].measurements[0]
+            .message
+            .clone()
+            .unwrap_or_default();
+        println!("{name}: {:?} {said}", status.phase);
+        if expected.is_empty() {
+            ensure!(status.phase == Some(AnalysisPhase::Successful), "{said}");
+            continue;
+        }
+        ensure!(status.phase == Some(AnalysisPhase::Error), "{name}: {said}");
+        for words in expected {
+            ensure!(
+                said.contains(words),
+                "{name}: {said:?} does not say {words:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An argument (a Rollout's, an annotation read through `fieldRef`) cannot rewrite a template's
+/// query: inside a string it stays a string, and where it could change the query's shape it is
+/// refused, naming the placeholder.
+#[tokio::test]
+async fn an_argument_cannot_rewrite_a_templates_query() -> Result<()> {
+    let admin = client().await?;
+    install_crds(&admin).await?;
+    let ns = TestNamespace::create(&admin, "injection").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let runs: Api<AnalysisRun> = Api::namespaced(admin.clone(), &ns.name);
+    let run = |name: &str, query: &str, arg: &str, value: &str| -> Result<Value> {
+        Ok(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": name, "labels": {"sluice.dev/standalone": "true"}},
+            "spec": {
+                "args": [{"name": arg, "value": value}],
+                "metrics": [{
+                    "name": "errors", "count": 1, "consecutiveErrorLimit": 0,
+                    "failureCondition": "result[0] >= 1",
+                    "provider": {"prometheus": {"address": prometheus_url()?, "query": query}}
+                }]
+            }
+        }))
+    };
+    // The platform's query answers 5 (failing) unless its job has targets; the value tries to
+    // close the label, subtract 100 and comment the rest out.
+    apply(
+        &runs,
+        &run(
+            "label",
+            r#"(count(up{job="{{args.job}}"}) or vector(0)) + 5"#,
+            "job",
+            r#"prometheus"}) or vector(0)) - 100 #"#,
+        )?,
+    )
+    .await?;
+    apply(
+        &runs,
+        &run(
+            "bare",
+            r#"up{job="prometheus"} offset {{args.offset}}"#,
+            "offset",
+            "1m or vector(0)",
+        )?,
+    )
+    .await?;
+    let label = finished(&runs, "label").await?;
+    let status = label.status.clone().unwrap_or_default();
+    let measurement = &status.metric_results[0].measurements[0];
+    println!(
+        "label: {:?} value {:?}, query sent {:?}",
+        status.phase,
+        measurement.value,
+        measurement.metadata.get("query")
+    );
+    ensure!(
+        status.phase == Some(AnalysisPhase::Failed),
+        "the value rewrote the query: {status:?}"
+    );
+    let bare = finished(&runs, "bare").await?;
+    println!("bare: {}", message(&bare));
+    ensure!(
+        bare.status.as_ref().and_then(|s| s.phase) == Some(AnalysisPhase::Error)
+            && message(&bare).contains("{{args.offset}}")
+            && message(&bare).contains("outside a string"),
+        "{}",
+        message(&bare)
+    );
     Ok(())
 }

@@ -1,0 +1,340 @@
+//! Where a metric provider may be sent: the address policy. A tenant writes a provider's `address`;
+//! the controller sends the query with its own network position, so the policy, not the tenant,
+//! decides what it may reach.
+//!
+//! A rule is a host (`prometheus.monitoring.svc`), a host pattern (`*.svc`, any name ending in
+//! `.svc`), or an address range (`10.0.0.0/8`, `127.0.0.1`). A named host is allowed when it matches
+//! a host rule; an address written in the URL when it is in an allowed range. Loopback, link-local
+//! (cloud metadata endpoints), unspecified and multicast addresses are refused however an allowed
+//! name resolves, unless a range rule names them. Names are checked where they are resolved for the
+//! connection itself (the HTTP client's resolver), so what is checked is what is reached.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+/// The rules a default controller runs with: in-cluster Service names only.
+pub const DEFAULT_RULES: [&str; 2] = ["*.svc", "*.svc.cluster.local"];
+
+/// One rule of the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// This host exactly (case-insensitive).
+    Host(String),
+    /// Any host ending in `.SUFFIX` (written `*.SUFFIX`).
+    Suffix(String),
+    /// Any address in this range.
+    Range(IpNet),
+}
+
+impl FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("an empty address rule".to_owned());
+        }
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Ok(Self::Range(net));
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Self::Range(IpNet::from(ip)));
+        }
+        let valid = |name: &str| {
+            !name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        };
+        if let Some(suffix) = text.strip_prefix("*.") {
+            if valid(suffix) {
+                return Ok(Self::Suffix(suffix.to_ascii_lowercase()));
+            }
+        } else if valid(text) {
+            return Ok(Self::Host(text.to_ascii_lowercase()));
+        }
+        Err(format!(
+            "{text:?} is not an address rule: write a host (prometheus.monitoring.svc), a host \
+             pattern (*.svc) or an address range (10.0.0.0/8, 127.0.0.1)"
+        ))
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Host(host) => write!(f, "{host}"),
+            Self::Suffix(suffix) => write!(f, "*.{suffix}"),
+            Self::Range(net) => write!(f, "{net}"),
+        }
+    }
+}
+
+/// The addresses a provider may be sent to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressPolicy {
+    allow: Vec<Rule>,
+}
+
+impl Default for AddressPolicy {
+    fn default() -> Self {
+        Self {
+            allow: DEFAULT_RULES
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for AddressPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rules: Vec<String> = self.allow.iter().map(ToString::to_string).collect();
+        write!(f, "{}", rules.join(", "))
+    }
+}
+
+/// Why an address is refused, naming the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the address policy denies {what}: {why}")]
+pub struct Denied {
+    what: String,
+    why: String,
+}
+
+impl AddressPolicy {
+    /// A policy allowing what `rules` name and nothing else.
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self { allow: rules }
+    }
+
+    /// Checks the host of a URL before anything is sent: a name must match a host rule (what it
+    /// resolves to is checked at connection time, see [`PolicyResolver`]); an address written in
+    /// the URL must be in an allowed range.
+    pub fn check_host(&self, host: &str) -> Result<(), Denied> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return self.check_ip(host, ip);
+        }
+        let name = bare.trim_end_matches('.').to_ascii_lowercase();
+        let matched = self.allow.iter().any(|rule| match rule {
+            Rule::Host(h) => *h == name,
+            Rule::Suffix(s) => name.ends_with(&format!(".{s}")),
+            Rule::Range(_) => false,
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(Denied {
+                what: name,
+                why: format!("no host rule allows it (allowed: {self})"),
+            })
+        }
+    }
+
+    /// Checks one address `host` resolved to (or was written as).
+    pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), Denied> {
+        let ranged = self.allow.iter().any(|rule| match rule {
+            Rule::Range(net) => net.contains(&ip),
+            _ => false,
+        });
+        if ranged {
+            return Ok(());
+        }
+        if let Some(kind) = special(ip) {
+            return Err(Denied {
+                what: describe(host, ip),
+                why: format!(
+                    "{kind} addresses are never reached unless a range rule names them (allowed: {self})"
+                ),
+            });
+        }
+        Err(Denied {
+            what: describe(host, ip),
+            why: format!("no rule allows it (allowed: {self})"),
+        })
+    }
+
+    /// Checks what an allowed name resolved to: never a special address a range rule does not name.
+    pub fn check_resolved(&self, host: &str, ips: &[IpAddr]) -> Result<(), Denied> {
+        self.check_host(host)?;
+        for ip in ips {
+            if special(*ip).is_some() {
+                self.check_ip(host, *ip)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(host: &str, ip: IpAddr) -> String {
+    if host.trim_start_matches('[').trim_end_matches(']') == ip.to_string() {
+        ip.to_string()
+    } else {
+        format!("{host} ({ip})")
+    }
+}
+
+/// The kind of an address no name may resolve to without a range rule naming it.
+fn special(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if v4.is_unspecified() {
+                Some("unspecified")
+            } else if v4.is_multicast() || v4.is_broadcast() {
+                Some("multicast")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return special(IpAddr::V4(v4));
+            }
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if (v6.segments()[0] & 0xffc0) == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The HTTP client's resolver: resolves a name as the system does, then refuses it unless the
+/// policy allows every address it resolved to.
+#[derive(Clone, Debug)]
+pub struct PolicyResolver {
+    pub policy: Arc<AddressPolicy>,
+}
+
+impl reqwest::dns::Resolve for PolicyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+            policy.check_resolved(&host, &ips)?;
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &[&str]) -> AddressPolicy {
+        AddressPolicy::new(rules.iter().map(|r| r.parse().expect("rule")).collect())
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("ip")
+    }
+
+    #[test]
+    fn rules_parse_and_print_back() {
+        for text in [
+            "*.svc",
+            "prometheus.monitoring.svc",
+            "10.0.0.0/8",
+            "fd00::/8",
+        ] {
+            assert_eq!(text.parse::<Rule>().expect("rule").to_string(), text);
+        }
+        assert_eq!(
+            "127.0.0.1".parse::<Rule>().expect("rule").to_string(),
+            "127.0.0.1/32"
+        );
+        for bad in ["", "*", "*.", "a..b", "http://x", "a b", "10.0.0.0/33"] {
+            assert!(bad.parse::<Rule>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn the_default_allows_in_cluster_service_names_only() {
+        let policy = AddressPolicy::default();
+        assert_eq!(policy.check_host("prometheus.monitoring.svc"), Ok(()));
+        assert_eq!(
+            policy.check_host("Prometheus.Monitoring.svc.cluster.local."),
+            Ok(())
+        );
+        let denied = policy
+            .check_host("prometheus.example.com")
+            .expect_err("outside");
+        assert!(
+            denied.to_string().contains("no host rule allows it")
+                && denied.to_string().contains("*.svc"),
+            "{denied}"
+        );
+        // A bare name resolves in the controller's own namespace: not a tenant's to reach.
+        assert!(policy.check_host("sluice-controller").is_err());
+        let denied = policy.check_host("169.254.169.254").expect_err("metadata");
+        assert!(denied.to_string().contains("link-local"), "{denied}");
+        // A Service name that resolves to a special address is still refused.
+        let denied = policy
+            .check_resolved("evil.tenant.svc", &[ip("127.0.0.1")])
+            .expect_err("loopback");
+        assert!(
+            denied.to_string().contains("evil.tenant.svc (127.0.0.1)")
+                && denied.to_string().contains("loopback"),
+            "{denied}"
+        );
+        assert!(
+            policy
+                .check_resolved("prometheus.monitoring.svc", &[ip("10.96.0.12")])
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn ranges_allow_addresses_written_in_the_url() {
+        let policy = policy(&["127.0.0.1", "10.0.0.0/8", "*.internal"]);
+        assert_eq!(policy.check_host("127.0.0.1"), Ok(()));
+        assert!(policy.check_host("[::1]").is_err());
+        assert!(policy.check_host("127.0.0.2").is_err());
+        assert!(policy.check_host("10.1.2.3").is_ok());
+        assert!(
+            policy
+                .check_resolved("db.internal", &[ip("192.0.2.1")])
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check_resolved("db.internal", &[ip("127.0.0.1")])
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check_resolved("db.internal", &[ip("127.0.0.5")])
+                .is_err()
+        );
+        // An IPv4-mapped IPv6 loopback is loopback.
+        assert!(
+            policy
+                .check_ip("x", ip("::ffff:127.0.0.2"))
+                .expect_err("mapped")
+                .to_string()
+                .contains("loopback")
+        );
+        assert!(policy.check_ip("x", ip("fe80::1")).is_err());
+    }
+}

@@ -107,6 +107,9 @@ impl std::fmt::Debug for Conditions {
     }
 }
 
+/// The longest conditions may take to judge one answer.
+pub const JUDGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The verdict of one measurement, with why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -142,6 +145,28 @@ impl Conditions {
             failure,
             decides_nan,
         })
+    }
+
+    /// [`judge`](Self::judge) on a blocking thread, so that an expensive condition never holds the
+    /// task reconciles share; one that takes longer than [`JUDGE_LIMIT`] is an Error.
+    pub async fn judge_bounded(self: &Arc<Self>, result: QueryResult) -> Verdict {
+        let conditions = self.clone();
+        let judging = tokio::task::spawn_blocking(move || conditions.judge(&result));
+        match tokio::time::timeout(JUDGE_LIMIT, judging).await {
+            Ok(Ok(verdict)) => verdict,
+            Ok(Err(failed)) => Verdict {
+                phase: AnalysisPhase::Error,
+                message: format!("the conditions could not be evaluated: {failed}"),
+            },
+            Err(_) => Verdict {
+                phase: AnalysisPhase::Error,
+                message: format!(
+                    "the conditions took more than {}s to judge the answer (simplify them, or \
+                     aggregate the query)",
+                    JUDGE_LIMIT.as_secs()
+                ),
+            },
+        }
     }
 
     /// Judges a query's result: Failed if the failure condition holds, else Successful if the success

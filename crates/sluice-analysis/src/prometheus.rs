@@ -6,7 +6,7 @@
 //! rustls) that this provider, the baseline judge and ErrorBudgetGates send their queries with.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -26,8 +26,8 @@ use crate::substitute;
 #[derive(Debug)]
 pub struct PrometheusProvider<'a> {
     spec: &'a PrometheusMetric,
-    /// Boxed: compiled CEL programs are large, and `MetricSource`'s other variants small.
-    conditions: Result<Box<Conditions>, ConditionError>,
+    /// Shared: judged on a blocking thread (compiled CEL programs are large, too).
+    conditions: Result<Arc<Conditions>, ConditionError>,
 }
 
 impl<'a> PrometheusProvider<'a> {
@@ -40,7 +40,7 @@ impl<'a> PrometheusProvider<'a> {
                 metric.success_condition.as_deref(),
                 metric.failure_condition.as_deref(),
             )
-            .map(Box::new),
+            .map(Arc::new),
         }
     }
 }
@@ -85,16 +85,17 @@ impl Provider for PrometheusProvider<'_> {
 async fn measure(
     connection: &Connection,
     promql: &str,
-    conditions: &Conditions,
+    conditions: &Arc<Conditions>,
     now: impl Fn() -> Timestamp,
 ) -> Measurement {
     let started = now();
     let mut metadata = BTreeMap::new();
-    metadata.insert("query".to_owned(), promql.to_owned());
+    metadata.insert("query".to_owned(), cap(promql));
     let (phase, value, message) = match query(connection, promql).await {
         Ok(result) => {
-            let verdict = conditions.judge(&result);
-            (verdict.phase, Some(result.display()), verdict.message)
+            let shown = result.display();
+            let verdict = conditions.judge_bounded(result).await;
+            (verdict.phase, Some(cap(&shown)), verdict.message)
         }
         Err(err) => (AnalysisPhase::Error, None, err.to_string()),
     };
@@ -103,9 +104,29 @@ async fn measure(
         value,
         started_at: Some(Time(started)),
         finished_at: Some(Time(now())),
-        message: Some(message),
+        message: Some(cap(&message)),
         metadata,
     }
+}
+
+/// The most of an answer read: a condition judges a few numbers, not a dump.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// The most series an answer may hold.
+pub const MAX_SERIES: usize = 1000;
+/// The most samples a range answer may hold, over all its series.
+pub const MAX_SAMPLES: usize = 10_000;
+/// The longest query, value or message a measurement records, so that a run's status stays far
+/// below the API server's object size limit whatever the answers.
+pub const MAX_RECORDED_CHARS: usize = 1024;
+
+/// `text`, cut to [`MAX_RECORDED_CHARS`] characters with a note of how much was left out.
+pub fn cap(text: &str) -> String {
+    let total = text.chars().count();
+    if total <= MAX_RECORDED_CHARS {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(MAX_RECORDED_CHARS).collect();
+    format!("{kept}… ({} more characters)", total - MAX_RECORDED_CHARS)
 }
 
 /// Seconds a query may take when the metric does not say.
@@ -175,6 +196,9 @@ pub enum QueryError {
     /// The address policy does not let the controller reach the address.
     #[error("Sluice may not query {address}: {reason}")]
     Denied { address: String, reason: String },
+    /// The answer is larger than Sluice reads.
+    #[error("Prometheus at {address} answered too much: {reason}")]
+    Oversized { address: String, reason: String },
 }
 
 /// Installs rustls' ring provider for this process, once; kube and reqwest both use rustls and
@@ -183,7 +207,44 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// What makes two connections' HTTP clients interchangeable.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    address: String,
+    timeout: Duration,
+    insecure: bool,
+    ca_pem: Option<Vec<u8>>,
+    policy: String,
+}
+
+/// One HTTP client (with its connection pool and TLS set-up) per provider configuration; a bounded
+/// number, forgotten all at once past the bound.
+static CLIENTS: LazyLock<Mutex<HashMap<ClientKey, prometheus_http_query::Client>>> =
+    LazyLock::new(Default::default);
+const MAX_CLIENTS: usize = 256;
+
 fn client(connection: &Connection) -> Result<prometheus_http_query::Client, QueryError> {
+    let key = ClientKey {
+        address: connection.address.clone(),
+        timeout: connection.timeout,
+        insecure: connection.insecure,
+        ca_pem: connection.ca_pem.clone(),
+        policy: connection.policy.to_string(),
+    };
+    if let Some(client) = CLIENTS.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(client);
+    }
+    let client = new_client(connection)?;
+    if let Ok(mut clients) = CLIENTS.lock() {
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+    }
+    Ok(client)
+}
+
+fn new_client(connection: &Connection) -> Result<prometheus_http_query::Client, QueryError> {
     install_crypto_provider();
     let invalid = |reason: String| QueryError::Invalid {
         address: connection.address.clone(),
@@ -302,17 +363,96 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
         }
         None => {}
     }
-    let answer = request.get().await.map_err(|err| match err {
-        prometheus_http_query::Error::Prometheus(e) => QueryError::Refused {
-            address: connection.address.clone(),
-            reason: e.to_string(),
-        },
-        other => QueryError::Unreachable {
-            address: connection.address.clone(),
-            reason: error_chain(&other),
-        },
+    let unreachable = |reason: String| QueryError::Unreachable {
+        address: connection.address.clone(),
+        reason,
+    };
+    let oversized = |reason: String| QueryError::Oversized {
+        address: connection.address.clone(),
+        reason,
+    };
+    let mut response = request
+        .get_raw()
+        .await
+        .map_err(|err| unreachable(error_chain(&err)))?;
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no content type")
+        .to_owned();
+    let too_large = || {
+        oversized(format!(
+            "more than {} MiB; Sluice reads at most that (aggregate the query)",
+            MAX_ANSWER_BYTES >> 20
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| unreachable(error_chain(&err)))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !content_type.starts_with("application/json") {
+        return Err(unreachable(format!(
+            "answered HTTP {status} with {content_type}, not the query API's JSON"
+        )));
+    }
+    let answer: Answer = serde_json::from_slice(&body).map_err(|err| {
+        unreachable(format!(
+            "answered HTTP {status} with JSON that is not the query API's: {err}"
+        ))
     })?;
-    Ok(answer.into_inner().0)
+    let data = match answer {
+        Answer::Success { data } => data.into_inner().0,
+        Answer::Error { error_type, error } => {
+            return Err(QueryError::Refused {
+                address: connection.address.clone(),
+                reason: format!("{error_type}: {error}"),
+            });
+        }
+    };
+    let (series, samples) = match &data {
+        Data::Vector(v) => (v.len(), v.len()),
+        Data::Matrix(m) => (m.len(), m.iter().map(|s| s.samples().len()).sum()),
+        Data::Scalar(_) => (1, 1),
+    };
+    if series > MAX_SERIES || samples > MAX_SAMPLES {
+        return Err(oversized(format!(
+            "{series} series and {samples} samples; Sluice judges at most {MAX_SERIES} series and \
+             {MAX_SAMPLES} samples (aggregate the query)"
+        )));
+    }
+    Ok(data)
+}
+
+/// The query API's answer.
+#[derive(serde::Deserialize)]
+#[serde(tag = "status")]
+enum Answer {
+    #[serde(rename = "success")]
+    Success {
+        data: prometheus_http_query::response::PromqlResult,
+    },
+    #[serde(rename = "error")]
+    Error {
+        #[serde(rename = "errorType", default)]
+        error_type: String,
+        #[serde(default)]
+        error: String,
+    },
 }
 
 /// An error with its causes, so "error sending request" says why (connection refused, 401, ...).
@@ -388,5 +528,155 @@ mod tests {
             m.message.as_deref(),
             Some("the query uses {{args.nope}} but no argument of that name was given")
         );
+    }
+
+    /// A stand-in server on loopback answering every request with `head`, then `body` in chunks
+    /// of `chunk` bytes, `pause` apart.
+    async fn hostile(
+        head: String,
+        body: Vec<u8>,
+        chunk: usize,
+        pause: std::time::Duration,
+    ) -> Connection {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let body = Arc::new(body);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (head, body) = (head.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    if stream.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for part in body.chunks(chunk.max(1)) {
+                        if stream.write_all(part).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                });
+            }
+        });
+        let mut connection = Connection::plain(&address);
+        connection.policy = Arc::new(AddressPolicy::new(vec!["127.0.0.1".parse().expect("rule")]));
+        connection.timeout = std::time::Duration::from_secs(2);
+        connection
+    }
+
+    fn json_head(length: Option<usize>) -> String {
+        let length = length.map_or_else(
+            || "Transfer-Encoding: identity\r\nConnection: close\r\n".to_owned(),
+            |n| format!("Content-Length: {n}\r\n"),
+        );
+        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}\r\n")
+    }
+
+    fn vector(series: usize) -> Vec<u8> {
+        let items: Vec<String> = (0..series)
+            .map(|i| format!(r#"{{"metric":{{"i":"{i}"}},"value":[1700000000,"1"]}}"#))
+            .collect();
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+            items.join(",")
+        )
+        .into_bytes()
+    }
+
+    /// Hostile answers end in an Error that says what was wrong, never in a verdict, and never
+    /// read more than the cap.
+    #[tokio::test]
+    async fn hostile_answers_are_errors_within_bounds() {
+        let pause = std::time::Duration::ZERO;
+        let huge = vec![b' '; MAX_ANSWER_BYTES + 1];
+        let cases: Vec<(&str, Connection, &str)> = vec![
+            (
+                "a declared 4 MiB + 1 body",
+                hostile(json_head(Some(huge.len())), huge.clone(), 1 << 16, pause).await,
+                "answered too much: more than 4 MiB",
+            ),
+            (
+                "an undeclared 4 MiB + 1 body",
+                hostile(json_head(None), huge, 1 << 16, pause).await,
+                "answered too much: more than 4 MiB",
+            ),
+            (
+                "1001 series",
+                {
+                    let body = vector(MAX_SERIES + 1);
+                    hostile(json_head(Some(body.len())), body, 1 << 16, pause).await
+                },
+                "1001 series",
+            ),
+            (
+                "invalid JSON",
+                hostile(json_head(Some(9)), b"{not json".to_vec(), 64, pause).await,
+                "JSON that is not the query API's",
+            ),
+            (
+                "an HTML error page",
+                hostile(
+                    "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: 6\r\n\r\n"
+                        .to_owned(),
+                    b"<html>".to_vec(),
+                    64,
+                    pause,
+                )
+                .await,
+                "answered HTTP 502 Bad Gateway with text/html",
+            ),
+            (
+                "a slow drip",
+                {
+                    let body = vector(1);
+                    hostile(
+                        json_head(Some(body.len())),
+                        body,
+                        1,
+                        std::time::Duration::from_millis(200),
+                    )
+                    .await
+                },
+                "could not query Prometheus",
+            ),
+        ];
+        let good = metric("result[0] == 1", "up");
+        for (what, connection, says) in cases {
+            let started = std::time::Instant::now();
+            let m = provider(&good)
+                .measure(
+                    &connection,
+                    &BTreeMap::new(),
+                    &RunContext::default(),
+                    Timestamp::now,
+                )
+                .await;
+            let message = m.message.clone().unwrap_or_default();
+            assert_eq!(m.phase, AnalysisPhase::Error, "{what}: {message}");
+            assert!(message.contains(says), "{what}: {message}");
+            assert!(message.chars().count() <= MAX_RECORDED_CHARS + 40, "{what}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(4),
+                "{what} took {:?}",
+                started.elapsed()
+            );
+        }
+        // Within the caps, the answer is judged.
+        let body = vector(MAX_SERIES);
+        let connection = hostile(json_head(Some(body.len())), body, 1 << 16, pause).await;
+        let m = provider(&metric("result[0] == 1", "up"))
+            .measure(
+                &connection,
+                &BTreeMap::new(),
+                &RunContext::default(),
+                Timestamp::now,
+            )
+            .await;
+        assert_eq!(m.phase, AnalysisPhase::Successful, "{:?}", m.message);
+        assert!(m.value.is_some_and(|v| v.contains("more characters")));
     }
 }

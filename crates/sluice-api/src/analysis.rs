@@ -134,10 +134,11 @@ pub struct Metric {
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$')").message("must be lower-case letters, digits, -, _ or ., starting and ending with a letter or digit"))]
     pub name: String,
-    /// Time between measurements, e.g. `1m`. Without it the metric is measured once.
+    /// Time between measurements, e.g. `1m`; at least `1s`. Without it the metric is measured once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = duration_rule())]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,9}(ms|s|m|h))+$') || duration(self) >= duration('1s')").message("must be at least 1s: a shorter interval would query without pause"))]
     pub interval: Option<String>,
     /// Wait this long before the first measurement, e.g. `2m`, so the new version has served traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]

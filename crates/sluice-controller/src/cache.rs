@@ -198,7 +198,12 @@ pub struct WatchSpec<K> {
     /// Changes are passed on only while this is set (the controllers run: this instance leads);
     /// before, only the store is kept, and the controllers start from what it holds.
     pub leading: Arc<AtomicBool>,
+    /// Called with each deleted object, as its last state (e.g. to drop its metrics).
+    pub on_delete: Option<OnDelete<K>>,
 }
+
+/// What a watch calls with each deleted object.
+pub type OnDelete<K> = Arc<dyn Fn(&K) + Send + Sync>;
 
 /// Starts watching into `writer`'s store: sends every object that changed (applied or deleted, and
 /// every object again after a re-list) to each returned change stream, in the order seen. An update
@@ -247,6 +252,7 @@ where
     let owner = spec.owner;
     let references = spec.references;
     let leading = spec.leading;
+    let on_delete = spec.on_delete;
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
         // What each object looked like when last sent, by (namespace, name).
@@ -314,6 +320,9 @@ where
                 }
                 watcher::Event::Delete(object) => {
                     seen.remove(&key_of(&object));
+                    if let Some(on_delete) = &on_delete {
+                        on_delete(&object);
+                    }
                     if let Some((owner_of, index)) = &owner {
                         index.remove(&object, *owner_of);
                     }

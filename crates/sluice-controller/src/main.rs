@@ -358,7 +358,7 @@ struct Watched {
 async fn start_watches(
     args: &Args,
     client: &Client,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     writers: cache::Writers,
     leading: &Arc<AtomicBool>,
 ) -> Option<Watched> {
@@ -391,6 +391,15 @@ async fn start_watches(
             references: Some((rollout::references, ctx.caches.rollout_references.clone())),
             subscribers: 1,
             leading: leading.clone(),
+            on_delete: Some({
+                let ctx = ctx.clone();
+                Arc::new(move |rollout: &Rollout| {
+                    ctx.metrics.forget_rollout(
+                        &rollout.namespace().unwrap_or_default(),
+                        &rollout.name_any(),
+                    );
+                })
+            }),
         },
         writers.rollouts,
     );
@@ -403,6 +412,10 @@ async fn start_watches(
             references: None,
             subscribers: 2,
             leading: leading.clone(),
+            on_delete: Some({
+                let ctx = ctx.clone();
+                Arc::new(move |gate: &ErrorBudgetGate| ctx.metrics.forget_gate(gate))
+            }),
         },
         writers.gates,
     );
@@ -415,6 +428,7 @@ async fn start_watches(
             references: None,
             subscribers: 1,
             leading: leading.clone(),
+            on_delete: None,
         },
         writers.replica_sets,
     );
@@ -428,6 +442,7 @@ async fn start_watches(
             references: None,
             subscribers: 1,
             leading: leading.clone(),
+            on_delete: None,
         },
         writers.pods,
     );
@@ -441,6 +456,7 @@ async fn start_watches(
             references: None,
             subscribers: 2,
             leading: leading.clone(),
+            on_delete: None,
         },
         writers.runs,
     );
@@ -453,6 +469,7 @@ async fn start_watches(
             references: None,
             subscribers: 1,
             leading: leading.clone(),
+            on_delete: None,
         },
         writers.services,
     );
@@ -465,6 +482,7 @@ async fn start_watches(
             references: None,
             subscribers: 1,
             leading: leading.clone(),
+            on_delete: None,
         },
         writers.templates,
     );
@@ -477,6 +495,7 @@ async fn start_watches(
             references: None,
             subscribers: 1,
             leading: leading.clone(),
+            on_delete: None,
         },
         writers.cluster_templates,
     );
@@ -490,6 +509,7 @@ async fn start_watches(
                 references: None,
                 subscribers: 1,
                 leading: leading.clone(),
+                on_delete: None,
             },
             writers.routes,
         )

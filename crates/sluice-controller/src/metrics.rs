@@ -282,6 +282,48 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of a deleted Rollout, so that `/metrics` does not report it for ever.
+    pub fn forget_rollout(&self, namespace: &str, rollout: &str) {
+        for phase in [
+            Phase::Healthy,
+            Phase::Progressing,
+            Phase::Paused,
+            Phase::Degraded,
+        ] {
+            self.rollout_phase.remove(&PhaseLabels {
+                namespace: namespace.to_owned(),
+                rollout: rollout.to_owned(),
+                phase,
+            });
+        }
+        self.aborts.remove(&RolloutLabels {
+            namespace: namespace.to_owned(),
+            rollout: rollout.to_owned(),
+        });
+    }
+
+    /// Drops the series of a deleted gate (its burn rates by the windows its last status had).
+    pub fn forget_gate(&self, gate: &sluice_api::ErrorBudgetGate) {
+        use kube::ResourceExt as _;
+        let labels = GateLabels {
+            namespace: gate.namespace().unwrap_or_default(),
+            gate: gate.name_any(),
+        };
+        self.gate_budget_remaining.remove(&labels);
+        self.gate_held.remove(&labels);
+        self.gate_evaluations.remove(&labels);
+        self.gate_queries.remove(&labels);
+        for burn in gate.status.iter().flat_map(|s| s.burn_rates.iter()) {
+            for window in [&burn.long_window, &burn.short_window] {
+                self.gate_burn_rate.remove(&BurnRateLabels {
+                    namespace: labels.namespace.clone(),
+                    gate: labels.gate.clone(),
+                    window: window.clone(),
+                });
+            }
+        }
+    }
+
     /// Counts a measurement.
     pub fn measured(&self, namespace: &str, metric: &str, phase: AnalysisPhase) {
         self.measurements

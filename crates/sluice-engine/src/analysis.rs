@@ -29,8 +29,16 @@ pub fn is_completed(phase: AnalysisPhase) -> bool {
 }
 
 /// The metric's interval; `None` when it is measured once.
+/// The shortest wait between two measurements of a metric, whatever its spec says (the CRD refuses
+/// less; a run written before that rule still never queries in a tight loop).
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
 fn interval(metric: &Metric) -> Option<Duration> {
-    metric.interval.as_deref().and_then(duration::parse)
+    metric
+        .interval
+        .as_deref()
+        .and_then(duration::parse)
+        .map(|d| d.max(MIN_INTERVAL))
 }
 
 /// Measurements (Errors aside) after which the metric is complete; `None` runs until terminated.
@@ -545,6 +553,22 @@ mod tests {
         assert!(s.due.is_empty());
         assert_eq!(s.next_in, Some(Duration::from_secs(30)));
         assert_eq!(schedule(&spec, &status, at(0), at(90)).due, ["m"]);
+    }
+
+    #[test]
+    fn an_interval_under_a_second_waits_a_second() {
+        let spec = spec(vec![metric("m", Some(5), Some("1ms"))]);
+        let mut status = AnalysisRunStatus::default();
+        record(
+            &spec,
+            &mut status,
+            &spec.metrics[0],
+            measured(Successful, 30),
+        );
+        summarize(&spec, &mut status, at(30));
+        let s = schedule(&spec, &status, at(0), at(30));
+        assert!(s.due.is_empty());
+        assert_eq!(s.next_in, Some(MIN_INTERVAL));
     }
 
     #[test]

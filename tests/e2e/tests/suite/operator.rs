@@ -110,6 +110,15 @@ async fn health_readiness_and_metrics_are_served() -> Result<()> {
         body.contains("sluice_rollout_reconcile_duration_seconds_bucket"),
         "{body}"
     );
+
+    // Deleted, the Rollout leaves /metrics: its series are not reported for ever.
+    api.delete("web", &Default::default()).await?;
+    let about_web = format!("namespace=\"{}\",rollout=\"web\"", ns.name);
+    eventually("the deleted Rollout's series to go", WAIT, || async {
+        let body = get(&controller.http, "/metrics").await?;
+        Ok((!body.contains(&about_web)).then_some(()))
+    })
+    .await?;
     Ok(())
 }
 

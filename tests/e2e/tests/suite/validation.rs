@@ -293,6 +293,15 @@ fn cases() -> Vec<Case> {
             says: "duration such as 30s",
         },
         Case {
+            // A tight loop of queries and status writes.
+            name: "interval under a second",
+            base: analysis_template,
+            patch: json!({"spec": {"metrics": [{"name": "m", "interval": "500ms", "count": 3, "successCondition": "true",
+                "provider": {"prometheus": {"address": "http://p:9090", "query": "up"}}}]}}),
+            field: "spec.metrics[0].interval",
+            says: "must be at least 1s",
+        },
+        Case {
             name: "duplicate metric names",
             base: analysis_template,
             patch: json!({"spec": {"metrics": [

@@ -189,6 +189,38 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
             })
         })
         .collect();
+    // Least privilege: only verbs the operator sends (no wildcard, no update, no listing of
+    // Secrets or watching of Leases), checked on what the chart renders; the release below proves
+    // they are enough.
+    let mut granted: Vec<String> = Vec::new();
+    for rule in rbac.iter().filter_map(|o| o["rules"].as_array()).flatten() {
+        for resource in rule["resources"].as_array().into_iter().flatten() {
+            for verb in rule["verbs"].as_array().into_iter().flatten() {
+                granted.push(format!(
+                    "{}:{}",
+                    resource.as_str().unwrap_or_default(),
+                    verb.as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    for refused in [
+        "*",
+        ":update",
+        "secrets:list",
+        "secrets:watch",
+        "leases:list",
+        "leases:watch",
+        "rollouts:get",
+        "pods:get",
+    ] {
+        ensure!(
+            !granted
+                .iter()
+                .any(|g| g.ends_with(refused) || g.starts_with(refused)),
+            "the chart grants {refused}: {granted:?}"
+        );
+    }
     for object in &rbac {
         apply_object(&client, object, false).await?;
     }

@@ -410,6 +410,17 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
             "answered HTTP {status} with {content_type}, not the query API's JSON"
         )));
     }
+    // Count the series before building them: 100,000 small series fit in the bytes read, and
+    // would take ten times that once built.
+    if let Ok(shape) = serde_json::from_slice::<Shape>(&body) {
+        let series = shape.data.map_or(0, |d| d.result.len());
+        if series > MAX_SERIES {
+            return Err(oversized(format!(
+                "{series} series; Sluice judges at most {MAX_SERIES} series and {MAX_SAMPLES} \
+                 samples (aggregate the query)"
+            )));
+        }
+    }
     let answer: Answer = serde_json::from_slice(&body).map_err(|err| {
         unreachable(format!(
             "answered HTTP {status} with JSON that is not the query API's: {err}"
@@ -436,6 +447,19 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
         )));
     }
     Ok(data)
+}
+
+/// The query API's answer, read for its number of series only (nothing of each is kept).
+#[derive(serde::Deserialize)]
+struct Shape {
+    #[serde(default)]
+    data: Option<ShapeData>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShapeData {
+    #[serde(default)]
+    result: Vec<serde::de::IgnoredAny>,
 }
 
 /// The query API's answer.

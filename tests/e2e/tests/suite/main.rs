@@ -9,6 +9,7 @@ mod chart;
 mod cluster;
 mod faults;
 mod gate;
+mod hostile;
 mod isolated;
 mod leader;
 mod operator;

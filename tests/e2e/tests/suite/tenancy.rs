@@ -52,7 +52,14 @@ async fn tenant(client: &Client, ns: &str) -> Result<Client> {
         )
         .await?;
     }
-    client_as(&format!("system:serviceaccount:{ns}:tenant")).await
+    let tenant = client_as(&format!("system:serviceaccount:{ns}:tenant")).await?;
+    // The API server's authorizer learns of new RBAC objects from a watch: wait until it has.
+    let runs: Api<AnalysisRun> = Api::namespaced(tenant.clone(), ns);
+    eventually("the tenant's Role to take effect", WAIT, || async {
+        Ok(runs.list(&ListParams::default()).await.ok().map(|_| ()))
+    })
+    .await?;
+    Ok(tenant)
 }
 
 async fn apply<K>(api: &Api<K>, manifest: &Value) -> Result<()>

@@ -1,0 +1,250 @@
+//! A Prometheus stand-in that answers with hostile responses, a real HTTP server on loopback: a
+//! 50 MB body, 100,000 series, invalid JSON, and a slow drip. Each run ends in Error saying what
+//! was wrong, the controller's memory stays bounded, and an unrelated release in the same namespace
+//! keeps its pace (its abort latency, measured before and during the attack, is printed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
+use sluice_api::rollout::{Rollout, RolloutPhase};
+use sluice_e2e::{
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::canary::{apply, healthy_on, rollout, wait_status};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// What the stand-in answers on one port.
+#[derive(Clone)]
+enum Answer {
+    /// This many bytes of JSON-looking text, undeclared, as fast as it can.
+    Huge(usize),
+    /// A well-formed vector of this many series.
+    Series(usize),
+    /// Not JSON.
+    Invalid,
+    /// A well-formed answer, one byte every `pause`.
+    Drip(Duration),
+}
+
+/// Serves `answer` to every request on a loopback port; returns its address.
+async fn stand_in(answer: Answer) -> Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 8192];
+                let _ = stream.read(&mut request).await;
+                let json = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n";
+                let _ = match answer {
+                    Answer::Huge(bytes) => {
+                        let head = format!("{json}Connection: close\r\n\r\n");
+                        if stream.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = vec![b'['; 64 << 10];
+                        let mut sent = 0;
+                        while sent < bytes {
+                            if stream.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                            sent += chunk.len();
+                        }
+                        Ok(())
+                    }
+                    Answer::Series(n) => {
+                        let series = vec![r#"{"metric":{},"value":[1,"1"]}"#; n].join(",");
+                        let body = format!(
+                            r#"{{"status":"success","data":{{"resultType":"vector","result":[{series}]}}}}"#
+                        );
+                        let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
+                        stream.write_all(head.as_bytes()).await.ok();
+                        stream.write_all(body.as_bytes()).await
+                    }
+                    Answer::Invalid => {
+                        let body = "{\"status\":\"success\",\"data\":{\"resultType\":";
+                        let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
+                        stream.write_all(head.as_bytes()).await.ok();
+                        stream.write_all(body.as_bytes()).await
+                    }
+                    Answer::Drip(pause) => {
+                        let body = r#"{"status":"success","data":{"resultType":"scalar","result":[1,"1"]}}"#;
+                        let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
+                        stream.write_all(head.as_bytes()).await.ok();
+                        for byte in body.as_bytes() {
+                            if stream.write_all(&[*byte]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(pause).await;
+                        }
+                        Ok(())
+                    }
+                };
+            });
+        }
+    });
+    Ok(address)
+}
+
+/// The controller's resident memory, in MiB.
+fn rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+/// Releases `image` on the unrelated Rollout, waits for its pause, asks for an abort and returns
+/// how long the abort took to be recorded and stable to be whole again.
+async fn abort_latency(api: &Api<Rollout>, image: &str, steps: &Value) -> Result<Duration> {
+    apply(api, &rollout("web", 2, image, steps.clone())).await?;
+    wait_status(api, "web", "the release to pause", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let asked = Instant::now();
+    let patch = json!({"metadata": {"annotations": {"sluice.dev/action": "abort"}}});
+    api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    eventually("the abort to be recorded", WAIT, || async {
+        let status = api.get("web").await?.status.unwrap_or_default();
+        Ok(status.abort.then_some(()))
+    })
+    .await?;
+    Ok(asked.elapsed())
+}
+
+#[tokio::test]
+async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_keep_pace()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "hostile").await?;
+    let controller = ControllerProcess::start(&ns.name)?;
+
+    // The unrelated release: a canary that pauses at 50% for a person, aborted once before the
+    // attack and once during it.
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps =
+        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
+    apply(
+        &rollouts,
+        &rollout("web", 2, "registry.example/web:1.0.0", steps.clone()),
+    )
+    .await?;
+    wait_status(&rollouts, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let before = abort_latency(&rollouts, "registry.example/web:2.0.0", &steps).await?;
+    let rss_before = rss_mib(controller.pid())?;
+
+    let answers = [
+        (
+            "huge",
+            Answer::Huge(50 << 20),
+            "answered too much: more than 4 MiB",
+        ),
+        ("series", Answer::Series(100_000), "100000 series"),
+        (
+            "invalid",
+            Answer::Invalid,
+            "JSON that is not the query API's",
+        ),
+        (
+            "drip",
+            Answer::Drip(Duration::from_millis(500)),
+            "could not query Prometheus",
+        ),
+    ];
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    for (name, answer, _) in &answers {
+        let address = stand_in(answer.clone()).await?;
+        let run = json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": name, "labels": {"sluice.dev/standalone": "true"}},
+            "spec": {"metrics": [{
+                "name": "probe", "interval": "1s", "count": 3, "consecutiveErrorLimit": 2,
+                "successCondition": "result[0] == 1",
+                "provider": {"prometheus": {"address": address, "query": "up", "timeout": 2}}
+            }]}
+        });
+        runs.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&run),
+        )
+        .await?;
+    }
+    // Sample memory while the runs are being measured, and abort the unrelated release meanwhile.
+    let peak = Arc::new(std::sync::Mutex::new(rss_before));
+    let sampling = {
+        let peak = peak.clone();
+        let pid = controller.pid();
+        tokio::spawn(async move {
+            loop {
+                if let (Ok(rss), Ok(mut peak)) = (rss_mib(pid), peak.lock()) {
+                    *peak = peak.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let during = abort_latency(&rollouts, "registry.example/web:3.0.0", &steps).await?;
+    for (name, _, says) in &answers {
+        let run = eventually(&format!("run {name} to end"), WAIT, || async {
+            let run = runs.get(name).await?;
+            let done = run
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| !matches!(p, AnalysisPhase::Pending | AnalysisPhase::Running));
+            Ok(done.then_some(run))
+        })
+        .await?;
+        let status = run.status.clone().unwrap_or_default();
+        let said = status.metric_results[0]
+            .measurements
+            .last()
+            .and_then(|m| m.message.clone())
+            .unwrap_or_default();
+        println!("{name}: {:?}: {said}", status.phase);
+        ensure!(
+            status.phase == Some(AnalysisPhase::Error),
+            "{name}: {status:?}"
+        );
+        ensure!(
+            said.contains(says),
+            "{name}: {said:?} does not say {says:?}"
+        );
+        let size = serde_json::to_string(&run)?.len();
+        ensure!(size < 64 << 10, "{name}: the run is {size} bytes");
+    }
+    sampling.abort();
+    let peak = peak.lock().map(|p| *p).unwrap_or_default();
+    println!(
+        "hostile answers: controller RSS {rss_before:.1} MiB before, {peak:.1} MiB at most during; \
+         the unrelated release's abort took {:.0} ms before and {:.0} ms during the attack",
+        before.as_secs_f64() * 1000.0,
+        during.as_secs_f64() * 1000.0
+    );
+    // Not a timing: a bound on what was buffered. A 50 MB answer read whole would pass it.
+    ensure!(
+        peak - rss_before < 48.0,
+        "the controller grew by {:.1} MiB",
+        peak - rss_before
+    );
+    Ok(())
+}

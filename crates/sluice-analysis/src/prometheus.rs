@@ -405,6 +405,31 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
         }
         body.extend_from_slice(&chunk);
     }
+    parse_answer(
+        &connection.address,
+        &status.to_string(),
+        &content_type,
+        &body,
+    )
+}
+
+/// Reads an answer of the query API (`status` and `content_type` as the server sent them): its data,
+/// or why it is no answer (a refusal, something that is not the API's JSON, more than Sluice
+/// judges). Any bytes give one or the other.
+pub fn parse_answer(
+    address: &str,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Data, QueryError> {
+    let unreachable = |reason: String| QueryError::Unreachable {
+        address: address.to_owned(),
+        reason,
+    };
+    let oversized = |reason: String| QueryError::Oversized {
+        address: address.to_owned(),
+        reason,
+    };
     if !content_type.starts_with("application/json") {
         return Err(unreachable(format!(
             "answered HTTP {status} with {content_type}, not the query API's JSON"
@@ -412,7 +437,7 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
     }
     // Count the series before building them: 100,000 small series fit in the bytes read, and
     // would take ten times that once built.
-    if let Ok(shape) = serde_json::from_slice::<Shape>(&body) {
+    if let Ok(shape) = serde_json::from_slice::<Shape>(body) {
         let series = shape.data.map_or(0, |d| d.result.len());
         if series > MAX_SERIES {
             return Err(oversized(format!(
@@ -421,7 +446,7 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
             )));
         }
     }
-    let answer: Answer = serde_json::from_slice(&body).map_err(|err| {
+    let answer: Answer = serde_json::from_slice(body).map_err(|err| {
         unreachable(format!(
             "answered HTTP {status} with JSON that is not the query API's: {err}"
         ))
@@ -430,7 +455,7 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
         Answer::Success { data } => data.into_inner().0,
         Answer::Error { error_type, error } => {
             return Err(QueryError::Refused {
-                address: connection.address.clone(),
+                address: address.to_owned(),
                 reason: format!("{error_type}: {error}"),
             });
         }

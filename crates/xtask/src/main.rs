@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_testbed::Cluster;
 
 mod demo;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Sluice developer tasks")]
@@ -49,6 +50,16 @@ enum Task {
     Bench {
         #[command(subcommand)]
         which: Bench,
+    },
+    /// Fuzz every parser a tenant's text reaches (tests/fuzz), each target for a bounded time, and
+    /// print the executions of each. `cargo xtask test` runs them for SLUICE_FUZZ_SECONDS (10) each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Manage the local control plane used by the demo and for development.
     Cluster {
@@ -145,6 +156,7 @@ fn main() -> Result<()> {
         Task::Demo => demo::run(&root),
         Task::Crdgen { check } => crdgen(&root, check),
         Task::Bench { which } => bench(&root, which),
+        Task::Fuzz { seconds, target } => fuzz::run(&root, seconds, target.as_deref()),
         Task::Cluster { action } => match action {
             ClusterAction::Build => {
                 let bins = sluice_testbed::ensure_binaries()?;
@@ -423,6 +435,12 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
             cargo().args(["test", "--workspace", "--locked", "--exclude", "sluice-e2e"]),
         )
     })?;
+    // A bounded budget per target here; `cargo xtask fuzz --seconds N` hunts longer.
+    let fuzz_seconds = std::env::var("SLUICE_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    timed("fuzz", &mut || fuzz::run(root, fuzz_seconds, None))?;
     // Build the e2e tests before the cluster starts, so a compile error costs no cluster start-up.
     timed("e2e build", &mut || {
         run(

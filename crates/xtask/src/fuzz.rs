@@ -1,0 +1,127 @@
+//! `cargo xtask fuzz`: the fuzz targets in `tests/fuzz` (every parser a tenant's text reaches), each
+//! for a bounded time with cargo-fuzz on stable Rust (libFuzzer's coverage guidance, no sanitizer).
+//! cargo-fuzz is built once per version into the cache, like the cluster's Go binaries. Each target
+//! starts from its committed seeds (`tests/fuzz/seeds/TARGET`, regression inputs included) and a
+//! corpus kept in `target/fuzz-corpus/TARGET`; a crash, a hang (over 10 s for one input) or memory
+//! beyond 1 GiB fails the run, with the input saved under `tests/fuzz/artifacts/TARGET`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The cargo-fuzz release built and used.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Every target, in the order they run.
+pub const TARGETS: [&str; 5] = ["duration", "condition", "substitute", "answer", "manifest"];
+
+/// One target's figures.
+struct Figures {
+    target: &'static str,
+    runs: u64,
+    seconds: u64,
+    corpus: usize,
+}
+
+/// Runs every target (or `only`) for `seconds` each and prints the executions of each.
+pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
+    let cargo_fuzz = ensure_cargo_fuzz()?;
+    let fuzz_dir = root.join("tests/fuzz");
+    let targets: Vec<&'static str> = TARGETS
+        .into_iter()
+        .filter(|t| only.is_none_or(|o| o == *t))
+        .collect();
+    if targets.is_empty() {
+        bail!("no fuzz target {only:?}; the targets are {TARGETS:?}");
+    }
+    let mut figures = Vec::new();
+    for target in targets {
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        let seeds = fuzz_dir.join("seeds").join(target);
+        let artifacts = fuzz_dir.join("artifacts").join(target);
+        for dir in [&corpus, &seeds, &artifacts] {
+            std::fs::create_dir_all(dir)?;
+        }
+        eprintln!("==> fuzz {target} for {seconds} s");
+        let output = Command::new(&cargo_fuzz)
+            .args(["fuzz", "run", target, "--sanitizer", "none", "--fuzz-dir"])
+            .arg(&fuzz_dir)
+            .args(["--target-dir"])
+            .arg(root.join("target/fuzz"))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-timeout=10", "-rss_limit_mb=1024", "-max_len=65536"])
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg(&corpus)
+            .arg(&seeds)
+            .current_dir(root)
+            .output()
+            .context("running cargo fuzz")?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            eprintln!("{log}");
+            bail!(
+                "fuzz target {target} failed: the input is in {} (fix the cause, then keep the \
+                 input as a regression seed in {})",
+                artifacts.display(),
+                seeds.display()
+            );
+        }
+        // libFuzzer ends with "Done N runs in S second(s)".
+        let (runs, took) = log
+            .lines()
+            .rev()
+            .find_map(|l| {
+                let rest = l.strip_prefix("Done ")?;
+                let (runs, rest) = rest.split_once(" runs in ")?;
+                let secs = rest.split_whitespace().next()?;
+                Some((runs.parse().ok()?, secs.parse().ok()?))
+            })
+            .unwrap_or((0, seconds));
+        figures.push(Figures {
+            target,
+            runs,
+            seconds: took,
+            corpus: std::fs::read_dir(&corpus).map(|d| d.count()).unwrap_or(0),
+        });
+    }
+    println!(
+        "\n{:<12} {:>12} {:>8} {:>10} {:>8}",
+        "target", "executions", "seconds", "exec/s", "corpus"
+    );
+    for f in &figures {
+        println!(
+            "{:<12} {:>12} {:>8} {:>10} {:>8}",
+            f.target,
+            f.runs,
+            f.seconds,
+            f.runs / f.seconds.max(1),
+            f.corpus
+        );
+    }
+    Ok(())
+}
+
+/// cargo-fuzz from the cache, built there the first time.
+fn ensure_cargo_fuzz() -> Result<std::path::PathBuf> {
+    let root =
+        sluice_testbed::binaries::cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let binary = root.join("bin").join("cargo-fuzz");
+    if binary.exists() {
+        return Ok(binary);
+    }
+    super::run(
+        &format!("build cargo-fuzz {CARGO_FUZZ_VERSION} (once, into the cache)"),
+        super::cargo()
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--root",
+            ])
+            .arg(&root),
+    )?;
+    Ok(binary)
+}

@@ -278,6 +278,30 @@ async fn a_tenant_reads_no_secret_through_sluice_and_secret_values_never_show() 
         aborted.message
     );
 
+    // 5. Through an error-budget gate: its Prometheus credentials read the hidden Secret; the gate
+    //    says so and reads nothing.
+    let gates: Api<sluice_api::ErrorBudgetGate> = Api::namespaced(tenant.clone(), &ns.name);
+    apply(
+        &gates,
+        &json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate", "metadata": {"name": "slo"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "other"}},
+                    "objective": 99.0, "window": "1h", "evaluationInterval": "2s",
+                    "sli": {"events": {"errorQuery": "sum(increase(up{job=\"none\"}[{{window}}]))", "totalQuery": "sum(increase(up[{{window}}]))"}},
+                    "prometheus": {"address": prometheus_url()?, "authentication": {"basic": {
+                        "usernameSecretRef": {"name": "hidden", "key": "token"},
+                        "passwordSecretRef": {"name": "hidden", "key": "token"}}}}
+                }}),
+    )
+    .await?;
+    eventually("the gate to say the Secret is not open", WAIT, || async {
+        let gate = gates.get("slo").await?;
+        Ok(serde_json::to_string(&gate.status)?
+            .contains("is not open to analysis")
+            .then_some(()))
+    })
+    .await?;
+
     // Nowhere the tenant can look, nor in the controller's log, is either value.
     let mut seen = String::new();
     for run in runs.list(&ListParams::default()).await?.items {
@@ -285,6 +309,9 @@ async fn a_tenant_reads_no_secret_through_sluice_and_secret_values_never_show() 
     }
     for rollout in rollouts.list(&ListParams::default()).await?.items {
         seen.push_str(&serde_json::to_string(&rollout)?);
+    }
+    for gate in gates.list(&ListParams::default()).await?.items {
+        seen.push_str(&serde_json::to_string(&gate)?);
     }
     // Events are sent by a background task: give the last ones a moment.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -304,8 +331,9 @@ async fn a_tenant_reads_no_secret_through_sluice_and_secret_values_never_show() 
         );
     }
     println!(
-        "tenancy: 4 routes to a Secret tried (unowned run, closed Secret, open Secret, Rollout); \
-         {} bytes of runs, Rollouts and Events and {} bytes of log searched, no value found",
+        "tenancy: 5 routes to a Secret tried (unowned run, closed Secret, open Secret, Rollout, \
+         gate); {} bytes of runs, Rollouts, gates and Events and {} bytes of log searched, no \
+         value found",
         seen.len(),
         log.len()
     );

@@ -42,7 +42,7 @@ fn rollout(canary: Value) -> Value {
     })
 }
 
-async fn apply<K>(api: &Api<K>, manifest: &Value) -> Result<()>
+pub(crate) async fn apply<K>(api: &Api<K>, manifest: &Value) -> Result<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

@@ -204,16 +204,7 @@ async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_ke
     };
     let during = abort_latency(&rollouts, "registry.example/web:3.0.0", &steps).await?;
     for (name, _, says) in &answers {
-        let run = eventually(&format!("run {name} to end"), WAIT, || async {
-            let run = runs.get(name).await?;
-            let done = run
-                .status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(|p| !matches!(p, AnalysisPhase::Pending | AnalysisPhase::Running));
-            Ok(done.then_some(run))
-        })
-        .await?;
+        let run = crate::tenancy::finished(&runs, name).await?;
         let status = run.status.clone().unwrap_or_default();
         let said = status.metric_results[0]
             .measurements

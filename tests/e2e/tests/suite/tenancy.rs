@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::analysis::apply;
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::Client;
@@ -62,20 +63,6 @@ async fn tenant(client: &Client, ns: &str) -> Result<Client> {
     Ok(tenant)
 }
 
-async fn apply<K>(api: &Api<K>, manifest: &Value) -> Result<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let name = manifest["metadata"]["name"].as_str().context("name")?;
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(manifest),
-    )
-    .await?;
-    Ok(())
-}
-
 /// A run of one metric with an argument read from `secret`, in `query`.
 fn run_reading(name: &str, labels: Value, secret: &str, query: &str) -> Result<Value> {
     Ok(json!({
@@ -97,7 +84,7 @@ fn prometheus_url() -> Result<String> {
 }
 
 /// The run once finished, as the tenant reads it.
-async fn finished(runs: &Api<AnalysisRun>, name: &str) -> Result<AnalysisRun> {
+pub(crate) async fn finished(runs: &Api<AnalysisRun>, name: &str) -> Result<AnalysisRun> {
     eventually(&format!("run {name} to finish"), WAIT, || async {
         let run = runs.get(name).await?;
         let done = run

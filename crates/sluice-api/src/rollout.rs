@@ -135,8 +135,10 @@ pub struct RolloutSpec {
     /// Restart all pods, a few at a time, if they were created before this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_at: Option<Time>,
-    /// Rolling back to one of the last N revisions skips steps and analysis.
+    /// Not supported yet, and refused at apply rather than ignored (in Argo Rollouts: rolling back
+    /// to one of the last N revisions skips steps and analysis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("false").message("rollbackWindow is not supported yet: remove it (a rollback runs the steps and analysis like any release)"))]
     pub rollback_window: Option<RollbackWindow>,
     /// How a new pod template is released: exactly one of `canary` or `blueGreen`.
     pub strategy: RolloutStrategy,
@@ -246,12 +248,15 @@ pub struct CanaryStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub abort_scale_down_delay_seconds: Option<i32>,
-    /// With traffic routing, scale stable down as traffic moves to the canary, instead of keeping it at full size.
+    /// Not supported yet: only `false` is accepted (stable stays at full size through a routed
+    /// release). In Argo Rollouts, `true` scales stable down as traffic moves to the canary.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[x_kube(validation = Rule::new("!self").message("dynamicStableScale is not supported yet: stable stays at full size through a routed release; remove it or set false"))]
     pub dynamic_stable_scale: bool,
-    /// With traffic routing, the fewest pods a ReplicaSet holding traffic may have.
+    /// Not supported yet, and refused at apply rather than ignored (in Argo Rollouts: with traffic
+    /// routing, the fewest pods a ReplicaSet holding traffic may have).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1").message("must be 1 or more"))]
+    #[x_kube(validation = Rule::new("false").message("minPodsPerReplicaSet is not supported yet: remove it"))]
     pub min_pods_per_replica_set: Option<i32>,
     /// The release plan, run in order. With no steps the new version goes straight to 100%.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -289,8 +294,10 @@ pub struct CanaryStep {
     /// Run an analysis and wait for its verdict before the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<RolloutAnalysis>,
-    /// Send a copy of matching requests to the canary (shadow traffic); its answers go nowhere.
+    /// Not supported yet, and refused at apply rather than ignored (in Argo Rollouts: a copy of
+    /// matching requests sent to the canary, its answers discarded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("false").message("setMirrorRoute is not supported yet: remove the step"))]
     pub set_mirror_route: Option<SetMirrorRoute>,
 }
 

@@ -238,6 +238,35 @@ fn cases() -> Vec<Case> {
             field: "spec.strategy.canary.steps",
             says: "setMirrorRoute steps need trafficRouting",
         },
+        // Fields the controller does not act on yet are refused, never stored and skipped.
+        Case {
+            name: "a mirror route (not supported yet)",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {"steps": [{"setMirrorRoute": {"name": "shadow", "percentage": 50}}]}}}}),
+            field: "spec.strategy.canary.steps[0].setMirrorRoute",
+            says: "setMirrorRoute is not supported yet",
+        },
+        Case {
+            name: "dynamicStableScale (not supported yet)",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {"dynamicStableScale": true}}}}),
+            field: "spec.strategy.canary.dynamicStableScale",
+            says: "dynamicStableScale is not supported yet",
+        },
+        Case {
+            name: "minPodsPerReplicaSet (not supported yet)",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {"minPodsPerReplicaSet": 2}}}}),
+            field: "spec.strategy.canary.minPodsPerReplicaSet",
+            says: "minPodsPerReplicaSet is not supported yet",
+        },
+        Case {
+            name: "rollbackWindow (not supported yet)",
+            base: canary_rollout,
+            patch: json!({"spec": {"rollbackWindow": {"revisions": 3}}}),
+            field: "spec.rollbackWindow",
+            says: "rollbackWindow is not supported yet",
+        },
         Case {
             name: "blue-green preview equals active",
             base: blue_green_rollout,

@@ -69,11 +69,16 @@ pub struct SecretKeyRef {
 }
 
 /// A field of the owning object, e.g. `metadata.labels['app']`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldRef {
-    /// Path of the field, in the syntax of the downward API (`metadata.name`, `metadata.labels['app']`).
+    /// Path of the field, in the syntax of the downward API: `metadata.name`, `metadata.namespace`,
+    /// `metadata.uid`, `metadata.labels['KEY']` or `metadata.annotations['KEY']` (nothing else is
+    /// read, so nothing else is accepted).
     #[schemars(length(min = 1, max = 512))]
+    #[schemars(regex(
+        pattern = r"^metadata\.(name|namespace|uid|(labels|annotations)\['[^']+'\])$"
+    ))]
     pub field_path: String,
 }
 

@@ -261,6 +261,26 @@ fn cases() -> Vec<Case> {
             says: "minPodsPerReplicaSet is not supported yet",
         },
         Case {
+            // Only metadata is read: any other path would never resolve and fail the run.
+            name: "a fieldRef outside metadata",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {"analysis": {
+                "templates": [{"templateName": "error-rate"}],
+                "args": [{"name": "image", "valueFrom": {"fieldRef": {"fieldPath": "spec.template.spec.containers[0].image"}}}]}}}}}),
+            field: "fieldPath",
+            says: "should match '^metadata",
+        },
+        Case {
+            // Only metadata is read: any other path would never resolve and fail the run.
+            name: "a fieldRef outside metadata",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {"analysis": {
+                "templates": [{"templateName": "error-rate"}],
+                "args": [{"name": "image", "valueFrom": {"fieldRef": {"fieldPath": "spec.template.spec.containers[0].image"}}}]}}}}}),
+            field: "fieldPath",
+            says: "should match '^metadata",
+        },
+        Case {
             name: "rollbackWindow (not supported yet)",
             base: canary_rollout,
             patch: json!({"spec": {"rollbackWindow": {"revisions": 3}}}),

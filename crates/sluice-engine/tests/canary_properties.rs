@@ -24,9 +24,9 @@ use sluice_engine::replicas;
 use sluice_engine::runs::RunSlot;
 
 use common::{
-    SimReplicaSets, SimRuns, add_replica_sets, cases, gate_view, held,
-    later_reconcile_changes_nothing, later_than, mark, no_run_forgotten, plan_is_a_fixed_point,
-    recorded_runs, resize, second_reconcile_changes_nothing, views,
+    SimReplicaSets, SimRuns, cases, execute, gate_view, held, later_reconcile_changes_nothing,
+    later_than, mark, no_run_forgotten, plan_is_a_fixed_point, recorded_runs,
+    second_reconcile_changes_nothing, views,
 };
 
 #[derive(Clone, Debug)]
@@ -287,20 +287,9 @@ impl World {
     /// crash part way.
     fn apply_partly(&mut self, plan: &Plan, writes: u8) {
         let good = self.good.get(&self.current).copied().unwrap_or(true);
-        add_replica_sets(
-            &mut self.rss,
-            plan,
-            (self.current.as_str(), good, self.now),
-            writes,
-        );
-        if writes >= 4 {
+        let at = (self.current.as_str(), good, self.now);
+        if execute(&mut self.rss, &mut self.runs, plan, at, writes) {
             self.record(plan);
-        }
-        if writes >= 5 {
-            self.runs.apply(plan, &self.current);
-        }
-        if writes >= 6 {
-            resize(&mut self.rss, plan, false);
         }
     }
 
@@ -314,9 +303,6 @@ impl World {
     /// Applies the whole plan: old ReplicaSets go last, once the status no longer names them.
     fn apply(&mut self, plan: &Plan) {
         self.apply_partly(plan, u8::MAX);
-        for hash in &plan.delete {
-            self.rss.remove(hash);
-        }
     }
 
     /// Writes the plan's status.

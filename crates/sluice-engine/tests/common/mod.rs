@@ -328,3 +328,28 @@ pub fn mark(rss: &mut SimReplicaSets, plan: &Plan) {
         }
     }
 }
+
+/// The executor's writes, the first `writes` of them in its order: create, scale up, scale-down
+/// deadlines, (4) the status, runs, scale down; deletions come after all of them. Returns whether
+/// the status was written: the caller records it.
+pub fn execute(
+    rss: &mut SimReplicaSets,
+    runs: &mut SimRuns,
+    plan: &Plan,
+    (current, good, now): (&str, bool, Timestamp),
+    writes: u8,
+) -> bool {
+    add_replica_sets(rss, plan, (current, good, now), writes);
+    if writes >= 5 {
+        runs.apply(plan, current);
+    }
+    if writes >= 6 {
+        resize(rss, plan, false);
+    }
+    if writes == u8::MAX {
+        for hash in &plan.delete {
+            rss.remove(hash);
+        }
+    }
+    writes >= 4
+}

@@ -1,18 +1,30 @@
-//! A metric's `successCondition` and `failureCondition`: CEL expressions over `result`.
+//! A metric's `successCondition` and `failureCondition`: expressions over `result`.
 //!
 //! `result` is what the query answered: a list of numbers for an instant vector (one per series, so
-//! `result[0]` is the first), a number for a scalar, a list of lists for a range vector. Besides CEL's
-//! standard library (`size(result)`, `result.all(x, x < 0.5)`, `result.exists(x, x > 1.0)`, ...),
-//! conditions may call `len(list)` (as `size`), `isNaN(x)` and `isInf(x)`. Integers and doubles
-//! compare with each other, so `result[0] < 1` works.
+//! `result[0]` is the first), a number for a scalar, a list of lists for a range vector.
+//!
+//! A condition is read as CEL (`size(result)`, `result.all(x, x < 0.5)`, `result.exists(x, x > 1.0)`,
+//! ...); one that CEL cannot parse is read as Argo Rollouts' expression language (expr:
+//! `all(result, {# < 0.5})`, `any(...)`, `and`/`or`/`not`, `let`), so a template copied from Argo
+//! Rollouts works unchanged. Both may call the functions Argo Rollouts gives its conditions:
+//! `len(list)`, `isNaN(x)`, `isInf(x)`, `asFloat(x)`, `asInt(x)`, `isNil(result)` and
+//! `default(result, value)`. Integers and doubles compare with each other, so `result[0] < 1`
+//! works. Ranges (`1..n`) are refused: they build lists of any size.
+//!
+//! A condition is checked when it is compiled (a template is applied, a run starts): it must parse
+//! and give true or false for at least one answer of eight values (a number, a list, a list of
+//! lists), so that an unknown function or variable is refused then, not at a release's first
+//! measurement.
 //!
 //! A result that is empty, or holds NaN (a ratio of 0/0: no traffic), is Inconclusive with a message
-//! saying so, unless a condition mentions `isNaN` and so decides about NaN itself. Neither condition
-//! true is Inconclusive as well: a measurement never passes by default.
+//! saying so, unless a condition decides about it itself: one that mentions `isNaN` decides about
+//! NaN, one that mentions `default` or `isNil` about no data (`result` is then null). Neither
+//! condition true is Inconclusive as well: a measurement never passes by default.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use cel::{Context, Env, Program, Value};
+use cel::extractors::Arguments;
+use cel::{Context, Env, ExecutionError, Value};
 use sluice_api::analysis::AnalysisPhase;
 
 /// What a query answered, as the conditions see it.
@@ -63,6 +75,16 @@ impl QueryResult {
             Self::Matrix(m) => Value::List(Arc::new(m.iter().map(|r| list(r)).collect())),
         }
     }
+
+    fn to_expr(&self) -> expr::Value {
+        let list =
+            |v: &[f64]| expr::Value::Array(v.iter().map(|x| expr::Value::Float(*x)).collect());
+        match self {
+            Self::Scalar(v) => expr::Value::Float(*v),
+            Self::Vector(v) => list(v),
+            Self::Matrix(m) => expr::Value::Array(m.iter().map(|r| list(r)).collect()),
+        }
+    }
 }
 
 fn format_number(x: f64) -> String {
@@ -80,7 +102,7 @@ fn format_number(x: f64) -> String {
     }
 }
 
-/// A condition that did not compile.
+/// A condition that did not compile, or that no answer could satisfy the evaluation of.
 #[derive(Debug, thiserror::Error)]
 #[error("{field} {source_text:?} is not a valid expression: {reason}")]
 pub struct ConditionError {
@@ -90,19 +112,48 @@ pub struct ConditionError {
     pub reason: String,
 }
 
+/// The language a condition was read in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// Common Expression Language.
+    Cel,
+    /// Argo Rollouts' expression language (expr).
+    Expr,
+}
+
+enum Program {
+    Cel(cel::Program),
+    Expr(expr::Program),
+}
+
+struct Condition {
+    text: String,
+    program: Program,
+}
+
+impl Condition {
+    fn dialect(&self) -> Dialect {
+        match self.program {
+            Program::Cel(_) => Dialect::Cel,
+            Program::Expr(_) => Dialect::Expr,
+        }
+    }
+}
+
 /// A metric's compiled conditions.
 pub struct Conditions {
     env: Arc<Env>,
-    success: Option<(String, Program)>,
-    failure: Option<(String, Program)>,
+    success: Option<Condition>,
+    failure: Option<Condition>,
     decides_nan: bool,
+    decides_no_data: bool,
 }
 
 impl std::fmt::Debug for Conditions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conditions")
-            .field("success", &self.success.as_ref().map(|(s, _)| s))
-            .field("failure", &self.failure.as_ref().map(|(s, _)| s))
+            .field("success", &self.success.as_ref().map(|c| &c.text))
+            .field("failure", &self.failure.as_ref().map(|c| &c.text))
             .finish()
     }
 }
@@ -117,34 +168,161 @@ pub struct Verdict {
     pub message: String,
 }
 
+/// The answers a condition is tried on when it is compiled: it must give true or false for one.
+fn probes() -> [QueryResult; 3] {
+    [
+        QueryResult::Vector(vec![0.5; 8]),
+        QueryResult::Scalar(0.5),
+        QueryResult::Matrix(vec![vec![0.5; 8]; 8]),
+    ]
+}
+
+/// The `..` range operator outside string literals, if any.
+fn has_range(text: &str) -> bool {
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                if c == '\\' {
+                    chars.next();
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => {
+                if matches!(c, '"' | '\'' | '`') {
+                    quote = Some(c);
+                } else if c == '.' && chars.peek() == Some(&'.') {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Argo Rollouts' functions for expr conditions, beside expr's own (`all`, `any`, `len`, `float`, ...).
+static EXPR_ENV: LazyLock<expr::Environment<'static>> = LazyLock::new(|| {
+    use expr::Value as V;
+    fn number(name: &str, args: &[V]) -> expr::Result<f64> {
+        match args {
+            [V::Float(x)] => Ok(*x),
+            // As Argo Rollouts does: an integer read as a float.
+            #[allow(clippy::cast_precision_loss)]
+            [V::Integer(x)] => Ok(*x as f64),
+            [V::String(s)] => s
+                .trim()
+                .parse()
+                .map_err(|_| expr::Error::ExprError(format!("{name}: {s:?} is not a number"))),
+            other => Err(expr::Error::ExprError(format!(
+                "{name} takes one number or numeric string, got {other:?}"
+            ))),
+        }
+    }
+    let mut env = expr::Environment::new();
+    env.add_function("isNaN", |c| {
+        number("isNaN", &c.args).map(|x| x.is_nan().into())
+    });
+    env.add_function("isInf", |c| {
+        number("isInf", &c.args).map(|x| x.is_infinite().into())
+    });
+    env.add_function("asFloat", |c| number("asFloat", &c.args).map(V::Float));
+    env.add_function("asInt", |c| match c.args.as_slice() {
+        [V::Integer(x)] => Ok(V::Integer(*x)),
+        [V::String(s)] => s
+            .trim()
+            .parse::<i64>()
+            .map(V::Integer)
+            .map_err(|_| expr::Error::ExprError(format!("asInt: {s:?} is not an integer"))),
+        // Truncated towards zero and saturating, as a Go conversion of an in-range float.
+        #[allow(clippy::cast_possible_truncation)]
+        _ => number("asInt", &c.args).map(|x| V::Integer(x as i64)),
+    });
+    env.add_function("isNil", |c| match c.args.as_slice() {
+        [value] => Ok(value.is_nil().into()),
+        other => Err(expr::Error::ExprError(format!(
+            "isNil takes one argument, got {}",
+            other.len()
+        ))),
+    });
+    env.add_function("default", |c| match c.args.as_slice() {
+        [value, fallback] => Ok(if value.is_nil() { fallback } else { value }.clone()),
+        other => Err(expr::Error::ExprError(format!(
+            "default takes two arguments (value, fallback), got {}",
+            other.len()
+        ))),
+    });
+    env
+});
+
+/// A CEL number as a double, for `asFloat`.
+fn cel_float(args: &[Value]) -> Result<Value, ExecutionError> {
+    #[allow(clippy::cast_precision_loss)]
+    match args {
+        [Value::Float(x)] => Ok(Value::Float(*x)),
+        [Value::Int(x)] => Ok(Value::Float(*x as f64)),
+        [Value::UInt(x)] => Ok(Value::Float(*x as f64)),
+        [Value::String(s)] => s.trim().parse().map(Value::Float).map_err(|_| {
+            ExecutionError::function_error("asFloat", format!("{s:?} is not a number"))
+        }),
+        other => Err(ExecutionError::function_error(
+            "asFloat",
+            format!("takes one number or numeric string, got {other:?}"),
+        )),
+    }
+}
+
+/// A CEL number as an integer, for `asInt`.
+fn cel_int(args: &[Value]) -> Result<Value, ExecutionError> {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+    match args {
+        [Value::Int(x)] => Ok(Value::Int(*x)),
+        [Value::UInt(x)] => Ok(Value::Int(*x as i64)),
+        [Value::Float(x)] => Ok(Value::Int(*x as i64)),
+        [Value::String(s)] => s.trim().parse().map(Value::Int).map_err(|_| {
+            ExecutionError::function_error("asInt", format!("{s:?} is not an integer"))
+        }),
+        other => Err(ExecutionError::function_error(
+            "asInt",
+            format!("takes one number or numeric string, got {other:?}"),
+        )),
+    }
+}
+
 impl Conditions {
-    /// Compiles the conditions; either may be absent.
+    /// Compiles the conditions (either may be absent), each read in the first dialect in which it
+    /// parses and gives true or false for some answer, so that a condition that can never be
+    /// evaluated is refused now.
     pub fn compile(success: Option<&str>, failure: Option<&str>) -> Result<Self, ConditionError> {
         let env = Arc::new(Env::stdlib());
-        let compile = |field: &'static str, text: Option<&str>| {
-            text.map(|text| {
-                env.compile(text)
-                    .map(|program| (text.to_owned(), program))
-                    .map_err(|err| ConditionError {
-                        field,
-                        source_text: text.to_owned(),
-                        reason: err.to_string(),
-                    })
-            })
-            .transpose()
+        let success = success
+            .map(|text| read(&env, "successCondition", text))
+            .transpose()?;
+        let failure = failure
+            .map(|text| read(&env, "failureCondition", text))
+            .transpose()?;
+        let mentions = |words: &[&str]| {
+            [&success, &failure]
+                .into_iter()
+                .flatten()
+                .any(|c| words.iter().any(|w| c.text.contains(w)))
         };
-        let success = compile("successCondition", success)?;
-        let failure = compile("failureCondition", failure)?;
-        let decides_nan = [&success, &failure]
-            .into_iter()
-            .flatten()
-            .any(|(text, _)| text.contains("isNaN"));
         Ok(Self {
+            decides_nan: mentions(&["isNaN"]),
+            decides_no_data: mentions(&["default(", "isNil("]),
             env,
             success,
             failure,
-            decides_nan,
         })
+    }
+
+    /// The dialect each condition was read in (success, failure).
+    pub fn dialects(&self) -> (Option<Dialect>, Option<Dialect>) {
+        (
+            self.success.as_ref().map(Condition::dialect),
+            self.failure.as_ref().map(Condition::dialect),
+        )
     }
 
     /// [`judge`](Self::judge) on a blocking thread, so that an expensive condition never holds the
@@ -174,12 +352,19 @@ impl Conditions {
     /// type error, an index out of range) makes the measurement an Error naming the condition.
     pub fn judge(&self, result: &QueryResult) -> Verdict {
         let shown = result.display();
-        if result.is_empty() {
-            return Verdict {
-                phase: AnalysisPhase::Inconclusive,
-                message: "the query returned no data (no series matched): cannot judge".to_owned(),
-            };
-        }
+        let seen = if result.is_empty() {
+            if !self.decides_no_data {
+                return Verdict {
+                    phase: AnalysisPhase::Inconclusive,
+                    message:
+                        "the query returned no data (no series matched): cannot judge; a condition using default() or isNil() may decide instead"
+                            .to_owned(),
+                };
+            }
+            None
+        } else {
+            Some(result)
+        };
         if !self.decides_nan && result.values().iter().any(|v| v.is_nan()) {
             return Verdict {
                 phase: AnalysisPhase::Inconclusive,
@@ -188,54 +373,27 @@ impl Conditions {
                 ),
             };
         }
-        let mut context = Context::with_env(self.env.clone());
-        context.add_variable_from_value("result", result.to_cel());
-        // Names Argo Rollouts users know; none of them is in CEL's standard library.
-        let registered = [
-            context.add_function("isNaN", |x: f64| x.is_nan()),
-            context.add_function("isInf", |x: f64| x.is_infinite()),
-            context.add_function("len", |list: Arc<Vec<Value>>| {
-                i64::try_from(list.len()).unwrap_or(i64::MAX)
-            }),
-        ];
-        if let Some(Err(err)) = registered.into_iter().find(Result::is_err) {
-            return Verdict {
-                phase: AnalysisPhase::Error,
-                message: format!("could not set up condition functions: {err}"),
-            };
-        }
-        let evaluate = |(text, program): &(String, Program)| -> Result<bool, Verdict> {
-            match program.execute(&context) {
-                Ok(Value::Bool(b)) => Ok(b),
-                Ok(other) => Err(Verdict {
-                    phase: AnalysisPhase::Error,
-                    message: format!(
-                        "condition {text:?} gave {other:?} for result {shown}, not true or false"
-                    ),
-                }),
-                Err(err) => Err(Verdict {
-                    phase: AnalysisPhase::Error,
-                    message: format!("condition {text:?} failed on result {shown}: {err}"),
-                }),
-            }
+        let error = |message| Verdict {
+            phase: AnalysisPhase::Error,
+            message,
         };
         if let Some(failure) = &self.failure {
-            match evaluate(failure) {
+            match evaluate(&self.env, failure, seen) {
                 Ok(true) => {
                     return Verdict {
                         phase: AnalysisPhase::Failed,
-                        message: format!("{shown} met failureCondition {:?}", failure.0),
+                        message: format!("{shown} met failureCondition {:?}", failure.text),
                     };
                 }
                 Ok(false) => {}
-                Err(verdict) => return verdict,
+                Err(problem) => return error(format!("condition {:?} {problem}", failure.text)),
             }
         }
         match &self.success {
-            Some(success) => match evaluate(success) {
+            Some(success) => match evaluate(&self.env, success, seen) {
                 Ok(true) => Verdict {
                     phase: AnalysisPhase::Successful,
-                    message: format!("{shown} met successCondition {:?}", success.0),
+                    message: format!("{shown} met successCondition {:?}", success.text),
                 },
                 Ok(false) => match &self.failure {
                     // With both conditions, failing the success one alone decides nothing.
@@ -243,15 +401,18 @@ impl Conditions {
                         phase: AnalysisPhase::Inconclusive,
                         message: format!(
                             "{shown} met neither successCondition {:?} nor failureCondition",
-                            success.0
+                            success.text
                         ),
                     },
                     None => Verdict {
                         phase: AnalysisPhase::Failed,
-                        message: format!("{shown} did not meet successCondition {:?}", success.0),
+                        message: format!(
+                            "{shown} did not meet successCondition {:?}",
+                            success.text
+                        ),
                     },
                 },
-                Err(verdict) => verdict,
+                Err(problem) => error(format!("condition {:?} {problem}", success.text)),
             },
             None => Verdict {
                 phase: AnalysisPhase::Successful,
@@ -259,6 +420,125 @@ impl Conditions {
             },
         }
     }
+}
+
+/// `text` read as CEL, else as Argo Rollouts' expression language: the first in which it parses
+/// and gives true or false for one of the [`probes`]. Otherwise what went wrong in each.
+fn read(env: &Arc<Env>, field: &'static str, text: &str) -> Result<Condition, ConditionError> {
+    let as_cel = env
+        .compile(text)
+        .map_err(|err| first_line(&err.to_string()).to_owned())
+        .and_then(|program| usable(env, text, Program::Cel(program)));
+    let cel_problem = match as_cel {
+        Ok(condition) => return Ok(condition),
+        Err(problem) => problem,
+    };
+    let as_expr = if has_range(text) {
+        Err("ranges (a..b) are not allowed: they build lists of any size".to_owned())
+    } else {
+        expr::compile(text)
+            .map_err(|err| err.to_string())
+            .and_then(|program| usable(env, text, Program::Expr(program)))
+    };
+    as_expr.map_err(|expr_problem| ConditionError {
+        field,
+        source_text: text.to_owned(),
+        reason: format!(
+            "read as CEL: {cel_problem}; read as Argo Rollouts' expression language: {expr_problem}"
+        ),
+    })
+}
+
+/// The condition, if it gives true or false for one of the [`probes`].
+fn usable(env: &Arc<Env>, text: &str, program: Program) -> Result<Condition, String> {
+    let condition = Condition {
+        text: text.to_owned(),
+        program,
+    };
+    let mut first_problem = None;
+    for probe in probes() {
+        match evaluate(env, &condition, Some(&probe)) {
+            Ok(_) => return Ok(condition),
+            Err(problem) => {
+                first_problem.get_or_insert(problem);
+            }
+        }
+    }
+    Err(format!(
+        "it gives true or false for no answer (a number, a list or a list of lists of eight): {}",
+        first_problem.unwrap_or_default()
+    ))
+}
+
+/// One condition on `result` (`None`: no data, seen as null), or why it could not be evaluated.
+fn evaluate(
+    env: &Arc<Env>,
+    condition: &Condition,
+    result: Option<&QueryResult>,
+) -> Result<bool, String> {
+    let shown = result.map_or_else(|| "no data".to_owned(), QueryResult::display);
+    let outcome = match &condition.program {
+        Program::Cel(program) => {
+            let mut context = Context::with_env(env.clone());
+            context
+                .add_variable_from_value("result", result.map_or(Value::Null, QueryResult::to_cel));
+            // Names Argo Rollouts users know; none of them is in CEL's standard library.
+            let registered = [
+                context.add_function("isNaN", |x: f64| x.is_nan()),
+                context.add_function("isInf", |x: f64| x.is_infinite()),
+                context.add_function("len", |list: Arc<Vec<Value>>| {
+                    i64::try_from(list.len()).unwrap_or(i64::MAX)
+                }),
+                context.add_function("asFloat", |Arguments(args): Arguments| cel_float(&args)),
+                context.add_function("asInt", |Arguments(args): Arguments| cel_int(&args)),
+                context.add_function("isNil", |Arguments(args): Arguments| {
+                    matches!(args.as_slice(), [Value::Null])
+                }),
+                context.add_function("default", |Arguments(args): Arguments| {
+                    match args.as_slice() {
+                        [Value::Null, fallback] => Ok(fallback.clone()),
+                        [value, _] => Ok(value.clone()),
+                        other => Err(ExecutionError::function_error(
+                            "default",
+                            format!("takes (value, fallback), got {} arguments", other.len()),
+                        )),
+                    }
+                }),
+            ];
+            if let Some(Err(err)) = registered.into_iter().find(Result::is_err) {
+                return Err(format!("could not set up condition functions: {err}"));
+            }
+            match program.execute(&context) {
+                Ok(Value::Bool(b)) => Ok(b),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(err) => Err(format!("failed on {shown}: {err}")),
+            }
+        }
+        Program::Expr(program) => {
+            let mut context = expr::Context::default();
+            context.insert(
+                "result",
+                result.map_or(expr::Value::Nil, QueryResult::to_expr),
+            );
+            match EXPR_ENV.run(program, &context) {
+                Ok(expr::Value::Bool(b)) => Ok(b),
+                Ok(other) => Err(format!("{other}")),
+                Err(err) => Err(format!("failed on {shown}: {err}")),
+            }
+        }
+    };
+    outcome.map_err(|problem| {
+        if problem.starts_with("failed on ") {
+            problem
+        } else {
+            format!("gave {problem} for {shown}, not true or false")
+        }
+    })
+}
+
+/// The first line of a multi-line parser message.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
 }
 
 #[cfg(test)]
@@ -302,6 +582,97 @@ mod tests {
         assert_eq!(judge(None, Some("result[0] >= 0.05"), v(0.01)), Successful);
     }
 
+    /// Conditions as Argo Rollouts' documentation and users write them, unchanged.
+    #[test]
+    fn argo_rollouts_conditions_work_unchanged() {
+        let v = |values: &[f64]| QueryResult::Vector(values.to_vec());
+        let cases: &[(&str, QueryResult, AnalysisPhase)] = &[
+            ("all(result, {# < 0.5})", v(&[0.1, 0.4]), Successful),
+            ("all(result, {# < 0.5})", v(&[0.1, 0.6]), Failed),
+            ("all(result, # < 0.5)", v(&[0.1, 0.4]), Successful),
+            ("any(result, {# > 0.5})", v(&[0.1, 0.6]), Successful),
+            ("none(result, {# > 0.5})", v(&[0.1, 0.6]), Failed),
+            (
+                "result[0] >= 0.95 and len(result) == 1",
+                v(&[0.97]),
+                Successful,
+            ),
+            ("not (result[0] < 0.95)", v(&[0.97]), Successful),
+            ("asFloat(result[0]) >= 0.95", v(&[0.97]), Successful),
+            ("asInt(result[0]) == 0", v(&[0.97]), Successful),
+            ("asFloat(result) < 1", QueryResult::Scalar(0.5), Successful),
+            (
+                "isNaN(result[0]) || result[0] < 0.05",
+                v(&[f64::NAN]),
+                Successful,
+            ),
+            ("isInf(result[0])", v(&[f64::INFINITY]), Successful),
+            ("default(result, [0])[0] < 1", v(&[]), Successful),
+            ("isNil(result) || result[0] < 1", v(&[]), Successful),
+            (
+                "let r = result[0]; r > 0.1 and r < 0.9",
+                v(&[0.5]),
+                Successful,
+            ),
+            ("result[0] > 0.9 ? false : true", v(&[0.5]), Successful),
+            (
+                "median(result) < 0.5 && max(result) < 1",
+                v(&[0.1, 0.2, 0.9]),
+                Successful,
+            ),
+            ("result[0] * 100 < 5", v(&[0.01]), Successful),
+        ];
+        for (condition, result, want) in cases {
+            let compiled = Conditions::compile(Some(condition), None)
+                .unwrap_or_else(|err| panic!("{condition}: {err}"));
+            let verdict = compiled.judge(result);
+            assert_eq!(
+                verdict.phase, *want,
+                "{condition} on {result:?}: {verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_condition_is_read_in_one_dialect() {
+        let dialect = |text| {
+            Conditions::compile(Some(text), None)
+                .expect("compiles")
+                .dialects()
+                .0
+        };
+        assert_eq!(dialect("result.all(x, x < 0.5)"), Some(Dialect::Cel));
+        assert_eq!(dialect("asFloat(result[0]) > 1"), Some(Dialect::Cel));
+        assert_eq!(dialect("all(result, {# < 0.5})"), Some(Dialect::Expr));
+        assert_eq!(
+            dialect("result[0] > 0 and result[0] < 1"),
+            Some(Dialect::Expr)
+        );
+    }
+
+    /// An unknown function or variable, a range, or a condition that is never true or false is
+    /// refused when compiled, not at the first measurement.
+    #[test]
+    fn what_can_never_be_evaluated_is_refused_at_compile() {
+        for (condition, says) in [
+            ("p99(result) < 1", "p99"),
+            ("all(result, {# < limit})", "limit"),
+            ("sizeof(result) > 0", "sizeof"),
+            ("result[0] + 1", "not true or false"),
+            ("len(1..100000000000) > 0", "ranges"),
+            ("all(result, {# <", "read as CEL"),
+        ] {
+            let err = Conditions::compile(Some(condition), None)
+                .err()
+                .unwrap_or_else(|| panic!("{condition} compiled"));
+            let text = err.to_string();
+            assert!(text.contains(says), "{condition}: {text}");
+            assert!(text.contains("successCondition"), "{text}");
+        }
+        // A range inside a string is only text.
+        assert!(Conditions::compile(Some("'a..b' != '' && result[0] < 1"), None).is_ok());
+    }
+
     #[test]
     fn both_conditions_false_is_inconclusive() {
         let phase = judge(
@@ -318,6 +689,14 @@ mod tests {
             judge(Some("true"), None, QueryResult::Vector(vec![])),
             Inconclusive
         );
+        assert_eq!(
+            judge(
+                Some("all(result, {# < 1})"),
+                None,
+                QueryResult::Vector(vec![])
+            ),
+            Inconclusive
+        );
         let nan = QueryResult::Vector(vec![f64::NAN]);
         assert_eq!(
             judge(Some("!(result[0] >= 0.05)"), None, nan.clone()),
@@ -327,6 +706,15 @@ mod tests {
         assert_eq!(
             judge(Some("isNaN(result[0]) || result[0] < 0.05"), None, nan),
             Successful
+        );
+        // One that handles no data decides too, and may still fail it.
+        assert_eq!(
+            judge(
+                Some("default(result, 1) < 0.5"),
+                None,
+                QueryResult::Vector(vec![])
+            ),
+            Failed
         );
     }
 
@@ -341,7 +729,7 @@ mod tests {
             Error
         );
         assert_eq!(
-            judge(Some("result[0]"), None, QueryResult::Vector(vec![0.1])),
+            judge(Some("result[0] < 1"), None, QueryResult::Scalar(0.1)),
             Error
         );
     }

@@ -1,5 +1,5 @@
 //! Sluice's metric providers, one module each behind the [`Provider`] trait: [`prometheus`], a query
-//! judged by CEL conditions, and [`baseline`], the statistical judge of canary against stable.
+//! judged by conditions (CEL, or Argo Rollouts' expression language), and [`baseline`], the statistical judge of canary against stable.
 //! [`MetricSource::of`] maps a metric's `provider` to its implementation; [`slo`] writes an
 //! ErrorBudgetGate's error-ratio queries. The controller resolves Secrets and arguments; this crate
 //! sends the queries and turns answers into measurements, never failing silently: no data or NaN is
@@ -14,10 +14,22 @@ pub mod provider;
 pub mod slo;
 
 pub use address::{AddressPolicy, Rule as AddressRule};
-pub use condition::{ConditionError, Conditions, QueryResult, Verdict};
+pub use condition::{ConditionError, Conditions, Dialect, QueryResult, Verdict};
 pub use prometheus::{Connection, Credentials, QueryError};
 pub use promql::{SubstituteError, substitute};
 pub use provider::{MetricSource, NoProvider, Provider, RunContext, error_measurement};
+
+/// What makes a template's metrics unmeasurable whatever the arguments: a metric with no provider, or
+/// a condition that does not parse or can never give true or false. The problem names the metric.
+pub fn check_template(spec: &sluice_api::analysis::AnalysisTemplateSpec) -> Result<(), String> {
+    for metric in &spec.metrics {
+        let source = MetricSource::of(metric).map_err(|missing| missing.to_string())?;
+        source
+            .validate()
+            .map_err(|problem| format!("metric {:?}: {problem}", metric.name))?;
+    }
+    Ok(())
+}
 
 /// Values read from Secrets, kept out of everything a run records or says: each is replaced by
 /// `***` in a measurement's value, message and metadata (the query as sent), longest first.

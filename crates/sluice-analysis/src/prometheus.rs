@@ -1,5 +1,5 @@
 //! The Prometheus provider: a PromQL query (`{{args.NAME}}` replaced by the argument's value) whose
-//! answer the metric's CEL conditions judge. No data or NaN is Inconclusive; an unreachable server or
+//! answer the metric's conditions judge. No data or NaN is Inconclusive; an unreachable server or
 //! a refused query is an Error with the server's words.
 //!
 //! Also the client for a Prometheus-compatible HTTP API (prometheus-http-query over reqwest and
@@ -54,10 +54,15 @@ impl Provider for PrometheusProvider<'_> {
         &self.spec.connection
     }
 
+    fn validate(&self) -> Result<(), String> {
+        self.conditions
+            .as_ref()
+            .map(drop)
+            .map_err(ToString::to_string)
+    }
+
     fn check(&self, args: &BTreeMap<String, String>) -> Result<(), String> {
-        if let Err(err) = &self.conditions {
-            return Err(err.to_string());
-        }
+        self.validate()?;
         substitute(&self.spec.query, args)
             .map(drop)
             .map_err(|missing| missing.to_string())

@@ -36,12 +36,18 @@ pub trait Provider {
     /// the [`Connection`] passed to [`measure`](Self::measure).
     fn connection(&self) -> &PrometheusConnection;
 
-    /// What would make every measurement fail, found before the first one (a condition that does not
-    /// compile, a placeholder with no argument): the run cannot be measured. `args` holds `args.NAME`
-    /// values. Nothing, by default.
+    /// What makes every measurement fail whatever the arguments (a condition that does not compile or
+    /// can never be evaluated), found when a template is applied. Nothing, by default.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// What would make every measurement of a run fail, found before the first one: what
+    /// [`validate`](Self::validate) finds, or a placeholder with no argument. `args` holds
+    /// `args.NAME` values.
     fn check(&self, args: &BTreeMap<String, String>) -> Result<(), String> {
         let _ = args;
-        Ok(())
+        self.validate()
     }
 
     /// Takes one measurement, never failing silently: what went wrong is an Error measurement saying
@@ -103,6 +109,13 @@ impl Provider for MetricSource<'_> {
         match self {
             Self::Prometheus(p) => p.connection(),
             Self::Baseline(p) => p.connection(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Prometheus(p) => p.validate(),
+            Self::Baseline(p) => p.validate(),
         }
     }
 

@@ -63,8 +63,8 @@ pub struct AnalysisTemplateStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Valid`: whether every condition expression and query template parses; false names the metric
-    /// and the error.
+    /// `Valid`: whether every metric names a provider and its conditions parse and can give true or
+    /// false; False names the metric, the condition and the error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -82,7 +82,8 @@ pub struct Argument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub value: Option<String>,
-    /// Take the value from a Secret or a field when the run starts.
+    /// Take the value from a Secret (read at each measurement) or a field of the Rollout (read when the
+    /// run is created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_from: Option<ValueFrom>,
 }
@@ -98,7 +99,8 @@ pub struct ValueFrom {
     /// without the server's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<SecretKeyRef>,
-    /// A field of the Rollout.
+    /// A field of the Rollout that starts the run (`metadata.name`, `metadata.labels['KEY']`, ...),
+    /// read when the run is created; a standalone run has no Rollout and cannot use one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_ref: Option<FieldRef>,
 }
@@ -145,16 +147,23 @@ pub struct Metric {
     #[schemars(length(max = 32))]
     #[x_kube(validation = duration_rule())]
     pub initial_delay: Option<String>,
-    /// Number of measurements. Without it the metric is measured until the run is stopped (background analysis).
+    /// Number of measurements. Without it a metric with an `interval` is measured until the run is
+    /// stopped (background analysis), one without is measured once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("count must be 1 or more"))]
     pub count: Option<i32>,
-    /// Expression over `result` that a good measurement satisfies, e.g. `result[0] < 0.01`.
+    /// Expression over `result` (a list of numbers for an instant vector, a number for a scalar) that a
+    /// good measurement satisfies, e.g. `result[0] < 0.01`. Read as CEL, or as Argo Rollouts' expression
+    /// language (`all(result, {# < 0.5})`, `asFloat`, `default`, ...) when CEL cannot evaluate it. A
+    /// condition that parses in neither, or gives true or false for no answer, makes the template
+    /// invalid (its `Valid` condition) and holds releases that use it. Alone, a measurement that does
+    /// not satisfy it is Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub success_condition: Option<String>,
-    /// Expression over `result` that a bad measurement satisfies, e.g. `result[0] >= 0.05`. When neither
-    /// condition decides, the measurement is Inconclusive.
+    /// Expression over `result` that a bad measurement satisfies, e.g. `result[0] >= 0.05`, read as
+    /// `successCondition` is. Alone, a measurement that does not satisfy it is Successful; with both,
+    /// one that satisfies neither is Inconclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub failure_condition: Option<String>,
@@ -174,8 +183,8 @@ pub struct Metric {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("consecutiveSuccessLimit must be 1 or more"))]
     pub consecutive_success_limit: Option<i32>,
-    /// What a Failed metric does to the release: `Abort` (the default) returns traffic to stable; `Pause`
-    /// holds the release for a person to decide.
+    /// What a Failed (or Error) metric does to the release: `Abort` (the default) returns traffic to
+    /// stable; `Pause` holds the release for a person to decide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<MetricFailurePolicy>,
     /// Where measurements come from: exactly one provider.

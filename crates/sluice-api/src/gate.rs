@@ -334,7 +334,7 @@ pub struct ErrorBudgetGateStatus {
     /// The most recent state transitions, newest last (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<GateTransition>,
-    /// Ready, and the kstatus conditions Reconciling and Stalled.
+    /// Ready, ReleasesHeld, and the kstatus conditions Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -105,11 +105,13 @@ pub struct RolloutSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.selector is immutable; delete and recreate the Rollout to change it"))]
     #[x_kube(validation = Rule::new("has(self.matchLabels) && size(self.matchLabels) > 0 || has(self.matchExpressions) && size(self.matchExpressions) > 0").message("spec.selector must select on at least one label"))]
     pub selector: LabelSelector,
-    /// The pods to run. A change here starts a new release. Set exactly one of `template` or `workloadRef`.
+    /// The pods to run. A change here starts a new release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PodTemplateSpec>,
-    /// A Deployment (or other workload) whose pod template the Rollout releases, instead of `template`.
+    /// Not supported yet, and refused: the controller cannot take a pod template from a Deployment.
+    /// Set `template` to the Deployment's pod template instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("false").message("workloadRef is not supported yet: set spec.template to the Deployment's pod template instead"))]
     pub workload_ref: Option<WorkloadRef>,
     /// Seconds a new pod must be ready, without any container crashing, to count as available. Defaults to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,12 +232,15 @@ pub struct CanaryStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub stable_service: Option<String>,
-    /// Pods that may exist above `replicas` while ReplicaSets are resized: a count or a percentage. Defaults to 25%.
+    /// Without traffic routing (where the share of canary pods is the share of traffic), pods that may
+    /// exist above `replicas` while ReplicaSets are resized, and during a restart: a count or a
+    /// percentage. Defaults to 25%. With a router, stable keeps its full size and the canary is added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "short_int_or_string")]
     #[x_kube(validation = int_or_percent_rule())]
     pub max_surge: Option<IntOrString>,
-    /// Pods that may be unavailable while ReplicaSets are resized: a count or a percentage. Defaults to 25%.
+    /// Without traffic routing, pods that may be unavailable while ReplicaSets are resized; also how
+    /// many a restart replaces at once (at least one): a count or a percentage. Defaults to 25%.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "short_int_or_string")]
     #[x_kube(validation = int_or_percent_rule())]
@@ -244,7 +249,8 @@ pub struct CanaryStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub scale_down_delay_seconds: Option<i32>,
-    /// Seconds to keep the canary's pods after an abort, once traffic is back on stable. Defaults to 30; 0 keeps them.
+    /// With traffic routing, seconds to keep the canary's pods after an abort, once traffic is back on
+    /// stable. Defaults to 30; 0 keeps them. Without a router the canary goes to zero at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub abort_scale_down_delay_seconds: Option<i32>,
@@ -446,8 +452,8 @@ pub struct RolloutStatus {
     /// A sentence on why the release is where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Progressing, Available, Paused, InvalidSpec, Completed, ReleaseHeld, and the kstatus conditions
-    /// Ready, Reconciling and Stalled.
+    /// Progressing, Available, Paused, InvalidSpec, Completed, ReleaseHeld, ReconcileError, and the
+    /// kstatus conditions Ready, Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Hash of the newest pod template.
@@ -474,7 +480,7 @@ pub struct RolloutStatus {
     /// Available pods of the newest pod template; a change here counts as progress for the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_ready_replicas: Option<i32>,
-    /// Pods that are ready.
+    /// Pods that are available (ready for `minReadySeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
     /// Pods that have been ready for minReadySeconds.

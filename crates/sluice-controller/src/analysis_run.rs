@@ -228,10 +228,18 @@ impl<'a> Prepared<'a> {
                     Err(problem) => return Ok(Err(format!("argument {:?}: {problem}", arg.name))),
                 },
                 (None, None) => {
-                    return Ok(Err(format!(
-                        "argument {:?} has no value: the Rollout must supply one",
-                        arg.name
-                    )));
+                    let problem = match arg.value_from.as_ref().and_then(|v| v.field_ref.as_ref()) {
+                        Some(field) => format!(
+                            "argument {:?} reads {} of the Rollout, which is not set (a standalone \
+                             run has no Rollout to read)",
+                            arg.name, field.field_path
+                        ),
+                        None => format!(
+                            "argument {:?} has no value: the Rollout must supply one",
+                            arg.name
+                        ),
+                    };
+                    return Ok(Err(problem));
                 }
             };
             values.insert(format!("args.{}", arg.name), value);

@@ -47,6 +47,7 @@ mod metrics;
 mod release_gates;
 mod rollout;
 mod rollout_analysis;
+mod template_status;
 mod traffic;
 mod written;
 
@@ -348,6 +349,8 @@ struct Watched {
     services: UnboundedReceiver<Service>,
     templates: UnboundedReceiver<AnalysisTemplate>,
     cluster_templates: UnboundedReceiver<ClusterAnalysisTemplate>,
+    templates_to_check: UnboundedReceiver<AnalysisTemplate>,
+    cluster_templates_to_check: UnboundedReceiver<ClusterAnalysisTemplate>,
     routes: UnboundedReceiver<DynamicObject>,
 }
 
@@ -473,32 +476,34 @@ async fn start_watches(
         },
         writers.services,
     );
-    let template_changes = cache::watch(
+    let mut template_changes = cache::watch(
         cache::WatchSpec {
             api: scoped::<AnalysisTemplate>(client, namespace),
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: None,
-            subscribers: 1,
+            subscribers: 2,
             leading: leading.clone(),
             on_delete: None,
         },
         writers.templates,
-    );
-    let cluster_template_changes = cache::watch(
+    )
+    .into_iter();
+    let mut cluster_template_changes = cache::watch(
         cache::WatchSpec {
             api: Api::<ClusterAnalysisTemplate>::all(client.clone()),
             config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: None,
-            subscribers: 1,
+            subscribers: 2,
             leading: leading.clone(),
             on_delete: None,
         },
         writers.cluster_templates,
-    );
+    )
+    .into_iter();
     let route_changes = if watch_routes {
         cache::watch(
             cache::WatchSpec {
@@ -561,11 +566,10 @@ async fn start_watches(
         runs_for_rollouts: run_changes.remove(0),
         runs: run_changes.remove(0),
         services: service_changes.into_iter().next().unwrap_or_else(closed),
-        templates: template_changes.into_iter().next().unwrap_or_else(closed),
-        cluster_templates: cluster_template_changes
-            .into_iter()
-            .next()
-            .unwrap_or_else(closed),
+        templates: template_changes.next().unwrap_or_else(closed),
+        templates_to_check: template_changes.next().unwrap_or_else(closed),
+        cluster_templates: cluster_template_changes.next().unwrap_or_else(closed),
+        cluster_templates_to_check: cluster_template_changes.next().unwrap_or_else(closed),
         routes: route_changes,
     })
 }
@@ -665,10 +669,36 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
     .shutdown_on_signal()
     .run(gate::reconcile, gate::error_policy, ctx.clone())
     .for_each(|_| futures::future::ready(()));
+    // Each template's `Valid` condition: what a Rollout that names it would be told.
+    let templates = Controller::for_stream(
+        cache::as_trigger_from(&caches.templates, watched.templates_to_check),
+        caches.templates.clone(),
+    )
+    .shutdown_on_signal()
+    .run(
+        template_status::reconcile_namespaced,
+        template_status::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    let cluster_templates = Controller::for_stream(
+        cache::as_trigger_from(
+            &caches.cluster_templates,
+            watched.cluster_templates_to_check,
+        ),
+        caches.cluster_templates.clone(),
+    )
+    .shutdown_on_signal()
+    .run(
+        template_status::reconcile_cluster,
+        template_status::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
     let rollouts = controller
         .run(rollout::reconcile, rollout::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    futures::join!(rollouts, analysis_runs, gates);
+    futures::join!(rollouts, analysis_runs, gates, templates, cluster_templates);
 }
 
 /// A change stream that never yields (for a kind whose watch handed out none).

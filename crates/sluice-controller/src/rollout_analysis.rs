@@ -11,7 +11,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{
     AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisTemplate, AnalysisTemplateSpec, Argument,
-    ClusterAnalysisTemplate,
+    ClusterAnalysisTemplate, ValueFrom,
 };
 use sluice_api::common::{AnalysisRunArgument, AnalysisTemplateRef, PodTemplateHashValue};
 use sluice_api::names::{ANALYSIS_KIND_LABEL, ROLLOUT_LABEL, STABLE_HASH_ANNOTATION, STEP_LABEL};
@@ -91,7 +91,8 @@ impl Template {
 /// (`spec.strategy.canary.steps[2].analysis`).
 pub type Templates = BTreeMap<String, Vec<Template>>;
 
-/// The templates named by `refs`, from the cache, or what is wrong with them (a missing template).
+/// The templates named by `refs`, from the cache, or what is wrong with them (a missing template, one
+/// whose metrics cannot be measured).
 pub fn templates(
     caches: &Caches,
     namespace: &str,
@@ -109,15 +110,30 @@ pub fn templates(
         } else {
             cache::get(&caches.templates, namespace, name).map(Template::Namespaced)
         };
+        let kind = || {
+            if reference.cluster_scope {
+                "ClusterAnalysisTemplate".to_owned()
+            } else {
+                format!("AnalysisTemplate in namespace {namespace}")
+            }
+        };
         match template {
-            Some(template) => found.push(template),
+            Some(template) => {
+                // The same check the template's `Valid` condition shows, so that a release never
+                // starts on metrics that cannot be measured, whether that status is written yet or not.
+                if let Err(problem) = sluice_analysis::check_template(template.spec()) {
+                    return Err(format!(
+                        "{} {name:?} named in {field} is invalid: {problem}",
+                        kind()
+                    ));
+                }
+                found.push(template);
+            }
             None => {
-                let kind = if reference.cluster_scope {
-                    "ClusterAnalysisTemplate".to_owned()
-                } else {
-                    format!("AnalysisTemplate in namespace {namespace}")
-                };
-                return Err(format!("{kind} {name:?} named in {field} does not exist"));
+                return Err(format!(
+                    "{} {name:?} named in {field} does not exist",
+                    kind()
+                ));
             }
         }
     }
@@ -192,6 +208,23 @@ fn field_of(rollout: &Rollout, path: &str) -> Option<String> {
     }
 }
 
+/// A template's argument with its `fieldRef` read from the Rollout, as Argo Rollouts does. A field
+/// the Rollout does not have (a missing label) stays a `fieldRef`, which the run reports by path.
+fn resolve_field(rollout: &Rollout, arg: &Argument) -> Argument {
+    let field = arg
+        .value_from
+        .as_ref()
+        .and_then(|from| from.field_ref.as_ref());
+    match field.and_then(|field| field_of(rollout, &field.field_path)) {
+        Some(value) if arg.value.is_none() => Argument {
+            name: arg.name.clone(),
+            value: Some(value),
+            value_from: None,
+        },
+        _ => arg.clone(),
+    }
+}
+
 /// The run's spec: the templates' metrics merged, their arguments filled from the Rollout's.
 fn run_spec(
     rollout: &Rollout,
@@ -217,7 +250,7 @@ fn run_spec(
         for arg in &template.args {
             merged
                 .entry(arg.name.clone())
-                .or_insert_with(|| arg.clone());
+                .or_insert_with(|| resolve_field(rollout, arg));
         }
         spec.dry_run.extend(template.dry_run.iter().cloned());
         spec.measurement_retention
@@ -234,12 +267,21 @@ fn run_spec(
             },
             (None, None) => None,
         };
+        // A field the Rollout does not have stays a fieldRef, which the run reports by path.
+        let unset_field = given
+            .value_from
+            .as_ref()
+            .and_then(|from| from.field_ref.clone())
+            .filter(|_| value.is_none());
         merged.insert(
             given.name.clone(),
             Argument {
                 name: given.name.clone(),
                 value,
-                value_from: None,
+                value_from: unset_field.map(|field| ValueFrom {
+                    secret_key_ref: None,
+                    field_ref: Some(field),
+                }),
             },
         );
     }

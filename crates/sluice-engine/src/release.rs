@@ -356,14 +356,60 @@ pub(crate) fn converged(
         })
 }
 
-/// The pod selector as a string, for the scale subresource.
+/// The pod selector as a string, for the scale subresource (an autoscaler lists pods with it): the
+/// label-selector syntax Kubernetes writes, `app=web,tier in (a,b),!legacy`.
 pub(crate) fn selector_string(spec: &RolloutSpec) -> Option<String> {
-    let labels = spec.selector.match_labels.as_ref()?;
-    Some(
-        labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+    let selector = &spec.selector;
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for expression in selector.match_expressions.iter().flatten() {
+        let key = &expression.key;
+        let values = || expression.values.clone().unwrap_or_default().join(",");
+        parts.push(match expression.operator.as_str() {
+            "In" => format!("{key} in ({})", values()),
+            "NotIn" => format!("{key} notin ({})", values()),
+            "Exists" => key.clone(),
+            "DoesNotExist" => format!("!{key}"),
+            // The API server refuses other operators in a selector.
+            other => format!("{key} {other} ({})", values()),
+        });
+    }
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(selector: serde_json::Value) -> RolloutSpec {
+        serde_json::from_value(serde_json::json!({
+            "selector": selector,
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": []}},
+            "strategy": {"canary": {}}
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn the_scale_selector_carries_labels_and_expressions() {
+        assert_eq!(
+            selector_string(&spec(serde_json::json!({"matchLabels": {"app": "web"}}))).as_deref(),
+            Some("app=web")
+        );
+        let expressions = spec(serde_json::json!({"matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "zone", "operator": "NotIn", "values": ["x"]},
+            {"key": "app", "operator": "Exists"},
+            {"key": "legacy", "operator": "DoesNotExist"},
+        ]}));
+        assert_eq!(
+            selector_string(&expressions).as_deref(),
+            Some("tier in (a,b),zone notin (x),app,!legacy"),
+            "a selector of expressions alone still reaches the autoscaler"
+        );
+    }
 }

@@ -928,3 +928,183 @@ async fn a_crash_between_starting_a_run_and_recording_it_never_forgets_the_run()
     }
     Ok(())
 }
+
+/// A template written for Argo Rollouts, unchanged but for its apiVersion: conditions in Argo's
+/// expression language (`all(result, {# == 1})`, `and`, `asInt`, `default`) and an argument read
+/// from a label of the Rollout through `fieldRef`. The release is judged on it and completes.
+#[tokio::test]
+async fn a_template_copied_from_argo_rollouts_judges_a_release_unchanged() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-argo").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    prometheus_has_data().await?;
+    let templates = Api::<sluice_api::AnalysisTemplate>::namespaced(client.clone(), &ns.name);
+    apply(
+        &templates,
+        &json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "check"},
+            "spec": {
+                "args": [{"name": "job", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['job']"}}}],
+                "metrics": [{
+                    "name": "up", "count": 2, "interval": "1s",
+                    "successCondition": "all(result, {# == 1}) and len(result) > 0",
+                    "failureCondition": "asInt(default(result, [0])[0]) != 1",
+                    "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+                }]
+            }
+        }),
+    )
+    .await?;
+    let valid = eventually("the template to be checked", WAIT, || async {
+        let status = templates.get("check").await?.status.unwrap_or_default();
+        Ok(status.conditions.into_iter().find(|c| c.type_ == "Valid"))
+    })
+    .await?;
+    ensure!(valid.status == "True", "{valid:?}");
+
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = rollout(json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "steps": [{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "check"}]}}]
+    }));
+    manifest["metadata"]["labels"] = json!({"job": "prometheus"});
+    apply(&api, &manifest).await?;
+    let first = wait_status(&api, "the first revision to be healthy", |s| {
+        s.phase == Some(RolloutPhase::Healthy)
+    })
+    .await?;
+    let stable = first.stable_rs.context("stable")?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    wait_status(
+        &api,
+        "the release to complete on the Argo-style analysis",
+        |s| {
+            s.phase == Some(RolloutPhase::Healthy)
+                && s.stable_rs.as_deref() != Some(stable.as_str())
+        },
+    )
+    .await?;
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let list = runs.list(&ListParams::default()).await?.items;
+    ensure!(list.len() == 1, "expected one run, got {}", list.len());
+    let status = list[0].status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(AnalysisPhase::Successful));
+    let result = &status.metric_results[0];
+    assert_eq!((result.count, result.successful), (2, 2));
+    let query = result.measurements[0].metadata.get("query");
+    ensure!(
+        query.map(String::as_str) == Some("up{job=\"prometheus\"}"),
+        "the fieldRef argument is read from the Rollout's label: {query:?}"
+    );
+    Ok(())
+}
+
+/// A condition neither CEL nor Argo's language can evaluate (an unknown function) is found when the
+/// template is applied: the template says so in its `Valid` condition and an Event, a Rollout that
+/// names it is held before it creates anything, and a run that uses it is an Error at once. Fixing
+/// the template lets the Rollout go on.
+#[tokio::test]
+async fn a_condition_that_cannot_be_evaluated_is_refused_with_the_template_not_at_a_measurement()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-invalid").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let metric = |condition: &str| -> Result<Value> {
+        Ok(json!({
+            "name": "up", "successCondition": condition,
+            "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+        }))
+    };
+    let templates = Api::<sluice_api::AnalysisTemplate>::namespaced(client.clone(), &ns.name);
+    apply(&templates, &template("check", metric("p99(result) < 1")?)).await?;
+    let invalid = eventually("the template to be found invalid", WAIT, || async {
+        let status = templates.get("check").await?.status.unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Valid" && c.status == "False"))
+    })
+    .await?;
+    for word in ["\"up\"", "successCondition", "p99"] {
+        ensure!(invalid.message.contains(word), "{}", invalid.message);
+    }
+    eventually("an InvalidSpec Event on the template", WAIT, || async {
+        let out = sluice_e2e::kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "reason=InvalidSpec,involvedObject.kind=AnalysisTemplate",
+            "-o",
+            "name",
+        ])?;
+        Ok((!out.stdout.is_empty()).then_some(()))
+    })
+    .await?;
+
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, &rollout(step_canary())).await?;
+    let held = wait_status(&api, "an InvalidSpec naming the template", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "InvalidSpec" && c.status == "True")
+    })
+    .await?;
+    let message = &held
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "InvalidSpec")
+        .context("condition")?
+        .message;
+    ensure!(
+        message.contains("\"check\"") && message.contains("p99"),
+        "{message}"
+    );
+    ensure!(
+        replica_sets(&client, &ns.name).await?.is_empty(),
+        "a ReplicaSet was created for a Rollout naming an invalid template"
+    );
+
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    apply(
+        &runs,
+        &json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": "by-hand", "labels": {"sluice.dev/standalone": "true"}},
+            "spec": {"args": [{"name": "job", "value": "prometheus"}], "metrics": [metric("p99(result) < 1")?]}
+        }),
+    )
+    .await?;
+    let run = eventually("the run to be an Error", WAIT, || async {
+        let status = runs.get("by-hand").await?.status.unwrap_or_default();
+        Ok((status.phase == Some(AnalysisPhase::Error)).then_some(status))
+    })
+    .await?;
+    ensure!(
+        run.metric_results.iter().all(|m| m.measurements.is_empty()),
+        "no measurement is taken: {run:?}"
+    );
+    let said = run.message.unwrap_or_default();
+    ensure!(said.contains("p99"), "{said}");
+
+    apply(&templates, &template("check", metric("result[0] == 1")?)).await?;
+    wait_status(
+        &api,
+        "the Rollout to go on once the template is fixed",
+        |s| s.phase == Some(RolloutPhase::Healthy),
+    )
+    .await?;
+    let fixed = templates.get("check").await?.status.unwrap_or_default();
+    ensure!(
+        fixed
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Valid" && c.status == "True"),
+        "{fixed:?}"
+    );
+    Ok(())
+}

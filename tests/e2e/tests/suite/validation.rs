@@ -190,6 +190,13 @@ fn cases() -> Vec<Case> {
             says: "workloadRef must name an apps/v1 Deployment",
         },
         Case {
+            name: "workloadRef (not supported yet)",
+            base: canary_rollout,
+            patch: json!({"spec": {"template": null, "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"}}}),
+            field: "spec.workloadRef",
+            says: "workloadRef is not supported yet",
+        },
+        Case {
             name: "negative replicas",
             base: canary_rollout,
             patch: json!({"spec": {"replicas": -1}}),

@@ -53,8 +53,8 @@ impl Provider for BaselineProvider<'_> {
         "baseline"
     }
 
-    fn connection(&self) -> &PrometheusConnection {
-        &self.spec.prometheus
+    fn connection(&self) -> Option<&PrometheusConnection> {
+        Some(&self.spec.prometheus)
     }
 
     /// Needs the canary's hash; without a stable hash the judgement is what `onMissingBaseline` says.

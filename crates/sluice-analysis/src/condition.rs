@@ -36,19 +36,40 @@ pub enum QueryResult {
     Vector(Vec<f64>),
     /// The samples of each series of a range vector.
     Matrix(Vec<Vec<f64>>),
+    /// What a web metric's JSONPath picked from its answer.
+    Json(serde_json::Value),
+}
+
+/// The kind of answers a provider hands its conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResultShape {
+    /// Numbers: a scalar, a list, a list of lists (Prometheus). A condition must give true or false
+    /// for one of them.
+    Numbers,
+    /// Any JSON value (web). Whether a condition fits an answer depends on the answer's fields, so
+    /// only the functions it calls are checked.
+    Json,
 }
 
 impl QueryResult {
+    /// The numbers of a Prometheus answer (none for JSON, which has no NaN).
     fn values(&self) -> Vec<f64> {
         match self {
             Self::Scalar(v) => vec![*v],
             Self::Vector(v) => v.clone(),
             Self::Matrix(m) => m.iter().flatten().copied().collect(),
+            Self::Json(_) => Vec::new(),
         }
     }
 
+    /// No data: no series, or a JSON null or empty list.
     fn is_empty(&self) -> bool {
-        self.values().is_empty()
+        match self {
+            Self::Json(serde_json::Value::Null) => true,
+            Self::Json(serde_json::Value::Array(items)) => items.is_empty(),
+            Self::Json(_) => false,
+            _ => self.values().is_empty(),
+        }
     }
 
     /// The result as text for the measurement's `value`, e.g. `[0.0042]`.
@@ -64,6 +85,7 @@ impl QueryResult {
                 let rows: Vec<String> = m.iter().map(|r| list(r)).collect();
                 format!("[{}]", rows.join(", "))
             }
+            Self::Json(value) => value.to_string(),
         }
     }
 
@@ -73,6 +95,7 @@ impl QueryResult {
             Self::Scalar(v) => Value::Float(*v),
             Self::Vector(v) => list(v),
             Self::Matrix(m) => Value::List(Arc::new(m.iter().map(|r| list(r)).collect())),
+            Self::Json(value) => json_to_cel(value),
         }
     }
 
@@ -83,7 +106,49 @@ impl QueryResult {
             Self::Scalar(v) => expr::Value::Float(*v),
             Self::Vector(v) => list(v),
             Self::Matrix(m) => expr::Value::Array(m.iter().map(|r| list(r)).collect()),
+            Self::Json(value) => json_to_expr(value),
         }
+    }
+}
+
+fn json_to_cel(value: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => n
+            .as_i64()
+            .map(Value::Int)
+            .or_else(|| n.as_f64().map(Value::Float))
+            .unwrap_or(Value::Null),
+        J::String(s) => Value::String(Arc::new(s.clone())),
+        J::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        J::Object(fields) => {
+            let map: std::collections::HashMap<String, Value> = fields
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_cel(v)))
+                .collect();
+            Value::from(map)
+        }
+    }
+}
+
+fn json_to_expr(value: &serde_json::Value) -> expr::Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => expr::Value::Nil,
+        J::Bool(b) => expr::Value::Bool(*b),
+        J::Number(n) => n
+            .as_i64()
+            .map(expr::Value::Integer)
+            .or_else(|| n.as_f64().map(expr::Value::Float))
+            .unwrap_or(expr::Value::Nil),
+        J::String(s) => expr::Value::String(s.clone()),
+        J::Array(items) => expr::Value::Array(items.iter().map(json_to_expr).collect()),
+        J::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_expr(v)))
+            .collect(),
     }
 }
 
@@ -295,12 +360,21 @@ impl Conditions {
     /// parses and gives true or false for some answer, so that a condition that can never be
     /// evaluated is refused now.
     pub fn compile(success: Option<&str>, failure: Option<&str>) -> Result<Self, ConditionError> {
+        Self::compile_for(ResultShape::Numbers, success, failure)
+    }
+
+    /// [`compile`](Self::compile) for conditions over answers of `shape`.
+    pub fn compile_for(
+        shape: ResultShape,
+        success: Option<&str>,
+        failure: Option<&str>,
+    ) -> Result<Self, ConditionError> {
         let env = Arc::new(Env::stdlib());
         let success = success
-            .map(|text| read(&env, "successCondition", text))
+            .map(|text| read(&env, shape, "successCondition", text))
             .transpose()?;
         let failure = failure
-            .map(|text| read(&env, "failureCondition", text))
+            .map(|text| read(&env, shape, "failureCondition", text))
             .transpose()?;
         let mentions = |words: &[&str]| {
             [&success, &failure]
@@ -424,11 +498,16 @@ impl Conditions {
 
 /// `text` read as CEL, else as Argo Rollouts' expression language: the first in which it parses
 /// and gives true or false for one of the [`probes`]. Otherwise what went wrong in each.
-fn read(env: &Arc<Env>, field: &'static str, text: &str) -> Result<Condition, ConditionError> {
+fn read(
+    env: &Arc<Env>,
+    shape: ResultShape,
+    field: &'static str,
+    text: &str,
+) -> Result<Condition, ConditionError> {
     let as_cel = env
         .compile(text)
         .map_err(|err| first_line(&err.to_string()).to_owned())
-        .and_then(|program| usable(env, text, Program::Cel(program)));
+        .and_then(|program| usable(env, shape, text, Program::Cel(program)));
     let cel_problem = match as_cel {
         Ok(condition) => return Ok(condition),
         Err(problem) => problem,
@@ -438,7 +517,7 @@ fn read(env: &Arc<Env>, field: &'static str, text: &str) -> Result<Condition, Co
     } else {
         expr::compile(text)
             .map_err(|err| err.to_string())
-            .and_then(|program| usable(env, text, Program::Expr(program)))
+            .and_then(|program| usable(env, shape, text, Program::Expr(program)))
     };
     as_expr.map_err(|expr_problem| ConditionError {
         field,
@@ -449,12 +528,28 @@ fn read(env: &Arc<Env>, field: &'static str, text: &str) -> Result<Condition, Co
     })
 }
 
-/// The condition, if it gives true or false for one of the [`probes`].
-fn usable(env: &Arc<Env>, text: &str, program: Program) -> Result<Condition, String> {
+/// The condition, if every function it calls exists in its dialect and (for numbers) it gives true
+/// or false for one of the [`probes`].
+fn usable(
+    env: &Arc<Env>,
+    shape: ResultShape,
+    text: &str,
+    program: Program,
+) -> Result<Condition, String> {
     let condition = Condition {
         text: text.to_owned(),
         program,
     };
+    let dialect = condition.dialect();
+    if let Some(unknown) = called_functions(text)
+        .into_iter()
+        .find(|name| !knows_function(env, dialect, name))
+    {
+        return Err(format!("there is no function {unknown}()"));
+    }
+    if shape == ResultShape::Json {
+        return Ok(condition);
+    }
     let mut first_problem = None;
     for probe in probes() {
         match evaluate(env, &condition, Some(&probe)) {
@@ -536,6 +631,84 @@ fn evaluate(
     })
 }
 
+/// The names a condition calls as functions (`name(`), outside string literals; a method call
+/// (`.name(`) is not one of them.
+fn called_functions(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut word = String::new();
+    let mut word_after_dot = false;
+    let mut previous = ' ';
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            if c == '\\' {
+                chars.next();
+            } else if c == q {
+                quote = None;
+            }
+            previous = c;
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' {
+            if word.is_empty() {
+                word_after_dot = previous == '.';
+            }
+            word.push(c);
+        } else {
+            if !word.is_empty() {
+                let mut rest = std::iter::once(c).chain(chars.clone());
+                let calls = rest.find(|x| !x.is_whitespace()) == Some('(');
+                if calls && !word_after_dot && !word.starts_with(|x: char| x.is_ascii_digit()) {
+                    names.push(std::mem::take(&mut word));
+                }
+                word.clear();
+            }
+            if matches!(c, '"' | '\'' | '`') {
+                quote = Some(c);
+            }
+        }
+        if !c.is_whitespace() {
+            previous = c;
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether `name` is a function of `dialect` (with Argo Rollouts' functions): calling it with no
+/// arguments fails for some other reason than an unknown name, or succeeds.
+fn knows_function(env: &Arc<Env>, dialect: Dialect, name: &str) -> bool {
+    let call = format!("{name}()");
+    match dialect {
+        // A macro, not a function: `has(a.b)`.
+        Dialect::Cel if name == "has" => true,
+        Dialect::Cel => {
+            let Ok(program) = env.compile(&call) else {
+                // A macro or keyword that needs arguments (has, all, ...).
+                return true;
+            };
+            let condition = Condition {
+                text: call,
+                program: Program::Cel(program),
+            };
+            !evaluate(env, &condition, Some(&QueryResult::Scalar(0.0)))
+                .is_err_and(|e| e.contains("Undeclared reference"))
+        }
+        Dialect::Expr => {
+            let Ok(program) = expr::compile(&call) else {
+                return true;
+            };
+            let mut context = expr::Context::default();
+            context.insert("result", expr::Value::Nil);
+            !EXPR_ENV
+                .run(&program, &context)
+                .is_err_and(|e| e.to_string().contains("Unknown function"))
+        }
+    }
+}
+
 /// The first line of a multi-line parser message.
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text)
@@ -577,6 +750,15 @@ mod tests {
         assert_eq!(
             judge(Some("result >= 0.95"), None, QueryResult::Scalar(0.99)),
             Successful
+        );
+        assert_eq!(
+            judge(
+                Some("double(result[0]) > 0.1 && int(result[0]) == 0 && string(result[0]) != ''"),
+                None,
+                v(0.5)
+            ),
+            Successful,
+            "CEL's standard functions are known"
         );
         assert_eq!(judge(None, Some("result[0] >= 0.05"), v(0.07)), Failed);
         assert_eq!(judge(None, Some("result[0] >= 0.05"), v(0.01)), Successful);
@@ -671,6 +853,42 @@ mod tests {
         }
         // A range inside a string is only text.
         assert!(Conditions::compile(Some("'a..b' != '' && result[0] < 1"), None).is_ok());
+    }
+
+    #[test]
+    fn conditions_over_json_answers_read_fields() {
+        let answer = QueryResult::Json(serde_json::json!({"status": "ok", "rate": 0.01, "n": 3}));
+        for (condition, want) in [
+            ("result.status == 'ok' && result.rate < 0.05", Successful),
+            ("result.status == \"ok\" and result.rate < 0.005", Failed),
+            ("result.n >= 3", Successful),
+            ("asFloat(result.rate) < 1", Successful),
+        ] {
+            let compiled = Conditions::compile_for(ResultShape::Json, Some(condition), None)
+                .unwrap_or_else(|err| panic!("{condition}: {err}"));
+            assert_eq!(compiled.judge(&answer).phase, want, "{condition}");
+        }
+        let err = Conditions::compile_for(ResultShape::Json, Some("p99(result.rate) < 1"), None)
+            .expect_err("unknown function");
+        assert!(err.to_string().contains("no function p99()"), "{err}");
+        assert_eq!(
+            Conditions::compile_for(ResultShape::Json, Some("result.ok"), None)
+                .expect("compiles")
+                .judge(&QueryResult::Json(serde_json::Value::Null))
+                .phase,
+            Inconclusive,
+            "null is no data"
+        );
+    }
+
+    #[test]
+    fn called_functions_are_found_outside_strings_and_methods() {
+        assert_eq!(
+            called_functions(
+                "all(result, {# < 1}) && result.exists(x, x > 0) && 'p99(' != size (result)"
+            ),
+            vec!["all".to_owned(), "size".to_owned()]
+        );
     }
 
     #[test]

@@ -12,9 +12,10 @@ pub mod prometheus;
 pub mod promql;
 pub mod provider;
 pub mod slo;
+pub mod web;
 
 pub use address::{AddressPolicy, Rule as AddressRule};
-pub use condition::{ConditionError, Conditions, Dialect, QueryResult, Verdict};
+pub use condition::{ConditionError, Conditions, Dialect, QueryResult, ResultShape, Verdict};
 pub use prometheus::{Connection, Credentials, QueryError};
 pub use promql::{SubstituteError, substitute};
 pub use provider::{MetricSource, NoProvider, Provider, RunContext, error_measurement};

@@ -50,8 +50,8 @@ impl Provider for PrometheusProvider<'_> {
         "prometheus"
     }
 
-    fn connection(&self) -> &PrometheusConnection {
-        &self.spec.connection
+    fn connection(&self) -> Option<&PrometheusConnection> {
+        Some(&self.spec.connection)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -510,7 +510,7 @@ enum Answer {
 }
 
 /// An error with its causes, so "error sending request" says why (connection refused, 401, ...).
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -16,6 +16,7 @@ use sluice_api::common::PrometheusConnection;
 
 use crate::baseline::BaselineProvider;
 use crate::prometheus::{Connection, PrometheusProvider};
+use crate::web::WebProvider;
 
 /// What a measurement knows of the run it belongs to, besides its metric.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,9 +33,10 @@ pub trait Provider {
     /// The provider's name, as in the API (`prometheus`, `baseline`), for messages and logs.
     fn name(&self) -> &'static str;
 
-    /// The Prometheus-compatible server the provider queries; the caller resolves its Secrets into
-    /// the [`Connection`] passed to [`measure`](Self::measure).
-    fn connection(&self) -> &PrometheusConnection;
+    /// The Prometheus-compatible server the provider queries, if it queries one; the caller resolves
+    /// its Secrets into the [`Connection`] passed to [`measure`](Self::measure) (without one, that
+    /// connection carries only the address policy).
+    fn connection(&self) -> Option<&PrometheusConnection>;
 
     /// What makes every measurement fail whatever the arguments (a condition that does not compile or
     /// can never be evaluated), found when a template is applied. Nothing, by default.
@@ -68,6 +70,8 @@ pub enum MetricSource<'a> {
     Prometheus(PrometheusProvider<'a>),
     /// The statistical baseline judge.
     Baseline(BaselineProvider<'a>),
+    /// An HTTP request whose JSON answer the metric's conditions judge.
+    Web(WebProvider<'a>),
 }
 
 /// A metric that names no provider (the CRD's validation should make this impossible): each of its
@@ -86,11 +90,13 @@ impl<'a> MetricSource<'a> {
         let MetricProvider {
             prometheus,
             baseline,
+            web,
         } = &metric.provider;
-        match (prometheus, baseline) {
-            (Some(spec), _) => Ok(Self::Prometheus(PrometheusProvider::new(spec, metric))),
-            (None, Some(spec)) => Ok(Self::Baseline(BaselineProvider::new(spec))),
-            (None, None) => Err(NoProvider {
+        match (prometheus, baseline, web) {
+            (Some(spec), _, _) => Ok(Self::Prometheus(PrometheusProvider::new(spec, metric))),
+            (None, Some(spec), _) => Ok(Self::Baseline(BaselineProvider::new(spec))),
+            (None, None, Some(spec)) => Ok(Self::Web(WebProvider::new(spec, metric))),
+            (None, None, None) => Err(NoProvider {
                 metric: metric.name.clone(),
             }),
         }
@@ -102,13 +108,15 @@ impl Provider for MetricSource<'_> {
         match self {
             Self::Prometheus(p) => p.name(),
             Self::Baseline(p) => p.name(),
+            Self::Web(p) => p.name(),
         }
     }
 
-    fn connection(&self) -> &PrometheusConnection {
+    fn connection(&self) -> Option<&PrometheusConnection> {
         match self {
             Self::Prometheus(p) => p.connection(),
             Self::Baseline(p) => p.connection(),
+            Self::Web(p) => p.connection(),
         }
     }
 
@@ -116,6 +124,7 @@ impl Provider for MetricSource<'_> {
         match self {
             Self::Prometheus(p) => p.validate(),
             Self::Baseline(p) => p.validate(),
+            Self::Web(p) => p.validate(),
         }
     }
 
@@ -123,6 +132,7 @@ impl Provider for MetricSource<'_> {
         match self {
             Self::Prometheus(p) => p.check(args),
             Self::Baseline(p) => p.check(args),
+            Self::Web(p) => p.check(args),
         }
     }
 
@@ -136,6 +146,7 @@ impl Provider for MetricSource<'_> {
         match self {
             Self::Prometheus(p) => p.measure(connection, args, run, now).await,
             Self::Baseline(p) => p.measure(connection, args, run, now).await,
+            Self::Web(p) => p.measure(connection, args, run, now).await,
         }
     }
 }
@@ -183,13 +194,19 @@ mod tests {
         let source = MetricSource::of(&m).expect("prometheus");
         assert!(matches!(source, MetricSource::Prometheus(_)), "{source:?}");
         assert_eq!(source.name(), "prometheus");
-        assert_eq!(source.connection().address, "http://prometheus:9090");
+        assert_eq!(
+            source.connection().map(|c| c.address.as_str()),
+            Some("http://prometheus:9090")
+        );
 
         let m = metric(serde_json::json!({"baseline": baseline()}));
         let source = MetricSource::of(&m).expect("baseline");
         assert!(matches!(source, MetricSource::Baseline(_)), "{source:?}");
         assert_eq!(source.name(), "baseline");
-        assert_eq!(source.connection().address, "http://judge:9090");
+        assert_eq!(
+            source.connection().map(|c| c.address.as_str()),
+            Some("http://judge:9090")
+        );
 
         let m = metric(serde_json::json!({}));
         let missing = MetricSource::of(&m).expect_err("no provider");

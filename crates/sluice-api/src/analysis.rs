@@ -129,7 +129,7 @@ pub struct MeasurementRetention {
 /// One metric: a query taken `count` times, each result judged by the conditions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.provider.baseline) || has(self.successCondition) || has(self.failureCondition)").message("a prometheus metric needs a successCondition or a failureCondition").field_path(".successCondition"))]
+#[x_kube(validation = Rule::new("has(self.provider.baseline) || has(self.successCondition) || has(self.failureCondition)").message("a prometheus or web metric needs a successCondition or a failureCondition").field_path(".successCondition"))]
 #[x_kube(validation = Rule::new("!has(self.count) || self.count <= 1 || has(self.interval)").message("interval is required when count is more than 1").field_path(".interval"))]
 pub struct Metric {
     /// Name of the metric, unique within the template.
@@ -200,10 +200,10 @@ pub enum MetricFailurePolicy {
     Pause,
 }
 
-/// The source of a metric's measurements: exactly one of `prometheus` or `baseline`.
+/// The source of a metric's measurements: exactly one of `prometheus`, `web` or `baseline`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.baseline)].exists_one(x, x)").message("a metric sets exactly one provider: prometheus or baseline"))]
+#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.baseline), has(self.web)].exists_one(x, x)").message("a metric sets exactly one provider: prometheus, web or baseline"))]
 pub struct MetricProvider {
     /// A PromQL query; its result is judged by the metric's conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,6 +211,71 @@ pub struct MetricProvider {
     /// Sluice's statistical judge: the canary's series compared with the stable version's over the same window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<BaselineJudge>,
+    /// An HTTP request whose JSON answer, picked by `jsonPath`, the metric's conditions judge (as
+    /// Argo Rollouts' `web` metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebMetric>,
+}
+
+/// An HTTP request to a service that reports a health or quality figure as JSON.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.body) || has(self.method) && self.method != 'GET'").message("a body needs method POST or PUT").field_path(".body"))]
+pub struct WebMetric {
+    /// The URL, `http` or `https`; `{{args.NAME}}` is replaced by the argument's value. Its host must
+    /// pass the controller's address policy (`--allow-provider-address`); redirects are not followed.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must start with http:// or https://"))]
+    pub url: String,
+    /// `GET` (the default), `POST` or `PUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<WebMethod>,
+    /// Request headers; a value may use `{{args.NAME}}` (an argument read from a Secret is redacted
+    /// from what the run records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub headers: Vec<WebHeader>,
+    /// The request body for `POST` or `PUT`, sent as written after `{{args.NAME}}` is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
+    /// Seconds the request may take. Defaults to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 300").message("timeoutSeconds must be between 1 and 300"))]
+    pub timeout_seconds: Option<i64>,
+    /// What the conditions see as `result`: a JSONPath into the answer, as Kubernetes writes it
+    /// (`{$.data.errorRate}`) or plain (`$.data.errorRate`). One match is that value (a number,
+    /// string, boolean, list or object), several are a list; none is an Error. Defaults to the whole
+    /// answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub json_path: Option<String>,
+    /// Skip TLS verification of an `https` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+}
+
+/// The HTTP method of a web metric.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WebMethod {
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "POST")]
+    Post,
+    #[serde(rename = "PUT")]
+    Put,
+}
+
+/// A request header of a web metric.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebHeader {
+    /// The header's name.
+    #[schemars(length(min = 1, max = 256))]
+    pub key: String,
+    /// The header's value; `{{args.NAME}}` is replaced by the argument's value.
+    #[schemars(length(max = 8192))]
+    pub value: String,
 }
 
 /// A PromQL query against a Prometheus-compatible API.

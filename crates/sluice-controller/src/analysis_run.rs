@@ -253,9 +253,16 @@ impl<'a> Prepared<'a> {
             if let Err(problem) = source.check(&values) {
                 return Ok(Err(format!("metric {:?}: {problem}", metric.name)));
             }
-            let connection = match connection(source.connection(), &secrets, policy).await? {
-                Ok(c) => c,
-                Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
+            let connection = match source.connection() {
+                Some(server) => match connection(server, &secrets, policy).await? {
+                    Ok(c) => c,
+                    Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
+                },
+                // A provider with no server of its own (web) still obeys the address policy.
+                None => Connection {
+                    policy: policy.clone(),
+                    ..Connection::plain("")
+                },
             };
             match &connection.credentials {
                 Some(Credentials::Basic { username, password }) => {

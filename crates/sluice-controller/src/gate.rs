@@ -55,7 +55,8 @@ async fn measure(
             // No series: no events in that window (NaN is how the engine reads "no events").
             Ok(QueryResult::Vector(values)) => values.first().copied().unwrap_or(f64::NAN),
             Ok(QueryResult::Scalar(value)) => value,
-            Ok(QueryResult::Matrix(_)) => {
+            // Prometheus answers numbers; JSON comes only from web metrics.
+            Ok(QueryResult::Matrix(_) | QueryResult::Json(_)) => {
                 return Ok(Err(format!(
                     "the query for window {} answered a range vector; it must answer one number",
                     query.window

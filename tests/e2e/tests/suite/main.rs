@@ -20,3 +20,4 @@ mod startup;
 mod tenancy;
 mod traffic;
 mod validation;
+mod web;

@@ -197,6 +197,22 @@ fn cases() -> Vec<Case> {
             says: "workloadRef is not supported yet",
         },
         Case {
+            name: "a web metric with a body and no method",
+            base: analysis_template,
+            patch: json!({"spec": {"metrics": [{"name": "m", "successCondition": "result == 1", "provider": {
+                "web": {"url": "http://health.default.svc/x", "body": "{}"}}}]}}),
+            field: "spec.metrics[0].provider.web.body",
+            says: "a body needs method POST or PUT",
+        },
+        Case {
+            name: "a web metric URL without a scheme",
+            base: analysis_template,
+            patch: json!({"spec": {"metrics": [{"name": "m", "successCondition": "result == 1", "provider": {
+                "web": {"url": "health.default.svc/x"}}}]}}),
+            field: "spec.metrics[0].provider.web.url",
+            says: "url must start with http:// or https://",
+        },
+        Case {
             name: "negative replicas",
             base: canary_rollout,
             patch: json!({"spec": {"replicas": -1}}),

@@ -15,6 +15,7 @@ use sluice_api::analysis::{AnalysisPhase, Measurement, Metric, MetricProvider};
 use sluice_api::common::PrometheusConnection;
 
 use crate::baseline::BaselineProvider;
+use crate::job::JobProvider;
 use crate::prometheus::{Connection, PrometheusProvider};
 use crate::web::WebProvider;
 
@@ -72,6 +73,8 @@ pub enum MetricSource<'a> {
     Baseline(BaselineProvider<'a>),
     /// An HTTP request whose JSON answer the metric's conditions judge.
     Web(WebProvider<'a>),
+    /// A Job per measurement, which the controller starts and reads.
+    Job(JobProvider<'a>),
 }
 
 /// A metric that names no provider (the CRD's validation should make this impossible): each of its
@@ -91,12 +94,14 @@ impl<'a> MetricSource<'a> {
             prometheus,
             baseline,
             web,
+            job,
         } = &metric.provider;
-        match (prometheus, baseline, web) {
-            (Some(spec), _, _) => Ok(Self::Prometheus(PrometheusProvider::new(spec, metric))),
-            (None, Some(spec), _) => Ok(Self::Baseline(BaselineProvider::new(spec))),
-            (None, None, Some(spec)) => Ok(Self::Web(WebProvider::new(spec, metric))),
-            (None, None, None) => Err(NoProvider {
+        match (prometheus, baseline, web, job) {
+            (Some(spec), _, _, _) => Ok(Self::Prometheus(PrometheusProvider::new(spec, metric))),
+            (None, Some(spec), _, _) => Ok(Self::Baseline(BaselineProvider::new(spec))),
+            (None, None, Some(spec), _) => Ok(Self::Web(WebProvider::new(spec, metric))),
+            (None, None, None, Some(spec)) => Ok(Self::Job(JobProvider::new(spec))),
+            (None, None, None, None) => Err(NoProvider {
                 metric: metric.name.clone(),
             }),
         }
@@ -109,6 +114,7 @@ impl Provider for MetricSource<'_> {
             Self::Prometheus(p) => p.name(),
             Self::Baseline(p) => p.name(),
             Self::Web(p) => p.name(),
+            Self::Job(p) => p.name(),
         }
     }
 
@@ -117,6 +123,7 @@ impl Provider for MetricSource<'_> {
             Self::Prometheus(p) => p.connection(),
             Self::Baseline(p) => p.connection(),
             Self::Web(p) => p.connection(),
+            Self::Job(p) => p.connection(),
         }
     }
 
@@ -125,6 +132,7 @@ impl Provider for MetricSource<'_> {
             Self::Prometheus(p) => p.validate(),
             Self::Baseline(p) => p.validate(),
             Self::Web(p) => p.validate(),
+            Self::Job(p) => p.validate(),
         }
     }
 
@@ -133,6 +141,7 @@ impl Provider for MetricSource<'_> {
             Self::Prometheus(p) => p.check(args),
             Self::Baseline(p) => p.check(args),
             Self::Web(p) => p.check(args),
+            Self::Job(p) => p.check(args),
         }
     }
 
@@ -147,6 +156,7 @@ impl Provider for MetricSource<'_> {
             Self::Prometheus(p) => p.measure(connection, args, run, now).await,
             Self::Baseline(p) => p.measure(connection, args, run, now).await,
             Self::Web(p) => p.measure(connection, args, run, now).await,
+            Self::Job(p) => p.measure(connection, args, run, now).await,
         }
     }
 }

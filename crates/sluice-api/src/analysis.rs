@@ -129,7 +129,8 @@ pub struct MeasurementRetention {
 /// One metric: a query taken `count` times, each result judged by the conditions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.provider.baseline) || has(self.successCondition) || has(self.failureCondition)").message("a prometheus or web metric needs a successCondition or a failureCondition").field_path(".successCondition"))]
+#[x_kube(validation = Rule::new("has(self.provider.baseline) || has(self.provider.job) || has(self.successCondition) || has(self.failureCondition)").message("a prometheus or web metric needs a successCondition or a failureCondition").field_path(".successCondition"))]
+#[x_kube(validation = Rule::new("!has(self.provider.job) || !has(self.successCondition) && !has(self.failureCondition)").message("a job metric is judged by its Job: Successful when it completes, Failed when it fails; remove successCondition and failureCondition").field_path(".successCondition"))]
 #[x_kube(validation = Rule::new("!has(self.count) || self.count <= 1 || has(self.interval)").message("interval is required when count is more than 1").field_path(".interval"))]
 pub struct Metric {
     /// Name of the metric, unique within the template.
@@ -203,7 +204,7 @@ pub enum MetricFailurePolicy {
 /// The source of a metric's measurements: exactly one of `prometheus`, `web` or `baseline`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.baseline), has(self.web)].exists_one(x, x)").message("a metric sets exactly one provider: prometheus, web or baseline"))]
+#[x_kube(validation = Rule::new("[has(self.prometheus), has(self.baseline), has(self.web), has(self.job)].exists_one(x, x)").message("a metric sets exactly one provider: prometheus, web, job or baseline"))]
 pub struct MetricProvider {
     /// A PromQL query; its result is judged by the metric's conditions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +216,34 @@ pub struct MetricProvider {
     /// Argo Rollouts' `web` metric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebMetric>,
+    /// A Kubernetes Job started for each measurement (as Argo Rollouts' `job` metric): Successful
+    /// when it completes, Failed when it fails, Error when it cannot be created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobMetric>,
+}
+
+/// A Job run for each measurement, owned by the AnalysisRun and removed with it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobMetric {
+    /// Labels and annotations for the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<JobMetricMetadata>,
+    /// The Job's spec. `{{args.NAME}}` in any of its strings is replaced by the argument's value (an
+    /// argument read from a Secret is refused: mount the Secret in the pod instead).
+    pub spec: k8s_openapi::api::batch::v1::JobSpec,
+}
+
+/// Labels and annotations of a job metric's Job.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobMetricMetadata {
+    /// Labels added to the Job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// An HTTP request to a service that reports a health or quality figure as JSON.

@@ -53,13 +53,44 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             }
         }
     }
-    vec![
-        rollout,
+    let mut analysis = [
         AnalysisTemplate::crd(),
         ClusterAnalysisTemplate::crd(),
         AnalysisRun::crd(),
+    ];
+    for crd in &mut analysis {
+        for version in &mut crd.spec.versions {
+            if let Some(root) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                strip_job_spec_descriptions(root);
+            }
+        }
+    }
+    let [template, cluster_template, run] = analysis;
+    vec![
+        rollout,
+        template,
+        cluster_template,
+        run,
         ErrorBudgetGate::crd(),
     ]
+}
+
+/// A job metric embeds Kubernetes' JobSpec with its pod template: its descriptions (Kubernetes'
+/// own, in `kubectl explain job.spec`) would take the CRD past what `kubectl apply` can store.
+fn strip_job_spec_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(spec) = property(schema, &["job", "spec"]) {
+        strip_nested_descriptions(spec);
+    }
+    if let Some(props) = schema.properties.as_mut() {
+        props.values_mut().for_each(strip_job_spec_descriptions);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        strip_job_spec_descriptions(items);
+    }
 }
 
 /// Most labels a Rollout's selector or pod template may carry.

@@ -31,6 +31,9 @@ pub const ANALYSIS_SECRET_LABEL: &str = "sluice.dev/analysis-secret";
 /// Label an AnalysisRun no Rollout owns must carry (`"true"`) to be run on its own.
 pub const STANDALONE_LABEL: &str = "sluice.dev/standalone";
 
+/// Label on a job metric's Job: the AnalysisRun it measures for.
+pub const ANALYSIS_RUN_LABEL: &str = "sluice.dev/analysis-run";
+
 /// A person's request of a Rollout, as the [`ACTION_ANNOTATION`] carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RolloutAction {

@@ -43,7 +43,9 @@ fn every_sluice_field_has_a_description() {
         if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
             for (name, child) in props {
                 let child_path = format!("{path}.{name}");
-                let in_template = inside_pod_template || child_path.ends_with("spec.template");
+                let in_template = inside_pod_template
+                    || child_path.ends_with("spec.template")
+                    || child_path.ends_with("job.spec");
                 let is_meta = name == "metadata" && path.is_empty();
                 if !in_template && !is_meta && child.get("description").is_none() {
                     missing.push(child_path.clone());

@@ -59,6 +59,8 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
         .unwrap_or(now);
 
     let next = if run.spec.terminate {
+        // A stopped run's Jobs under way stop too.
+        crate::job_metric::stop(&ctx, &namespace, &status).await?;
         analysis::summarize(&run.spec, &mut status, now);
         None
     } else if !runs_here(&run) {
@@ -88,11 +90,39 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
                         .get(STABLE_HASH_ANNOTATION)
                         .map(String::as_str),
                 };
-                let measurements = join_all(schedule.due.iter().filter_map(|name| {
-                    let metric = run.spec.metrics.iter().find(|m| &m.name == name)?;
-                    Some(prepared.measure(metric, &context))
-                }))
-                .await;
+                let metric_named =
+                    |name: &String| run.spec.metrics.iter().find(|m| &m.name == name);
+                // Job metrics: a Job started, or the outcome of the one under way.
+                let mut measurements = Vec::new();
+                for metric in schedule
+                    .due
+                    .iter()
+                    .chain(&schedule.in_progress)
+                    .filter_map(metric_named)
+                {
+                    let Some(job) = &metric.provider.job else {
+                        continue;
+                    };
+                    let values = (&prepared.values, &prepared.redactions);
+                    if let Some(measurement) = crate::job_metric::measure(
+                        &ctx, &run, &namespace, metric, job, &status, values, now,
+                    )
+                    .await?
+                    {
+                        measurements.push((metric, "job", measurement));
+                    }
+                }
+                measurements.extend(
+                    join_all(
+                        schedule
+                            .due
+                            .iter()
+                            .filter_map(metric_named)
+                            .filter(|m| m.provider.job.is_none())
+                            .map(|metric| prepared.measure(metric, &context)),
+                    )
+                    .await,
+                );
                 for (metric, provider, measurement) in measurements {
                     info!(
                         metric = metric.name.as_str(),
@@ -252,6 +282,18 @@ impl<'a> Prepared<'a> {
             };
             if let Err(problem) = source.check(&values) {
                 return Ok(Err(format!("metric {:?}: {problem}", metric.name)));
+            }
+            if let MetricSource::Job(job) = &source
+                && let Ok(manifest) = job.manifest(("run", "uid"), &metric.name, 1, &values)
+            {
+                let text = manifest.to_string();
+                if redactions.redact(&text) != text {
+                    return Ok(Err(format!(
+                        "metric {:?}: {}",
+                        metric.name,
+                        crate::job_metric::NO_SECRETS
+                    )));
+                }
             }
             let connection = match source.connection() {
                 Some(server) => match connection(server, &secrets, policy).await? {

@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
@@ -116,6 +117,8 @@ pub struct Caches {
     pub routes: Store<DynamicObject>,
     pub templates: Store<AnalysisTemplate>,
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
+    /// The Jobs of job metrics (labelled `sluice.dev/analysis-run`), trimmed to their outcome.
+    pub jobs: Store<Job>,
 }
 
 /// The writing ends of [`Caches`], for the watches.
@@ -129,6 +132,7 @@ pub struct Writers {
     pub routes: Writer<DynamicObject>,
     pub templates: Writer<AnalysisTemplate>,
     pub cluster_templates: Writer<ClusterAnalysisTemplate>,
+    pub jobs: Writer<Job>,
 }
 
 impl Caches {
@@ -144,6 +148,7 @@ impl Caches {
         let routes = routes_writer.as_reader();
         let (templates, templates_writer) = reflector::store();
         let (cluster_templates, cluster_templates_writer) = reflector::store();
+        let (jobs, jobs_writer) = reflector::store();
         (
             Self {
                 rollouts,
@@ -159,6 +164,7 @@ impl Caches {
                 routes,
                 templates,
                 cluster_templates,
+                jobs,
             },
             Writers {
                 rollouts: rollouts_writer,
@@ -170,6 +176,7 @@ impl Caches {
                 routes: routes_writer,
                 templates: templates_writer,
                 cluster_templates: cluster_templates_writer,
+                jobs: jobs_writer,
             },
         )
     }
@@ -534,6 +541,22 @@ pub fn trim_run(run: &mut AnalysisRun) {
             result.measurements = Vec::new();
         }
     }
+}
+
+/// A job metric's Job as the controller sees it: its name, owner and outcome conditions.
+pub fn trim_job(job: &mut Job) {
+    job.metadata.annotations = None;
+    job.metadata.generation = None;
+    job.spec = None;
+    job.status = job.status.take().map(|status| JobStatus {
+        conditions: status.conditions.map(|conditions| {
+            conditions
+                .into_iter()
+                .filter(|c| matches!(c.type_.as_str(), "Complete" | "Failed"))
+                .collect()
+        }),
+        ..JobStatus::default()
+    });
 }
 
 /// A Service as the controller sees it: that it exists, and its selector.

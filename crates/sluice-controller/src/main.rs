@@ -18,6 +18,7 @@ use clap::Parser;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DynamicObject, PatchParams};
@@ -42,6 +43,7 @@ mod error;
 mod failpoints;
 mod gate;
 mod http;
+mod job_metric;
 mod lease;
 mod metrics;
 mod release_gates;
@@ -352,6 +354,7 @@ struct Watched {
     templates_to_check: UnboundedReceiver<AnalysisTemplate>,
     cluster_templates_to_check: UnboundedReceiver<ClusterAnalysisTemplate>,
     routes: UnboundedReceiver<DynamicObject>,
+    jobs: UnboundedReceiver<Job>,
 }
 
 /// Starts one watch per kind, each filling its store, and waits for every store's first full list:
@@ -463,6 +466,20 @@ async fn start_watches(
         },
         writers.runs,
     );
+    let job_changes = cache::watch(
+        cache::WatchSpec {
+            api: scoped::<Job>(client, namespace),
+            // Only the Jobs of job metrics.
+            config: watcher::Config::default().labels(sluice_api::names::ANALYSIS_RUN_LABEL),
+            trim: cache::trim_job,
+            owner: None,
+            references: None,
+            subscribers: 1,
+            leading: leading.clone(),
+            on_delete: None,
+        },
+        writers.jobs,
+    );
     let service_changes = cache::watch(
         cache::WatchSpec {
             api: scoped::<Service>(client, namespace),
@@ -533,6 +550,7 @@ async fn start_watches(
         caches.replica_sets.wait_until_ready().boxed(),
         caches.pods.wait_until_ready().boxed(),
         caches.runs.wait_until_ready().boxed(),
+        caches.jobs.wait_until_ready().boxed(),
         caches.services.wait_until_ready().boxed(),
         caches.templates.wait_until_ready().boxed(),
         caches.cluster_templates.wait_until_ready().boxed(),
@@ -571,6 +589,7 @@ async fn start_watches(
         cluster_templates: cluster_template_changes.next().unwrap_or_else(closed),
         cluster_templates_to_check: cluster_template_changes.next().unwrap_or_else(closed),
         routes: route_changes,
+        jobs: job_changes.into_iter().next().unwrap_or_else(closed),
     })
 }
 
@@ -655,6 +674,8 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
         cache::as_trigger_from(&caches.runs, watched.runs),
         caches.runs.clone(),
     )
+    // A job metric's Job that completes or fails is read at once.
+    .owns_stream(cache::as_trigger(watched.jobs))
     .shutdown_on_signal()
     .run(
         analysis_run::reconcile,

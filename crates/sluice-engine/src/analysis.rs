@@ -99,9 +99,15 @@ pub fn unreadable_durations(spec: &AnalysisRunSpec) -> Option<String> {
 pub struct Schedule {
     /// Names of the metrics to measure now.
     pub due: Vec<String>,
+    /// Names of the metrics whose latest measurement is still under way (a Job): the controller
+    /// looks at it each time the run is woken, and at least every [`IN_PROGRESS_LOOK`].
+    pub in_progress: Vec<String>,
     /// The soonest a not-yet-due metric will be due.
     pub next_in: Option<Duration>,
 }
+
+/// The longest wait between two looks at a measurement under way, should a wake-up be missed.
+pub const IN_PROGRESS_LOOK: Duration = Duration::from_secs(10);
 
 /// Which metrics are due for a measurement at `now`. The first measurement of a metric is due
 /// `initialDelay` after `started`; each later one `interval` after the previous one started.
@@ -121,6 +127,14 @@ pub fn schedule(
             continue;
         }
         let last = result.and_then(|r| r.measurements.last());
+        if last.is_some_and(|m| m.phase == AnalysisPhase::Running) {
+            out.in_progress.push(metric.name.clone());
+            out.next_in = Some(
+                out.next_in
+                    .map_or(IN_PROGRESS_LOOK, |w| w.min(IN_PROGRESS_LOOK)),
+            );
+            continue;
+        }
         let due_at = match last {
             None => add(
                 started,
@@ -151,7 +165,8 @@ pub fn schedule(
     out
 }
 
-/// Records a measurement of `metric` and updates its tally and phase.
+/// Records a measurement of `metric` and updates its tally and phase. A Running measurement (a Job
+/// started) is recorded without counting; the next measurement of the metric replaces it and counts.
 pub fn record(
     spec: &AnalysisRunSpec,
     status: &mut AnalysisRunStatus,
@@ -188,6 +203,19 @@ pub fn record(
         return;
     };
     result.dry_run = dry_run;
+    if result
+        .measurements
+        .last()
+        .is_some_and(|m| m.phase == AnalysisPhase::Running)
+    {
+        // The measurement under way ends (or is reported again): it was never counted.
+        result.measurements.pop();
+    }
+    if measurement.phase == AnalysisPhase::Running {
+        result.message.clone_from(&measurement.message);
+        result.measurements.push(measurement);
+        return;
+    }
     result.count += 1;
     match measurement.phase {
         AnalysisPhase::Successful => {
@@ -429,6 +457,53 @@ mod tests {
     }
 
     use AnalysisPhase::{Error, Failed, Inconclusive, Running, Successful};
+
+    #[test]
+    fn a_measurement_under_way_is_not_counted_until_it_ends_and_is_looked_at_not_retaken() {
+        let spec: AnalysisRunSpec = serde_json::from_value(serde_json::json!({"metrics": [{
+            "name": "smoke", "count": 1,
+            "provider": {"web": {"url": "http://x.svc/"}}
+        }]}))
+        .expect("spec");
+        let metric = spec.metrics[0].clone();
+        let at = Timestamp::from_second(1_700_000_000).expect("time");
+        let mut status = AnalysisRunStatus::default();
+        let measurement = |phase| Measurement {
+            phase,
+            value: None,
+            started_at: Some(Time(at)),
+            finished_at: None,
+            message: Some(format!("{phase:?}")),
+            metadata: Default::default(),
+        };
+        assert_eq!(
+            schedule(&spec, &status, at, at).due,
+            vec!["smoke".to_owned()]
+        );
+        record(&spec, &mut status, &metric, measurement(Running));
+        let result = &status.metric_results[0];
+        assert_eq!((result.count, result.measurements.len()), (0, 1));
+        let later = schedule(&spec, &status, at, add(at, Duration::from_secs(60)));
+        assert!(
+            later.due.is_empty(),
+            "a measurement under way is not taken again"
+        );
+        assert_eq!(later.in_progress, vec!["smoke".to_owned()]);
+        assert_eq!(later.next_in, Some(IN_PROGRESS_LOOK));
+        record(&spec, &mut status, &metric, measurement(Running));
+        assert_eq!(
+            status.metric_results[0].measurements.len(),
+            1,
+            "reported again, not twice"
+        );
+        record(&spec, &mut status, &metric, measurement(Failed));
+        let result = &status.metric_results[0];
+        assert_eq!(
+            (result.count, result.failed, result.measurements.len()),
+            (1, 1, 1)
+        );
+        assert_eq!(result.phase, Failed);
+    }
 
     #[test]
     fn a_delay_past_the_end_of_time_is_never_due_and_an_unreadable_one_is_named() {

@@ -489,13 +489,72 @@ pub fn kwok_stages() -> Result<String> {
             );
             text = text.replacen(anchor, &format!("{anchor}{extra}"), 1);
         }
+        if file.ends_with("pod-complete.yaml") {
+            // Job pods marked to fail skip kwok's complete stage and get ours instead.
+            let anchor =
+                "    - key: '.metadata.deletionTimestamp'\n      operator: 'DoesNotExist'\n";
+            if !text.contains(anchor) {
+                bail!("kwok's pod-complete stage changed shape; update kwok_stages()");
+            }
+            let extra = format!(
+                "    - key: '.metadata.annotations[\"{FAIL_ANNOTATION}\"]'\n      operator: 'DoesNotExist'\n"
+            );
+            text = text.replacen(anchor, &format!("{anchor}{extra}"), 1);
+        }
         config.push_str("---\n");
         config.push_str(&text);
         config.push('\n');
     }
     config.push_str(NEVER_READY_STAGE);
+    config.push_str(FAIL_STAGE);
     Ok(config)
 }
+
+/// Pod annotation that makes a Job's pod fail (exit code 1) where kwok would complete it.
+pub const FAIL_ANNOTATION: &str = "kwok.sluice.dev/fail";
+
+const FAIL_STAGE: &str = r#"---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-fail
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.metadata.annotations["kwok.sluice.dev/fail"]'
+      operator: 'Exists'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+    - key: '.metadata.ownerReferences.[].kind'
+      operator: 'In'
+      values:
+      - 'Job'
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 1
+            finishedAt: {{ $now | Quote }}
+            reason: Error
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
+"#;
 
 /// Pod annotation that keeps a pod Running but never Ready, as a crash-looping version's would be.
 pub const NEVER_READY_ANNOTATION: &str = "kwok.sluice.dev/never-ready";

@@ -11,6 +11,7 @@ mod faults;
 mod gate;
 mod hostile;
 mod isolated;
+mod job;
 mod leader;
 mod operator;
 mod plugin;

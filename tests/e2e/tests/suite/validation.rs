@@ -205,6 +205,14 @@ fn cases() -> Vec<Case> {
             says: "a body needs method POST or PUT",
         },
         Case {
+            name: "a job metric with a condition",
+            base: analysis_template,
+            patch: json!({"spec": {"metrics": [{"name": "m", "successCondition": "result == 1", "provider": {
+                "job": {"spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}}}]}}),
+            field: "spec.metrics[0].successCondition",
+            says: "a job metric is judged by its Job",
+        },
+        Case {
             name: "a web metric URL without a scheme",
             base: analysis_template,
             patch: json!({"spec": {"metrics": [{"name": "m", "successCondition": "result == 1", "provider": {

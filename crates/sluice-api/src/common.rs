@@ -214,4 +214,13 @@ pub struct RolloutAnalysis {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub args: Vec<AnalysisRunArgument>,
+    /// Metrics measured and recorded but never allowed to fail the run (`*` for all), added to the
+    /// templates' own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub dry_run: Vec<crate::analysis::DryRun>,
+    /// How many measurements to keep per metric (`*` for all); before the templates' own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub measurement_retention: Vec<crate::analysis::MeasurementRetention>,
 }

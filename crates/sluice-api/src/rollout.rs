@@ -121,6 +121,10 @@ pub struct RolloutSpec {
     #[serde(default = "default_revision_history_limit")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub revision_history_limit: i32,
+    /// How many finished AnalysisRuns of earlier revisions to keep (as Argo Rollouts); older ones
+    /// are deleted. The runs of the revision being released are always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisRunHistory>,
     /// Pauses the release where it stands. The controller never changes this field; GitOps users
     /// pause with `kubectl sluice pause`, which records the pause in status instead.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -188,6 +192,20 @@ pub enum WorkloadScaleDown {
     /// Scale it down as the Rollout's pods become available.
     #[serde(rename = "progressively")]
     Progressively,
+}
+
+/// How many finished AnalysisRuns of earlier revisions a Rollout keeps.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRunHistory {
+    /// Successful runs kept. Defaults to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub successful_run_history_limit: Option<i32>,
+    /// Failed, Error and Inconclusive runs kept. Defaults to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub unsuccessful_run_history_limit: Option<i32>,
 }
 
 /// How many recent revisions a rollback may go to without steps or analysis.
@@ -362,6 +380,15 @@ pub struct BackgroundAnalysis {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub args: Vec<AnalysisRunArgument>,
+    /// Metrics measured and recorded but never allowed to fail the run (`*` for all), added to the
+    /// templates' own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub dry_run: Vec<crate::analysis::DryRun>,
+    /// How many measurements to keep per metric (`*` for all); before the templates' own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub measurement_retention: Vec<crate::analysis::MeasurementRetention>,
     /// Index of the step at which the analysis starts. Defaults to 0, the start of the release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("startingStep must be 0 or more"))]

@@ -68,6 +68,7 @@ fn view(run: &AnalysisRun) -> RunView {
         message: status.message,
         terminating: run.spec.terminate,
         failed_policies,
+        created: run.metadata.creation_timestamp.as_ref().map(|t| t.0),
     }
 }
 
@@ -307,7 +308,12 @@ pub async fn apply(
                 start.field, start.name
             )));
         };
-        let spec = run_spec(rollout, found, &start.args, hash, stable);
+        let mut spec = run_spec(rollout, found, &start.args, hash, stable);
+        // What the Rollout's reference says: more dry-run metrics, and retention that comes first
+        // (the first entry naming a metric decides).
+        spec.dry_run.extend(start.dry_run.iter().cloned());
+        spec.measurement_retention
+            .splice(0..0, start.measurement_retention.iter().cloned());
         let mut labels = BTreeMap::from([
             (ROLLOUT_LABEL.to_owned(), rollout.name_any()),
             (POD_TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned()),
@@ -348,9 +354,13 @@ pub async fn apply(
         );
     }
     for name in &runs.delete {
-        api.delete(name, &DeleteParams::background())
-            .await
-            .writing(|| format!("(deleting) AnalysisRun {name}"))?;
+        match api.delete(name, &DeleteParams::background()).await {
+            // Gone already (deleted by a reconcile whose deletion the cache had not seen yet).
+            Err(kube::Error::Api(gone)) if gone.code == 404 => {}
+            deleted => {
+                deleted.writing(|| format!("(deleting) AnalysisRun {name}"))?;
+            }
+        }
     }
     Ok(())
 }

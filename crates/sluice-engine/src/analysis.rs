@@ -322,7 +322,7 @@ fn metric_phase(
 
 /// Sets the run's phase, message, summaries and completion time from its metrics. The run takes the
 /// worst phase of its (non-dry-run) metrics: a Failed or Error metric ends the run at once; otherwise
-/// it runs until every metric is complete. A terminated run ends with what it has, metrics still
+/// it runs until every metric, dry-run ones included, is complete. A terminated run ends with what it has, metrics still
 /// running counting as Successful.
 pub fn summarize(spec: &AnalysisRunSpec, status: &mut AnalysisRunStatus, now: Timestamp) {
     if status.started_at.is_none() {
@@ -351,6 +351,8 @@ pub fn summarize(spec: &AnalysisRunSpec, status: &mut AnalysisRunStatus, now: Ti
             AnalysisPhase::Pending | AnalysisPhase::Running => {}
         }
         if is_dry_run(spec, &metric.name) {
+            // Measured to the end like any metric (as Argo Rollouts does), but never the verdict.
+            any_running |= !is_completed(phase);
             continue;
         }
         if is_completed(phase) {

@@ -869,6 +869,8 @@ mod tests {
                 cluster_scope: false,
             }],
             args: vec![],
+            dry_run: vec![],
+            measurement_retention: vec![],
         })
     }
 
@@ -917,6 +919,7 @@ mod tests {
                 progress_deadline_abort: false,
                 restart_at: None,
                 rollback_window: None,
+                analysis: None,
                 strategy: RolloutStrategy {
                     canary: None,
                     blue_green: Some(bg),

@@ -2,7 +2,8 @@
 //! needs (one per slot: a step's, the background, pre- and post-promotion), and which to start, stop
 //! and delete. The controller only creates, patches and deletes what [`RunPlan`] names.
 
-use sluice_api::analysis::{AnalysisPhase, MetricFailurePolicy};
+use k8s_openapi::jiff::Timestamp;
+use sluice_api::analysis::{AnalysisPhase, DryRun, MeasurementRetention, MetricFailurePolicy};
 use sluice_api::common::{AnalysisRunArgument, AnalysisTemplateRef, RolloutAnalysis};
 use sluice_api::rollout::{BlueGreenStatus, CanaryStatus, RolloutAnalysisRunStatus, RolloutStatus};
 
@@ -132,6 +133,8 @@ pub struct RunView {
     pub message: Option<String>,
     /// It was asked to stop.
     pub terminating: bool,
+    /// When it was created (orders the history kept of finished runs).
+    pub created: Option<Timestamp>,
     /// The `onFailure` policy of each metric that failed or errored (dry-run metrics left out).
     pub failed_policies: Vec<Option<MetricFailurePolicy>>,
 }
@@ -145,6 +148,9 @@ pub struct RunStart {
     /// The templates whose metrics it runs, and the arguments given to them.
     pub templates: Vec<AnalysisTemplateRef>,
     pub args: Vec<AnalysisRunArgument>,
+    /// Dry-run metrics and measurement retention the reference adds to the templates'.
+    pub dry_run: Vec<DryRun>,
+    pub measurement_retention: Vec<MeasurementRetention>,
     /// The spec field that asks for it, for messages about its templates.
     pub field: String,
 }
@@ -234,6 +240,8 @@ fn wanted(s: &Snapshot<'_>, strategy: Strategy<'_>, status: &RolloutStatus) -> V
             name: String::new(),
             templates: analysis.templates.clone(),
             args: analysis.args.clone(),
+            dry_run: analysis.dry_run.clone(),
+            measurement_retention: analysis.measurement_retention.clone(),
             field,
         });
     };
@@ -287,6 +295,8 @@ fn wanted(s: &Snapshot<'_>, strategy: Strategy<'_>, status: &RolloutStatus) -> V
                     name: String::new(),
                     templates: background.templates.clone(),
                     args: background.args.clone(),
+                    dry_run: background.dry_run.clone(),
+                    measurement_retention: background.measurement_retention.clone(),
                     field: "spec.strategy.canary.analysis".to_owned(),
                 });
             }
@@ -357,5 +367,130 @@ pub(crate) fn plan_runs(s: &Snapshot<'_>, strategy: Strategy<'_>, plan: &mut Pla
         if running && !run.terminating && !keep.contains(&run.name) {
             plan.runs.terminate.push(run.name.clone());
         }
+    }
+    prune_history(s, &keep, plan);
+}
+
+/// Finished runs kept of earlier revisions when `spec.analysis` does not say, per kind of verdict.
+pub const DEFAULT_RUN_HISTORY_LIMIT: i32 = 5;
+
+/// Deletes the finished runs of earlier revisions beyond `spec.analysis`'s limits, oldest first. The
+/// runs of the revision being released, and any run the status names, are kept.
+fn prune_history(s: &Snapshot<'_>, keep: &[String], plan: &mut Plan) {
+    let history = s.spec.analysis.clone().unwrap_or_default();
+    let limit =
+        |n: Option<i32>| usize::try_from(n.unwrap_or(DEFAULT_RUN_HISTORY_LIMIT)).unwrap_or(0);
+    let (successful_limit, unsuccessful_limit) = (
+        limit(history.successful_run_history_limit),
+        limit(history.unsuccessful_run_history_limit),
+    );
+    let named = named_in_status(&plan.status);
+    let mut finished: Vec<&RunView> = s
+        .runs
+        .iter()
+        .filter(|r| r.hash.as_deref() != Some(s.current_hash))
+        .filter(|r| r.phase.is_some_and(crate::analysis::is_completed))
+        .filter(|r| !keep.contains(&r.name) && !named.contains(&r.name))
+        .filter(|r| !plan.runs.delete.contains(&r.name))
+        .collect();
+    // Newest first; a run not yet seen with a creation time counts as newest.
+    finished.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.name.cmp(&a.name)));
+    let (mut successful, mut unsuccessful) = (0, 0);
+    for run in finished {
+        let (seen, limit) = if run.phase == Some(AnalysisPhase::Successful) {
+            (&mut successful, successful_limit)
+        } else {
+            (&mut unsuccessful, unsuccessful_limit)
+        };
+        *seen += 1;
+        if *seen > limit {
+            plan.runs.delete.push(run.name.clone());
+        }
+    }
+}
+
+/// The runs the status records, whatever slot.
+fn named_in_status(status: &RolloutStatus) -> Vec<String> {
+    let canary = status.canary.as_ref();
+    let blue_green = status.blue_green.as_ref();
+    [
+        canary.and_then(|c| c.current_step_analysis_run_status.as_ref()),
+        canary.and_then(|c| c.current_background_analysis_run_status.as_ref()),
+        blue_green.and_then(|b| b.pre_promotion_analysis_run_status.as_ref()),
+        blue_green.and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| r.name.clone())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_runs_of_earlier_revisions_are_kept_up_to_the_limits_newest_first() {
+        let spec: sluice_api::rollout::RolloutSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}},
+            "strategy": {"canary": {}},
+            "analysis": {"successfulRunHistoryLimit": 1, "unsuccessfulRunHistoryLimit": 0}
+        }))
+        .expect("spec");
+        let run = |name: &str, hash: &str, phase, second| RunView {
+            name: name.to_owned(),
+            hash: Some(hash.to_owned()),
+            slot: Some(RunSlot::Background),
+            phase: Some(phase),
+            message: None,
+            terminating: false,
+            failed_policies: Vec::new(),
+            created: Timestamp::from_second(second).ok(),
+        };
+        let runs = [
+            run("old-ok", "a", AnalysisPhase::Successful, 100),
+            run("newer-ok", "b", AnalysisPhase::Successful, 200),
+            run("failed", "b", AnalysisPhase::Failed, 150),
+            run("current-failed", "c", AnalysisPhase::Failed, 300),
+        ];
+        let status = RolloutStatus::default();
+        let observed = status.clone();
+        let snapshot = Snapshot {
+            name: "web",
+            generation: 1,
+            spec: &spec,
+            status: &observed,
+            current_hash: "c",
+            replica_sets: &[],
+            runs: &runs,
+            pods: &[],
+            actions: crate::release::Actions::default(),
+            request: None,
+            invalid_spec: None,
+            gating: &crate::gate::Gating::default(),
+            now: Timestamp::from_second(400).expect("time"),
+        };
+        let mut plan = Plan {
+            status,
+            create_current: false,
+            scale: Default::default(),
+            scale_down_at: Default::default(),
+            delete: Vec::new(),
+            traffic: crate::release::Traffic {
+                canary_weight: 0,
+                canary_hash: String::new(),
+                stable_hash: String::new(),
+            },
+            runs: RunPlan::default(),
+            evict: Vec::new(),
+            pod_metadata: Vec::new(),
+            events: Vec::new(),
+            requeue_after: None,
+        };
+        prune_history(&snapshot, &[], &mut plan);
+        let mut deleted = plan.runs.delete.clone();
+        deleted.sort();
+        assert_eq!(deleted, vec!["failed".to_owned(), "old-ok".to_owned()]);
     }
 }

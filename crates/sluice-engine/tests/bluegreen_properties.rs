@@ -133,6 +133,8 @@ fn analysis() -> RolloutAnalysis {
             cluster_scope: false,
         }],
         args: vec![],
+        dry_run: vec![],
+        measurement_retention: vec![],
     }
 }
 
@@ -152,6 +154,7 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
         progress_deadline_abort: k.deadline_abort,
         restart_at: None,
         rollback_window: None,
+        analysis: None,
         strategy: RolloutStrategy {
             canary: None,
             blue_green: Some(BlueGreenStrategy {

@@ -168,6 +168,8 @@ fn spec(
                             cluster_scope: false,
                         }],
                         args: vec![],
+                        dry_run: vec![],
+                        measurement_retention: vec![],
                     })
                 }
             }
@@ -189,6 +191,7 @@ fn spec(
         progress_deadline_abort: limits.deadline_abort,
         restart_at: None,
         rollback_window: None,
+        analysis: None,
         strategy: RolloutStrategy {
             canary: Some(CanaryStrategy {
                 canary_service: routed.then(|| "canary".to_owned()),
@@ -206,6 +209,8 @@ fn spec(
                         cluster_scope: false,
                     }],
                     args: vec![],
+                    dry_run: vec![],
+                    measurement_retention: vec![],
                     starting_step: Some(from),
                 }),
                 traffic_routing: routed.then(|| TrafficRouting {

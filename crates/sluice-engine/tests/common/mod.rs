@@ -62,6 +62,7 @@ impl SimRuns {
                     message: None,
                     terminating: false,
                     failed_policies: Vec::new(),
+                    created: None,
                 });
             }
         }

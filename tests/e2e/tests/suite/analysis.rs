@@ -1108,3 +1108,62 @@ async fn a_condition_that_cannot_be_evaluated_is_refused_with_the_template_not_a
     );
     Ok(())
 }
+
+/// `dryRun` and `measurementRetention` on the Rollout's analysis reference, as Argo Rollouts has
+/// them: the failing metric is measured and recorded (two measurements kept of three) but cannot
+/// stop the release.
+#[tokio::test]
+async fn a_dry_run_named_by_the_rollout_measures_a_failing_metric_without_stopping_the_release()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "analysis-dry-run").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let metric = json!({
+        "name": "errors", "count": 3, "interval": "1s", "failureLimit": 2,
+        "failureCondition": "result[0] >= 0",
+        "provider": {"prometheus": {"address": prometheus_url()?, "query": "up{job=\"{{args.job}}\"}"}}
+    });
+    let canary = json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "steps": [
+            {"setWeight": 50},
+            {"analysis": {"templates": [{"templateName": "check"}],
+                          "args": [{"name": "job", "value": "prometheus"}],
+                          "dryRun": [{"metricName": "errors"}],
+                          "measurementRetention": [{"metricName": "*", "limit": 2}]}}
+        ]
+    });
+    let (api, stable) = start(&client, &ns, metric, canary).await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    wait_status(
+        &api,
+        "the release to complete past its dry-run metric",
+        |s| {
+            s.phase == Some(RolloutPhase::Healthy)
+                && s.stable_rs.as_deref() != Some(stable.as_str())
+        },
+    )
+    .await?;
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = runs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("a run")?;
+    let status = run.status.clone().unwrap_or_default();
+    let result = &status.metric_results[0];
+    ensure!(
+        result.dry_run && result.phase == AnalysisPhase::Failed && result.failed == 3,
+        "the dry-run metric failed, recorded: {result:?}"
+    );
+    ensure!(
+        result.measurements.len() == 2,
+        "two measurements kept: {}",
+        result.measurements.len()
+    );
+    assert_eq!(status.phase, Some(AnalysisPhase::Successful));
+    Ok(())
+}

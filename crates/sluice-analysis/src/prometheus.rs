@@ -376,7 +376,7 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
         address: connection.address.clone(),
         reason,
     };
-    let mut response = request
+    let response = request
         .get_raw()
         .await
         .map_err(|err| unreachable(error_chain(&err)))?;
@@ -393,29 +393,47 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
             MAX_ANSWER_BYTES >> 20
         ))
     };
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|err| unreachable(error_chain(&err)))?
-    {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = read_capped(response).await.map_err(|err| match err {
+        BodyError::TooLarge => too_large(),
+        BodyError::Read(reason) => unreachable(reason),
+    })?;
     parse_answer(
         &connection.address,
         &status.to_string(),
         &content_type,
         &body,
     )
+}
+
+/// Why a response's body was not read whole.
+pub(crate) enum BodyError {
+    /// It is longer than [`MAX_ANSWER_BYTES`].
+    TooLarge,
+    /// The connection failed while it was read (the error chain).
+    Read(String),
+}
+
+/// A response's body, read up to [`MAX_ANSWER_BYTES`]: a declared length above it is refused before
+/// reading, an undeclared one as soon as it passes the cap.
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| BodyError::Read(error_chain(&err)))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Reads an answer of the query API (`status` and `content_type` as the server sent them): its data,

@@ -17,7 +17,9 @@ use sluice_api::common::PrometheusConnection;
 
 use crate::address::PolicyResolver;
 use crate::condition::{ConditionError, Conditions, QueryResult, ResultShape};
-use crate::prometheus::{Connection, MAX_ANSWER_BYTES, cap, error_chain, install_crypto_provider};
+use crate::prometheus::{
+    BodyError, Connection, MAX_ANSWER_BYTES, cap, error_chain, install_crypto_provider, read_capped,
+};
 use crate::provider::{Provider, RunContext, error_measurement};
 
 /// Seconds a request may take when the metric does not say (as Argo Rollouts).
@@ -275,7 +277,7 @@ impl WebProvider<'_> {
         if let Some(body) = &self.spec.body {
             request = request.body(fill(body, args)?);
         }
-        let mut response = request
+        let response = request
             .send()
             .await
             .map_err(|err| format!("could not reach {url}: {}", error_chain(&err)))?;
@@ -286,23 +288,10 @@ impl WebProvider<'_> {
                 MAX_ANSWER_BYTES >> 20
             )
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|err| format!("could not read {url}'s answer: {}", error_chain(&err)))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_capped(response).await.map_err(|err| match err {
+            BodyError::TooLarge => too_large(),
+            BodyError::Read(reason) => format!("could not read {url}'s answer: {reason}"),
+        })?;
         if !status.is_success() {
             return Err(format!(
                 "{url} answered HTTP {status}: {}",

@@ -384,7 +384,7 @@ fn prune_history(s: &Snapshot<'_>, keep: &[String], plan: &mut Plan) {
         limit(history.successful_run_history_limit),
         limit(history.unsuccessful_run_history_limit),
     );
-    let named = named_in_status(&plan.status);
+    let named = recorded_run_names(&plan.status);
     let mut finished: Vec<&RunView> = s
         .runs
         .iter()
@@ -409,8 +409,8 @@ fn prune_history(s: &Snapshot<'_>, keep: &[String], plan: &mut Plan) {
     }
 }
 
-/// The runs the status records, whatever slot.
-fn named_in_status(status: &RolloutStatus) -> Vec<String> {
+/// The names of the runs `status` records, one per slot.
+pub fn recorded_run_names(status: &RolloutStatus) -> Vec<String> {
     let canary = status.canary.as_ref();
     let blue_green = status.blue_green.as_ref();
     [

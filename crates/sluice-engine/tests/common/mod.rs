@@ -118,18 +118,7 @@ impl SimRuns {
 
 /// The names of the runs `status` records, one per slot.
 pub fn recorded_runs(status: &RolloutStatus) -> Vec<String> {
-    let canary = status.canary.as_ref();
-    let blue_green = status.blue_green.as_ref();
-    [
-        canary.and_then(|c| c.current_step_analysis_run_status.as_ref()),
-        canary.and_then(|c| c.current_background_analysis_run_status.as_ref()),
-        blue_green.and_then(|b| b.pre_promotion_analysis_run_status.as_ref()),
-        blue_green.and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|r| r.name.clone())
-    .collect()
+    sluice_engine::runs::recorded_run_names(status)
 }
 
 /// No run is forgotten: every run that exists was named by a status that was written before it

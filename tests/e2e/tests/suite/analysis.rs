@@ -29,7 +29,8 @@ fn template(name: &str, metric: Value) -> Value {
     })
 }
 
-fn rollout(canary: Value) -> Value {
+/// The Rollout `web` (two replicas of `registry.example/web:1.0.0`) with this canary strategy.
+pub(crate) fn rollout(canary: Value) -> Value {
     json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
         "spec": {
@@ -56,7 +57,7 @@ where
     Ok(())
 }
 
-async fn set_image(api: &Api<Rollout>, image: &str) -> Result<()> {
+pub(crate) async fn set_image(api: &Api<Rollout>, image: &str) -> Result<()> {
     let patch =
         json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
     api.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
@@ -64,7 +65,8 @@ async fn set_image(api: &Api<Rollout>, image: &str) -> Result<()> {
     Ok(())
 }
 
-async fn wait_status(
+/// The status of the Rollout `web` once `check` holds.
+pub(crate) async fn wait_status(
     api: &Api<Rollout>,
     what: &str,
     check: impl Fn(&RolloutStatus) -> bool,

@@ -11,10 +11,10 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
-use sluice_api::rollout::{Rollout, RolloutPhase, RolloutStatus};
+use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{ControllerProcess, TestNamespace, client, eventually, install_crds};
 
-use crate::analysis::apply;
+use crate::analysis::{apply, rollout, set_image, wait_status};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -51,33 +51,13 @@ fn template(fail: bool) -> Value {
     })
 }
 
-fn rollout(image: &str) -> Value {
-    json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}},
-                         "spec": {"containers": [{"name": "app", "image": image}]}},
-            "strategy": {"canary": {"maxSurge": 1, "maxUnavailable": 0, "steps": [
-                {"setWeight": 50},
-                {"analysis": {"templates": [{"templateName": "smoke"}],
-                              "args": [{"name": "target", "value": "http://web-canary"}]}}
-            ]}}
-        }
-    })
-}
-
-async fn wait(
-    api: &Api<Rollout>,
-    what: &str,
-    check: impl Fn(&RolloutStatus) -> bool,
-) -> Result<RolloutStatus> {
-    eventually(what, WAIT, || async {
-        let status = api.get("web").await?.status.unwrap_or_default();
-        Ok(check(&status).then_some(status))
-    })
-    .await
+/// One step of traffic, then the smoke-test analysis.
+fn canary() -> Value {
+    json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [
+        {"setWeight": 50},
+        {"analysis": {"templates": [{"templateName": "smoke"}],
+                      "args": [{"name": "target", "value": "http://web-canary"}]}}
+    ]})
 }
 
 #[tokio::test]
@@ -89,15 +69,15 @@ async fn a_job_metric_passes_on_a_completed_job_and_aborts_on_a_failed_one() -> 
     let templates = Api::<sluice_api::AnalysisTemplate>::namespaced(client.clone(), &ns.name);
     apply(&templates, &template(false)).await?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    apply(&api, &rollout("registry.example/web:1.0.0")).await?;
-    let first = wait(&api, "the first revision to be healthy", |s| {
+    apply(&api, &rollout(canary())).await?;
+    let first = wait_status(&api, "the first revision to be healthy", |s| {
         s.phase == Some(RolloutPhase::Healthy)
     })
     .await?;
     let stable = first.stable_rs.context("stable")?;
 
-    apply(&api, &rollout("registry.example/web:2.0.0")).await?;
-    let done = wait(&api, "the release to complete on a completed Job", |s| {
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let done = wait_status(&api, "the release to complete on a completed Job", |s| {
         s.phase == Some(RolloutPhase::Healthy) && s.stable_rs.as_deref() != Some(stable.as_str())
     })
     .await?;
@@ -147,8 +127,8 @@ async fn a_job_metric_passes_on_a_completed_job_and_aborts_on_a_failed_one() -> 
     // A Job whose pod fails: the release aborts back to stable, naming the Job.
     apply(&templates, &template(true)).await?;
     let released = done.stable_rs.context("stable")?;
-    apply(&api, &rollout("registry.example/web:3.0.0")).await?;
-    let aborted = wait(&api, "the failed Job to abort the release", |s| s.abort).await?;
+    set_image(&api, "registry.example/web:3.0.0").await?;
+    let aborted = wait_status(&api, "the failed Job to abort the release", |s| s.abort).await?;
     ensure!(
         aborted.stable_rs.as_deref() == Some(released.as_str()),
         "stable moved"

@@ -4,7 +4,6 @@
 //! token never shows in the run.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Secret;
@@ -12,12 +11,11 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::rollout::{Rollout, RolloutPhase};
-use sluice_e2e::{ControllerProcess, TestNamespace, client, eventually, install_crds};
+use sluice_e2e::{ControllerProcess, TestNamespace, client, install_crds};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::analysis::apply;
+use crate::analysis::{apply, rollout, set_image, wait_status};
 
-const WAIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "w3b-t0ken-never-shown";
 
 /// What the service saw of one request.
@@ -141,44 +139,23 @@ async fn a_web_metric_judges_a_release_by_a_json_answer_with_a_token_from_a_secr
     )
     .await?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    let rollout = |image: &str| {
-        json!({
-            "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}},
-                             "spec": {"containers": [{"name": "app", "image": image}]}},
-                "strategy": {"canary": {"maxSurge": 1, "maxUnavailable": 0, "steps": [
-                    {"setWeight": 50},
-                    {"analysis": {"templates": [{"templateName": "health"}],
-                                  "args": [{"name": "service", "value": "checkout"}]}}
-                ]}}
-            }
-        })
-    };
-    apply(&api, &rollout("registry.example/web:1.0.0")).await?;
-    let status = |check: fn(&sluice_api::rollout::RolloutStatus, &str) -> bool, stable: String| {
-        let api = api.clone();
-        async move {
-            eventually("the Rollout's status", WAIT, || async {
-                let status = api.get("web").await?.status.unwrap_or_default();
-                Ok(check(&status, &stable).then_some(status))
-            })
-            .await
-        }
-    };
-    let first = status(|s, _| s.phase == Some(RolloutPhase::Healthy), String::new()).await?;
+    let canary = json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [
+        {"setWeight": 50},
+        {"analysis": {"templates": [{"templateName": "health"}],
+                      "args": [{"name": "service", "value": "checkout"}]}}
+    ]});
+    apply(&api, &rollout(canary)).await?;
+    let first = wait_status(&api, "the first revision to be healthy", |s| {
+        s.phase == Some(RolloutPhase::Healthy)
+    })
+    .await?;
     let stable = first.stable_rs.context("stable")?;
 
     // A healthy answer: the release completes on it.
-    apply(&api, &rollout("registry.example/web:2.0.0")).await?;
-    let done = status(
-        |s, stable| {
-            s.phase == Some(RolloutPhase::Healthy) && s.stable_rs.as_deref() != Some(stable)
-        },
-        stable.clone(),
-    )
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let done = wait_status(&api, "the release to complete on a healthy answer", |s| {
+        s.phase == Some(RolloutPhase::Healthy) && s.stable_rs.as_deref() != Some(stable.as_str())
+    })
     .await?;
     let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
     let list = runs.list(&ListParams::default()).await?.items;
@@ -219,8 +196,8 @@ async fn a_web_metric_judges_a_release_by_a_json_answer_with_a_token_from_a_secr
         *a = json!({"data": {"status": "degraded", "errorRate": 0.2}});
     }
     let released = done.stable_rs.context("stable")?;
-    apply(&api, &rollout("registry.example/web:3.0.0")).await?;
-    let aborted = status(|s, _| s.abort, String::new()).await?;
+    set_image(&api, "registry.example/web:3.0.0").await?;
+    let aborted = wait_status(&api, "a bad answer to abort the release", |s| s.abort).await?;
     ensure!(
         aborted.stable_rs.as_deref() == Some(released.as_str()),
         "stable moved: {aborted:?}"

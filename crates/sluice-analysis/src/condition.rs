@@ -21,7 +21,8 @@
 //! NaN, one that mentions `default` or `isNil` about no data (`result` is then null). Neither
 //! condition true is Inconclusive as well: a measurement never passes by default.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use cel::extractors::Arguments;
 use cel::{Context, Env, ExecutionError, Value};
@@ -41,7 +42,7 @@ pub enum QueryResult {
 }
 
 /// The kind of answers a provider hands its conditions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ResultShape {
     /// Numbers: a scalar, a list, a list of lists (Prometheus). A condition must give true or false
     /// for one of them.
@@ -168,7 +169,7 @@ fn format_number(x: f64) -> String {
 }
 
 /// A condition that did not compile, or that no answer could satisfy the evaluation of.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{field} {source_text:?} is not a valid expression: {reason}")]
 pub struct ConditionError {
     /// `successCondition` or `failureCondition`.
@@ -222,6 +223,13 @@ impl std::fmt::Debug for Conditions {
             .finish()
     }
 }
+
+type CompiledKey = (ResultShape, Option<String>, Option<String>);
+type Compiled = Result<Arc<Conditions>, ConditionError>;
+
+/// What [`Conditions::shared`] has compiled, by shape and text.
+static COMPILED: LazyLock<Mutex<HashMap<CompiledKey, Compiled>>> = LazyLock::new(Default::default);
+const MAX_COMPILED: usize = 1024;
 
 /// The longest conditions may take to judge one answer.
 pub const JUDGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -361,6 +369,33 @@ impl Conditions {
     /// evaluated is refused now.
     pub fn compile(success: Option<&str>, failure: Option<&str>) -> Result<Self, ConditionError> {
         Self::compile_for(ResultShape::Numbers, success, failure)
+    }
+
+    /// [`compile_for`](Self::compile_for), once per text: a template is checked on every reconcile
+    /// of the Rollouts that name it and a run's metrics on every measurement, and reading and probing
+    /// a condition takes a few hundred microseconds. A bounded number are kept, forgotten all at once
+    /// past the bound.
+    pub fn shared(
+        shape: ResultShape,
+        success: Option<&str>,
+        failure: Option<&str>,
+    ) -> Result<Arc<Self>, ConditionError> {
+        let key = (
+            shape,
+            success.map(str::to_owned),
+            failure.map(str::to_owned),
+        );
+        if let Some(found) = COMPILED.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return found;
+        }
+        let compiled = Self::compile_for(shape, success, failure).map(Arc::new);
+        if let Ok(mut kept) = COMPILED.lock() {
+            if kept.len() >= MAX_COMPILED {
+                kept.clear();
+            }
+            kept.insert(key, compiled.clone());
+        }
+        compiled
     }
 
     /// [`compile`](Self::compile) for conditions over answers of `shape`.
@@ -889,6 +924,23 @@ mod tests {
             ),
             vec!["all".to_owned(), "size".to_owned()]
         );
+    }
+
+    #[test]
+    fn the_same_text_is_compiled_once() {
+        let first = Conditions::shared(ResultShape::Numbers, Some("result[0] < 0.25"), None)
+            .expect("compiles");
+        let again = Conditions::shared(ResultShape::Numbers, Some("result[0] < 0.25"), None)
+            .expect("compiles");
+        assert!(Arc::ptr_eq(&first, &again));
+        let json = Conditions::shared(ResultShape::Json, Some("result[0] < 0.25"), None)
+            .expect("compiles");
+        assert!(
+            !Arc::ptr_eq(&first, &json),
+            "another shape is its own entry"
+        );
+        let refused = Conditions::shared(ResultShape::Numbers, Some("p95(result) < 1"), None);
+        assert!(refused.is_err_and(|e| e.to_string().contains("p95")));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use sluice_api::analysis::{AnalysisPhase, Measurement, Metric, PrometheusMetric}
 use sluice_api::common::PrometheusConnection;
 
 use crate::address::{AddressPolicy, PolicyResolver};
-use crate::condition::{ConditionError, Conditions, QueryResult};
+use crate::condition::{ConditionError, Conditions, QueryResult, ResultShape};
 use crate::provider::{Provider, RunContext, error_measurement};
 use crate::substitute;
 
@@ -36,11 +36,11 @@ impl<'a> PrometheusProvider<'a> {
     pub fn new(spec: &'a PrometheusMetric, metric: &Metric) -> Self {
         Self {
             spec,
-            conditions: Conditions::compile(
+            conditions: Conditions::shared(
+                ResultShape::Numbers,
                 metric.success_condition.as_deref(),
                 metric.failure_condition.as_deref(),
-            )
-            .map(Arc::new),
+            ),
         }
     }
 }

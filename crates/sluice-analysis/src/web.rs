@@ -38,12 +38,11 @@ impl<'a> WebProvider<'a> {
         Self {
             spec,
             path: json_path(spec.json_path.as_deref()),
-            conditions: Conditions::compile_for(
+            conditions: Conditions::shared(
                 ResultShape::Json,
                 metric.success_condition.as_deref(),
                 metric.failure_condition.as_deref(),
-            )
-            .map(Arc::new),
+            ),
         }
     }
 

@@ -477,29 +477,13 @@ pub fn kwok_stages() -> Result<String> {
     for file in files {
         let mut text = fs::read_to_string(stages.join(file))
             .with_context(|| format!("reading kwok stage {file}"))?;
+        // Pods marked never-ready skip kwok's ready stage, and Job pods marked to fail its complete
+        // stage: they get ours instead.
         if file.ends_with("pod-ready.yaml") {
-            // Pods marked never-ready skip kwok's ready stage and get ours instead.
-            let anchor =
-                "    - key: '.metadata.deletionTimestamp'\n      operator: 'DoesNotExist'\n";
-            if !text.contains(anchor) {
-                bail!("kwok's pod-ready stage changed shape; update kwok_stages()");
-            }
-            let extra = format!(
-                "    - key: '.metadata.annotations[\"{NEVER_READY_ANNOTATION}\"]'\n      operator: 'DoesNotExist'\n"
-            );
-            text = text.replacen(anchor, &format!("{anchor}{extra}"), 1);
+            text = skip_annotated(&text, file, NEVER_READY_ANNOTATION)?;
         }
         if file.ends_with("pod-complete.yaml") {
-            // Job pods marked to fail skip kwok's complete stage and get ours instead.
-            let anchor =
-                "    - key: '.metadata.deletionTimestamp'\n      operator: 'DoesNotExist'\n";
-            if !text.contains(anchor) {
-                bail!("kwok's pod-complete stage changed shape; update kwok_stages()");
-            }
-            let extra = format!(
-                "    - key: '.metadata.annotations[\"{FAIL_ANNOTATION}\"]'\n      operator: 'DoesNotExist'\n"
-            );
-            text = text.replacen(anchor, &format!("{anchor}{extra}"), 1);
+            text = skip_annotated(&text, file, FAIL_ANNOTATION)?;
         }
         config.push_str("---\n");
         config.push_str(&text);
@@ -555,6 +539,18 @@ spec:
       {{ end }}
       phase: Failed
 "#;
+
+/// kwok's stage `text` (from `file`) with one more selector term: pods without `annotation`.
+fn skip_annotated(text: &str, file: &str, annotation: &str) -> Result<String> {
+    let anchor = "    - key: '.metadata.deletionTimestamp'\n      operator: 'DoesNotExist'\n";
+    if !text.contains(anchor) {
+        bail!("kwok's stage {file} changed shape; update kwok_stages()");
+    }
+    let extra = format!(
+        "    - key: '.metadata.annotations[\"{annotation}\"]'\n      operator: 'DoesNotExist'\n"
+    );
+    Ok(text.replacen(anchor, &format!("{anchor}{extra}"), 1))
+}
 
 /// Pod annotation that keeps a pod Running but never Ready, as a crash-looping version's would be.
 pub const NEVER_READY_ANNOTATION: &str = "kwok.sluice.dev/never-ready";

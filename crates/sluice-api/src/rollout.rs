@@ -234,7 +234,7 @@ pub struct RolloutStrategy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.canaryService) || !has(self.stableService) || self.canaryService != self.stableService").message("canaryService and stableService must be different Services").field_path(".canaryService"))]
-#[x_kube(validation = Rule::new("!has(self.trafficRouting) || has(self.canaryService) && has(self.stableService)").message("trafficRouting needs both canaryService and stableService").field_path(".trafficRouting"))]
+#[x_kube(validation = Rule::new("!has(self.trafficRouting) || has(self.canaryService) && has(self.stableService) || has(self.trafficRouting.istio) && has(self.trafficRouting.istio.destinationRule) && !has(self.canaryService) && !has(self.stableService)").message("trafficRouting needs both canaryService and stableService (Istio with a destinationRule: neither, or both)").field_path(".trafficRouting"))]
 #[x_kube(validation = Rule::new("!(has(self.maxSurge) && has(self.maxUnavailable) && (self.maxSurge == 0 || self.maxSurge == '0%') && (self.maxUnavailable == 0 || self.maxUnavailable == '0%'))").message("maxSurge and maxUnavailable must not both be zero").field_path(".maxSurge"))]
 #[x_kube(validation = Rule::new("!has(self.analysis) || !has(self.analysis.startingStep) || self.analysis.startingStep < (has(self.steps) ? size(self.steps) : 0)").message("analysis.startingStep must be the index of one of the steps").field_path(".analysis.startingStep"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setCanaryScale)) || has(self.trafficRouting)").message("setCanaryScale steps need trafficRouting: without a router, the canary's size is what sets its traffic share").field_path(".steps"))]
@@ -395,13 +395,26 @@ pub struct BackgroundAnalysis {
     pub starting_step: Option<i32>,
 }
 
-/// Where Sluice sets traffic weights.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// Where Sluice sets traffic weights: exactly one of `gatewayAPI`, `istio` or `nginx`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.gatewayAPI), has(self.istio), has(self.nginx)].exists_one(x, x)").message("set exactly one of trafficRouting.gatewayAPI, trafficRouting.istio or trafficRouting.nginx"))]
 pub struct TrafficRouting {
     /// A Gateway API HTTPRoute whose `backendRefs` name the stable and canary Services.
-    #[serde(rename = "gatewayAPI")]
-    pub gateway_api: GatewayApiRouting,
+    #[serde(
+        rename = "gatewayAPI",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gateway_api: Option<GatewayApiRouting>,
+    /// Istio VirtualServices whose route destinations are the stable and canary Services (or the
+    /// stable and canary subsets of a DestinationRule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioRouting>,
+    /// NGINX Ingress: Sluice creates and owns a canary Ingress beside the stable one, weighted by
+    /// NGINX's canary annotations, for the length of each release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<NginxRouting>,
 }
 
 /// Traffic split through a Gateway API HTTPRoute. Sluice patches only the weights of the two
@@ -412,6 +425,119 @@ pub struct GatewayApiRouting {
     /// Name of the HTTPRoute, in the Rollout's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub http_route: String,
+}
+
+/// Traffic split through Istio (as Argo Rollouts): Sluice patches only the weights of the route
+/// destinations that are the canary and the stable version, and, with a `destinationRule`, the
+/// `sluice.dev/pod-template-hash` label of its canary and stable subsets. Every route it manages
+/// must send traffic to those two destinations and no other.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.virtualService), has(self.virtualServices)].exists_one(x, x)").message("set exactly one of istio.virtualService or istio.virtualServices"))]
+pub struct IstioRouting {
+    /// The VirtualService whose routes carry the split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_service: Option<IstioVirtualService>,
+    /// Several VirtualServices, all set to the same split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub virtual_services: Option<Vec<IstioVirtualService>>,
+    /// Split between two subsets of one host (subset-level routing) instead of two Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_rule: Option<IstioDestinationRule>,
+}
+
+/// A VirtualService and which of its routes Sluice sets. With none of `routes`, `tlsRoutes` and
+/// `tcpRoutes`, the VirtualService must have exactly one HTTP route, and that one is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioVirtualService {
+    /// Name of the VirtualService, in the Rollout's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.contains('.')").message("a VirtualService in another namespace (name.namespace) is not supported: Sluice writes only in the Rollout's namespace"))]
+    pub name: String,
+    /// Names of the HTTP routes (`spec.http[].name`) to set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub routes: Vec<String>,
+    /// TLS routes to set, each found by its port and SNI hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub tls_routes: Vec<IstioTlsRoute>,
+    /// TCP routes to set, each found by its port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub tcp_routes: Vec<IstioTcpRoute>,
+}
+
+/// A TLS route of a VirtualService: the first whose matches have this port and all these SNI hosts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.port) || has(self.sniHosts) && size(self.sniHosts) > 0").message("a TLS route is found by its port, its sniHosts or both: set one"))]
+pub struct IstioTlsRoute {
+    /// Port the route matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: Option<i64>,
+    /// SNI hosts the route matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub sni_hosts: Vec<String>,
+}
+
+/// A TCP route of a VirtualService: the first whose matches have this port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioTcpRoute {
+    /// Port the route matches.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i64,
+}
+
+/// The DestinationRule of subset-level routing: Sluice points its canary and stable subsets at the
+/// versions' pods by adding the `sluice.dev/pod-template-hash` label to each subset's labels.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.canarySubsetName != self.stableSubsetName").message("canarySubsetName and stableSubsetName must differ").field_path(".canarySubsetName"))]
+pub struct IstioDestinationRule {
+    /// Name of the DestinationRule, in the Rollout's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.contains('.')").message("a DestinationRule in another namespace (name.namespace) is not supported: Sluice writes only in the Rollout's namespace"))]
+    pub name: String,
+    /// The subset that selects the canary's pods.
+    #[schemars(length(min = 1, max = 253))]
+    pub canary_subset_name: String,
+    /// The subset that selects the stable pods.
+    #[schemars(length(min = 1, max = 253))]
+    pub stable_subset_name: String,
+}
+
+/// Traffic split through NGINX Ingress (as Argo Rollouts): while a release is in flight Sluice
+/// keeps a canary Ingress, `<rollout>-<stableIngress>-canary`, owned by the Rollout: the stable
+/// Ingress's rules that send to `stableService`, sent to `canaryService` instead, with the
+/// `canary: "true"` and `canary-weight` annotations. It is deleted when the release ends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.stableIngress), has(self.stableIngresses)].exists_one(x, x)").message("set exactly one of nginx.stableIngress or nginx.stableIngresses"))]
+pub struct NginxRouting {
+    /// The Ingress that serves stable, in the Rollout's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub stable_ingress: Option<String>,
+    /// Several Ingresses that serve stable, each given its own canary Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8))]
+    pub stable_ingresses: Option<Vec<String>>,
+    /// Prefix of the canary annotations. Defaults to `nginx.ingress.kubernetes.io`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub annotation_prefix: Option<String>,
+    /// More canary annotations, named without the prefix (for example `canary-by-header: X-Canary`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub additional_ingress_annotations: std::collections::BTreeMap<String, String>,
+    /// Annotations put on the canary Ingress as they are (full names).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub canary_ingress_annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// A blue-green release: the new version comes up beside the old and takes all traffic in one switch.

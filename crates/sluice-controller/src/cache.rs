@@ -28,6 +28,8 @@ use serde::de::DeserializeOwned;
 use sluice_api::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use sluice_api::{ErrorBudgetGate, Rollout};
 
+use crate::traffic::RouteKind;
+
 /// Annotation `kubectl apply` keeps the whole last-applied object in: never read here.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -113,8 +115,8 @@ pub struct Caches {
     /// The AnalysisRuns by the Rollout that owns them.
     pub run_index: OwnerIndex,
     pub services: Store<Service>,
-    /// HTTPRoutes (empty where the Gateway API is not installed).
-    pub routes: Store<DynamicObject>,
+    /// The routing objects routers read, by kind (empty where the kind's API is not installed).
+    pub routes: HashMap<RouteKind, Store<DynamicObject>>,
     pub templates: Store<AnalysisTemplate>,
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
     /// The Jobs of job metrics (labelled `sluice.dev/analysis-run`), trimmed to their outcome.
@@ -129,7 +131,7 @@ pub struct Writers {
     pub pods: Writer<Pod>,
     pub runs: Writer<AnalysisRun>,
     pub services: Writer<Service>,
-    pub routes: Writer<DynamicObject>,
+    pub routes: Vec<(RouteKind, Writer<DynamicObject>)>,
     pub templates: Writer<AnalysisTemplate>,
     pub cluster_templates: Writer<ClusterAnalysisTemplate>,
     pub jobs: Writer<Job>,
@@ -144,8 +146,14 @@ impl Caches {
         let (pods, pods_writer) = reflector::store();
         let (runs, runs_writer) = reflector::store();
         let (services, services_writer) = reflector::store();
-        let routes_writer = Writer::new(crate::traffic::gateway_api::http_route_resource());
-        let routes = routes_writer.as_reader();
+        let routes_writers: Vec<(RouteKind, Writer<DynamicObject>)> = RouteKind::ALL
+            .into_iter()
+            .map(|kind| (kind, Writer::new(kind.resource())))
+            .collect();
+        let routes = routes_writers
+            .iter()
+            .map(|(kind, writer)| (*kind, writer.as_reader()))
+            .collect();
         let (templates, templates_writer) = reflector::store();
         let (cluster_templates, cluster_templates_writer) = reflector::store();
         let (jobs, jobs_writer) = reflector::store();
@@ -173,7 +181,7 @@ impl Caches {
                 pods: pods_writer,
                 runs: runs_writer,
                 services: services_writer,
-                routes: routes_writer,
+                routes: routes_writers,
                 templates: templates_writer,
                 cluster_templates: cluster_templates_writer,
                 jobs: jobs_writer,
@@ -181,12 +189,16 @@ impl Caches {
         )
     }
 
-    /// The HTTPRoute `namespace`/`name`, if it exists.
-    pub fn route(&self, namespace: &str, name: &str) -> Option<Arc<DynamicObject>> {
-        self.routes.get(
-            &ObjectRef::new_with(name, crate::traffic::gateway_api::http_route_resource())
-                .within(namespace),
-        )
+    /// The routing object of `kind` `namespace`/`name`, if it exists.
+    pub fn route(
+        &self,
+        kind: RouteKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<DynamicObject>> {
+        self.routes
+            .get(&kind)?
+            .get(&ObjectRef::new_with(name, kind.resource()).within(namespace))
     }
 }
 
@@ -384,8 +396,8 @@ fn content_hash<K: Resource + Serialize>(object: &K) -> u64 {
 pub enum Reference {
     /// A Service in the Rollout's namespace.
     Service(String),
-    /// An HTTPRoute in the Rollout's namespace.
-    Route(String),
+    /// A routing object (HTTPRoute, VirtualService, ...) in the Rollout's namespace.
+    Route(RouteKind, String),
     /// An AnalysisTemplate in the Rollout's namespace.
     Template(String),
     /// A ClusterAnalysisTemplate.
@@ -568,41 +580,6 @@ pub fn trim_service(service: &mut Service) {
         ..ServiceSpec::default()
     });
     service.status = None;
-}
-
-/// An HTTPRoute as the controller sees it: its rules' backendRefs (name, kind, weight, at their
-/// positions, which the weight patches address) and Sluice's own annotation.
-pub fn trim_route(route: &mut DynamicObject) {
-    if let Some(annotations) = route.metadata.annotations.as_mut() {
-        annotations.retain(|key, _| key == sluice_api::names::ROUTE_IN_FLIGHT_ANNOTATION);
-    }
-    route.metadata.labels = None;
-    let rules: Vec<serde_json::Value> = route.data["spec"]["rules"]
-        .as_array()
-        .map(|rules| {
-            rules
-                .iter()
-                .map(|rule| {
-                    let refs: Vec<serde_json::Value> = rule["backendRefs"]
-                        .as_array()
-                        .map(|refs| {
-                            refs.iter()
-                                .map(|r| {
-                                    serde_json::json!({
-                                        "name": r["name"],
-                                        "kind": r["kind"],
-                                        "weight": r["weight"],
-                                    })
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    serde_json::json!({ "backendRefs": refs })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    route.data = serde_json::json!({ "spec": { "rules": rules } });
 }
 
 /// The objects of a store whose names the index lists, skipping any the store no longer has.

@@ -353,7 +353,7 @@ struct Watched {
     cluster_templates: UnboundedReceiver<ClusterAnalysisTemplate>,
     templates_to_check: UnboundedReceiver<AnalysisTemplate>,
     cluster_templates_to_check: UnboundedReceiver<ClusterAnalysisTemplate>,
-    routes: UnboundedReceiver<DynamicObject>,
+    routes: Vec<(traffic::RouteKind, UnboundedReceiver<DynamicObject>)>,
     jobs: UnboundedReceiver<Job>,
 }
 
@@ -370,22 +370,21 @@ async fn start_watches(
 ) -> Option<Watched> {
     let namespace = args.namespace.as_deref();
     let owned = || watcher::Config::default().labels(sluice_api::names::ROLLOUT_LABEL);
-    let route_resource = traffic::gateway_api::http_route_resource();
-    let routes: Api<DynamicObject> = match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &route_resource),
-        None => Api::all_with(client.clone(), &route_resource),
-    };
-    // Without the Gateway API installed there is nothing to watch (and a watch would only fail).
-    let watch_routes = match routes
-        .list(&kube::api::ListParams::default().limit(1))
-        .await
-    {
-        Err(kube::Error::Api(status)) if status.code == 404 => {
-            tracing::info!("the Gateway API's HTTPRoute is not installed: routes are not watched");
-            false
+    // A routing kind whose API is not installed (Istio, the Gateway API) is not watched: a watch
+    // would only fail. A Rollout that names one is told its object does not exist.
+    let mut route_kinds = Vec::new();
+    for kind in traffic::RouteKind::ALL {
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &kind.resource()),
+            None => Api::all_with(client.clone(), &kind.resource()),
+        };
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                tracing::info!(kind = ?kind, "not installed: not watched");
+            }
+            _ => route_kinds.push((kind, api)),
         }
-        _ => true,
-    };
+    }
 
     // One watch per kind; each feeds its store and wakes the controllers that depend on it.
     let mut rollout_changes = cache::watch(
@@ -521,26 +520,31 @@ async fn start_watches(
         writers.cluster_templates,
     )
     .into_iter();
-    let route_changes = if watch_routes {
-        cache::watch(
+    let mut route_changes = Vec::new();
+    let mut route_stores = Vec::new();
+    for (kind, writer) in writers.routes {
+        let Some(api) = route_kinds
+            .iter()
+            .find_map(|(k, api)| (*k == kind).then(|| api.clone()))
+        else {
+            continue;
+        };
+        route_stores.push(writer.as_reader());
+        let changes = cache::watch(
             cache::WatchSpec {
-                api: routes,
+                api,
                 config: watcher::Config::default(),
-                trim: cache::trim_route,
+                trim: kind.trim(),
                 owner: None,
                 references: None,
                 subscribers: 1,
                 leading: leading.clone(),
                 on_delete: None,
             },
-            writers.routes,
-        )
-        .into_iter()
-        .next()
-        .unwrap_or_else(closed)
-    } else {
-        closed()
-    };
+            writer,
+        );
+        route_changes.extend(changes.into_iter().map(|c| (kind, c)));
+    }
 
     // A release must not start before everything that decides it is known.
     let caches = &ctx.caches;
@@ -560,8 +564,11 @@ async fn start_watches(
         tracing::error!("a watch stopped before its first full list");
         return None;
     }
-    if watch_routes && caches.routes.wait_until_ready().await.is_err() {
-        tracing::error!("the HTTPRoute watch stopped before its first full list");
+    let routes_synced =
+        futures::future::try_join_all(route_stores.iter().map(|store| store.wait_until_ready()))
+            .await;
+    if routes_synced.is_err() {
+        tracing::error!("a routing object watch stopped before its first full list");
         return None;
     }
     ctx.ready.store(true, Ordering::Relaxed);
@@ -600,12 +607,8 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
     let store = caches.rollouts.clone();
     let gate_trigger = release_gates::GateTrigger::new(store.clone(), caches.gates.clone());
     let references = &caches.rollout_references;
-    let (by_service, by_route, by_template, by_cluster_template) = (
-        references.clone(),
-        references.clone(),
-        references.clone(),
-        references.clone(),
-    );
+    let (by_service, by_template, by_cluster_template) =
+        (references.clone(), references.clone(), references.clone());
     let replica_sets = caches.replica_sets.clone();
     let rollout_trigger = cache::as_trigger_from(&store, watched.rollouts)
         // The controller's own status writes do not wake it: a plan stands on its own.
@@ -633,13 +636,6 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
         .watches_stream(cache::as_trigger(watched.services), move |svc: Service| {
             by_service.referrers(svc.namespace(), Reference::Service(svc.name_any()))
         })
-        .watches_stream_with(
-            cache::as_trigger(watched.routes),
-            move |route: DynamicObject| {
-                by_route.referrers(route.namespace(), Reference::Route(route.name_any()))
-            },
-            traffic::gateway_api::http_route_resource(),
-        )
         .watches_stream(
             cache::as_trigger(watched.templates),
             move |template: AnalysisTemplate| {
@@ -666,6 +662,19 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
             move |gate| gate_trigger.rollouts_to_reconcile(&gate),
         )
         .shutdown_on_signal();
+    // A routing object edited by someone else wakes the Rollouts that name it: a weight changed by
+    // hand is put back, an InvalidSpec clears.
+    let mut controller = controller;
+    for (kind, changes) in watched.routes {
+        let by_route = references.clone();
+        controller = controller.watches_stream_with(
+            cache::as_trigger(changes),
+            move |route: DynamicObject| {
+                by_route.referrers(route.namespace(), Reference::Route(kind, route.name_any()))
+            },
+            kind.resource(),
+        );
+    }
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("*"),
         "starting the Rollout controller"

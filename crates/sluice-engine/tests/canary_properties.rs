@@ -214,9 +214,11 @@ fn spec(
                     starting_step: Some(from),
                 }),
                 traffic_routing: routed.then(|| TrafficRouting {
-                    gateway_api: GatewayApiRouting {
+                    gateway_api: Some(GatewayApiRouting {
                         http_route: "r".into(),
-                    },
+                    }),
+                    istio: None,
+                    nginx: None,
                 }),
                 canary_metadata: None,
                 stable_metadata: None,

@@ -24,6 +24,9 @@ pub const KWOK_VERSION: &str = "0.8.0";
 pub const HELM_VERSION: &str = "3.22.0";
 /// Gateway API release whose standard CRDs (HTTPRoute) are installed into test clusters.
 pub const GATEWAY_API_VERSION: &str = "1.5.1";
+/// Istio API release whose generated CRDs (VirtualService, DestinationRule) are installed into
+/// test clusters.
+pub const ISTIO_API_VERSION: &str = "1.32.0";
 /// Argo Rollouts release built as a peer to benchmark against: the newest v1.10.x the local Go
 /// builds. (v1.10.2 declares `go 1.26.10` in its go.mod, which a go1.26.8 toolchain with
 /// `GOTOOLCHAIN=local` refuses; v1.10.1 declares `go 1.26.1`.)
@@ -453,6 +456,25 @@ pub fn gateway_api_crds() -> Result<PathBuf> {
     let crds = dir.join("config").join("crd").join("standard");
     if !crds.is_dir() {
         bail!("{} has no config/crd/standard", dir.display());
+    }
+    Ok(crds)
+}
+
+/// Istio's generated CRD file (VirtualService, DestinationRule and the rest), from its API module.
+pub fn istio_crds() -> Result<PathBuf> {
+    let dir = module_source(
+        "istio-api",
+        "istio.io/api",
+        &format!("v{ISTIO_API_VERSION}"),
+    )?;
+    let crds = dir
+        .join("kubernetes")
+        .join("customresourcedefinitions.gen.yaml");
+    if !crds.is_file() {
+        bail!(
+            "{} has no kubernetes/customresourcedefinitions.gen.yaml",
+            dir.display()
+        );
     }
     Ok(crds)
 }

@@ -18,7 +18,9 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-use crate::binaries::{Binaries, ensure_binaries, gateway_api_crds, kwok_stages, spinner};
+use crate::binaries::{
+    Binaries, ensure_binaries, gateway_api_crds, istio_crds, kwok_stages, spinner,
+};
 use crate::http;
 use crate::pki;
 use crate::prometheus;
@@ -239,6 +241,7 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
     let binaries = ensure_binaries()?;
     let prometheus_bin = prometheus::ensure_installed()?;
     let gateway_crds = gateway_api_crds()?;
+    let istio_crds = istio_crds()?;
     let started = Instant::now();
     fs::create_dir_all(state_dir.join("pids"))?;
     fs::create_dir_all(state_dir.join("logs"))?;
@@ -309,17 +312,19 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
         },
     )?;
 
-    step.set_message("installing the Gateway API CRDs");
-    let out = cluster
-        .kubectl()
-        .args(["apply", "--server-side", "-f"])
-        .arg(&gateway_crds)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "installing Gateway API CRDs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for (what, crds) in [("Gateway API", &gateway_crds), ("Istio", &istio_crds)] {
+        step.set_message(format!("installing the {what} CRDs"));
+        let out = cluster
+            .kubectl()
+            .args(["apply", "--server-side", "-f"])
+            .arg(crds)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "installing {what} CRDs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     step.set_message("starting Prometheus");

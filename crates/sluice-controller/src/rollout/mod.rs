@@ -137,7 +137,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
             return invalid_spec(rollout, ctx, &status, &problem, Timestamp::now()).await;
         }
     };
-    let (templates, problem) = match check_objects(strategy, ctx, &namespace) {
+    let (templates, problem) = match check_objects(strategy, ctx, &namespace, &rollout.name_any()) {
         Ok(templates) => (templates, None),
         Err(problem) => (Templates::new(), Some(problem)),
     };

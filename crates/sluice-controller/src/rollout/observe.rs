@@ -51,7 +51,7 @@ pub fn references(rollout: &Rollout) -> Vec<Reference> {
                 .flatten()
                 .map(|s| Reference::Service(s.clone())),
         );
-        references.extend(traffic::router(canary).references());
+        references.extend(traffic::router(canary).references(&rollout.name_any()));
         template_refs.extend(rollout_analysis::template_refs(canary));
     }
     if let Some(blue_green) = &strategy.blue_green {
@@ -146,6 +146,7 @@ pub(super) fn check_objects(
     strategy: Strategy<'_>,
     ctx: &Context,
     namespace: &str,
+    rollout: &str,
 ) -> Result<Templates, String> {
     let mut templates = Templates::new();
     let caches = &ctx.caches;
@@ -184,7 +185,7 @@ pub(super) fn check_objects(
             ));
         }
     }
-    traffic::router(canary).check(caches, namespace)?;
+    traffic::router(canary).check(caches, namespace, rollout)?;
     for (field, refs) in rollout_analysis::template_refs(canary) {
         let found = rollout_analysis::templates(caches, namespace, refs, &field)?;
         templates.insert(field, found);

@@ -2,24 +2,15 @@
 //! the weights are written (JSON patches that test the backend's name first), and the route is
 //! marked while a release is in flight.
 
-use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DynamicObject, Patch};
-use kube::core::GroupVersionKind;
+use kube::api::DynamicObject;
 use serde_json::json;
-use sluice_api::names::ROUTE_IN_FLIGHT_ANNOTATION;
 use sluice_engine::release::Traffic;
 use tracing::info;
 
-use super::TrafficRouter;
+use super::{RouteKind, TrafficRouter, patch_marked, trim_marks};
+use crate::Context;
 use crate::cache::{Caches, Reference};
-use crate::error::{Error, Writing};
-use crate::{Context, writer};
-
-/// Gateway API's HTTPRoute, used untyped (the gateway-api crate is on another kube version).
-pub fn http_route_resource() -> ApiResource {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    ApiResource::from_gvk_with_plural(&gvk, "httproutes")
-}
+use crate::error::Error;
 
 /// A canary's HTTPRoute and the two Services whose weights it sets.
 pub struct GatewayApi<'a> {
@@ -49,13 +40,16 @@ fn backend_positions(route: &DynamicObject, service: &str) -> Vec<(usize, usize)
 }
 
 impl TrafficRouter for GatewayApi<'_> {
-    fn references(&self) -> Vec<Reference> {
-        vec![Reference::Route(self.route.to_owned())]
+    fn references(&self, _rollout: &str) -> Vec<Reference> {
+        vec![Reference::Route(
+            RouteKind::HttpRoute,
+            self.route.to_owned(),
+        )]
     }
 
-    fn check(&self, caches: &Caches, namespace: &str) -> Result<(), String> {
+    fn check(&self, caches: &Caches, namespace: &str, _rollout: &str) -> Result<(), String> {
         let route_name = self.route;
-        let Some(route) = caches.route(namespace, route_name) else {
+        let Some(route) = caches.route(RouteKind::HttpRoute, namespace, route_name) else {
             return Err(format!(
                 "HTTPRoute {route_name:?} named in spec.strategy.canary.trafficRouting.gatewayAPI.httpRoute does not exist in namespace {namespace}"
             ));
@@ -77,11 +71,12 @@ impl TrafficRouter for GatewayApi<'_> {
         rollout: &str,
         traffic: &Traffic,
     ) -> Result<(), Error> {
-        let Some(route) = ctx.caches.route(namespace, self.route) else {
+        let Some(route) = ctx
+            .caches
+            .route(RouteKind::HttpRoute, namespace, self.route)
+        else {
             return Ok(());
         };
-        let routes: Api<DynamicObject> =
-            Api::namespaced_with(ctx.client.clone(), namespace, &http_route_resource());
         let weight = traffic.canary_weight;
         let mut ops = Vec::new();
         for (service, w) in [
@@ -99,31 +94,8 @@ impl TrafficRouter for GatewayApi<'_> {
                 }
             }
         }
-        // The in-flight mark goes in the same patch where it can: a JSON patch can add a key only
-        // to an annotations map that exists (the cache keeps the map, emptied of others' keys).
         let in_flight = traffic.canary_hash != traffic.stable_hash;
-        let marked = route.annotations().contains_key(ROUTE_IN_FLIGHT_ANNOTATION);
-        let mark_path = format!(
-            "/metadata/annotations/{}",
-            ROUTE_IN_FLIGHT_ANNOTATION
-                .replace('~', "~0")
-                .replace('/', "~1")
-        );
-        let mut mark_apart = false;
-        match (in_flight, marked, route.metadata.annotations.is_some()) {
-            (true, false, true) => {
-                ops.push(json!({"op": "add", "path": mark_path, "value": rollout}));
-            }
-            (true, false, false) => mark_apart = true,
-            (false, true, _) => ops.push(json!({"op": "remove", "path": mark_path})),
-            _ => {}
-        }
-        if !ops.is_empty() {
-            let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
-            routes
-                .patch(self.route, &writer(), &Patch::<()>::Json(patch))
-                .await
-                .writing(|| format!("the backend weights of HTTPRoute {}", self.route))?;
+        if patch_marked(ctx, RouteKind::HttpRoute, &route, ops, in_flight, rollout).await? {
             info!(
                 route = self.route,
                 canary_weight = weight,
@@ -131,13 +103,38 @@ impl TrafficRouter for GatewayApi<'_> {
                 "set route weights"
             );
         }
-        if mark_apart {
-            let patch = json!({"metadata": {"annotations": {ROUTE_IN_FLIGHT_ANNOTATION: rollout}}});
-            routes
-                .patch(self.route, &writer(), &Patch::Merge(&patch))
-                .await
-                .writing(|| format!("the annotations of HTTPRoute {}", self.route))?;
-        }
         Ok(())
     }
+}
+
+/// An HTTPRoute as the controller sees it: its rules' backendRefs (name, kind, weight, at their
+/// positions, which the weight patches address) and Sluice's own annotation.
+pub fn trim_route(route: &mut DynamicObject) {
+    trim_marks(route);
+    let rules: Vec<serde_json::Value> = route.data["spec"]["rules"]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|rule| {
+                    let refs: Vec<serde_json::Value> = rule["backendRefs"]
+                        .as_array()
+                        .map(|refs| {
+                            refs.iter()
+                                .map(|r| {
+                                    json!({
+                                        "name": r["name"],
+                                        "kind": r["kind"],
+                                        "weight": r["weight"],
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    json!({ "backendRefs": refs })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    route.data = json!({ "spec": { "rules": rules } });
 }

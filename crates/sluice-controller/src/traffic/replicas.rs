@@ -12,11 +12,11 @@ use crate::error::Error;
 pub struct Replicas;
 
 impl TrafficRouter for Replicas {
-    fn references(&self) -> Vec<Reference> {
+    fn references(&self, _rollout: &str) -> Vec<Reference> {
         Vec::new()
     }
 
-    fn check(&self, _caches: &Caches, _namespace: &str) -> Result<(), String> {
+    fn check(&self, _caches: &Caches, _namespace: &str, _rollout: &str) -> Result<(), String> {
         Ok(())
     }
 

@@ -43,7 +43,7 @@ pub(crate) async fn apply(api: &Api<Rollout>, manifest: &Value) -> Result<()> {
     Ok(())
 }
 
-async fn set_image(api: &Api<Rollout>, name: &str, image: &str) -> Result<()> {
+pub(crate) async fn set_image(api: &Api<Rollout>, name: &str, image: &str) -> Result<()> {
     let patch =
         json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -51,7 +51,7 @@ async fn set_image(api: &Api<Rollout>, name: &str, image: &str) -> Result<()> {
     Ok(())
 }
 
-async fn request(api: &Api<Rollout>, name: &str, action: &str) -> Result<()> {
+pub(crate) async fn request(api: &Api<Rollout>, name: &str, action: &str) -> Result<()> {
     let patch = json!({"metadata": {"annotations": {"sluice.dev/action": action}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;

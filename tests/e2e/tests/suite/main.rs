@@ -16,6 +16,7 @@ mod leader;
 mod operator;
 mod plugin;
 mod requests;
+mod routers;
 mod slo_history;
 mod startup;
 mod tenancy;

@@ -20,6 +20,8 @@ use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::names::{ACTION_ANNOTATION, ROLLOUT_LABEL, RolloutAction, TEMPLATE_ANNOTATION};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
+mod migrate;
+
 /// Label on the ReplicaSets a Rollout owns (set by the controller).
 /// The field manager of the plugin's writes.
 const FIELD_MANAGER: &str = "kubectl-sluice";
@@ -73,6 +75,14 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Convert Argo Rollouts manifests to Sluice's (files, directories of .yaml/.yml/.json, or -
+    /// for stdin) and print them; every field that could not be carried is named on stderr, and
+    /// the exit code is then 1. Works offline.
+    Migrate {
+        /// Files or directories to read; `-` reads stdin.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Show a Rollout's steps, ReplicaSets and pods; --watch redraws every second.
     Get {
         /// Only `rollout` is supported.
@@ -96,6 +106,9 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
+    if let Command::Migrate { files } = &cli.command {
+        return migrate_files(files);
+    }
     let client = Client::try_default()
         .await
         .context("connecting to the cluster (check KUBECONFIG)")?;
@@ -130,7 +143,58 @@ async fn run() -> Result<ExitCode> {
             check_kind(&kind)?;
             get(&client, &rollouts, &namespace, &name, watch).await
         }
+        Command::Migrate { files } => migrate_files(&files),
     }
+}
+
+/// `migrate`: reads every manifest named, converts it, prints the result.
+fn migrate_files(paths: &[std::path::PathBuf]) -> Result<ExitCode> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading stdin")?;
+            text.push_str("\n---\n");
+            continue;
+        }
+        let mut files = if path.is_dir() {
+            std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                })
+                .collect()
+        } else {
+            vec![path.clone()]
+        };
+        files.sort();
+        for file in files {
+            text.push_str(
+                &std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?,
+            );
+            text.push_str("\n---\n");
+        }
+    }
+    let (yaml, dropped) = migrate::convert_yaml(&text)?;
+    print!("{yaml}");
+    for d in &dropped {
+        if d.path.is_empty() {
+            eprintln!("{}: not carried: {}", d.document, d.why);
+        } else {
+            eprintln!("{}: {}: not carried: {}", d.document, d.path, d.why);
+        }
+    }
+    Ok(if dropped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} field(s) could not be carried over", dropped.len());
+        ExitCode::from(1)
+    })
 }
 
 fn check_kind(kind: &str) -> Result<()> {

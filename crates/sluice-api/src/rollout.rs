@@ -239,7 +239,7 @@ pub struct RolloutStrategy {
 #[x_kube(validation = Rule::new("!has(self.analysis) || !has(self.analysis.startingStep) || self.analysis.startingStep < (has(self.steps) ? size(self.steps) : 0)").message("analysis.startingStep must be the index of one of the steps").field_path(".analysis.startingStep"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setCanaryScale)) || has(self.trafficRouting)").message("setCanaryScale steps need trafficRouting: without a router, the canary's size is what sets its traffic share").field_path(".steps"))]
 #[x_kube(validation = Rule::new("!has(self.dynamicStableScale) || !self.dynamicStableScale || has(self.trafficRouting)").message("dynamicStableScale needs trafficRouting").field_path(".dynamicStableScale"))]
-#[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setMirrorRoute)) || has(self.trafficRouting)").message("setMirrorRoute steps need trafficRouting").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || self.steps.all(s, !has(s.setMirrorRoute) && !has(s.setHeaderRoute) || has(self.trafficRouting) && has(self.trafficRouting.managedRoutes) && self.trafficRouting.managedRoutes.exists(r, has(s.setMirrorRoute) && r.name == s.setMirrorRoute.name || has(s.setHeaderRoute) && r.name == s.setHeaderRoute.name))").message("each setHeaderRoute and setMirrorRoute step names a route in trafficRouting.managedRoutes").field_path(".steps"))]
 pub struct CanaryStrategy {
     /// Service whose selector Sluice pins to the canary's pods (by pod-template hash) during a release;
     /// after an abort it selects stable's pods, so that no Service selects the aborted version.
@@ -300,10 +300,11 @@ pub struct CanaryStrategy {
     pub stable_metadata: Option<PodMetadata>,
 }
 
-/// One step of a canary release: exactly one of `setWeight`, `pause`, `setCanaryScale`, `analysis` or `setMirrorRoute`.
+/// One step of a canary release: exactly one of `setWeight`, `pause`, `setCanaryScale`, `analysis`,
+/// `setHeaderRoute` or `setMirrorRoute`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setMirrorRoute)].exists_one(x, x)").message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis or setMirrorRoute"))]
+#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setHeaderRoute), has(self.setMirrorRoute)].exists_one(x, x)").message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis, setHeaderRoute or setMirrorRoute"))]
 pub struct CanaryStep {
     /// Percentage of traffic sent to the canary, 0 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,10 +319,14 @@ pub struct CanaryStep {
     /// Run an analysis and wait for its verdict before the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<RolloutAnalysis>,
-    /// Not supported yet, and refused at apply rather than ignored (in Argo Rollouts: a copy of
-    /// matching requests sent to the canary, its answers discarded).
+    /// Send requests that carry a header to the canary, whatever its weight: a route named in
+    /// `trafficRouting.managedRoutes`, added for the rest of the release. Without `match` it is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("false").message("setMirrorRoute is not supported yet: remove the step"))]
+    pub set_header_route: Option<SetHeaderRoute>,
+    /// Shadow traffic: a copy of matching requests goes to the canary, its answers discarded (users
+    /// are answered by the version the weights choose). A route named in
+    /// `trafficRouting.managedRoutes`, added for the rest of the release. Without `match` it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_mirror_route: Option<SetMirrorRoute>,
 }
 
@@ -356,17 +361,93 @@ pub struct SetCanaryScale {
     pub match_traffic_weight: Option<bool>,
 }
 
-/// Shadow traffic: a copy of matching requests goes to the canary.
+/// A header route: requests matching every header condition go to the canary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetHeaderRoute {
+    /// The managed route (in `trafficRouting.managedRoutes`) this step sets or removes.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The headers a request must carry (all of them). Absent or empty removes the route.
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub matches: Vec<HeaderRoutingMatch>,
+}
+
+/// A header a request must carry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderRoutingMatch {
+    /// The header's name.
+    #[schemars(length(min = 1, max = 256))]
+    pub header_name: String,
+    /// What its value must be.
+    pub header_value: StringMatch,
+}
+
+/// How a value is matched: exactly one of `exact`, `prefix` or `regex`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.exact), has(self.prefix), has(self.regex)].exists_one(x, x)").message("set exactly one of exact, prefix or regex"))]
+pub struct StringMatch {
+    /// The whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub exact: Option<String>,
+    /// The value's beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub prefix: Option<String>,
+    /// A regular expression (RE2) the whole value matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub regex: Option<String>,
+}
+
+/// A mirror route: a copy of matching requests goes to the canary.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetMirrorRoute {
-    /// Name of the mirror rule; a later step with the same name and no `percentage` removes it.
+    /// The managed route (in `trafficRouting.managedRoutes`) this step sets or removes.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
-    /// Percentage of matching requests copied to the canary, 0 to 100. Absent removes the rule.
+    /// Which requests are copied: those meeting any one entry. Absent or empty removes the route.
+    #[serde(rename = "match", default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub matches: Vec<RouteMatch>,
+    /// Percentage of matching requests copied to the canary, 0 to 100. Defaults to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("percentage must be between 0 and 100"))]
     pub percentage: Option<i32>,
+}
+
+/// Requests a mirror route copies: all the conditions set must hold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.method) || has(self.path) || has(self.headers) && size(self.headers) > 0").message("a match sets at least one of method, path or headers"))]
+pub struct RouteMatch {
+    /// The request's method (with the Gateway API: `exact` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    /// The request's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StringMatch>,
+    /// Headers the request carries, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub headers: std::collections::BTreeMap<String, StringMatch>,
+}
+
+/// A route Sluice may add to the router's object during a release (by a `setHeaderRoute` or
+/// `setMirrorRoute` step), ahead of the user's routes, in this order. Every managed route is
+/// removed when the release completes or is aborted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRoute {
+    /// The route's name: the rule's (Gateway API) or the HTTP route's (Istio) `name`, which the
+    /// user's own rules must not use.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
 }
 
 /// Analysis run in the background during a canary release.
@@ -399,6 +480,7 @@ pub struct BackgroundAnalysis {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.gatewayAPI), has(self.istio), has(self.nginx)].exists_one(x, x)").message("set exactly one of trafficRouting.gatewayAPI, trafficRouting.istio or trafficRouting.nginx"))]
+#[x_kube(validation = Rule::new("!has(self.managedRoutes) || size(self.managedRoutes) == 0 || !has(self.nginx)").message("managedRoutes need trafficRouting.gatewayAPI or trafficRouting.istio: NGINX routes by its own canary annotations (additionalIngressAnnotations)").field_path(".managedRoutes"))]
 pub struct TrafficRouting {
     /// A Gateway API HTTPRoute whose `backendRefs` name the stable and canary Services.
     #[serde(
@@ -415,6 +497,12 @@ pub struct TrafficRouting {
     /// NGINX's canary annotations, for the length of each release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nginx: Option<NginxRouting>,
+    /// The routes `setHeaderRoute` and `setMirrorRoute` steps may add (Gateway API and Istio), in
+    /// precedence order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(x, x.name == r.name))").message("managedRoutes names must be unique"))]
+    pub managed_routes: Vec<ManagedRoute>,
 }
 
 /// Traffic split through a Gateway API HTTPRoute. Sluice patches only the weights of the two

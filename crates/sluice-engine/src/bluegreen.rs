@@ -391,6 +391,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
             // the aborted one.
             canary_hash: if aborted { active.clone() } else { current },
             stable_hash: active,
+            managed_routes: Vec::new(),
         },
         runs: RunPlan::default(),
         evict: Vec::new(),

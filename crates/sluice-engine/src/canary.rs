@@ -23,8 +23,8 @@ use crate::gate::refuse_promotion_while_held;
 use crate::gate::{self, Gated};
 use crate::release::{
     AnalysisOutcome, DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS, DEFAULT_SCALE_DOWN_DELAY_SECONDS,
-    Plan, ReplicaSetView, Snapshot, Traffic, Verdicts, add, converged, earliest, fill_counts,
-    history_to_delete, observed, pause_reason, progress_deadline, until,
+    ManagedRouteRule, Plan, ReplicaSetView, Snapshot, Traffic, Verdicts, add, converged, earliest,
+    fill_counts, history_to_delete, observed, pause_reason, progress_deadline, until,
 };
 use crate::replicas::{self, Counts, Observed};
 use crate::runs::RunPlan;
@@ -323,10 +323,23 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
     } else {
         current
     };
+    // Header and mirror routes stand while the release walks its steps, and go when it ends or is
+    // aborted.
+    let step_index = d
+        .status
+        .current_step_index
+        .and_then(|i| usize::try_from(i).ok())
+        .unwrap_or(0);
+    let managed_routes = if releasing && !d.status.abort && stable != canary_hash {
+        managed_routes(d.canary, step_index)
+    } else {
+        Vec::new()
+    };
     let traffic = Traffic {
         canary_weight: weight,
         canary_hash,
         stable_hash: stable,
+        managed_routes,
     };
     conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
     let waits = matches!(gated, Gated::HoldNew { .. });
@@ -343,6 +356,38 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         events: d.events,
         requeue_after: d.requeue_after,
     }
+}
+
+/// The header and mirror routes in force at step `index` of a release: those the steps before it
+/// set and did not remove since (a step without `match` removes its route), in `managedRoutes`
+/// order. None once every step has run: the release is completing.
+pub fn managed_routes(canary: &CanaryStrategy, index: usize) -> Vec<ManagedRouteRule> {
+    if index >= canary.steps.len() {
+        return Vec::new();
+    }
+    let mut set: BTreeMap<&str, ManagedRouteRule> = BTreeMap::new();
+    for step in canary.steps.iter().take(index) {
+        if let Some(header) = &step.set_header_route {
+            if header.matches.is_empty() {
+                set.remove(header.name.as_str());
+            } else {
+                set.insert(&header.name, ManagedRouteRule::Header(header.clone()));
+            }
+        }
+        if let Some(mirror) = &step.set_mirror_route {
+            if mirror.matches.is_empty() {
+                set.remove(mirror.name.as_str());
+            } else {
+                set.insert(&mirror.name, ManagedRouteRule::Mirror(mirror.clone()));
+            }
+        }
+    }
+    canary
+        .traffic_routing
+        .iter()
+        .flat_map(|routing| &routing.managed_routes)
+        .filter_map(|route| set.remove(route.name.as_str()))
+        .collect()
 }
 
 /// Asks the gates about the release of the current revision (shared with blue-green in spirit: each
@@ -498,7 +543,8 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
                 d.status.controller_pause = !d.status.pause_conditions.is_empty();
             }
         } else {
-            // setMirrorRoute is applied by the traffic router as the step is reached.
+            // setHeaderRoute and setMirrorRoute: the router puts the routes in force with the
+            // plan's traffic (see `managed_routes`).
             done = true;
         }
         if !done {
@@ -871,5 +917,38 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
             true
         }
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_routes_follow_the_steps_before_the_index_in_managed_routes_order() {
+        let canary: CanaryStrategy = serde_json::from_value(serde_json::json!({
+            "canaryService": "c", "stableService": "s",
+            "trafficRouting": {"gatewayAPI": {"httpRoute": "r"},
+                               "managedRoutes": [{"name": "header"}, {"name": "mirror"}]},
+            "steps": [
+                {"setMirrorRoute": {"name": "mirror", "match": [{"path": {"prefix": "/"}}]}},
+                {"setHeaderRoute": {"name": "header", "match": [{"headerName": "x", "headerValue": {"exact": "1"}}]}},
+                {"setWeight": 10},
+                {"setMirrorRoute": {"name": "mirror"}},
+                {"pause": {}}
+            ]
+        }))
+        .expect("canary");
+        let names = |index| {
+            managed_routes(&canary, index)
+                .iter()
+                .map(|r| r.name().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert!(names(0).is_empty());
+        assert_eq!(names(1), ["mirror"]);
+        assert_eq!(names(2), ["header", "mirror"]);
+        assert_eq!(names(4), ["header"], "the mirror was removed at step 3");
+        assert!(names(5).is_empty(), "every step has run");
     }
 }

@@ -152,6 +152,7 @@ mod tests {
             canary_weight: 20,
             canary_hash: "new".to_owned(),
             stable_hash: "old".to_owned(),
+            managed_routes: Vec::new(),
         };
         let pods = [
             pod("a", "old", &[("role", "stable")]),
@@ -175,6 +176,7 @@ mod tests {
             canary_weight: 0,
             canary_hash: "old".to_owned(),
             stable_hash: "old".to_owned(),
+            managed_routes: Vec::new(),
         };
         let canary = no_metadata();
         let pods = [pod("a", "old", &[("role", "x")])];

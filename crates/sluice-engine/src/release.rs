@@ -7,7 +7,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sluice_api::names::RolloutAction;
-use sluice_api::rollout::{RolloutPhase, RolloutSpec, RolloutStatus};
+use sluice_api::rollout::{
+    RolloutPhase, RolloutSpec, RolloutStatus, SetHeaderRoute, SetMirrorRoute,
+};
 
 use crate::conditions::{self, ConditionStatus};
 use crate::events::Event;
@@ -125,7 +127,7 @@ pub struct Snapshot<'a> {
 }
 
 /// Traffic split to put in force.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
     /// Percentage of traffic for the canary (the rest goes to stable).
     pub canary_weight: i32,
@@ -133,6 +135,27 @@ pub struct Traffic {
     pub canary_hash: String,
     /// The hash the stable Service selects.
     pub stable_hash: String,
+    /// The header and mirror routes in force, in `managedRoutes` order (none outside a release).
+    pub managed_routes: Vec<ManagedRouteRule>,
+}
+
+/// A route a release puts ahead of the user's, as the steps so far set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagedRouteRule {
+    /// Requests with these headers go to the canary.
+    Header(SetHeaderRoute),
+    /// A copy of matching requests goes to the canary.
+    Mirror(SetMirrorRoute),
+}
+
+impl ManagedRouteRule {
+    /// The managed route's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Header(h) => &h.name,
+            Self::Mirror(m) => &m.name,
+        }
+    }
 }
 
 /// The verdicts of a release's analysis, as a strategy's state machine reads them: the run of the

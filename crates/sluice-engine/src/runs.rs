@@ -481,6 +481,7 @@ mod tests {
                 canary_weight: 0,
                 canary_hash: String::new(),
                 stable_hash: String::new(),
+                managed_routes: Vec::new(),
             },
             runs: RunPlan::default(),
             evict: Vec::new(),

@@ -14,8 +14,9 @@ use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
 use sluice_api::gate::{GateState, InFlightPolicy};
 use sluice_api::rollout::{
-    BackgroundAnalysis, CanaryStep, CanaryStrategy, GatewayApiRouting, PauseStep, RolloutSpec,
-    RolloutStatus, RolloutStrategy, SetCanaryScale, TrafficRouting,
+    BackgroundAnalysis, CanaryStep, CanaryStrategy, GatewayApiRouting, ManagedRoute, PauseStep,
+    RolloutSpec, RolloutStatus, RolloutStrategy, RouteMatch, SetCanaryScale, SetMirrorRoute,
+    StringMatch, TrafficRouting,
 };
 use sluice_engine::canary::step_weight;
 use sluice_engine::gate::{self, Gating};
@@ -35,6 +36,8 @@ enum Step {
     Pause(Option<i64>),
     Scale(i32),
     Analysis,
+    /// A mirror route set (true) or removed (false): routed canaries only.
+    Mirror(bool),
 }
 
 #[derive(Clone, Debug)]
@@ -71,6 +74,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         prop::option::of(0..=300i64).prop_map(Step::Pause),
         (0..=100i32).prop_map(Step::Scale),
         Just(Step::Analysis),
+        any::<bool>().prop_map(Step::Mirror),
     ]
 }
 
@@ -138,13 +142,14 @@ fn spec(
 ) -> RolloutSpec {
     let steps = steps
         .iter()
-        .filter(|s| routed || !matches!(s, Step::Scale(_)))
+        .filter(|s| routed || !matches!(s, Step::Scale(_) | Step::Mirror(_)))
         .map(|s| {
             let mut step = CanaryStep {
                 set_weight: None,
                 pause: None,
                 set_canary_scale: None,
                 analysis: None,
+                set_header_route: None,
                 set_mirror_route: None,
             };
             match s {
@@ -159,6 +164,25 @@ fn spec(
                         weight: Some(*w),
                         replicas: None,
                         match_traffic_weight: None,
+                    })
+                }
+                Step::Mirror(set) => {
+                    step.set_mirror_route = Some(SetMirrorRoute {
+                        name: "m".into(),
+                        matches: if *set {
+                            vec![RouteMatch {
+                                method: None,
+                                path: Some(StringMatch {
+                                    exact: None,
+                                    prefix: Some("/".into()),
+                                    regex: None,
+                                }),
+                                headers: Default::default(),
+                            }]
+                        } else {
+                            Vec::new()
+                        },
+                        percentage: None,
                     })
                 }
                 Step::Analysis => {
@@ -219,6 +243,7 @@ fn spec(
                     }),
                     istio: None,
                     nginx: None,
+                    managed_routes: vec![ManagedRoute { name: "m".into() }],
                 }),
                 canary_metadata: None,
                 stable_metadata: None,
@@ -368,6 +393,15 @@ fn check(
             canary > 0,
             "weight {} on a canary with no available pods",
             weight
+        );
+    }
+    // Header and mirror routes stand only while a release walks its steps: none once it is over or
+    // aborted.
+    if !releasing || status.abort || index >= canary_spec.steps.len() {
+        prop_assert!(
+            plan.traffic.managed_routes.is_empty(),
+            "managed routes outside a release: {:?}",
+            plan.traffic.managed_routes
         );
     }
     // Abort: all traffic on stable, stable at full size.

@@ -2,8 +2,9 @@
 //!
 //! Pods on kwok's fake nodes serve nothing, so the simulator invents their traffic: it groups a
 //! namespace's Ready pods into versions (`app` label × pod-template hash), splits each app's requests
-//! between its versions as its HTTPRoute (or, without one, its pod counts) would, and counts
-//! requests, errors and latencies per version as a real service's metrics would.
+//! between its versions as its HTTPRoute (or, without one, its pod counts) would, copies them to the
+//! versions the route mirrors to, and counts requests, errors and latencies per version as a real
+//! service's metrics would.
 //!
 //! Everything here is deterministic: fractional accumulators instead of dice, so counts are exact.
 
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 pub use load::{TickRequests, VersionLoad};
 pub use metrics::Metrics;
-pub use split::{Backend, ServiceTarget, traffic_shares};
+pub use split::{Backend, Mirror, ServiceTarget, mirror_shares, traffic_shares};
 pub use version::{Behaviour, Version, VersionKey, versions};
 
 /// Turns traffic shares into requests, tick by tick, and records them.
@@ -25,6 +26,8 @@ pub struct Simulator {
     namespace: String,
     requests_per_second: f64,
     loads: BTreeMap<VersionKey, VersionLoad>,
+    /// The mirrored copies each version serves, counted apart from its users' requests.
+    mirror_loads: BTreeMap<VersionKey, VersionLoad>,
     metrics: Metrics,
 }
 
@@ -35,6 +38,7 @@ impl Simulator {
             namespace: namespace.to_owned(),
             requests_per_second,
             loads: BTreeMap::new(),
+            mirror_loads: BTreeMap::new(),
             metrics: Metrics::new(),
         }
     }
@@ -44,27 +48,34 @@ impl Simulator {
         &self.metrics
     }
 
-    /// Serves `elapsed` worth of requests to `versions`, split by `shares` (per app, summing to 1).
+    /// Serves `elapsed` worth of requests to `versions`, split by `shares` (per app, summing to 1),
+    /// and mirrored copies by `mirrored` (per version, a fraction of its app's requests): a mirrored
+    /// version serves (and counts) its copies, but no user gets its answer.
     pub fn step(
         &mut self,
         versions: &BTreeMap<VersionKey, Version>,
         shares: &BTreeMap<VersionKey, f64>,
+        mirrored: &BTreeMap<VersionKey, f64>,
         elapsed: Duration,
     ) {
         for (key, version) in versions {
             // Every version's series exist from the start, so an error ratio reads 0, not "no data".
             self.metrics.declare(&self.namespace, key);
-            let share = shares.get(key).copied().unwrap_or(0.0);
-            if share <= 0.0 {
-                continue;
+            for (fraction, loads, mirror) in [
+                (shares.get(key), &mut self.loads, false),
+                (mirrored.get(key), &mut self.mirror_loads, true),
+            ] {
+                let fraction = fraction.copied().unwrap_or(0.0);
+                if fraction <= 0.0 {
+                    continue;
+                }
+                let requests = self.requests_per_second * fraction * elapsed.as_secs_f64();
+                let served = loads
+                    .entry(key.clone())
+                    .or_default()
+                    .advance(requests, &version.behaviour);
+                self.metrics.record(&self.namespace, key, &served, mirror);
             }
-            let requests = self.requests_per_second * share * elapsed.as_secs_f64();
-            let served = self
-                .loads
-                .entry(key.clone())
-                .or_default()
-                .advance(requests, &version.behaviour);
-            self.metrics.record(&self.namespace, key, &served);
         }
     }
 }
@@ -91,7 +102,12 @@ mod tests {
         let shares = traffic_shares(&versions, &BTreeMap::new(), &[]);
         let mut sim = Simulator::new("ns", 200.0);
         for _ in 0..10 {
-            sim.step(&versions, &shares, Duration::from_millis(100));
+            sim.step(
+                &versions,
+                &shares,
+                &BTreeMap::new(),
+                Duration::from_millis(100),
+            );
         }
         let text = sim.metrics().encode()?;
         for line in [
@@ -112,9 +128,14 @@ mod tests {
         let versions = BTreeMap::from([(aaa.clone(), version(0.0))]);
         let shares = traffic_shares(&versions, &BTreeMap::new(), &[]);
         let mut sim = Simulator::new("ns", 10.0);
-        sim.step(&versions, &shares, Duration::from_secs(1));
-        sim.step(&BTreeMap::new(), &BTreeMap::new(), Duration::from_secs(1));
-        sim.step(&versions, &shares, Duration::from_secs(1));
+        sim.step(&versions, &shares, &BTreeMap::new(), Duration::from_secs(1));
+        sim.step(
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            Duration::from_secs(1),
+        );
+        sim.step(&versions, &shares, &BTreeMap::new(), Duration::from_secs(1));
         let text = sim.metrics().encode()?;
         let line = r#"sim_http_requests_total{namespace="ns",app="web",pod_template_hash="aaa",code="200"} 20"#;
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

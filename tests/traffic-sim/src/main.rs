@@ -28,9 +28,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 use sluice_traffic_sim::metrics::CONTENT_TYPE;
-use sluice_traffic_sim::split::route_backends;
+use sluice_traffic_sim::split::{route_backends, route_mirrors};
 use sluice_traffic_sim::version::APP_LABEL;
-use sluice_traffic_sim::{ServiceTarget, Simulator, traffic_shares, versions};
+use sluice_traffic_sim::{ServiceTarget, Simulator, mirror_shares, traffic_shares, versions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -124,16 +124,22 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .filter_map(|svc| Some((svc.metadata.name.clone()?, ServiceTarget::of(svc)?)))
             .collect();
-        let backends: Vec<_> = routes
+        let route_list = routes
             .as_ref()
             .map(|routes| routes.state())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let backends: Vec<_> = route_list
             .iter()
             .flat_map(|route| route_backends(route))
             .collect();
+        let mirrors: Vec<_> = route_list
+            .iter()
+            .flat_map(|route| route_mirrors(route))
+            .collect();
         let shares = traffic_shares(&versions, &targets, &backends);
+        let mirrored = mirror_shares(&versions, &targets, &mirrors);
         match simulator.lock() {
-            Ok(mut simulator) => simulator.step(&versions, &shares, elapsed),
+            Ok(mut simulator) => simulator.step(&versions, &shares, &mirrored, elapsed),
             Err(_) => anyhow::bail!("a metrics request panicked while holding the simulator"),
         }
     }

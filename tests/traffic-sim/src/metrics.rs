@@ -1,7 +1,10 @@
 //! The simulated service's metrics, as a real one would export them.
 //!
-//! `sim_http_requests_total{namespace, app, pod_template_hash, code}` counts requests, and
-//! `sim_http_request_duration_seconds{namespace, app, pod_template_hash}` is their latency histogram.
+//! `sim_http_requests_total{namespace, app, pod_template_hash, code}` counts requests (mirrored
+//! copies included, as a real service counts what it serves),
+//! `sim_http_mirrored_requests_total{namespace, app, pod_template_hash}` the mirrored copies among
+//! them, and `sim_http_request_duration_seconds{namespace, app, pod_template_hash}` is their
+//! latency histogram.
 //! Series are never removed, so counters never reset while the process runs.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -51,6 +54,7 @@ type HistogramFamily = Family<VersionLabels, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    mirrored: Family<VersionLabels, Counter>,
     durations: HistogramFamily,
 }
 
@@ -65,12 +69,18 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
+        let mirrored = Family::<VersionLabels, Counter>::default();
         let durations: HistogramFamily =
             Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
         registry.register(
             "sim_http_requests",
             "Simulated HTTP requests, by version and status code",
             requests.clone(),
+        );
+        registry.register(
+            "sim_http_mirrored_requests",
+            "Simulated mirrored copies of requests a version served (answers discarded)",
+            mirrored.clone(),
         );
         registry.register(
             "sim_http_request_duration_seconds",
@@ -80,6 +90,7 @@ impl Metrics {
         Self {
             registry,
             requests,
+            mirrored,
             durations,
         }
     }
@@ -92,12 +103,26 @@ impl Metrics {
                 .get_or_create(&request_labels(namespace, version, code));
         }
         let _ = self
+            .mirrored
+            .get_or_create(&version_labels(namespace, version));
+        let _ = self
             .durations
             .get_or_create(&version_labels(namespace, version));
     }
 
-    /// Counts what a version served in one tick.
-    pub fn record(&self, namespace: &str, version: &VersionKey, served: &TickRequests) {
+    /// Counts what a version served in one tick (`mirrored`: copies of others' requests).
+    pub fn record(
+        &self,
+        namespace: &str,
+        version: &VersionKey,
+        served: &TickRequests,
+        mirrored: bool,
+    ) {
+        if mirrored {
+            self.mirrored
+                .get_or_create(&version_labels(namespace, version))
+                .inc_by(served.ok + served.errors);
+        }
         self.requests
             .get_or_create(&request_labels(namespace, version, "200"))
             .inc_by(served.ok);
@@ -153,6 +178,7 @@ mod tests {
                 errors: 0,
                 latencies_seconds: vec![0.04, 0.12],
             },
+            false,
         );
         let text = metrics.encode()?;
         let labels = r#"namespace="ns",app="web",pod_template_hash="aaa""#;

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Service;
 use kube::api::DynamicObject;
+use serde_json::Value;
 use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 
 use crate::version::{APP_LABEL, Version, VersionKey};
@@ -38,30 +39,125 @@ pub struct Backend {
     pub weight: u64,
 }
 
-/// The Service backends of every rule of an HTTPRoute. References to other kinds or to other
-/// namespaces are left out: the simulator sees one namespace's Services only.
+/// Whether a backendRef (or a mirror's backendRef) is a Service in the route's namespace: the
+/// simulator sees one namespace's Services only.
+fn local_service(backend: &Value, route_namespace: Option<&str>) -> Option<String> {
+    let group = backend["group"].as_str().unwrap_or("");
+    let kind = backend["kind"].as_str().unwrap_or("Service");
+    let namespace = backend["namespace"].as_str();
+    (group.is_empty() && kind == "Service" && (namespace.is_none() || namespace == route_namespace))
+        .then(|| backend["name"].as_str().map(str::to_owned))
+        .flatten()
+}
+
+/// Whether a plain request (`GET /`, without headers or query parameters) meets one of a rule's
+/// matches; a rule without matches takes every request.
+fn takes_plain_requests(rule: &Value) -> bool {
+    let Some(matches) = rule["matches"].as_array().filter(|m| !m.is_empty()) else {
+        return true;
+    };
+    matches.iter().any(|m| {
+        let path_ok = m["path"].is_null()
+            || matches!(
+                (
+                    m["path"]["type"].as_str().unwrap_or("PathPrefix"),
+                    m["path"]["value"].as_str().unwrap_or("/")
+                ),
+                ("PathPrefix" | "Exact", "/")
+            );
+        let method_ok = m["method"].as_str().is_none_or(|method| method == "GET");
+        let headers_ok = m["headers"].as_array().is_none_or(Vec::is_empty);
+        let query_ok = m["queryParams"].as_array().is_none_or(Vec::is_empty);
+        path_ok && method_ok && headers_ok && query_ok
+    })
+}
+
+/// The rule of an HTTPRoute that the simulated (plain) requests take: the first, in order, whose
+/// matches they meet. Header routes are not taken (no simulated request carries a header);
+/// Sluice puts its managed rules first, so a mirror rule is.
+fn plain_rule(route: &DynamicObject) -> Option<&Value> {
+    route.data["spec"]["rules"]
+        .as_array()?
+        .iter()
+        .find(|rule| takes_plain_requests(rule))
+}
+
+/// The Service backends of the rule an HTTPRoute's simulated requests take. References to other
+/// kinds or to other namespaces are left out.
 pub fn route_backends(route: &DynamicObject) -> Vec<Backend> {
     let route_namespace = route.metadata.namespace.as_deref();
-    let rules = route.data["spec"]["rules"].as_array();
-    rules
+    plain_rule(route)
+        .and_then(|rule| rule["backendRefs"].as_array())
         .into_iter()
         .flatten()
-        .flat_map(|rule| rule["backendRefs"].as_array().into_iter().flatten())
-        .filter(|backend| {
-            let group = backend["group"].as_str().unwrap_or("");
-            let kind = backend["kind"].as_str().unwrap_or("Service");
-            let namespace = backend["namespace"].as_str();
-            group.is_empty()
-                && kind == "Service"
-                && (namespace.is_none() || namespace == route_namespace)
-        })
         .filter_map(|backend| {
             Some(Backend {
-                service: backend["name"].as_str()?.to_owned(),
+                service: local_service(backend, route_namespace)?,
                 weight: backend["weight"].as_u64().unwrap_or(1),
             })
         })
         .collect()
+}
+
+/// A RequestMirror filter of the rule simulated requests take: a copy of `percent` of them goes to
+/// a Service, its answers discarded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    /// The Service's name.
+    pub service: String,
+    /// Percentage of requests copied (`percent`, or `fraction`; 100 when neither is set).
+    pub percent: f64,
+}
+
+/// The mirrors of the rule an HTTPRoute's simulated requests take.
+pub fn route_mirrors(route: &DynamicObject) -> Vec<Mirror> {
+    let route_namespace = route.metadata.namespace.as_deref();
+    plain_rule(route)
+        .and_then(|rule| rule["filters"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|filter| filter["type"] == "RequestMirror")
+        .filter_map(|filter| {
+            let mirror = &filter["requestMirror"];
+            let fraction = &mirror["fraction"];
+            let percent = mirror["percent"].as_f64().or_else(|| {
+                let numerator = fraction["numerator"].as_f64()?;
+                Some(100.0 * numerator / fraction["denominator"].as_f64().unwrap_or(100.0))
+            });
+            Some(Mirror {
+                service: local_service(&mirror["backendRef"], route_namespace)?,
+                percent: percent.unwrap_or(100.0).clamp(0.0, 100.0),
+            })
+        })
+        .collect()
+}
+
+/// Each version's share of mirrored copies, as a fraction of its app's requests: a mirror's
+/// percentage spread over the Ready pods its Service selects.
+pub fn mirror_shares(
+    versions: &BTreeMap<VersionKey, Version>,
+    services: &BTreeMap<String, ServiceTarget>,
+    mirrors: &[Mirror],
+) -> BTreeMap<VersionKey, f64> {
+    let mut shares = BTreeMap::new();
+    for mirror in mirrors {
+        let Some(target) = services.get(&mirror.service) else {
+            continue;
+        };
+        let behind: Vec<(&VersionKey, u32)> = versions
+            .iter()
+            .filter(|(k, v)| {
+                k.app == target.app
+                    && v.ready_pods > 0
+                    && target.hash.as_ref().is_none_or(|h| *h == k.hash)
+            })
+            .map(|(k, v)| (k, v.ready_pods))
+            .collect();
+        for (key, share) in by_pod_count(&behind) {
+            *shares.entry(key.clone()).or_insert(0.0) += mirror.percent / 100.0 * share;
+        }
+    }
+    shares
 }
 
 /// Each version's share of its app's requests; the shares of an app sum to 1, or to 0 when its
@@ -285,22 +381,65 @@ mod tests {
     }
 
     #[test]
-    fn route_backends_reads_every_rule_with_gateway_defaults() -> anyhow::Result<()> {
+    fn route_backends_reads_the_rule_plain_requests_take_with_gateway_defaults()
+    -> anyhow::Result<()> {
         let route: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": {"name": "web", "namespace": "ns"},
             "spec": {"rules": [
+                {"matches": [{"headers": [{"name": "x-canary", "value": "yes"}]}],
+                 "backendRefs": [{"name": "web-canary", "port": 80}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
+                 "backendRefs": [{"name": "admin", "port": 80}]},
                 {"backendRefs": [{"name": "web-stable", "port": 80, "weight": 90},
-                                 {"name": "web-canary", "port": 80, "weight": 10, "namespace": "ns"}]},
-                {"backendRefs": [{"name": "plain", "port": 80},
+                                 {"name": "web-canary", "port": 80, "weight": 10, "namespace": "ns"},
+                                 {"name": "plain", "port": 80},
                                  {"name": "elsewhere", "namespace": "other"},
-                                 {"name": "bucket", "group": "example.com", "kind": "Bucket"}]}
+                                 {"name": "bucket", "group": "example.com", "kind": "Bucket"}]},
+                {"backendRefs": [{"name": "never", "port": 80}]}
             ]}
         }))?;
         assert_eq!(
             route_backends(&route),
             backends(&[("web-stable", 90), ("web-canary", 10), ("plain", 1)])
         );
+        assert!(route_mirrors(&route).is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_mirror_copies_requests_to_its_service_without_changing_the_split() -> anyhow::Result<()> {
+        let route: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"rules": [
+                {"name": "shadow", "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                 "filters": [{"type": "RequestMirror", "requestMirror": {
+                     "backendRef": {"name": "web-canary", "port": 80}, "percent": 40}}],
+                 "backendRefs": [{"name": "web-stable", "port": 80, "weight": 100},
+                                 {"name": "web-canary", "port": 80, "weight": 0}]},
+                {"backendRefs": [{"name": "web-stable", "port": 80, "weight": 100}]}
+            ]}
+        }))?;
+        let mirrors = route_mirrors(&route);
+        assert_eq!(
+            mirrors,
+            vec![Mirror {
+                service: "web-canary".to_owned(),
+                percent: 40.0
+            }]
+        );
+        let versions = versions(&[("web", "a", 4), ("web", "b", 2)]);
+        let services = services(&[
+            ("web-stable", "web", Some("a")),
+            ("web-canary", "web", Some("b")),
+        ]);
+        let shares = traffic_shares(&versions, &services, &route_backends(&route));
+        assert_close(share(&shares, "web", "a"), 1.0);
+        assert_close(share(&shares, "web", "b"), 0.0);
+        let mirrored = mirror_shares(&versions, &services, &mirrors);
+        assert_close(share(&mirrored, "web", "b"), 0.4);
+        assert!(!mirrored.contains_key(&VersionKey::new("web", "a")));
         Ok(())
     }
 

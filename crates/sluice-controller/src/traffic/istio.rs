@@ -10,10 +10,11 @@
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
-use sluice_api::rollout::{IstioRouting, IstioVirtualService, POD_TEMPLATE_HASH_LABEL};
-use sluice_engine::release::Traffic;
+use sluice_api::rollout::{IstioRouting, IstioVirtualService, POD_TEMPLATE_HASH_LABEL, RouteMatch};
+use sluice_engine::release::{ManagedRouteRule, Traffic};
 use tracing::info;
 
+use super::managed::{self, is_managed};
 use super::{RouteKind, TrafficRouter, patch_marked, pointer_escape, trim_marks};
 use crate::Context;
 use crate::cache::{Caches, Reference};
@@ -25,6 +26,8 @@ pub struct Istio<'a> {
     pub spec: &'a IstioRouting,
     pub canary_service: Option<&'a str>,
     pub stable_service: Option<&'a str>,
+    /// The names of `trafficRouting.managedRoutes`, in order.
+    pub managed: Vec<&'a str>,
 }
 
 /// The three kinds of route a VirtualService has, by their field under `spec`.
@@ -105,16 +108,24 @@ impl Istio<'_> {
         };
         let mut chosen: Vec<(&'static str, usize, String)> = Vec::new();
         let http = routes("http");
+        let users: Vec<usize> = (0..http.len())
+            .filter(|i| !is_managed(&http[*i], &self.managed))
+            .collect();
         if spec.routes.is_empty() && spec.tls_routes.is_empty() && spec.tcp_routes.is_empty() {
-            if http.len() != 1 {
+            let [only] = users[..] else {
                 return Err(format!(
                     "VirtualService {name:?} has {} HTTP routes: name the ones Sluice sets in trafficRouting.istio's routes",
-                    http.len()
+                    users.len()
                 ));
-            }
-            chosen.push(("http", 0, "its only HTTP route".to_owned()));
+            };
+            chosen.push(("http", only, "its only HTTP route".to_owned()));
         }
         for route in &spec.routes {
+            if self.managed.contains(&route.as_str()) {
+                return Err(format!(
+                    "{route:?} is both a route Sluice sets the weights of (virtualService routes) and a managed route"
+                ));
+            }
             let Some(i) = http.iter().position(|r| r["name"].as_str() == Some(route)) else {
                 return Err(format!(
                     "VirtualService {name:?} has no HTTP route named {route:?}"
@@ -206,6 +217,58 @@ impl Istio<'_> {
         Ok(out)
     }
 
+    /// The HTTP routes of the managed routes in force, in order (as Argo Rollouts writes them): a
+    /// header route sends requests with its headers to the canary destination of the first HTTP
+    /// route Sluice sets; a mirror route sends its requests as that route does (same weights) and
+    /// mirrors them to the canary destination. None where Sluice sets no HTTP route.
+    fn managed_routes(
+        &self,
+        vs: &DynamicObject,
+        destinations: &[Destination],
+        traffic: &Traffic,
+    ) -> Vec<Value> {
+        let Some(first) = destinations.iter().find(|d| d.route_type == "http") else {
+            return Vec::new();
+        };
+        let route = &vs.data["spec"]["http"][first.route]["route"];
+        let of = |role: Role| {
+            destinations
+                .iter()
+                .find(|d| d.route_type == "http" && d.route == first.route && d.role == role)
+                .map(|d| route[d.index]["destination"].clone())
+        };
+        let (Some(canary), Some(stable)) = (of(Role::Canary), of(Role::Stable)) else {
+            return Vec::new();
+        };
+        let weight = traffic.canary_weight;
+        traffic
+            .managed_routes
+            .iter()
+            .map(|rule| match rule {
+                ManagedRouteRule::Header(header) => {
+                    let headers: serde_json::Map<String, Value> = header
+                        .matches
+                        .iter()
+                        .map(|m| (m.header_name.clone(), json!(m.header_value)))
+                        .collect();
+                    json!({
+                        "name": header.name,
+                        "match": [{"headers": headers}],
+                        "route": [{"destination": canary, "weight": 100}],
+                    })
+                }
+                ManagedRouteRule::Mirror(mirror) => json!({
+                    "name": mirror.name,
+                    "match": mirror.matches.iter().map(http_match).collect::<Vec<_>>(),
+                    "route": [{"destination": stable, "weight": 100 - weight},
+                              {"destination": canary, "weight": weight}],
+                    "mirror": canary,
+                    "mirrorPercentage": {"value": mirror.percentage.unwrap_or(100)},
+                }),
+            })
+            .collect()
+    }
+
     /// The host of the DestinationRule, and the rule, when routing is by subsets.
     fn destination_rule(
         &self,
@@ -234,6 +297,21 @@ impl Istio<'_> {
             .to_owned();
         Ok(Some((host, rule)))
     }
+}
+
+/// A mirror route's match as an Istio HTTP match (the same string matches; `path` is `uri`).
+fn http_match(m: &RouteMatch) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(method) = &m.method {
+        out.insert("method".to_owned(), json!(method));
+    }
+    if let Some(path) = &m.path {
+        out.insert("uri".to_owned(), json!(path));
+    }
+    if !m.headers.is_empty() {
+        out.insert("headers".to_owned(), json!(m.headers));
+    }
+    Value::Object(out)
 }
 
 fn subset_position(rule: &DynamicObject, subset: &str) -> Option<usize> {
@@ -335,14 +413,25 @@ impl TrafficRouter for Istio<'_> {
             let Ok(destinations) = self.destinations(spec, &vs, subset_host) else {
                 continue;
             };
-            let mut ops = Vec::new();
+            let wanted = self.managed_routes(&vs, &destinations, traffic);
+            let http = vs.data["spec"]["http"].as_array();
+            let layout = managed::layout("/spec/http", http, &self.managed, &wanted);
+            let mut ops = layout.ops;
             for d in destinations {
                 let want = match d.role {
                     Role::Canary => weight,
                     Role::Stable => 100 - weight,
                 };
+                let route = if d.route_type == "http" {
+                    let Some(at) = layout.moved.get(d.route).copied().flatten() else {
+                        continue;
+                    };
+                    at
+                } else {
+                    d.route
+                };
                 if d.weight != Some(want) {
-                    let path = format!("/spec/{}/{}/route/{}", d.route_type, d.route, d.index);
+                    let path = format!("/spec/{}/{}/route/{}", d.route_type, route, d.index);
                     ops.push(json!({"op": "test", "path": format!("{path}/destination/host"), "value": d.host}));
                     ops.push(json!({"op": "add", "path": format!("{path}/weight"), "value": want}));
                 }
@@ -360,22 +449,15 @@ impl TrafficRouter for Istio<'_> {
     }
 }
 
-/// A route's destinations as the controller sees them: host, subset and weight, at their positions.
+/// A route's destinations as the controller sees them: where each sends and its weight, at their
+/// positions.
 fn trim_destinations(route: &Value) -> Value {
     let destinations: Vec<Value> = route["route"]
         .as_array()
         .map(|destinations| {
             destinations
                 .iter()
-                .map(|d| {
-                    json!({
-                        "destination": {
-                            "host": d["destination"]["host"],
-                            "subset": d["destination"]["subset"],
-                        },
-                        "weight": d["weight"],
-                    })
-                })
+                .map(|d| json!({"destination": d["destination"], "weight": d["weight"]}))
                 .collect()
         })
         .unwrap_or_default();
@@ -383,7 +465,8 @@ fn trim_destinations(route: &Value) -> Value {
 }
 
 /// A VirtualService as the controller sees it: each route (at its position) with what finds it
-/// (an HTTP route's name; a TLS or TCP route's ports and SNI hosts) and its destinations.
+/// (an HTTP route's name and matches; a TLS or TCP route's ports and SNI hosts), its destinations
+/// and (HTTP) its mirror.
 pub fn trim_virtual_service(vs: &mut DynamicObject) {
     trim_marks(vs);
     let mut spec = serde_json::Map::new();
@@ -403,13 +486,14 @@ pub fn trim_virtual_service(vs: &mut DynamicObject) {
                             .collect()
                     })
                     .unwrap_or_default();
-                let mut kept = json!({"route": trim_destinations(route)});
                 if route_type == "http" {
-                    kept["name"] = route["name"].clone();
-                } else {
-                    kept["match"] = Value::Array(matches);
+                    // Whole: a managed route is compared with what it should be.
+                    return json!({
+                        "name": route["name"], "match": route["match"], "route": route["route"],
+                        "mirror": route["mirror"], "mirrorPercentage": route["mirrorPercentage"],
+                    });
                 }
-                kept
+                json!({"route": trim_destinations(route), "match": matches})
             })
             .collect();
         spec.insert(route_type.to_owned(), Value::Array(trimmed));
@@ -461,6 +545,7 @@ mod tests {
             spec,
             canary_service: Some("web-canary"),
             stable_service: Some("web-stable"),
+            managed: vec!["header", "shadow"],
         }
     }
 
@@ -560,6 +645,7 @@ mod tests {
             spec: &spec,
             canary_service: None,
             stable_service: None,
+            managed: Vec::new(),
         };
         let object = vs(json!({"http": [{"route": [
             {"destination": {"host": "web", "subset": "stable"}, "weight": 100},
@@ -575,6 +661,62 @@ mod tests {
             .destinations(&named("web"), &object, Some("api"))
             .expect_err("refused");
         assert!(err.contains("neither"), "{err}");
+    }
+
+    #[test]
+    fn managed_routes_go_ahead_of_the_users_route_as_argo_rollouts_writes_them() {
+        use sluice_api::rollout::{
+            HeaderRoutingMatch, SetHeaderRoute, SetMirrorRoute, StringMatch,
+        };
+        let spec = routing(named("web"));
+        let router = by_hosts(&spec);
+        let object = vs(json!({"http": [
+            {"name": "shadow", "route": [dest("stale", 100)]},
+            {"name": "primary", "route": [dest("web-stable", 70), dest("web-canary", 30)]}]}));
+        let found = router
+            .destinations(&named("web"), &object, None)
+            .expect("the one user route");
+        assert_eq!(found[0].route, 1);
+        let exact = |v: &str| StringMatch {
+            exact: Some(v.to_owned()),
+            prefix: None,
+            regex: None,
+        };
+        let traffic = Traffic {
+            canary_weight: 30,
+            canary_hash: "new".to_owned(),
+            stable_hash: "old".to_owned(),
+            managed_routes: vec![
+                ManagedRouteRule::Header(SetHeaderRoute {
+                    name: "header".to_owned(),
+                    matches: vec![HeaderRoutingMatch {
+                        header_name: "x-canary".to_owned(),
+                        header_value: exact("yes"),
+                    }],
+                }),
+                ManagedRouteRule::Mirror(SetMirrorRoute {
+                    name: "shadow".to_owned(),
+                    matches: vec![RouteMatch {
+                        method: Some(exact("GET")),
+                        path: None,
+                        headers: Default::default(),
+                    }],
+                    percentage: None,
+                }),
+            ],
+        };
+        let canary = json!({"host": "web-canary", "port": {"number": 80}});
+        let stable = json!({"host": "web-stable", "port": {"number": 80}});
+        assert_eq!(
+            router.managed_routes(&object, &found, &traffic),
+            vec![
+                json!({"name": "header", "match": [{"headers": {"x-canary": {"exact": "yes"}}}],
+                       "route": [{"destination": canary, "weight": 100}]}),
+                json!({"name": "shadow", "match": [{"method": {"exact": "GET"}}],
+                       "route": [{"destination": stable, "weight": 70}, {"destination": canary, "weight": 30}],
+                       "mirror": canary, "mirrorPercentage": {"value": 100}}),
+            ]
+        );
     }
 
     #[test]

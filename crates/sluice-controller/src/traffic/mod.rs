@@ -8,6 +8,7 @@
 
 pub mod gateway_api;
 pub mod istio;
+pub mod managed;
 pub mod nginx;
 pub mod replicas;
 
@@ -121,7 +122,9 @@ pub fn router(canary: &CanaryStrategy) -> Router<'_> {
         gateway_api,
         istio,
         nginx,
+        managed_routes,
     } = routing;
+    let managed: Vec<&str> = managed_routes.iter().map(|r| r.name.as_str()).collect();
     // The schema requires exactly one router, and both Services except for Istio's subsets.
     match (gateway_api, istio, nginx, services) {
         (Some(gateway_api), _, _, (Some(canary_service), Some(stable_service))) => {
@@ -129,12 +132,15 @@ pub fn router(canary: &CanaryStrategy) -> Router<'_> {
                 route: &gateway_api.http_route,
                 canary_service,
                 stable_service,
+                managed,
+                steps: &canary.steps,
             })
         }
         (_, Some(istio), _, (canary_service, stable_service)) => Router::Istio(istio::Istio {
             spec: istio,
             canary_service,
             stable_service,
+            managed,
         }),
         (_, _, Some(nginx), (Some(canary_service), Some(stable_service))) => {
             Router::Nginx(nginx::Nginx {

@@ -427,3 +427,89 @@ async fn nginx_canary_ingress_is_created_weighted_and_removed_with_each_release(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn istio_header_and_mirror_routes_stand_ahead_of_the_users_route_during_the_release()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "istio-managed").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    sluice_e2e::create_services(
+        &client,
+        &ns.name,
+        &[("web", "web-stable"), ("web", "web-canary")],
+    )
+    .await?;
+    let services = istio(&client, &ns.name, "VirtualService", "virtualservices");
+    apply_dynamic(
+        &services,
+        &json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "web"},
+            "spec": {"hosts": ["web"], "http": [{"name": "primary", "route": [
+                weighted("web-stable", 100), weighted("web-canary", 0)]}]}
+        }),
+    )
+    .await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let canary = json!({
+        "canaryService": "web-canary", "stableService": "web-stable",
+        "trafficRouting": {
+            "istio": {"virtualService": {"name": "web", "routes": ["primary"]}},
+            "managedRoutes": [{"name": "beta-testers"}, {"name": "shadow"}]
+        },
+        "steps": [
+            {"setCanaryScale": {"replicas": 1}},
+            {"setHeaderRoute": {"name": "beta-testers",
+                                "match": [{"headerName": "x-beta", "headerValue": {"prefix": "yes"}}]}},
+            {"setMirrorRoute": {"name": "shadow", "percentage": 25,
+                                "match": [{"method": {"exact": "GET"}, "path": {"prefix": "/api"}}]}},
+            {"setWeight": 10},
+            {"pause": {}}
+        ]
+    });
+    apply(
+        &api,
+        &rollout("web", 4, "registry.example/web:1.0.0", canary),
+    )
+    .await?;
+    wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    set_image(&api, "web", "registry.example/web:2.0.0").await?;
+    wait_status(&api, "web", "the canary to pause at 10%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let vs = services.get("web").await?;
+    let canary = json!({"host": "web-canary", "port": {"number": 80}});
+    let stable = json!({"host": "web-stable", "port": {"number": 80}});
+    assert_eq!(
+        vs.data["spec"]["http"],
+        json!([
+            {"name": "beta-testers", "match": [{"headers": {"x-beta": {"prefix": "yes"}}}],
+             "route": [{"destination": canary, "weight": 100}]},
+            {"name": "shadow", "match": [{"method": {"exact": "GET"}, "uri": {"prefix": "/api"}}],
+             "route": [{"destination": stable, "weight": 90}, {"destination": canary, "weight": 10}],
+             "mirror": canary, "mirrorPercentage": {"value": 25}},
+            {"name": "primary", "route": [weighted("web-stable", 90), weighted("web-canary", 10)]}
+        ]),
+        "the managed routes first, in managedRoutes order, the user's route behind them"
+    );
+
+    request(&api, "web", "promote").await?;
+    wait_status(&api, "web", "the release to complete", |s| {
+        healthy_on(s, None) && s.current_pod_hash == s.stable_rs
+    })
+    .await?;
+    eventually("the managed routes to go", WAIT, || async {
+        let vs = services.get("web").await?;
+        Ok((vs.data["spec"]["http"]
+            == json!([{"name": "primary", "route": [weighted("web-stable", 100), weighted("web-canary", 0)]}]))
+        .then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -295,16 +295,43 @@ fn cases() -> Vec<Case> {
             base: canary_rollout,
             patch: json!({"spec": {"strategy": {"canary": {"steps": [{"setMirrorRoute": {"name": "shadow", "percentage": 50}}]}}}}),
             field: "spec.strategy.canary.steps",
-            says: "setMirrorRoute steps need trafficRouting",
+            says: "each setHeaderRoute and setMirrorRoute step names a route in trafficRouting.managedRoutes",
+        },
+        Case {
+            name: "header route not in managedRoutes",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {
+                "trafficRouting": {"gatewayAPI": {"httpRoute": "checkout"}, "managedRoutes": [{"name": "other"}]},
+                "steps": [{"setHeaderRoute": {"name": "beta", "match": [{"headerName": "x-beta", "headerValue": {"exact": "yes"}}]}}]}}}}),
+            field: "spec.strategy.canary.steps",
+            says: "each setHeaderRoute and setMirrorRoute step names a route in trafficRouting.managedRoutes",
+        },
+        Case {
+            name: "managed routes with NGINX",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {
+                "trafficRouting": {"nginx": {"stableIngress": "checkout"}, "managedRoutes": [{"name": "beta"}]}}}}}),
+            field: "spec.strategy.canary.trafficRouting.managedRoutes",
+            says: "managedRoutes need trafficRouting.gatewayAPI or trafficRouting.istio",
+        },
+        Case {
+            name: "a header match with two kinds of value",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {
+                "trafficRouting": {"gatewayAPI": {"httpRoute": "checkout"}, "managedRoutes": [{"name": "beta"}]},
+                "steps": [{"setHeaderRoute": {"name": "beta", "match": [{"headerName": "x-beta", "headerValue": {"exact": "yes", "prefix": "y"}}]}}]}}}}),
+            field: "spec.strategy.canary.steps[0].setHeaderRoute.match[0].headerValue",
+            says: "set exactly one of exact, prefix or regex",
+        },
+        Case {
+            name: "managed routes named twice",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {
+                "trafficRouting": {"gatewayAPI": {"httpRoute": "checkout"}, "managedRoutes": [{"name": "beta"}, {"name": "beta"}]}}}}}),
+            field: "spec.strategy.canary.trafficRouting.managedRoutes",
+            says: "managedRoutes names must be unique",
         },
         // Fields the controller does not act on yet are refused, never stored and skipped.
-        Case {
-            name: "a mirror route (not supported yet)",
-            base: canary_rollout,
-            patch: json!({"spec": {"strategy": {"canary": {"steps": [{"setMirrorRoute": {"name": "shadow", "percentage": 50}}]}}}}),
-            field: "spec.strategy.canary.steps[0].setMirrorRoute",
-            says: "setMirrorRoute is not supported yet",
-        },
         Case {
             name: "dynamicStableScale (not supported yet)",
             base: canary_rollout,

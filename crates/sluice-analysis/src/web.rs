@@ -75,6 +75,31 @@ fn json_path(text: Option<&str>) -> Result<JsonPath, String> {
     JsonPath::parse(&rooted).map_err(|err| format!("jsonPath {text:?} is not a JSONPath: {err}"))
 }
 
+/// `fill` in every string value of a JSON document (not its keys): a value can change a string,
+/// never the document's shape.
+pub fn fill_json(
+    template: &serde_json::Value,
+    values: &BTreeMap<String, String>,
+) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    Ok(match template {
+        Value::String(text) => Value::String(fill(text, values)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| fill_json(item, values))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(key, value)| Ok((key.clone(), fill_json(value, values)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
 /// `{{args.NAME}}` (spaces inside the braces allowed) replaced by its value, as written: the URL's
 /// host is checked against the address policy after this, and a header value cannot hold a line
 /// break. A placeholder with no value is an error naming it.
@@ -124,6 +149,9 @@ impl Provider for WebProvider<'_> {
         }
         if let Some(body) = &self.spec.body {
             fill(body, args).map_err(|e| format!("body: {e}"))?;
+        }
+        if let Some(body) = &self.spec.json_body {
+            fill_json(body, args).map_err(|e| format!("jsonBody: {e}"))?;
         }
         Ok(())
     }
@@ -276,6 +304,22 @@ impl WebProvider<'_> {
         if let Some(body) = &self.spec.body {
             request = request.body(fill(body, args)?);
         }
+        if let Some(body) = &self.spec.json_body {
+            let text = serde_json::to_string(&fill_json(body, args)?)
+                .map_err(|e| format!("jsonBody: {e}"))?;
+            let typed = self
+                .spec
+                .headers
+                .iter()
+                .any(|h| h.key.eq_ignore_ascii_case("content-type"));
+            if !typed {
+                request = request.header(
+                    reqwest::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            request = request.body(text);
+        }
         let response = request
             .send()
             .await
@@ -347,5 +391,18 @@ mod tests {
         let err = fill("{{args.other}}", &values).expect_err("missing");
         assert!(err.contains("args.other"), "{err}");
         assert_eq!(fill("{\"a\": 1}", &values).as_deref(), Ok("{\"a\": 1}"));
+    }
+
+    #[test]
+    fn a_json_body_is_filled_in_its_strings_and_keeps_its_shape() {
+        let values = BTreeMap::from([("args.name".to_owned(), "a\", \"b\": \"c".to_owned())]);
+        let body =
+            json!({"name": "{{args.name}}", "list": ["x-{{args.name}}", 2], "{{args.name}}": true});
+        let filled = fill_json(&body, &values).expect("filled");
+        assert_eq!(
+            filled,
+            json!({"name": "a\", \"b\": \"c", "list": ["x-a\", \"b\": \"c", 2], "{{args.name}}": true})
+        );
+        assert!(fill_json(&json!({"x": "{{args.other}}"}), &values).is_err());
     }
 }

@@ -250,6 +250,8 @@ pub struct JobMetricMetadata {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.body) || has(self.method) && self.method != 'GET'").message("a body needs method POST or PUT").field_path(".body"))]
+#[x_kube(validation = Rule::new("!has(self.jsonBody) || has(self.method) && self.method != 'GET'").message("a jsonBody needs method POST or PUT").field_path(".jsonBody"))]
+#[x_kube(validation = Rule::new("!has(self.body) || !has(self.jsonBody)").message("set body or jsonBody, not both").field_path(".jsonBody"))]
 pub struct WebMetric {
     /// The URL, `http` or `https`; `{{args.NAME}}` is replaced by the argument's value. Its host must
     /// pass the controller's address policy (`--allow-provider-address`); redirects are not followed.
@@ -268,6 +270,12 @@ pub struct WebMetric {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 65536))]
     pub body: Option<String>,
+    /// A JSON object sent as the body of a `POST` or `PUT` (with `Content-Type: application/json`
+    /// unless a header says otherwise); `{{args.NAME}}` is replaced inside its string values only,
+    /// so no argument can change its shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::common::any_json_object")]
+    pub json_body: Option<serde_json::Value>,
     /// Seconds the request may take. Defaults to 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 300").message("timeoutSeconds must be between 1 and 300"))]

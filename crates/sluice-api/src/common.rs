@@ -36,6 +36,14 @@ pub(crate) fn short_int_or_string(_: &mut schemars::SchemaGenerator) -> schemars
     })
 }
 
+/// Any JSON object, stored as written.
+pub(crate) fn any_json_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
 /// A non-negative count of pods, or a percentage such as `25%`.
 pub(crate) fn int_or_percent_rule() -> Rule {
     Rule::new("type(self) == int ? self >= 0 : string(self).matches('^[0-9]+%$')")
@@ -223,4 +231,35 @@ pub struct RolloutAnalysis {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub measurement_retention: Vec<crate::analysis::MeasurementRetention>,
+}
+
+/// Keep the new version's pods off the nodes that run the stable (active) version's pods, as Argo
+/// Rollouts' `antiAffinity`: exactly one of `requiredDuringSchedulingIgnoredDuringExecution` or
+/// `preferredDuringSchedulingIgnoredDuringExecution`. Sluice adds a pod anti-affinity term (the
+/// stable pods' `sluice.dev/pod-template-hash`, topology `kubernetes.io/hostname`) to the new
+/// ReplicaSet's pod template when it creates it; the Rollout's template and its hash are unchanged.
+/// Once the old version's pods are gone the term matches nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.requiredDuringSchedulingIgnoredDuringExecution), has(self.preferredDuringSchedulingIgnoredDuringExecution)].exists_one(x, x)").message("set exactly one of requiredDuringSchedulingIgnoredDuringExecution or preferredDuringSchedulingIgnoredDuringExecution"))]
+pub struct AntiAffinity {
+    /// Never on a node with a stable pod: the new pods stay Pending when no other node fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_during_scheduling_ignored_during_execution: Option<RequiredAntiAffinity>,
+    /// Rather not on a node with a stable pod, with this weight among the scheduler's preferences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_during_scheduling_ignored_during_execution: Option<PreferredAntiAffinity>,
+}
+
+/// A required anti-affinity: it has no settings (`{}`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RequiredAntiAffinity {}
+
+/// A preferred anti-affinity's weight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferredAntiAffinity {
+    /// 1 to 100.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("weight must be between 1 and 100"))]
+    pub weight: i32,
 }

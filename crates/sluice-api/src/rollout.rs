@@ -11,8 +11,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    AnalysisRunArgument, AnalysisTemplateRef, PodMetadata, RolloutAnalysis, int_or_percent_rule,
-    seconds_or_duration_rule, short_int_or_string,
+    AnalysisRunArgument, AnalysisTemplateRef, AntiAffinity, PodMetadata, RolloutAnalysis,
+    int_or_percent_rule, seconds_or_duration_rule, short_int_or_string,
 };
 
 /// Label that Sluice puts on the ReplicaSets and pods it owns, holding the hash of the pod template.
@@ -239,6 +239,7 @@ pub struct RolloutStrategy {
 #[x_kube(validation = Rule::new("!has(self.analysis) || !has(self.analysis.startingStep) || self.analysis.startingStep < (has(self.steps) ? size(self.steps) : 0)").message("analysis.startingStep must be the index of one of the steps").field_path(".analysis.startingStep"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || !self.steps.exists(s, has(s.setCanaryScale)) || has(self.trafficRouting)").message("setCanaryScale steps need trafficRouting: without a router, the canary's size is what sets its traffic share").field_path(".steps"))]
 #[x_kube(validation = Rule::new("!has(self.dynamicStableScale) || !self.dynamicStableScale || has(self.trafficRouting)").message("dynamicStableScale needs trafficRouting").field_path(".dynamicStableScale"))]
+#[x_kube(validation = Rule::new("!has(self.minPodsPerReplicaSet) || has(self.trafficRouting)").message("minPodsPerReplicaSet needs trafficRouting: without a router the canary's pods are its weight").field_path(".minPodsPerReplicaSet"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || self.steps.all(s, !has(s.setMirrorRoute) && !has(s.setHeaderRoute) || has(self.trafficRouting) && has(self.trafficRouting.managedRoutes) && self.trafficRouting.managedRoutes.exists(r, has(s.setMirrorRoute) && r.name == s.setMirrorRoute.name || has(s.setHeaderRoute) && r.name == s.setHeaderRoute.name))").message("each setHeaderRoute and setMirrorRoute step names a route in trafficRouting.managedRoutes").field_path(".steps"))]
 pub struct CanaryStrategy {
     /// Service whose selector Sluice pins to the canary's pods (by pod-template hash) during a release;
@@ -267,6 +268,11 @@ pub struct CanaryStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub scale_down_delay_seconds: Option<i32>,
+    /// Most old ReplicaSets kept running during their scale-down delay (the newest); older ones go
+    /// to zero at once. Without it, every one keeps its pods for its delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub scale_down_delay_revision_limit: Option<i32>,
     /// With traffic routing, seconds to keep the canary's pods after an abort, once traffic is back on
     /// stable. Defaults to 30; 0 keeps them. Without a router the canary goes to zero at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,10 +283,11 @@ pub struct CanaryStrategy {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     #[x_kube(validation = Rule::new("!self").message("dynamicStableScale is not supported yet: stable stays at full size through a routed release; remove it or set false"))]
     pub dynamic_stable_scale: bool,
-    /// Not supported yet, and refused at apply rather than ignored (in Argo Rollouts: with traffic
-    /// routing, the fewest pods a ReplicaSet holding traffic may have).
+    /// With traffic routing, the fewest pods the canary has while it receives traffic, however
+    /// small its weight (so that one pod's failure does not take all of the canary's share down).
+    /// Defaults to 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("false").message("minPodsPerReplicaSet is not supported yet: remove it"))]
+    #[x_kube(validation = Rule::new("self >= 1").message("minPodsPerReplicaSet must be 1 or more"))]
     pub min_pods_per_replica_set: Option<i32>,
     /// The release plan, run in order. With no steps the new version goes straight to 100%.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -298,6 +305,9 @@ pub struct CanaryStrategy {
     /// Labels and annotations added to stable pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_metadata: Option<PodMetadata>,
+    /// Keep the canary's pods off the nodes that run stable's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<AntiAffinity>,
 }
 
 /// One step of a canary release: exactly one of `setWeight`, `pause`, `setCanaryScale`, `analysis`,
@@ -678,6 +688,9 @@ pub struct BlueGreenStrategy {
     /// Labels and annotations added to the preview pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_metadata: Option<PodMetadata>,
+    /// Keep the new version's pods off the nodes that run the active version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<AntiAffinity>,
 }
 
 /// Where a release stands, written by the controller.

@@ -379,9 +379,13 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
     conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
     let waits = d.waits;
     let aborted = d.status.abort;
+    let create_current = !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash);
+    let avoid = (create_current && d.bg.anti_affinity.is_some() && active != s.current_hash)
+        .then(|| active.clone());
     Plan {
         status: d.status,
-        create_current: !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
+        create_current,
+        avoid,
         scale: d.scale,
         scale_down_at: d.scale_down_at,
         delete,
@@ -889,6 +893,7 @@ mod tests {
             abort_scale_down_delay_seconds: None,
             active_metadata: None,
             preview_metadata: None,
+            anti_affinity: None,
         }
     }
 

@@ -43,10 +43,13 @@ pub fn step_weight(steps: &[CanaryStep], index: usize) -> i32 {
 
 /// The canary's size at `index` with a traffic router: a `setCanaryScale` in force, or the weight's
 /// share; never zero while the steps send it traffic, since traffic must not go to pods that are not there.
-fn routed_canary_replicas(replicas: i32, steps: &[CanaryStep], index: usize) -> i32 {
+/// The canary's pods at step `index` with a router: its share of `replicas` (or what
+/// `setCanaryScale` says), and while it has traffic at least `minPodsPerReplicaSet` (default 1).
+fn routed_canary_replicas(canary: &CanaryStrategy, replicas: i32, index: usize) -> i32 {
+    let steps = &canary.steps;
     let scaled = explicit_canary_replicas(replicas, steps, index);
     if step_weight(steps, index) > 0 {
-        scaled.max(1)
+        scaled.max(canary.min_pods_per_replica_set.unwrap_or(1).max(1))
     } else {
         scaled
     }
@@ -343,9 +346,15 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
     };
     conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
     let waits = matches!(gated, Gated::HoldNew { .. });
+    let create_current = !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash);
+    let avoid = (create_current
+        && d.canary.anti_affinity.is_some()
+        && traffic.stable_hash != s.current_hash)
+        .then(|| traffic.stable_hash.clone());
     Plan {
         status: d.status,
-        create_current: !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash),
+        create_current,
+        avoid,
         scale: d.scale,
         scale_down_at: d.scale_down_at,
         delete,
@@ -576,7 +585,7 @@ fn reached_weight(d: &Decision<'_>, index: usize) -> Option<i32> {
     let target = step_weight(steps, index);
     let canary = d.observed(d.s.current_hash);
     if d.routed() {
-        let needed = routed_canary_replicas(replicas, steps, index);
+        let needed = routed_canary_replicas(d.canary, replicas, index);
         let stable = d.observed(d.status.stable_rs.as_deref().unwrap_or_default());
         let enough =
             canary.replicas >= needed && canary.available >= needed && stable.available >= replicas;
@@ -611,7 +620,7 @@ fn scale_for_step(d: &mut Decision<'_>, stable: &str, current: &str, index: usiz
         d.scale.insert(stable.to_owned(), replicas);
         d.scale.insert(
             current.to_owned(),
-            routed_canary_replicas(replicas, steps, index),
+            routed_canary_replicas(d.canary, replicas, index),
         );
     } else {
         let counts = basic_counts(d, stable, current, step_weight(steps, index));
@@ -671,17 +680,31 @@ fn basic_counts(d: &Decision<'_>, stable: &str, current: &str, weight: i32) -> C
 }
 
 /// Superseded ReplicaSets go to zero, except old stables whose scale-down delay is still running.
+/// `scaleDownDelayRevisionLimit`: how many old ReplicaSets may keep pods during their delay.
+fn revision_limit(d: &Decision<'_>) -> usize {
+    d.canary
+        .scale_down_delay_revision_limit
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(0))
+}
+
 fn scale_down_others(d: &mut Decision<'_>, stable: &str, current: &str) {
     let now = d.s.now;
     let mut requeue = d.requeue_after;
     let mut scale = Vec::new();
-    for rs in
+    // Old ReplicaSets within their scale-down delay keep their pods, the newest
+    // `scaleDownDelayRevisionLimit` of them at most.
+    let limit = revision_limit(d);
+    let mut others: Vec<&ReplicaSetView> =
         d.s.replica_sets
             .iter()
             .filter(|rs| rs.hash != stable && rs.hash != current)
-    {
+            .collect();
+    others.sort_by_key(|rs| std::cmp::Reverse(rs.created));
+    let mut kept = 0;
+    for rs in others {
         match rs.scale_down_at {
-            Some(at) if at > now && rs.replicas > 0 => {
+            Some(at) if at > now && rs.replicas > 0 && kept < limit => {
+                kept += 1;
                 requeue = earliest(requeue, until(now, at));
                 scale.push((rs.hash.clone(), rs.replicas));
             }
@@ -742,8 +765,13 @@ fn finish(d: &mut Decision<'_>, stable: &str, current: &str) -> Option<i32> {
 /// stable after its delay.
 fn settle_on_stable(d: &mut Decision<'_>, stable: &str, previous_stable: Option<(&str, i64)>) {
     d.scale.insert(stable.to_owned(), d.s.spec.replicas);
+    // Old ReplicaSets within their delay keep their pods, the newest `scaleDownDelayRevisionLimit`
+    // of them at most (the stable just replaced is the newest).
+    let limit = revision_limit(d);
+    let mut kept = 0;
     if let Some((old, delay)) = previous_stable {
-        if delay > 0 {
+        if delay > 0 && kept < limit {
+            kept += 1;
             let at = add(d.s.now, delay);
             d.scale_down_at.insert(old.to_owned(), Some(at));
             d.requeue_after = earliest(d.requeue_after, until(d.s.now, at));
@@ -754,12 +782,19 @@ fn settle_on_stable(d: &mut Decision<'_>, stable: &str, previous_stable: Option<
     }
     let now = d.s.now;
     let mut requeue = d.requeue_after;
-    for rs in d.s.replica_sets.iter().filter(|rs| rs.hash != stable) {
+    let mut others: Vec<&ReplicaSetView> =
+        d.s.replica_sets
+            .iter()
+            .filter(|rs| rs.hash != stable)
+            .collect();
+    others.sort_by_key(|rs| std::cmp::Reverse(rs.created));
+    for rs in others {
         if previous_stable.is_some_and(|(old, _)| old == rs.hash) {
             continue;
         }
         match rs.scale_down_at {
-            Some(at) if at > now && rs.replicas > 0 => {
+            Some(at) if at > now && rs.replicas > 0 && kept < limit => {
+                kept += 1;
                 requeue = earliest(requeue, until(now, at));
                 d.scale.insert(rs.hash.clone(), rs.replicas);
             }

@@ -176,6 +176,9 @@ pub struct Plan {
     pub status: RolloutStatus,
     /// Create the ReplicaSet of the current template (with 0 replicas before scaling) if it is missing.
     pub create_current: bool,
+    /// The revision whose pods the created ReplicaSet's pods avoid (`antiAffinity`): stable's
+    /// (blue-green: active's), when the strategy asks and the new revision is another.
+    pub avoid: Option<String>,
     /// `spec.replicas` for each ReplicaSet, by hash.
     pub scale: BTreeMap<String, i32>,
     /// Scale-down deadlines to record (or clear, with `None`), by hash.

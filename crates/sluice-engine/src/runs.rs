@@ -474,6 +474,7 @@ mod tests {
         let mut plan = Plan {
             status,
             create_current: false,
+            avoid: None,
             scale: Default::default(),
             scale_down_at: Default::default(),
             delete: Vec::new(),

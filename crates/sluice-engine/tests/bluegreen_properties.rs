@@ -170,6 +170,7 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
                 abort_scale_down_delay_seconds: k.abort_delay,
                 active_metadata: None,
                 preview_metadata: None,
+                anti_affinity: None,
             }),
         },
     }

@@ -106,6 +106,10 @@ struct Limits {
     history: i32,
     /// Background analysis from this step, if any.
     background: Option<i32>,
+    /// `minPodsPerReplicaSet` of a routed canary.
+    min_pods: i32,
+    /// `scaleDownDelayRevisionLimit`.
+    revision_limit: Option<i32>,
 }
 
 fn limits_strategy() -> impl Strategy<Value = Limits> {
@@ -114,13 +118,19 @@ fn limits_strategy() -> impl Strategy<Value = Limits> {
         any::<bool>(),
         0..=3i32,
         prop::option::of(0..=3i32),
+        1..=3i32,
+        prop::option::of(0..=2i32),
     )
         .prop_map(
-            |(deadline_seconds, deadline_abort, history, background)| Limits {
-                deadline_seconds,
-                deadline_abort,
-                history,
-                background,
+            |(deadline_seconds, deadline_abort, history, background, min_pods, revision_limit)| {
+                Limits {
+                    deadline_seconds,
+                    deadline_abort,
+                    history,
+                    background,
+                    min_pods,
+                    revision_limit,
+                }
             },
         )
 }
@@ -130,6 +140,8 @@ const RELAXED: Limits = Limits {
     deadline_abort: false,
     history: 10,
     background: None,
+    min_pods: 1,
+    revision_limit: None,
 };
 
 fn spec(
@@ -223,9 +235,10 @@ fn spec(
                 max_surge: Some(IntOrString::Int(surge)),
                 max_unavailable: Some(IntOrString::Int(unavailable)),
                 scale_down_delay_seconds: None,
+                scale_down_delay_revision_limit: limits.revision_limit,
                 abort_scale_down_delay_seconds: None,
                 dynamic_stable_scale: false,
-                min_pods_per_replica_set: None,
+                min_pods_per_replica_set: routed.then_some(limits.min_pods),
                 steps,
                 analysis: limits.background.map(|from| BackgroundAnalysis {
                     templates: vec![AnalysisTemplateRef {
@@ -247,6 +260,7 @@ fn spec(
                 }),
                 canary_metadata: None,
                 stable_metadata: None,
+                anti_affinity: None,
             }),
             blue_green: None,
         },
@@ -386,13 +400,34 @@ fn check(
     } else {
         prop_assert_eq!(weight, 0, "no canary traffic once the release is over");
     }
-    // Traffic goes only to a canary that has available pods.
+    // Traffic goes only to a canary that has available pods: with a router, at least
+    // minPodsPerReplicaSet of them.
     if weight > 0 {
         let canary = observed(&world.current).map_or(0, |rs| rs.available);
+        // (Past the last step the canary is sized to `replicas` to take everything.)
+        let least = if routed && index < canary_spec.steps.len() {
+            canary_spec.min_pods_per_replica_set.unwrap_or(1)
+        } else {
+            1
+        };
         prop_assert!(
-            canary > 0,
-            "weight {} on a canary with no available pods",
-            weight
+            canary >= least,
+            "weight {} on a canary with {} available pods, fewer than {}",
+            weight,
+            canary,
+            least
+        );
+    }
+    // Old ReplicaSets keep pods only within scaleDownDelayRevisionLimit.
+    if let Some(limit) = canary_spec.scale_down_delay_revision_limit {
+        let running = plan
+            .scale
+            .iter()
+            .filter(|(hash, n)| **n > 0 && **hash != stable && **hash != world.current)
+            .count();
+        prop_assert!(
+            running <= usize::try_from(limit).unwrap_or(0),
+            "{running} old ReplicaSets keep pods, above the limit {limit}"
         );
     }
     // Header and mirror routes stand only while a release walks its steps: none once it is over or

@@ -13,6 +13,7 @@ use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use sluice_api::common::AntiAffinity;
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutStatus};
 use sluice_engine::release::{Plan, ReplicaSetView};
 use tracing::{info, warn};
@@ -138,7 +139,8 @@ pub(super) async fn execute(
 
     if plan.create_current {
         let replicas = plan.scale.get(hash).copied().unwrap_or(0);
-        let rs = build_replica_set(rollout, hash, replicas)?;
+        let avoid = plan.avoid.as_deref().zip(strategy.anti_affinity());
+        let rs = build_replica_set(rollout, hash, replicas, avoid)?;
         let name = name_of(hash);
         let apply = PatchParams::apply(FIELD_MANAGER).force();
         write_replica_set(ctx, &replica_sets, &name, &apply, &Patch::Apply(&rs), "").await?;
@@ -292,14 +294,19 @@ async fn apply_to_pods(client: &kube::Client, namespace: &str, plan: &Plan) -> R
     Ok(())
 }
 
-/// The ReplicaSet of one revision: the Rollout's template with the hash label, owned by the Rollout.
+/// The ReplicaSet of one revision: the Rollout's template with the hash label, owned by the Rollout;
+/// with `avoid`, its pods keep off the nodes of that revision's pods (`antiAffinity`).
 fn build_replica_set(
     rollout: &Rollout,
     hash: &str,
     replicas: i32,
+    avoid: Option<(&str, &AntiAffinity)>,
 ) -> Result<serde_json::Value, Error> {
     let mut template = serde_json::to_value(rollout.spec.template.clone().unwrap_or_default())?;
     template["metadata"]["labels"][POD_TEMPLATE_HASH_LABEL] = json!(hash);
+    if let Some((other, anti)) = avoid {
+        add_anti_affinity(&mut template, other, anti);
+    }
     let selector: &LabelSelector = &rollout.spec.selector;
     let mut selector = serde_json::to_value(selector)?;
     selector["matchLabels"][POD_TEMPLATE_HASH_LABEL] = json!(hash);
@@ -330,6 +337,28 @@ fn build_replica_set(
             "template": template,
         }
     }))
+}
+
+/// Adds to a pod template the anti-affinity term that keeps its pods off the nodes of `other`'s
+/// pods, after any terms the template has.
+fn add_anti_affinity(template: &mut serde_json::Value, other: &str, anti: &AntiAffinity) {
+    let term = json!({
+        "labelSelector": {"matchExpressions": [
+            {"key": POD_TEMPLATE_HASH_LABEL, "operator": "In", "values": [other]}]},
+        "topologyKey": "kubernetes.io/hostname",
+    });
+    let (field, entry) = match &anti.preferred_during_scheduling_ignored_during_execution {
+        Some(preferred) => (
+            "preferredDuringSchedulingIgnoredDuringExecution",
+            json!({"weight": preferred.weight, "podAffinityTerm": term}),
+        ),
+        None => ("requiredDuringSchedulingIgnoredDuringExecution", term),
+    };
+    let terms = &mut template["spec"]["affinity"]["podAntiAffinity"][field];
+    match terms.as_array_mut() {
+        Some(list) => list.push(entry),
+        None => *terms = json!([entry]),
+    }
 }
 
 /// Reports what the plan did, last: the phase and abort metrics, and the Events.

@@ -7,6 +7,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use sluice_api::common::AntiAffinity;
 use sluice_api::rollout::{
     BlueGreenStrategy, CanaryStrategy, POD_TEMPLATE_HASH_LABEL, Rollout, RolloutStatus,
 };
@@ -229,6 +230,14 @@ impl<'a> Strategy<'a> {
     }
 
     /// The Service that selects the canary (canary) or preview (blue-green) version.
+    /// The strategy's `antiAffinity`, if any.
+    pub(super) fn anti_affinity(&self) -> Option<&AntiAffinity> {
+        match self {
+            Self::Canary(c) => c.anti_affinity.as_ref(),
+            Self::BlueGreen(b) => b.anti_affinity.as_ref(),
+        }
+    }
+
     pub(super) fn canary_service(&self) -> Option<&String> {
         match self {
             Self::Canary(c) => c.canary_service.as_ref(),

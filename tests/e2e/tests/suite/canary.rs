@@ -714,3 +714,136 @@ async fn scaling_through_the_scale_subresource_resizes_stable_and_the_canary_sha
     assert_eq!(route_weights(&client, &ns.name).await?, (80, 20));
     Ok(())
 }
+
+#[tokio::test]
+async fn min_pods_per_replica_set_sizes_a_small_canary() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "min-pods").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let mut canary = routed_canary(json!([{"setWeight": 5}, {"pause": {}}]));
+    canary["minPodsPerReplicaSet"] = json!(3);
+    apply(
+        &api,
+        &rollout("web", 10, "registry.example/web:1.0.0", canary),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+    set_image(&api, "web", "registry.example/web:2.0.0").await?;
+    let paused = wait_status(&api, "web", "the canary to pause at 5%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let canary_hash = paused.current_pod_hash.clone().context("hash")?;
+    // 5% of 10 is one pod; the canary keeps three while it has traffic, and stable all ten.
+    let sets = replica_sets(&client, &ns.name).await?;
+    assert!(sets.contains(&(canary_hash.clone(), 3, 3)), "{sets:?}");
+    assert!(sets.contains(&(stable.clone(), 10, 10)), "{sets:?}");
+    assert_eq!(route_weights(&client, &ns.name).await?, (95, 5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn scale_down_delay_revision_limit_keeps_only_the_newest_old_replica_set() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "revision-limit").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    // No steps: each release goes straight to 100%; old stables wait 60 s before scaling down.
+    let mut canary = routed_canary(json!([]));
+    canary["scaleDownDelaySeconds"] = json!(60);
+    canary["scaleDownDelayRevisionLimit"] = json!(1);
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:1.0.0", canary),
+    )
+    .await?;
+    let mut hashes = Vec::new();
+    for image in ["1.0.0", "2.0.0", "3.0.0"] {
+        if !hashes.is_empty() {
+            set_image(&api, "web", &format!("registry.example/web:{image}")).await?;
+        }
+        let previous = hashes.last().cloned();
+        let status = wait_status(&api, "web", "the release to complete", |s| {
+            healthy_on(s, None) && s.stable_rs.is_some() && s.stable_rs != previous
+        })
+        .await?;
+        hashes.push(status.stable_rs.context("stable")?);
+    }
+    // v2 waits out its delay with its pods; v1, beyond the limit, has none.
+    eventually("only the newest old ReplicaSet kept", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        let replicas = |hash: &str| sets.iter().find(|(h, _, _)| h == hash).map(|(_, r, _)| *r);
+        Ok((replicas(&hashes[0]) == Some(0)
+            && replicas(&hashes[1]) == Some(2)
+            && replicas(&hashes[2]) == Some(2))
+        .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn anti_affinity_keeps_the_canary_off_stable_nodes() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "anti-affinity").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let canary = json!({"maxSurge": 1, "maxUnavailable": 0,
+        "antiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": {"weight": 40}},
+        "steps": [{"setWeight": 50}, {"pause": {}}]});
+    apply(
+        &api,
+        &rollout("web", 2, "registry.example/web:1.0.0", canary),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+    set_image(&api, "web", "registry.example/web:2.0.0").await?;
+    let paused = wait_status(&api, "web", "the canary to pause", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let canary_hash = paused.current_pod_hash.clone().context("hash")?;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns.name);
+    let affinity = |rs: ReplicaSet| {
+        serde_json::to_value(
+            rs.spec
+                .and_then(|s| s.template)
+                .and_then(|t| t.spec)
+                .and_then(|s| s.affinity),
+        )
+    };
+    let new = affinity(sets.get(&format!("web-{canary_hash}")).await?)?;
+    assert_eq!(
+        new,
+        json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 40,
+            "podAffinityTerm": {
+                "labelSelector": {"matchExpressions": [{
+                    "key": POD_TEMPLATE_HASH_LABEL, "operator": "In", "values": [stable]}]},
+                "topologyKey": "kubernetes.io/hostname"}}]}}),
+        "the canary's pods prefer nodes without stable pods"
+    );
+    // The first revision had nothing to avoid; the Rollout's own template is unchanged.
+    let old = affinity(sets.get(&format!("web-{stable}")).await?)?;
+    assert_eq!(old, Value::Null);
+    let template = api.get("web").await?.spec.template.context("template")?;
+    ensure!(
+        template.spec.and_then(|s| s.affinity).is_none(),
+        "the Rollout's template was changed"
+    );
+    Ok(())
+}

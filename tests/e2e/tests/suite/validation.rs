@@ -340,11 +340,11 @@ fn cases() -> Vec<Case> {
             says: "dynamicStableScale is not supported yet",
         },
         Case {
-            name: "minPodsPerReplicaSet (not supported yet)",
+            name: "minPodsPerReplicaSet without a router",
             base: canary_rollout,
             patch: json!({"spec": {"strategy": {"canary": {"minPodsPerReplicaSet": 2}}}}),
             field: "spec.strategy.canary.minPodsPerReplicaSet",
-            says: "minPodsPerReplicaSet is not supported yet",
+            says: "minPodsPerReplicaSet needs trafficRouting",
         },
         Case {
             // Only metadata is read: any other path would never resolve and fail the run.

@@ -133,6 +133,17 @@ async fn a_web_metric_judges_a_release_by_a_json_answer_with_a_token_from_a_secr
                         "timeoutSeconds": 5,
                         "jsonPath": "{$.data}"
                     }}
+                }, {
+                    // Argo Rollouts' jsonBody: arguments fill its strings, never its shape.
+                    "name": "health-json", "count": 2, "interval": "1s",
+                    "successCondition": "result.status == \"ok\"",
+                    "provider": {"web": {
+                        "url": format!("{address}/health-json"),
+                        "method": "POST",
+                        "headers": [{"key": "Authorization", "value": "Bearer {{args.token}}"}],
+                        "jsonBody": {"service": "{{args.service}}", "checks": ["errors", "{{args.service}}-latency"], "window": 60},
+                        "jsonPath": "{$.data}"
+                    }}
                 }]
             }
         }),
@@ -175,7 +186,10 @@ async fn a_web_metric_judges_a_release_by_a_json_answer_with_a_token_from_a_secr
         measurement.metadata
     );
     let requests = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let request = requests.first().context("a request")?;
+    let request = requests
+        .iter()
+        .find(|r| r.head.starts_with("POST /health/"))
+        .context("a request")?;
     ensure!(
         request.head.starts_with("POST /health/checkout "),
         "{}",
@@ -185,6 +199,23 @@ async fn a_web_metric_judges_a_release_by_a_json_answer_with_a_token_from_a_secr
         request.body == r#"{"service": "checkout"}"#,
         "{}",
         request.body
+    );
+    let json_request = requests
+        .iter()
+        .find(|r| r.head.starts_with("POST /health-json "))
+        .context("a jsonBody request")?;
+    ensure!(
+        json_request
+            .head
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("content-type: application/json")),
+        "{}",
+        json_request.head
+    );
+    let sent: Value = serde_json::from_str(&json_request.body)?;
+    assert_eq!(
+        sent,
+        json!({"service": "checkout", "checks": ["errors", "checkout-latency"], "window": 60})
     );
     ensure!(
         !serde_json::to_string(&list)?.contains(TOKEN),

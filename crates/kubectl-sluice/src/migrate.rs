@@ -34,18 +34,11 @@ const KINDS: [&str; 4] = [
 
 /// Fields Sluice's schema has but refuses when set (with a message at `kubectl apply`), and when:
 /// (path, refused when the value is this boolean, or any value when `None`, why).
-const REFUSED: [(&str, Option<bool>, &str); 2] = [
-    (
-        "spec.rollbackWindow",
-        None,
-        "not supported yet: a rollback runs the steps and analysis like any release",
-    ),
-    (
-        "spec.strategy.canary.dynamicStableScale",
-        Some(true),
-        "not supported yet: stable stays at full size through a routed release",
-    ),
-];
+const REFUSED: [(&str, Option<bool>, &str); 1] = [(
+    "spec.rollbackWindow",
+    None,
+    "not supported yet: a rollback runs the steps and analysis like any release",
+)];
 
 /// The name Argo Rollouts' Gateway API plugin is configured under.
 const GATEWAY_API_PLUGIN: &str = "argoproj-labs/gatewayAPI";
@@ -352,14 +345,12 @@ mod tests {
         let (out, dropped) = converted(argo_rollout(json!({
             "steps": [{"setWeight": 20}, {"experiment": {"templates": []}}],
             "trafficRouting": {"alb": {"ingress": "web"}},
-            "dynamicStableScale": true,
         })));
         let out = out.expect("a Rollout");
         let paths: Vec<&str> = dropped.iter().map(|d| d.path.as_str()).collect();
         assert_eq!(
             paths,
             vec![
-                "spec.strategy.canary.dynamicStableScale",
                 "spec.strategy.canary.steps[1].experiment",
                 "spec.strategy.canary.trafficRouting.alb",
             ]

@@ -278,10 +278,12 @@ pub struct CanaryStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub abort_scale_down_delay_seconds: Option<i32>,
-    /// Not supported yet: only `false` is accepted (stable stays at full size through a routed
-    /// release). In Argo Rollouts, `true` scales stable down as traffic moves to the canary.
+    /// With traffic routing, scale stable down as traffic moves to the canary (to its share of
+    /// `replicas`, at least `minPodsPerReplicaSet`, once the traffic has left), instead of keeping
+    /// it at full size. Fewer pods during a release, at a price: after an abort, traffic moves back
+    /// to stable only as its pods become available again, and the canary keeps the pods that serve
+    /// the rest (then scales down, or waits `abortScaleDownDelaySeconds` if set).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    #[x_kube(validation = Rule::new("!self").message("dynamicStableScale is not supported yet: stable stays at full size through a routed release; remove it or set false"))]
     pub dynamic_stable_scale: bool,
     /// With traffic routing, the fewest pods the canary has while it receives traffic, however
     /// small its weight (so that one pod's failure does not take all of the canary's share down).

@@ -137,6 +137,29 @@ impl<'a> Decision<'a> {
     fn routed(&self) -> bool {
         self.canary.traffic_routing.is_some()
     }
+
+    /// `dynamicStableScale`: stable is sized to the traffic it keeps (the schema allows it only
+    /// with a router).
+    fn dynamic(&self) -> bool {
+        self.routed() && self.canary.dynamic_stable_scale
+    }
+
+    /// Stable's pods while the canary has `weight`: all of them, or with `dynamicStableScale` its
+    /// share of `replicas` (at least `minPodsPerReplicaSet` while it has traffic).
+    fn stable_for_weight(&self, weight: i32) -> i32 {
+        let replicas = self.s.spec.replicas;
+        if !self.dynamic() {
+            return replicas;
+        }
+        if weight >= 100 {
+            return 0;
+        }
+        let least = self.canary.min_pods_per_replica_set.unwrap_or(1).max(1);
+        replicas::desired_for_weight(replicas, weight)
+            .stable
+            .max(least)
+            .min(replicas)
+    }
 }
 
 /// Decides the next step of a canary Rollout.
@@ -266,8 +289,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         d.status.current_step_index = Some(step_count);
         settle_on_stable(&mut d, &stable, None);
     } else if d.status.abort {
-        weight = 0;
-        scale_for_abort(&mut d, &stable, &current);
+        weight = scale_for_abort(&mut d, &stable, &current);
     } else if matches!(gated, Gated::HoldNew { .. }) {
         // The new revision waits: stable serves everything, the new ReplicaSet has no pods.
         weight = 0;
@@ -278,6 +300,10 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         judge_background(&mut d, &mut promote);
         let (index, w) = walk_steps(&mut d, &mut promote);
         weight = w;
+        if d.dynamic() && w > d.previous_weight() {
+            // The weight this plan puts in force lets stable shrink: look again once it is.
+            d.requeue_after = earliest(d.requeue_after, Duration::from_secs(1));
+        }
         d.status.current_step_index = Some(i32::try_from(index).unwrap_or(i32::MAX));
         if index >= steps.len() {
             if let Some(w) = finish(&mut d, &stable, &current) {
@@ -287,8 +313,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
             scale_for_step(&mut d, &stable, &current, index);
         }
         if d.status.abort {
-            weight = 0;
-            scale_for_abort(&mut d, &stable, &current);
+            weight = scale_for_abort(&mut d, &stable, &current);
         }
     }
 
@@ -313,15 +338,15 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
     summarize(&mut d, &stable, weight);
     if check_progress(&mut d, &stable, &current) {
         // The deadline aborted the release: traffic back to stable now, not on the next reconcile.
-        weight = 0;
         d.scale.clear();
-        scale_for_abort(&mut d, &stable, &current);
+        weight = scale_for_abort(&mut d, &stable, &current);
         summarize(&mut d, &stable, weight);
     }
     let delete = history_to_delete(d.s, &d.scale, &[&stable, &current]);
     // After an abort no Service selects the aborted version: the canary Service serves stable too
     // (without a router, its selector is all that sends traffic to a version).
-    let canary_hash = if d.status.abort {
+    // (With dynamicStableScale the canary keeps its pods and Service while traffic moves back.)
+    let canary_hash = if d.status.abort && weight == 0 {
         stable.clone()
     } else {
         current
@@ -587,8 +612,9 @@ fn reached_weight(d: &Decision<'_>, index: usize) -> Option<i32> {
     if d.routed() {
         let needed = routed_canary_replicas(d.canary, replicas, index);
         let stable = d.observed(d.status.stable_rs.as_deref().unwrap_or_default());
-        let enough =
-            canary.replicas >= needed && canary.available >= needed && stable.available >= replicas;
+        let enough = canary.replicas >= needed
+            && canary.available >= needed
+            && stable.available >= d.stable_for_weight(target);
         // A weight above what the canary's pods can serve is never put in force.
         (enough && (target == 0 || canary.available > 0)).then_some(target)
     } else {
@@ -616,8 +642,15 @@ fn scale_for_step(d: &mut Decision<'_>, stable: &str, current: &str, index: usiz
     let replicas = d.s.spec.replicas;
     let steps = &d.canary.steps;
     if d.routed() {
-        // Stable stays at full size until promotion: traffic can return to it at any moment.
-        d.scale.insert(stable.to_owned(), replicas);
+        // Stable stays at full size until promotion: traffic can return to it at any moment. With
+        // dynamicStableScale it keeps the share of the weight in force or the step's, whichever is
+        // larger: it shrinks the reconcile after traffic has left it, and grows before a lower
+        // weight is put in force.
+        let in_force = d.previous_weight().min(step_weight(steps, index));
+        d.scale.insert(
+            stable.to_owned(),
+            d.stable_for_weight(in_force).min(replicas),
+        );
         d.scale.insert(
             current.to_owned(),
             routed_canary_replicas(d.canary, replicas, index),
@@ -722,7 +755,9 @@ fn finish(d: &mut Decision<'_>, stable: &str, current: &str) -> Option<i32> {
     let canary = d.observed(current);
     let ready = canary.replicas >= replicas && canary.available >= replicas;
     if d.routed() {
-        d.scale.insert(stable.to_owned(), replicas);
+        let in_force = d.previous_weight();
+        d.scale
+            .insert(stable.to_owned(), d.stable_for_weight(in_force));
         d.scale.insert(current.to_owned(), replicas);
         scale_down_others(d, stable, current);
         if !ready {
@@ -806,10 +841,35 @@ fn settle_on_stable(d: &mut Decision<'_>, stable: &str, previous_stable: Option<
     d.requeue_after = requeue;
 }
 
-fn scale_for_abort(d: &mut Decision<'_>, stable: &str, current: &str) {
+/// An aborted release: stable back to full size and traffic back on it. Returns the canary's weight:
+/// 0, or with `dynamicStableScale` what stable's available pods cannot serve yet (traffic moves
+/// back as they become available, and the canary keeps the pods that serve the rest).
+fn scale_for_abort(d: &mut Decision<'_>, stable: &str, current: &str) -> i32 {
     let replicas = d.s.spec.replicas;
     d.scale.insert(stable.to_owned(), replicas);
     let canary = d.observed(current);
+    if d.dynamic() {
+        let available = d.observed(stable).available.min(replicas);
+        let served = if replicas == 0 {
+            100
+        } else {
+            i32::try_from(i64::from(available) * 100 / i64::from(replicas)).unwrap_or(100)
+        };
+        let weight = (100 - served).clamp(0, d.previous_weight());
+        // The pods for what is left of its traffic (at least minPodsPerReplicaSet while it has any).
+        let needed = if weight > 0 {
+            replicas::desired_for_weight(replicas, weight)
+                .canary
+                .max(d.canary.min_pods_per_replica_set.unwrap_or(1))
+        } else {
+            0
+        };
+        if weight > 0 || d.canary.abort_scale_down_delay_seconds.is_none() {
+            d.scale.insert(current.to_owned(), needed);
+            scale_down_others(d, stable, current);
+            return weight;
+        }
+    }
     if d.routed() {
         let delay = d
             .canary
@@ -832,6 +892,7 @@ fn scale_for_abort(d: &mut Decision<'_>, stable: &str, current: &str) {
         d.scale.insert(current.to_owned(), 0);
     }
     scale_down_others(d, stable, current);
+    0
 }
 
 /// Fills in the counts, weights, phase, message and conditions.

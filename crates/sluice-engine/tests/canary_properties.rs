@@ -110,6 +110,8 @@ struct Limits {
     min_pods: i32,
     /// `scaleDownDelayRevisionLimit`.
     revision_limit: Option<i32>,
+    /// `dynamicStableScale` of a routed canary.
+    dynamic: bool,
 }
 
 fn limits_strategy() -> impl Strategy<Value = Limits> {
@@ -120,9 +122,18 @@ fn limits_strategy() -> impl Strategy<Value = Limits> {
         prop::option::of(0..=3i32),
         1..=3i32,
         prop::option::of(0..=2i32),
+        any::<bool>(),
     )
         .prop_map(
-            |(deadline_seconds, deadline_abort, history, background, min_pods, revision_limit)| {
+            |(
+                deadline_seconds,
+                deadline_abort,
+                history,
+                background,
+                min_pods,
+                revision_limit,
+                dynamic,
+            )| {
                 Limits {
                     deadline_seconds,
                     deadline_abort,
@@ -130,6 +141,7 @@ fn limits_strategy() -> impl Strategy<Value = Limits> {
                     background,
                     min_pods,
                     revision_limit,
+                    dynamic,
                 }
             },
         )
@@ -142,6 +154,7 @@ const RELAXED: Limits = Limits {
     background: None,
     min_pods: 1,
     revision_limit: None,
+    dynamic: false,
 };
 
 fn spec(
@@ -237,7 +250,7 @@ fn spec(
                 scale_down_delay_seconds: None,
                 scale_down_delay_revision_limit: limits.revision_limit,
                 abort_scale_down_delay_seconds: None,
-                dynamic_stable_scale: false,
+                dynamic_stable_scale: routed && limits.dynamic,
                 min_pods_per_replica_set: routed.then_some(limits.min_pods),
                 steps,
                 analysis: limits.background.map(|from| BackgroundAnalysis {
@@ -440,21 +453,56 @@ fn check(
         );
     }
     // Abort: all traffic on stable, stable at full size.
+    let dynamic = canary_spec.dynamic_stable_scale;
     if status.abort {
-        prop_assert_eq!(weight, 0);
+        // With dynamicStableScale traffic moves back as stable's pods become available: never more
+        // on the canary than stable cannot serve yet.
+        if dynamic {
+            // (Judged against what the decision saw, which may lag: a lagging view keeps traffic
+            // on the canary longer, never moves more of it back than stable can take.)
+            let before_weight = before
+                .canary
+                .as_ref()
+                .and_then(|c| c.weights.as_ref())
+                .filter(|w| w.canary.pod_template_hash.as_deref() == Some(world.current.as_str()))
+                .map_or(0, |w| w.canary.weight);
+            prop_assert!(
+                weight <= before_weight,
+                "weight {weight} after abort went up from {before_weight}"
+            );
+            prop_assert!(
+                planned(&world.current) >= replicas::desired_for_weight(r, weight).canary,
+                "the aborted canary lost the pods for its remaining {weight}%"
+            );
+        } else {
+            prop_assert_eq!(weight, 0);
+        }
         prop_assert_eq!(planned(&stable), r, "stable not at full size after abort");
-        // No Service selects the aborted version: without a router the canary Service's selector is
-        // what sends it traffic.
-        prop_assert_eq!(
-            &plan.traffic.canary_hash,
-            &stable,
-            "the canary Service still selects the aborted version"
-        );
+        // No Service selects the aborted version once no traffic is left on it: without a router
+        // the canary Service's selector is what sends it traffic.
+        if weight == 0 {
+            prop_assert_eq!(
+                &plan.traffic.canary_hash,
+                &stable,
+                "the canary Service still selects the aborted version"
+            );
+        }
     }
     // Stable keeps its capacity: with a router it stays whole during a release; without one it only
     // shrinks while enough canary pods are available to keep `replicas - maxUnavailable` serving.
     if releasing {
-        if routed {
+        if routed && dynamic {
+            // Stable keeps at least the pods for the traffic the plan leaves on it.
+            if weight < 100 {
+                let share = replicas::desired_for_weight(r, weight).stable.min(r);
+                prop_assert!(
+                    planned(&stable) >= share,
+                    "stable planned {} for {}% of traffic of {r}",
+                    planned(&stable),
+                    100 - weight
+                );
+            }
+        } else if routed {
             prop_assert_eq!(planned(&stable), r, "routed release shrank stable");
         } else if let Some(stable_rs) = observed(&stable)
             && planned(&stable) < stable_rs.replicas

@@ -847,3 +847,68 @@ async fn anti_affinity_keeps_the_canary_off_stable_nodes() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn dynamic_stable_scale_shrinks_stable_as_traffic_moves_and_restores_it_on_abort()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "dynamic-stable").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    create_routing(&client, &ns.name).await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let mut canary =
+        routed_canary(json!([{"setWeight": 50}, {"pause": {}}, {"setWeight": 75}, {"pause": {}}]));
+    canary["dynamicStableScale"] = json!(true);
+    canary
+        .as_object_mut()
+        .context("canary")?
+        .remove("abortScaleDownDelaySeconds");
+    apply(
+        &api,
+        &rollout("web", 4, "registry.example/web:1.0.0", canary),
+    )
+    .await?;
+    let first = wait_status(&api, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let stable = first.stable_rs.clone().context("stable")?;
+    set_image(&api, "web", "registry.example/web:2.0.0").await?;
+    let paused = wait_status(&api, "web", "the canary to pause at 50%", |s| {
+        s.phase == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let canary_hash = paused.current_pod_hash.clone().context("hash")?;
+    // Half the traffic has left stable: it keeps half the pods.
+    eventually("stable at 2 of 4 pods, the canary at 2", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok(
+            (sets.contains(&(stable.clone(), 2, 2)) && sets.contains(&(canary_hash.clone(), 2, 2)))
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert_eq!(route_weights(&client, &ns.name).await?, (50, 50));
+    request(&api, "web", "promote").await?;
+    eventually("stable at 1 pod for 25% of traffic", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok((sets.contains(&(stable.clone(), 1, 1))
+            && route_weights(&client, &ns.name).await? == (25, 75))
+            .then_some(()))
+    })
+    .await?;
+
+    // Abort: stable grows back to full size and takes the traffic back as its pods come up; the
+    // canary then goes.
+    request(&api, "web", "abort").await?;
+    eventually("all traffic and every pod back on stable", WAIT, || async {
+        let sets = replica_sets(&client, &ns.name).await?;
+        Ok((sets.contains(&(stable.clone(), 4, 4))
+            && sets.iter().any(|(h, r, _)| *h == canary_hash && *r == 0)
+            && route_weights(&client, &ns.name).await? == (100, 0))
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}

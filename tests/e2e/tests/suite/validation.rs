@@ -333,11 +333,11 @@ fn cases() -> Vec<Case> {
         },
         // Fields the controller does not act on yet are refused, never stored and skipped.
         Case {
-            name: "dynamicStableScale (not supported yet)",
+            name: "dynamicStableScale without a router",
             base: canary_rollout,
             patch: json!({"spec": {"strategy": {"canary": {"dynamicStableScale": true}}}}),
             field: "spec.strategy.canary.dynamicStableScale",
-            says: "dynamicStableScale is not supported yet",
+            says: "dynamicStableScale needs trafficRouting",
         },
         Case {
             name: "minPodsPerReplicaSet without a router",

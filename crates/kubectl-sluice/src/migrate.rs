@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 /// What could not be carried, at its path in the document.
@@ -293,8 +294,6 @@ pub fn convert_yaml(text: &str) -> Result<(String, Vec<Dropped>)> {
     }
     Ok((out.join("---\n"), dropped))
 }
-
-use serde::Deserialize as _;
 
 #[cfg(test)]
 mod tests {

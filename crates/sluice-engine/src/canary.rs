@@ -721,19 +721,23 @@ fn revision_limit(d: &Decision<'_>) -> usize {
 }
 
 fn scale_down_others(d: &mut Decision<'_>, stable: &str, current: &str) {
+    hold_within_delay(d, &[stable, current], 0);
+}
+
+/// Every ReplicaSet but those in `skip`: one within its scale-down delay keeps its pods, the newest
+/// `scaleDownDelayRevisionLimit` of them at most (`kept` already count against it); the others go
+/// to zero.
+fn hold_within_delay(d: &mut Decision<'_>, skip: &[&str], mut kept: usize) {
     let now = d.s.now;
-    let mut requeue = d.requeue_after;
-    let mut scale = Vec::new();
-    // Old ReplicaSets within their scale-down delay keep their pods, the newest
-    // `scaleDownDelayRevisionLimit` of them at most.
     let limit = revision_limit(d);
     let mut others: Vec<&ReplicaSetView> =
         d.s.replica_sets
             .iter()
-            .filter(|rs| rs.hash != stable && rs.hash != current)
+            .filter(|rs| !skip.contains(&rs.hash.as_str()))
             .collect();
     others.sort_by_key(|rs| std::cmp::Reverse(rs.created));
-    let mut kept = 0;
+    let mut requeue = d.requeue_after;
+    let mut scale = Vec::new();
     for rs in others {
         match rs.scale_down_at {
             Some(at) if at > now && rs.replicas > 0 && kept < limit => {
@@ -805,8 +809,8 @@ fn settle_on_stable(d: &mut Decision<'_>, stable: &str, previous_stable: Option<
     let limit = revision_limit(d);
     let mut kept = 0;
     if let Some((old, delay)) = previous_stable {
-        if delay > 0 && kept < limit {
-            kept += 1;
+        if delay > 0 && limit > 0 {
+            kept = 1;
             let at = add(d.s.now, delay);
             d.scale_down_at.insert(old.to_owned(), Some(at));
             d.requeue_after = earliest(d.requeue_after, until(d.s.now, at));
@@ -815,30 +819,10 @@ fn settle_on_stable(d: &mut Decision<'_>, stable: &str, previous_stable: Option<
             d.scale.insert(old.to_owned(), 0);
         }
     }
-    let now = d.s.now;
-    let mut requeue = d.requeue_after;
-    let mut others: Vec<&ReplicaSetView> =
-        d.s.replica_sets
-            .iter()
-            .filter(|rs| rs.hash != stable)
-            .collect();
-    others.sort_by_key(|rs| std::cmp::Reverse(rs.created));
-    for rs in others {
-        if previous_stable.is_some_and(|(old, _)| old == rs.hash) {
-            continue;
-        }
-        match rs.scale_down_at {
-            Some(at) if at > now && rs.replicas > 0 && kept < limit => {
-                kept += 1;
-                requeue = earliest(requeue, until(now, at));
-                d.scale.insert(rs.hash.clone(), rs.replicas);
-            }
-            _ => {
-                d.scale.insert(rs.hash.clone(), 0);
-            }
-        }
-    }
-    d.requeue_after = requeue;
+    let skip: Vec<&str> = std::iter::once(stable)
+        .chain(previous_stable.map(|(old, _)| old))
+        .collect();
+    hold_within_delay(d, &skip, kept);
 }
 
 /// An aborted release: stable back to full size and traffic back on it. Returns the canary's weight:

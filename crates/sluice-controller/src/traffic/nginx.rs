@@ -204,7 +204,7 @@ impl TrafficRouter for Nginx<'_> {
                 annotations
                     .iter()
                     .all(|(k, v)| e.annotations().get(k) == Some(v))
-                    && e.data["spec"] == spec
+                    && super::managed::holds(&spec, &e.data["spec"])
             });
             if up_to_date {
                 continue;

@@ -375,9 +375,9 @@ async fn a_failing_background_analysis_aborts_the_release() -> Result<()> {
 }
 
 /// The error ratio of one version, from the simulator's counters.
-const ERROR_RATIO: &str = "sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\",code=\"500\"}[10s])) / sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\"}[10s]))";
+pub(crate) const ERROR_RATIO: &str = "sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\",code=\"500\"}[10s])) / sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\"}[10s]))";
 
-fn simulated_args() -> Value {
+pub(crate) fn simulated_args() -> Value {
     json!([
         {"name": "ns", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}}

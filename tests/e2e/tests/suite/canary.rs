@@ -117,7 +117,7 @@ pub(crate) async fn route_weights(client: &Client, ns: &str) -> Result<(i64, i64
     Ok((weight("web-stable"), weight("web-canary")))
 }
 
-fn sluice_e2e_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
+pub(crate) fn sluice_e2e_routes(client: &Client, ns: &str) -> Api<DynamicObject> {
     let gvk = kube::core::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
     Api::namespaced_with(
         client.clone(),

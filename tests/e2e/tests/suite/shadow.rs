@@ -9,28 +9,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::core::GroupVersionKind;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{ControllerProcess, TestNamespace, TrafficSim, client, eventually, install_crds};
 
-use crate::canary::{apply, create_routing, healthy_on, wait_status};
+use crate::analysis::{ERROR_RATIO, simulated_args};
+use crate::canary::{apply, create_routing, healthy_on, sluice_e2e_routes, wait_status};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-const ERROR_RATIO: &str = "sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\",code=\"500\"}[10s])) / sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\"}[10s]))";
-
-fn routes(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(&gvk, "httproutes"),
-    )
-}
 
 /// The user's rule's (stable, canary) weights and the names of the rules Sluice added, in order.
 type RouteState = ((i64, i64), Vec<String>);
@@ -58,7 +47,7 @@ fn read(route: &DynamicObject) -> RouteState {
 fn record(client: &Client, ns: &str) -> Arc<Mutex<Vec<RouteState>>> {
     let seen: Arc<Mutex<Vec<RouteState>>> = Arc::default();
     let log = seen.clone();
-    let stream = watcher(routes(client, ns), watcher::Config::default());
+    let stream = watcher(sluice_e2e_routes(client, ns), watcher::Config::default());
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream.applied_objects());
         while let Some(Ok(route)) = stream.next().await {
@@ -125,9 +114,7 @@ async fn a_shadowed_version_is_judged_on_mirrored_requests_and_aborted_before_an
                                 "match": [{"headerName": "x-beta", "headerValue": {"exact": "yes"}}]}},
             {"setMirrorRoute": {"name": "shadow", "percentage": 100,
                                 "match": [{"path": {"prefix": "/"}}]}},
-            {"analysis": {"templates": [{"templateName": "error-rate"}], "args": [
-                {"name": "ns", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}}]}},
+            {"analysis": {"templates": [{"templateName": "error-rate"}], "args": simulated_args()}},
             {"setWeight": 20},
             {"pause": {}}
         ]
@@ -153,7 +140,7 @@ async fn a_shadowed_version_is_judged_on_mirrored_requests_and_aborted_before_an
 
     // While it is analysed, the route carries both managed rules ahead of the user's.
     let shadowing = eventually("the header and mirror rules in the route", WAIT, || async {
-        let route = routes(&client, &ns.name).get("web").await?;
+        let route = sluice_e2e_routes(&client, &ns.name).get("web").await?;
         Ok((read(&route).1 == ["beta-testers", "shadow"]).then_some(route))
     })
     .await?;
@@ -188,11 +175,11 @@ async fn a_shadowed_version_is_judged_on_mirrored_requests_and_aborted_before_an
 
     // The abort takes the managed rules away; users' weights never left stable.
     eventually("the route without managed rules", WAIT, || async {
-        let route = routes(&client, &ns.name).get("web").await?;
+        let route = sluice_e2e_routes(&client, &ns.name).get("web").await?;
         Ok((read(&route) == ((100, 0), Vec::new())).then_some(()))
     })
     .await?;
-    let route = routes(&client, &ns.name).get("web").await?;
+    let route = sluice_e2e_routes(&client, &ns.name).get("web").await?;
     ensure!(
         !route
             .annotations()

@@ -288,6 +288,14 @@ async fn undo(
         .get(name)
         .await
         .with_context(|| format!("Rollout {name:?}"))?;
+    if let Some(workload) = &rollout.spec.workload_ref {
+        bail!(
+            "Rollout {name:?} takes its pod template from Deployment {:?} (spec.workloadRef): undo \
+             there, e.g. `kubectl rollout undo deployment/{}`, and the Rollout releases that template",
+            workload.name,
+            workload.name
+        );
+    }
     let current = rollout
         .status
         .as_ref()

@@ -105,13 +105,16 @@ pub struct RolloutSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.selector is immutable; delete and recreate the Rollout to change it"))]
     #[x_kube(validation = Rule::new("has(self.matchLabels) && size(self.matchLabels) > 0 || has(self.matchExpressions) && size(self.matchExpressions) > 0").message("spec.selector must select on at least one label"))]
     pub selector: LabelSelector,
-    /// The pods to run. A change here starts a new release.
+    /// The pods to run. A change here starts a new release. Set exactly one of `template` or
+    /// `workloadRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PodTemplateSpec>,
-    /// Not supported yet, and refused: the controller cannot take a pod template from a Deployment.
-    /// Set `template` to the Deployment's pod template instead.
+    /// Take the pod template from a Deployment in the same namespace instead of `template` (as Argo
+    /// Rollouts): a change to the Deployment's pod template starts a new release. The Rollout runs
+    /// pods of its own and never manages the Deployment's; `scaleDown` says what becomes of them.
+    /// While the Deployment's pods still serve, the Rollout's Services are left selecting them and
+    /// are pointed at the Rollout's pods once its first revision is fully available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("false").message("workloadRef is not supported yet: set spec.template to the Deployment's pod template instead"))]
     pub workload_ref: Option<WorkloadRef>,
     /// Seconds a new pod must be ready, without any container crashing, to count as available. Defaults to 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,22 +174,27 @@ pub struct WorkloadRef {
     /// Kind of the workload: `Deployment`.
     #[schemars(length(min = 1, max = 64))]
     pub kind: String,
-    /// Name of the workload, in the Rollout's namespace.
+    /// Name of the Deployment, in the Rollout's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// What happens to the workload's own pods once the Rollout is healthy. Defaults to `Never`.
+    /// What becomes of the Deployment's own pods once the Rollout serves: `never` (left as they
+    /// are, the default), `onsuccess` (the Deployment is scaled to zero once the Rollout's pods are
+    /// all available) or `progressively` (scaled down as the Rollout's pods become available, and
+    /// back up if they fail before the Rollout is fully available). The Deployment's replicas before
+    /// are kept in `status.workload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<WorkloadScaleDown>,
 }
 
-/// When Sluice scales down the Deployment a Rollout took its template from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+/// When Sluice scales down the Deployment a Rollout takes its template from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum WorkloadScaleDown {
     /// Leave the Deployment as it is.
+    #[default]
     #[serde(rename = "never")]
     Never,
-    /// Scale it to zero once the Rollout is fully available.
+    /// Scale it to zero once the Rollout's pods are all available.
     #[serde(rename = "onsuccess")]
     OnSuccess,
     /// Scale it down as the Rollout's pods become available.
@@ -776,6 +784,9 @@ pub struct RolloutStatus {
     /// The last restart that completed: every pod is newer than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<Time>,
+    /// The Deployment `spec.workloadRef` names, as the Rollout took it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadStatus>,
     /// Canary progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
@@ -786,6 +797,21 @@ pub struct RolloutStatus {
     /// gates holding the release now, and the bypasses used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_budget: Option<ErrorBudgetReleaseStatus>,
+}
+
+/// How far a Rollout has taken over the Deployment it takes its template from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// The Deployment's name.
+    pub name: String,
+    /// The Deployment's replicas when the Rollout first saw it: what `progressively` scales it back
+    /// up to if the Rollout's pods fail before the takeover completes.
+    pub replicas_before: i32,
+    /// The Rollout's pods have all been available once: its Services select them, and the
+    /// Deployment's pods (if `scaleDown` asks) are down for good.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub taken_over: bool,
 }
 
 /// The ErrorBudgetGates' say on a Rollout's releases.

@@ -13,12 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -121,6 +123,11 @@ pub struct Caches {
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
     /// The Jobs of job metrics (labelled `sluice.dev/analysis-run`), trimmed to their outcome.
     pub jobs: Store<Job>,
+    /// Every Deployment, by metadata only (name, uid, generation): which a Rollout's
+    /// `workloadRef` names, and when its spec changes.
+    pub deployments: Store<PartialObjectMeta<Deployment>>,
+    /// The pod template and size of the Deployments Rollouts name, read once per generation.
+    pub workloads: crate::workload::Templates,
 }
 
 /// The writing ends of [`Caches`], for the watches.
@@ -135,6 +142,7 @@ pub struct Writers {
     pub templates: Writer<AnalysisTemplate>,
     pub cluster_templates: Writer<ClusterAnalysisTemplate>,
     pub jobs: Writer<Job>,
+    pub deployments: Writer<PartialObjectMeta<Deployment>>,
 }
 
 impl Caches {
@@ -157,6 +165,7 @@ impl Caches {
         let (templates, templates_writer) = reflector::store();
         let (cluster_templates, cluster_templates_writer) = reflector::store();
         let (jobs, jobs_writer) = reflector::store();
+        let (deployments, deployments_writer) = reflector::store();
         (
             Self {
                 rollouts,
@@ -173,6 +182,8 @@ impl Caches {
                 templates,
                 cluster_templates,
                 jobs,
+                deployments,
+                workloads: Default::default(),
             },
             Writers {
                 rollouts: rollouts_writer,
@@ -185,6 +196,7 @@ impl Caches {
                 templates: templates_writer,
                 cluster_templates: cluster_templates_writer,
                 jobs: jobs_writer,
+                deployments: deployments_writer,
             },
         )
     }
@@ -204,8 +216,8 @@ impl Caches {
 
 /// What a kind's watch needs to know.
 pub struct WatchSpec<K> {
-    pub api: Api<K>,
-    pub config: watcher::Config,
+    /// The watch's events: [`source`] (whole objects) or `metadata_watcher` (metadata only).
+    pub events: Events<K>,
     /// Drops what no reconcile reads.
     pub trim: fn(&mut K),
     /// Index the objects by their owner, into this index.
@@ -219,6 +231,17 @@ pub struct WatchSpec<K> {
     pub leading: Arc<AtomicBool>,
     /// Called with each deleted object, as its last state (e.g. to drop its metrics).
     pub on_delete: Option<OnDelete<K>>,
+}
+
+/// A watch's events, as a watcher yields them.
+pub type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// The events of a watch of whole objects.
+pub fn source<K>(api: Api<K>, config: watcher::Config) -> Events<K>
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
+{
+    watcher(api, config).boxed()
 }
 
 /// What a watch calls with each deleted object.
@@ -247,7 +270,8 @@ where
         "watch-lag-{}",
         kind.rsplit("::").next().unwrap_or(kind).to_lowercase()
     );
-    let events = watcher(spec.api, spec.config)
+    let events = spec
+        .events
         .default_backoff()
         .modify(move |object| {
             strip_common(object.meta_mut());
@@ -402,6 +426,8 @@ pub enum Reference {
     Template(String),
     /// A ClusterAnalysisTemplate.
     ClusterTemplate(String),
+    /// A Deployment in the Rollout's namespace (`workloadRef`).
+    Workload(String),
 }
 
 impl Reference {
@@ -497,6 +523,17 @@ fn strip_common(meta: &mut ObjectMeta) {
 
 /// Keeps nothing more.
 pub fn keep_all<K>(_: &mut K) {}
+
+/// A Deployment's metadata as a Rollout's `workloadRef` reads it: its name, uid and generation (a
+/// change to its status or labels wakes nothing).
+pub fn trim_deployment(deployment: &mut PartialObjectMeta<Deployment>) {
+    let meta = &mut deployment.metadata;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.creation_timestamp = None;
+}
 
 /// A ReplicaSet as a release decision sees it: its labels, owner, scale-down annotation, size and
 /// availability; not its pod template, nor the status fields no decision reads (so that the

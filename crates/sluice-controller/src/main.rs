@@ -17,11 +17,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DynamicObject, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -51,6 +52,7 @@ mod rollout;
 mod rollout_analysis;
 mod template_status;
 mod traffic;
+mod workload;
 mod written;
 
 /// The field manager of everything the controller writes.
@@ -355,6 +357,7 @@ struct Watched {
     cluster_templates_to_check: UnboundedReceiver<ClusterAnalysisTemplate>,
     routes: Vec<(traffic::RouteKind, UnboundedReceiver<DynamicObject>)>,
     jobs: UnboundedReceiver<Job>,
+    deployments: UnboundedReceiver<PartialObjectMeta<Deployment>>,
 }
 
 /// Starts one watch per kind, each filling its store, and waits for every store's first full list:
@@ -389,8 +392,10 @@ async fn start_watches(
     // One watch per kind; each feeds its store and wakes the controllers that depend on it.
     let mut rollout_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<Rollout>(client, namespace),
-            config: watcher::Config::default(),
+            events: cache::source(
+                scoped::<Rollout>(client, namespace),
+                watcher::Config::default(),
+            ),
             trim: cache::keep_all,
             owner: None,
             references: Some((rollout::references, ctx.caches.rollout_references.clone())),
@@ -410,8 +415,10 @@ async fn start_watches(
     );
     let mut gate_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<ErrorBudgetGate>(client, namespace),
-            config: watcher::Config::default(),
+            events: cache::source(
+                scoped::<ErrorBudgetGate>(client, namespace),
+                watcher::Config::default(),
+            ),
             trim: cache::keep_all,
             owner: None,
             references: None,
@@ -426,8 +433,7 @@ async fn start_watches(
     );
     let replica_set_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<ReplicaSet>(client, namespace),
-            config: owned(),
+            events: cache::source(scoped::<ReplicaSet>(client, namespace), owned()),
             trim: cache::trim_replica_set,
             owner: Some((cache::rollout_label, ctx.caches.replica_set_index.clone())),
             references: None,
@@ -439,9 +445,11 @@ async fn start_watches(
     );
     let pod_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<Pod>(client, namespace),
             // The pods of Sluice's ReplicaSets, which carry its pod-template-hash label.
-            config: watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+            events: cache::source(
+                scoped::<Pod>(client, namespace),
+                watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+            ),
             trim: cache::trim_pod,
             owner: Some((cache::controlling_replica_set, ctx.caches.pod_index.clone())),
             references: None,
@@ -453,9 +461,11 @@ async fn start_watches(
     );
     let mut run_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<AnalysisRun>(client, namespace),
             // All runs: the AnalysisRun controller also measures runs that people create.
-            config: watcher::Config::default(),
+            events: cache::source(
+                scoped::<AnalysisRun>(client, namespace),
+                watcher::Config::default(),
+            ),
             trim: cache::trim_run,
             owner: Some((cache::rollout_label, ctx.caches.run_index.clone())),
             references: None,
@@ -467,9 +477,11 @@ async fn start_watches(
     );
     let job_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<Job>(client, namespace),
             // Only the Jobs of job metrics.
-            config: watcher::Config::default().labels(sluice_api::names::ANALYSIS_RUN_LABEL),
+            events: cache::source(
+                scoped::<Job>(client, namespace),
+                watcher::Config::default().labels(sluice_api::names::ANALYSIS_RUN_LABEL),
+            ),
             trim: cache::trim_job,
             owner: None,
             references: None,
@@ -479,10 +491,36 @@ async fn start_watches(
         },
         writers.jobs,
     );
+    // Deployments by metadata only: a Rollout's workloadRef reads the one it names on demand.
+    let deployment_changes = cache::watch(
+        cache::WatchSpec {
+            events: cache::source(
+                scoped::<PartialObjectMeta<Deployment>>(client, namespace),
+                watcher::Config::default(),
+            ),
+            trim: cache::trim_deployment,
+            owner: None,
+            references: None,
+            subscribers: 1,
+            leading: leading.clone(),
+            on_delete: Some({
+                let ctx = ctx.clone();
+                Arc::new(move |deployment: &PartialObjectMeta<Deployment>| {
+                    ctx.caches.workloads.forget(
+                        &deployment.namespace().unwrap_or_default(),
+                        &deployment.name_any(),
+                    );
+                })
+            }),
+        },
+        writers.deployments,
+    );
     let service_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<Service>(client, namespace),
-            config: watcher::Config::default(),
+            events: cache::source(
+                scoped::<Service>(client, namespace),
+                watcher::Config::default(),
+            ),
             trim: cache::trim_service,
             owner: None,
             references: None,
@@ -494,8 +532,10 @@ async fn start_watches(
     );
     let mut template_changes = cache::watch(
         cache::WatchSpec {
-            api: scoped::<AnalysisTemplate>(client, namespace),
-            config: watcher::Config::default(),
+            events: cache::source(
+                scoped::<AnalysisTemplate>(client, namespace),
+                watcher::Config::default(),
+            ),
             trim: cache::keep_all,
             owner: None,
             references: None,
@@ -508,8 +548,10 @@ async fn start_watches(
     .into_iter();
     let mut cluster_template_changes = cache::watch(
         cache::WatchSpec {
-            api: Api::<ClusterAnalysisTemplate>::all(client.clone()),
-            config: watcher::Config::default(),
+            events: cache::source(
+                Api::<ClusterAnalysisTemplate>::all(client.clone()),
+                watcher::Config::default(),
+            ),
             trim: cache::keep_all,
             owner: None,
             references: None,
@@ -532,8 +574,7 @@ async fn start_watches(
         route_stores.push(writer.as_reader());
         let changes = cache::watch(
             cache::WatchSpec {
-                api,
-                config: watcher::Config::default(),
+                events: cache::source(api, watcher::Config::default()),
                 trim: kind.trim(),
                 owner: None,
                 references: None,
@@ -558,6 +599,7 @@ async fn start_watches(
         caches.services.wait_until_ready().boxed(),
         caches.templates.wait_until_ready().boxed(),
         caches.cluster_templates.wait_until_ready().boxed(),
+        caches.deployments.wait_until_ready().boxed(),
     ])
     .await;
     if synced.is_err() {
@@ -597,6 +639,7 @@ async fn start_watches(
         cluster_templates_to_check: cluster_template_changes.next().unwrap_or_else(closed),
         routes: route_changes,
         jobs: job_changes.into_iter().next().unwrap_or_else(closed),
+        deployments: deployment_changes.into_iter().next().unwrap_or_else(closed),
     })
 }
 
@@ -607,8 +650,12 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
     let store = caches.rollouts.clone();
     let gate_trigger = release_gates::GateTrigger::new(store.clone(), caches.gates.clone());
     let references = &caches.rollout_references;
-    let (by_service, by_template, by_cluster_template) =
-        (references.clone(), references.clone(), references.clone());
+    let (by_service, by_template, by_cluster_template, by_workload) = (
+        references.clone(),
+        references.clone(),
+        references.clone(),
+        references.clone(),
+    );
     let replica_sets = caches.replica_sets.clone();
     let rollout_trigger = cache::as_trigger_from(&store, watched.rollouts)
         // The controller's own status writes do not wake it: a plan stands on its own.
@@ -636,6 +683,17 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
         .watches_stream(cache::as_trigger(watched.services), move |svc: Service| {
             by_service.referrers(svc.namespace(), Reference::Service(svc.name_any()))
         })
+        // The Deployment a Rollout takes its template from: a new template starts a release, a
+        // resize is answered (scaleDown), its creation clears an InvalidSpec.
+        .watches_stream(
+            cache::as_trigger(watched.deployments),
+            move |deployment: PartialObjectMeta<Deployment>| {
+                by_workload.referrers(
+                    deployment.namespace(),
+                    Reference::Workload(deployment.name_any()),
+                )
+            },
+        )
         .watches_stream(
             cache::as_trigger(watched.templates),
             move |template: AnalysisTemplate| {

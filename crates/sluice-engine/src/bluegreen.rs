@@ -396,10 +396,12 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
             canary_hash: if aborted { active.clone() } else { current },
             stable_hash: active,
             managed_routes: Vec::new(),
+            leave_services: false,
         },
         runs: RunPlan::default(),
         evict: Vec::new(),
         pod_metadata: Vec::new(),
+        workload_replicas: None,
         events: d.events,
         requeue_after: d.requeue_after,
     }
@@ -957,6 +959,7 @@ mod tests {
                 request: None,
                 invalid_spec: None,
                 gating: &crate::gate::Gating::default(),
+                workload_replicas: None,
                 now: self.now,
             };
             let verdicts = Verdicts {

@@ -368,6 +368,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         canary_hash,
         stable_hash: stable,
         managed_routes,
+        leave_services: false,
     };
     conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
     let waits = matches!(gated, Gated::HoldNew { .. });
@@ -387,6 +388,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         runs: RunPlan::default(),
         evict: Vec::new(),
         pod_metadata: Vec::new(),
+        workload_replicas: None,
         events: d.events,
         requeue_after: d.requeue_after,
     }

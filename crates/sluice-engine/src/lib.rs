@@ -19,6 +19,7 @@ pub mod release;
 pub mod replicas;
 pub mod restart;
 pub mod runs;
+pub mod workload;
 
 use std::time::Duration;
 
@@ -151,6 +152,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
         // Recorded with what the request did, in the same status write: acted on exactly once.
         plan.status.handled_request = Some(request.to_owned());
     }
+    workload::decide(s, &mut plan);
     restart::decide(s, strategy, &mut plan);
     plan.pod_metadata = pods::role_metadata(strategy, &plan.traffic, s.pods);
     plan

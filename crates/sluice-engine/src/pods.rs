@@ -153,6 +153,7 @@ mod tests {
             canary_hash: "new".to_owned(),
             stable_hash: "old".to_owned(),
             managed_routes: Vec::new(),
+            leave_services: false,
         };
         let pods = [
             pod("a", "old", &[("role", "stable")]),
@@ -177,6 +178,7 @@ mod tests {
             canary_hash: "old".to_owned(),
             stable_hash: "old".to_owned(),
             managed_routes: Vec::new(),
+            leave_services: false,
         };
         let canary = no_metadata();
         let pods = [pod("a", "old", &[("role", "x")])];

@@ -123,6 +123,8 @@ pub struct Snapshot<'a> {
     pub invalid_spec: Option<&'a str>,
     /// The ErrorBudgetGates selecting the Rollout, and the revision's bypass and critical mark.
     pub gating: &'a Gating,
+    /// The replicas of the Deployment `spec.workloadRef` names, as observed (`None` without one).
+    pub workload_replicas: Option<i32>,
     pub now: Timestamp,
 }
 
@@ -137,6 +139,9 @@ pub struct Traffic {
     pub stable_hash: String,
     /// The header and mirror routes in force, in `managedRoutes` order (none outside a release).
     pub managed_routes: Vec<ManagedRouteRule>,
+    /// Leave the Services' selectors as they are: a Deployment being taken over still serves
+    /// through them (`workloadRef`).
+    pub leave_services: bool,
 }
 
 /// A route a release puts ahead of the user's, as the steps so far set it.
@@ -193,6 +198,8 @@ pub struct Plan {
     pub evict: Vec<String>,
     /// Role metadata to put on or take off pods.
     pub pod_metadata: Vec<PodMetadataPatch>,
+    /// Scale the Deployment `spec.workloadRef` names to this many replicas (`scaleDown`).
+    pub workload_replicas: Option<i32>,
     /// Events to record.
     pub events: Vec<Event>,
     /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).

@@ -469,6 +469,7 @@ mod tests {
             request: None,
             invalid_spec: None,
             gating: &crate::gate::Gating::default(),
+            workload_replicas: None,
             now: Timestamp::from_second(400).expect("time"),
         };
         let mut plan = Plan {
@@ -483,10 +484,12 @@ mod tests {
                 canary_hash: String::new(),
                 stable_hash: String::new(),
                 managed_routes: Vec::new(),
+                leave_services: false,
             },
             runs: RunPlan::default(),
             evict: Vec::new(),
             pod_metadata: Vec::new(),
+            workload_replicas: None,
             events: Vec::new(),
             requeue_after: None,
         };

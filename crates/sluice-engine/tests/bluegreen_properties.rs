@@ -250,6 +250,7 @@ impl World {
             request: None,
             invalid_spec: None,
             gating: &self.gating,
+            workload_replicas: None,
             now,
         };
         sluice_engine::decide(

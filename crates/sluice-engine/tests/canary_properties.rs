@@ -333,6 +333,7 @@ impl World {
             request: None,
             invalid_spec: None,
             gating: &self.gating,
+            workload_replicas: None,
             now,
         };
         sluice_engine::decide(

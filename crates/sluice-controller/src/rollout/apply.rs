@@ -179,6 +179,10 @@ pub(super) async fn execute(
         (strategy.canary_service(), &plan.traffic.canary_hash),
     ] {
         let Some(service) = service else { continue };
+        if plan.traffic.leave_services {
+            // A Deployment being taken over still serves through it.
+            continue;
+        }
         // Point a Service only at a ReplicaSet that exists, so it never selects nothing by mistake.
         if !observed.contains_key(target.as_str()) && target != hash {
             continue;

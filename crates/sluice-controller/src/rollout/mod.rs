@@ -23,6 +23,7 @@ use crate::Context;
 use crate::cache;
 use crate::error::Error;
 use crate::rollout_analysis::{self, Templates};
+use crate::workload;
 use crate::written::Kind;
 
 mod apply;
@@ -131,6 +132,16 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     }
     let status = rollout.status.clone().unwrap_or_default();
 
+    // With a workloadRef, the Rollout as released: the Deployment's pod template in its spec.
+    let resolved = match workload::resolve(ctx, rollout, &namespace).await? {
+        Ok(resolved) => resolved,
+        Err(problem) => {
+            return invalid_spec(rollout, ctx, &status, &problem, Timestamp::now()).await;
+        }
+    };
+    let workload_replicas = resolved.workload_replicas;
+    let rollout: &Rollout = &resolved.rollout;
+
     let strategy = match strategy_of(rollout) {
         Ok(strategy) => strategy,
         Err(problem) => {
@@ -209,9 +220,18 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         request,
         invalid_spec: problem.as_deref(),
         gating: &gating,
+        workload_replicas,
         now,
     };
     let plan = sluice_engine::decide(&snapshot, strategy.engine());
+    // The Deployment taken over grows (its pods failing) with what the plan adds, and shrinks with
+    // what it takes away.
+    let workload_change = plan.workload_replicas.zip(workload_replicas);
+    if let Some((wanted, seen)) = workload_change
+        && wanted > seen
+    {
+        workload::scale(ctx, rollout, &namespace, wanted).await?;
+    }
     execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
     // The status is written once what the plan adds is in place and before anything is taken
     // away or started: a crash before it leaves the old status and everything it counts on (stable
@@ -235,6 +255,11 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     )
     .await?;
     remove_surplus(ctx, rollout, &namespace, &views, &plan).await?;
+    if let Some((wanted, seen)) = workload_change
+        && wanted < seen
+    {
+        workload::scale(ctx, rollout, &namespace, wanted).await?;
+    }
     announce(ctx, rollout, &status, &plan);
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(50)

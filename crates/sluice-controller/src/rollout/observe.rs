@@ -60,6 +60,9 @@ pub fn references(rollout: &Rollout) -> Vec<Reference> {
         references.extend(blue_green.preview_service.clone().map(Reference::Service));
         template_refs.extend(rollout_analysis::blue_green_template_refs(blue_green));
     }
+    if let Some(workload) = &rollout.spec.workload_ref {
+        references.push(Reference::Workload(workload.name.clone()));
+    }
     for (_, refs) in template_refs {
         references.extend(refs.iter().map(|r| {
             let name = r.template_name.clone();
@@ -125,10 +128,7 @@ pub(super) fn pod_view(pod: &Pod, now: Timestamp) -> Option<PodView> {
 /// The strategy the spec sets, or why there is none (a user error to report, not a failure).
 pub(super) fn strategy_of(rollout: &Rollout) -> Result<Strategy<'_>, String> {
     if rollout.spec.template.is_none() {
-        return Err(
-            "spec.workloadRef is not supported by this version of Sluice; set spec.template"
-                .to_owned(),
-        );
+        return Err("spec sets neither template nor workloadRef".to_owned());
     }
     match (
         &rollout.spec.strategy.canary,

@@ -329,6 +329,7 @@ mod tests {
     fn header_and_mirror_rules_follow_the_users_rule() {
         let traffic = Traffic {
             canary_weight: 10,
+            leave_services: false,
             canary_hash: "new".to_owned(),
             stable_hash: "old".to_owned(),
             managed_routes: vec![

@@ -684,6 +684,7 @@ mod tests {
         };
         let traffic = Traffic {
             canary_weight: 30,
+            leave_services: false,
             canary_hash: "new".to_owned(),
             stable_hash: "old".to_owned(),
             managed_routes: vec![

@@ -25,3 +25,4 @@ mod tenancy;
 mod traffic;
 mod validation;
 mod web;
+mod workload;

@@ -22,14 +22,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Requests by (verb, resource), the Rollout reconciles so far, and the requests the finished
 /// reconciles sent (the per-reconcile histogram's sum).
-struct Counts {
+pub(crate) struct Counts {
     requests: BTreeMap<(String, String), u64>,
     reconciles: u64,
     reconcile_requests: u64,
 }
 
 impl Counts {
-    async fn read(controller: &ControllerProcess) -> Result<Self> {
+    pub(crate) async fn read(controller: &ControllerProcess) -> Result<Self> {
         let body = sluice_e2e::http_get(&controller.http, "/metrics").await?;
         let mut requests = BTreeMap::new();
         let mut reconciles = 0;
@@ -64,7 +64,7 @@ impl Counts {
     /// What was sent since `before`, watches and the leader Lease left out: a watch is opened per
     /// kind and re-opened now and then, and the Lease is renewed every few seconds, whatever the
     /// Rollouts do.
-    fn since(&self, before: &Counts) -> BTreeMap<(String, String), u64> {
+    pub(crate) fn since(&self, before: &Counts) -> BTreeMap<(String, String), u64> {
         self.requests
             .iter()
             .filter(|((verb, resource), _)| verb != "watch" && resource != "leases")
@@ -93,6 +93,21 @@ async fn after_reconciles(
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     Counts::read(controller).await
+}
+
+/// Changes the Rollout's metadata (an annotation: a reconcile that has nothing to decide), waits for
+/// the reconcile and reads the counts.
+pub(crate) async fn touch_and_count(
+    controller: &ControllerProcess,
+    api: &Api<Rollout>,
+    name: &str,
+    i: usize,
+    before: &Counts,
+) -> Result<Counts> {
+    let touch = json!({"metadata": {"annotations": {"e2e.sluice.dev/touch": i.to_string()}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&touch))
+        .await?;
+    after_reconciles(controller, before, 1).await
 }
 
 #[tokio::test]
@@ -139,10 +154,7 @@ async fn a_settled_rollout_costs_no_requests_and_an_abort_only_its_writes() -> R
     let before = Counts::read(&controller).await?;
     let mut settled = Counts::read(&controller).await?;
     for i in 0..3 {
-        let touch = json!({"metadata": {"annotations": {"e2e.sluice.dev/touch": i.to_string()}}});
-        api.patch("web", &PatchParams::default(), &Patch::Merge(&touch))
-            .await?;
-        settled = after_reconciles(&controller, &settled, 1).await?;
+        settled = touch_and_count(&controller, &api, "web", i, &settled).await?;
         let touch = json!({"metadata": {"labels": {"e2e.sluice.dev/touch": i.to_string()}}});
         templates
             .patch("checks", &PatchParams::default(), &Patch::Merge(&touch))

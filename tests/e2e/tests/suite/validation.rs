@@ -218,13 +218,6 @@ fn cases() -> Vec<Case> {
             says: "workloadRef must name an apps/v1 Deployment",
         },
         Case {
-            name: "workloadRef (not supported yet)",
-            base: canary_rollout,
-            patch: json!({"spec": {"template": null, "workloadRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout"}}}),
-            field: "spec.workloadRef",
-            says: "workloadRef is not supported yet",
-        },
-        Case {
             name: "a web metric with a body and no method",
             base: analysis_template,
             patch: json!({"spec": {"metrics": [{"name": "m", "successCondition": "result == 1", "provider": {

@@ -17,9 +17,12 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
-use sluice_api::names::{ACTION_ANNOTATION, ROLLOUT_LABEL, RolloutAction, TEMPLATE_ANNOTATION};
+use sluice_api::names::{
+    ACTION_ANNOTATION, REQUESTED_BY_ANNOTATION, ROLLOUT_LABEL, RolloutAction, TEMPLATE_ANNOTATION,
+};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
+mod history;
 mod migrate;
 
 /// Label on the ReplicaSets a Rollout owns (set by the controller).
@@ -83,6 +86,23 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// List a Rollout's releases (its Release records), oldest first.
+    History { name: String },
+    /// The timeline of one release (the newest, or --number N, or the newest of --revision R): its
+    /// steps with the time at each and the weight reached, analysis verdicts with the measurements
+    /// that decided them, people's actions and how it ended.
+    Report {
+        name: String,
+        /// The release's number (see `history`).
+        #[arg(long)]
+        number: Option<i64>,
+        /// The newest release of this revision (pod-template hash).
+        #[arg(long)]
+        revision: Option<String>,
+        /// text, markdown or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: history::Format,
+    },
     /// Show a Rollout's steps, ReplicaSets and pods; --watch redraws every second.
     Get {
         /// Only `rollout` is supported.
@@ -144,6 +164,27 @@ async fn run() -> Result<ExitCode> {
             get(&client, &rollouts, &namespace, &name, watch).await
         }
         Command::Migrate { files } => migrate_files(&files),
+        Command::History { name } => {
+            let releases = Api::namespaced(client.clone(), &namespace);
+            print!(
+                "{}",
+                history::table(&history::records(&releases, &name).await?)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            name,
+            number,
+            revision,
+            output,
+        } => {
+            let releases = Api::namespaced(client.clone(), &namespace);
+            let records = history::records(&releases, &name).await?;
+            let record = history::pick(&records, number, revision.as_deref())?;
+            let rollout = rollouts.get_opt(&name).await?;
+            print!("{}", history::report(&record, rollout.as_ref(), output)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -233,7 +274,9 @@ async fn request(rollouts: &Api<Rollout>, name: &str, action: RolloutAction) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let patch = json!({"metadata": {"annotations": {ACTION_ANNOTATION: action}}});
+    // Who asks, as the API server knows them: recorded with what the request did.
+    let by = requester(rollouts.clone().into_client()).await;
+    let patch = json!({"metadata": {"annotations": {ACTION_ANNOTATION: action, REQUESTED_BY_ANNOTATION: by}}});
     rollouts
         .patch(
             name,
@@ -256,6 +299,19 @@ async fn request(rollouts: &Api<Rollout>, name: &str, action: RolloutAction) -> 
     }
     println!("rollout.sluice.dev/{name}: {action} requested");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The identity the API server knows this client by (a SelfSubjectReview), if it says.
+async fn requester(client: Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let review = Api::<SelfSubjectReview>::all(client)
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await
+        .ok()?;
+    review.status?.user_info?.username
 }
 
 /// The Rollout's ReplicaSets, newest first.

@@ -76,6 +76,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         cluster_template,
         run,
         ErrorBudgetGate::crd(),
+        crate::Release::crd(),
     ]
 }
 

@@ -12,10 +12,12 @@ pub mod common;
 pub mod crdgen;
 pub mod gate;
 pub mod names;
+pub mod release;
 pub mod rollout;
 
 pub use analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 pub use gate::ErrorBudgetGate;
+pub use release::Release;
 pub use rollout::Rollout;
 
 /// The API group of all Sluice resources.

@@ -19,6 +19,9 @@ pub const SCALE_DOWN_AT_ANNOTATION: &str = "sluice.dev/scale-down-at";
 /// Annotation on a Rollout carrying a person's request (a [`RolloutAction`]); the controller acts on
 /// it and removes it. Kept out of the spec so that GitOps tools never revert it.
 pub const ACTION_ANNOTATION: &str = "sluice.dev/action";
+/// Who made the request in [`ACTION_ANNOTATION`] (the plugin writes the requester's identity, as
+/// the API server knows it); recorded with what the request did in the release record.
+pub const REQUESTED_BY_ANNOTATION: &str = "sluice.dev/requested-by";
 /// Annotation on a ReplicaSet holding the Rollout's pod template exactly as written (the ReplicaSet's
 /// own copy gets the API server's defaults), so that `undo` restores a template with the same hash.
 pub const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";

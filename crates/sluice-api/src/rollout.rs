@@ -124,6 +124,11 @@ pub struct RolloutSpec {
     #[serde(default = "default_revision_history_limit")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub revision_history_limit: i32,
+    /// How many Release records (one per release: its steps, analysis verdicts, actions and
+    /// outcome) to keep for this Rollout, the newest. Defaults to 20.
+    #[serde(default = "default_release_history_limit")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("must be between 1 and 100"))]
+    pub release_history_limit: i32,
     /// How many finished AnalysisRuns of earlier revisions to keep (as Argo Rollouts); older ones
     /// are deleted. The runs of the revision being released are always kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,6 +163,9 @@ fn default_replicas() -> i32 {
 }
 fn default_revision_history_limit() -> i32 {
     10
+}
+fn default_release_history_limit() -> i32 {
+    20
 }
 fn default_progress_deadline_seconds() -> i32 {
     600
@@ -784,6 +792,10 @@ pub struct RolloutStatus {
     /// The last restart that completed: every pod is newer than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarted_at: Option<Time>,
+    /// The release in flight, or the last one: its steps, transitions and outcome, as recorded in
+    /// its `Release` object (`kubectl sluice history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<crate::release::ReleaseProgress>,
     /// The Deployment `spec.workloadRef` names, as the Rollout took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadStatus>,

@@ -28,7 +28,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_api::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
-use sluice_api::{ErrorBudgetGate, Rollout};
+use sluice_api::{ErrorBudgetGate, Release, Rollout};
 
 use crate::traffic::RouteKind;
 
@@ -128,6 +128,11 @@ pub struct Caches {
     pub deployments: Store<PartialObjectMeta<Deployment>>,
     /// The pod template and size of the Deployments Rollouts name, read once per generation.
     pub workloads: crate::workload::Templates,
+    /// The Rollouts' release records (labelled `sluice.dev/rollout`); an ended one without its
+    /// timeline, steps and analysis, which are never rewritten.
+    pub releases: Store<Release>,
+    /// The release records by the Rollout they belong to.
+    pub release_index: OwnerIndex,
 }
 
 /// The writing ends of [`Caches`], for the watches.
@@ -143,6 +148,7 @@ pub struct Writers {
     pub cluster_templates: Writer<ClusterAnalysisTemplate>,
     pub jobs: Writer<Job>,
     pub deployments: Writer<PartialObjectMeta<Deployment>>,
+    pub releases: Writer<Release>,
 }
 
 impl Caches {
@@ -166,6 +172,7 @@ impl Caches {
         let (cluster_templates, cluster_templates_writer) = reflector::store();
         let (jobs, jobs_writer) = reflector::store();
         let (deployments, deployments_writer) = reflector::store();
+        let (releases, releases_writer) = reflector::store();
         (
             Self {
                 rollouts,
@@ -184,6 +191,8 @@ impl Caches {
                 jobs,
                 deployments,
                 workloads: Default::default(),
+                releases,
+                release_index: OwnerIndex::default(),
             },
             Writers {
                 rollouts: rollouts_writer,
@@ -197,6 +206,7 @@ impl Caches {
                 cluster_templates: cluster_templates_writer,
                 jobs: jobs_writer,
                 deployments: deployments_writer,
+                releases: releases_writer,
             },
         )
     }
@@ -577,17 +587,35 @@ pub fn trim_pod(pod: &mut Pod) {
     });
 }
 
-/// An AnalysisRun as the controllers see it: once it has finished, without its measurements (the
-/// Rollout reads its phase, message and each metric's verdict; the run's own reconciler no longer
-/// looks at it). A running run is kept whole: its reconciler records the next measurement on it.
+/// An AnalysisRun as the controllers see it: once it has finished, with only each metric's last
+/// measurement (the Rollout reads its phase, message and each metric's verdict, its release record
+/// the measurement that decided it; the run's own reconciler no longer looks at it). A running run
+/// is kept whole: its reconciler records the next measurement on it.
 pub fn trim_run(run: &mut AnalysisRun) {
     if let Some(status) = run.status.as_mut()
         && status
             .phase
             .is_some_and(sluice_engine::analysis::is_completed)
     {
+        // The last measurement of each metric stays: the release record shows what decided it.
         for result in &mut status.metric_results {
-            result.measurements = Vec::new();
+            let last = result.measurements.pop();
+            result.measurements = last.into_iter().collect();
+        }
+    }
+}
+
+/// A release record as the controller reads it back: an ended one is never rewritten (but for the
+/// time stable was restored, which needs only its release's fields), so its timeline, steps and
+/// analysis are not kept.
+pub fn trim_release(record: &mut Release) {
+    let release = &mut record.spec.release;
+    if release.outcome.is_some() {
+        release.timeline = Vec::new();
+        release.steps = Vec::new();
+        release.images = Vec::new();
+        if release.restored_at.is_some() || release.aborted_by.is_none() {
+            record.spec.analysis = Vec::new();
         }
     }
 }

@@ -32,7 +32,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use sluice_analysis::{AddressPolicy, AddressRule};
 use sluice_api::analysis::{AnalysisRun, AnalysisTemplate, ClusterAnalysisTemplate};
 use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
-use sluice_api::{ErrorBudgetGate, Rollout};
+use sluice_api::{ErrorBudgetGate, Release, Rollout};
 use tracing_subscriber::EnvFilter;
 
 use crate::cache::Reference;
@@ -48,6 +48,7 @@ mod job_metric;
 mod lease;
 mod metrics;
 mod release_gates;
+mod release_record;
 mod rollout;
 mod rollout_analysis;
 mod template_status;
@@ -123,6 +124,8 @@ pub struct Context {
     pub backoffs: backoff::Backoffs,
     /// The controller's last write to each Rollout: no reconcile acts on an older cached copy.
     pub written: written::Written,
+    /// What the release records this controller wrote say, as of its last write to each.
+    pub records: release_record::Written,
     /// Where providers and gates may send queries.
     pub address_policy: Arc<AddressPolicy>,
     /// Events waiting to be recorded.
@@ -207,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
         caches,
         backoffs: backoff::Backoffs::default(),
         written: written::Written::default(),
+        records: release_record::Written::default(),
         address_policy: Arc::new(if args.allow_provider_address.is_empty() {
             AddressPolicy::default()
         } else {
@@ -491,6 +495,19 @@ async fn start_watches(
         },
         writers.jobs,
     );
+    let release_changes = cache::watch(
+        cache::WatchSpec {
+            events: cache::source(scoped::<Release>(client, namespace), owned()),
+            trim: cache::trim_release,
+            owner: Some((cache::rollout_label, ctx.caches.release_index.clone())),
+            references: None,
+            subscribers: 0,
+            leading: leading.clone(),
+            on_delete: None,
+        },
+        writers.releases,
+    );
+    drop(release_changes);
     // Deployments by metadata only: a Rollout's workloadRef reads the one it names on demand.
     let deployment_changes = cache::watch(
         cache::WatchSpec {
@@ -600,6 +617,7 @@ async fn start_watches(
         caches.templates.wait_until_ready().boxed(),
         caches.cluster_templates.wait_until_ready().boxed(),
         caches.deployments.wait_until_ready().boxed(),
+        caches.releases.wait_until_ready().boxed(),
     ])
     .await;
     if synced.is_err() {

@@ -88,6 +88,26 @@ pub struct RequestLabels {
     pub resource: String,
 }
 
+/// A Rollout's releases that ended one way.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub namespace: String,
+    pub rollout: String,
+    /// Completed, Aborted or Superseded.
+    pub outcome: String,
+    /// What aborted it (Analysis, User, ProgressDeadline, InvalidSpec, ErrorBudget); empty otherwise.
+    pub cause: String,
+}
+
+/// Seconds from minutes to a day: how long releases take, and how long stable takes to come back.
+const RELEASE_SECONDS: [f64; 10] = [
+    30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
+];
+
+fn release_seconds() -> Histogram {
+    Histogram::new(RELEASE_SECONDS)
+}
+
 /// Everything the operator counts.
 pub struct Metrics {
     pub reconciles: Counter,
@@ -114,6 +134,14 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// Requests sent by each Rollout reconcile (a settled Rollout's: none).
     pub reconcile_requests: Histogram,
+    /// Releases started, by Rollout (deployment frequency).
+    pub releases_started: Family<RolloutLabels, Counter>,
+    /// Releases ended, by Rollout and outcome (change failure rate: the aborted share).
+    pub releases_finished: Family<OutcomeLabels, Counter>,
+    /// Seconds from a release's start to its completion, by Rollout (lead time through the pipeline).
+    pub release_duration: Family<RolloutLabels, Histogram, fn() -> Histogram>,
+    /// Seconds from an abort to stable serving everything again, by Rollout (time to restore).
+    pub restore_duration: Family<RolloutLabels, Histogram, fn() -> Histogram>,
     /// The reconciles under way, for [`Self::reconcile_requests`].
     pub open_reconciles: OpenReconciles,
     pub registry: Registry,
@@ -177,6 +205,36 @@ impl Default for Metrics {
         let gate_queries = Family::<GateLabels, Counter>::default();
         let api_requests = Family::<RequestLabels, Counter>::default();
         let reconcile_requests = Histogram::new([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]);
+        let releases_started = Family::<RolloutLabels, Counter>::default();
+        let releases_finished = Family::<OutcomeLabels, Counter>::default();
+        let release_duration =
+            Family::<RolloutLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                release_seconds,
+            );
+        let restore_duration =
+            Family::<RolloutLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                release_seconds,
+            );
+        registry.register(
+            "releases_started",
+            "Releases started, by Rollout (deployment frequency), counted when the release record is first written",
+            releases_started.clone(),
+        );
+        registry.register(
+            "releases_finished",
+            "Releases ended, by Rollout, outcome (Completed, Aborted, Superseded) and what aborted them (change failure rate)",
+            releases_finished.clone(),
+        );
+        registry.register(
+            "release_duration_seconds",
+            "Seconds from a release's start to its completion, by Rollout (lead time through the release)",
+            release_duration.clone(),
+        );
+        registry.register(
+            "release_restore_seconds",
+            "Seconds from an abort to stable serving everything again (no traffic on the aborted revision, stable fully available), by Rollout (time to restore)",
+            restore_duration.clone(),
+        );
         registry.register(
             "rollout_reconcile_api_requests",
             "API requests sent by one Rollout reconcile (a settled Rollout's: 0; Events are sent apart, by a background task)",
@@ -256,6 +314,10 @@ impl Default for Metrics {
             gate_queries,
             api_requests,
             reconcile_requests,
+            releases_started,
+            releases_finished,
+            release_duration,
+            restore_duration,
             open_reconciles: OpenReconciles::default(),
             registry,
         }
@@ -282,6 +344,57 @@ impl Metrics {
         }
     }
 
+    /// Counts what a release record's write says that the record did not say before: a release
+    /// started, ended (and how long it took), stable restored after an abort. Counted once per
+    /// record whatever restarts in between, since what the record said is read back.
+    pub fn record_release(
+        &self,
+        namespace: &str,
+        rollout: &str,
+        before: &crate::release_record::Known,
+        release: &sluice_api::release::ReleaseProgress,
+    ) {
+        let labels = RolloutLabels {
+            namespace: namespace.to_owned(),
+            rollout: rollout.to_owned(),
+        };
+        if !before.exists() {
+            self.releases_started.get_or_create(&labels).inc();
+        }
+        let seconds =
+            |from: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+             to: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+                to.0.duration_since(from.0).as_secs_f64().max(0.0)
+            };
+        if let (Some(outcome), false) = (release.outcome, before.ended()) {
+            self.releases_finished
+                .get_or_create(&OutcomeLabels {
+                    namespace: namespace.to_owned(),
+                    rollout: rollout.to_owned(),
+                    outcome: format!("{outcome:?}"),
+                    cause: release
+                        .aborted_by
+                        .map(|c| format!("{c:?}"))
+                        .unwrap_or_default(),
+                })
+                .inc();
+            if outcome == sluice_api::release::ReleaseOutcome::Completed
+                && let Some(ended) = &release.ended_at
+            {
+                self.release_duration
+                    .get_or_create(&labels)
+                    .observe(seconds(&release.started_at, ended));
+            }
+        }
+        if let (Some(restored), Some(ended), false) =
+            (&release.restored_at, &release.ended_at, before.restored())
+        {
+            self.restore_duration
+                .get_or_create(&labels)
+                .observe(seconds(ended, restored));
+        }
+    }
+
     /// Drops the series of a deleted Rollout, so that `/metrics` does not report it for ever.
     pub fn forget_rollout(&self, namespace: &str, rollout: &str) {
         for phase in [
@@ -296,10 +409,31 @@ impl Metrics {
                 phase,
             });
         }
-        self.aborts.remove(&RolloutLabels {
+        let labels = RolloutLabels {
             namespace: namespace.to_owned(),
             rollout: rollout.to_owned(),
-        });
+        };
+        self.aborts.remove(&labels);
+        self.releases_started.remove(&labels);
+        self.release_duration.remove(&labels);
+        self.restore_duration.remove(&labels);
+        for outcome in ["Completed", "Aborted", "Superseded"] {
+            for cause in [
+                "",
+                "Analysis",
+                "User",
+                "ProgressDeadline",
+                "InvalidSpec",
+                "ErrorBudget",
+            ] {
+                self.releases_finished.remove(&OutcomeLabels {
+                    namespace: namespace.to_owned(),
+                    rollout: rollout.to_owned(),
+                    outcome: outcome.to_owned(),
+                    cause: cause.to_owned(),
+                });
+            }
+        }
     }
 
     /// Drops the series of a deleted gate (its burn rates by the windows its last status had).

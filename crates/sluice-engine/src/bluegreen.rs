@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use sluice_api::release::AbortCause;
 use sluice_api::rollout::{
     BlueGreenStatus, BlueGreenStrategy, PauseCondition, RolloutPhase, RolloutStatus,
 };
@@ -160,6 +161,8 @@ struct Decision<'a> {
     held: Option<String>,
     /// The new revision waits for the gates: no pods yet.
     waits: bool,
+    /// What aborted the release in this decision.
+    aborted_by: Option<AbortCause>,
 }
 
 impl Decision<'_> {
@@ -230,6 +233,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         runs_forgotten: false,
         held: None,
         waits: false,
+        aborted_by: None,
     };
     let current = s.current_hash.to_owned();
 
@@ -296,14 +300,18 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         );
     }
     if s.actions.abort && releasing && !d.status.abort {
-        abort(&mut d, "aborted by a user");
+        abort(&mut d, AbortCause::User, "aborted by a user");
     }
     if let Some(problem) = s.invalid_spec
         && releasing
         && !d.status.abort
     {
         // It cannot go on safely: back to stable, through whatever routing is left.
-        abort(&mut d, &format!("aborted: invalid spec: {problem}"));
+        abort(
+            &mut d,
+            AbortCause::InvalidSpec,
+            &format!("aborted: invalid spec: {problem}"),
+        );
     }
     if s.actions.promote_full && releasing && !d.status.abort && !d.status.promote_full {
         d.status.promote_full = true;
@@ -333,7 +341,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         &mut d.events,
     );
     if let Gated::Abort { message } = &gated {
-        abort(&mut d, message);
+        abort(&mut d, AbortCause::ErrorBudget, message);
     }
     d.held = gated.held().map(str::to_owned);
     d.waits = matches!(gated, Gated::HoldNew { .. });
@@ -402,6 +410,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         evict: Vec::new(),
         pod_metadata: Vec::new(),
         workload_replicas: None,
+        aborted_by: d.aborted_by,
+        ended_release: None,
         events: d.events,
         requeue_after: d.requeue_after,
     }
@@ -417,7 +427,8 @@ fn forget_release(d: &mut Decision<'_>) {
     }
 }
 
-fn abort(d: &mut Decision<'_>, reason: &str) {
+fn abort(d: &mut Decision<'_>, cause: AbortCause, reason: &str) {
+    d.aborted_by = Some(cause);
     d.status.abort = true;
     d.status.aborted_at = Some(Time(d.s.now));
     d.status.promote_full = false;
@@ -453,7 +464,11 @@ fn judge(d: &mut Decision<'_>, stage: Stage, promote: &mut bool) -> bool {
     let done = match verdict(d, stage) {
         Some(AnalysisOutcome::Successful) => true,
         Some(AnalysisOutcome::Failed(why)) => {
-            abort(d, &format!("{which} analysis failed: {why}"));
+            abort(
+                d,
+                AbortCause::Analysis,
+                &format!("{which} analysis failed: {why}"),
+            );
             false
         }
         Some(AnalysisOutcome::Inconclusive(why)) => {
@@ -502,7 +517,11 @@ fn walk(d: &mut Decision<'_>, promote: &mut bool, stable: &str, current: &str) {
             if d.stage() == Stage::PrePromotionAnalysis
                 && let Some(AnalysisOutcome::Failed(why)) = verdict(d, Stage::PrePromotionAnalysis)
             {
-                abort(d, &format!("pre-promotion analysis failed: {why}"));
+                abort(
+                    d,
+                    AbortCause::Analysis,
+                    &format!("pre-promotion analysis failed: {why}"),
+                );
             }
             break;
         }
@@ -853,7 +872,7 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
     d.events.extend(deadline.event);
     match deadline.abort {
         Some(why) => {
-            abort(d, &why);
+            abort(d, AbortCause::ProgressDeadline, &why);
             true
         }
         None => false,
@@ -922,6 +941,7 @@ mod tests {
                 workload_ref: None,
                 min_ready_seconds: None,
                 revision_history_limit: 10,
+                release_history_limit: 20,
                 paused: false,
                 progress_deadline_seconds: 600,
                 progress_deadline_abort: false,
@@ -960,6 +980,8 @@ mod tests {
                 invalid_spec: None,
                 gating: &crate::gate::Gating::default(),
                 workload_replicas: None,
+                images: &[],
+                requester: None,
                 now: self.now,
             };
             let verdicts = Verdicts {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use sluice_api::release::AbortCause;
 use sluice_api::rollout::{
     CanaryStatus, CanaryStep, CanaryStrategy, PauseCondition, RolloutPhase, RolloutStatus,
     TrafficWeight, TrafficWeights,
@@ -89,6 +90,8 @@ struct Decision<'a> {
     runs_forgotten: bool,
     /// An error-budget gate holds the release, with this message.
     held: Option<String>,
+    /// What aborted the release in this decision.
+    aborted_by: Option<AbortCause>,
 }
 
 impl<'a> Decision<'a> {
@@ -175,6 +178,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         scale_down_at: BTreeMap::new(),
         runs_forgotten: false,
         held: None,
+        aborted_by: None,
     };
     let steps = &canary.steps;
     let step_count = i32::try_from(steps.len()).unwrap_or(i32::MAX);
@@ -245,14 +249,18 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         );
     }
     if s.actions.abort && releasing && !d.status.abort {
-        abort(&mut d, "aborted by a user");
+        abort(&mut d, AbortCause::User, "aborted by a user");
     }
     if let Some(problem) = s.invalid_spec
         && releasing
         && !d.status.abort
     {
         // It cannot go on safely: back to stable, through whatever routing is left.
-        abort(&mut d, &format!("aborted: invalid spec: {problem}"));
+        abort(
+            &mut d,
+            AbortCause::InvalidSpec,
+            &format!("aborted: invalid spec: {problem}"),
+        );
     }
     if s.actions.promote_full && releasing && !d.status.abort && !d.status.promote_full {
         d.status.promote_full = true;
@@ -273,7 +281,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
 
     let gated = gate_release(&mut d, releasing);
     if let Gated::Abort { message } = &gated {
-        abort(&mut d, message);
+        abort(&mut d, AbortCause::ErrorBudget, message);
     }
     d.held = gated.held().map(str::to_owned);
     refuse_promotion_while_held(
@@ -389,6 +397,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         evict: Vec::new(),
         pod_metadata: Vec::new(),
         workload_replicas: None,
+        aborted_by: d.aborted_by,
+        ended_release: None,
         events: d.events,
         requeue_after: d.requeue_after,
     }
@@ -459,7 +469,11 @@ fn judge_background(d: &mut Decision<'_>, promote: &mut bool) {
     }
     match d.v.background.clone() {
         Some(AnalysisOutcome::Failed(why)) => {
-            abort(d, &format!("background analysis failed: {why}"));
+            abort(
+                d,
+                AbortCause::Analysis,
+                &format!("background analysis failed: {why}"),
+            );
         }
         Some(AnalysisOutcome::Inconclusive(why)) => {
             if std::mem::take(promote) {
@@ -482,7 +496,8 @@ fn judge_background(d: &mut Decision<'_>, promote: &mut bool) {
     }
 }
 
-fn abort(d: &mut Decision<'_>, reason: &str) {
+fn abort(d: &mut Decision<'_>, cause: AbortCause, reason: &str) {
+    d.aborted_by = Some(cause);
     d.status.abort = true;
     d.status.aborted_at = Some(Time(d.s.now));
     d.status.message = Some(format!(
@@ -552,9 +567,11 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
                 .flatten();
             match outcome {
                 Some(AnalysisOutcome::Successful) => done = true,
-                Some(AnalysisOutcome::Failed(why)) => {
-                    abort(d, &format!("step {} analysis failed: {why}", index + 1))
-                }
+                Some(AnalysisOutcome::Failed(why)) => abort(
+                    d,
+                    AbortCause::Analysis,
+                    &format!("step {} analysis failed: {why}", index + 1),
+                ),
                 Some(AnalysisOutcome::Inconclusive(why)) => {
                     if std::mem::take(promote) {
                         d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
@@ -995,7 +1012,7 @@ fn check_progress(d: &mut Decision<'_>, stable: &str, current: &str) -> bool {
     d.events.extend(deadline.event);
     match deadline.abort {
         Some(why) => {
-            abort(d, &why);
+            abort(d, AbortCause::ProgressDeadline, &why);
             true
         }
         None => false,

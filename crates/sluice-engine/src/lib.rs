@@ -13,6 +13,7 @@ pub mod duration;
 pub mod events;
 pub mod gate;
 pub mod hash;
+pub mod history;
 pub mod judge;
 pub mod pods;
 pub mod release;
@@ -130,6 +131,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
         });
         // What the earlier passes asked for still stands unless a later pass says otherwise.
         next.create_current |= plan.create_current;
+        next.aborted_by = next.aborted_by.or(plan.aborted_by);
         let mut scale_down_at = std::mem::take(&mut plan.scale_down_at);
         scale_down_at.append(&mut next.scale_down_at);
         next.scale_down_at = scale_down_at;
@@ -154,6 +156,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
     }
     workload::decide(s, &mut plan);
     restart::decide(s, strategy, &mut plan);
+    history::decide(s, &mut plan);
     plan.pod_metadata = pods::role_metadata(strategy, &plan.traffic, s.pods);
     plan
 }

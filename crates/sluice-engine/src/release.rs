@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use sluice_api::names::RolloutAction;
+use sluice_api::release::{AbortCause, ReleaseProgress};
 use sluice_api::rollout::{
     RolloutPhase, RolloutSpec, RolloutStatus, SetHeaderRoute, SetMirrorRoute,
 };
@@ -125,6 +126,10 @@ pub struct Snapshot<'a> {
     pub gating: &'a Gating,
     /// The replicas of the Deployment `spec.workloadRef` names, as observed (`None` without one).
     pub workload_replicas: Option<i32>,
+    /// The images of the current revision's containers and init containers, `name=image`.
+    pub images: &'a [String],
+    /// Who made the request `actions` come from, as the request says.
+    pub requester: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -200,6 +205,11 @@ pub struct Plan {
     pub pod_metadata: Vec<PodMetadataPatch>,
     /// Scale the Deployment `spec.workloadRef` names to this many replicas (`scaleDown`).
     pub workload_replicas: Option<i32>,
+    /// What aborted the release in this decision, if it was aborted.
+    pub aborted_by: Option<AbortCause>,
+    /// The release that ended in this decision and is no longer `status.release` (superseded by a
+    /// new one): its record is written before the status that forgets it.
+    pub ended_release: Option<ReleaseProgress>,
     /// Events to record.
     pub events: Vec<Event>,
     /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).

@@ -470,6 +470,8 @@ mod tests {
             invalid_spec: None,
             gating: &crate::gate::Gating::default(),
             workload_replicas: None,
+            images: &[],
+            requester: None,
             now: Timestamp::from_second(400).expect("time"),
         };
         let mut plan = Plan {
@@ -490,6 +492,8 @@ mod tests {
             evict: Vec::new(),
             pod_metadata: Vec::new(),
             workload_replicas: None,
+            aborted_by: None,
+            ended_release: None,
             events: Vec::new(),
             requeue_after: None,
         };

@@ -149,6 +149,7 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
         workload_ref: None,
         min_ready_seconds: None,
         revision_history_limit: k.history,
+        release_history_limit: 20,
         paused: false,
         progress_deadline_seconds: k.deadline_seconds,
         progress_deadline_abort: k.deadline_abort,
@@ -251,6 +252,8 @@ impl World {
             invalid_spec: None,
             gating: &self.gating,
             workload_replicas: None,
+            images: &[],
+            requester: None,
             now,
         };
         sluice_engine::decide(

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
 use sluice_api::gate::{GateState, InFlightPolicy};
+use sluice_api::release::{ReleaseOutcome, TIMELINE_LIMIT};
 use sluice_api::rollout::{
     BackgroundAnalysis, CanaryStep, CanaryStrategy, GatewayApiRouting, ManagedRoute, PauseStep,
     RolloutSpec, RolloutStatus, RolloutStrategy, RouteMatch, SetCanaryScale, SetMirrorRoute,
@@ -235,6 +236,7 @@ fn spec(
         workload_ref: None,
         min_ready_seconds: None,
         revision_history_limit: limits.history,
+        release_history_limit: 20,
         paused: false,
         progress_deadline_seconds: limits.deadline_seconds,
         progress_deadline_abort: limits.deadline_abort,
@@ -334,6 +336,8 @@ impl World {
             invalid_spec: None,
             gating: &self.gating,
             workload_replicas: None,
+            images: &[],
+            requester: None,
             now,
         };
         sluice_engine::decide(
@@ -562,6 +566,43 @@ fn check(
             "step went back from {old}"
         );
     }
+    check_record(world, before, plan)
+}
+
+/// The release record: numbers never go back, an ended release keeps how it ended, the release in
+/// flight is the current revision's, an abort says what aborted it, and the record stays bounded.
+fn check_record(world: &World, before: &RolloutStatus, plan: &Plan) -> Result<(), TestCaseError> {
+    let Some(record) = &plan.status.release else {
+        prop_assert!(before.release.is_none(), "the release record was dropped");
+        return Ok(());
+    };
+    if let Some(old) = &before.release {
+        prop_assert!(record.number >= old.number, "release number went back");
+        if record.number == old.number && old.outcome.is_some() {
+            prop_assert_eq!(
+                &record.outcome,
+                &old.outcome,
+                "an ended release changed its outcome"
+            );
+            prop_assert_eq!(&record.ended_at, &old.ended_at);
+        }
+        if record.number > old.number && old.outcome.is_none() {
+            let ended = plan.ended_release.as_ref();
+            prop_assert!(
+                ended.is_some_and(|e| e.number == old.number && e.outcome.is_some()),
+                "release {} was replaced without ending",
+                old.number
+            );
+        }
+    }
+    if record.outcome.is_none() {
+        prop_assert_eq!(&record.revision, &world.current);
+    }
+    if record.outcome == Some(ReleaseOutcome::Aborted) {
+        prop_assert!(record.aborted_by.is_some(), "an abort without its cause");
+    }
+    prop_assert!(record.timeline.len() <= TIMELINE_LIMIT);
+    prop_assert!(record.steps.windows(2).all(|w| w[0].ended_at.is_some()));
     Ok(())
 }
 

@@ -23,8 +23,8 @@ use crate::Context;
 use crate::cache;
 use crate::error::Error;
 use crate::rollout_analysis::{self, Templates};
-use crate::workload;
 use crate::written::Kind;
+use crate::{release_record, workload};
 
 mod apply;
 mod observe;
@@ -201,10 +201,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         .filter_map(|pod| pod_view(&pod, now))
         .collect();
     let (pending, based_on) = take_request(ctx, rollout, &status).await?;
-    let (actions, request) = match &pending {
-        Pending::Act(request) => (request.actions, Some(request.id.as_str())),
-        Pending::None => (Actions::default(), None),
+    let (actions, request, requester) = match &pending {
+        Pending::Act(request) => (
+            request.actions,
+            Some(request.id.as_str()),
+            request.by.as_deref(),
+        ),
+        Pending::None => (Actions::default(), None, None),
     };
+    let images = images_of(&template);
 
     let gating = crate::release_gates::gating(&ctx.caches.gates, rollout);
     let snapshot = Snapshot {
@@ -221,6 +226,8 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         invalid_spec: problem.as_deref(),
         gating: &gating,
         workload_replicas,
+        images: &images,
+        requester,
         now,
     };
     let plan = sluice_engine::decide(&snapshot, strategy.engine());
@@ -238,6 +245,11 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     // at full size); a crash after it, a status that names each run it starts (created again under
     // the same name if missing, never forgotten and replaced) and surplus the next reconcile
     // removes. Conditional on the view it was decided on, so a stale view changes no more.
+    // The release records: the one status holds now (if an earlier write of it failed) and one
+    // that ended in this plan, before the status that forgets it.
+    for release in status.release.iter().chain(&plan.ended_release) {
+        release_record::mirror(ctx, rollout, &namespace, release).await?;
+    }
     if plan.status != status {
         write_status(ctx, rollout, &plan.status, based_on.as_deref()).await?;
         if !plan.runs.start.is_empty() {
@@ -255,6 +267,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     )
     .await?;
     remove_surplus(ctx, rollout, &namespace, &views, &plan).await?;
+    if let Some(release) = &plan.status.release {
+        release_record::mirror(ctx, rollout, &namespace, release).await?;
+    }
     if let Some((wanted, seen)) = workload_change
         && wanted < seen
     {
@@ -264,4 +279,18 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(50)
     })))
+}
+
+/// The images of a pod template's containers and init containers, `name=image`, for the release
+/// record.
+fn images_of(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Vec<String> {
+    let Some(spec) = template.spec.as_ref() else {
+        return Vec::new();
+    };
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| format!("{}={}", c.name, c.image.as_deref().unwrap_or_default()))
+        .collect()
 }

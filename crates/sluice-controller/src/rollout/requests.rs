@@ -11,7 +11,7 @@
 use kube::ResourceExt;
 use kube::api::{Api, Patch};
 use serde_json::json;
-use sluice_api::names::{ACTION_ANNOTATION, RolloutAction};
+use sluice_api::names::{ACTION_ANNOTATION, REQUESTED_BY_ANNOTATION, RolloutAction};
 use sluice_api::rollout::{Rollout, RolloutStatus};
 use sluice_engine::release::Actions;
 use tracing::info;
@@ -23,6 +23,8 @@ use crate::{Context, writer};
 pub(super) struct Request {
     pub actions: Actions,
     pub id: String,
+    /// Who made it, as the request says ([`REQUESTED_BY_ANNOTATION`]).
+    pub by: Option<String>,
 }
 
 /// What the Rollout's annotation asks of this reconcile.
@@ -35,10 +37,26 @@ pub(super) enum Pending {
 
 /// The JSON pointer of the request annotation.
 fn pointer() -> String {
+    annotation_pointer(ACTION_ANNOTATION)
+}
+
+fn annotation_pointer(annotation: &str) -> String {
     format!(
         "/metadata/annotations/{}",
-        ACTION_ANNOTATION.replace('~', "~0").replace('/', "~1")
+        annotation.replace('~', "~0").replace('/', "~1")
     )
+}
+
+/// The JSON patch that takes a request (`raw`) off the Rollout, with who made it.
+fn take_off(rollout: &Rollout, raw: &str) -> serde_json::Value {
+    let mut ops = vec![
+        json!({"op": "test", "path": pointer(), "value": raw}),
+        json!({"op": "remove", "path": pointer()}),
+    ];
+    if rollout.annotations().contains_key(REQUESTED_BY_ANNOTATION) {
+        ops.push(json!({"op": "remove", "path": annotation_pointer(REQUESTED_BY_ANNOTATION)}));
+    }
+    serde_json::Value::Array(ops)
 }
 
 /// Reads the Rollout's request and claims it if it is new. Returns the request to act on, and the
@@ -62,15 +80,13 @@ pub(super) async fn take_request(
     let claimed = raw.contains('#');
     if claimed && status.handled_request.as_deref() == Some(raw.as_str()) {
         // Acted on and recorded: take it off, unless someone replaced it meanwhile.
-        let patch = json!([{"op": "test", "path": pointer(), "value": raw},
-                           {"op": "remove", "path": pointer()}]);
+        let patch = take_off(rollout, &raw);
         patch_rollout(ctx, rollout, patch, "(clearing a handled request) ").await?;
         return Ok((Pending::None, based_on));
     }
     let Ok(parsed) = action.parse::<RolloutAction>() else {
         // Not a request Sluice knows: take it off and say so.
-        let patch = json!([{"op": "test", "path": pointer(), "value": raw},
-                           {"op": "remove", "path": pointer()}]);
+        let patch = take_off(rollout, &raw);
         patch_rollout(ctx, rollout, patch, "(clearing an unknown request) ").await?;
         let known: Vec<&str> = RolloutAction::ALL.iter().map(|a| a.as_str()).collect();
         super::apply::publish(
@@ -106,6 +122,7 @@ pub(super) async fn take_request(
         Pending::Act(Request {
             actions: Actions::from(Some(parsed)),
             id,
+            by: rollout.annotations().get(REQUESTED_BY_ANNOTATION).cloned(),
         }),
         based_on,
     ))

@@ -16,7 +16,7 @@ use sluice_e2e::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn prometheus_url() -> Result<String> {
+pub(crate) fn prometheus_url() -> Result<String> {
     std::env::var("SLUICE_E2E_PROMETHEUS_URL").context("SLUICE_E2E_PROMETHEUS_URL is not set")
 }
 
@@ -385,7 +385,7 @@ pub(crate) fn simulated_args() -> Value {
 }
 
 /// Sets the canary's image and what the simulator makes its pods do.
-async fn release(
+pub(crate) async fn release(
     api: &Api<Rollout>,
     image: &str,
     error_rate: &str,

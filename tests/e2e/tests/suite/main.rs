@@ -9,6 +9,7 @@ mod chart;
 mod cluster;
 mod faults;
 mod gate;
+mod history;
 mod hostile;
 mod isolated;
 mod job;

@@ -1,9 +1,12 @@
-//! Taking over a Deployment (`workloadRef`): the Deployment keeps serving until the Rollout's own
-//! pods do, is scaled down as `scaleDown` asks, and the Services are pointed at the Rollout's pods
-//! only once they are all available (or a release needs them pinned).
+//! Short scripted releases through the real decision code:
+//! - taking over a Deployment (`workloadRef`): the Deployment keeps serving until the Rollout's own
+//!   pods do, is scaled down as `scaleDown` asks, and the Services are pointed at the Rollout's pods
+//!   only once they are all available (or a release needs them pinned);
+//! - the release record (`status.release`): numbers, steps and weights, who acted, how each ended.
 
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
+use sluice_api::release::{AbortCause, ReleaseOutcome, ReleaseProgress};
 use sluice_api::rollout::{RolloutSpec, RolloutStatus};
 use sluice_engine::gate::Gating;
 use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
@@ -31,6 +34,9 @@ struct World {
     current: String,
     replica_sets: Vec<ReplicaSetView>,
     deployment: i32,
+    /// A person's request for the next reconcile, and who made it.
+    request: Option<(Actions, &'static str)>,
+    now: i64,
 }
 
 impl World {
@@ -41,12 +47,20 @@ impl World {
             current: "aaaa".to_owned(),
             replica_sets: Vec::new(),
             deployment,
+            request: None,
+            now: 1_000,
         }
     }
 
     /// One reconcile: the plan, applied (ReplicaSets sized, pods not yet available).
     fn reconcile(&mut self) -> Plan {
         let gating = Gating::default();
+        let (actions, requester) = self
+            .request
+            .take()
+            .map_or((Actions::default(), None), |(a, by)| (a, Some(by)));
+        self.now += 10;
+        let images = ["app=web:1".to_owned()];
         let snapshot = Snapshot {
             name: "web",
             generation: 1,
@@ -56,12 +70,14 @@ impl World {
             replica_sets: &self.replica_sets,
             runs: &[],
             pods: &[],
-            actions: Actions::default(),
-            request: None,
+            actions,
+            request: requester.map(|_| "request-1"),
             invalid_spec: None,
             gating: &gating,
-            workload_replicas: Some(self.deployment),
-            now: Timestamp::from_second(1_000).expect("time"),
+            workload_replicas: self.spec.workload_ref.as_ref().map(|_| self.deployment),
+            images: &images,
+            requester,
+            now: Timestamp::from_second(self.now).expect("time"),
         };
         let plan = sluice_engine::decide(
             &snapshot,
@@ -75,7 +91,7 @@ impl World {
                 replicas: 0,
                 available: 0,
                 scale_down_at: None,
-                created: Timestamp::from_second(1_000).expect("time"),
+                created: Timestamp::from_second(self.now).expect("time"),
             });
         }
         for rs in &mut self.replica_sets {
@@ -223,4 +239,97 @@ proptest! {
             prop_assert_eq!(left, 0);
         }
     }
+}
+
+fn record(world: &World) -> ReleaseProgress {
+    world.status.release.clone().expect("a release record")
+}
+
+#[test]
+fn the_release_record_follows_each_release_to_its_end() {
+    let mut world = World::new("never", 2, 0);
+    world.spec.workload_ref = None;
+    world.reconcile();
+    let first = record(&world);
+    assert_eq!((first.number, first.revision.as_str()), (1, "aaaa"));
+    assert_eq!(
+        first.outcome,
+        Some(ReleaseOutcome::Completed),
+        "the first revision is released at once"
+    );
+    assert_eq!(first.images, ["app=web:1"]);
+    world.set_available("aaaa", 2);
+    world.reconcile();
+
+    // Release 2: 50%, then a pause until promoted.
+    world.current = "bbbb".to_owned();
+    world.reconcile();
+    assert_eq!(record(&world).number, 2);
+    world.set_available("bbbb", 1);
+    world.reconcile();
+    let paused = record(&world);
+    assert_eq!(paused.outcome, None);
+    let steps: Vec<(i32, i32, bool)> = paused
+        .steps
+        .iter()
+        .map(|s| (s.index, s.weight, s.ended_at.is_some()))
+        .collect();
+    assert_eq!(steps, [(0, 50, true), (1, 50, false)]);
+
+    // A person aborts it: the record says who and why, then when stable served everything again.
+    world.request = Some((
+        Actions {
+            abort: true,
+            ..Actions::default()
+        },
+        "alice@example.com",
+    ));
+    world.reconcile();
+    let aborted = record(&world);
+    assert_eq!(aborted.outcome, Some(ReleaseOutcome::Aborted));
+    assert_eq!(aborted.aborted_by, Some(AbortCause::User));
+    let last = aborted.timeline.last().expect("timeline");
+    assert_eq!(
+        (last.reason.as_str(), last.by.as_deref()),
+        ("RolloutAborted", Some("alice@example.com"))
+    );
+    assert!(aborted.steps.iter().all(|s| s.ended_at.is_some()));
+    world.set_available("bbbb", 0);
+    world.reconcile();
+    assert!(
+        record(&world).restored_at.is_none(),
+        "stable is not fully available yet"
+    );
+    world.set_available("aaaa", 2);
+    world.reconcile();
+    assert!(
+        record(&world).restored_at.is_some(),
+        "stable serves everything again"
+    );
+    let settled = world.status.clone();
+    world.reconcile();
+    assert_eq!(
+        world.status, settled,
+        "an ended release's record does not change"
+    );
+
+    // Release 3 is superseded by release 4 before it ends; its end is handed to the controller.
+    world.current = "cccc".to_owned();
+    let plan = world.reconcile();
+    assert_eq!(record(&world).number, 3);
+    assert_eq!(plan.ended_release, None, "release 2 had ended already");
+    world.current = "dddd".to_owned();
+    let plan = world.reconcile();
+    let ended = plan
+        .ended_release
+        .expect("release 3 ended in this decision");
+    assert_eq!(
+        (ended.number, ended.outcome, ended.reason.as_deref()),
+        (
+            3,
+            Some(ReleaseOutcome::Superseded),
+            Some("superseded by revision dddd")
+        )
+    );
+    assert_eq!((record(&world).number, record(&world).outcome), (4, None));
 }

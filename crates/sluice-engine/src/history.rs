@@ -1,0 +1,159 @@
+//! The release record (`status.release`): each release's number, revision and images, the steps it
+//! went through with the weights reached, every transition announced (with who asked for it), and
+//! how it ended. Recorded in the same status write as the transitions themselves, so a crash loses
+//! none; the controller mirrors it into a `Release` object that outlives the release.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sluice_api::release::{
+    ReleaseOutcome, ReleaseProgress, STEPS_LIMIT, StepRecord, TIMELINE_HEAD, TIMELINE_LIMIT,
+    TimelineEntry,
+};
+
+use crate::canary::step_weight;
+use crate::release::{Plan, Snapshot, observed};
+
+/// Adds this decision to the release record: starts a release at a new revision (or a retry), ends
+/// the one a new revision supersedes, and records the transitions, steps and end of the one in
+/// flight.
+pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
+    let previous = s.status;
+    let Some(current) = plan.status.current_pod_hash.clone() else {
+        return;
+    };
+    let stable = plan.status.stable_rs.clone();
+    let now = Time(s.now);
+    let mut release = previous.release.clone();
+    let new_revision = previous.current_pod_hash.as_deref() != Some(current.as_str());
+    let retried = plan.events.iter().any(|e| e.reason == "RolloutRetried");
+    if new_revision || retried {
+        if let Some(old) = release.as_mut().filter(|r| r.outcome.is_none()) {
+            let why = if stable.as_deref() == Some(current.as_str()) {
+                format!("the template went back to stable {current}")
+            } else {
+                format!("superseded by revision {current}")
+            };
+            end(old, ReleaseOutcome::Superseded, why, &now);
+        }
+        let initial = previous.current_pod_hash.is_none();
+        if retried || initial || stable.as_deref() != Some(current.as_str()) {
+            let number = release.as_ref().map_or(0, |r| r.number) + 1;
+            let replaced = release.replace(ReleaseProgress {
+                number,
+                revision: current.clone(),
+                images: s.images.to_vec(),
+                started_at: now.clone(),
+                ended_at: None,
+                outcome: None,
+                aborted_by: None,
+                reason: None,
+                restored_at: None,
+                steps: Vec::new(),
+                timeline: Vec::new(),
+                timeline_dropped: 0,
+            });
+            // Ended in this decision: its record is written before the status that forgets it.
+            let was_in_flight = previous
+                .release
+                .as_ref()
+                .is_some_and(|r| r.outcome.is_none());
+            plan.ended_release = replaced.filter(|_| was_in_flight);
+        }
+    }
+    let Some(record) = release.as_mut() else {
+        return;
+    };
+    if record.outcome.is_none() {
+        let by = s.request.and(s.requester).map(str::to_owned);
+        for event in &plan.events {
+            record.timeline.push(TimelineEntry {
+                at: now.clone(),
+                reason: event.reason.to_owned(),
+                message: event.message.clone(),
+                by: by.clone(),
+            });
+            if record.timeline.len() > TIMELINE_LIMIT {
+                record.timeline.remove(TIMELINE_HEAD);
+                record.timeline_dropped += 1;
+            }
+        }
+        track_steps(s, plan, record, &now);
+        if plan.status.abort && !previous.abort {
+            record.aborted_by = plan.aborted_by;
+            let why = plan
+                .events
+                .iter()
+                .find(|e| e.reason == "RolloutAborted")
+                .map_or_else(|| "aborted".to_owned(), |e| e.message.clone());
+            end(record, ReleaseOutcome::Aborted, why, &now);
+        } else if stable.as_deref() == Some(record.revision.as_str()) {
+            end(
+                record,
+                ReleaseOutcome::Completed,
+                format!("revision {} is stable", record.revision),
+                &now,
+            );
+        }
+    }
+    // After an abort: stable serves everything again once no traffic is left on the aborted
+    // revision and stable is fully available.
+    if record.outcome == Some(ReleaseOutcome::Aborted)
+        && record.restored_at.is_none()
+        && plan.traffic.canary_weight == 0
+        && let Some(stable) = stable.as_deref()
+        && observed(s, stable).available >= s.spec.replicas
+    {
+        record.restored_at = Some(now);
+    }
+    plan.status.release = release;
+}
+
+/// The canary step in force, and the highest weight put in force during it.
+fn track_steps(s: &Snapshot<'_>, plan: &Plan, record: &mut ReleaseProgress, now: &Time) {
+    let Some(canary) = s.spec.strategy.canary.as_ref() else {
+        return;
+    };
+    let Some(index) = plan.status.current_step_index else {
+        return;
+    };
+    if usize::try_from(index).map_or(true, |i| i >= canary.steps.len()) {
+        close_step(record, now);
+        return;
+    }
+    if record.steps.last().is_none_or(|step| step.index != index) {
+        // The step left in this decision reached the weight in force, up to its own.
+        if let Some(step) = record.steps.last_mut()
+            && step.ended_at.is_none()
+        {
+            let own = usize::try_from(step.index).map_or(0, |i| step_weight(&canary.steps, i));
+            step.weight = step.weight.max(plan.traffic.canary_weight.min(own));
+        }
+        close_step(record, now);
+        if record.steps.len() >= STEPS_LIMIT {
+            return;
+        }
+        record.steps.push(StepRecord {
+            index,
+            started_at: now.clone(),
+            ended_at: None,
+            weight: 0,
+        });
+    }
+    if let Some(step) = record.steps.last_mut() {
+        step.weight = step.weight.max(plan.traffic.canary_weight);
+    }
+}
+
+fn close_step(record: &mut ReleaseProgress, now: &Time) {
+    if let Some(step) = record.steps.last_mut()
+        && step.ended_at.is_none()
+    {
+        step.ended_at = Some(now.clone());
+    }
+}
+
+fn end(record: &mut ReleaseProgress, outcome: ReleaseOutcome, why: String, now: &Time) {
+    close_step(record, now);
+    record.outcome = Some(outcome);
+    record.reason = Some(why);
+    record.ended_at = Some(now.clone());
+}

@@ -18,7 +18,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::names::{
-    ACTION_ANNOTATION, REQUESTED_BY_ANNOTATION, ROLLOUT_LABEL, RolloutAction, TEMPLATE_ANNOTATION,
+    ACTION_ANNOTATION, REQUEST_REASON_ANNOTATION, REQUESTED_BY_ANNOTATION, ROLLOUT_LABEL,
+    RolloutAction, TEMPLATE_ANNOTATION,
 };
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
@@ -86,6 +87,11 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// The circuit breaker: `status NAME`, or `reset NAME --reason "..."` (recorded with who asked).
+    Breaker {
+        #[command(subcommand)]
+        command: BreakerCommand,
+    },
     /// List a Rollout's releases (its Release records), oldest first.
     History { name: String },
     /// The timeline of one release (the newest, or --number N, or the newest of --revision R): its
@@ -110,6 +116,18 @@ enum Command {
         name: String,
         #[arg(short, long)]
         watch: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BreakerCommand {
+    /// Show the breaker's state, the failures that count and when it turns half-open.
+    Status { name: String },
+    /// Close the breaker now; the reason is recorded in status, the release record and an Event.
+    Reset {
+        name: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -146,6 +164,16 @@ async fn run() -> Result<ExitCode> {
             request(&rollouts, &name, action).await
         }
         Command::Abort { name } => request(&rollouts, &name, RolloutAction::Abort).await,
+        Command::Breaker { command } => match command {
+            BreakerCommand::Status { name } => breaker_status(&rollouts, &name).await,
+            BreakerCommand::Reset { name, reason } => {
+                if reason.trim().is_empty() {
+                    bail!("--reason must say why the breaker is reset");
+                }
+                request_with_reason(&rollouts, &name, RolloutAction::ResetBreaker, Some(&reason))
+                    .await
+            }
+        },
         Command::Retry { kind, name } => {
             check_kind(&kind)?;
             request(&rollouts, &name, RolloutAction::Retry).await
@@ -263,6 +291,60 @@ async fn pending(rollouts: &Api<Rollout>, name: &str) -> Result<Option<String>> 
 /// annotation holds one request at a time, so a request first waits for the one before it: two
 /// quick commands (resume, then promote) must not overwrite each other.
 async fn request(rollouts: &Api<Rollout>, name: &str, action: RolloutAction) -> Result<ExitCode> {
+    request_with_reason(rollouts, name, action, None).await
+}
+
+/// `breaker status`: the breaker as the Rollout's status records it.
+async fn breaker_status(rollouts: &Api<Rollout>, name: &str) -> Result<ExitCode> {
+    let rollout = rollouts
+        .get(name)
+        .await
+        .with_context(|| format!("Rollout {name:?}"))?;
+    if rollout.spec.circuit_breaker.is_none() {
+        println!("Rollout {name} has no circuit breaker (spec.circuitBreaker)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(breaker) = rollout.status.and_then(|s| s.circuit_breaker) else {
+        println!("Rollout {name}: circuit breaker not evaluated yet");
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!("Rollout {name}: circuit breaker {:?}", breaker.state);
+    if let Some(at) = &breaker.opened_at {
+        println!("  opened at:     {}", at.0);
+    }
+    if let Some(at) = &breaker.half_open_at {
+        println!("  half-open at:  {}", at.0);
+    }
+    if let Some(trial) = &breaker.trial {
+        println!("  let through:   {trial}");
+    }
+    if !breaker.failures.is_empty() {
+        println!("  failures that count:");
+        for failure in &breaker.failures {
+            println!("    {failure}");
+        }
+    }
+    if let Some(reset) = &breaker.last_reset {
+        println!(
+            "  last reset:    {}{}: {}",
+            reset.at.0,
+            reset
+                .by
+                .as_deref()
+                .map(|b| format!(" by {b}"))
+                .unwrap_or_default(),
+            reset.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn request_with_reason(
+    rollouts: &Api<Rollout>,
+    name: &str,
+    action: RolloutAction,
+    reason: Option<&str>,
+) -> Result<ExitCode> {
     let action = action.as_str();
     let started = Instant::now();
     while let Some(previous) = pending(rollouts, name).await? {
@@ -276,7 +358,9 @@ async fn request(rollouts: &Api<Rollout>, name: &str, action: RolloutAction) -> 
     }
     // Who asks, as the API server knows them: recorded with what the request did.
     let by = requester(rollouts.clone().into_client()).await;
-    let patch = json!({"metadata": {"annotations": {ACTION_ANNOTATION: action, REQUESTED_BY_ANNOTATION: by}}});
+    let patch = json!({"metadata": {"annotations": {
+        ACTION_ANNOTATION: action, REQUESTED_BY_ANNOTATION: by, REQUEST_REASON_ANNOTATION: reason
+    }}});
     rollouts
         .patch(
             name,

@@ -22,6 +22,9 @@ pub const ACTION_ANNOTATION: &str = "sluice.dev/action";
 /// Who made the request in [`ACTION_ANNOTATION`] (the plugin writes the requester's identity, as
 /// the API server knows it); recorded with what the request did in the release record.
 pub const REQUESTED_BY_ANNOTATION: &str = "sluice.dev/requested-by";
+/// Why the request in [`ACTION_ANNOTATION`] was made (a breaker reset must say why); recorded with
+/// it.
+pub const REQUEST_REASON_ANNOTATION: &str = "sluice.dev/request-reason";
 /// Annotation on a ReplicaSet holding the Rollout's pod template exactly as written (the ReplicaSet's
 /// own copy gets the API server's defaults), so that `undo` restores a template with the same hash.
 pub const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
@@ -54,11 +57,14 @@ pub enum RolloutAction {
     Resume,
     /// Replace every pod, a few at a time.
     Restart,
+    /// Close the circuit breaker (`kubectl sluice breaker reset`), with the reason in
+    /// [`REQUEST_REASON_ANNOTATION`].
+    ResetBreaker,
 }
 
 impl RolloutAction {
     /// Every request, in the order `kubectl sluice` lists them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Promote,
         Self::PromoteFull,
         Self::Abort,
@@ -66,6 +72,7 @@ impl RolloutAction {
         Self::Pause,
         Self::Resume,
         Self::Restart,
+        Self::ResetBreaker,
     ];
 
     /// The annotation's value.
@@ -78,6 +85,7 @@ impl RolloutAction {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Restart => "restart",
+            Self::ResetBreaker => "reset-breaker",
         }
     }
 }

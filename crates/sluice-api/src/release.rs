@@ -94,6 +94,13 @@ pub struct ReleaseProgress {
     pub images: Vec<String>,
     /// When it started.
     pub started_at: Time,
+    /// When the gates and the circuit breaker let it start (it may have waited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<Time>,
+    /// It goes back to a revision that was stable before (an undo, a revert): no gate or breaker
+    /// holds it, and the breaker counts it neither way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback: bool,
     /// When it ended, if it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Time>,

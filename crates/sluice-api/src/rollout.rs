@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     AnalysisRunArgument, AnalysisTemplateRef, AntiAffinity, PodMetadata, RolloutAnalysis,
-    int_or_percent_rule, seconds_or_duration_rule, short_int_or_string,
+    duration_rule, int_or_percent_rule, seconds_or_duration_rule, short_int_or_string,
 };
 
 /// Label that Sluice puts on the ReplicaSets and pods it owns, holding the hash of the pod template.
@@ -124,6 +124,13 @@ pub struct RolloutSpec {
     #[serde(default = "default_revision_history_limit")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub revision_history_limit: i32,
+    /// Hold new releases after consecutive failed ones: after `failures` aborted releases in a row
+    /// the breaker opens and new releases wait (`ReleaseHeld`, reason `CircuitOpen`); after
+    /// `cooldown` it is half-open and lets exactly one release through, whose success closes it and
+    /// whose failure opens it again for twice as long (up to `maxCooldown`). A rollback to a revision
+    /// that was stable is never held. `kubectl sluice breaker reset` closes it, with a reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
     /// How many Release records (one per release: its steps, analysis verdicts, actions and
     /// outcome) to keep for this Rollout, the newest. Defaults to 20.
     #[serde(default = "default_release_history_limit")]
@@ -164,6 +171,43 @@ fn default_replicas() -> i32 {
 fn default_revision_history_limit() -> i32 {
     10
 }
+/// A Rollout's circuit breaker (a Sluice addition; Argo Rollouts has none).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Consecutive failed (aborted) releases that open the breaker. Defaults to 3. Completed
+    /// releases reset the count; superseded ones and rollbacks do not count.
+    #[serde(default = "default_breaker_failures")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 20").message("must be between 1 and 20"))]
+    pub failures: i32,
+    /// How long the breaker stays open before it lets one release through, e.g. `1h` (the
+    /// default). Doubles after each failed release let through, up to `maxCooldown`.
+    #[serde(default = "default_breaker_cooldown")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = duration_rule())]
+    pub cooldown: String,
+    /// The longest cooldown, e.g. `24h` (the default).
+    #[serde(default = "default_breaker_max_cooldown")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = duration_rule())]
+    pub max_cooldown: String,
+    /// Share the breaker with the Rollouts of this namespace that match (a service made of several
+    /// Rollouts): their failures count together and half-open lets one release of them all through.
+    /// The Rollout itself should match; each sharing Rollout should set the same selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+fn default_breaker_failures() -> i32 {
+    3
+}
+fn default_breaker_cooldown() -> String {
+    "1h".to_owned()
+}
+fn default_breaker_max_cooldown() -> String {
+    "24h".to_owned()
+}
+
 fn default_release_history_limit() -> i32 {
     20
 }
@@ -796,6 +840,9 @@ pub struct RolloutStatus {
     /// its `Release` object (`kubectl sluice history`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<crate::release::ReleaseProgress>,
+    /// The circuit breaker (`spec.circuitBreaker`): its state and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerStatus>,
     /// The Deployment `spec.workloadRef` names, as the Rollout took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadStatus>,
@@ -809,6 +856,54 @@ pub struct RolloutStatus {
     /// gates holding the release now, and the bypasses used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_budget: Option<ErrorBudgetReleaseStatus>,
+}
+
+/// A circuit breaker's state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerStatus {
+    /// `Closed` (releases go), `Open` (new releases wait) or `HalfOpen` (one release goes through).
+    pub state: CircuitState,
+    /// The failed releases that count now, oldest first (`<rollout>-<number>: why`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// When it opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<Time>,
+    /// When it turns half-open (while open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_at: Option<Time>,
+    /// The release let through while half-open (`<rollout>-<number>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<String>,
+    /// The last reset (`kubectl sluice breaker reset`): when, by whom and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<BreakerReset>,
+}
+
+/// A circuit breaker's state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CircuitState {
+    /// Releases go.
+    #[default]
+    Closed,
+    /// New releases wait (rollbacks go).
+    Open,
+    /// One release goes through; its outcome closes or reopens the breaker.
+    HalfOpen,
+}
+
+/// A reset of a circuit breaker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerReset {
+    /// When.
+    pub at: Time,
+    /// Who asked (the identity the request carried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why.
+    pub reason: String,
 }
 
 /// How far a Rollout has taken over the Deployment it takes its template from.

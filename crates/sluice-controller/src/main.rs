@@ -40,6 +40,7 @@ use crate::cache::Reference;
 mod analysis_run;
 mod backoff;
 mod cache;
+mod circuit;
 mod error;
 mod failpoints;
 mod gate;
@@ -126,6 +127,8 @@ pub struct Context {
     pub written: written::Written,
     /// What the release records this controller wrote say, as of its last write to each.
     pub records: release_record::Written,
+    /// The locks of circuit breakers shared by several Rollouts.
+    pub circuits: circuit::Locks,
     /// Where providers and gates may send queries.
     pub address_policy: Arc<AddressPolicy>,
     /// Events waiting to be recorded.
@@ -211,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
         backoffs: backoff::Backoffs::default(),
         written: written::Written::default(),
         records: release_record::Written::default(),
+        circuits: circuit::Locks::default(),
         address_policy: Arc::new(if args.allow_provider_address.is_empty() {
             AddressPolicy::default()
         } else {
@@ -348,6 +352,8 @@ where
 /// The change streams of the watches, for the controllers they wake.
 struct Watched {
     rollouts: UnboundedReceiver<Rollout>,
+    /// Rollout changes, for the Rollouts sharing a circuit breaker with the one that changed.
+    rollout_peers: UnboundedReceiver<Rollout>,
     gates_for_rollouts: UnboundedReceiver<ErrorBudgetGate>,
     gates: UnboundedReceiver<ErrorBudgetGate>,
     replica_sets: UnboundedReceiver<ReplicaSet>,
@@ -403,7 +409,7 @@ async fn start_watches(
             trim: cache::keep_all,
             owner: None,
             references: Some((rollout::references, ctx.caches.rollout_references.clone())),
-            subscribers: 1,
+            subscribers: 2,
             leading: leading.clone(),
             on_delete: Some({
                 let ctx = ctx.clone();
@@ -641,6 +647,7 @@ async fn start_watches(
 
     Some(Watched {
         rollouts: rollout_changes.remove(0),
+        rollout_peers: rollout_changes.remove(0),
         gates_for_rollouts: gate_changes.remove(0),
         gates: gate_changes.remove(0),
         replica_sets: replica_set_changes
@@ -675,6 +682,7 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
         references.clone(),
     );
     let replica_sets = caches.replica_sets.clone();
+    let peers_store = store.clone();
     let rollout_trigger = cache::as_trigger_from(&store, watched.rollouts)
         // The controller's own status writes do not wake it: a plan stands on its own.
         .predicate_filter(rollout::wakes, Default::default());
@@ -696,6 +704,12 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
             let rollout = cache::rollout_label(replica_set.as_ref())?;
             Some(ObjectRef::<Rollout>::new(&rollout).within(&namespace))
         })
+        // A release that ends or is let through, or a reset, changes a shared circuit breaker: the
+        // other Rollouts sharing it look again (a held release may go, or must wait).
+        .watches_stream(
+            cache::as_trigger(watched.rollout_peers),
+            move |rollout: Rollout| circuit::peers(&peers_store, &rollout),
+        )
         // A Service, route or template that appears, disappears or is edited by someone else is
         // looked at again at once: an InvalidSpec clears, a weight changed by hand is put back.
         .watches_stream(cache::as_trigger(watched.services), move |svc: Service| {

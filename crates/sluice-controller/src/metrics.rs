@@ -99,6 +99,15 @@ pub struct OutcomeLabels {
     pub cause: String,
 }
 
+/// A Rollout's circuit breaker in one state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CircuitLabels {
+    pub namespace: String,
+    pub rollout: String,
+    /// Closed, Open or HalfOpen.
+    pub state: String,
+}
+
 /// Seconds from minutes to a day: how long releases take, and how long stable takes to come back.
 const RELEASE_SECONDS: [f64; 10] = [
     30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0,
@@ -134,6 +143,12 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// Requests sent by each Rollout reconcile (a settled Rollout's: none).
     pub reconcile_requests: Histogram,
+    /// 1 for the state each Rollout's circuit breaker is in, 0 for the others.
+    pub circuit_state: Family<CircuitLabels, Gauge>,
+    /// Circuit breaker transitions, by the state entered.
+    pub circuit_transitions: Family<CircuitLabels, Counter>,
+    /// New releases a circuit breaker held (counted when the hold starts).
+    pub circuit_holds: Family<RolloutLabels, Counter>,
     /// Releases started, by Rollout (deployment frequency).
     pub releases_started: Family<RolloutLabels, Counter>,
     /// Releases ended, by Rollout and outcome (change failure rate: the aborted share).
@@ -206,6 +221,24 @@ impl Default for Metrics {
         let api_requests = Family::<RequestLabels, Counter>::default();
         let reconcile_requests = Histogram::new([0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]);
         let releases_started = Family::<RolloutLabels, Counter>::default();
+        let circuit_state = Family::<CircuitLabels, Gauge>::default();
+        let circuit_transitions = Family::<CircuitLabels, Counter>::default();
+        let circuit_holds = Family::<RolloutLabels, Counter>::default();
+        registry.register(
+            "circuit_breaker_state",
+            "1 for the state each Rollout's circuit breaker is in (Closed, Open, HalfOpen), 0 for the others",
+            circuit_state.clone(),
+        );
+        registry.register(
+            "circuit_breaker_transitions",
+            "Circuit breaker transitions, by the state entered",
+            circuit_transitions.clone(),
+        );
+        registry.register(
+            "circuit_breaker_holds",
+            "New releases a circuit breaker held",
+            circuit_holds.clone(),
+        );
         let releases_finished = Family::<OutcomeLabels, Counter>::default();
         let release_duration =
             Family::<RolloutLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -314,6 +347,9 @@ impl Default for Metrics {
             gate_queries,
             api_requests,
             reconcile_requests,
+            circuit_state,
+            circuit_transitions,
+            circuit_holds,
             releases_started,
             releases_finished,
             release_duration,
@@ -341,6 +377,48 @@ impl Metrics {
                     phase: candidate,
                 })
                 .set(i64::from(candidate == current));
+        }
+    }
+
+    /// Records a Rollout's circuit breaker state, its transitions and its holds in this plan.
+    pub fn record_circuit(
+        &self,
+        namespace: &str,
+        rollout: &str,
+        plan: &sluice_engine::release::Plan,
+    ) {
+        let labels = |state: &str| CircuitLabels {
+            namespace: namespace.to_owned(),
+            rollout: rollout.to_owned(),
+            state: state.to_owned(),
+        };
+        if let Some(breaker) = &plan.status.circuit_breaker {
+            let now = format!("{:?}", breaker.state);
+            for state in ["Closed", "Open", "HalfOpen"] {
+                self.circuit_state
+                    .get_or_create(&labels(state))
+                    .set(i64::from(state == now));
+            }
+        }
+        for event in &plan.events {
+            let entered = match event.reason {
+                "CircuitOpened" => "Open",
+                "CircuitHalfOpen" => "HalfOpen",
+                "CircuitClosed" => "Closed",
+                "ReleaseHeld" if event.message.contains("circuit breaker") => {
+                    self.circuit_holds
+                        .get_or_create(&RolloutLabels {
+                            namespace: namespace.to_owned(),
+                            rollout: rollout.to_owned(),
+                        })
+                        .inc();
+                    continue;
+                }
+                _ => continue,
+            };
+            self.circuit_transitions
+                .get_or_create(&labels(entered))
+                .inc();
         }
     }
 
@@ -415,6 +493,16 @@ impl Metrics {
         };
         self.aborts.remove(&labels);
         self.releases_started.remove(&labels);
+        self.circuit_holds.remove(&labels);
+        for state in ["Closed", "Open", "HalfOpen"] {
+            let circuit = CircuitLabels {
+                namespace: namespace.to_owned(),
+                rollout: rollout.to_owned(),
+                state: state.to_owned(),
+            };
+            self.circuit_state.remove(&circuit);
+            self.circuit_transitions.remove(&circuit);
+        }
         self.release_duration.remove(&labels);
         self.restore_duration.remove(&labels);
         for outcome in ["Completed", "Aborted", "Superseded"] {

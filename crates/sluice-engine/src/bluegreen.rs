@@ -942,6 +942,7 @@ mod tests {
                 min_ready_seconds: None,
                 revision_history_limit: 10,
                 release_history_limit: 20,
+                circuit_breaker: None,
                 paused: false,
                 progress_deadline_seconds: 600,
                 progress_deadline_abort: false,
@@ -982,6 +983,8 @@ mod tests {
                 workload_replicas: None,
                 images: &[],
                 requester: None,
+                request_reason: None,
+                circuit: &Default::default(),
                 now: self.now,
             };
             let verdicts = Verdicts {
@@ -1054,6 +1057,7 @@ mod tests {
         pause: false,
         resume: false,
         restart: false,
+        reset_breaker: false,
     };
 
     #[test]

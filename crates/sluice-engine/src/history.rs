@@ -42,6 +42,11 @@ pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
                 revision: current.clone(),
                 images: s.images.to_vec(),
                 started_at: now.clone(),
+                admitted_at: None,
+                rollback: previous
+                    .error_budget
+                    .as_ref()
+                    .is_some_and(|e| e.released_revisions.contains(&current)),
                 ended_at: None,
                 outcome: None,
                 aborted_by: None,
@@ -65,18 +70,20 @@ pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
     if record.outcome.is_none() {
         let by = s.request.and(s.requester).map(str::to_owned);
         for event in &plan.events {
-            record.timeline.push(TimelineEntry {
-                at: now.clone(),
-                reason: event.reason.to_owned(),
-                message: event.message.clone(),
-                by: by.clone(),
-            });
-            if record.timeline.len() > TIMELINE_LIMIT {
-                record.timeline.remove(TIMELINE_HEAD);
-                record.timeline_dropped += 1;
-            }
+            push(
+                record,
+                TimelineEntry {
+                    at: now.clone(),
+                    reason: event.reason.to_owned(),
+                    message: event.message.clone(),
+                    by: by.clone(),
+                },
+            );
         }
         track_steps(s, plan, record, &now);
+        if record.admitted_at.is_none() && crate::gate::admitted(&plan.status, &record.revision) {
+            record.admitted_at = Some(now.clone());
+        }
         if plan.status.abort && !previous.abort {
             record.aborted_by = plan.aborted_by;
             let why = plan
@@ -105,6 +112,33 @@ pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
         record.restored_at = Some(now);
     }
     plan.status.release = release;
+}
+
+/// Adds `events` (announced after the release record was brought up to date) to the timeline of the
+/// release in flight.
+pub(crate) fn note(s: &Snapshot<'_>, plan: &mut Plan, events: &[crate::events::Event]) {
+    let by = s.request.and(s.requester).map(str::to_owned);
+    if let Some(record) = plan.status.release.as_mut().filter(|r| r.outcome.is_none()) {
+        for event in events {
+            push(
+                record,
+                TimelineEntry {
+                    at: Time(s.now),
+                    reason: event.reason.to_owned(),
+                    message: event.message.clone(),
+                    by: by.clone(),
+                },
+            );
+        }
+    }
+}
+
+fn push(record: &mut ReleaseProgress, entry: TimelineEntry) {
+    record.timeline.push(entry);
+    if record.timeline.len() > TIMELINE_LIMIT {
+        record.timeline.remove(TIMELINE_HEAD);
+        record.timeline_dropped += 1;
+    }
 }
 
 /// The canary step in force, and the highest weight put in force during it.

@@ -7,6 +7,7 @@
 
 pub mod analysis;
 pub mod bluegreen;
+pub mod breaker;
 pub mod canary;
 pub mod conditions;
 pub mod duration;
@@ -80,9 +81,15 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
             ..rs.clone()
         })
         .collect();
+    // The circuit breaker holds new releases as an error-budget gate does.
+    let gating = crate::gate::Gating {
+        circuit_hold: breaker::of(s).and_then(|b| b.hold(s.name)),
+        ..s.gating.clone()
+    };
     let s = &Snapshot {
         status: &valid,
         replica_sets: &counted,
+        gating: &gating,
         ..s.clone()
     };
     let pass = |snapshot: &Snapshot<'_>| {
@@ -157,6 +164,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
     workload::decide(s, &mut plan);
     restart::decide(s, strategy, &mut plan);
     history::decide(s, &mut plan);
+    breaker::record(s, &mut plan);
     plan.pod_metadata = pods::role_metadata(strategy, &plan.traffic, s.pods);
     plan
 }

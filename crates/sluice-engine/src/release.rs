@@ -12,6 +12,7 @@ use sluice_api::rollout::{
     RolloutPhase, RolloutSpec, RolloutStatus, SetHeaderRoute, SetMirrorRoute,
 };
 
+use crate::breaker::CircuitInputs;
 use crate::conditions::{self, ConditionStatus};
 use crate::events::Event;
 use crate::gate::Gating;
@@ -66,6 +67,8 @@ pub struct Actions {
     pub resume: bool,
     /// Replace every pod, a few at a time.
     pub restart: bool,
+    /// Close the circuit breaker.
+    pub reset_breaker: bool,
 }
 
 impl From<Option<RolloutAction>> for Actions {
@@ -79,6 +82,7 @@ impl From<Option<RolloutAction>> for Actions {
             Some(RolloutAction::Pause) => actions.pause = true,
             Some(RolloutAction::Resume) => actions.resume = true,
             Some(RolloutAction::Restart) => actions.restart = true,
+            Some(RolloutAction::ResetBreaker) => actions.reset_breaker = true,
             None => {}
         }
         actions
@@ -130,6 +134,10 @@ pub struct Snapshot<'a> {
     pub images: &'a [String],
     /// Who made the request `actions` come from, as the request says.
     pub requester: Option<&'a str>,
+    /// Why, as the request says (a breaker reset's reason).
+    pub request_reason: Option<&'a str>,
+    /// The releases of the Rollouts sharing the circuit breaker (`spec.circuitBreaker`).
+    pub circuit: &'a CircuitInputs,
     pub now: Timestamp,
 }
 

@@ -472,6 +472,8 @@ mod tests {
             workload_replicas: None,
             images: &[],
             requester: None,
+            request_reason: None,
+            circuit: &Default::default(),
             now: Timestamp::from_second(400).expect("time"),
         };
         let mut plan = Plan {

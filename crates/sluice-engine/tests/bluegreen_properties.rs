@@ -150,6 +150,7 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
         min_ready_seconds: None,
         revision_history_limit: k.history,
         release_history_limit: 20,
+        circuit_breaker: None,
         paused: false,
         progress_deadline_seconds: k.deadline_seconds,
         progress_deadline_abort: k.deadline_abort,
@@ -254,6 +255,8 @@ impl World {
             workload_replicas: None,
             images: &[],
             requester: None,
+            request_reason: None,
+            circuit: &Default::default(),
             now,
         };
         sluice_engine::decide(

@@ -237,6 +237,7 @@ fn spec(
         min_ready_seconds: None,
         revision_history_limit: limits.history,
         release_history_limit: 20,
+        circuit_breaker: None,
         paused: false,
         progress_deadline_seconds: limits.deadline_seconds,
         progress_deadline_abort: limits.deadline_abort,
@@ -338,6 +339,8 @@ impl World {
             workload_replicas: None,
             images: &[],
             requester: None,
+            request_reason: None,
+            circuit: &Default::default(),
             now,
         };
         sluice_engine::decide(

@@ -77,6 +77,8 @@ impl World {
             workload_replicas: self.spec.workload_ref.as_ref().map(|_| self.deployment),
             images: &images,
             requester,
+            request_reason: None,
+            circuit: &Default::default(),
             now: Timestamp::from_second(self.now).expect("time"),
         };
         let plan = sluice_engine::decide(

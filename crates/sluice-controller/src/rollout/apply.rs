@@ -381,6 +381,7 @@ pub(super) fn announce(ctx: &Context, rollout: &Rollout, status: &RolloutStatus,
             })
             .inc();
     }
+    ctx.metrics.record_circuit(&namespace, &name, plan);
     for event in &plan.events {
         info!(reason = event.reason, note = %event.message, "transition");
         publish(ctx, rollout, event.warning, event.reason, &event.message);

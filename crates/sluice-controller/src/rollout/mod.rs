@@ -201,14 +201,25 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         .filter_map(|pod| pod_view(&pod, now))
         .collect();
     let (pending, based_on) = take_request(ctx, rollout, &status).await?;
-    let (actions, request, requester) = match &pending {
+    let (actions, request, requester, request_reason) = match &pending {
         Pending::Act(request) => (
             request.actions,
             Some(request.id.as_str()),
             request.by.as_deref(),
+            request.reason.as_deref(),
         ),
-        Pending::None => (Actions::default(), None, None),
+        Pending::None => (Actions::default(), None, None, None),
     };
+    // Rollouts sharing a circuit breaker decide one at a time, each on the others' latest status.
+    let group = crate::circuit::group(ctx, rollout, &namespace);
+    let _decided_alone = match &group.lock {
+        Some(lock) => Some(lock.clone().lock_owned().await),
+        None => None,
+    };
+    if crate::circuit::stale(ctx, &group, &namespace) {
+        return Ok(Action::requeue(STALE_RETRY));
+    }
+    let circuit = crate::circuit::inputs(ctx, &group, &namespace);
     let images = images_of(&template);
 
     let gating = crate::release_gates::gating(&ctx.caches.gates, rollout);
@@ -228,6 +239,8 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         workload_replicas,
         images: &images,
         requester,
+        request_reason,
+        circuit: &circuit,
         now,
     };
     let plan = sluice_engine::decide(&snapshot, strategy.engine());

@@ -11,7 +11,9 @@
 use kube::ResourceExt;
 use kube::api::{Api, Patch};
 use serde_json::json;
-use sluice_api::names::{ACTION_ANNOTATION, REQUESTED_BY_ANNOTATION, RolloutAction};
+use sluice_api::names::{
+    ACTION_ANNOTATION, REQUEST_REASON_ANNOTATION, REQUESTED_BY_ANNOTATION, RolloutAction,
+};
 use sluice_api::rollout::{Rollout, RolloutStatus};
 use sluice_engine::release::Actions;
 use tracing::info;
@@ -25,6 +27,8 @@ pub(super) struct Request {
     pub id: String,
     /// Who made it, as the request says ([`REQUESTED_BY_ANNOTATION`]).
     pub by: Option<String>,
+    /// Why, as the request says ([`REQUEST_REASON_ANNOTATION`]).
+    pub reason: Option<String>,
 }
 
 /// What the Rollout's annotation asks of this reconcile.
@@ -53,8 +57,10 @@ fn take_off(rollout: &Rollout, raw: &str) -> serde_json::Value {
         json!({"op": "test", "path": pointer(), "value": raw}),
         json!({"op": "remove", "path": pointer()}),
     ];
-    if rollout.annotations().contains_key(REQUESTED_BY_ANNOTATION) {
-        ops.push(json!({"op": "remove", "path": annotation_pointer(REQUESTED_BY_ANNOTATION)}));
+    for annotation in [REQUESTED_BY_ANNOTATION, REQUEST_REASON_ANNOTATION] {
+        if rollout.annotations().contains_key(annotation) {
+            ops.push(json!({"op": "remove", "path": annotation_pointer(annotation)}));
+        }
     }
     serde_json::Value::Array(ops)
 }
@@ -123,6 +129,10 @@ pub(super) async fn take_request(
             actions: Actions::from(Some(parsed)),
             id,
             by: rollout.annotations().get(REQUESTED_BY_ANNOTATION).cloned(),
+            reason: rollout
+                .annotations()
+                .get(REQUEST_REASON_ANNOTATION)
+                .cloned(),
         }),
         based_on,
     ))

@@ -105,6 +105,8 @@ pub struct Gating {
     pub bypass_reason: Option<String>,
     /// The current pod template carries [`CRITICAL_ANNOTATION`](super::CRITICAL_ANNOTATION): `"true"`.
     pub critical: bool,
+    /// The circuit breaker holds new releases, with this message (no bypass lets one through).
+    pub circuit_hold: Option<String>,
 }
 
 impl Gating {
@@ -120,9 +122,13 @@ impl Gating {
             gates,
             bypass_reason: facts(rollout_annotations).bypass_reason,
             critical: facts(template_annotations).critical,
+            circuit_hold: None,
         }
     }
 }
+
+/// The name a circuit breaker's hold goes by in `status.errorBudget.heldBy`.
+pub const CIRCUIT_BREAKER: &str = "circuit-breaker";
 
 /// What the gates mean for a release at this reconcile.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -227,6 +233,18 @@ pub fn gate_release(
             (g.name.clone(), decision)
         })
         .collect();
+    let mut decisions = decisions;
+    if kind == RevisionKind::NewRelease
+        && let Some(message) = &gating.circuit_hold
+    {
+        decisions.push((
+            CIRCUIT_BREAKER.to_owned(),
+            ReleaseDecision::Hold {
+                reason: crate::breaker::REASON_CIRCUIT_OPEN.to_owned(),
+                message: message.clone(),
+            },
+        ));
+    }
     let mut holding: Vec<String> = decisions
         .iter()
         .filter(|(_, d)| matches!(d, ReleaseDecision::Hold { .. }))
@@ -543,6 +561,7 @@ mod tests {
             gates: vec![view(GateState::Frozen, InFlightPolicy::HoldAtNextStep)],
             bypass_reason: Some("INC-1234 hotfix".into()),
             critical: false,
+            circuit_hold: None,
         };
         let mut status = releasing("v1");
         let (gated, events) = gate_once(&mut status, &gating, "v2");
@@ -574,6 +593,7 @@ mod tests {
             )],
             bypass_reason: Some("please".into()),
             critical: false,
+            circuit_hold: None,
         };
         let mut status = releasing("v1");
         let (gated, _) = gate_once(&mut status, &gating, "v2");

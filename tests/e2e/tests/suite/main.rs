@@ -3,6 +3,7 @@
 mod analysis;
 mod api;
 mod bluegreen;
+mod breaker;
 mod canary;
 mod chaos;
 mod chart;

@@ -1,0 +1,176 @@
+//! What the circuit breaker is decided from, read from the caches: the releases of the Rollouts
+//! that share it (their release records and the release each status tracks) and their last reset.
+//!
+//! Rollouts sharing a breaker (`circuitBreaker.selector`) are decided one at a time, and not while
+//! the cache holds an older copy of one of them than this controller last wrote: so a release one
+//! of them lets through half-open is seen by the others before they decide, and exactly one goes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use sluice_api::Rollout;
+use sluice_api::release::ReleaseProgress;
+use sluice_engine::breaker::{AdmittedRelease, CircuitInputs, EndedRelease};
+
+use crate::Context;
+use crate::cache;
+use crate::written::Kind;
+
+/// One lock per breaker shared by several Rollouts, by namespace and selector.
+#[derive(Default)]
+pub struct Locks {
+    by_group: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The Rollouts a Rollout's breaker covers (itself first), and the lock their decisions take if
+/// there are others.
+pub struct Group {
+    pub members: Vec<Arc<Rollout>>,
+    pub lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The group of `rollout` (as given: the copy being decided), in `namespace`.
+pub fn group(ctx: &Context, rollout: &Rollout, namespace: &str) -> Group {
+    if rollout.spec.circuit_breaker.is_none() {
+        return Group {
+            members: Vec::new(),
+            lock: None,
+        };
+    }
+    let mut members = vec![Arc::new(rollout.clone())];
+    let Some(selector) = rollout
+        .spec
+        .circuit_breaker
+        .as_ref()
+        .and_then(|b| b.selector.clone())
+    else {
+        return Group {
+            members,
+            lock: None,
+        };
+    };
+    let Ok(matcher) = Selector::try_from(selector.clone()) else {
+        return Group {
+            members,
+            lock: None,
+        };
+    };
+    let name = rollout.name_any();
+    members.extend(ctx.caches.rollouts.state().into_iter().filter(|other| {
+        other.namespace().as_deref() == Some(namespace)
+            && other.name_any() != name
+            && other.spec.circuit_breaker.is_some()
+            && matcher.matches(other.labels())
+    }));
+    let key = format!(
+        "{namespace}/{}",
+        serde_json::to_string(&selector).unwrap_or_default()
+    );
+    let lock = ctx.circuits.by_group.lock().ok().map(|mut locks| {
+        locks
+            .entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    });
+    Group { members, lock }
+}
+
+/// The other Rollouts sharing `rollout`'s circuit breaker: those a change to it may concern.
+pub fn peers(
+    store: &kube::runtime::reflector::Store<Rollout>,
+    rollout: &Rollout,
+) -> Vec<kube::runtime::reflector::ObjectRef<Rollout>> {
+    let Some(selector) = rollout
+        .spec
+        .circuit_breaker
+        .as_ref()
+        .and_then(|b| b.selector.clone())
+    else {
+        return Vec::new();
+    };
+    let Ok(matcher) = Selector::try_from(selector) else {
+        return Vec::new();
+    };
+    let namespace = rollout.namespace();
+    let name = rollout.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|other| {
+            other.namespace() == namespace
+                && other.name_any() != name
+                && other.spec.circuit_breaker.is_some()
+                && matcher.matches(other.labels())
+        })
+        .map(|other| kube::runtime::reflector::ObjectRef::from_obj(other.as_ref()))
+        .collect()
+}
+
+/// Whether the cache holds an older copy of another member than this controller last wrote.
+pub fn stale(ctx: &Context, group: &Group, namespace: &str) -> bool {
+    group.members.iter().skip(1).any(|member| {
+        ctx.written.is_stale(
+            Kind::Rollout,
+            namespace,
+            &member.name_any(),
+            member.metadata.resource_version.as_deref(),
+        )
+    })
+}
+
+/// The breaker's inputs: every member's ended releases (records, and the release its status
+/// tracks), the releases in flight the gates let start, and the newest reset.
+pub fn inputs(ctx: &Context, group: &Group, namespace: &str) -> CircuitInputs {
+    let mut inputs = CircuitInputs::default();
+    for member in &group.members {
+        let name = member.name_any();
+        let uid = member.uid().unwrap_or_default();
+        let status = member.status.clone().unwrap_or_default();
+        let mut releases: Vec<ReleaseProgress> = cache::owned(
+            &ctx.caches.releases,
+            &ctx.caches.release_index,
+            namespace,
+            &name,
+        )
+        .iter()
+        .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
+        .map(|r| r.spec.release.clone())
+        .collect();
+        if let Some(current) = status.release {
+            releases.retain(|r| r.number != current.number);
+            releases.push(current);
+        }
+        for release in releases {
+            let release_name = crate::release_record::name(&name, release.number);
+            match (release.outcome, &release.ended_at) {
+                (Some(outcome), Some(ended_at)) => inputs.ended.push(EndedRelease {
+                    name: release_name,
+                    outcome,
+                    rollback: release.rollback,
+                    admitted_at: release.admitted_at.as_ref().map(|t| t.0),
+                    ended_at: ended_at.0,
+                    reason: release.reason.clone().unwrap_or_default(),
+                }),
+                _ => {
+                    if let Some(admitted) = &release.admitted_at
+                        && !release.rollback
+                    {
+                        inputs.in_flight.push(AdmittedRelease {
+                            rollout: name.clone(),
+                            name: release_name,
+                            admitted_at: admitted.0,
+                        });
+                    }
+                }
+            }
+        }
+        let reset = status
+            .circuit_breaker
+            .and_then(|b| b.last_reset)
+            .map(|r| r.at.0);
+        inputs.reset_at = inputs.reset_at.max(reset);
+    }
+    inputs
+}

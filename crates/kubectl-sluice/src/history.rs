@@ -107,9 +107,13 @@ pub fn report(record: &Release, rollout: Option<&Rollout>, format: Format) -> Re
     }
     let md = format == Format::Markdown;
     let r = &record.spec.release;
-    let steps: &[CanaryStep] = rollout
+    // The steps the release ran: the Rollout's, or those of the plan it started with.
+    let steps: Vec<CanaryStep> = rollout
         .and_then(|ro| ro.spec.strategy.canary.as_ref())
-        .map_or(&[], |c| c.steps.as_slice());
+        .map_or_else(Vec::new, |c| match &r.plan {
+            Some(plan) => sluice_engine::adaptive::adapt(c, plan.profile).steps,
+            None => c.steps.clone(),
+        });
     let mut out = String::new();
     let heading = |out: &mut String, text: &str| {
         if md {
@@ -139,6 +143,9 @@ pub fn report(record: &Release, rollout: Option<&Rollout>, format: Format) -> Re
         r.images.join(", ")
     );
     let _ = writeln!(out, "{item}Started: {}", r.started_at.0);
+    if let Some(plan) = &r.plan {
+        let _ = writeln!(out, "{item}Plan: {:?}: {}", plan.profile, plan.reason);
+    }
     match &r.ended_at {
         Some(end) => {
             let _ = writeln!(out, "{item}Ended: {} ({})", end.0, span(&r.started_at, end));

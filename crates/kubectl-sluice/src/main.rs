@@ -18,8 +18,8 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::names::{
-    ACTION_ANNOTATION, REQUEST_REASON_ANNOTATION, REQUESTED_BY_ANNOTATION, ROLLOUT_LABEL,
-    RolloutAction, TEMPLATE_ANNOTATION,
+    ACTION_ANNOTATION, PLAN_ANNOTATION, REQUEST_REASON_ANNOTATION, REQUESTED_BY_ANNOTATION,
+    ROLLOUT_LABEL, RolloutAction, TEMPLATE_ANNOTATION,
 };
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
@@ -92,6 +92,12 @@ enum Command {
         #[command(subcommand)]
         command: BreakerCommand,
     },
+    /// Pin the step plan of a Rollout's next releases (`pin NAME cautious|standard|fast`), or let
+    /// its recent releases choose again (`unpin NAME`); needs `strategy.canary.adaptive`.
+    Plan {
+        #[command(subcommand)]
+        command: PlanCommand,
+    },
     /// List a Rollout's releases (its Release records), oldest first.
     History { name: String },
     /// The timeline of one release (the newest, or --number N, or the newest of --revision R): its
@@ -117,6 +123,18 @@ enum Command {
         #[arg(short, long)]
         watch: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PlanCommand {
+    /// Pin a plan for the next releases.
+    Pin {
+        name: String,
+        /// cautious, standard or fast.
+        profile: String,
+    },
+    /// Let the Rollout's recent releases choose the plan again.
+    Unpin { name: String },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +182,38 @@ async fn run() -> Result<ExitCode> {
             request(&rollouts, &name, action).await
         }
         Command::Abort { name } => request(&rollouts, &name, RolloutAction::Abort).await,
+        Command::Plan { command } => {
+            let (name, value) = match command {
+                PlanCommand::Pin { name, profile } => {
+                    if sluice_engine::adaptive::parse_profile(&profile).is_none() {
+                        bail!("unknown plan {profile:?}: cautious, standard or fast");
+                    }
+                    (name, Some(profile.to_ascii_lowercase()))
+                }
+                PlanCommand::Unpin { name } => (name, None),
+            };
+            let patch = json!({"metadata": {"annotations": {PLAN_ANNOTATION: value}}});
+            rollouts
+                .patch(
+                    &name,
+                    &PatchParams {
+                        field_manager: Some(FIELD_MANAGER.to_owned()),
+                        ..PatchParams::default()
+                    },
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .with_context(|| format!("Rollout {name:?}"))?;
+            match value {
+                Some(profile) => {
+                    println!("rollout.sluice.dev/{name}: next releases run the {profile} plan")
+                }
+                None => println!(
+                    "rollout.sluice.dev/{name}: next releases' plan chosen from recent releases"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Breaker { command } => match command {
             BreakerCommand::Status { name } => breaker_status(&rollouts, &name).await,
             BreakerCommand::Reset { name, reason } => {
@@ -752,6 +802,15 @@ fn render(
             out,
             "  Weight:   {weight}% canary, {}% stable",
             100 - weight
+        );
+        // An adaptive release runs the steps of the plan it started with.
+        let plan = status.release.as_ref().and_then(|r| r.plan.clone());
+        if let Some(plan) = &plan {
+            let _ = writeln!(out, "  Plan:     {:?}: {}", plan.profile, plan.reason);
+        }
+        let canary = &plan.map_or_else(
+            || canary.clone(),
+            |p| sluice_engine::adaptive::adapt(canary, p.profile),
         );
         let index = usize::try_from(status.current_step_index.unwrap_or(0)).unwrap_or(0);
         for (i, step) in canary.steps.iter().enumerate() {

@@ -22,6 +22,9 @@ pub const ACTION_ANNOTATION: &str = "sluice.dev/action";
 /// Who made the request in [`ACTION_ANNOTATION`] (the plugin writes the requester's identity, as
 /// the API server knows it); recorded with what the request did in the release record.
 pub const REQUESTED_BY_ANNOTATION: &str = "sluice.dev/requested-by";
+/// Pins the step plan of a Rollout's next releases (`strategy.canary.adaptive`): `cautious`,
+/// `standard` or `fast` (`kubectl sluice plan pin`).
+pub const PLAN_ANNOTATION: &str = "sluice.dev/plan";
 /// Why the request in [`ACTION_ANNOTATION`] was made (a breaker reset must say why); recorded with
 /// it.
 pub const REQUEST_REASON_ANNOTATION: &str = "sluice.dev/request-reason";

@@ -97,6 +97,9 @@ pub struct ReleaseProgress {
     /// When the gates and the circuit breaker let it start (it may have waited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted_at: Option<Time>,
+    /// The step plan it runs (`strategy.canary.adaptive`), and why that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanChoice>,
     /// It goes back to a revision that was stable before (an undo, a revert): no gate or breaker
     /// holds it, and the breaker counts it neither way.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -131,6 +134,28 @@ pub struct ReleaseProgress {
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
+}
+
+/// The step plan a release runs, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanChoice {
+    /// `Cautious`, `Standard` (the Rollout's own steps) or `Fast`.
+    pub profile: PlanProfile,
+    /// Why, naming the releases it was chosen from (or the pin).
+    pub reason: String,
+}
+
+/// A step plan derived from the Rollout's steps.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PlanProfile {
+    /// A midway weight before each raise (so a smaller first weight), timed pauses twice as long.
+    Cautious,
+    /// The Rollout's steps.
+    Standard,
+    /// Only the first and last weights (with the timed pauses after the others dropped), timed
+    /// pauses half as long; analysis and pauses until promoted kept.
+    Fast,
 }
 
 /// How a release ended.

@@ -370,6 +370,36 @@ pub struct CanaryStrategy {
     /// Keep the canary's pods off the nodes that run stable's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anti_affinity: Option<AntiAffinity>,
+    /// Choose each release's step plan from the Rollout's recent releases (a Sluice addition): a
+    /// cautious plan after a recent abort, a fast one after a run of completed releases, `steps`
+    /// otherwise. The plans are derived from `steps` (see the README); the annotation
+    /// `sluice.dev/plan: cautious|standard|fast` (`kubectl sluice plan pin`) pins one for the next
+    /// releases. The plan chosen, and why, is in `status.release.plan` and the release record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptivePlans>,
+}
+
+/// How a Rollout's step plan adapts to its recent releases.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdaptivePlans {
+    /// How many of the newest ended releases an abort among makes the next plan cautious (rollbacks
+    /// and superseded releases are not counted). Defaults to 5.
+    #[serde(default = "default_adaptive_lookback")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 20").message("must be between 1 and 20"))]
+    pub lookback: i32,
+    /// How many releases in a row must have completed for the fast plan. Defaults to 10; at most
+    /// 20 (the records looked at are the Rollout's kept ones: `releaseHistoryLimit`).
+    #[serde(default = "default_adaptive_fast_after")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 20").message("must be between 1 and 20"))]
+    pub fast_after: i32,
+}
+
+fn default_adaptive_lookback() -> i32 {
+    5
+}
+fn default_adaptive_fast_after() -> i32 {
+    10
 }
 
 /// One step of a canary release: exactly one of `setWeight`, `pause`, `setCanaryScale`, `analysis`,

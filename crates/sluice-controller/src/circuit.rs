@@ -125,52 +125,67 @@ pub fn stale(ctx: &Context, group: &Group, namespace: &str) -> bool {
 pub fn inputs(ctx: &Context, group: &Group, namespace: &str) -> CircuitInputs {
     let mut inputs = CircuitInputs::default();
     for member in &group.members {
-        let name = member.name_any();
-        let uid = member.uid().unwrap_or_default();
-        let status = member.status.clone().unwrap_or_default();
-        let mut releases: Vec<ReleaseProgress> = cache::owned(
-            &ctx.caches.releases,
-            &ctx.caches.release_index,
-            namespace,
-            &name,
-        )
-        .iter()
-        .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
-        .map(|r| r.spec.release.clone())
-        .collect();
-        if let Some(current) = status.release {
-            releases.retain(|r| r.number != current.number);
-            releases.push(current);
-        }
-        for release in releases {
-            let release_name = crate::release_record::name(&name, release.number);
-            match (release.outcome, &release.ended_at) {
-                (Some(outcome), Some(ended_at)) => inputs.ended.push(EndedRelease {
-                    name: release_name,
-                    outcome,
-                    rollback: release.rollback,
-                    admitted_at: release.admitted_at.as_ref().map(|t| t.0),
-                    ended_at: ended_at.0,
-                    reason: release.reason.clone().unwrap_or_default(),
-                }),
-                _ => {
-                    if let Some(admitted) = &release.admitted_at
-                        && !release.rollback
-                    {
-                        inputs.in_flight.push(AdmittedRelease {
-                            rollout: name.clone(),
-                            name: release_name,
-                            admitted_at: admitted.0,
-                        });
-                    }
-                }
-            }
-        }
-        let reset = status
-            .circuit_breaker
-            .and_then(|b| b.last_reset)
+        let (ended, in_flight) = releases_of(ctx, member, namespace);
+        inputs.ended.extend(ended);
+        inputs.in_flight.extend(in_flight);
+        let reset = member
+            .status
+            .as_ref()
+            .and_then(|s| s.circuit_breaker.as_ref())
+            .and_then(|b| b.last_reset.as_ref())
             .map(|r| r.at.0);
         inputs.reset_at = inputs.reset_at.max(reset);
     }
     inputs
+}
+
+/// A Rollout's releases: those that ended (its records, and the release its status tracks), and
+/// the one in flight if the gates let it start.
+pub fn releases_of(
+    ctx: &Context,
+    rollout: &Rollout,
+    namespace: &str,
+) -> (Vec<EndedRelease>, Vec<AdmittedRelease>) {
+    let name = rollout.name_any();
+    let uid = rollout.uid().unwrap_or_default();
+    let mut releases: Vec<ReleaseProgress> = cache::owned(
+        &ctx.caches.releases,
+        &ctx.caches.release_index,
+        namespace,
+        &name,
+    )
+    .iter()
+    .filter(|r| r.owner_references().iter().any(|o| o.uid == uid))
+    .map(|r| r.spec.release.clone())
+    .collect();
+    if let Some(current) = rollout.status.as_ref().and_then(|s| s.release.clone()) {
+        releases.retain(|r| r.number != current.number);
+        releases.push(current);
+    }
+    let (mut ended, mut in_flight) = (Vec::new(), Vec::new());
+    for release in releases {
+        let release_name = crate::release_record::name(&name, release.number);
+        match (release.outcome, &release.ended_at) {
+            (Some(outcome), Some(ended_at)) => ended.push(EndedRelease {
+                name: release_name,
+                outcome,
+                rollback: release.rollback,
+                admitted_at: release.admitted_at.as_ref().map(|t| t.0),
+                ended_at: ended_at.0,
+                reason: release.reason.clone().unwrap_or_default(),
+            }),
+            _ => {
+                if let Some(admitted) = &release.admitted_at
+                    && !release.rollback
+                {
+                    in_flight.push(AdmittedRelease {
+                        rollout: name.clone(),
+                        name: release_name,
+                        admitted_at: admitted.0,
+                    });
+                }
+            }
+        }
+    }
+    (ended, in_flight)
 }

@@ -985,6 +985,8 @@ mod tests {
                 requester: None,
                 request_reason: None,
                 circuit: &Default::default(),
+                history: &[],
+                plan_pin: None,
                 now: self.now,
             };
             let verdicts = Verdicts {

@@ -5,9 +5,11 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sluice_api::release::{
-    ReleaseOutcome, ReleaseProgress, STEPS_LIMIT, StepRecord, TIMELINE_HEAD, TIMELINE_LIMIT,
-    TimelineEntry,
+    PlanChoice, ReleaseOutcome, ReleaseProgress, STEPS_LIMIT, StepRecord, TIMELINE_HEAD,
+    TIMELINE_LIMIT, TimelineEntry,
 };
+
+use sluice_api::rollout::CanaryStep;
 
 use crate::canary::step_weight;
 use crate::release::{Plan, Snapshot, observed};
@@ -15,7 +17,12 @@ use crate::release::{Plan, Snapshot, observed};
 /// Adds this decision to the release record: starts a release at a new revision (or a retry), ends
 /// the one a new revision supersedes, and records the transitions, steps and end of the one in
 /// flight.
-pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
+pub(crate) fn decide(
+    s: &Snapshot<'_>,
+    strategy: crate::Strategy<'_>,
+    plan: &mut Plan,
+    choice: Option<&PlanChoice>,
+) {
     let previous = s.status;
     let Some(current) = plan.status.current_pod_hash.clone() else {
         return;
@@ -43,6 +50,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
                 images: s.images.to_vec(),
                 started_at: now.clone(),
                 admitted_at: None,
+                plan: choice.cloned(),
                 rollback: previous
                     .error_budget
                     .as_ref()
@@ -56,6 +64,13 @@ pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
                 timeline: Vec::new(),
                 timeline_dropped: 0,
             });
+            if let Some(choice) = choice {
+                plan.events.push(crate::events::Event {
+                    warning: false,
+                    reason: "PlanChosen",
+                    message: format!("{:?} plan: {}", choice.profile, choice.reason),
+                });
+            }
             // Ended in this decision: its record is written before the status that forgets it.
             let was_in_flight = previous
                 .release
@@ -80,7 +95,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, plan: &mut Plan) {
                 },
             );
         }
-        track_steps(s, plan, record, &now);
+        if let crate::Strategy::Canary(canary) = strategy {
+            track_steps(&canary.steps, plan, record, &now);
+        }
         if record.admitted_at.is_none() && crate::gate::admitted(&plan.status, &record.revision) {
             record.admitted_at = Some(now.clone());
         }
@@ -142,14 +159,11 @@ fn push(record: &mut ReleaseProgress, entry: TimelineEntry) {
 }
 
 /// The canary step in force, and the highest weight put in force during it.
-fn track_steps(s: &Snapshot<'_>, plan: &Plan, record: &mut ReleaseProgress, now: &Time) {
-    let Some(canary) = s.spec.strategy.canary.as_ref() else {
-        return;
-    };
+fn track_steps(steps: &[CanaryStep], plan: &Plan, record: &mut ReleaseProgress, now: &Time) {
     let Some(index) = plan.status.current_step_index else {
         return;
     };
-    if usize::try_from(index).map_or(true, |i| i >= canary.steps.len()) {
+    if usize::try_from(index).map_or(true, |i| i >= steps.len()) {
         close_step(record, now);
         return;
     }
@@ -158,7 +172,7 @@ fn track_steps(s: &Snapshot<'_>, plan: &Plan, record: &mut ReleaseProgress, now:
         if let Some(step) = record.steps.last_mut()
             && step.ended_at.is_none()
         {
-            let own = usize::try_from(step.index).map_or(0, |i| step_weight(&canary.steps, i));
+            let own = usize::try_from(step.index).map_or(0, |i| step_weight(steps, i));
             step.weight = step.weight.max(plan.traffic.canary_weight.min(own));
         }
         close_step(record, now);

@@ -5,6 +5,7 @@
 //! Because nothing here reads a clock or a client, property tests drive thousands of random
 //! histories through the same code that runs in the cluster.
 
+pub mod adaptive;
 pub mod analysis;
 pub mod bluegreen;
 pub mod breaker;
@@ -81,6 +82,16 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
             ..rs.clone()
         })
         .collect();
+    // Adaptive plans: the release runs the steps of the plan chosen when it started.
+    let choice = match strategy {
+        Strategy::Canary(c) => c.adaptive.as_ref().map(|a| adaptive::plan_for(s, a)),
+        Strategy::BlueGreen(_) => None,
+    };
+    let adapted = match (strategy, &choice) {
+        (Strategy::Canary(c), Some(choice)) => Some(adaptive::adapt(c, choice.profile)),
+        _ => None,
+    };
+    let strategy = adapted.as_ref().map_or(strategy, Strategy::Canary);
     // The circuit breaker holds new releases as an error-budget gate does.
     let gating = crate::gate::Gating {
         circuit_hold: breaker::of(s).and_then(|b| b.hold(s.name)),
@@ -163,7 +174,7 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
     }
     workload::decide(s, &mut plan);
     restart::decide(s, strategy, &mut plan);
-    history::decide(s, &mut plan);
+    history::decide(s, strategy, &mut plan, choice.as_ref());
     breaker::record(s, &mut plan);
     plan.pod_metadata = pods::role_metadata(strategy, &plan.traffic, s.pods);
     plan

@@ -138,6 +138,10 @@ pub struct Snapshot<'a> {
     pub request_reason: Option<&'a str>,
     /// The releases of the Rollouts sharing the circuit breaker (`spec.circuitBreaker`).
     pub circuit: &'a CircuitInputs,
+    /// The Rollout's own ended releases, in any order (adaptive plans).
+    pub history: &'a [crate::breaker::EndedRelease],
+    /// The plan the Rollout's `sluice.dev/plan` annotation pins, as written.
+    pub plan_pin: Option<&'a str>,
     pub now: Timestamp,
 }
 

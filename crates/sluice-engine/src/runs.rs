@@ -474,6 +474,8 @@ mod tests {
             requester: None,
             request_reason: None,
             circuit: &Default::default(),
+            history: &[],
+            plan_pin: None,
             now: Timestamp::from_second(400).expect("time"),
         };
         let mut plan = Plan {

@@ -257,6 +257,8 @@ impl World {
             requester: None,
             request_reason: None,
             circuit: &Default::default(),
+            history: &[],
+            plan_pin: None,
             now,
         };
         sluice_engine::decide(

@@ -277,6 +277,7 @@ fn spec(
                 canary_metadata: None,
                 stable_metadata: None,
                 anti_affinity: None,
+                adaptive: None,
             }),
             blue_green: None,
         },
@@ -341,6 +342,8 @@ impl World {
             requester: None,
             request_reason: None,
             circuit: &Default::default(),
+            history: &[],
+            plan_pin: None,
             now,
         };
         sluice_engine::decide(

@@ -79,6 +79,8 @@ impl World {
             requester,
             request_reason: None,
             circuit: &Default::default(),
+            history: &[],
+            plan_pin: None,
             now: Timestamp::from_second(self.now).expect("time"),
         };
         let plan = sluice_engine::decide(

@@ -220,6 +220,18 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         return Ok(Action::requeue(STALE_RETRY));
     }
     let circuit = crate::circuit::inputs(ctx, &group, &namespace);
+    // Adaptive plans read the Rollout's own releases.
+    let adaptive = rollout
+        .spec
+        .strategy
+        .canary
+        .as_ref()
+        .is_some_and(|c| c.adaptive.is_some());
+    let history = if adaptive {
+        crate::circuit::releases_of(ctx, rollout, &namespace).0
+    } else {
+        Vec::new()
+    };
     let images = images_of(&template);
 
     let gating = crate::release_gates::gating(&ctx.caches.gates, rollout);
@@ -241,6 +253,11 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         requester,
         request_reason,
         circuit: &circuit,
+        history: &history,
+        plan_pin: rollout
+            .annotations()
+            .get(sluice_api::names::PLAN_ANNOTATION)
+            .map(String::as_str),
         now,
     };
     let plan = sluice_engine::decide(&snapshot, strategy.engine());

@@ -1,5 +1,6 @@
 //! End-to-end tests on a real control plane. One binary, so the suite shares one cluster.
 
+mod adaptive;
 mod analysis;
 mod api;
 mod bluegreen;

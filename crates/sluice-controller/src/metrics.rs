@@ -385,14 +385,15 @@ impl Metrics {
         &self,
         namespace: &str,
         rollout: &str,
-        plan: &sluice_engine::release::Plan,
+        breaker: Option<&sluice_api::rollout::CircuitBreakerStatus>,
+        events: &[sluice_engine::events::Event],
     ) {
         let labels = |state: &str| CircuitLabels {
             namespace: namespace.to_owned(),
             rollout: rollout.to_owned(),
             state: state.to_owned(),
         };
-        if let Some(breaker) = &plan.status.circuit_breaker {
+        if let Some(breaker) = breaker {
             let now = format!("{:?}", breaker.state);
             for state in ["Closed", "Open", "HalfOpen"] {
                 self.circuit_state
@@ -400,7 +401,7 @@ impl Metrics {
                     .set(i64::from(state == now));
             }
         }
-        for event in &plan.events {
+        for event in events {
             let entered = match event.reason {
                 "CircuitOpened" => "Open",
                 "CircuitHalfOpen" => "HalfOpen",
@@ -656,5 +657,81 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod dashboard_tests {
+    use super::*;
+
+    /// Every metric the chart's Grafana dashboards query is one the controller exports (each
+    /// recorded once, since a family without samples is not written out).
+    #[test]
+    fn every_metric_the_dashboards_query_is_exported() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use k8s_openapi::jiff::Timestamp;
+        use sluice_api::release::{AbortCause, ReleaseOutcome, ReleaseProgress};
+        let metrics = Metrics::default();
+        let at = |s| Time(Timestamp::from_second(s).expect("time"));
+        let aborted = ReleaseProgress {
+            number: 1,
+            revision: "a".to_owned(),
+            images: Vec::new(),
+            started_at: at(0),
+            admitted_at: None,
+            plan: None,
+            rollback: false,
+            ended_at: Some(at(60)),
+            outcome: Some(ReleaseOutcome::Aborted),
+            aborted_by: Some(AbortCause::Analysis),
+            reason: None,
+            restored_at: Some(at(70)),
+            steps: Vec::new(),
+            timeline: Vec::new(),
+            timeline_dropped: 0,
+        };
+        let completed = ReleaseProgress {
+            number: 2,
+            outcome: Some(ReleaseOutcome::Completed),
+            aborted_by: None,
+            restored_at: None,
+            ..aborted.clone()
+        };
+        let before = crate::release_record::Known::default();
+        metrics.record_release("ns", "web", &before, &aborted);
+        metrics.record_release("ns", "web", &before, &completed);
+        let breaker = sluice_api::rollout::CircuitBreakerStatus::default();
+        let held = sluice_engine::events::Event {
+            warning: true,
+            reason: "ReleaseHeld",
+            message: "release of b held: circuit breaker open".to_owned(),
+        };
+        metrics.record_circuit("ns", "web", Some(&breaker), &[held]);
+        let mut exported = String::new();
+        prometheus_client::encoding::text::encode(&mut exported, &metrics.registry)
+            .expect("encode");
+        let dashboards = [include_str!(
+            "../../../charts/sluice/files/dashboards/delivery.json"
+        )];
+        let mut checked = 0;
+        for dashboard in dashboards {
+            for (at, _) in dashboard.match_indices("sluice_") {
+                let name: String = dashboard[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let family = ["_bucket", "_sum", "_count", "_total"]
+                    .iter()
+                    .fold(name.as_str(), |n, suffix| {
+                        n.strip_suffix(suffix).unwrap_or(n)
+                    });
+                assert!(
+                    exported.contains(&format!("# TYPE {family} ")),
+                    "the dashboard queries {name}, which the controller does not export"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 7, "only {checked} metric references found");
     }
 }

@@ -14,11 +14,13 @@ use proptest::prelude::*;
 use sluice_api::common::{AnalysisTemplateRef, RolloutAnalysis};
 use sluice_api::gate::{GateState, InFlightPolicy};
 use sluice_api::release::{ReleaseOutcome, TIMELINE_LIMIT};
+use sluice_api::rollout::CircuitBreaker;
 use sluice_api::rollout::{
     BackgroundAnalysis, CanaryStep, CanaryStrategy, GatewayApiRouting, ManagedRoute, PauseStep,
     RolloutSpec, RolloutStatus, RolloutStrategy, RouteMatch, SetCanaryScale, SetMirrorRoute,
     StringMatch, TrafficRouting,
 };
+use sluice_engine::breaker::{CircuitInputs, EndedRelease};
 use sluice_engine::canary::step_weight;
 use sluice_engine::gate::{self, Gating};
 use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
@@ -58,6 +60,9 @@ enum Event {
     Gate(u8),
     /// The bypass annotation: 0 removed, else set with reason `n`.
     Bypass(u8),
+    /// The circuit breaker (one failure opens it, for an hour): a release of another Rollout
+    /// sharing it just failed (true), or it was reset (false).
+    Breaker(bool),
     /// The controller dies while applying the next reconcile's plan, after its first `n` writes
     /// (see `World::apply_partly`): the next reconcile starts from the status and the world as far
     /// as they were written, and acts again on a request it had not recorded as handled.
@@ -94,6 +99,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         1 => (0..4u8).prop_map(Event::Background),
         2 => (0..5u8).prop_map(Event::Gate),
         1 => (0..3u8).prop_map(Event::Bypass),
+        1 => any::<bool>().prop_map(Event::Breaker),
         2 => (0..7u8).prop_map(Event::Crash),
         2 => Just(Event::Stale),
     ]
@@ -237,7 +243,12 @@ fn spec(
         min_ready_seconds: None,
         revision_history_limit: limits.history,
         release_history_limit: 20,
-        circuit_breaker: None,
+        circuit_breaker: Some(CircuitBreaker {
+            failures: 1,
+            cooldown: "1h".to_owned(),
+            max_cooldown: "24h".to_owned(),
+            selector: None,
+        }),
         paused: false,
         progress_deadline_seconds: limits.deadline_seconds,
         progress_deadline_abort: limits.deadline_abort,
@@ -305,6 +316,8 @@ struct World {
     unfinished: Actions,
     /// The gates selecting the Rollout.
     gating: Gating,
+    /// The releases of the Rollouts sharing its circuit breaker.
+    circuit: CircuitInputs,
     /// What a holding gate does to a release in flight, drawn per case.
     in_flight: InFlightPolicy,
     /// Revisions that have been stable.
@@ -341,7 +354,7 @@ impl World {
             images: &[],
             requester: None,
             request_reason: None,
-            circuit: &Default::default(),
+            circuit: &self.circuit,
             history: &[],
             plan_pin: None,
             now,
@@ -663,6 +676,19 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
             Event::Bypass(b) => {
                 world.gating.bypass_reason = (*b > 0).then(|| format!("incident {b}"));
             }
+            Event::Breaker(open) => {
+                world.circuit = CircuitInputs::default();
+                if *open {
+                    world.circuit.ended.push(EndedRelease {
+                        name: "other-1".to_owned(),
+                        outcome: ReleaseOutcome::Aborted,
+                        rollback: false,
+                        admitted_at: None,
+                        ended_at: world.now,
+                        reason: "analysis failed".to_owned(),
+                    });
+                }
+            }
             Event::Crash(writes) => {
                 world.crash_after = Some(*writes);
                 continue;
@@ -769,6 +795,7 @@ proptest! {
             recorded_runs: BTreeSet::new(),
             unfinished: Actions::default(),
             gating: Gating::default(),
+            circuit: CircuitInputs::default(),
             in_flight,
             released: BTreeSet::new(),
         };
@@ -800,6 +827,7 @@ proptest! {
             recorded_runs: BTreeSet::new(),
             unfinished: Actions::default(),
             gating: Gating::default(),
+            circuit: CircuitInputs::default(),
             in_flight: InFlightPolicy::HoldAtNextStep,
             released: BTreeSet::new(),
         };

@@ -269,6 +269,25 @@ spec:
       - pause: {duration: 2s}
 "#;
 
+/// A Rollout whose circuit breaker opens after three aborted releases in a row.
+const DEMO_BREAKER: &str = r#"apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: search
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: search}}
+  template:
+    metadata: {labels: {app: search}}
+    spec: {containers: [{name: search, image: "registry.example/search:1.0.0"}]}
+  circuitBreaker: {failures: 3, cooldown: 10m}
+  strategy:
+    canary:
+      steps:
+      - setWeight: 50
+      - pause: {}
+"#;
+
 /// Starts the traffic simulator for the demo namespace and points Prometheus at it.
 fn start_simulator(root: &Path, cluster: &Cluster) -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -681,6 +700,57 @@ pub fn run(root: &Path) -> Result<()> {
         ],
         14,
     )?;
+
+    heading(
+        "A circuit breaker: three aborted releases in a row open it, the next release waits, and a person resets it with a reason",
+    );
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        DEMO_BREAKER,
+    )?;
+    follow(&cluster, "search", |phase, _| phase == "Healthy")?;
+    for version in 2..=4 {
+        set_image(
+            &cluster,
+            "search",
+            &format!("registry.example/search:{version}.0.0"),
+        )?;
+        follow(&cluster, "search", |phase, _| phase == "Paused")?;
+        show(&cluster, &["sluice", "abort", "search", "-n", NAMESPACE], 3)?;
+        follow(&cluster, "search", |phase, _| phase == "Degraded")?;
+    }
+    set_image(&cluster, "search", "registry.example/search:5.0.0")?;
+    follow(&cluster, "search", |_, line| {
+        line.contains("circuit breaker open")
+    })?;
+    show(
+        &cluster,
+        &["sluice", "breaker", "status", "search", "-n", NAMESPACE],
+        12,
+    )?;
+    show(
+        &cluster,
+        &["sluice", "history", "search", "-n", NAMESPACE],
+        8,
+    )?;
+    show(
+        &cluster,
+        &[
+            "sluice",
+            "breaker",
+            "reset",
+            "search",
+            "--reason",
+            "demo: the fault is fixed",
+            "-n",
+            NAMESPACE,
+        ],
+        3,
+    )?;
+    follow(&cluster, "search", |phase, line| {
+        phase == "Paused" && !line.contains("circuit breaker")
+    })?;
 
     heading("The samples in config/");
     show(&cluster, &["apply", "-n", NAMESPACE, "-f", "config/"], 20)?;

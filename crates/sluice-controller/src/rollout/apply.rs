@@ -381,7 +381,12 @@ pub(super) fn announce(ctx: &Context, rollout: &Rollout, status: &RolloutStatus,
             })
             .inc();
     }
-    ctx.metrics.record_circuit(&namespace, &name, plan);
+    ctx.metrics.record_circuit(
+        &namespace,
+        &name,
+        plan.status.circuit_breaker.as_ref(),
+        &plan.events,
+    );
     for event in &plan.events {
         info!(reason = event.reason, note = %event.message, "transition");
         publish(ctx, rollout, event.warning, event.reason, &event.message);

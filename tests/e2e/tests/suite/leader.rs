@@ -82,10 +82,14 @@ async fn a_standby_controller_takes_over_when_the_leader_dies() -> Result<()> {
     };
     apply("registry.example/web:1.0.0").await?;
     healthy_on_image(&api, "registry.example/web:1.0.0").await?;
-    let standby_log = std::fs::read_to_string(&second.log).context("second controller's log")?;
+    // The standby says it waits once its caches are full, which may come after the release.
+    let standby_log = eventually("the standby to wait for the Lease", WAIT, || async {
+        let log = std::fs::read_to_string(&second.log).context("second controller's log")?;
+        Ok(log.contains("waiting to become the leader").then_some(log))
+    })
+    .await?;
     ensure!(
-        standby_log.contains("waiting to become the leader")
-            && !standby_log.contains("became the leader"),
+        !standby_log.contains("became the leader"),
         "the standby did not wait:\n{standby_log}"
     );
     ensure!(

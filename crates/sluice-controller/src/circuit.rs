@@ -33,70 +33,43 @@ pub struct Group {
 
 /// The group of `rollout` (as given: the copy being decided), in `namespace`.
 pub fn group(ctx: &Context, rollout: &Rollout, namespace: &str) -> Group {
-    if rollout.spec.circuit_breaker.is_none() {
+    let Some(breaker) = rollout.spec.circuit_breaker.as_ref() else {
         return Group {
             members: Vec::new(),
             lock: None,
         };
-    }
+    };
     let mut members = vec![Arc::new(rollout.clone())];
-    let Some(selector) = rollout
-        .spec
-        .circuit_breaker
-        .as_ref()
-        .and_then(|b| b.selector.clone())
-    else {
-        return Group {
-            members,
-            lock: None,
-        };
-    };
-    let Ok(matcher) = Selector::try_from(selector.clone()) else {
-        return Group {
-            members,
-            lock: None,
-        };
-    };
-    let name = rollout.name_any();
-    members.extend(ctx.caches.rollouts.state().into_iter().filter(|other| {
-        other.namespace().as_deref() == Some(namespace)
-            && other.name_any() != name
-            && other.spec.circuit_breaker.is_some()
-            && matcher.matches(other.labels())
-    }));
-    let key = format!(
-        "{namespace}/{}",
-        serde_json::to_string(&selector).unwrap_or_default()
-    );
-    let lock = ctx.circuits.by_group.lock().ok().map(|mut locks| {
-        locks
-            .entry(key)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone()
+    members.extend(peers_of(&ctx.caches.rollouts.state(), rollout));
+    let lock = breaker.selector.as_ref().and_then(|selector| {
+        let key = format!(
+            "{namespace}/{}",
+            serde_json::to_string(selector).unwrap_or_default()
+        );
+        ctx.circuits.by_group.lock().ok().map(|mut locks| {
+            locks
+                .entry(key)
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        })
     });
     Group { members, lock }
 }
 
-/// The other Rollouts sharing `rollout`'s circuit breaker: those a change to it may concern.
-pub fn peers(
-    store: &kube::runtime::reflector::Store<Rollout>,
-    rollout: &Rollout,
-) -> Vec<kube::runtime::reflector::ObjectRef<Rollout>> {
-    let Some(selector) = rollout
+/// The other Rollouts of `rollout`'s namespace that share its circuit breaker (its selector
+/// matches them, and they have one too), among `rollouts`.
+fn peers_of(rollouts: &[Arc<Rollout>], rollout: &Rollout) -> Vec<Arc<Rollout>> {
+    let Some(Ok(matcher)) = rollout
         .spec
         .circuit_breaker
         .as_ref()
         .and_then(|b| b.selector.clone())
+        .map(Selector::try_from)
     else {
         return Vec::new();
     };
-    let Ok(matcher) = Selector::try_from(selector) else {
-        return Vec::new();
-    };
-    let namespace = rollout.namespace();
-    let name = rollout.name_any();
-    store
-        .state()
+    let (namespace, name) = (rollout.namespace(), rollout.name_any());
+    rollouts
         .iter()
         .filter(|other| {
             other.namespace() == namespace
@@ -104,6 +77,17 @@ pub fn peers(
                 && other.spec.circuit_breaker.is_some()
                 && matcher.matches(other.labels())
         })
+        .cloned()
+        .collect()
+}
+
+/// The other Rollouts sharing `rollout`'s circuit breaker: those a change to it may concern.
+pub fn peers(
+    store: &kube::runtime::reflector::Store<Rollout>,
+    rollout: &Rollout,
+) -> Vec<kube::runtime::reflector::ObjectRef<Rollout>> {
+    peers_of(&store.state(), rollout)
+        .iter()
         .map(|other| kube::runtime::reflector::ObjectRef::from_obj(other.as_ref()))
         .collect()
 }

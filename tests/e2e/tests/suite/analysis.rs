@@ -374,6 +374,28 @@ async fn a_failing_background_analysis_aborts_the_release() -> Result<()> {
     Ok(())
 }
 
+/// The AnalysisTemplate `error-rate`: the canary's error ratio (the simulator's counters) measured 4
+/// times 2 s apart after 3 s, failing at 2% or more.
+pub(crate) async fn apply_error_rate_template(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<()> {
+    let templates: Api<sluice_api::AnalysisTemplate> = Api::namespaced(client.clone(), namespace);
+    apply(&templates, &json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "error-rate"},
+        "spec": {
+            "args": [{"name": "ns"}, {"name": "canary-hash"}],
+            "metrics": [{
+                "name": "error-rate", "interval": "2s", "count": 4, "initialDelay": "3s",
+                // The first seconds of a new version may have no rate yet: tolerate a few.
+                "inconclusiveLimit": 5,
+                "successCondition": "result[0] < 0.02", "failureCondition": "result[0] >= 0.02",
+                "provider": {"prometheus": {"address": prometheus_url()?, "query": ERROR_RATIO}}
+            }]
+        }
+    })).await
+}
+
 /// The error ratio of one version, from the simulator's counters.
 pub(crate) const ERROR_RATIO: &str = "sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\",code=\"500\"}[10s])) / sum(rate(sim_http_requests_total{namespace=\"{{args.ns}}\",pod_template_hash=\"{{args.canary-hash}}\"}[10s]))";
 
@@ -407,20 +429,7 @@ async fn a_healthy_canary_is_promoted_and_one_with_five_percent_errors_is_aborte
     let ns = TestNamespace::create(&client, "analysis-sim").await?;
     let _controller = ControllerProcess::start(&ns.name)?;
     let _sim = TrafficSim::start(&ns.name)?;
-    let templates: Api<sluice_api::AnalysisTemplate> = Api::namespaced(client.clone(), &ns.name);
-    apply(&templates, &json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "error-rate"},
-        "spec": {
-            "args": [{"name": "ns"}, {"name": "canary-hash"}],
-            "metrics": [{
-                "name": "error-rate", "interval": "2s", "count": 4, "initialDelay": "3s",
-                // The first seconds of a new version may have no rate yet: tolerate a few.
-                "inconclusiveLimit": 5,
-                "successCondition": "result[0] < 0.02", "failureCondition": "result[0] >= 0.02",
-                "provider": {"prometheus": {"address": prometheus_url()?, "query": ERROR_RATIO}}
-            }]
-        }
-    })).await?;
+    apply_error_rate_template(&client, &ns.name).await?;
     let canary = json!({
         "maxSurge": 1, "maxUnavailable": 0,
         "steps": [

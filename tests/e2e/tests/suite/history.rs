@@ -14,9 +14,7 @@ use sluice_e2e::{
     ControllerProcess, TestNamespace, TrafficSim, client, eventually, install_crds, kubectl_sluice,
 };
 
-use crate::analysis::{
-    ERROR_RATIO, apply, prometheus_url, release, rollout, simulated_args, wait_status,
-};
+use crate::analysis::{apply, release, rollout, simulated_args, wait_status};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -60,19 +58,7 @@ async fn the_report_of_an_aborted_release_names_the_metric_and_value_and_the_his
     let ns = TestNamespace::create(&client, "history").await?;
     let mut controller = ControllerProcess::start(&ns.name)?;
     let _sim = TrafficSim::start(&ns.name)?;
-    let templates: Api<sluice_api::AnalysisTemplate> = Api::namespaced(client.clone(), &ns.name);
-    apply(&templates, &json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "error-rate"},
-        "spec": {
-            "args": [{"name": "ns"}, {"name": "canary-hash"}],
-            "metrics": [{
-                "name": "error-rate", "interval": "2s", "count": 4, "initialDelay": "3s",
-                "inconclusiveLimit": 5,
-                "successCondition": "result[0] < 0.02", "failureCondition": "result[0] >= 0.02",
-                "provider": {"prometheus": {"address": prometheus_url()?, "query": ERROR_RATIO}}
-            }]
-        }
-    })).await?;
+    crate::analysis::apply_error_rate_template(&client, &ns.name).await?;
     let canary = json!({
         "maxSurge": 1, "maxUnavailable": 0,
         "steps": [

@@ -16,7 +16,7 @@ use serde_json::json;
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{ControllerProcess, TestNamespace, TrafficSim, client, eventually, install_crds};
 
-use crate::analysis::{ERROR_RATIO, simulated_args};
+use crate::analysis::simulated_args;
 use crate::canary::{apply, create_routing, healthy_on, sluice_e2e_routes, wait_status};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -85,21 +85,7 @@ async fn a_shadowed_version_is_judged_on_mirrored_requests_and_aborted_before_an
     let _controller = ControllerProcess::start(&ns.name)?;
     let sim = TrafficSim::start(&ns.name)?;
     create_routing(&client, &ns.name).await?;
-    let prometheus = std::env::var("SLUICE_E2E_PROMETHEUS_URL")
-        .context("SLUICE_E2E_PROMETHEUS_URL is not set")?;
-    let templates: Api<sluice_api::AnalysisTemplate> = Api::namespaced(client.clone(), &ns.name);
-    crate::analysis::apply(&templates, &json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "error-rate"},
-        "spec": {
-            "args": [{"name": "ns"}, {"name": "canary-hash"}],
-            "metrics": [{
-                "name": "error-rate", "interval": "2s", "count": 4, "initialDelay": "3s",
-                "inconclusiveLimit": 5,
-                "successCondition": "result[0] < 0.02", "failureCondition": "result[0] >= 0.02",
-                "provider": {"prometheus": {"address": prometheus, "query": ERROR_RATIO}}
-            }]
-        }
-    })).await?;
+    crate::analysis::apply_error_rate_template(&client, &ns.name).await?;
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     let canary = json!({
         "canaryService": "web-canary", "stableService": "web-stable",

@@ -81,6 +81,31 @@ fn peers_of(rollouts: &[Arc<Rollout>], rollout: &Rollout) -> Vec<Arc<Rollout>> {
         .collect()
 }
 
+/// What of a Rollout sharing a circuit breaker its peers decide on: its selector, the number,
+/// admission and outcome of its release, and its last reset (a weight or pod count wakes none of
+/// them). `None` for a Rollout that shares no breaker.
+pub fn concerns_peers(rollout: &Rollout) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let selector = rollout.spec.circuit_breaker.as_ref()?.selector.as_ref()?;
+    let status = rollout.status.clone().unwrap_or_default();
+    let release = status.release.as_ref();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        serde_json::to_string(selector).unwrap_or_default(),
+        &rollout.metadata.labels,
+        release.map(|r| r.number),
+        release.map(|r| r.admitted_at.as_ref().map(|t| t.0.as_second())),
+        release.map(|r| r.outcome.map(|o| format!("{o:?}"))),
+        status
+            .circuit_breaker
+            .as_ref()
+            .and_then(|b| b.last_reset.as_ref())
+            .map(|r| r.at.0.as_second()),
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// The other Rollouts sharing `rollout`'s circuit breaker: those a change to it may concern.
 pub fn peers(
     store: &kube::runtime::reflector::Store<Rollout>,

@@ -707,7 +707,8 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
         // A release that ends or is let through, or a reset, changes a shared circuit breaker: the
         // other Rollouts sharing it look again (a held release may go, or must wait).
         .watches_stream(
-            cache::as_trigger(watched.rollout_peers),
+            cache::as_trigger(watched.rollout_peers)
+                .predicate_filter(circuit::concerns_peers, Default::default()),
             move |rollout: Rollout| circuit::peers(&peers_store, &rollout),
         )
         // A Service, route or template that appears, disappears or is edited by someone else is

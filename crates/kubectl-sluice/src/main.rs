@@ -738,6 +738,28 @@ fn render(
     {
         let _ = writeln!(out, "Held:       {} ({})", held.message, held.reason);
     }
+    if let Some(breaker) = status
+        .circuit_breaker
+        .as_ref()
+        .filter(|b| b.state != sluice_api::rollout::CircuitState::Closed)
+    {
+        let _ = writeln!(
+            out,
+            "Breaker:    {:?} after {} failed release(s){}{}",
+            breaker.state,
+            breaker.failures.len(),
+            breaker
+                .half_open_at
+                .as_ref()
+                .map(|t| format!(", half-open at {}", t.0))
+                .unwrap_or_default(),
+            breaker
+                .trial
+                .as_ref()
+                .map(|t| format!(", letting {t} through"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(bypass) = status.error_budget.as_ref().and_then(|e| e.bypasses.last()) {
         let _ = writeln!(
             out,

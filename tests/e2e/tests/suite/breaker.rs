@@ -119,6 +119,12 @@ async fn a_shared_breaker_opens_after_three_failures_lets_one_release_through_an
         shown.contains("circuit breaker open after 3 failed release(s)"),
         "{shown}"
     );
+    let plugin = kubectl_sluice(&ns.name, &["get", "rollout", "api"])?;
+    let plugin = String::from_utf8_lossy(&plugin.stdout).to_string();
+    ensure!(
+        plugin.contains("Breaker:    Open after 3 failed release(s), half-open at"),
+        "{plugin}"
+    );
 
     // A rollback to a revision that was stable goes through the open breaker.
     set_image(&api, "web", "registry.example/shop:0").await?;

@@ -84,12 +84,12 @@ pub fn choose(adaptive: &AdaptivePlans, history: &[EndedRelease], pin: Option<&s
     }
 }
 
-/// The plan of the release `s` decides: the one its release started with, or (a release starting
-/// now) the one its recent releases or its pin call for.
+/// The plan of the release `s` decides: the one the current revision's release started with (in
+/// flight or ended: a settled Rollout keeps the steps that brought it there), or, for a release
+/// starting now, the one its recent releases or its pin call for.
 pub(crate) fn plan_for(s: &crate::release::Snapshot<'_>, adaptive: &AdaptivePlans) -> PlanChoice {
     let continuing = s.status.release.as_ref().filter(|r| {
-        r.outcome.is_none()
-            && r.revision == s.current_hash
+        r.revision == s.current_hash
             && s.status.current_pod_hash.as_deref() == Some(s.current_hash)
             && !s.actions.retry
     });

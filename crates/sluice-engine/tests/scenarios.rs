@@ -6,8 +6,9 @@
 
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
-use sluice_api::release::{AbortCause, ReleaseOutcome, ReleaseProgress};
+use sluice_api::release::{AbortCause, PlanProfile, ReleaseOutcome, ReleaseProgress};
 use sluice_api::rollout::{RolloutSpec, RolloutStatus};
+use sluice_engine::breaker::EndedRelease;
 use sluice_engine::gate::Gating;
 use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::workload::progressive_replicas;
@@ -37,6 +38,8 @@ struct World {
     /// A person's request for the next reconcile, and who made it.
     request: Option<(Actions, &'static str)>,
     now: i64,
+    /// The releases that ended, as the controller reads them from the release records.
+    history: Vec<EndedRelease>,
 }
 
 impl World {
@@ -49,6 +52,7 @@ impl World {
             deployment,
             request: None,
             now: 1_000,
+            history: Vec::new(),
         }
     }
 
@@ -79,7 +83,7 @@ impl World {
             requester,
             request_reason: None,
             circuit: &Default::default(),
-            history: &[],
+            history: &self.history,
             plan_pin: None,
             now: Timestamp::from_second(self.now).expect("time"),
         };
@@ -108,6 +112,14 @@ impl World {
             self.deployment = n;
         }
         self.status = plan.status.clone();
+        for release in plan.ended_release.iter().chain(&self.status.release) {
+            let name = format!("web-{}", release.number);
+            if !self.history.iter().any(|h| h.name == name)
+                && let Some(ended) = EndedRelease::of(name, release)
+            {
+                self.history.push(ended);
+            }
+        }
         plan
     }
 
@@ -336,4 +348,71 @@ fn the_release_record_follows_each_release_to_its_end() {
         )
     );
     assert_eq!((record(&world).number, record(&world).outcome), (4, None));
+}
+
+#[test]
+fn a_completed_adaptive_release_stays_settled_though_the_next_plan_would_differ() {
+    let mut world = World::new("never", 2, 0);
+    world.spec.workload_ref = None;
+    world
+        .spec
+        .strategy
+        .canary
+        .as_mut()
+        .expect("canary")
+        .adaptive =
+        Some(serde_json::from_value(serde_json::json!({"lookback": 1})).expect("adaptive"));
+    world.reconcile();
+    world.set_available("aaaa", 2);
+    world.reconcile();
+    // Release 2 is aborted: release 3 runs the cautious plan (25%, 50%, pause).
+    world.current = "bbbb".to_owned();
+    world.reconcile();
+    world.request = Some((
+        Actions {
+            abort: true,
+            ..Actions::default()
+        },
+        "alice",
+    ));
+    world.reconcile();
+    world.current = "cccc".to_owned();
+    world.reconcile();
+    let plan = record(&world).plan.expect("plan");
+    assert_eq!(plan.profile, PlanProfile::Cautious);
+    for available in [1, 1, 2] {
+        world.set_available("cccc", available);
+        world.reconcile();
+    }
+    assert_eq!(
+        world.status.current_step_index,
+        Some(2),
+        "at the cautious plan's pause"
+    );
+    world.request = Some((
+        Actions {
+            promote: true,
+            ..Actions::default()
+        },
+        "alice",
+    ));
+    world.reconcile();
+    world.set_available("cccc", 2);
+    world.reconcile();
+    assert_eq!(record(&world).outcome, Some(ReleaseOutcome::Completed));
+    // Release 3 completed, so the next release would run the Rollout's own steps; this one stays
+    // as it ended (its steps, 3/3), reconciled again later: once the old revision's pods are gone,
+    // nothing changes.
+    world.reconcile();
+    assert_eq!(world.status.step_progress.as_deref(), Some("3/3"));
+    let settled = world.status.clone();
+    for _ in 0..3 {
+        let plan = world.reconcile();
+        assert_eq!(world.status, settled, "a settled Rollout's status changed");
+        assert!(
+            World::reasons(&plan).is_empty(),
+            "{:?}",
+            World::reasons(&plan)
+        );
+    }
 }

@@ -181,7 +181,13 @@ pub fn report(record: &Release, rollout: Option<&Rollout>, format: Format) -> Re
                 let what = usize::try_from(s.index)
                     .ok()
                     .and_then(|i| steps.get(i))
-                    .map_or_else(|| "?".to_owned(), describe);
+                    .map_or_else(
+                        || "?".to_owned(),
+                        |step| {
+                            let (kind, what) = step_parts(step);
+                            format!("{kind} {what}")
+                        },
+                    );
                 [
                     (s.index + 1).to_string(),
                     what,
@@ -267,23 +273,18 @@ fn outcome(r: &ReleaseProgress) -> String {
     }
 }
 
-/// A step as the Rollout's spec writes it.
-fn describe(step: &CanaryStep) -> String {
+/// A step as the Rollout's spec writes it: its kind and what it sets, e.g. `("setWeight", "20")`,
+/// `("pause", "30s")`, `("analysis", "error-rate, latency")`.
+pub fn step_parts(step: &CanaryStep) -> (&'static str, String) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     if let Some(weight) = step.set_weight {
-        return format!("setWeight {weight}");
+        return ("setWeight", weight.to_string());
     }
     if let Some(pause) = &step.pause {
         return match &pause.duration {
-            Some(d) => format!(
-                "pause {}",
-                match d {
-                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) =>
-                        format!("{n}s"),
-                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) =>
-                        s.clone(),
-                }
-            ),
-            None => "pause (until promoted)".to_owned(),
+            Some(IntOrString::Int(n)) => ("pause", format!("{n}s")),
+            Some(IntOrString::String(s)) => ("pause", s.clone()),
+            None => ("pause", "until promoted".to_owned()),
         };
     }
     if let Some(analysis) = &step.analysis {
@@ -292,18 +293,23 @@ fn describe(step: &CanaryStep) -> String {
             .iter()
             .map(|t| t.template_name.as_str())
             .collect();
-        return format!("analysis {}", names.join(", "));
+        return ("analysis", names.join(", "));
     }
-    if step.set_canary_scale.is_some() {
-        return "setCanaryScale".to_owned();
+    if let Some(scale) = &step.set_canary_scale {
+        let what = match (scale.weight, scale.replicas) {
+            (Some(weight), _) => format!("weight {weight}%"),
+            (None, Some(replicas)) => format!("{replicas} replicas"),
+            (None, None) => "matchTrafficWeight".to_owned(),
+        };
+        return ("setCanaryScale", what);
     }
     if let Some(route) = &step.set_header_route {
-        return format!("setHeaderRoute {}", route.name);
+        return ("setHeaderRoute", route.name.clone());
     }
     if let Some(route) = &step.set_mirror_route {
-        return format!("setMirrorRoute {}", route.name);
+        return ("setMirrorRoute", route.name.clone());
     }
-    "?".to_owned()
+    ("?", String::new())
 }
 
 /// A duration between two times, e.g. `1m20s`.

@@ -843,38 +843,8 @@ fn render(
             } else {
                 "○"
             };
-            let what = if let Some(w) = step.set_weight {
-                format!("setWeight: {w}")
-            } else if let Some(p) = &step.pause {
-                match &p.duration {
-                    Some(d) => format!(
-                        "pause: {}",
-                        match d {
-                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(s) =>
-                                format!("{s}s"),
-                            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
-                                s,
-                            ) => s.clone(),
-                        }
-                    ),
-                    None => "pause: until promoted".to_owned(),
-                }
-            } else if let Some(s) = &step.set_canary_scale {
-                format!("setCanaryScale: {:?}", s.weight.or(s.replicas))
-            } else if let Some(a) = &step.analysis {
-                format!(
-                    "analysis: {}",
-                    a.templates
-                        .iter()
-                        .map(|t| t.template_name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            } else if let Some(m) = &step.set_mirror_route {
-                format!("setMirrorRoute: {}", m.name)
-            } else {
-                "?".to_owned()
-            };
+            let (kind, detail) = history::step_parts(step);
+            let what = format!("{kind}: {detail}");
             let _ = writeln!(out, "    {mark} {}. {what}", i + 1);
         }
     }

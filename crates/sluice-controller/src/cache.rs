@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc;
-use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
@@ -226,8 +225,9 @@ impl Caches {
 
 /// What a kind's watch needs to know.
 pub struct WatchSpec<K> {
-    /// The watch's events: [`source`] (whole objects) or `metadata_watcher` (metadata only).
-    pub events: Events<K>,
+    /// What to watch (an `Api<PartialObjectMeta<K>>` watches metadata only).
+    pub api: Api<K>,
+    pub config: watcher::Config,
     /// Drops what no reconcile reads.
     pub trim: fn(&mut K),
     /// Index the objects by their owner, into this index.
@@ -241,17 +241,6 @@ pub struct WatchSpec<K> {
     pub leading: Arc<AtomicBool>,
     /// Called with each deleted object, as its last state (e.g. to drop its metrics).
     pub on_delete: Option<OnDelete<K>>,
-}
-
-/// A watch's events, as a watcher yields them.
-pub type Events<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
-
-/// The events of a watch of whole objects.
-pub fn source<K>(api: Api<K>, config: watcher::Config) -> Events<K>
-where
-    K: Resource + Clone + Debug + DeserializeOwned + Send + 'static,
-{
-    watcher(api, config).boxed()
 }
 
 /// What a watch calls with each deleted object.
@@ -280,8 +269,7 @@ where
         "watch-lag-{}",
         kind.rsplit("::").next().unwrap_or(kind).to_lowercase()
     );
-    let events = spec
-        .events
+    let events = watcher(spec.api, spec.config)
         .default_backoff()
         .modify(move |object| {
             strip_common(object.meta_mut());

@@ -174,16 +174,9 @@ pub fn releases_of(
     let (mut ended, mut in_flight) = (Vec::new(), Vec::new());
     for release in releases {
         let release_name = crate::release_record::name(&name, release.number);
-        match (release.outcome, &release.ended_at) {
-            (Some(outcome), Some(ended_at)) => ended.push(EndedRelease {
-                name: release_name,
-                outcome,
-                rollback: release.rollback,
-                admitted_at: release.admitted_at.as_ref().map(|t| t.0),
-                ended_at: ended_at.0,
-                reason: release.reason.clone().unwrap_or_default(),
-            }),
-            _ => {
+        match EndedRelease::of(release_name.clone(), &release) {
+            Some(done) => ended.push(done),
+            None => {
                 if let Some(admitted) = &release.admitted_at
                     && !release.rollback
                 {

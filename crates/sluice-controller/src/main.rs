@@ -402,10 +402,8 @@ async fn start_watches(
     // One watch per kind; each feeds its store and wakes the controllers that depend on it.
     let mut rollout_changes = cache::watch(
         cache::WatchSpec {
-            events: cache::source(
-                scoped::<Rollout>(client, namespace),
-                watcher::Config::default(),
-            ),
+            api: scoped::<Rollout>(client, namespace),
+            config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: Some((rollout::references, ctx.caches.rollout_references.clone())),
@@ -425,10 +423,8 @@ async fn start_watches(
     );
     let mut gate_changes = cache::watch(
         cache::WatchSpec {
-            events: cache::source(
-                scoped::<ErrorBudgetGate>(client, namespace),
-                watcher::Config::default(),
-            ),
+            api: scoped::<ErrorBudgetGate>(client, namespace),
+            config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: None,
@@ -443,7 +439,8 @@ async fn start_watches(
     );
     let replica_set_changes = cache::watch(
         cache::WatchSpec {
-            events: cache::source(scoped::<ReplicaSet>(client, namespace), owned()),
+            api: scoped::<ReplicaSet>(client, namespace),
+            config: owned(),
             trim: cache::trim_replica_set,
             owner: Some((cache::rollout_label, ctx.caches.replica_set_index.clone())),
             references: None,
@@ -456,10 +453,8 @@ async fn start_watches(
     let pod_changes = cache::watch(
         cache::WatchSpec {
             // The pods of Sluice's ReplicaSets, which carry its pod-template-hash label.
-            events: cache::source(
-                scoped::<Pod>(client, namespace),
-                watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
-            ),
+            api: scoped::<Pod>(client, namespace),
+            config: watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
             trim: cache::trim_pod,
             owner: Some((cache::controlling_replica_set, ctx.caches.pod_index.clone())),
             references: None,
@@ -472,10 +467,8 @@ async fn start_watches(
     let mut run_changes = cache::watch(
         cache::WatchSpec {
             // All runs: the AnalysisRun controller also measures runs that people create.
-            events: cache::source(
-                scoped::<AnalysisRun>(client, namespace),
-                watcher::Config::default(),
-            ),
+            api: scoped::<AnalysisRun>(client, namespace),
+            config: watcher::Config::default(),
             trim: cache::trim_run,
             owner: Some((cache::rollout_label, ctx.caches.run_index.clone())),
             references: None,
@@ -488,10 +481,8 @@ async fn start_watches(
     let job_changes = cache::watch(
         cache::WatchSpec {
             // Only the Jobs of job metrics.
-            events: cache::source(
-                scoped::<Job>(client, namespace),
-                watcher::Config::default().labels(sluice_api::names::ANALYSIS_RUN_LABEL),
-            ),
+            api: scoped::<Job>(client, namespace),
+            config: watcher::Config::default().labels(sluice_api::names::ANALYSIS_RUN_LABEL),
             trim: cache::trim_job,
             owner: None,
             references: None,
@@ -501,9 +492,12 @@ async fn start_watches(
         },
         writers.jobs,
     );
-    let release_changes = cache::watch(
+    // The release records: read by reconciles (the mirror, the circuit breaker, adaptive plans),
+    // waking nothing.
+    cache::watch(
         cache::WatchSpec {
-            events: cache::source(scoped::<Release>(client, namespace), owned()),
+            api: scoped::<Release>(client, namespace),
+            config: owned(),
             trim: cache::trim_release,
             owner: Some((cache::rollout_label, ctx.caches.release_index.clone())),
             references: None,
@@ -513,14 +507,11 @@ async fn start_watches(
         },
         writers.releases,
     );
-    drop(release_changes);
     // Deployments by metadata only: a Rollout's workloadRef reads the one it names on demand.
     let deployment_changes = cache::watch(
         cache::WatchSpec {
-            events: cache::source(
-                scoped::<PartialObjectMeta<Deployment>>(client, namespace),
-                watcher::Config::default(),
-            ),
+            api: scoped::<PartialObjectMeta<Deployment>>(client, namespace),
+            config: watcher::Config::default(),
             trim: cache::trim_deployment,
             owner: None,
             references: None,
@@ -540,10 +531,8 @@ async fn start_watches(
     );
     let service_changes = cache::watch(
         cache::WatchSpec {
-            events: cache::source(
-                scoped::<Service>(client, namespace),
-                watcher::Config::default(),
-            ),
+            api: scoped::<Service>(client, namespace),
+            config: watcher::Config::default(),
             trim: cache::trim_service,
             owner: None,
             references: None,
@@ -555,10 +544,8 @@ async fn start_watches(
     );
     let mut template_changes = cache::watch(
         cache::WatchSpec {
-            events: cache::source(
-                scoped::<AnalysisTemplate>(client, namespace),
-                watcher::Config::default(),
-            ),
+            api: scoped::<AnalysisTemplate>(client, namespace),
+            config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: None,
@@ -571,10 +558,8 @@ async fn start_watches(
     .into_iter();
     let mut cluster_template_changes = cache::watch(
         cache::WatchSpec {
-            events: cache::source(
-                Api::<ClusterAnalysisTemplate>::all(client.clone()),
-                watcher::Config::default(),
-            ),
+            api: Api::<ClusterAnalysisTemplate>::all(client.clone()),
+            config: watcher::Config::default(),
             trim: cache::keep_all,
             owner: None,
             references: None,
@@ -597,7 +582,8 @@ async fn start_watches(
         route_stores.push(writer.as_reader());
         let changes = cache::watch(
             cache::WatchSpec {
-                events: cache::source(api, watcher::Config::default()),
+                api,
+                config: watcher::Config::default(),
                 trim: kind.trim(),
                 owner: None,
                 references: None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use sluice_api::release::ReleaseOutcome;
+use sluice_api::release::{ReleaseOutcome, ReleaseProgress};
 use sluice_api::rollout::{BreakerReset, CircuitBreaker, CircuitBreakerStatus, CircuitState};
 
 use crate::events::Event;
@@ -32,6 +32,20 @@ pub struct EndedRelease {
     pub ended_at: Timestamp,
     /// Why it ended.
     pub reason: String,
+}
+
+impl EndedRelease {
+    /// Release `name` as the breaker and adaptive plans count it, if it has ended.
+    pub fn of(name: String, release: &ReleaseProgress) -> Option<Self> {
+        Some(Self {
+            name,
+            outcome: release.outcome?,
+            rollback: release.rollback,
+            admitted_at: release.admitted_at.as_ref().map(|t| t.0),
+            ended_at: release.ended_at.as_ref()?.0,
+            reason: release.reason.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// A release in flight that the gates and the breaker let start, of a Rollout sharing the breaker.
@@ -210,11 +224,16 @@ impl Breaker {
 /// if it has one.
 pub(crate) fn of(s: &Snapshot<'_>) -> Option<Breaker> {
     let spec = s.spec.circuit_breaker.as_ref()?;
+    Some(evaluate(&Config::of(spec), &inputs(s), s.now))
+}
+
+/// The breaker's inputs as the snapshot gives them, with the reset a person asks for now.
+fn inputs(s: &Snapshot<'_>) -> CircuitInputs {
     let mut inputs = s.circuit.clone();
     if s.actions.reset_breaker {
         inputs.reset_at = Some(inputs.reset_at.map_or(s.now, |r| r.max(s.now)));
     }
-    Some(evaluate(&Config::of(spec), &inputs, s.now))
+    inputs
 }
 
 /// Records the breaker in `status.circuitBreaker` (with the reset a person asked for), announces
@@ -225,23 +244,13 @@ pub(crate) fn record(s: &Snapshot<'_>, plan: &mut Plan) {
         return;
     };
     // As it stands after this decision: with the releases that ended in it.
-    let mut inputs = s.circuit.clone();
-    if s.actions.reset_breaker {
-        inputs.reset_at = Some(inputs.reset_at.map_or(s.now, |r| r.max(s.now)));
-    }
+    let mut inputs = inputs(s);
     for release in plan.ended_release.iter().chain(&plan.status.release) {
         let name = format!("{}-{}", s.name, release.number);
-        if let (Some(outcome), Some(ended_at)) = (release.outcome, &release.ended_at)
-            && !inputs.ended.iter().any(|e| e.name == name)
+        if !inputs.ended.iter().any(|e| e.name == name)
+            && let Some(ended) = EndedRelease::of(name, release)
         {
-            inputs.ended.push(EndedRelease {
-                name,
-                outcome,
-                rollback: release.rollback,
-                admitted_at: release.admitted_at.as_ref().map(|t| t.0),
-                ended_at: ended_at.0,
-                reason: release.reason.clone().unwrap_or_default(),
-            });
+            inputs.ended.push(ended);
         }
     }
     let breaker = &evaluate(&Config::of(spec), &inputs, s.now);

@@ -83,18 +83,7 @@ pub(crate) fn decide(
         return;
     };
     if record.outcome.is_none() {
-        let by = s.request.and(s.requester).map(str::to_owned);
-        for event in &plan.events {
-            push(
-                record,
-                TimelineEntry {
-                    at: now.clone(),
-                    reason: event.reason.to_owned(),
-                    message: event.message.clone(),
-                    by: by.clone(),
-                },
-            );
-        }
+        append(s, record, &plan.events);
         if let crate::Strategy::Canary(canary) = strategy {
             track_steps(&canary.steps, plan, record, &now);
         }
@@ -134,27 +123,26 @@ pub(crate) fn decide(
 /// Adds `events` (announced after the release record was brought up to date) to the timeline of the
 /// release in flight.
 pub(crate) fn note(s: &Snapshot<'_>, plan: &mut Plan, events: &[crate::events::Event]) {
-    let by = s.request.and(s.requester).map(str::to_owned);
     if let Some(record) = plan.status.release.as_mut().filter(|r| r.outcome.is_none()) {
-        for event in events {
-            push(
-                record,
-                TimelineEntry {
-                    at: Time(s.now),
-                    reason: event.reason.to_owned(),
-                    message: event.message.clone(),
-                    by: by.clone(),
-                },
-            );
-        }
+        append(s, record, events);
     }
 }
 
-fn push(record: &mut ReleaseProgress, entry: TimelineEntry) {
-    record.timeline.push(entry);
-    if record.timeline.len() > TIMELINE_LIMIT {
-        record.timeline.remove(TIMELINE_HEAD);
-        record.timeline_dropped += 1;
+/// Adds `events` to a release's timeline, with who asked for them (the request's maker), keeping
+/// the timeline bounded: the first [`TIMELINE_HEAD`] entries and the newest.
+fn append(s: &Snapshot<'_>, record: &mut ReleaseProgress, events: &[crate::events::Event]) {
+    let by = s.request.and(s.requester).map(str::to_owned);
+    for event in events {
+        record.timeline.push(TimelineEntry {
+            at: Time(s.now),
+            reason: event.reason.to_owned(),
+            message: event.message.clone(),
+            by: by.clone(),
+        });
+        if record.timeline.len() > TIMELINE_LIMIT {
+            record.timeline.remove(TIMELINE_HEAD);
+            record.timeline_dropped += 1;
+        }
     }
 }
 

@@ -270,16 +270,20 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         workload::scale(ctx, rollout, &namespace, wanted).await?;
     }
     execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
+    // A release this plan takes out of status (ended in it, or ended before with its record not yet
+    // written) is recorded before the status that forgets it; the one status holds, after it.
+    let replaced = plan.ended_release.as_ref().or_else(|| {
+        let next = plan.status.release.as_ref().map(|r| r.number);
+        status.release.as_ref().filter(|r| Some(r.number) != next)
+    });
+    if let Some(release) = replaced {
+        release_record::mirror(ctx, rollout, &namespace, release).await?;
+    }
     // The status is written once what the plan adds is in place and before anything is taken
     // away or started: a crash before it leaves the old status and everything it counts on (stable
     // at full size); a crash after it, a status that names each run it starts (created again under
     // the same name if missing, never forgotten and replaced) and surplus the next reconcile
     // removes. Conditional on the view it was decided on, so a stale view changes no more.
-    // The release records: the one status holds now (if an earlier write of it failed) and one
-    // that ended in this plan, before the status that forgets it.
-    for release in status.release.iter().chain(&plan.ended_release) {
-        release_record::mirror(ctx, rollout, &namespace, release).await?;
-    }
     if plan.status != status {
         write_status(ctx, rollout, &plan.status, based_on.as_deref()).await?;
         if !plan.runs.start.is_empty() {

@@ -14,7 +14,7 @@ use sluice_e2e::{
     ControllerProcess, TestNamespace, client, eventually, install_crds, kubectl, kubectl_sluice,
 };
 
-use crate::canary::{apply, request, set_image};
+use crate::canary::{apply, request, set_image, wait_status};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -32,19 +32,6 @@ fn shop_rollout(name: &str) -> Value {
             "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}
         }
     })
-}
-
-async fn status_of(
-    api: &Api<Rollout>,
-    name: &str,
-    what: &str,
-    check: impl Fn(&RolloutStatus) -> bool,
-) -> Result<RolloutStatus> {
-    eventually(what, WAIT, || async {
-        let status = api.get(name).await?.status.unwrap_or_default();
-        Ok(check(&status).then_some(status))
-    })
-    .await
 }
 
 fn paused(s: &RolloutStatus) -> bool {
@@ -67,9 +54,9 @@ fn breaker(s: &RolloutStatus) -> CircuitState {
 /// Releases `image` on `name` and aborts it once it pauses: a failed release.
 async fn fail(api: &Api<Rollout>, name: &str, image: &str) -> Result<()> {
     set_image(api, name, image).await?;
-    status_of(api, name, "the release to pause", paused).await?;
+    wait_status(api, name, "the release to pause", paused).await?;
     request(api, name, "abort").await?;
-    status_of(api, name, "the abort", |s| s.abort).await?;
+    wait_status(api, name, "the abort", |s| s.abort).await?;
     Ok(())
 }
 
@@ -83,16 +70,16 @@ async fn a_shared_breaker_opens_after_three_failures_lets_one_release_through_an
     let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     for name in ["web", "api"] {
         apply(&api, &shop_rollout(name)).await?;
-        status_of(&api, name, "the first revision", |s| {
+        wait_status(&api, name, "the first revision", |s| {
             s.phase == Some(RolloutPhase::Healthy)
         })
         .await?;
     }
     // web:1 released: web:0 is a known-good revision to roll back to.
     set_image(&api, "web", "registry.example/shop:1").await?;
-    status_of(&api, "web", "web:1 to pause", paused).await?;
+    wait_status(&api, "web", "web:1 to pause", paused).await?;
     request(&api, "web", "promote").await?;
-    status_of(&api, "web", "web:1 to be stable", |s| {
+    wait_status(&api, "web", "web:1 to be stable", |s| {
         s.phase == Some(RolloutPhase::Healthy)
     })
     .await?;
@@ -101,7 +88,7 @@ async fn a_shared_breaker_opens_after_three_failures_lets_one_release_through_an
     fail(&api, "web", "registry.example/shop:2").await?;
     fail(&api, "api", "registry.example/shop:2").await?;
     fail(&api, "web", "registry.example/shop:3").await?;
-    let open = status_of(&api, "web", "the breaker to open", |s| {
+    let open = wait_status(&api, "web", "the breaker to open", |s| {
         breaker(s) == CircuitState::Open
     })
     .await?;
@@ -110,7 +97,7 @@ async fn a_shared_breaker_opens_after_three_failures_lets_one_release_through_an
 
     // The next release waits, and says why in `kubectl get`.
     set_image(&api, "api", "registry.example/shop:3").await?;
-    let waiting = status_of(&api, "api", "api:3 to be held", held).await?;
+    let waiting = wait_status(&api, "api", "api:3 to be held", held).await?;
     ensure!(waiting.current_step_index == Some(0), "{waiting:?}");
     let shown = kubectl(&["get", "rollouts.sluice.dev", "api", "-n", &ns.name])?;
     let shown = String::from_utf8_lossy(&shown.stdout).to_string();
@@ -128,25 +115,25 @@ async fn a_shared_breaker_opens_after_three_failures_lets_one_release_through_an
 
     // A rollback to a revision that was stable goes through the open breaker.
     set_image(&api, "web", "registry.example/shop:0").await?;
-    let rollback = status_of(&api, "web", "the rollback to run its steps", paused).await?;
+    let rollback = wait_status(&api, "web", "the rollback to run its steps", paused).await?;
     ensure!(!held(&rollback), "a rollback was held");
     request(&api, "web", "promote").await?;
-    status_of(&api, "web", "the rollback to complete", |s| {
+    wait_status(&api, "web", "the rollback to complete", |s| {
         s.phase == Some(RolloutPhase::Healthy)
     })
     .await?;
 
     // After the cooldown the held release goes through: the one release let through half-open.
-    let trial = status_of(&api, "api", "api:3 to go through half-open", paused).await?;
+    let trial = wait_status(&api, "api", "api:3 to go through half-open", paused).await?;
     let trial_name = format!("api-{}", trial.release.as_ref().context("release")?.number);
     set_image(&api, "web", "registry.example/shop:4").await?;
-    let web_waits = status_of(&api, "web", "web:4 to wait for the trial", held).await?;
+    let web_waits = wait_status(&api, "web", "web:4 to wait for the trial", held).await?;
     let message = web_waits.message.clone().unwrap_or_default();
     ensure!(message.contains(&trial_name), "{message}");
 
     // The trial fails: open again, for twice the cooldown.
     request(&api, "api", "abort").await?;
-    let reopened = status_of(&api, "web", "the breaker to reopen", |s| {
+    let reopened = wait_status(&api, "web", "the breaker to reopen", |s| {
         breaker(s) == CircuitState::Open
     })
     .await?;
@@ -177,7 +164,7 @@ async fn a_shared_breaker_opens_after_three_failures_lets_one_release_through_an
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let going = status_of(&api, "web", "web:4 to go after the reset", paused).await?;
+    let going = wait_status(&api, "web", "web:4 to go after the reset", paused).await?;
     let reset = going
         .circuit_breaker
         .clone()
@@ -210,7 +197,7 @@ async fn a_shared_breaker_opens_after_three_failures_lets_one_release_through_an
         "{entry:?}"
     );
     ensure!(record.spec.release.outcome.is_none(), "web:4 is in flight");
-    status_of(&api, "api", "api's view of the breaker to close", |s| {
+    wait_status(&api, "api", "api's view of the breaker to close", |s| {
         breaker(s) == CircuitState::Closed
     })
     .await?;

@@ -34,6 +34,10 @@ pub const TEMPLATE_ANNOTATION: &str = "sluice.dev/template";
 /// Annotation on an HTTPRoute while a release shifts its weights.
 pub const ROUTE_IN_FLIGHT_ANNOTATION: &str = "sluice.dev/release-in-flight";
 
+/// Label on a Namespace: `"true"` requires every image its Rollouts release to carry a digest
+/// (`name@sha256:...`), as `spec.requireImageDigest` does for one Rollout.
+pub const REQUIRE_IMAGE_DIGEST_LABEL: &str = "sluice.dev/require-image-digest";
+
 /// Label a Secret must carry (`"true"`) before Sluice reads it for analysis (arguments, provider
 /// credentials, CA bundles): the controller's right to read Secrets never extends a tenant's.
 pub const ANALYSIS_SECRET_LABEL: &str = "sluice.dev/analysis-secret";

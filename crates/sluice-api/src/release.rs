@@ -182,6 +182,8 @@ pub enum AbortCause {
     InvalidSpec,
     /// An ErrorBudgetGate froze with `inFlightReleases: Abort`.
     ErrorBudget,
+    /// A critical pre-deployment check failed, before any pod.
+    PreDeploymentCheck,
 }
 
 /// One step of a canary release.

@@ -120,6 +120,13 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub min_ready_seconds: Option<i32>,
+    /// Require a digest (`name@sha256:...`) on every image, not only a version tag; the label
+    /// `sluice.dev/require-image-digest: "true"` on the namespace does the same for all its Rollouts.
+    /// Mutable references (the tag `latest`, or no tag) are always refused: at `kubectl apply` by
+    /// the chart's ValidatingAdmissionPolicy, and by the controller (`InvalidSpec`, nothing
+    /// released) where the policy is not installed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_image_digest: bool,
     /// Number of old ReplicaSets (scaled to zero) kept for `undo`. Defaults to 10.
     #[serde(default = "default_revision_history_limit")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
@@ -161,8 +168,86 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("false").message("rollbackWindow is not supported yet: remove it (a rollback runs the steps and analysis like any release)"))]
     pub rollback_window: Option<RollbackWindow>,
+    /// Checks run before a release's first pod (blue-green: before the preview comes up), after
+    /// the error-budget gates let it start: each an analysis (web, Job or Prometheus metrics), so a
+    /// test suite in a Job, a security scan behind an HTTP endpoint or "dependency healthy" in
+    /// Prometheus all fit. A `Critical` check that fails (or is inconclusive) aborts the release
+    /// before any user traffic, naming the check; an `Advisory` one that fails lets it go on with a
+    /// warning (condition `AdvisoryCheckFailed` and an Event). Run again on a retry; not run for
+    /// the first revision, which has nothing to protect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(o, o.name == c.name))").message("spec.preDeploymentChecks: each check needs a name of its own"))]
+    pub pre_deployment_checks: Vec<PreDeploymentCheck>,
     /// How a new pod template is released: exactly one of `canary` or `blueGreen`.
     pub strategy: RolloutStrategy,
+}
+
+/// A check a release must pass before its first pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreDeploymentCheck {
+    /// The check's name, used in messages, Events and the AnalysisRun's name.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// `Critical` (the default): a failure stops the release before any pod. `Advisory`: a failure
+    /// is reported and the release goes on.
+    #[serde(default)]
+    pub severity: CheckSeverity,
+    /// The templates whose metrics make up the check; their metrics are merged.
+    #[schemars(length(min = 1, max = 16))]
+    pub templates: Vec<crate::common::AnalysisTemplateRef>,
+    /// Values for the templates' arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub args: Vec<crate::common::AnalysisRunArgument>,
+}
+
+/// What a failed pre-deployment check does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CheckSeverity {
+    /// Stops the release before any pod.
+    #[default]
+    Critical,
+    /// Warns; the release goes on.
+    Advisory,
+}
+
+/// The pre-deployment checks of the revision being released.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreDeploymentChecksStatus {
+    /// The pod-template hash they check.
+    pub revision: String,
+    /// Running, Passed (advisory failures included) or Failed (a critical check failed).
+    pub phase: ChecksPhase,
+    /// Each check, in the order of `spec.preDeploymentChecks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
+}
+
+/// Where a revision's pre-deployment checks stand.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ChecksPhase {
+    Running,
+    Passed,
+    Failed,
+}
+
+/// One pre-deployment check of a revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    /// The check's name.
+    pub name: String,
+    /// Its severity.
+    pub severity: CheckSeverity,
+    /// Its AnalysisRun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_run: Option<RolloutAnalysisRunStatus>,
 }
 
 fn default_replicas() -> i32 {
@@ -876,6 +961,9 @@ pub struct RolloutStatus {
     /// The Deployment `spec.workloadRef` names, as the Rollout took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadStatus>,
+    /// The pre-deployment checks of the revision being released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_deployment_checks: Option<PreDeploymentChecksStatus>,
     /// Canary progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,

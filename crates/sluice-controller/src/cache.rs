@@ -16,7 +16,7 @@ use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodCondition, PodStatus, Service, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -132,6 +132,8 @@ pub struct Caches {
     pub releases: Store<Release>,
     /// The release records by the Rollout they belong to.
     pub release_index: OwnerIndex,
+    /// The namespaces watched, by metadata: only the label that requires image digests.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
 }
 
 /// The writing ends of [`Caches`], for the watches.
@@ -148,6 +150,7 @@ pub struct Writers {
     pub jobs: Writer<Job>,
     pub deployments: Writer<PartialObjectMeta<Deployment>>,
     pub releases: Writer<Release>,
+    pub namespaces: Writer<PartialObjectMeta<Namespace>>,
 }
 
 impl Caches {
@@ -172,6 +175,7 @@ impl Caches {
         let (jobs, jobs_writer) = reflector::store();
         let (deployments, deployments_writer) = reflector::store();
         let (releases, releases_writer) = reflector::store();
+        let (namespaces, namespaces_writer) = reflector::store();
         (
             Self {
                 rollouts,
@@ -192,6 +196,7 @@ impl Caches {
                 workloads: Default::default(),
                 releases,
                 release_index: OwnerIndex::default(),
+                namespaces,
             },
             Writers {
                 rollouts: rollouts_writer,
@@ -206,6 +211,7 @@ impl Caches {
                 jobs: jobs_writer,
                 deployments: deployments_writer,
                 releases: releases_writer,
+                namespaces: namespaces_writer,
             },
         )
     }
@@ -531,6 +537,35 @@ pub fn trim_deployment(deployment: &mut PartialObjectMeta<Deployment>) {
     meta.owner_references = None;
     meta.finalizers = None;
     meta.creation_timestamp = None;
+}
+
+/// A namespace as a release reads it: its name and whether it requires image digests (a change to
+/// anything else wakes nothing).
+pub fn trim_namespace(namespace: &mut PartialObjectMeta<Namespace>) {
+    let meta = &mut namespace.metadata;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|key, _| key == sluice_api::names::REQUIRE_IMAGE_DIGEST_LABEL);
+    }
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.creation_timestamp = None;
+    meta.managed_fields = None;
+}
+
+/// Whether `namespace` requires every image its Rollouts release to carry a digest (its label
+/// [`REQUIRE_IMAGE_DIGEST_LABEL`](sluice_api::names::REQUIRE_IMAGE_DIGEST_LABEL) is `"true"`).
+pub fn requires_digest(namespaces: &Store<PartialObjectMeta<Namespace>>, namespace: &str) -> bool {
+    namespaces
+        .get(&ObjectRef::new(namespace))
+        .and_then(|ns| {
+            ns.metadata
+                .labels
+                .as_ref()?
+                .get(sluice_api::names::REQUIRE_IMAGE_DIGEST_LABEL)
+                .map(|v| v == "true")
+        })
+        .unwrap_or(false)
 }
 
 /// A ReplicaSet as a release decision sees it: its labels, owner, scale-down annotation, size and

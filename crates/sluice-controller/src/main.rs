@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{DynamicObject, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -368,6 +368,7 @@ struct Watched {
     routes: Vec<(traffic::RouteKind, UnboundedReceiver<DynamicObject>)>,
     jobs: UnboundedReceiver<Job>,
     deployments: UnboundedReceiver<PartialObjectMeta<Deployment>>,
+    namespaces: UnboundedReceiver<PartialObjectMeta<Namespace>>,
 }
 
 /// Starts one watch per kind, each filling its store, and waits for every store's first full list:
@@ -529,6 +530,23 @@ async fn start_watches(
         },
         writers.deployments,
     );
+    // Namespaces by metadata (the one watched, or all): the label that requires image digests.
+    let namespace_changes = cache::watch(
+        cache::WatchSpec {
+            api: Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            config: match namespace {
+                Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+                None => watcher::Config::default(),
+            },
+            trim: cache::trim_namespace,
+            owner: None,
+            references: None,
+            subscribers: 1,
+            leading: leading.clone(),
+            on_delete: None,
+        },
+        writers.namespaces,
+    );
     let service_changes = cache::watch(
         cache::WatchSpec {
             api: scoped::<Service>(client, namespace),
@@ -610,6 +628,7 @@ async fn start_watches(
         caches.cluster_templates.wait_until_ready().boxed(),
         caches.deployments.wait_until_ready().boxed(),
         caches.releases.wait_until_ready().boxed(),
+        caches.namespaces.wait_until_ready().boxed(),
     ])
     .await;
     if synced.is_err() {
@@ -651,6 +670,7 @@ async fn start_watches(
         routes: route_changes,
         jobs: job_changes.into_iter().next().unwrap_or_else(closed),
         deployments: deployment_changes.into_iter().next().unwrap_or_else(closed),
+        namespaces: namespace_changes.into_iter().next().unwrap_or_else(closed),
     })
 }
 
@@ -669,6 +689,7 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
     );
     let replica_sets = caches.replica_sets.clone();
     let peers_store = store.clone();
+    let namespace_store = store.clone();
     let rollout_trigger = cache::as_trigger_from(&store, watched.rollouts)
         // The controller's own status writes do not wake it: a plan stands on its own.
         .predicate_filter(rollout::wakes, Default::default());
@@ -711,6 +732,19 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
                     deployment.namespace(),
                     Reference::Workload(deployment.name_any()),
                 )
+            },
+        )
+        // A namespace that starts or stops requiring image digests: its Rollouts look again.
+        .watches_stream(
+            cache::as_trigger(watched.namespaces),
+            move |namespace: PartialObjectMeta<Namespace>| {
+                let name = namespace.name_any();
+                namespace_store
+                    .state()
+                    .iter()
+                    .filter(|r| r.namespace().as_deref() == Some(name.as_str()))
+                    .map(|r| ObjectRef::from_obj(r.as_ref()))
+                    .collect::<Vec<_>>()
             },
         )
         .watches_stream(

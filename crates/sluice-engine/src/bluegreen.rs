@@ -163,6 +163,8 @@ struct Decision<'a> {
     waits: bool,
     /// What aborted the release in this decision.
     aborted_by: Option<AbortCause>,
+    /// Pre-deployment checks are running, with this message: the preview gets no pods yet.
+    checking: Option<String>,
 }
 
 impl Decision<'_> {
@@ -234,6 +236,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         held: None,
         waits: false,
         aborted_by: None,
+        checking: None,
     };
     let current = s.current_hash.to_owned();
 
@@ -291,8 +294,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         d.set_stage(Stage::Preview);
         // The aborted release's runs keep their verdicts; the retry measures afresh.
         forget_release(&mut d);
-        // A retry starts the release again: the gates have their say again.
+        // A retry starts the release again: the gates and the checks have their say again.
         gate::forget_admission(&mut d.status);
+        d.status.pre_deployment_checks = None;
         d.event(
             false,
             "RolloutRetried",
@@ -352,6 +356,29 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         s.actions.promote_full,
     );
 
+    if releasing && !d.status.abort && !d.waits && gate::admitted(&d.status, &current) {
+        // Before the preview's first pod: nothing has been created or exposed yet.
+        let starting = d.stage() == Stage::Preview && d.observed(&current).replicas == 0;
+        let checked = crate::checks::decide(
+            &mut d.status,
+            &s.spec.pre_deployment_checks,
+            &current,
+            starting,
+            &v.checks,
+            (s.now, s.generation),
+            &mut d.events,
+        );
+        match checked {
+            crate::checks::Checked::Go => {}
+            crate::checks::Checked::Running(message) => {
+                d.checking = Some(message);
+                d.waits = true;
+            }
+            crate::checks::Checked::Failed(message) => {
+                abort(&mut d, AbortCause::PreDeploymentCheck, &message);
+            }
+        }
+    }
     if releasing && !d.status.abort && !d.waits {
         walk(&mut d, &mut promote, &stable, &current);
     }
@@ -782,6 +809,11 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
             .filter(|m| m.starts_with("release aborted"))
             .unwrap_or_else(|| "release aborted; active is back on stable".to_owned());
         (RolloutPhase::Degraded, message)
+    } else if let (true, Some(checking)) = (releasing, d.checking.as_deref()) {
+        (
+            RolloutPhase::Progressing,
+            format!("new revision {current} waits: {checking}"),
+        )
     } else if let (true, Some(held)) = (releasing, d.held.as_deref()) {
         let message = if gate::admitted(&d.status, current) {
             format!("release held at stage {stage:?}: {held}")
@@ -939,6 +971,8 @@ mod tests {
                 },
                 template: None,
                 workload_ref: None,
+                require_image_digest: false,
+                pre_deployment_checks: Vec::new(),
                 min_ready_seconds: None,
                 revision_history_limit: 10,
                 release_history_limit: 20,
@@ -992,6 +1026,7 @@ mod tests {
             let verdicts = Verdicts {
                 step: self.pre.clone(),
                 background: self.post.clone(),
+                checks: Vec::new(),
             };
             let plan = decide(&snapshot, &verdicts, &bg);
             if plan.create_current {

@@ -17,6 +17,7 @@ use sluice_api::rollout::{
     TrafficWeight, TrafficWeights,
 };
 
+use crate::checks::{self, Checked};
 use crate::conditions;
 use crate::duration;
 use crate::events::Event;
@@ -92,6 +93,8 @@ struct Decision<'a> {
     held: Option<String>,
     /// What aborted the release in this decision.
     aborted_by: Option<AbortCause>,
+    /// Pre-deployment checks are running, with this message: the new version gets no pods yet.
+    checking: Option<String>,
 }
 
 impl<'a> Decision<'a> {
@@ -179,6 +182,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         runs_forgotten: false,
         held: None,
         aborted_by: None,
+        checking: None,
     };
     let steps = &canary.steps;
     let step_count = i32::try_from(steps.len()).unwrap_or(i32::MAX);
@@ -240,8 +244,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         d.status.pause_conditions.clear();
         // The aborted release's runs keep their verdicts; the retry measures afresh.
         forget_analysis_runs(&mut d);
-        // A retry starts the release again: the gates have their say again.
+        // A retry starts the release again: the gates and the checks have their say again.
         gate::forget_admission(&mut d.status);
+        d.status.pre_deployment_checks = None;
         d.event(
             false,
             "RolloutRetried",
@@ -290,6 +295,29 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         &mut promote,
         s.actions.promote_full,
     );
+    if releasing && !d.status.abort && gate::admitted(&d.status, &current) {
+        // Before the first canary pod: nothing has been created or sent traffic yet.
+        let starting = d.status.current_step_index.unwrap_or(0) == 0
+            && d.previous_weight() == 0
+            && d.observed(&current).replicas == 0;
+        let checked = checks::decide(
+            &mut d.status,
+            &s.spec.pre_deployment_checks,
+            &current,
+            starting,
+            &v.checks,
+            (s.now, s.generation),
+            &mut d.events,
+        );
+        match checked {
+            Checked::Go => {}
+            Checked::Running(message) => d.checking = Some(message),
+            Checked::Failed(message) => {
+                abort(&mut d, AbortCause::PreDeploymentCheck, &message);
+            }
+        }
+    }
+    let waits = matches!(gated, Gated::HoldNew { .. }) || d.checking.is_some();
 
     let mut weight;
     if !releasing {
@@ -298,8 +326,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         settle_on_stable(&mut d, &stable, None);
     } else if d.status.abort {
         weight = scale_for_abort(&mut d, &stable, &current);
-    } else if matches!(gated, Gated::HoldNew { .. }) {
-        // The new revision waits: stable serves everything, the new ReplicaSet has no pods.
+    } else if waits {
+        // The new revision waits (for the gates, or its checks): stable serves everything, the new
+        // ReplicaSet has no pods.
         weight = 0;
         d.scale.insert(stable.clone(), s.spec.replicas);
         d.scale.insert(current.clone(), 0);
@@ -379,7 +408,6 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         leave_services: false,
     };
     conditions::keep_transition_times(&s.status.conditions, &mut d.status.conditions);
-    let waits = matches!(gated, Gated::HoldNew { .. });
     let create_current = !waits && !s.replica_sets.iter().any(|rs| rs.hash == s.current_hash);
     let avoid = (create_current
         && d.canary.anti_affinity.is_some()
@@ -936,6 +964,11 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
             .clone()
             .unwrap_or_else(|| "release aborted".to_owned());
         (RolloutPhase::Degraded, message)
+    } else if let (true, Some(checking)) = (releasing, d.checking.as_deref()) {
+        (
+            RolloutPhase::Progressing,
+            format!("new revision {} waits: {checking}", s.current_hash),
+        )
     } else if let (true, Some(held)) = (releasing, d.held.as_deref()) {
         let message = if gate::admitted(&d.status, s.current_hash) {
             format!("release held after step {index}/{steps}: {held}")

@@ -10,12 +10,14 @@ pub mod analysis;
 pub mod bluegreen;
 pub mod breaker;
 pub mod canary;
+pub mod checks;
 pub mod conditions;
 pub mod duration;
 pub mod events;
 pub mod gate;
 pub mod hash;
 pub mod history;
+pub mod images;
 pub mod judge;
 pub mod pods;
 pub mod release;
@@ -30,7 +32,7 @@ use k8s_openapi::jiff::Timestamp;
 use sluice_api::rollout::{BlueGreenStrategy, CanaryStrategy, RolloutPhase, RolloutStatus};
 
 use events::Event;
-use release::{Actions, Plan, ReplicaSetView, Snapshot, Verdicts};
+use release::{Actions, Plan, ReplicaSetView, Snapshot};
 
 /// A Rollout's release strategy.
 #[derive(Clone, Copy, Debug)]
@@ -104,13 +106,12 @@ pub fn decide(s: &Snapshot<'_>, strategy: Strategy<'_>) -> Plan {
         ..s.clone()
     };
     let pass = |snapshot: &Snapshot<'_>| {
-        let (step, background) = runs::verdicts(
+        let verdicts = runs::verdicts(
             snapshot.status,
             snapshot.runs,
             snapshot.current_hash,
             strategy,
         );
-        let verdicts = Verdicts { step, background };
         match strategy {
             Strategy::Canary(c) => canary::decide(snapshot, &verdicts, c),
             Strategy::BlueGreen(b) => bluegreen::decide(snapshot, &verdicts, b),

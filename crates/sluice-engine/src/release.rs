@@ -187,6 +187,8 @@ impl ManagedRouteRule {
 pub struct Verdicts {
     pub step: Option<AnalysisOutcome>,
     pub background: Option<AnalysisOutcome>,
+    /// Each pre-deployment check's run, by its index (`None`: not seen yet).
+    pub checks: Vec<Option<AnalysisOutcome>>,
 }
 
 /// What to change. The executor applies it in this order so that traffic never points at pods that

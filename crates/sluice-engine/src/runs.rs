@@ -5,7 +5,10 @@
 use k8s_openapi::jiff::Timestamp;
 use sluice_api::analysis::{AnalysisPhase, DryRun, MeasurementRetention, MetricFailurePolicy};
 use sluice_api::common::{AnalysisRunArgument, AnalysisTemplateRef, RolloutAnalysis};
-use sluice_api::rollout::{BlueGreenStatus, CanaryStatus, RolloutAnalysisRunStatus, RolloutStatus};
+use sluice_api::rollout::{
+    BlueGreenStatus, CanaryStatus, CheckStatus, ChecksPhase, PreDeploymentChecksStatus,
+    RolloutAnalysisRunStatus, RolloutStatus,
+};
 
 use crate::Strategy;
 use crate::bluegreen;
@@ -24,6 +27,8 @@ pub enum RunSlot {
     PrePromotion,
     /// Blue-green: after the switch.
     PostPromotion,
+    /// The pre-deployment check at this index of `spec.preDeploymentChecks`.
+    Check(i32),
 }
 
 impl RunSlot {
@@ -34,13 +39,14 @@ impl RunSlot {
             Self::Background => "background",
             Self::PrePromotion => "pre-promotion",
             Self::PostPromotion => "post-promotion",
+            Self::Check(_) => "check",
         }
     }
 
-    /// The step index, for a step's run.
+    /// The index its step label carries: a step's, or a check's in `spec.preDeploymentChecks`.
     pub fn step(self) -> Option<i32> {
         match self {
-            Self::Step(i) => Some(i),
+            Self::Step(i) | Self::Check(i) => Some(i),
             _ => None,
         }
     }
@@ -52,6 +58,7 @@ impl RunSlot {
             "background" => Some(Self::Background),
             "pre-promotion" => Some(Self::PrePromotion),
             "post-promotion" => Some(Self::PostPromotion),
+            "check" => step?.parse().ok().map(Self::Check),
             _ => None,
         }
     }
@@ -60,6 +67,7 @@ impl RunSlot {
     fn name_part(self) -> String {
         match self {
             Self::Step(i) => format!("step{}", i + 1),
+            Self::Check(i) => format!("check{}", i + 1),
             other => other.kind().to_owned(),
         }
     }
@@ -86,6 +94,13 @@ impl RunSlot {
                 .blue_green
                 .as_ref()?
                 .post_promotion_analysis_run_status
+                .as_ref(),
+            Self::Check(i) => status
+                .pre_deployment_checks
+                .as_ref()?
+                .checks
+                .get(usize::try_from(i).ok()?)?
+                .analysis_run
                 .as_ref(),
         }
     }
@@ -115,6 +130,26 @@ impl RunSlot {
                     .blue_green
                     .get_or_insert_with(BlueGreenStatus::default)
                     .post_promotion_analysis_run_status
+            }
+            Self::Check(i) => {
+                // The checks' records are made (one per check) before their runs are planned.
+                let checks = &mut status
+                    .pre_deployment_checks
+                    .get_or_insert_with(|| PreDeploymentChecksStatus {
+                        revision: String::new(),
+                        phase: ChecksPhase::Running,
+                        checks: Vec::new(),
+                    })
+                    .checks;
+                let index = usize::try_from(i).unwrap_or(0);
+                while checks.len() <= index {
+                    checks.push(CheckStatus {
+                        name: String::new(),
+                        severity: Default::default(),
+                        analysis_run: None,
+                    });
+                }
+                &mut checks[index].analysis_run
             }
         }
     }
@@ -210,13 +245,24 @@ fn recorded<'a>(
 }
 
 /// The verdicts a strategy's state machine reads: the run of the step at the persisted index (blue-
-/// green: pre-promotion), and the background run (blue-green: post-promotion).
+/// green: pre-promotion), the background run (blue-green: post-promotion), and each pre-deployment
+/// check's.
 pub(crate) fn verdicts(
     status: &RolloutStatus,
     runs: &[RunView],
     hash: &str,
     strategy: Strategy<'_>,
-) -> (Option<AnalysisOutcome>, Option<AnalysisOutcome>) {
+) -> crate::release::Verdicts {
+    let checks = status
+        .pre_deployment_checks
+        .as_ref()
+        .map_or(0, |c| c.checks.len());
+    let checks = (0..checks)
+        .map(|i| {
+            let slot = RunSlot::Check(i32::try_from(i).unwrap_or(i32::MAX));
+            recorded(runs, status, slot, hash).map(verdict)
+        })
+        .collect();
     let (first, second) = match strategy {
         Strategy::Canary(_) => (
             RunSlot::Step(status.current_step_index.unwrap_or(0)),
@@ -224,16 +270,33 @@ pub(crate) fn verdicts(
         ),
         Strategy::BlueGreen(_) => (RunSlot::PrePromotion, RunSlot::PostPromotion),
     };
-    (
-        recorded(runs, status, first, hash).map(verdict),
-        recorded(runs, status, second, hash).map(verdict),
-    )
+    crate::release::Verdicts {
+        step: recorded(runs, status, first, hash).map(verdict),
+        background: recorded(runs, status, second, hash).map(verdict),
+        checks,
+    }
 }
 
 /// The runs the release needs now, by slot, with what they run and the field that asks for them.
 fn wanted(s: &Snapshot<'_>, strategy: Strategy<'_>, status: &RolloutStatus) -> Vec<RunStart> {
     let hash = s.current_hash;
     let mut wanted = Vec::new();
+    // A revision the error-budget gates have not let start gets no analysis yet.
+    let admitted =
+        status.stable_rs.as_deref() != Some(hash) && !status.abort && gate::admitted(status, hash);
+    if admitted {
+        for (i, check) in crate::checks::wanted(status, &s.spec.pre_deployment_checks, hash) {
+            wanted.push(RunStart {
+                slot: RunSlot::Check(i32::try_from(i).unwrap_or(i32::MAX)),
+                name: String::new(),
+                templates: check.templates.clone(),
+                args: check.args.clone(),
+                dry_run: Vec::new(),
+                measurement_retention: Vec::new(),
+                field: format!("spec.preDeploymentChecks[{i}]"),
+            });
+        }
+    }
     let mut want = |slot: RunSlot, analysis: &RolloutAnalysis, field: String| {
         wanted.push(RunStart {
             slot,
@@ -269,11 +332,7 @@ fn wanted(s: &Snapshot<'_>, strategy: Strategy<'_>, status: &RolloutStatus) -> V
             }
         }
         Strategy::Canary(canary) => {
-            // A revision the error-budget gates have not let start gets no analysis yet.
-            let releasing = status.stable_rs.as_deref() != Some(hash)
-                && !status.abort
-                && gate::admitted(status, hash);
-            if !releasing {
+            if !admitted {
                 return wanted;
             }
             let index = status.current_step_index.unwrap_or(0);
@@ -421,6 +480,12 @@ pub fn recorded_run_names(status: &RolloutStatus) -> Vec<String> {
     ]
     .into_iter()
     .flatten()
+    .chain(
+        status
+            .pre_deployment_checks
+            .iter()
+            .flat_map(|c| c.checks.iter().filter_map(|c| c.analysis_run.as_ref())),
+    )
     .map(|r| r.name.clone())
     .collect()
 }

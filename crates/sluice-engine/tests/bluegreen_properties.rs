@@ -147,6 +147,8 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
         },
         template: None,
         workload_ref: None,
+        require_image_digest: false,
+        pre_deployment_checks: Vec::new(),
         min_ready_seconds: None,
         revision_history_limit: k.history,
         release_history_limit: 20,

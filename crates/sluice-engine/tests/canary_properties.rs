@@ -240,6 +240,8 @@ fn spec(
         },
         template: None,
         workload_ref: None,
+        require_image_digest: false,
+        pre_deployment_checks: Vec::new(),
         min_ready_seconds: None,
         revision_history_limit: limits.history,
         release_history_limit: 20,

@@ -211,12 +211,18 @@ fn test_cluster_dir(root: &Path) -> PathBuf {
 }
 
 /// Where generated CRDs go: `crds/` for `kubectl apply -f crds/`, and the Helm chart's copy, which
-/// its `crds.install` toggle renders.
-const CRD_DIRS: [&str; 2] = ["crds", "charts/sluice/files/crds"];
-
+/// its `crds.install` toggle renders. The admission policies go to `crds/` with their bindings and
+/// to the chart's `files/policies/` alone (the chart writes bindings from its values).
 fn crdgen(root: &Path, check: bool) -> Result<()> {
-    let generated = sluice_api::crdgen::generate()?;
-    for dir_name in CRD_DIRS {
+    let crds = sluice_api::crdgen::generate()?;
+    let (policies, chart_policies) = sluice_api::crdgen::generate_policies()?;
+    let all: Vec<_> = crds.iter().chain(&policies).cloned().collect();
+    let outputs = [
+        ("crds", all),
+        ("charts/sluice/files/crds", crds),
+        ("charts/sluice/files/policies", chart_policies),
+    ];
+    for (dir_name, generated) in outputs {
         let dir = root.join(dir_name);
         let mut drifted = Vec::new();
         for crd in &generated {
@@ -243,7 +249,7 @@ fn crdgen(root: &Path, check: bool) -> Result<()> {
             }
         }
         match (check, drifted.is_empty()) {
-            (_, true) => println!("{dir_name}/ is up to date ({} CRDs)", generated.len()),
+            (_, true) => println!("{dir_name}/ is up to date ({} files)", generated.len()),
             (true, false) => bail!(
                 "{dir_name}/ differs from the API types in: {}. Run `cargo xtask crdgen` and commit the result",
                 drifted.join(", ")

@@ -16,6 +16,7 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use sluice_api::rollout::Rollout;
 use sluice_engine::hash::pod_template_hash;
+use sluice_engine::images::{self, DigestRequirement};
 use sluice_engine::release::{Actions, ReplicaSetView, Snapshot};
 use tracing::{Instrument, warn};
 
@@ -148,12 +149,32 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
             return invalid_spec(rollout, ctx, &status, &problem, Timestamp::now()).await;
         }
     };
-    let (templates, problem) = match check_objects(strategy, ctx, &namespace, &rollout.name_any()) {
+    let (templates, problem) = match check_objects(
+        strategy,
+        &rollout.spec.pre_deployment_checks,
+        ctx,
+        &namespace,
+        &rollout.name_any(),
+    ) {
         Ok(templates) => (templates, None),
         Err(problem) => (Templates::new(), Some(problem)),
     };
     let template = rollout.spec.template.clone().unwrap_or_default();
     let hash = pod_template_hash(&serde_json::to_value(&template)?);
+    // Mutable images are refused here too, for clusters without the admission policy.
+    let digest = DigestRequirement {
+        rollout: rollout.spec.require_image_digest,
+        namespace: cache::requires_digest(&ctx.caches.namespaces, &namespace)
+            .then(|| namespace.clone()),
+    };
+    let field = match &rollout.spec.workload_ref {
+        Some(workload) => format!(
+            "{} {} (spec.workloadRef) spec.template.spec",
+            workload.kind, workload.name
+        ),
+        None => "spec.template.spec".to_owned(),
+    };
+    let problem = images::check(&template, &field, &digest).err().or(problem);
 
     let uid = rollout.uid().unwrap_or_default();
     let caches = &ctx.caches;

@@ -63,7 +63,16 @@ pub fn references(rollout: &Rollout) -> Vec<Reference> {
     if let Some(workload) = &rollout.spec.workload_ref {
         references.push(Reference::Workload(workload.name.clone()));
     }
-    for (_, refs) in template_refs {
+    let check_refs = rollout
+        .spec
+        .pre_deployment_checks
+        .iter()
+        .map(|c| c.templates.as_slice());
+    for refs in template_refs
+        .into_iter()
+        .map(|(_, refs)| refs)
+        .chain(check_refs)
+    {
         references.extend(refs.iter().map(|r| {
             let name = r.template_name.clone();
             if r.cluster_scope {
@@ -145,12 +154,18 @@ pub(super) fn strategy_of(rollout: &Rollout) -> Result<Strategy<'_>, String> {
 /// user error to report, not a failure).
 pub(super) fn check_objects(
     strategy: Strategy<'_>,
+    checks: &[sluice_api::rollout::PreDeploymentCheck],
     ctx: &Context,
     namespace: &str,
     rollout: &str,
 ) -> Result<Templates, String> {
     let mut templates = Templates::new();
     let caches = &ctx.caches;
+    for (i, check) in checks.iter().enumerate() {
+        let field = format!("spec.preDeploymentChecks[{i}]");
+        let found = rollout_analysis::templates(caches, namespace, &check.templates, &field)?;
+        templates.insert(field, found);
+    }
     let service_exists = |name: &str| cache::get(&caches.services, namespace, name).is_some();
     let canary = match strategy {
         Strategy::Canary(canary) => canary,

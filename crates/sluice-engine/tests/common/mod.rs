@@ -94,6 +94,11 @@ impl SimRuns {
                 .blue_green
                 .as_ref()
                 .and_then(|b| b.post_promotion_analysis_run_status.as_ref()),
+            RunSlot::Check(i) => status
+                .pre_deployment_checks
+                .as_ref()
+                .and_then(|c| c.checks.get(usize::try_from(i).ok()?))
+                .and_then(|c| c.analysis_run.as_ref()),
         };
         let Some(run) = record.and_then(|r| self.runs.iter_mut().find(|run| run.name == r.name))
         else {

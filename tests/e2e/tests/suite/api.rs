@@ -42,13 +42,25 @@ async fn plain_kubectl_apply_installs_the_crds() -> Result<()> {
             "no {plural} in: {out}"
         );
     }
-    stdout_of(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "-f",
-        "crds/",
-    ])?;
+    ensure!(
+        out.contains(
+            "validatingadmissionpolicy.admissionregistration.k8s.io/sluice-immutable-images"
+        ) && out.contains(
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/sluice-immutable-images"
+        ),
+        "no image policy in: {out}"
+    );
+    let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+    let crds: Vec<String> = std::fs::read_dir(sluice_e2e::repo_root().join("crds"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("sluice.dev_"))
+        .map(|name| format!("crds/{name}"))
+        .collect();
+    for crd in &crds {
+        wait.extend(["-f", crd.as_str()]);
+    }
+    stdout_of(&wait)?;
     Ok(())
 }
 

@@ -128,6 +128,8 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
         "Service",
         "ServiceAccount",
         "NetworkPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ] {
         ensure!(
             kinds.contains(&kind),

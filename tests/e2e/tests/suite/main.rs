@@ -13,6 +13,7 @@ mod faults;
 mod gate;
 mod history;
 mod hostile;
+mod images;
 mod isolated;
 mod job;
 mod leader;

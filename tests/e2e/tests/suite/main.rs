@@ -8,6 +8,7 @@ mod breaker;
 mod canary;
 mod chaos;
 mod chart;
+mod checks;
 mod cluster;
 mod faults;
 mod gate;

@@ -206,6 +206,30 @@ pub fn report(record: &Release, rollout: Option<&Rollout>, format: Format) -> Re
             &rows,
         );
     }
+    for score in &r.confidence {
+        heading(
+            &mut out,
+            &format!(
+                "Confidence at step {}: {}/100, {:?}",
+                score.step + 1,
+                score.score,
+                score.decision
+            ),
+        );
+        let rows: Vec<[String; 4]> = score
+            .factors
+            .iter()
+            .map(|f| {
+                [
+                    f.name.clone(),
+                    f.value.to_string(),
+                    f.weight.to_string(),
+                    f.note.clone(),
+                ]
+            })
+            .collect();
+        grid(&mut out, md, ["factor", "value", "weight", "why"], &rows);
+    }
     if !record.spec.analysis.is_empty() {
         heading(&mut out, "Analysis");
         for run in &record.spec.analysis {
@@ -308,6 +332,15 @@ pub fn step_parts(step: &CanaryStep) -> (&'static str, String) {
     }
     if let Some(route) = &step.set_mirror_route {
         return ("setMirrorRoute", route.name.clone());
+    }
+    if let Some(confidence) = &step.confidence {
+        return (
+            "confidence",
+            format!(
+                "go on at {}, abort below {}",
+                confidence.promote_at, confidence.abort_below
+            ),
+        );
     }
     ("?", String::new())
 }

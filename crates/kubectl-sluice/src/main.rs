@@ -760,6 +760,47 @@ fn render(
                 .unwrap_or_default()
         );
     }
+    if let Some(checks) = status
+        .pre_deployment_checks
+        .as_ref()
+        .filter(|c| Some(&c.revision) == status.current_pod_hash.as_ref())
+    {
+        let each: Vec<String> = checks
+            .checks
+            .iter()
+            .map(|c| {
+                let run = c.analysis_run.as_ref();
+                format!(
+                    "{} ({:?}) {}",
+                    c.name,
+                    c.severity,
+                    run.map_or("Pending", |r| r.status.as_str())
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "Checks:     {:?}: {}", checks.phase, each.join(", "));
+    }
+    if let Some(score) = status
+        .canary
+        .as_ref()
+        .and_then(|c| c.confidence.as_ref())
+        .filter(|c| Some(&c.revision) == status.current_pod_hash.as_ref())
+    {
+        let _ = writeln!(
+            out,
+            "Confidence: {}/100 at step {}: {:?}",
+            score.score,
+            score.step + 1,
+            score.decision
+        );
+        for factor in &score.factors {
+            let _ = writeln!(
+                out,
+                "  {:<13} {:>3} × {:<3} {}",
+                factor.name, factor.value, factor.weight, factor.note
+            );
+        }
+    }
     if let Some(bypass) = status.error_budget.as_ref().and_then(|e| e.bypasses.last()) {
         let _ = writeln!(
             out,

@@ -130,6 +130,10 @@ pub struct ReleaseProgress {
     /// Entries left out of the middle of `timeline` to keep it bounded.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub timeline_dropped: i32,
+    /// The confidence scores of its `confidence` steps, each with its factors and decision (at
+    /// most one per step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub confidence: Vec<crate::rollout::ConfidenceScore>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -184,6 +188,8 @@ pub enum AbortCause {
     ErrorBudget,
     /// A critical pre-deployment check failed, before any pod.
     PreDeploymentCheck,
+    /// A confidence step scored the release below `abortBelow`.
+    LowConfidence,
 }
 
 /// One step of a canary release.

@@ -488,10 +488,10 @@ fn default_adaptive_fast_after() -> i32 {
 }
 
 /// One step of a canary release: exactly one of `setWeight`, `pause`, `setCanaryScale`, `analysis`,
-/// `setHeaderRoute` or `setMirrorRoute`.
+/// `setHeaderRoute`, `setMirrorRoute` or `confidence`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setHeaderRoute), has(self.setMirrorRoute)].exists_one(x, x)").message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis, setHeaderRoute or setMirrorRoute"))]
+#[x_kube(validation = Rule::new("[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setHeaderRoute), has(self.setMirrorRoute), has(self.confidence)].exists_one(x, x)").message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis, setHeaderRoute, setMirrorRoute or confidence"))]
 pub struct CanaryStep {
     /// Percentage of traffic sent to the canary, 0 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -515,6 +515,164 @@ pub struct CanaryStep {
     /// `trafficRouting.managedRoutes`, added for the rest of the release. Without `match` it is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_mirror_route: Option<SetMirrorRoute>,
+    /// Score the release 0 to 100 from weighted factors (analysis so far, pre-deployment checks,
+    /// traffic exposed so far, the Rollout's recent releases, the size of the change, declared test
+    /// coverage) and act on it: at or above `promoteAt` the release goes on by itself, below
+    /// `abortBelow` it is aborted, in between it pauses for a person (`ConfidenceReview`, the
+    /// breakdown in the message; `kubectl sluice promote` goes on). Scored once when the step is
+    /// reached; recorded in `status.canary.confidence`, the release record and an Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceStep>,
+}
+
+/// A confidence score and what it decides (a Sluice addition).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.abortBelow <= self.promoteAt").message("confidence.abortBelow must not be above confidence.promoteAt"))]
+pub struct ConfidenceStep {
+    /// At or above this score the release goes on by itself. Defaults to 80.
+    #[serde(default = "default_promote_at")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("promoteAt must be between 0 and 100"))]
+    pub promote_at: i32,
+    /// Below this score the release is aborted. Defaults to 60.
+    #[serde(default = "default_abort_below")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("abortBelow must be between 0 and 100"))]
+    pub abort_below: i32,
+    /// How much each factor counts (relative weights, each 0 to 100; at least one above 0).
+    #[serde(default)]
+    pub weights: ConfidenceWeights,
+}
+
+fn default_promote_at() -> i32 {
+    80
+}
+fn default_abort_below() -> i32 {
+    60
+}
+
+/// The relative weights of a confidence score's factors. Each factor is valued 0 to 100:
+/// - `analysis`: the share of this revision's finished analysis runs that succeeded (an
+///   inconclusive one counts half); 0 while none has finished.
+/// - `checks`: the share of its pre-deployment checks that passed; 50 without checks.
+/// - `blastRadius`: the traffic the canary has served so far without failing, 100 from 50% on.
+/// - `history`: the share of the Rollout's newest 10 ended releases that completed (rollbacks and
+///   superseded ones not counted); 50 without history; halved while the circuit breaker is
+///   half-open, 0 while it is open.
+/// - `changeSize`: 100 when at most one container's image changed since stable, 25 less for each
+///   more; 50 when stable's images are not on record.
+/// - `testCoverage`: the percentage in the pod template's annotation `sluice.dev/test-coverage`
+///   (set by the build pipeline); 0 when absent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.analysis + self.checks + self.blastRadius + self.history + self.changeSize + self.testCoverage > 0").message("at least one confidence weight must be above 0"))]
+pub struct ConfidenceWeights {
+    /// Defaults to 35.
+    #[serde(default = "weight_analysis")]
+    #[x_kube(validation = weight_rule())]
+    pub analysis: i32,
+    /// Defaults to 15.
+    #[serde(default = "weight_checks")]
+    #[x_kube(validation = weight_rule())]
+    pub checks: i32,
+    /// Defaults to 10.
+    #[serde(default = "weight_blast_radius")]
+    #[x_kube(validation = weight_rule())]
+    pub blast_radius: i32,
+    /// Defaults to 20.
+    #[serde(default = "weight_history")]
+    #[x_kube(validation = weight_rule())]
+    pub history: i32,
+    /// Defaults to 10.
+    #[serde(default = "weight_change_size")]
+    #[x_kube(validation = weight_rule())]
+    pub change_size: i32,
+    /// Defaults to 10.
+    #[serde(default = "weight_test_coverage")]
+    #[x_kube(validation = weight_rule())]
+    pub test_coverage: i32,
+}
+
+fn weight_rule() -> kube::core::Rule {
+    kube::core::Rule::new("self >= 0 && self <= 100")
+        .message("a confidence weight must be between 0 and 100")
+}
+fn weight_analysis() -> i32 {
+    35
+}
+fn weight_checks() -> i32 {
+    15
+}
+fn weight_blast_radius() -> i32 {
+    10
+}
+fn weight_history() -> i32 {
+    20
+}
+fn weight_change_size() -> i32 {
+    10
+}
+fn weight_test_coverage() -> i32 {
+    10
+}
+
+impl Default for ConfidenceWeights {
+    fn default() -> Self {
+        Self {
+            analysis: weight_analysis(),
+            checks: weight_checks(),
+            blast_radius: weight_blast_radius(),
+            history: weight_history(),
+            change_size: weight_change_size(),
+            test_coverage: weight_test_coverage(),
+        }
+    }
+}
+
+/// Annotation on a pod template: the test coverage (percent, 0 to 100) the build pipeline declares
+/// for it, a factor of the confidence score.
+pub const TEST_COVERAGE_ANNOTATION: &str = "sluice.dev/test-coverage";
+
+/// A confidence score as recorded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfidenceScore {
+    /// The step it was scored at (index from 0).
+    pub step: i32,
+    /// The revision scored.
+    pub revision: String,
+    /// 0 to 100.
+    pub score: i32,
+    /// What it decided: Promote, Review or Abort.
+    pub decision: ConfidenceDecision,
+    /// Each factor: its value (0 to 100), its weight, and why it has that value.
+    pub factors: Vec<ConfidenceFactor>,
+    /// When it was scored.
+    pub scored_at: Time,
+}
+
+/// What a confidence score decides.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ConfidenceDecision {
+    /// At or above `promoteAt`: the release goes on.
+    Promote,
+    /// Between: a person decides.
+    Review,
+    /// Below `abortBelow`.
+    Abort,
+}
+
+/// One factor of a confidence score.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfidenceFactor {
+    /// analysis, checks, blastRadius, history, changeSize or testCoverage.
+    pub name: String,
+    /// 0 to 100.
+    pub value: i32,
+    /// Its relative weight.
+    pub weight: i32,
+    /// Why it has that value.
+    pub note: String,
 }
 
 /// A pause in a canary release.
@@ -1114,6 +1272,9 @@ pub struct CanaryStatus {
     /// The traffic weights in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<TrafficWeights>,
+    /// The release's confidence score at its latest `confidence` step, with its factors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceScore>,
 }
 
 /// Summary of an AnalysisRun, as the Rollout sees it.

@@ -689,6 +689,7 @@ mod dashboard_tests {
             steps: Vec::new(),
             timeline: Vec::new(),
             timeline_dropped: 0,
+            confidence: Vec::new(),
         };
         let completed = ReleaseProgress {
             number: 2,

@@ -140,6 +140,7 @@ fn pause_of(duration: Duration) -> CanaryStep {
         analysis: None,
         set_header_route: None,
         set_mirror_route: None,
+        confidence: None,
     }
 }
 
@@ -151,6 +152,7 @@ fn weight_of(weight: i32) -> CanaryStep {
         analysis: None,
         set_header_route: None,
         set_mirror_route: None,
+        confidence: None,
     }
 }
 
@@ -267,6 +269,8 @@ mod tests {
 
     fn ended(name: &str, outcome: ReleaseOutcome, second: i64) -> EndedRelease {
         EndedRelease {
+            revision: String::new(),
+            images: Vec::new(),
             name: name.to_owned(),
             outcome,
             rollback: false,

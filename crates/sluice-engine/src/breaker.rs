@@ -32,6 +32,9 @@ pub struct EndedRelease {
     pub ended_at: Timestamp,
     /// Why it ended.
     pub reason: String,
+    /// The revision it released, and its images (`name=image`).
+    pub revision: String,
+    pub images: Vec<String>,
 }
 
 impl EndedRelease {
@@ -44,6 +47,8 @@ impl EndedRelease {
             admitted_at: release.admitted_at.as_ref().map(|t| t.0),
             ended_at: release.ended_at.as_ref()?.0,
             reason: release.reason.clone().unwrap_or_default(),
+            revision: release.revision.clone(),
+            images: release.images.clone(),
         })
     }
 }

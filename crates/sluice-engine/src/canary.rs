@@ -486,6 +486,8 @@ fn forget_analysis_runs(d: &mut Decision<'_>) {
     if let Some(c) = d.status.canary.as_mut() {
         c.current_step_analysis_run_status = None;
         c.current_background_analysis_run_status = None;
+        // A new release (or a retry) is scored afresh.
+        c.confidence = None;
     }
 }
 
@@ -623,6 +625,8 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
                 d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
                 d.status.controller_pause = !d.status.pause_conditions.is_empty();
             }
+        } else if let Some(confidence) = &step.confidence {
+            done = judge_confidence(d, confidence, index, weight, promote);
         } else {
             // setHeaderRoute and setMirrorRoute: the router puts the routes in force with the
             // plan's traffic (see `managed_routes`).
@@ -647,6 +651,82 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
     }
     // A step that lowers the weight takes effect at once; raising it waits for the canary's pods.
     (index, weight.min(step_weight(steps, index)))
+}
+
+/// A `confidence` step: scored once when reached (recorded in `status.canary.confidence`, with an
+/// Event), then acted on: go on, wait for a person's promote (`ConfidenceReview`), or abort.
+/// Returns whether the step is done.
+fn judge_confidence(
+    d: &mut Decision<'_>,
+    step: &sluice_api::rollout::ConfidenceStep,
+    index: usize,
+    weight: i32,
+    promote: &mut bool,
+) -> bool {
+    use sluice_api::rollout::ConfidenceDecision;
+    let at = i32::try_from(index).unwrap_or(i32::MAX);
+    let recorded = d
+        .status
+        .canary
+        .as_ref()
+        .and_then(|c| c.confidence.clone())
+        .filter(|c| c.step == at && c.revision == d.s.current_hash);
+    let scored = match recorded {
+        Some(scored) => scored,
+        None => {
+            let exposed = weight.max(d.previous_weight());
+            let scored = crate::confidence::assess(d.s, &d.status, step, at, exposed);
+            let what = match scored.decision {
+                ConfidenceDecision::Promote => "the release goes on",
+                ConfidenceDecision::Review => "waiting for a person to promote or abort",
+                ConfidenceDecision::Abort => "the release is aborted",
+            };
+            d.event(
+                scored.decision != ConfidenceDecision::Promote,
+                "ConfidenceScored",
+                format!(
+                    "step {}: {}; {what}",
+                    index + 1,
+                    crate::confidence::breakdown(&scored)
+                ),
+            );
+            d.status
+                .canary
+                .get_or_insert_with(CanaryStatus::default)
+                .confidence = Some(scored.clone());
+            scored
+        }
+    };
+    let done = match scored.decision {
+        ConfidenceDecision::Promote => true,
+        ConfidenceDecision::Review => {
+            if std::mem::take(promote) {
+                true
+            } else {
+                d.add_pause(pause_reason::CONFIDENCE_REVIEW);
+                d.status.controller_pause = true;
+                false
+            }
+        }
+        ConfidenceDecision::Abort => {
+            abort(
+                d,
+                AbortCause::LowConfidence,
+                &format!(
+                    "step {}: confidence {} is below {}",
+                    index + 1,
+                    scored.score,
+                    step.abort_below
+                ),
+            );
+            false
+        }
+    };
+    if done && d.held.is_none() {
+        d.remove_pause(pause_reason::CONFIDENCE_REVIEW);
+        d.status.controller_pause = !d.status.pause_conditions.is_empty();
+    }
+    done
 }
 
 /// If the canary has the pods that the weight (or canary scale) at `index` needs, the weight to put
@@ -983,8 +1063,20 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
             .iter()
             .map(|p| p.reason.as_str())
             .collect();
+        let review = d
+            .status
+            .canary
+            .as_ref()
+            .and_then(|c| c.confidence.as_ref())
+            .filter(|_| d.has_pause(pause_reason::CONFIDENCE_REVIEW));
         let why = if s.spec.paused {
             "spec.paused".to_owned()
+        } else if let Some(score) = review {
+            format!(
+                "{}: {}; promote to go on, abort to stop",
+                reasons.join(", "),
+                crate::confidence::breakdown(score)
+            )
         } else {
             reasons.join(", ")
         };

@@ -63,6 +63,7 @@ pub(crate) fn decide(
                 steps: Vec::new(),
                 timeline: Vec::new(),
                 timeline_dropped: 0,
+                confidence: Vec::new(),
             });
             if let Some(choice) = choice {
                 plan.events.push(crate::events::Event {
@@ -84,6 +85,17 @@ pub(crate) fn decide(
     };
     if record.outcome.is_none() {
         append(s, record, &plan.events);
+        // Each confidence score of this release, once.
+        if let Some(score) = plan
+            .status
+            .canary
+            .as_ref()
+            .and_then(|c| c.confidence.as_ref())
+            .filter(|c| c.revision == record.revision)
+            && !record.confidence.iter().any(|c| c.step == score.step)
+        {
+            record.confidence.push(score.clone());
+        }
         if let crate::Strategy::Canary(canary) = strategy {
             track_steps(&canary.steps, plan, record, &now);
         }

@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod canary;
 pub mod checks;
 pub mod conditions;
+pub mod confidence;
 pub mod duration;
 pub mod events;
 pub mod gate;

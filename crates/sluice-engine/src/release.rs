@@ -33,6 +33,8 @@ pub mod pause_reason {
     pub const PAUSED_BY_USER: &str = "PausedByUser";
     /// Step analysis was inconclusive: a person decides.
     pub const INCONCLUSIVE_ANALYSIS: &str = "InconclusiveAnalysis";
+    /// A confidence step scored between `abortBelow` and `promoteAt`: a person decides.
+    pub const CONFIDENCE_REVIEW: &str = "ConfidenceReview";
 }
 
 /// A ReplicaSet the Rollout owns, as the controller saw it.

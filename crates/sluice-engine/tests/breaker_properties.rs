@@ -25,6 +25,8 @@ fn at(seconds: i64) -> Timestamp {
 
 fn ended(name: &str, outcome: ReleaseOutcome, admitted: i64, end: i64) -> EndedRelease {
     EndedRelease {
+        revision: String::new(),
+        images: Vec::new(),
         name: name.to_owned(),
         outcome,
         rollback: false,
@@ -109,6 +111,8 @@ fn rollbacks_and_superseded_releases_count_neither_way() {
             end,
         ));
         inputs.ended.push(EndedRelease {
+            revision: String::new(),
+            images: Vec::new(),
             rollback: true,
             ..ended(
                 &format!("web-rb{i}"),
@@ -204,6 +208,8 @@ proptest! {
                     if let Some(i) = inputs.in_flight.iter().position(|f| f.rollout == rollouts[r]) {
                         let f = inputs.in_flight.remove(i);
                         inputs.ended.push(EndedRelease {
+                            revision: String::new(),
+                            images: Vec::new(),
                             name: f.name, outcome: ReleaseOutcome::Superseded, rollback: false,
                             admitted_at: Some(f.admitted_at), ended_at: at(now), reason: String::new(),
                         });
@@ -222,6 +228,8 @@ proptest! {
                 Event::End(r, ok) => {
                     if std::mem::take(&mut rollbacks[r]) {
                         inputs.ended.push(EndedRelease {
+                            revision: String::new(),
+                            images: Vec::new(),
                             name: format!("{}-rb{number}", rollouts[r]),
                             outcome: if ok { ReleaseOutcome::Completed } else { ReleaseOutcome::Aborted },
                             rollback: true, admitted_at: None, ended_at: at(now), reason: String::new(),
@@ -232,6 +240,8 @@ proptest! {
                         let f = inputs.in_flight.remove(i);
                         let outcome = if ok { ReleaseOutcome::Completed } else { ReleaseOutcome::Aborted };
                         inputs.ended.push(EndedRelease {
+                            revision: String::new(),
+                            images: Vec::new(),
                             name: f.name.clone(), outcome, rollback: false,
                             admitted_at: Some(f.admitted_at), ended_at: at(now), reason: String::new(),
                         });

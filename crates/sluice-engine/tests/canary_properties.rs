@@ -183,6 +183,7 @@ fn spec(
                 analysis: None,
                 set_header_route: None,
                 set_mirror_route: None,
+                confidence: None,
             };
             match s {
                 Step::Weight(w) => step.set_weight = Some(*w),
@@ -682,6 +683,8 @@ fn run(world: &mut World, events: &[Event]) -> Result<(), TestCaseError> {
                 world.circuit = CircuitInputs::default();
                 if *open {
                     world.circuit.ended.push(EndedRelease {
+                        revision: String::new(),
+                        images: Vec::new(),
                         name: "other-1".to_owned(),
                         outcome: ReleaseOutcome::Aborted,
                         rollback: false,

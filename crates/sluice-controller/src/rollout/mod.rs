@@ -241,13 +241,10 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         return Ok(Action::requeue(STALE_RETRY));
     }
     let circuit = crate::circuit::inputs(ctx, &group, &namespace);
-    // Adaptive plans read the Rollout's own releases.
-    let adaptive = rollout
-        .spec
-        .strategy
-        .canary
-        .as_ref()
-        .is_some_and(|c| c.adaptive.is_some());
+    // Adaptive plans and confidence scores read the Rollout's own releases.
+    let adaptive = rollout.spec.strategy.canary.as_ref().is_some_and(|c| {
+        c.adaptive.is_some() || c.steps.iter().any(|step| step.confidence.is_some())
+    });
     let history = if adaptive {
         crate::circuit::releases_of(ctx, rollout, &namespace).0
     } else {

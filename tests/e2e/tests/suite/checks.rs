@@ -41,7 +41,7 @@ fn record_sizes(client: &Client, ns: &str) -> Arc<Mutex<BTreeMap<String, i32>>> 
     sizes
 }
 
-fn check_template(name: &str, address: &str) -> Value {
+pub(crate) fn check_template(name: &str, address: &str) -> Value {
     json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate",
         "metadata": {"name": name},

@@ -10,6 +10,7 @@ mod chaos;
 mod chart;
 mod checks;
 mod cluster;
+mod confidence;
 mod faults;
 mod gate;
 mod history;

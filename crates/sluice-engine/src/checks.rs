@@ -95,6 +95,19 @@ pub(crate) fn decide(
             pending.join(", ")
         ));
     }
+    // Every check has its verdict: recorded with it (the runs are no longer followed).
+    for (i, check) in record.checks.iter_mut().enumerate() {
+        if let (Some(run), Some(outcome)) = (check.analysis_run.as_mut(), verdict(i)) {
+            let (phase, message) = match outcome {
+                AnalysisOutcome::Successful => ("Successful", None),
+                AnalysisOutcome::Inconclusive(m) => ("Inconclusive", Some(m)),
+                AnalysisOutcome::Failed(m) => ("Failed", Some(m)),
+                AnalysisOutcome::Running => continue,
+            };
+            run.status = phase.to_owned();
+            run.message = message;
+        }
+    }
     let failure = |i: usize| match verdict(i) {
         Some(AnalysisOutcome::Failed(m) | AnalysisOutcome::Inconclusive(m)) => Some(m),
         _ => None,

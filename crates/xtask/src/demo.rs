@@ -288,6 +288,67 @@ spec:
       - pause: {}
 "#;
 
+/// A Rollout whose releases must pass pre-deployment checks: a critical smoke test (here a
+/// Prometheus query standing for "the dependency is healthy", which reads 0: failing) and an
+/// advisory scan. `PROMETHEUS` is replaced by the cluster's address.
+const DEMO_CHECKS: &str = r#"apiVersion: sluice.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: ledger-dependency}
+spec:
+  metrics:
+  - name: dependency-up
+    count: 1
+    successCondition: result[0] >= 1
+    provider: {prometheus: {address: PROMETHEUS, query: "vector(0)"}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata: {name: ledger}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: ledger}}
+  template:
+    metadata: {labels: {app: ledger}}
+    spec: {containers: [{name: ledger, image: "registry.example/ledger:1.0.0"}]}
+  preDeploymentChecks:
+  - name: dependency-up
+    templates: [{templateName: ledger-dependency}]
+  strategy:
+    canary:
+      steps: [{setWeight: 50}, {pause: {}}]
+"#;
+
+/// A Rollout with a confidence step weighted so that a passing analysis at 25% of traffic, after a
+/// completed release and without declared test coverage, scores 70: a person decides.
+/// `PROMETHEUS` is replaced by the cluster's address.
+const DEMO_CONFIDENCE: &str = r#"apiVersion: sluice.dev/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: billing-smoke}
+spec:
+  metrics:
+  - name: smoke
+    count: 1
+    successCondition: result[0] >= 1
+    provider: {prometheus: {address: PROMETHEUS, query: "vector(1)"}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata: {name: billing}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: billing}}
+  template:
+    metadata: {labels: {app: billing}}
+    spec: {containers: [{name: billing, image: "registry.example/billing:1.0.0"}]}
+  strategy:
+    canary:
+      steps:
+      - setWeight: 25
+      - analysis: {templates: [{templateName: billing-smoke}]}
+      - confidence:
+          weights: {analysis: 40, checks: 0, blastRadius: 20, history: 20, changeSize: 0, testCoverage: 20}
+"#;
+
 /// Starts the traffic simulator for the demo namespace and points Prometheus at it.
 fn start_simulator(root: &Path, cluster: &Cluster) -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -498,8 +559,8 @@ pub fn run(root: &Path) -> Result<()> {
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "-f",
-            "crds/",
+            "crd",
+            "--all",
         ],
         10,
     )?;
@@ -751,6 +812,48 @@ pub fn run(root: &Path) -> Result<()> {
     follow(&cluster, "search", |phase, line| {
         phase == "Paused" && !line.contains("circuit breaker")
     })?;
+
+    heading(
+        "Pre-deployment checks: a critical check fails, and the release stops before any pod of the new version",
+    );
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        &DEMO_CHECKS.replace("PROMETHEUS", &cluster.prometheus_url),
+    )?;
+    follow(&cluster, "ledger", |phase, _| phase == "Healthy")?;
+    set_image(&cluster, "ledger", "registry.example/ledger:2.0.0")?;
+    follow(&cluster, "ledger", |phase, _| phase == "Degraded")?;
+    show(
+        &cluster,
+        &["sluice", "get", "rollout", "ledger", "-n", NAMESPACE],
+        16,
+    )?;
+
+    heading(
+        "A confidence score of 70: the release pauses for a person (ConfidenceReview), who promotes it",
+    );
+    kubectl_ok(
+        &cluster,
+        &["apply", "-n", NAMESPACE, "-f", "-"],
+        &DEMO_CONFIDENCE.replace("PROMETHEUS", &cluster.prometheus_url),
+    )?;
+    follow(&cluster, "billing", |phase, _| phase == "Healthy")?;
+    set_image(&cluster, "billing", "registry.example/billing:2.0.0")?;
+    follow(&cluster, "billing", |phase, line| {
+        phase == "Paused" && line.contains("ConfidenceReview")
+    })?;
+    show(
+        &cluster,
+        &["sluice", "get", "rollout", "billing", "-n", NAMESPACE],
+        24,
+    )?;
+    show(
+        &cluster,
+        &["sluice", "promote", "billing", "-n", NAMESPACE],
+        3,
+    )?;
+    follow(&cluster, "billing", |phase, _| phase == "Healthy")?;
 
     heading("The samples in config/");
     show(&cluster, &["apply", "-n", NAMESPACE, "-f", "config/"], 20)?;

@@ -41,11 +41,7 @@ pub fn choose(adaptive: &AdaptivePlans, history: &[EndedRelease], pin: Option<&s
             reason: format!("pinned by the {PLAN_ANNOTATION} annotation"),
         };
     }
-    let mut recent: Vec<&EndedRelease> = history
-        .iter()
-        .filter(|r| !r.rollback && r.outcome != ReleaseOutcome::Superseded)
-        .collect();
-    recent.sort_by(|a, b| (b.ended_at, &b.name).cmp(&(a.ended_at, &a.name)));
+    let recent = crate::breaker::counted_newest_first(history);
     let lookback = usize::try_from(adaptive.lookback).unwrap_or(5);
     if let Some(failed) = recent
         .iter()

@@ -37,6 +37,17 @@ pub struct EndedRelease {
     pub images: Vec<String>,
 }
 
+/// The ended releases that say something about a revision's quality (rollbacks and superseded
+/// releases left out), newest first: what adaptive plans and the confidence score read.
+pub fn counted_newest_first(history: &[EndedRelease]) -> Vec<&EndedRelease> {
+    let mut counted: Vec<&EndedRelease> = history
+        .iter()
+        .filter(|r| !r.rollback && r.outcome != ReleaseOutcome::Superseded)
+        .collect();
+    counted.sort_by(|a, b| (b.ended_at, &b.name).cmp(&(a.ended_at, &a.name)));
+    counted
+}
+
 impl EndedRelease {
     /// Release `name` as the breaker and adaptive plans count it, if it has ended.
     pub fn of(name: String, release: &ReleaseProgress) -> Option<Self> {

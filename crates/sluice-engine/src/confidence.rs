@@ -139,12 +139,7 @@ pub fn factors(
         format!("the canary has served {exposed}% of traffic"),
     );
 
-    let mut recent: Vec<_> = s
-        .history
-        .iter()
-        .filter(|r| !r.rollback && r.outcome != ReleaseOutcome::Superseded)
-        .collect();
-    recent.sort_by(|a, b| (b.ended_at, &b.name).cmp(&(a.ended_at, &a.name)));
+    let mut recent = crate::breaker::counted_newest_first(s.history);
     recent.truncate(HISTORY_LOOKBACK);
     let breaker = status.circuit_breaker.as_ref().map(|b| b.state);
     let history = if recent.is_empty() {

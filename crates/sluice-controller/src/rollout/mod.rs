@@ -242,10 +242,10 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     }
     let circuit = crate::circuit::inputs(ctx, &group, &namespace);
     // Adaptive plans and confidence scores read the Rollout's own releases.
-    let adaptive = rollout.spec.strategy.canary.as_ref().is_some_and(|c| {
+    let reads_history = rollout.spec.strategy.canary.as_ref().is_some_and(|c| {
         c.adaptive.is_some() || c.steps.iter().any(|step| step.confidence.is_some())
     });
-    let history = if adaptive {
+    let history = if reads_history {
         crate::circuit::releases_of(ctx, rollout, &namespace).0
     } else {
         Vec::new()

@@ -11,6 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// One request as received.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The request line and headers as sent.
+    pub head: String,
     pub method: String,
     pub path: String,
     /// Header names in lower case.
@@ -90,14 +92,38 @@ async fn serve(
     answers: Arc<Mutex<BTreeMap<String, Answer>>>,
     received: Arc<Mutex<Vec<Received>>>,
 ) {
+    let Some(request) = read_request(&mut stream).await else {
+        return;
+    };
+    let answer = answers
+        .lock()
+        .ok()
+        .and_then(|a| a.get(&request.path).cloned())
+        .unwrap_or(Answer {
+            status: 404,
+            body: r#"{"error":"no such path"}"#.to_owned(),
+        });
+    if let Ok(mut received) = received.lock() {
+        received.push(request);
+    }
+    let response = format!(
+        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        answer.status,
+        answer.body.len(),
+        answer.body
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+/// Reads one HTTP/1.1 request from `stream`: the head, then as much body as `Content-Length` says.
+/// `None` if the connection closes or fails before the head is complete.
+pub async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Received> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let (head, mut body) = loop {
-        let Ok(n) = stream.read(&mut chunk).await else {
-            return;
-        };
+        let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 {
-            return;
+            return None;
         }
         buffer.extend_from_slice(&chunk[..n]);
         if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -119,36 +145,18 @@ async fn serve(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
     while body.len() < length {
-        let Ok(n) = stream.read(&mut chunk).await else {
-            return;
-        };
+        let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 {
             break;
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    let answer = answers
-        .lock()
-        .ok()
-        .and_then(|a| a.get(&path).cloned())
-        .unwrap_or(Answer {
-            status: 404,
-            body: r#"{"error":"no such path"}"#.to_owned(),
-        });
-    if let Ok(mut received) = received.lock() {
-        received.push(Received {
-            method,
-            path,
-            headers,
-            body: String::from_utf8_lossy(&body).to_string(),
-            at: std::time::Instant::now(),
-        });
-    }
-    let response = format!(
-        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        answer.status,
-        answer.body.len(),
-        answer.body
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
+    Some(Received {
+        head,
+        method,
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+        at: std::time::Instant::now(),
+    })
 }

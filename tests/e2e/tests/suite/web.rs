@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sluice_api::analysis::{AnalysisPhase, AnalysisRun};
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{ControllerProcess, TestNamespace, client, install_crds};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::analysis::{apply, rollout, set_image, wait_status};
 
@@ -34,47 +34,15 @@ async fn service(answer: Arc<Mutex<Value>>, seen: Arc<Mutex<Vec<Seen>>>) -> Resu
         while let Ok((mut stream, _)) = listener.accept().await {
             let (answer, seen) = (answer.clone(), seen.clone());
             tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // The head, then as much body as Content-Length says.
-                let (head, mut body) = loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_string();
-                        break (head, buffer[end + 4..].to_vec());
-                    }
+                let Some(request) = sluice_e2e::http::read_request(&mut stream).await else {
+                    return;
                 };
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                while body.len() < length {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
+                let (head, body) = (request.head, request.body);
                 let authorized = head
                     .lines()
                     .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {TOKEN}")));
                 if let Ok(mut seen) = seen.lock() {
-                    seen.push(Seen {
-                        head: head.clone(),
-                        body: String::from_utf8_lossy(&body).to_string(),
-                    });
+                    seen.push(Seen { head, body });
                 }
                 let (status, text) = if authorized {
                     let value = answer.lock().map(|a| a.clone()).unwrap_or(Value::Null);

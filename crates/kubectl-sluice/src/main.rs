@@ -763,7 +763,7 @@ fn render(
     if let Some(checks) = status
         .pre_deployment_checks
         .as_ref()
-        .filter(|c| Some(&c.revision) == status.current_pod_hash.as_ref())
+        .filter(|c| Some(&c.revision) == status.current_pod_hash.as_ref() && !c.checks.is_empty())
     {
         let each: Vec<String> = checks
             .checks

@@ -246,7 +246,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         forget_analysis_runs(&mut d);
         // A retry starts the release again: the gates and the checks have their say again.
         gate::forget_admission(&mut d.status);
-        d.status.pre_deployment_checks = None;
+        crate::checks::rerun(&mut d.status, &current);
         d.event(
             false,
             "RolloutRetried",

@@ -45,12 +45,14 @@ pub(crate) fn decide(
         status.pre_deployment_checks = None;
         return Checked::Go;
     }
-    let recorded = status
+    let record = status
         .pre_deployment_checks
         .as_ref()
-        .is_some_and(|c| c.revision == hash);
-    if !recorded {
-        if !starting {
+        .filter(|c| c.revision == hash);
+    // A retry asks for the checks again (`rerun`), whatever pods the aborted attempt left.
+    let rerun = record.is_some_and(|c| c.checks.is_empty());
+    if record.is_none() || rerun {
+        if !starting && !rerun {
             return Checked::Go;
         }
         status.pre_deployment_checks = Some(PreDeploymentChecksStatus {
@@ -73,6 +75,16 @@ pub(crate) fn decide(
             reason: "PreDeploymentChecksStarted",
             message: format!("pre-deployment checks started: {}", names(checks)),
         });
+        // The verdicts handed in belong to the runs of an earlier record (an aborted attempt), not
+        // to these checks, whose runs start now.
+        return Checked::Running(format!(
+            "pre-deployment checks running: {}",
+            checks
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     let Some(record) = status.pre_deployment_checks.as_mut() else {
         return Checked::Go;
@@ -187,16 +199,25 @@ fn failed_message(record: &PreDeploymentChecksStatus) -> String {
     )
 }
 
+/// Asks for the checks of revision `hash` to run again (a retry): they start at the next decision
+/// even though the aborted attempt's pods may still be there.
+pub(crate) fn rerun(status: &mut RolloutStatus, hash: &str) {
+    status.pre_deployment_checks = Some(PreDeploymentChecksStatus {
+        revision: hash.to_owned(),
+        phase: ChecksPhase::Running,
+        checks: Vec::new(),
+    });
+}
+
 /// The checks whose runs the release needs now (by index): all of them while they run.
 pub(crate) fn wanted<'a>(
     status: &RolloutStatus,
     checks: &'a [PreDeploymentCheck],
     hash: &str,
 ) -> Vec<(usize, &'a PreDeploymentCheck)> {
-    let running = status
-        .pre_deployment_checks
-        .as_ref()
-        .is_some_and(|c| c.revision == hash && c.phase == ChecksPhase::Running);
+    let running = status.pre_deployment_checks.as_ref().is_some_and(|c| {
+        c.revision == hash && c.phase == ChecksPhase::Running && !c.checks.is_empty()
+    });
     if running {
         checks.iter().enumerate().collect()
     } else {
@@ -322,6 +343,27 @@ mod tests {
             condition.message,
             "advisory pre-deployment check scan failed: CVE found; the release goes on"
         );
+    }
+
+    #[test]
+    fn a_retry_runs_the_checks_again_though_the_aborted_attempt_left_pods() {
+        let checks = [check("tests", CheckSeverity::Critical)];
+        let mut status = RolloutStatus::default();
+        run(&mut status, &checks, true, &[]);
+        let failed = Some(AnalysisOutcome::Failed("2 tests failed".to_owned()));
+        assert!(matches!(
+            run(&mut status, &checks, false, &[failed]).0,
+            Checked::Failed(_)
+        ));
+        // Retried while the canary still has pods: not `starting`, yet the checks run again.
+        rerun(&mut status, "new");
+        let (checked, events) = run(&mut status, &checks, false, &[]);
+        assert_eq!(
+            checked,
+            Checked::Running("pre-deployment checks running: tests".to_owned())
+        );
+        assert_eq!(events[0].reason, "PreDeploymentChecksStarted");
+        assert_eq!(wanted(&status, &checks, "new").len(), 1);
     }
 
     #[test]

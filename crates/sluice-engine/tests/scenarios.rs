@@ -11,6 +11,7 @@ use sluice_api::rollout::{RolloutSpec, RolloutStatus};
 use sluice_engine::breaker::EndedRelease;
 use sluice_engine::gate::Gating;
 use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::runs::{RunSlot, RunView};
 use sluice_engine::workload::progressive_replicas;
 
 fn spec(scale_down: &str, replicas: i32) -> RolloutSpec {
@@ -40,6 +41,8 @@ struct World {
     now: i64,
     /// The releases that ended, as the controller reads them from the release records.
     history: Vec<EndedRelease>,
+    /// The Rollout's AnalysisRuns.
+    runs: Vec<RunView>,
 }
 
 impl World {
@@ -53,6 +56,7 @@ impl World {
             request: None,
             now: 1_000,
             history: Vec::new(),
+            runs: Vec::new(),
         }
     }
 
@@ -72,7 +76,7 @@ impl World {
             status: &self.status,
             current_hash: &self.current,
             replica_sets: &self.replica_sets,
-            runs: &[],
+            runs: &self.runs,
             pods: &[],
             actions,
             request: requester.map(|_| "request-1"),
@@ -415,4 +419,102 @@ fn a_completed_adaptive_release_stays_settled_though_the_next_plan_would_differ(
             World::reasons(&plan)
         );
     }
+}
+
+/// A retry runs the pre-deployment checks again, though the aborted attempt's canary still has its
+/// pods (with a router they stay for `abortScaleDownDelaySeconds`) and its traffic is gone.
+#[test]
+fn a_retry_runs_the_pre_deployment_checks_again_while_the_aborted_canary_keeps_its_pods() {
+    let mut world = World::new("never", 2, 0);
+    world.spec = serde_json::from_value(serde_json::json!({
+        "replicas": 2,
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}},
+                     "spec": {"containers": [{"name": "app", "image": "web:1"}]}},
+        "preDeploymentChecks": [{"name": "tests", "templates": [{"templateName": "tests"}]}],
+        "strategy": {"canary": {"canaryService": "web-canary", "stableService": "web-stable",
+                                "trafficRouting": {"gatewayAPI": {"httpRoute": "web"}},
+                                "steps": [{"setWeight": 50}, {"pause": {}}]}}
+    }))
+    .expect("spec");
+    world.reconcile();
+    world.set_available("aaaa", 2);
+    world.reconcile();
+
+    world.current = "bbbb".to_owned();
+    let plan = world.reconcile();
+    let started: Vec<(RunSlot, String)> = plan
+        .runs
+        .start
+        .iter()
+        .map(|r| (r.slot, r.name.clone()))
+        .collect();
+    assert_eq!(
+        started,
+        [(RunSlot::Check(0), "web-bbbb-check1-1".to_owned())]
+    );
+    let run = |name: &str| RunView {
+        name: name.to_owned(),
+        hash: Some("bbbb".to_owned()),
+        slot: Some(RunSlot::Check(0)),
+        phase: Some(sluice_api::analysis::AnalysisPhase::Successful),
+        message: None,
+        terminating: false,
+        created: None,
+        failed_policies: Vec::new(),
+    };
+    world.runs.push(run("web-bbbb-check1-1"));
+    world.reconcile();
+    world.set_available("bbbb", 1);
+    world.reconcile();
+    assert!(
+        world
+            .status
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == "CanaryPauseStep"),
+        "{:?}",
+        world.status.message
+    );
+
+    world.request = Some((
+        Actions {
+            abort: true,
+            ..Actions::default()
+        },
+        "alice",
+    ));
+    world.reconcile();
+    assert!(world.status.abort);
+    let canary_pods = |world: &World| {
+        world
+            .replica_sets
+            .iter()
+            .find(|r| r.hash == "bbbb")
+            .map_or(0, |r| r.replicas)
+    };
+    assert!(canary_pods(&world) > 0, "the aborted canary keeps its pods");
+
+    world.request = Some((
+        Actions {
+            retry: true,
+            ..Actions::default()
+        },
+        "alice",
+    ));
+    let plan = world.reconcile();
+    let started: Vec<String> = plan.runs.start.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(
+        started,
+        ["web-bbbb-check1-2"],
+        "{:?} {:?} {:?}",
+        world.status.message,
+        World::reasons(&plan),
+        world.status.pre_deployment_checks
+    );
+    assert_eq!(
+        plan.scale.get("bbbb"),
+        Some(&0),
+        "no canary pods while the checks run"
+    );
 }

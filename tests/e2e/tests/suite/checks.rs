@@ -167,6 +167,20 @@ async fn critical_checks_stop_a_release_before_any_pod_and_advisory_ones_warn() 
         "{:?}",
         server.received_on("/tests")
     );
+    // Fixed, and retried: the checks run again (the failed verdict is not reused) and pass.
+    server.answer("/tests", Answer::json(200, json!({"passed": true})));
+    crate::canary::request(&api, "web", "retry").await?;
+    wait_status(&api, "the retried release past its checks", |s| {
+        s.pause_conditions
+            .iter()
+            .any(|p| p.reason == "CanaryPauseStep")
+    })
+    .await?;
+    ensure!(
+        server.received_on("/tests").len() == 3,
+        "{:?}",
+        server.received_on("/tests")
+    );
     Ok(())
 }
 

@@ -780,6 +780,29 @@ fn render(
             .collect();
         let _ = writeln!(out, "Checks:     {:?}: {}", checks.phase, each.join(", "));
     }
+    if let Some(hooks) = status
+        .webhooks
+        .as_ref()
+        .filter(|h| Some(&h.revision) == status.current_pod_hash.as_ref() && !h.hooks.is_empty())
+    {
+        let each: Vec<String> = hooks
+            .hooks
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} ({}) {:?}{}",
+                    h.name,
+                    h.type_.as_str(),
+                    h.phase,
+                    h.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "Webhooks:   {}", each.join("; "));
+    }
     if let Some(score) = status
         .canary
         .as_ref()

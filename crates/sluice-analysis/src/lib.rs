@@ -8,6 +8,7 @@
 pub mod address;
 pub mod baseline;
 pub mod condition;
+pub mod hook;
 pub mod job;
 pub mod prometheus;
 pub mod promql;

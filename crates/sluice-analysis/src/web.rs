@@ -233,12 +233,46 @@ const MAX_CLIENTS: usize = 64;
 
 impl WebProvider<'_> {
     fn client(&self, connection: &Connection) -> Result<reqwest::Client, String> {
-        let timeout = self.timeout();
-        let insecure = self.spec.insecure.unwrap_or(false);
+        policy_client(
+            self.timeout(),
+            self.spec.insecure.unwrap_or(false),
+            &connection.policy,
+        )
+    }
+}
+
+/// `url` parsed, if it is an http or https URL whose host `policy` allows (what the host resolves
+/// to is checked when the client connects).
+pub(crate) fn allowed_url(
+    policy: &crate::AddressPolicy,
+    url: &str,
+) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url} is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{url} is not an http or https URL"));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("{url} names no host"))?;
+    policy
+        .check_host(host)
+        .map_err(|e| format!("Sluice may not reach {url}: {e}"))?;
+    Ok(parsed)
+}
+
+/// An HTTP client that reaches only what `policy` allows (each name's addresses checked as it is
+/// resolved), never follows a redirect and gives up after `timeout`; shared by every caller with the
+/// same settings.
+pub(crate) fn policy_client(
+    timeout: Duration,
+    insecure: bool,
+    policy: &Arc<crate::AddressPolicy>,
+) -> Result<reqwest::Client, String> {
+    {
         let key = (
             u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             insecure,
-            connection.policy.to_string(),
+            policy.to_string(),
         );
         if let Some(client) = CLIENTS.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(client);
@@ -255,7 +289,7 @@ impl WebProvider<'_> {
                 ))
             }))
             .dns_resolver(Arc::new(PolicyResolver {
-                policy: connection.policy.clone(),
+                policy: policy.clone(),
             }))
             .build()
             .map_err(|e| format!("could not build an HTTP client: {e}"))?;
@@ -267,7 +301,9 @@ impl WebProvider<'_> {
         }
         Ok(client)
     }
+}
 
+impl WebProvider<'_> {
     /// Sends the request and reads the answer as JSON, or says why there is none.
     async fn fetch(
         &self,
@@ -275,17 +311,7 @@ impl WebProvider<'_> {
         url: &str,
         args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url} is not a URL: {e}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!("{url} is not an http or https URL"));
-        }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| format!("{url} names no host"))?;
-        connection
-            .policy
-            .check_host(host)
-            .map_err(|e| format!("Sluice may not reach {url}: {e}"))?;
+        let parsed = allowed_url(&connection.policy, url)?;
         let client = self.client(connection)?;
         let method = match self.spec.method.unwrap_or(WebMethod::Get) {
             WebMethod::Get => reqwest::Method::GET,

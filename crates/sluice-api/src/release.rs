@@ -190,6 +190,8 @@ pub enum AbortCause {
     PreDeploymentCheck,
     /// A confidence step scored the release below `abortBelow`.
     LowConfidence,
+    /// A `pre-rollout` webhook failed, or a `rollback` webhook asked for the abort.
+    Webhook,
 }
 
 /// One step of a canary release.

@@ -179,6 +179,21 @@ pub struct RolloutSpec {
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(o, o.name == c.name))").message("spec.preDeploymentChecks: each check needs a name of its own"))]
     pub pre_deployment_checks: Vec<PreDeploymentCheck>,
+    /// HTTP calls at a release's moments, as Flagger's webhooks: `confirm-rollout` and
+    /// `confirm-promotion` hold the release until they answer 2xx (asked again every 10 seconds),
+    /// `pre-rollout` must answer 2xx before the new version's first pod or the release is aborted,
+    /// `post-rollout` is told how the release ended, and `rollback` is asked every 10 seconds while
+    /// the release is in flight, aborting it when it answers 2xx. Each call is a POST of a JSON
+    /// document: `name` and `namespace` of the Rollout, `phase`, `checksum` (the revision's
+    /// pod-template hash), `type`, `webhook` (its name) and `metadata`. Calls are made outside the
+    /// reconcile and their answers recorded in `status.webhooks`, so a restart neither repeats a
+    /// finished call nor forgets its answer. The URL must pass the controller's address policy, as
+    /// a metric provider's. Not called for the first revision or a rollback to stable, which are not
+    /// released step by step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(w, self.exists_one(o, o.name == w.name))").message("spec.webhooks: each webhook needs a name of its own"))]
+    pub webhooks: Vec<Webhook>,
     /// How a new pod template is released: exactly one of `canary` or `blueGreen`.
     pub strategy: RolloutStrategy,
 }
@@ -248,6 +263,129 @@ pub struct CheckStatus {
     /// Its AnalysisRun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_run: Option<RolloutAnalysisRunStatus>,
+}
+
+/// An HTTP call at one of a release's moments (Flagger's webhook).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.retries) || self.type == 'pre-rollout' || self.type == 'post-rollout'").message("retries applies to pre-rollout and post-rollout webhooks only: confirm-rollout, confirm-promotion and rollback webhooks are asked again every 10 seconds until they answer 2xx").field_path(".retries"))]
+pub struct Webhook {
+    /// The webhook's name, used in messages, Events and `status.webhooks`.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// When it is called and what its answer does: `confirm-rollout` (before the new version's first
+    /// pod; the release waits until it answers 2xx), `pre-rollout` (then, once; a failure after its
+    /// retries aborts the release before any pod), `confirm-promotion` (before the new version
+    /// becomes stable: the canary's last step, or blue-green's switch of the active Service; the
+    /// release waits until it answers 2xx), `post-rollout` (once the release completed or was
+    /// aborted; a failure is reported and changes nothing) and `rollback` (while the release is in
+    /// flight; a 2xx answer aborts it).
+    #[serde(rename = "type")]
+    pub type_: WebhookType,
+    /// Where the JSON document is POSTed: an `http` or `https` URL the controller's address policy
+    /// allows (`--allow-provider-address`). Redirects are not followed.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("must be an http:// or https:// URL"))]
+    pub url: String,
+    /// How long one call may take, such as `15s`. Defaults to `10s`; at most `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = crate::common::duration_rule())]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,9}(ms|s|m|h))+$') || duration(self) <= duration('5m')").message("must be at most 5m"))]
+    pub timeout: Option<String>,
+    /// `pre-rollout` and `post-rollout` only: calls made again (after 1, 2, 4 ... seconds) when
+    /// one fails to get a 2xx answer. Defaults to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 10").message("must be between 0 and 10"))]
+    pub retries: Option<i32>,
+    /// Sent as the document's `metadata`, as written (do not put secrets here: the Rollout is
+    /// readable by whoever can read it).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// When a webhook is called.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookType {
+    /// Before the new version's first pod; the release waits for a 2xx answer.
+    ConfirmRollout,
+    /// Before the new version's first pod, once; a failure aborts the release.
+    PreRollout,
+    /// Before the new version becomes stable; the release waits for a 2xx answer.
+    ConfirmPromotion,
+    /// Once the release completed or was aborted; a failure is reported.
+    PostRollout,
+    /// While the release is in flight; a 2xx answer aborts it.
+    Rollback,
+}
+
+impl WebhookType {
+    /// The name as written in the spec (`confirm-rollout`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConfirmRollout => "confirm-rollout",
+            Self::PreRollout => "pre-rollout",
+            Self::ConfirmPromotion => "confirm-promotion",
+            Self::PostRollout => "post-rollout",
+            Self::Rollback => "rollback",
+        }
+    }
+
+    /// Asked again until it answers 2xx (rather than called once, with retries).
+    pub fn polled(self) -> bool {
+        matches!(
+            self,
+            Self::ConfirmRollout | Self::ConfirmPromotion | Self::Rollback
+        )
+    }
+}
+
+/// The webhooks' answers for the revision being released.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhooksStatus {
+    /// The pod-template hash they were called for.
+    pub revision: String,
+    /// Counts the releases of this Rollout that called webhooks, retries included: an answer to a
+    /// call made for an earlier one never counts for this one.
+    pub attempt: i32,
+    /// Each webhook called (or to be called before the first pod), with where it stands.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<WebhookStatus>,
+}
+
+/// Where one webhook stands for a revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// The webhook's name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub type_: WebhookType,
+    /// `Waiting` (no 2xx answer yet), `Passed` (answered 2xx; for `rollback`, asked for the abort),
+    /// `Failed` (a `pre-rollout` or `post-rollout` call that failed after its retries) or `Skipped`
+    /// (added while the release was already under way: too late to call before the first pod).
+    pub phase: WebhookPhase,
+    /// The last answer, or why there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a webhook stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WebhookPhase {
+    Waiting,
+    Passed,
+    Failed,
+    Skipped,
 }
 
 fn default_replicas() -> i32 {
@@ -1122,6 +1260,9 @@ pub struct RolloutStatus {
     /// The pre-deployment checks of the revision being released.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_deployment_checks: Option<PreDeploymentChecksStatus>,
+    /// The webhooks (`spec.webhooks`) of the revision being released: their answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhooksStatus>,
     /// Canary progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,

@@ -54,6 +54,7 @@ mod rollout;
 mod rollout_analysis;
 mod template_status;
 mod traffic;
+mod webhook;
 mod workload;
 mod written;
 
@@ -129,8 +130,10 @@ pub struct Context {
     pub records: release_record::Written,
     /// The locks of circuit breakers shared by several Rollouts.
     pub circuits: circuit::Locks,
-    /// Where providers and gates may send queries.
+    /// Where providers and gates may send queries, and webhooks their calls.
     pub address_policy: Arc<AddressPolicy>,
+    /// The webhook calls being made, and their answers.
+    pub webhooks: webhook::Caller,
     /// Events waiting to be recorded.
     events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
 }
@@ -205,6 +208,13 @@ async fn main() -> anyhow::Result<()> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let (caches, writers) = cache::Caches::new();
+    let address_policy = Arc::new(if args.allow_provider_address.is_empty() {
+        AddressPolicy::default()
+    } else {
+        AddressPolicy::new(args.allow_provider_address.clone())
+    });
+    let (webhooks, answered) =
+        webhook::Caller::new(address_policy.clone(), caches.rollouts.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         events: spawn_recorder(Recorder::new(client.clone(), reporter)),
@@ -215,11 +225,8 @@ async fn main() -> anyhow::Result<()> {
         written: written::Written::default(),
         records: release_record::Written::default(),
         circuits: circuit::Locks::default(),
-        address_policy: Arc::new(if args.allow_provider_address.is_empty() {
-            AddressPolicy::default()
-        } else {
-            AddressPolicy::new(args.allow_provider_address.clone())
-        }),
+        address_policy,
+        webhooks,
     });
     tracing::info!(policy = %ctx.address_policy, "providers may be queried at these addresses");
     tokio::spawn(http::serve(args.http_addr, ctx.clone()));
@@ -281,7 +288,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     leading.store(true, Ordering::Relaxed);
-    let run = run_controllers(&args, ctx, watched);
+    let run = run_controllers(&args, ctx, watched, answered);
     match lease {
         None => run.await,
         Some((mut leader, task)) => {
@@ -676,7 +683,12 @@ async fn start_watches(
 
 /// Runs the controllers until a termination signal: every object in the stores first, then each
 /// change the watches pass on.
-async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
+async fn run_controllers(
+    args: &Args,
+    ctx: Arc<Context>,
+    watched: Watched,
+    answered: futures::channel::mpsc::UnboundedReceiver<ObjectRef<Rollout>>,
+) {
     let caches = &ctx.caches;
     let store = caches.rollouts.clone();
     let gate_trigger = release_gates::GateTrigger::new(store.clone(), caches.gates.clone());
@@ -695,6 +707,8 @@ async fn run_controllers(args: &Args, ctx: Arc<Context>, watched: Watched) {
         .predicate_filter(rollout::wakes, Default::default());
     let controller = Controller::for_stream(rollout_trigger, store)
         .with_config(controller::Config::default().concurrency(args.concurrency))
+        // A webhook's answer (`spec.webhooks`) moves its release at once.
+        .reconcile_on(answered)
         // A ReplicaSet's or a run's change moves its release at once (an abort within a second of
         // the failing measurement).
         .owns_stream(cache::as_trigger(watched.replica_sets))

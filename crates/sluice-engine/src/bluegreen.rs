@@ -42,6 +42,7 @@ use crate::release::{
 };
 use crate::replicas::Observed;
 use crate::runs::RunPlan;
+use crate::webhooks::{BeforePods, Hooks};
 
 /// Pause reason while the release waits for promotion (a person, or `autoPromotionSeconds`).
 pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
@@ -163,8 +164,14 @@ struct Decision<'a> {
     waits: bool,
     /// What aborted the release in this decision.
     aborted_by: Option<AbortCause>,
-    /// Pre-deployment checks are running, with this message: the preview gets no pods yet.
+    /// Pre-deployment checks (or `pre-rollout` webhooks) are running, with this message: the
+    /// preview gets no pods yet.
     checking: Option<String>,
+    /// The webhooks' calls and Events.
+    hooks: Hooks<'a>,
+    /// A `confirm-rollout` or `confirm-promotion` webhook has not answered 2xx: the release waits,
+    /// with this message.
+    confirming: Option<String>,
 }
 
 impl Decision<'_> {
@@ -237,6 +244,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         waits: false,
         aborted_by: None,
         checking: None,
+        hooks: Hooks::new(&s.spec.webhooks, s.current_hash, s.hook_answers),
+        confirming: None,
     };
     let current = s.current_hash.to_owned();
 
@@ -248,6 +257,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         d.status.abort = false;
         d.status.aborted_at = None;
         d.status.promote_full = false;
+        // A revision released again is asked afresh, not answered by an earlier release's record.
+        d.hooks.new_revision(&mut d.status);
         forget_release(&mut d);
         match d.status.stable_rs.clone() {
             None => {
@@ -297,6 +308,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         // A retry starts the release again: the gates and the checks have their say again.
         gate::forget_admission(&mut d.status);
         crate::checks::rerun(&mut d.status, &current);
+        d.hooks.rerun(&mut d.status);
         d.event(
             false,
             "RolloutRetried",
@@ -356,7 +368,38 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         s.actions.promote_full,
     );
 
-    if releasing && !d.status.abort && !d.waits && gate::admitted(&d.status, &current) {
+    // The gates hold the new revision back: nothing of it is called or checked yet.
+    let gate_waits = d.waits;
+    if releasing
+        && !d.status.abort
+        && !gate_waits
+        && gate::admitted(&d.status, &current)
+        && let Some(why) = d.hooks.rollback(&mut d.status)
+    {
+        abort(&mut d, AbortCause::Webhook, &why);
+    }
+    if releasing && !d.status.abort && !gate_waits && gate::admitted(&d.status, &current) {
+        // Before the preview's first pod: nothing has been created or exposed yet.
+        let starting = d.stage() == Stage::Preview && d.observed(&current).replicas == 0;
+        match d.hooks.before_pods(&mut d.status, starting) {
+            BeforePods::Go => {}
+            BeforePods::Confirming(message) => {
+                d.confirming = Some(message);
+                d.waits = true;
+            }
+            BeforePods::Running(message) => {
+                d.checking = Some(message);
+                d.waits = true;
+            }
+            BeforePods::Failed(message) => abort(&mut d, AbortCause::Webhook, &message),
+        }
+    }
+    if releasing
+        && !d.status.abort
+        && !gate_waits
+        && d.confirming.is_none()
+        && gate::admitted(&d.status, &current)
+    {
         // Before the preview's first pod: nothing has been created or exposed yet.
         let starting = d.stage() == Stage::Preview && d.observed(&current).replicas == 0;
         let checked = crate::checks::decide(
@@ -371,7 +414,10 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         match checked {
             crate::checks::Checked::Go => {}
             crate::checks::Checked::Running(message) => {
-                d.checking = Some(message);
+                d.checking = Some(match d.checking.take() {
+                    Some(hooks) => format!("{message}; {hooks}"),
+                    None => message,
+                });
                 d.waits = true;
             }
             crate::checks::Checked::Failed(message) => {
@@ -393,6 +439,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         d.held = None;
         d.waits = false;
     }
+    let completed = d.status.stable_rs.as_deref() == Some(current.as_str());
+    d.hooks
+        .settle(&mut d.status, d.confirming.is_some(), completed, s.now);
     plan_scale(&mut d, &current);
     summarize(&mut d, &current);
     let stable = d
@@ -439,8 +488,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
         workload_replicas: None,
         aborted_by: d.aborted_by,
         ended_release: None,
-        events: d.events,
+        events: d.events.into_iter().chain(d.hooks.events).collect(),
         requeue_after: d.requeue_after,
+        webhooks: d.hooks.calls,
     }
 }
 
@@ -583,7 +633,13 @@ fn walk(d: &mut Decision<'_>, promote: &mut bool, stable: &str, current: &str) {
             }
             Stage::ScalingUp => {
                 d.bg_status().scale_up_preview_check_point = true;
-                // Active never points at a ReplicaSet that is not fully available.
+                // Active switches once the `confirm-promotion` webhooks agree (asked while the
+                // preview scales up)...
+                d.confirming = d.hooks.confirm_promotion(&mut d.status);
+                if d.confirming.is_some() {
+                    break;
+                }
+                // ...and never points at a ReplicaSet that is not fully available.
                 if !d.fully_available(current, replicas) {
                     break;
                 }
@@ -826,6 +882,8 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
             "spec.paused".to_owned()
         } else if d.has_pause(pause_reason::PAUSED_BY_USER) {
             "paused by a user".to_owned()
+        } else if let Some(confirming) = &d.confirming {
+            format!("{}: {confirming}", pause_reason::WAITING_FOR_CONFIRMATION)
         } else if d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS) {
             format!(
                 "analysis of {current} was inconclusive: waiting for a person to promote or abort"
@@ -973,6 +1031,7 @@ mod tests {
                 workload_ref: None,
                 require_image_digest: false,
                 pre_deployment_checks: Vec::new(),
+                webhooks: Vec::new(),
                 min_ready_seconds: None,
                 revision_history_limit: 10,
                 release_history_limit: 20,
@@ -1021,6 +1080,7 @@ mod tests {
                 circuit: &Default::default(),
                 history: &[],
                 plan_pin: None,
+                hook_answers: &[],
                 now: self.now,
             };
             let verdicts = Verdicts {

@@ -30,6 +30,7 @@ use crate::release::{
 };
 use crate::replicas::{self, Counts, Observed};
 use crate::runs::RunPlan;
+use crate::webhooks::{BeforePods, Hooks};
 
 /// The weight the steps ask for at `index`: the last `setWeight` at or before it, 100 past the end.
 pub fn step_weight(steps: &[CanaryStep], index: usize) -> i32 {
@@ -93,8 +94,14 @@ struct Decision<'a> {
     held: Option<String>,
     /// What aborted the release in this decision.
     aborted_by: Option<AbortCause>,
-    /// Pre-deployment checks are running, with this message: the new version gets no pods yet.
+    /// Pre-deployment checks (or `pre-rollout` webhooks) are running, with this message: the new
+    /// version gets no pods yet.
     checking: Option<String>,
+    /// The webhooks' calls and Events.
+    hooks: Hooks<'a>,
+    /// A `confirm-rollout` or `confirm-promotion` webhook has not answered 2xx: the release waits,
+    /// with this message.
+    confirming: Option<String>,
 }
 
 impl<'a> Decision<'a> {
@@ -183,6 +190,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         held: None,
         aborted_by: None,
         checking: None,
+        hooks: Hooks::new(&s.spec.webhooks, s.current_hash, s.hook_answers),
+        confirming: None,
     };
     let steps = &canary.steps;
     let step_count = i32::try_from(steps.len()).unwrap_or(i32::MAX);
@@ -196,6 +205,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         d.status.abort = false;
         d.status.aborted_at = None;
         d.status.promote_full = false;
+        // A revision released again is asked afresh, not answered by an earlier release's record.
+        d.hooks.new_revision(&mut d.status);
         forget_analysis_runs(&mut d);
         match d.status.stable_rs.clone() {
             None => {
@@ -247,6 +258,7 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         // A retry starts the release again: the gates and the checks have their say again.
         gate::forget_admission(&mut d.status);
         crate::checks::rerun(&mut d.status, &current);
+        d.hooks.rerun(&mut d.status);
         d.event(
             false,
             "RolloutRetried",
@@ -295,7 +307,27 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         &mut promote,
         s.actions.promote_full,
     );
+    if releasing
+        && !d.status.abort
+        && gate::admitted(&d.status, &current)
+        && let Some(why) = d.hooks.rollback(&mut d.status)
+    {
+        abort(&mut d, AbortCause::Webhook, &why);
+    }
     if releasing && !d.status.abort && gate::admitted(&d.status, &current) {
+        // Before the first canary pod: nothing has been created or sent traffic yet.
+        let starting = d.status.current_step_index.unwrap_or(0) == 0
+            && d.previous_weight() == 0
+            && d.observed(&current).replicas == 0;
+        match d.hooks.before_pods(&mut d.status, starting) {
+            BeforePods::Go => {}
+            BeforePods::Confirming(message) => d.confirming = Some(message),
+            BeforePods::Running(message) => d.checking = Some(message),
+            BeforePods::Failed(message) => abort(&mut d, AbortCause::Webhook, &message),
+        }
+    }
+    if releasing && !d.status.abort && d.confirming.is_none() && gate::admitted(&d.status, &current)
+    {
         // Before the first canary pod: nothing has been created or sent traffic yet.
         let starting = d.status.current_step_index.unwrap_or(0) == 0
             && d.previous_weight() == 0
@@ -311,13 +343,19 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         );
         match checked {
             Checked::Go => {}
-            Checked::Running(message) => d.checking = Some(message),
+            Checked::Running(message) => {
+                d.checking = Some(match d.checking.take() {
+                    Some(hooks) => format!("{message}; {hooks}"),
+                    None => message,
+                });
+            }
             Checked::Failed(message) => {
                 abort(&mut d, AbortCause::PreDeploymentCheck, &message);
             }
         }
     }
-    let waits = matches!(gated, Gated::HoldNew { .. }) || d.checking.is_some();
+    let waits =
+        matches!(gated, Gated::HoldNew { .. }) || d.checking.is_some() || d.confirming.is_some();
 
     let mut weight;
     if !releasing {
@@ -342,7 +380,22 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
             d.requeue_after = earliest(d.requeue_after, Duration::from_secs(1));
         }
         d.status.current_step_index = Some(i32::try_from(index).unwrap_or(i32::MAX));
-        if index >= steps.len() {
+        if index >= steps.len() && !d.status.abort {
+            d.confirming = d.hooks.confirm_promotion(&mut d.status);
+        }
+        if index >= steps.len() && d.confirming.is_some() {
+            // Every step ran; the new version becomes stable once the webhooks confirm. Until then
+            // it keeps the last step's pods and traffic.
+            match steps.len().checked_sub(1) {
+                Some(last) => scale_for_step(&mut d, &stable, &current, last),
+                None => {
+                    weight = 0;
+                    d.scale.insert(stable.clone(), s.spec.replicas);
+                    d.scale.insert(current.clone(), 0);
+                    scale_down_others(&mut d, &stable, &current);
+                }
+            }
+        } else if index >= steps.len() {
             if let Some(w) = finish(&mut d, &stable, &current) {
                 weight = w;
             }
@@ -372,6 +425,12 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
     ) {
         d.held = None;
     }
+    d.hooks.settle(
+        &mut d.status,
+        d.confirming.is_some(),
+        stable == current,
+        s.now,
+    );
     summarize(&mut d, &stable, weight);
     if check_progress(&mut d, &stable, &current) {
         // The deadline aborted the release: traffic back to stable now, not on the next reconcile.
@@ -427,8 +486,9 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         workload_replicas: None,
         aborted_by: d.aborted_by,
         ended_release: None,
-        events: d.events,
+        events: d.events.into_iter().chain(d.hooks.events).collect(),
         requeue_after: d.requeue_after,
+        webhooks: d.hooks.calls,
     }
 }
 
@@ -1077,6 +1137,8 @@ fn summarize(d: &mut Decision<'_>, stable: &str, weight: i32) {
                 reasons.join(", "),
                 crate::confidence::breakdown(score)
             )
+        } else if let Some(confirming) = &d.confirming {
+            format!("{}: {confirming}", reasons.join(", "))
         } else {
             reasons.join(", ")
         };

@@ -35,6 +35,8 @@ pub mod pause_reason {
     pub const INCONCLUSIVE_ANALYSIS: &str = "InconclusiveAnalysis";
     /// A confidence step scored between `abortBelow` and `promoteAt`: a person decides.
     pub const CONFIDENCE_REVIEW: &str = "ConfidenceReview";
+    /// A `confirm-rollout` or `confirm-promotion` webhook has not answered 2xx yet.
+    pub const WAITING_FOR_CONFIRMATION: &str = "WaitingForConfirmation";
 }
 
 /// A ReplicaSet the Rollout owns, as the controller saw it.
@@ -144,7 +146,40 @@ pub struct Snapshot<'a> {
     pub history: &'a [crate::breaker::EndedRelease],
     /// The plan the Rollout's `sluice.dev/plan` annotation pins, as written.
     pub plan_pin: Option<&'a str>,
+    /// The latest answers of the webhook calls the controller made for this Rollout (`spec.webhooks`).
+    pub hook_answers: &'a [HookAnswer],
     pub now: Timestamp,
+}
+
+/// The latest answer to a webhook call, as the controller's caller got it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookAnswer {
+    /// The webhook's name.
+    pub name: String,
+    /// The revision the call was made for.
+    pub revision: String,
+    /// The `phase` the call carried (a `post-rollout` call says how the release ended).
+    pub phase: String,
+    /// The attempt of the release it was called for (`status.webhooks.attempt`).
+    pub attempt: i32,
+    /// It answered 2xx.
+    pub ok: bool,
+    /// The answer (`answered 403 Forbidden: ...`) or why there was none.
+    pub message: String,
+}
+
+/// A webhook call a plan wants made. The controller makes it outside the reconcile (unless it is
+/// being made already) and hands in its answer; a call no plan wants any more is given up.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HookCall {
+    /// The webhook's name in `spec.webhooks`.
+    pub name: String,
+    /// The revision it is called for (the document's `checksum`).
+    pub revision: String,
+    /// The document's `phase`.
+    pub phase: &'static str,
+    /// The attempt of the release it is called for: a retry's calls are new calls.
+    pub attempt: i32,
 }
 
 /// Traffic split to put in force.
@@ -230,6 +265,8 @@ pub struct Plan {
     pub events: Vec<Event>,
     /// Reconcile again after this long, even if nothing changes (a pause or a delay runs out).
     pub requeue_after: Option<Duration>,
+    /// The webhook calls wanted now.
+    pub webhooks: Vec<HookCall>,
 }
 
 pub(crate) fn add(at: Timestamp, seconds: i64) -> Timestamp {

@@ -541,6 +541,7 @@ mod tests {
             circuit: &Default::default(),
             history: &[],
             plan_pin: None,
+            hook_answers: &[],
             now: Timestamp::from_second(400).expect("time"),
         };
         let mut plan = Plan {
@@ -565,6 +566,7 @@ mod tests {
             ended_release: None,
             events: Vec::new(),
             requeue_after: None,
+            webhooks: Vec::new(),
         };
         prune_history(&snapshot, &[], &mut plan);
         let mut deleted = plan.runs.delete.clone();

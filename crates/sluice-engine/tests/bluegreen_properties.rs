@@ -149,6 +149,7 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
         workload_ref: None,
         require_image_digest: false,
         pre_deployment_checks: Vec::new(),
+        webhooks: Vec::new(),
         min_ready_seconds: None,
         revision_history_limit: k.history,
         release_history_limit: 20,
@@ -261,6 +262,7 @@ impl World {
             circuit: &Default::default(),
             history: &[],
             plan_pin: None,
+            hook_answers: &[],
             now,
         };
         sluice_engine::decide(

@@ -243,6 +243,7 @@ fn spec(
         workload_ref: None,
         require_image_digest: false,
         pre_deployment_checks: Vec::new(),
+        webhooks: Vec::new(),
         min_ready_seconds: None,
         revision_history_limit: limits.history,
         release_history_limit: 20,
@@ -360,6 +361,7 @@ impl World {
             circuit: &self.circuit,
             history: &[],
             plan_pin: None,
+            hook_answers: &[],
             now,
         };
         sluice_engine::decide(

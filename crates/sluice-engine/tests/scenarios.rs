@@ -10,7 +10,7 @@ use sluice_api::release::{AbortCause, PlanProfile, ReleaseOutcome, ReleaseProgre
 use sluice_api::rollout::{RolloutSpec, RolloutStatus};
 use sluice_engine::breaker::EndedRelease;
 use sluice_engine::gate::Gating;
-use sluice_engine::release::{Actions, Plan, ReplicaSetView, Snapshot};
+use sluice_engine::release::{Actions, HookAnswer, Plan, ReplicaSetView, Snapshot};
 use sluice_engine::runs::{RunSlot, RunView};
 use sluice_engine::workload::progressive_replicas;
 
@@ -43,6 +43,8 @@ struct World {
     history: Vec<EndedRelease>,
     /// The Rollout's AnalysisRuns.
     runs: Vec<RunView>,
+    /// The webhooks' latest answers.
+    answers: Vec<HookAnswer>,
 }
 
 impl World {
@@ -56,6 +58,7 @@ impl World {
             request: None,
             now: 1_000,
             history: Vec::new(),
+            answers: Vec::new(),
             runs: Vec::new(),
         }
     }
@@ -89,6 +92,7 @@ impl World {
             circuit: &Default::default(),
             history: &self.history,
             plan_pin: None,
+            hook_answers: &self.answers,
             now: Timestamp::from_second(self.now).expect("time"),
         };
         let plan = sluice_engine::decide(
@@ -516,5 +520,208 @@ fn a_retry_runs_the_pre_deployment_checks_again_while_the_aborted_canary_keeps_i
         plan.scale.get("bbbb"),
         Some(&0),
         "no canary pods while the checks run"
+    );
+}
+
+fn hooked_spec(steps: serde_json::Value) -> RolloutSpec {
+    serde_json::from_value(serde_json::json!({
+        "replicas": 2,
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}},
+                     "spec": {"containers": [{"name": "app", "image": "web:1"}]}},
+        "webhooks": [
+            {"name": "approve", "type": "confirm-rollout", "url": "http://hooks/approve"},
+            {"name": "smoke", "type": "pre-rollout", "url": "http://hooks/smoke"},
+            {"name": "sign-off", "type": "confirm-promotion", "url": "http://hooks/sign-off"},
+            {"name": "stop", "type": "rollback", "url": "http://hooks/stop"},
+            {"name": "tell", "type": "post-rollout", "url": "http://hooks/tell"}
+        ],
+        "strategy": {"canary": {"canaryService": "web-canary", "stableService": "web-stable",
+                                "steps": steps}}
+    }))
+    .expect("spec")
+}
+
+fn answer(name: &str, revision: &str, phase: &str, ok: bool) -> HookAnswer {
+    HookAnswer {
+        name: name.to_owned(),
+        revision: revision.to_owned(),
+        phase: phase.to_owned(),
+        attempt: 1,
+        ok,
+        message: if ok {
+            "answered 200 OK"
+        } else {
+            "answered 403 Forbidden"
+        }
+        .to_owned(),
+    }
+}
+
+fn called(plan: &Plan) -> Vec<(&str, &str)> {
+    plan.webhooks
+        .iter()
+        .map(|c| (c.name.as_str(), c.phase))
+        .collect()
+}
+
+/// A canary release through its webhooks: confirm-rollout holds it with no canary pod, pre-rollout
+/// is called once confirmed, confirm-promotion holds it at its last step, post-rollout is told it
+/// completed, and each answer is recorded so a restart (no answers handed in) calls nothing again.
+#[test]
+fn webhooks_hold_call_and_record_a_canary_release_at_its_moments() {
+    let mut world = World::new("never", 2, 0);
+    world.spec = hooked_spec(serde_json::json!([{"setWeight": 50}]));
+    world.reconcile();
+    world.set_available("aaaa", 2);
+    let plan = world.reconcile();
+    assert!(plan.webhooks.is_empty(), "the first revision calls nothing");
+
+    world.current = "bbbb".to_owned();
+    let plan = world.reconcile();
+    assert_eq!(
+        called(&plan),
+        [("stop", "Progressing"), ("approve", "Waiting")]
+    );
+    assert_eq!(plan.scale.get("bbbb").copied().unwrap_or(0), 0);
+    assert!(
+        !plan.create_current,
+        "no ReplicaSet before the confirmation"
+    );
+    assert_eq!(
+        world.status.phase,
+        Some(sluice_api::rollout::RolloutPhase::Paused)
+    );
+
+    world.answers = vec![answer("approve", "bbbb", "Waiting", false)];
+    let plan = world.reconcile();
+    assert!(!plan.create_current && called(&plan).contains(&("approve", "Waiting")));
+    assert!(
+        world
+            .status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("confirm-rollout webhook approve: answered 403")),
+        "{:?}",
+        world.status.message
+    );
+
+    world.answers = vec![answer("approve", "bbbb", "Waiting", true)];
+    let plan = world.reconcile();
+    assert_eq!(
+        called(&plan),
+        [("stop", "Progressing"), ("smoke", "Progressing")]
+    );
+    assert_eq!(
+        plan.scale.get("bbbb").copied().unwrap_or(0),
+        0,
+        "pre-rollout first"
+    );
+
+    world
+        .answers
+        .push(answer("smoke", "bbbb", "Progressing", true));
+    let plan = world.reconcile();
+    assert!(
+        plan.create_current,
+        "confirmed and pre-rollout passed: the canary starts"
+    );
+    world.set_available("bbbb", 1);
+    world.reconcile();
+    world.set_available("aaaa", 1);
+    let plan = world.reconcile();
+    assert_eq!(
+        called(&plan),
+        [("stop", "Progressing"), ("sign-off", "WaitingPromotion")]
+    );
+    assert_eq!(
+        world.status.stable_rs.as_deref(),
+        Some("aaaa"),
+        "held before promotion"
+    );
+    assert!(
+        world
+            .status
+            .pause_conditions
+            .iter()
+            .any(|p| p.reason == "WaitingForConfirmation")
+    );
+
+    world
+        .answers
+        .push(answer("sign-off", "bbbb", "WaitingPromotion", true));
+    let mut plan = world.reconcile();
+    for _ in 0..4 {
+        world.set_available("bbbb", 2);
+        world.set_available("aaaa", 2);
+        plan = world.reconcile();
+    }
+    assert_eq!(
+        world.status.stable_rs.as_deref(),
+        Some("bbbb"),
+        "{:?}",
+        world.status.message
+    );
+    assert!(world.status.pause_conditions.is_empty());
+    assert_eq!(called(&plan), [("tell", "Succeeded")]);
+    world
+        .answers
+        .push(answer("tell", "bbbb", "Succeeded", true));
+    let plan = world.reconcile();
+    assert!(plan.webhooks.is_empty());
+
+    // A restart: no answers in memory, nothing called again, nothing written.
+    world.answers.clear();
+    let status = world.status.clone();
+    let plan = world.reconcile();
+    assert!(plan.webhooks.is_empty(), "{:?}", called(&plan));
+    assert_eq!(plan.status, status);
+}
+
+/// A rollback webhook that answers 2xx aborts the release; post-rollout is told it failed; the
+/// same revision released again later is asked afresh rather than answered by the old record.
+#[test]
+fn a_rollback_webhook_aborts_and_a_revision_released_again_is_asked_afresh() {
+    let mut world = World::new("never", 2, 0);
+    world.spec = hooked_spec(serde_json::json!([{"setWeight": 50}, {"pause": {}}]));
+    world.reconcile();
+    world.set_available("aaaa", 2);
+    world.reconcile();
+    world.current = "bbbb".to_owned();
+    world.answers = vec![
+        answer("approve", "bbbb", "Waiting", true),
+        answer("smoke", "bbbb", "Progressing", true),
+    ];
+    world.reconcile();
+    world.reconcile();
+    world.set_available("bbbb", 1);
+    world.reconcile();
+    world
+        .answers
+        .push(answer("stop", "bbbb", "Progressing", true));
+    let plan = world.reconcile();
+    assert!(world.status.abort);
+    assert_eq!(plan.aborted_by, Some(AbortCause::Webhook));
+    assert!(
+        world
+            .status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("rollback webhook stop asked for it")),
+        "{:?}",
+        world.status.message
+    );
+    assert_eq!(called(&plan), [("tell", "Failed")]);
+
+    // Back to stable, then the same revision again: the old answers do not count.
+    world.current = "aaaa".to_owned();
+    world.reconcile();
+    world.answers.clear();
+    world.current = "bbbb".to_owned();
+    let plan = world.reconcile();
+    assert!(!world.status.abort, "{:?}", world.status.message);
+    assert_eq!(
+        called(&plan),
+        [("stop", "Progressing"), ("approve", "Waiting")]
     );
 }

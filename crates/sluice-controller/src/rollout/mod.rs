@@ -253,6 +253,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     let images = images_of(&template);
 
     let gating = crate::release_gates::gating(&ctx.caches.gates, rollout);
+    let hook_answers = ctx.webhooks.answers(&namespace, &name);
     let snapshot = Snapshot {
         name: &name,
         generation: rollout.metadata.generation.unwrap_or(0),
@@ -276,6 +277,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
             .annotations()
             .get(sluice_api::names::PLAN_ANNOTATION)
             .map(String::as_str),
+        hook_answers: &hook_answers,
         now,
     };
     let plan = sluice_engine::decide(&snapshot, strategy.engine());
@@ -318,6 +320,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         &plan.runs,
     )
     .await?;
+    // The webhook calls the plan wants, made outside the reconcile (their answers wake it); after
+    // the status that records what earlier answers settled.
+    ctx.webhooks.want(rollout, &namespace, &plan.webhooks);
     remove_surplus(ctx, rollout, &namespace, &views, &plan).await?;
     if let Some(release) = &plan.status.release {
         release_record::mirror(ctx, rollout, &namespace, release).await?;

@@ -21,7 +21,7 @@ use sluice_e2e::{ControllerProcess, TestNamespace, client, install_crds};
 use crate::analysis::{apply, set_image, wait_status};
 
 /// The most pods each revision's ReplicaSet was ever asked for, by pod-template hash.
-fn record_sizes(client: &Client, ns: &str) -> Arc<Mutex<BTreeMap<String, i32>>> {
+pub(crate) fn record_sizes(client: &Client, ns: &str) -> Arc<Mutex<BTreeMap<String, i32>>> {
     let sizes: Arc<Mutex<BTreeMap<String, i32>>> = Arc::default();
     let log = sizes.clone();
     let api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);

@@ -31,4 +31,5 @@ mod tenancy;
 mod traffic;
 mod validation;
 mod web;
+mod webhooks;
 mod workload;

@@ -1,0 +1,282 @@
+//! The webhook caller: makes the calls a Rollout's plan wants (`spec.webhooks`) outside the
+//! reconcile, one task per call, and hands their latest answers to the next snapshot.
+//!
+//! A plan lists the calls it wants; [`Caller::want`] starts those not yet being made and gives up
+//! those no plan wants any more. A `pre-rollout` or `post-rollout` call is made once, again after
+//! 1, 2, 4 ... seconds while it fails (`retries`), and its outcome wakes the Rollout; a
+//! `confirm-*` or `rollback` call is asked every [`POLL_INTERVAL`] until it answers 2xx, and wakes
+//! the Rollout whenever its answer changes. Answers live here only until the engine has recorded
+//! what they settle in status: a restart asks the pending calls again and never repeats a
+//! recorded one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures::channel::mpsc;
+use kube::runtime::reflector::{ObjectRef, Store};
+use sluice_analysis::AddressPolicy;
+use sluice_analysis::hook::{CallOutcome, post};
+use sluice_api::rollout::{Rollout, Webhook};
+use sluice_engine::release::{HookAnswer, HookCall};
+
+/// How often a `confirm-rollout`, `confirm-promotion` or `rollback` webhook is asked again.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// How long one call may take when the webhook does not say.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a call may take (the schema refuses more).
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Retries of a failed `pre-rollout` or `post-rollout` call when the webhook does not say.
+pub const DEFAULT_RETRIES: usize = 2;
+
+/// A Rollout, by namespace and name.
+type RolloutKey = (String, String);
+
+/// A call: the webhook's name, the revision, the document's phase and the release's attempt.
+type CallKey = (String, String, &'static str, i32);
+
+struct Running {
+    task: tokio::task::AbortHandle,
+    answer: Option<CallOutcome>,
+}
+
+/// The calls being made, by Rollout.
+#[derive(Clone)]
+pub struct Caller {
+    calls: Arc<Mutex<HashMap<RolloutKey, BTreeMap<CallKey, Running>>>>,
+    wake: mpsc::UnboundedSender<ObjectRef<Rollout>>,
+    policy: Arc<AddressPolicy>,
+    rollouts: Store<Rollout>,
+}
+
+impl Caller {
+    /// A caller reaching what `policy` allows; the stream wakes the Rollouts whose answers came.
+    pub fn new(
+        policy: Arc<AddressPolicy>,
+        rollouts: Store<Rollout>,
+    ) -> (Self, mpsc::UnboundedReceiver<ObjectRef<Rollout>>) {
+        let (wake, woken) = mpsc::unbounded();
+        let caller = Self {
+            calls: Arc::default(),
+            wake,
+            policy,
+            rollouts,
+        };
+        (caller, woken)
+    }
+
+    /// The latest answers of the Rollout's calls, for its snapshot.
+    pub fn answers(&self, namespace: &str, name: &str) -> Vec<HookAnswer> {
+        let Ok(calls) = self.calls.lock() else {
+            return Vec::new();
+        };
+        let key = (namespace.to_owned(), name.to_owned());
+        calls
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|((hook, revision, phase, attempt), running)| {
+                running.answer.as_ref().map(|answer| HookAnswer {
+                    name: hook.clone(),
+                    revision: revision.clone(),
+                    phase: (*phase).to_owned(),
+                    attempt: *attempt,
+                    ok: answer.ok,
+                    message: answer.message.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes the calls `wanted` for the Rollout (those not being made already start now) and gives
+    /// up the others.
+    pub fn want(&self, rollout: &Rollout, namespace: &str, wanted: &[HookCall]) {
+        let name = rollout.metadata.name.clone().unwrap_or_default();
+        let key = (namespace.to_owned(), name);
+        let Ok(mut calls) = self.calls.lock() else {
+            return;
+        };
+        if wanted.is_empty() && !calls.contains_key(&key) {
+            return;
+        }
+        let running = calls.entry(key.clone()).or_default();
+        running.retain(|(hook, revision, phase, attempt), call| {
+            let keep = wanted.iter().any(|w| {
+                &w.name == hook
+                    && &w.revision == revision
+                    && w.phase == *phase
+                    && w.attempt == *attempt
+            });
+            if !keep {
+                call.task.abort();
+            }
+            keep
+        });
+        for call in wanted {
+            let call_key = (
+                call.name.clone(),
+                call.revision.clone(),
+                call.phase,
+                call.attempt,
+            );
+            if running.contains_key(&call_key) {
+                continue;
+            }
+            let Some(hook) = rollout.spec.webhooks.iter().find(|h| h.name == call.name) else {
+                continue;
+            };
+            let document = document(rollout, namespace, hook, call);
+            let task = tokio::spawn(self.clone().call(
+                key.clone(),
+                call_key.clone(),
+                hook.clone(),
+                document,
+            ));
+            running.insert(
+                call_key,
+                Running {
+                    task: task.abort_handle(),
+                    answer: None,
+                },
+            );
+        }
+        if running.is_empty() {
+            calls.remove(&key);
+        }
+    }
+
+    /// Records an answer; true if it differs from the last one.
+    fn record(&self, rollout: &RolloutKey, call: &CallKey, answer: CallOutcome) -> bool {
+        let Ok(mut calls) = self.calls.lock() else {
+            return false;
+        };
+        let Some(running) = calls.get_mut(rollout).and_then(|c| c.get_mut(call)) else {
+            return false;
+        };
+        let changed = running.answer.as_ref() != Some(&answer);
+        running.answer = Some(answer);
+        changed
+    }
+
+    /// Gives up the Rollout's calls: it is gone.
+    fn forget(&self, rollout: &RolloutKey) {
+        if let Ok(mut calls) = self.calls.lock()
+            && let Some(running) = calls.remove(rollout)
+        {
+            for call in running.values() {
+                call.task.abort();
+            }
+        }
+    }
+
+    fn wake(&self, (namespace, name): &RolloutKey) {
+        let _ = self
+            .wake
+            .unbounded_send(ObjectRef::new(name).within(namespace));
+    }
+
+    async fn call(
+        self,
+        rollout: RolloutKey,
+        key: CallKey,
+        hook: Webhook,
+        document: serde_json::Value,
+    ) {
+        let timeout = hook
+            .timeout
+            .as_deref()
+            .and_then(sluice_engine::duration::parse)
+            .unwrap_or(DEFAULT_TIMEOUT)
+            .min(MAX_TIMEOUT);
+        let once = || async {
+            let outcome = post(&self.policy, &hook.url, &document, timeout).await;
+            if outcome.ok {
+                Ok(outcome)
+            } else {
+                Err(outcome)
+            }
+        };
+        if !hook.type_.polled() {
+            let retries = hook
+                .retries
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(DEFAULT_RETRIES);
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(30))
+                .with_max_times(retries);
+            let outcome = once
+                .retry(backoff)
+                .sleep(tokio::time::sleep)
+                .notify(|failed: &CallOutcome, after: Duration| {
+                    tracing::info!(
+                        webhook = hook.name,
+                        outcome = failed.message,
+                        ?after,
+                        "webhook call failed; calling again"
+                    );
+                })
+                .await
+                .unwrap_or_else(|failed| failed);
+            self.record(&rollout, &key, outcome);
+            self.wake(&rollout);
+            return;
+        }
+        loop {
+            let (namespace, name) = &rollout;
+            if self
+                .rollouts
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_none()
+            {
+                self.forget(&rollout);
+                return;
+            }
+            let outcome = once().await.unwrap_or_else(|failed| failed);
+            let ok = outcome.ok;
+            if self.record(&rollout, &key, outcome) {
+                self.wake(&rollout);
+            }
+            if ok {
+                // Confirmed (or a rollback asked for): the engine records it and stops asking.
+                return;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// The JSON document a webhook is sent (Flagger's, with the webhook's name and the revision's
+/// images added).
+fn document(
+    rollout: &Rollout,
+    namespace: &str,
+    hook: &Webhook,
+    call: &HookCall,
+) -> serde_json::Value {
+    let images: Vec<String> = rollout
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.spec.as_ref())
+        .map(|spec| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .filter_map(|c| c.image.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "name": rollout.metadata.name,
+        "namespace": namespace,
+        "phase": call.phase,
+        "checksum": call.revision,
+        "type": hook.type_.as_str(),
+        "webhook": hook.name,
+        "images": images,
+        "metadata": hook.metadata,
+    })
+}

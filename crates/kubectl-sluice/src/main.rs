@@ -807,14 +807,27 @@ fn render(
         .canary
         .as_ref()
         .and_then(|c| c.confidence.as_ref())
+        .or_else(|| {
+            status
+                .blue_green
+                .as_ref()
+                .and_then(|b| b.confidence.as_ref())
+        })
         .filter(|c| Some(&c.revision) == status.current_pod_hash.as_ref())
     {
+        let when = if status
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.confidence.is_some())
+        {
+            format!("at step {}", score.step + 1)
+        } else {
+            "before promotion".to_owned()
+        };
         let _ = writeln!(
             out,
-            "Confidence: {}/100 at step {}: {:?}",
-            score.score,
-            score.step + 1,
-            score.decision
+            "Confidence: {}/100 {when}: {:?}",
+            score.score, score.decision
         );
         for factor in &score.factors {
             let _ = writeln!(

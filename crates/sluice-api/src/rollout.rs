@@ -692,7 +692,8 @@ fn default_abort_below() -> i32 {
 /// - `analysis`: the share of this revision's finished analysis runs that succeeded (an
 ///   inconclusive one counts half); 0 while none has finished.
 /// - `checks`: the share of its pre-deployment checks that passed; 50 without checks.
-/// - `blastRadius`: the traffic the canary has served so far without failing, 100 from 50% on.
+/// - `blastRadius`: the traffic the new version has served so far without failing, 100 from 50%
+///   on (0 for a blue-green preview, which serves none before promotion).
 /// - `history`: the share of the Rollout's newest 10 ended releases that completed (rollbacks and
 ///   superseded ones not counted); 50 without history; halved while the circuit breaker is
 ///   half-open, 0 while it is open.
@@ -774,7 +775,7 @@ pub const TEST_COVERAGE_ANNOTATION: &str = "sluice.dev/test-coverage";
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfidenceScore {
-    /// The step it was scored at (index from 0).
+    /// The step it was scored at (index from 0; 0 for blue-green's pre-promotion score).
     pub step: i32,
     /// The revision scored.
     pub revision: String,
@@ -1143,6 +1144,14 @@ pub struct BlueGreenStrategy {
     /// Analysis after the switch; its failure switches active back to the old version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_promotion_analysis: Option<RolloutAnalysis>,
+    /// Score the release's confidence (0 to 100, the same factors as a canary's `confidence` step;
+    /// the preview has served no user traffic, so `blastRadius` is 0) once the preview is fully
+    /// available and pre-promotion analysis passed, before promotion: at or above `promoteAt` it
+    /// goes on to promotion, below `abortBelow` it is aborted (active untouched), in between it
+    /// pauses for a person (`ConfidenceReview`, the breakdown in the message), whose promote goes
+    /// on. Recorded in `status.blueGreen.confidence`, the release record and an Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_confidence: Option<ConfidenceStep>,
     /// Seconds to keep the old version's pods after the switch, for instant rollback. Defaults to 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
@@ -1474,4 +1483,7 @@ pub struct BlueGreenStatus {
     /// The post-promotion AnalysisRun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_promotion_analysis_run_status: Option<RolloutAnalysisRunStatus>,
+    /// The pre-promotion confidence score of the revision being released (`prePromotionConfidence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceScore>,
 }

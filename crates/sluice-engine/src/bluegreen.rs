@@ -501,6 +501,8 @@ fn forget_release(d: &mut Decision<'_>) {
         bg.pre_promotion_analysis_run_status = None;
         bg.post_promotion_analysis_run_status = None;
         bg.scale_up_preview_check_point = false;
+        // A new release (or a retry) is scored afresh.
+        bg.confidence = None;
     }
 }
 
@@ -511,6 +513,7 @@ fn abort(d: &mut Decision<'_>, cause: AbortCause, reason: &str) {
     d.status.promote_full = false;
     d.remove_pause(BLUE_GREEN_PAUSE);
     d.remove_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+    d.remove_pause(pause_reason::CONFIDENCE_REVIEW);
     d.status.controller_pause = false;
     d.status.message = Some(format!(
         "release aborted: {reason}; active is back on stable"
@@ -626,6 +629,11 @@ fn walk(d: &mut Decision<'_>, promote: &mut bool, stable: &str, current: &str) {
                 }
             }
             Stage::AwaitingPromotion => {
+                if full {
+                    d.remove_pause(pause_reason::CONFIDENCE_REVIEW);
+                } else if !judge_confidence(d, *promote) {
+                    break;
+                }
                 if !awaited_promotion(d, promote, current) {
                     break;
                 }
@@ -667,8 +675,66 @@ fn walk(d: &mut Decision<'_>, promote: &mut bool, stable: &str, current: &str) {
         };
         d.set_stage(next);
     }
-    d.status.controller_pause =
-        d.has_pause(BLUE_GREEN_PAUSE) || d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS);
+    d.status.controller_pause = d.has_pause(BLUE_GREEN_PAUSE)
+        || d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS)
+        || d.has_pause(pause_reason::CONFIDENCE_REVIEW);
+}
+
+/// `prePromotionConfidence`: scored once when the preview is ready for promotion (recorded in
+/// `status.blueGreen.confidence`, with an Event), then acted on: go on to promotion, wait for a
+/// person (`ConfidenceReview`; their promote also promotes), or abort. Returns whether it lets the
+/// release go on to promotion.
+fn judge_confidence(d: &mut Decision<'_>, promote: bool) -> bool {
+    use sluice_api::rollout::ConfidenceDecision;
+    let Some(step) = d.bg.pre_promotion_confidence.as_ref() else {
+        return true;
+    };
+    let recorded = d
+        .status
+        .blue_green
+        .as_ref()
+        .and_then(|b| b.confidence.clone())
+        .filter(|c| c.revision == d.s.current_hash);
+    let scored = match recorded {
+        Some(scored) => scored,
+        None => {
+            let scored = crate::confidence::assess(d.s, &d.status, step, 0, 0);
+            let what = match scored.decision {
+                ConfidenceDecision::Promote => "the release goes on to promotion",
+                ConfidenceDecision::Review => "waiting for a person to promote or abort",
+                ConfidenceDecision::Abort => "the release is aborted",
+            };
+            d.event(
+                scored.decision != ConfidenceDecision::Promote,
+                "ConfidenceScored",
+                format!(
+                    "before promotion: {}; {what}",
+                    crate::confidence::breakdown(&scored)
+                ),
+            );
+            d.bg_status().confidence = Some(scored.clone());
+            scored
+        }
+    };
+    match scored.decision {
+        ConfidenceDecision::Promote => true,
+        ConfidenceDecision::Review if promote => {
+            d.remove_pause(pause_reason::CONFIDENCE_REVIEW);
+            true
+        }
+        ConfidenceDecision::Review => {
+            d.add_pause(pause_reason::CONFIDENCE_REVIEW);
+            false
+        }
+        ConfidenceDecision::Abort => {
+            let message = format!(
+                "confidence {} before promotion is below {}",
+                scored.score, step.abort_below
+            );
+            abort(d, AbortCause::LowConfidence, &message);
+            false
+        }
+    }
 }
 
 /// The promotion gate: a person's promote (or promote --full), or auto-promotion, after
@@ -884,6 +950,18 @@ fn summarize(d: &mut Decision<'_>, current: &str) {
             "paused by a user".to_owned()
         } else if let Some(confirming) = &d.confirming {
             format!("{}: {confirming}", pause_reason::WAITING_FOR_CONFIRMATION)
+        } else if let Some(score) = d
+            .status
+            .blue_green
+            .as_ref()
+            .and_then(|b| b.confidence.as_ref())
+            .filter(|_| d.has_pause(pause_reason::CONFIDENCE_REVIEW))
+        {
+            format!(
+                "{}: {}; promote to go on, abort to stop",
+                pause_reason::CONFIDENCE_REVIEW,
+                crate::confidence::breakdown(score)
+            )
         } else if d.has_pause(pause_reason::INCONCLUSIVE_ANALYSIS) {
             format!(
                 "analysis of {current} was inconclusive: waiting for a person to promote or abort"
@@ -999,6 +1077,7 @@ mod tests {
             preview_replica_count: None,
             pre_promotion_analysis: None,
             post_promotion_analysis: None,
+            pre_promotion_confidence: None,
             scale_down_delay_seconds: None,
             scale_down_delay_revision_limit: None,
             abort_scale_down_delay_seconds: None,
@@ -1156,6 +1235,63 @@ mod tests {
         restart: false,
         reset_breaker: false,
     };
+
+    /// `prePromotionConfidence` scores the ready preview once: a middling score waits for a person,
+    /// whose promote both accepts it and promotes; a low one aborts with active untouched.
+    #[test]
+    fn pre_promotion_confidence_waits_for_a_person_or_aborts_before_the_switch() {
+        use sluice_api::rollout::{ConfidenceDecision, ConfidenceStep, ConfidenceWeights};
+        let scored = |promote_at, abort_below| BlueGreenStrategy {
+            pre_promotion_confidence: Some(ConfidenceStep {
+                promote_at,
+                abort_below,
+                weights: ConfidenceWeights::default(),
+            }),
+            ..strategy()
+        };
+        // No analysis, no checks, no traffic, no history: a score well below 100.
+        let (mut w, _) = World::released(2, scored(100, 0));
+        let plan = w.ready();
+        assert!(
+            reasons(&plan).contains(&"ConfidenceScored"),
+            "{:?}",
+            reasons(&plan)
+        );
+        let score = w
+            .status
+            .blue_green
+            .as_ref()
+            .and_then(|b| b.confidence.clone())
+            .expect("scored");
+        assert_eq!(score.decision, ConfidenceDecision::Review);
+        assert_eq!(w.status.phase, Some(RolloutPhase::Paused));
+        assert!(
+            w.status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("ConfidenceReview: confidence ")),
+            "{:?}",
+            w.status.message
+        );
+        assert_eq!(active_hash(&w.status), Some("aaaa"));
+        // Looked at again: not scored twice.
+        let plan = w.tick(5);
+        assert!(!reasons(&plan).contains(&"ConfidenceScored"));
+        w.step(PROMOTE);
+        w.ready();
+        assert_eq!(
+            active_hash(&w.status),
+            Some("bbbb"),
+            "{:?}",
+            w.status.message
+        );
+
+        let (mut w, _) = World::released(2, scored(100, 100));
+        let plan = w.ready();
+        assert!(w.status.abort);
+        assert_eq!(plan.aborted_by, Some(AbortCause::LowConfidence));
+        assert_eq!(active_hash(&w.status), Some("aaaa"));
+    }
 
     #[test]
     fn first_revision_goes_straight_to_active_at_full_size() {

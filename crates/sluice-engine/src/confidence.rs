@@ -136,7 +136,7 @@ pub fn factors(
         "blastRadius",
         exposed.clamp(0, 50) * 2,
         weights.blast_radius,
-        format!("the canary has served {exposed}% of traffic"),
+        format!("the new version has served {exposed}% of traffic"),
     );
 
     let mut recent = crate::breaker::counted_newest_first(s.history);

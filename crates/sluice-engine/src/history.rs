@@ -91,6 +91,12 @@ pub(crate) fn decide(
             .canary
             .as_ref()
             .and_then(|c| c.confidence.as_ref())
+            .or_else(|| {
+                plan.status
+                    .blue_green
+                    .as_ref()
+                    .and_then(|b| b.confidence.as_ref())
+            })
             .filter(|c| c.revision == record.revision)
             && !record.confidence.iter().any(|c| c.step == score.step)
         {

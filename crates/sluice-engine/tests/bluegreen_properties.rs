@@ -170,6 +170,7 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
                 preview_replica_count: k.preview,
                 pre_promotion_analysis: k.pre.then(analysis),
                 post_promotion_analysis: k.post.then(analysis),
+                pre_promotion_confidence: None,
                 scale_down_delay_seconds: k.delay,
                 scale_down_delay_revision_limit: k.revision_limit,
                 abort_scale_down_delay_seconds: k.abort_delay,

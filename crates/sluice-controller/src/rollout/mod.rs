@@ -244,7 +244,12 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     // Adaptive plans and confidence scores read the Rollout's own releases.
     let reads_history = rollout.spec.strategy.canary.as_ref().is_some_and(|c| {
         c.adaptive.is_some() || c.steps.iter().any(|step| step.confidence.is_some())
-    });
+    }) || rollout
+        .spec
+        .strategy
+        .blue_green
+        .as_ref()
+        .is_some_and(|b| b.pre_promotion_confidence.is_some());
     let history = if reads_history {
         crate::circuit::releases_of(ctx, rollout, &namespace).0
     } else {

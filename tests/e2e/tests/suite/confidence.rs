@@ -91,7 +91,7 @@ async fn a_confidence_step_goes_on_waits_for_a_person_or_aborts_by_its_score() -
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     ensure!(
         shown.contains("Confidence: 70/100 at step 3: Review")
-            && shown.contains("blastRadius    50 × 20  the canary has served 25% of traffic"),
+            && shown.contains("blastRadius    50 × 20  the new version has served 25% of traffic"),
         "{shown}"
     );
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
@@ -158,6 +158,92 @@ async fn a_confidence_step_goes_on_waits_for_a_person_or_aborts_by_its_score() -
     ensure!(
         aborted.release.and_then(|r| r.aborted_by) == Some(AbortCause::LowConfidence),
         "not recorded as LowConfidence"
+    );
+    Ok(())
+}
+
+/// Blue-green's `prePromotionConfidence`: the ready preview is scored before promotion (it has
+/// served no user traffic); a score under `promoteAt` waits for a person with active untouched, and
+/// their promote switches active.
+#[tokio::test]
+async fn blue_green_pre_promotion_confidence_waits_for_a_person_before_the_switch() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "confidence-bg").await?;
+    sluice_e2e::create_services(
+        &client,
+        &ns.name,
+        &[("web", "web-active"), ("web", "web-preview")],
+    )
+    .await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = crate::analysis::rollout(json!({}));
+    // Nothing has served traffic before the switch: the blast radius is 0 and the score under 100.
+    manifest["spec"]["strategy"] = json!({"blueGreen": {
+        "activeService": "web-active", "previewService": "web-preview",
+        "prePromotionConfidence": {"promoteAt": 100, "abortBelow": 0}
+    }});
+    apply(&api, &manifest).await?;
+    let first = wait_status(&api, "the first revision healthy", |s| {
+        s.phase == Some(RolloutPhase::Healthy)
+    })
+    .await?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let review = wait_status(&api, "a confidence review before promotion", |s| {
+        s.pause_conditions
+            .iter()
+            .any(|p| p.reason == "ConfidenceReview")
+    })
+    .await?;
+    let score = review
+        .blue_green
+        .as_ref()
+        .and_then(|b| b.confidence.clone())
+        .context("status.blueGreen.confidence")?;
+    ensure!(score.decision == ConfidenceDecision::Review, "{score:?}");
+    ensure!(
+        score
+            .factors
+            .iter()
+            .any(|f| f.name == "blastRadius" && f.value == 0),
+        "{score:?}"
+    );
+    ensure!(
+        review.phase == Some(RolloutPhase::Paused)
+            && review
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("ConfidenceReview: confidence ")),
+        "{review:?}"
+    );
+    let active = |s: &sluice_api::rollout::RolloutStatus| {
+        s.blue_green
+            .as_ref()
+            .and_then(|b| b.active_selector.clone())
+    };
+    ensure!(
+        active(&review) == first.stable_rs,
+        "active moved: {review:?}"
+    );
+    let shown = kubectl_sluice(&ns.name, &["get", "rollout", "web"])?;
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    ensure!(
+        shown.contains(&format!(
+            "Confidence: {}/100 before promotion: Review",
+            score.score
+        )),
+        "{shown}"
+    );
+    crate::canary::request(&api, "web", "promote").await?;
+    let revision = review.current_pod_hash.clone().context("hash")?;
+    let done = wait_status(&api, "2.0.0 active and stable", |s| {
+        s.phase == Some(RolloutPhase::Healthy) && s.stable_rs.as_deref() == Some(revision.as_str())
+    })
+    .await?;
+    ensure!(
+        active(&done).as_deref() == Some(revision.as_str()),
+        "{done:?}"
     );
     Ok(())
 }

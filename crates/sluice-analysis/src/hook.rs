@@ -21,41 +21,60 @@ pub struct CallOutcome {
     pub message: String,
 }
 
-/// POSTs `document` to `url` and says what came of it.
-pub async fn post(
-    policy: &Arc<AddressPolicy>,
-    url: &str,
-    document: &serde_json::Value,
-    timeout: Duration,
-) -> CallOutcome {
-    match send(policy, url, document, timeout).await {
+/// A POST of a JSON document: where, with which media type and extra headers, and how long it may
+/// take.
+#[derive(Clone, Debug)]
+pub struct Post<'a> {
+    pub url: &'a str,
+    pub document: &'a serde_json::Value,
+    /// `application/json` unless the format says otherwise (`application/cloudevents+json`).
+    pub content_type: &'a str,
+    /// Extra headers (an `Authorization` read from a Secret, a dedupe key).
+    pub headers: &'a [(String, String)],
+    pub timeout: Duration,
+}
+
+impl<'a> Post<'a> {
+    /// A JSON document with no extra headers.
+    pub fn json(url: &'a str, document: &'a serde_json::Value, timeout: Duration) -> Self {
+        Self {
+            url,
+            document,
+            content_type: "application/json",
+            headers: &[],
+            timeout,
+        }
+    }
+}
+
+/// Sends `request` and says what came of it.
+pub async fn post(policy: &Arc<AddressPolicy>, request: &Post<'_>) -> CallOutcome {
+    match send(policy, request).await {
         Ok(outcome) => outcome,
         Err(message) => CallOutcome { ok: false, message },
     }
 }
 
-async fn send(
-    policy: &Arc<AddressPolicy>,
-    url: &str,
-    document: &serde_json::Value,
-    timeout: Duration,
-) -> Result<CallOutcome, String> {
+async fn send(policy: &Arc<AddressPolicy>, request: &Post<'_>) -> Result<CallOutcome, String> {
+    let (url, timeout) = (request.url, request.timeout);
     let parsed = allowed_url(policy, url)?;
     let client = policy_client(timeout, false, policy)?;
-    let body = serde_json::to_vec(document).map_err(|e| format!("the document: {e}"))?;
-    let response = client
+    let body = serde_json::to_vec(request.document).map_err(|e| format!("the document: {e}"))?;
+    let mut post = client
         .post(parsed)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|err| {
-            if err.is_timeout() {
-                format!("{url} did not answer within {}s", timeout.as_secs_f64())
-            } else {
-                format!("could not reach {url}: {}", error_chain(&err))
-            }
-        })?;
+        .header(reqwest::header::CONTENT_TYPE, request.content_type);
+    for (name, value) in request.headers {
+        let value = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|e| format!("header {name}: {e}"))?;
+        post = post.header(name.as_str(), value);
+    }
+    let response = post.body(body).send().await.map_err(|err| {
+        if err.is_timeout() {
+            format!("{url} did not answer within {}s", timeout.as_secs_f64())
+        } else {
+            format!("could not reach {url}: {}", error_chain(&err))
+        }
+    })?;
     let status = response.status();
     let said = |body: &[u8]| {
         let text = String::from_utf8_lossy(body);
@@ -144,7 +163,11 @@ mod tests {
     async fn a_2xx_answer_passes_and_the_document_is_posted_as_json() {
         let (url, server) = serve_once("200 OK", "").await;
         let document = serde_json::json!({"name": "web", "phase": "Waiting"});
-        let outcome = post(&loopback(), &url, &document, Duration::from_secs(5)).await;
+        let outcome = post(
+            &loopback(),
+            &Post::json(&url, &document, Duration::from_secs(5)),
+        )
+        .await;
         assert_eq!(
             outcome,
             CallOutcome {
@@ -165,11 +188,10 @@ mod tests {
     #[tokio::test]
     async fn a_refusal_quotes_the_answer_and_the_policy_is_kept() {
         let (url, _server) = serve_once("403 Forbidden", "not approved yet").await;
+        let empty = serde_json::json!({});
         let outcome = post(
             &loopback(),
-            &url,
-            &serde_json::json!({}),
-            Duration::from_secs(5),
+            &Post::json(&url, &empty, Duration::from_secs(5)),
         )
         .await;
         assert_eq!(outcome.message, "answered 403 Forbidden: not approved yet");
@@ -177,9 +199,7 @@ mod tests {
         // The default policy does not reach loopback.
         let denied = post(
             &Arc::new(AddressPolicy::default()),
-            &url,
-            &serde_json::json!({}),
-            Duration::from_secs(5),
+            &Post::json(&url, &empty, Duration::from_secs(5)),
         )
         .await;
         assert!(!denied.ok);

@@ -12,6 +12,7 @@ pub mod common;
 pub mod crdgen;
 pub mod gate;
 pub mod names;
+pub mod notification;
 pub mod policy;
 pub mod release;
 pub mod rollout;

@@ -194,6 +194,14 @@ pub struct RolloutSpec {
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.all(w, self.exists_one(o, o.name == w.name))").message("spec.webhooks: each webhook needs a name of its own"))]
     pub webhooks: Vec<Webhook>,
+    /// Sinks of the namespace's ConfigMap `sluice-notifications` this Rollout's transitions are sent
+    /// to, besides those every Rollout sends (a sink's own `on`). Each transition is sent once: what
+    /// was sent is recorded on the Release record, so a restart never sends it again; a sink that
+    /// cannot be reached never delays the release (its failure is an Event on the Rollout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(n, self.exists_one(o, o.sink == n.sink))").message("spec.notifications: subscribe to each sink once"))]
+    pub notifications: Vec<NotificationSubscription>,
     /// How a new pod template is released: exactly one of `canary` or `blueGreen`.
     pub strategy: RolloutStrategy,
 }
@@ -263,6 +271,21 @@ pub struct CheckStatus {
     /// Its AnalysisRun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_run: Option<RolloutAnalysisRunStatus>,
+}
+
+/// A Rollout's subscription to a notification sink.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationSubscription {
+    /// The sink: a key of the ConfigMap `sluice-notifications` in the Rollout's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub sink: String,
+    /// The transitions sent: `started`, `step`, `paused` (waiting for a person), `promoted`,
+    /// `aborted`, `held` (by an error-budget gate or the circuit breaker) and `completed`. All of
+    /// them when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub on: Vec<crate::notification::Trigger>,
 }
 
 /// An HTTP call at one of a release's moments (Flagger's webhook).

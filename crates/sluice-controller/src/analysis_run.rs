@@ -354,7 +354,7 @@ impl<'a> Prepared<'a> {
 /// A Secret's key as text; `Ok(Err(problem))` when it is missing or the Secret is not open to
 /// analysis (labelled [`ANALYSIS_SECRET_LABEL`]`=true`). A missing Secret and a closed one read
 /// alike, so that a run tells a tenant nothing of Secrets it may not read.
-async fn read_secret(
+pub(crate) async fn read_secret(
     secrets: &Api<Secret>,
     reference: &SecretKeyRef,
 ) -> Result<Result<String, String>, Error> {

@@ -16,7 +16,9 @@ use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodCondition, PodStatus, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Pod, PodCondition, PodStatus, Service, ServiceSpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -134,6 +136,8 @@ pub struct Caches {
     pub release_index: OwnerIndex,
     /// The namespaces watched, by metadata: only the label that requires image digests.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// The ConfigMaps `sluice-notifications` (one per namespace at most): the notification sinks.
+    pub notification_sinks: Store<ConfigMap>,
 }
 
 /// The writing ends of [`Caches`], for the watches.
@@ -151,6 +155,7 @@ pub struct Writers {
     pub deployments: Writer<PartialObjectMeta<Deployment>>,
     pub releases: Writer<Release>,
     pub namespaces: Writer<PartialObjectMeta<Namespace>>,
+    pub notification_sinks: Writer<ConfigMap>,
 }
 
 impl Caches {
@@ -176,6 +181,7 @@ impl Caches {
         let (deployments, deployments_writer) = reflector::store();
         let (releases, releases_writer) = reflector::store();
         let (namespaces, namespaces_writer) = reflector::store();
+        let (notification_sinks, notification_sinks_writer) = reflector::store();
         (
             Self {
                 rollouts,
@@ -197,6 +203,7 @@ impl Caches {
                 releases,
                 release_index: OwnerIndex::default(),
                 namespaces,
+                notification_sinks,
             },
             Writers {
                 rollouts: rollouts_writer,
@@ -212,6 +219,7 @@ impl Caches {
                 deployments: deployments_writer,
                 releases: releases_writer,
                 namespaces: namespaces_writer,
+                notification_sinks: notification_sinks_writer,
             },
         )
     }

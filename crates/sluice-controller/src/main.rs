@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{DynamicObject, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -48,6 +48,7 @@ mod http;
 mod job_metric;
 mod lease;
 mod metrics;
+mod notify;
 mod release_gates;
 mod release_record;
 mod rollout;
@@ -134,11 +135,32 @@ pub struct Context {
     pub address_policy: Arc<AddressPolicy>,
     /// The webhook calls being made, and their answers.
     pub webhooks: webhook::Caller,
+    /// The notifications being sent.
+    pub notifier: notify::Notifier,
     /// Events waiting to be recorded.
-    events: tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>,
+    events: Publisher,
 }
 
 impl Context {
+    /// Records an Event on `object`; see [`Publisher::publish`].
+    pub fn publish(
+        &self,
+        object: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        message: &str,
+    ) {
+        self.events
+            .publish(object, warning, reason, action, message);
+    }
+}
+
+/// Where Events go to be recorded.
+#[derive(Clone)]
+pub struct Publisher(tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)>);
+
+impl Publisher {
     /// Records an Event on `object` (its note cut to the API's 1000 characters) in the background,
     /// after the Events recorded before it: an Event is a report, never a reason to fail or slow a
     /// reconcile. A failure is logged.
@@ -161,16 +183,14 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        if self.events.send((event, object.clone())).is_err() {
+        if self.0.send((event, object.clone())).is_err() {
             tracing::warn!(reason, "could not record event: the recorder stopped");
         }
     }
 }
 
 /// Records Events in the order they were published, one at a time, off the reconciles' path.
-fn spawn_recorder(
-    recorder: Recorder,
-) -> tokio::sync::mpsc::UnboundedSender<(Event, ObjectReference)> {
+fn spawn_recorder(recorder: Recorder) -> Publisher {
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel::<(Event, ObjectReference)>();
     tokio::spawn(async move {
         while let Some((event, object)) = events.recv().await {
@@ -179,7 +199,7 @@ fn spawn_recorder(
             }
         }
     });
-    sender
+    Publisher(sender)
 }
 
 #[tokio::main]
@@ -215,9 +235,17 @@ async fn main() -> anyhow::Result<()> {
     });
     let (webhooks, answered) =
         webhook::Caller::new(address_policy.clone(), caches.rollouts.clone());
+    let events = spawn_recorder(Recorder::new(client.clone(), reporter));
+    let notifier = notify::Notifier::new(
+        client.clone(),
+        address_policy.clone(),
+        &caches,
+        events.clone(),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
-        events: spawn_recorder(Recorder::new(client.clone(), reporter)),
+        events,
+        notifier,
         metrics,
         ready: AtomicBool::new(false),
         caches,
@@ -536,6 +564,23 @@ async fn start_watches(
             }),
         },
         writers.deployments,
+    );
+    // The notification sinks: only the ConfigMaps named `sluice-notifications`, waking nothing.
+    cache::watch(
+        cache::WatchSpec {
+            api: scoped::<ConfigMap>(client, namespace),
+            config: watcher::Config::default().fields(&format!(
+                "metadata.name={}",
+                sluice_api::notification::CONFIG_MAP
+            )),
+            trim: cache::keep_all,
+            owner: None,
+            references: None,
+            subscribers: 0,
+            leading: leading.clone(),
+            on_delete: None,
+        },
+        writers.notification_sinks,
     );
     // Namespaces by metadata (the one watched, or all): the label that requires image digests.
     let namespace_changes = cache::watch(

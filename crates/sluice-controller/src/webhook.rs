@@ -17,7 +17,7 @@ use backon::{ExponentialBuilder, Retryable};
 use futures::channel::mpsc;
 use kube::runtime::reflector::{ObjectRef, Store};
 use sluice_analysis::AddressPolicy;
-use sluice_analysis::hook::{CallOutcome, post};
+use sluice_analysis::hook::{CallOutcome, Post, post};
 use sluice_api::rollout::{Rollout, Webhook};
 use sluice_engine::release::{HookAnswer, HookCall};
 
@@ -190,7 +190,7 @@ impl Caller {
             .unwrap_or(DEFAULT_TIMEOUT)
             .min(MAX_TIMEOUT);
         let once = || async {
-            let outcome = post(&self.policy, &hook.url, &document, timeout).await;
+            let outcome = post(&self.policy, &Post::json(&hook.url, &document, timeout)).await;
             if outcome.ok {
                 Ok(outcome)
             } else {

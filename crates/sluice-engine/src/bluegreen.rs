@@ -1111,6 +1111,7 @@ mod tests {
                 require_image_digest: false,
                 pre_deployment_checks: Vec::new(),
                 webhooks: Vec::new(),
+                notifications: Vec::new(),
                 min_ready_seconds: None,
                 revision_history_limit: 10,
                 release_history_limit: 20,

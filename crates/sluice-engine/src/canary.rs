@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use sluice_api::release::AbortCause;
 use sluice_api::rollout::{
@@ -372,8 +373,21 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
         d.scale.insert(current.clone(), 0);
         scale_down_others(&mut d, &stable, &current);
     } else {
+        let (offered, announced) = (promote, d.events.len());
+        let from = d.status.current_step_index.unwrap_or(0) + 1;
         judge_background(&mut d, &mut promote);
         let (index, w) = walk_steps(&mut d, &mut promote);
+        if offered && !promote {
+            // Announced before what the promote let happen.
+            d.events.insert(
+                announced,
+                Event {
+                    warning: false,
+                    reason: "RolloutPromoted",
+                    message: format!("promoted by a person at step {from} of {}", steps.len()),
+                },
+            );
+        }
         weight = w;
         if d.dynamic() && w > d.previous_weight() {
             // The weight this plan puts in force lets stable shrink: look again once it is.
@@ -624,6 +638,18 @@ fn walk_steps(d: &mut Decision<'_>, promote: &mut bool) -> (usize, i32) {
                 done = true;
             }
         } else if let Some(pause) = &step.pause {
+            if !d.has_pause(pause_reason::CANARY_PAUSE_STEP) && !*promote {
+                let how = match &pause.duration {
+                    Some(IntOrString::Int(seconds)) => format!("for {seconds}s"),
+                    Some(IntOrString::String(limit)) => format!("for {limit}"),
+                    None => "waiting for a person to promote".to_owned(),
+                };
+                d.event(
+                    false,
+                    "PausedAtStep",
+                    format!("paused at step {}: {how}", index + 1),
+                );
+            }
             d.add_pause(pause_reason::CANARY_PAUSE_STEP);
             d.status.controller_pause = true;
             let started = d

@@ -150,6 +150,7 @@ fn spec(replicas: i32, k: &Knobs) -> RolloutSpec {
         require_image_digest: false,
         pre_deployment_checks: Vec::new(),
         webhooks: Vec::new(),
+        notifications: Vec::new(),
         min_ready_seconds: None,
         revision_history_limit: k.history,
         release_history_limit: 20,

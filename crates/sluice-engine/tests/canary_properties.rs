@@ -244,6 +244,7 @@ fn spec(
         require_image_digest: false,
         pre_deployment_checks: Vec::new(),
         webhooks: Vec::new(),
+        notifications: Vec::new(),
         min_ready_seconds: None,
         revision_history_limit: limits.history,
         release_history_limit: 20,

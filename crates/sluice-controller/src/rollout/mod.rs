@@ -338,6 +338,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         workload::scale(ctx, rollout, &namespace, wanted).await?;
     }
     announce(ctx, rollout, &status, &plan);
+    // The transitions this write recorded go to the notification sinks, outside the reconcile.
+    ctx.notifier
+        .offer(rollout, &namespace, plan.status.release.as_ref(), replaced);
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(50)
     })))

@@ -20,6 +20,7 @@ mod isolated;
 mod job;
 mod leader;
 mod migrate;
+mod notifications;
 mod operator;
 mod plugin;
 mod requests;

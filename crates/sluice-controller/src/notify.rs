@@ -1,0 +1,523 @@
+//! Notifications: each transition of a release (its record's timeline in `status.release`) sent to
+//! the sinks of the namespace's ConfigMap `sluice-notifications` that want it, in the format each
+//! asks for, outside the reconcile.
+//!
+//! The timeline is the outbox: it is written with the status that records the transition, so no
+//! transition is missed. How far each sink got is kept on the release's `Release` record (the
+//! annotation `sluice.dev/notified`), so a restart never sends a transition again; every
+//! notification carries a dedupe key (`<rollout uid>-<release>-<entry>`) for receivers that see one
+//! twice (a crash between a send and its record). A sink that cannot be reached is tried three times
+//! and then reported (a `NotificationFailed` Event on the Rollout); it never delays a release, whose
+//! reconcile only hands the Rollout over and goes on.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use sluice_analysis::AddressPolicy;
+use sluice_analysis::hook::{CallOutcome, Post, post};
+use sluice_api::notification::{CONFIG_MAP, Format, NOTIFIED_ANNOTATION, Sink, Trigger};
+use sluice_api::release::{Release, ReleaseProgress, TIMELINE_HEAD, TimelineEntry};
+use sluice_api::rollout::Rollout;
+
+use crate::Publisher;
+use crate::cache::Caches;
+
+/// How long one send may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Sends of one notification before it is reported as failed.
+const ATTEMPTS: usize = 3;
+/// The key of the annotation's count of transitions handled for every sink.
+const ALL_SINKS: &str = "*";
+
+/// A Rollout, by namespace and name.
+type RolloutKey = (String, String);
+
+/// How many of a release's timeline entries each sink has had (sent, or not wanted).
+type Marks = BTreeMap<String, usize>;
+
+#[derive(Default)]
+struct Delivery {
+    /// A task is sending this Rollout's notifications.
+    running: bool,
+    /// More came while it ran: it looks again before it stops.
+    again: bool,
+    /// The release whose marks these are, and the marks (ahead of the record, whose write may lag).
+    marks: Option<(i64, Marks)>,
+    /// Problems with the sinks already reported (an Event each, once).
+    reported: BTreeSet<String>,
+    /// A release that `status.release` no longer holds, with transitions still to send.
+    replaced: Option<ReleaseProgress>,
+}
+
+/// Sends the Rollouts' notifications.
+#[derive(Clone)]
+pub struct Notifier {
+    client: Client,
+    policy: Arc<AddressPolicy>,
+    rollouts: Store<Rollout>,
+    releases: Store<Release>,
+    sinks: Store<ConfigMap>,
+    events: Publisher,
+    deliveries: Arc<Mutex<HashMap<RolloutKey, Delivery>>>,
+}
+
+impl Notifier {
+    pub fn new(
+        client: Client,
+        policy: Arc<AddressPolicy>,
+        caches: &Caches,
+        events: Publisher,
+    ) -> Self {
+        Self {
+            client,
+            policy,
+            rollouts: caches.rollouts.clone(),
+            releases: caches.releases.clone(),
+            sinks: caches.notification_sinks.clone(),
+            events,
+            deliveries: Arc::default(),
+        }
+    }
+
+    /// After a reconcile: sends the transitions of the Rollout's release (`status.release`, as
+    /// just written, and the one it `replaced` in this write) that no sink has had yet, in the
+    /// background. Costs nothing when there are none.
+    pub fn offer(
+        &self,
+        rollout: &Rollout,
+        namespace: &str,
+        release: Option<&ReleaseProgress>,
+        replaced: Option<&ReleaseProgress>,
+    ) {
+        let key = (namespace.to_owned(), rollout.name_any());
+        let Ok(mut deliveries) = self.deliveries.lock() else {
+            return;
+        };
+        let delivery = deliveries.entry(key.clone()).or_default();
+        let pending = |release: &ReleaseProgress, delivery: &Delivery| {
+            let handled = delivery
+                .marks
+                .as_ref()
+                .filter(|(number, _)| *number == release.number)
+                .map(|(_, marks)| marks.get(ALL_SINKS).copied().unwrap_or(0))
+                .or_else(|| {
+                    self.recorded(namespace, &key.1, release.number)
+                        .and_then(|marks| marks.get(ALL_SINKS).copied())
+                })
+                .unwrap_or(0);
+            handled < entries(release).len()
+        };
+        if let Some(replaced) = replaced
+            && pending(replaced, delivery)
+        {
+            delivery.replaced = Some(replaced.clone());
+        }
+        let current = release.is_some_and(|r| pending(r, delivery));
+        if !current && delivery.replaced.is_none() {
+            return;
+        }
+        if delivery.running {
+            delivery.again = true;
+            return;
+        }
+        delivery.running = true;
+        tokio::spawn(self.clone().deliver(key));
+    }
+
+    /// The marks on the release's record, as the cache has it.
+    fn recorded(&self, namespace: &str, rollout: &str, number: i64) -> Option<Marks> {
+        let name = crate::release_record::name(rollout, number);
+        let record = self
+            .releases
+            .get(&ObjectRef::new(&name).within(namespace))?;
+        let text = record.annotations().get(NOTIFIED_ANNOTATION)?;
+        serde_json::from_str(text).ok()
+    }
+
+    async fn deliver(self, key: RolloutKey) {
+        // The sinks must be known before a transition is judged unwanted.
+        let _ = self.sinks.wait_until_ready().await;
+        loop {
+            self.deliver_once(&key).await;
+            let Ok(mut deliveries) = self.deliveries.lock() else {
+                return;
+            };
+            let delivery = deliveries.entry(key.clone()).or_default();
+            if std::mem::take(&mut delivery.again) {
+                continue;
+            }
+            delivery.running = false;
+            return;
+        }
+    }
+
+    async fn deliver_once(&self, key: &RolloutKey) {
+        let (namespace, name) = key;
+        let Some(rollout) = self.rollouts.get(&ObjectRef::new(name).within(namespace)) else {
+            // Deleted: nothing more to send for it.
+            if let Ok(mut deliveries) = self.deliveries.lock() {
+                deliveries.remove(key);
+            }
+            return;
+        };
+        let replaced = self
+            .deliveries
+            .lock()
+            .ok()
+            .and_then(|mut d| d.get_mut(key)?.replaced.take());
+        if let Some(replaced) = replaced {
+            self.deliver_release(&rollout, key, replaced).await;
+        }
+        if let Some(release) = rollout.status.as_ref().and_then(|s| s.release.clone()) {
+            self.deliver_release(&rollout, key, release).await;
+        }
+    }
+
+    async fn deliver_release(
+        &self,
+        rollout: &Rollout,
+        (namespace, name): &RolloutKey,
+        release: ReleaseProgress,
+    ) {
+        let known = self
+            .deliveries
+            .lock()
+            .ok()
+            .and_then(|d| d.get(&(namespace.clone(), name.clone()))?.marks.clone())
+            .filter(|(number, _)| *number == release.number)
+            .map(|(_, marks)| marks);
+        let before = known
+            .or_else(|| self.recorded(namespace, name, release.number))
+            .unwrap_or_default();
+        let mut marks = before.clone();
+        let (sinks, mut problems) = self.sinks_of(namespace);
+        let subscribed = subscriptions(rollout, &sinks, &mut problems);
+        let entries = entries(&release);
+        for (sink_name, triggers) in &subscribed {
+            let Some(sink) = sinks.get(sink_name) else {
+                continue;
+            };
+            let from = marks.get(sink_name).copied().unwrap_or(0);
+            let mut target: Option<Result<Target, String>> = None;
+            for (index, entry) in entries.iter().enumerate().skip(from) {
+                let wanted = entry.and_then(|entry| {
+                    Trigger::of(&entry.reason, &entry.message)
+                        .filter(|t| triggers.contains(t))
+                        .map(|trigger| (entry, trigger))
+                });
+                if let Some((entry, trigger)) = wanted {
+                    if target.is_none() {
+                        target = Some(self.target(namespace, sink).await);
+                    }
+                    let outcome = match target.as_ref() {
+                        Some(Ok(target)) => {
+                            let note = Note {
+                                rollout,
+                                namespace,
+                                release: &release,
+                                index,
+                                entry,
+                                trigger,
+                            };
+                            self.send(target, sink.format, &note).await
+                        }
+                        Some(Err(problem)) => CallOutcome {
+                            ok: false,
+                            message: problem.clone(),
+                        },
+                        None => continue,
+                    };
+                    if !outcome.ok {
+                        self.publish(
+                            rollout,
+                            "NotificationFailed",
+                            &format!(
+                                "notification {} of release {} not sent to sink {sink_name}: {}",
+                                trigger.as_str(),
+                                release.number,
+                                outcome.message
+                            ),
+                        );
+                    }
+                }
+                marks.insert(sink_name.clone(), index + 1);
+            }
+        }
+        marks.insert(ALL_SINKS.to_owned(), entries.len());
+        self.report(rollout, namespace, name, problems);
+        if let Ok(mut deliveries) = self.deliveries.lock() {
+            deliveries
+                .entry((namespace.clone(), name.clone()))
+                .or_default()
+                .marks = Some((release.number, marks.clone()));
+        }
+        // Recorded only where a sink is subscribed: namespaces without notifications write nothing.
+        if !subscribed.is_empty() && marks != before {
+            let record = crate::release_record::name(name, release.number);
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                NOTIFIED_ANNOTATION: serde_json::to_string(&marks).unwrap_or_default()
+            }}});
+            let api: Api<Release> = Api::namespaced(self.client.clone(), namespace);
+            if let Err(err) = api
+                .patch(&record, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(%err, record, "could not record the notifications sent");
+            }
+        }
+    }
+
+    /// The namespace's sinks by name, and what is wrong with the others.
+    fn sinks_of(&self, namespace: &str) -> (BTreeMap<String, Sink>, Vec<String>) {
+        let mut sinks = BTreeMap::new();
+        let mut problems = Vec::new();
+        if let Some(config) = self
+            .sinks
+            .get(&ObjectRef::new(CONFIG_MAP).within(namespace))
+        {
+            for (name, text) in config.data.iter().flatten() {
+                match Sink::parse(name, text) {
+                    Ok(sink) => {
+                        sinks.insert(name.clone(), sink);
+                    }
+                    Err(problem) => problems.push(problem),
+                }
+            }
+        }
+        (sinks, problems)
+    }
+
+    /// Reports each problem once (a warning Event on the Rollout).
+    fn report(&self, rollout: &Rollout, namespace: &str, name: &str, problems: Vec<String>) {
+        let fresh: Vec<String> = {
+            let Ok(mut deliveries) = self.deliveries.lock() else {
+                return;
+            };
+            let delivery = deliveries
+                .entry((namespace.to_owned(), name.to_owned()))
+                .or_default();
+            let fresh = problems
+                .iter()
+                .filter(|p| !delivery.reported.contains(*p))
+                .cloned()
+                .collect();
+            delivery.reported = problems.into_iter().collect();
+            fresh
+        };
+        for problem in fresh {
+            self.publish(rollout, "NotificationsInvalid", &problem);
+        }
+    }
+
+    fn publish(&self, rollout: &Rollout, reason: &str, message: &str) {
+        self.events
+            .publish(&rollout.object_ref(&()), true, reason, reason, message);
+    }
+
+    /// Where a sink's notifications go, its Secrets read.
+    async fn target(&self, namespace: &str, sink: &Sink) -> Result<Target, String> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let read = |from: &sluice_api::notification::FromSecret| {
+            let secrets = secrets.clone();
+            let reference = from.secret_key_ref.clone();
+            async move {
+                match crate::analysis_run::read_secret(&secrets, &reference).await {
+                    Ok(Ok(value)) => Ok(value.trim().to_owned()),
+                    Ok(Err(problem)) => Err(problem),
+                    Err(err) => Err(format!("could not read Secret {:?}: {err}", reference.name)),
+                }
+            }
+        };
+        let url = match (&sink.url, &sink.url_from) {
+            (Some(url), _) => url.clone(),
+            (None, Some(from)) => read(from).await?,
+            (None, None) => return Err("the sink has no url".to_owned()),
+        };
+        let token = match &sink.token_from {
+            Some(from) => Some(read(from).await?),
+            None => None,
+        };
+        Ok(Target { url, token })
+    }
+
+    /// Sends one notification, three times at most.
+    async fn send(&self, target: &Target, format: Format, note: &Note<'_>) -> CallOutcome {
+        let (document, content_type) = render(format, note);
+        let mut headers = vec![("X-Sluice-Dedupe-Key".to_owned(), note.dedupe_key())];
+        if let Some(token) = &target.token {
+            headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
+        }
+        let request = Post {
+            url: &target.url,
+            document: &document,
+            content_type,
+            headers: &headers,
+            timeout: SEND_TIMEOUT,
+        };
+        let once = || async {
+            let outcome = post(&self.policy, &request).await;
+            if outcome.ok {
+                Ok(outcome)
+            } else {
+                Err(outcome)
+            }
+        };
+        once.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_times(ATTEMPTS - 1),
+        )
+        .sleep(tokio::time::sleep)
+        .await
+        .unwrap_or_else(|failed| failed)
+    }
+}
+
+struct Target {
+    url: String,
+    token: Option<String>,
+}
+
+/// One transition to announce.
+struct Note<'a> {
+    rollout: &'a Rollout,
+    namespace: &'a str,
+    release: &'a ReleaseProgress,
+    /// Its place in the release's timeline, counting entries dropped from the middle.
+    index: usize,
+    entry: &'a TimelineEntry,
+    trigger: Trigger,
+}
+
+impl Note<'_> {
+    fn dedupe_key(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.rollout.uid().unwrap_or_default(),
+            self.release.number,
+            self.index
+        )
+    }
+}
+
+/// The entries of a release's timeline by their place in it: entries dropped from its middle (the
+/// timeline keeps the first and the newest) keep their places as `None`, so a place is never given
+/// to another entry.
+fn entries(release: &ReleaseProgress) -> Vec<Option<&TimelineEntry>> {
+    let dropped = usize::try_from(release.timeline_dropped).unwrap_or(0);
+    let mut all = Vec::with_capacity(release.timeline.len() + dropped);
+    for (i, entry) in release.timeline.iter().enumerate() {
+        if i == TIMELINE_HEAD {
+            all.extend(std::iter::repeat_n(None, dropped));
+        }
+        all.push(Some(entry));
+    }
+    all
+}
+
+/// Each sink subscribed by the Rollout or its namespace, with the triggers it wants.
+fn subscriptions(
+    rollout: &Rollout,
+    sinks: &BTreeMap<String, Sink>,
+    problems: &mut Vec<String>,
+) -> BTreeMap<String, BTreeSet<Trigger>> {
+    let mut wanted: BTreeMap<String, BTreeSet<Trigger>> = BTreeMap::new();
+    for (name, sink) in sinks {
+        if !sink.on.is_empty() {
+            wanted
+                .entry(name.clone())
+                .or_default()
+                .extend(sink.on.iter().copied());
+        }
+    }
+    for subscription in &rollout.spec.notifications {
+        if !sinks.contains_key(&subscription.sink) {
+            problems.push(format!(
+                "spec.notifications: no sink {:?} in the ConfigMap {CONFIG_MAP} of this namespace",
+                subscription.sink
+            ));
+            continue;
+        }
+        let on: Vec<Trigger> = if subscription.on.is_empty() {
+            Trigger::ALL.to_vec()
+        } else {
+            subscription.on.clone()
+        };
+        wanted
+            .entry(subscription.sink.clone())
+            .or_default()
+            .extend(on);
+    }
+    wanted
+}
+
+/// A notification in a sink's format, and its media type.
+fn render(format: Format, note: &Note<'_>) -> (serde_json::Value, &'static str) {
+    let name = note.rollout.name_any();
+    let title = format!(
+        "{}/{name}: release {} {}",
+        note.namespace,
+        note.release.number,
+        note.trigger.as_str()
+    );
+    let document = serde_json::json!({
+        "rollout": name,
+        "namespace": note.namespace,
+        "release": note.release.number,
+        "revision": note.release.revision,
+        "images": note.release.images,
+        "trigger": note.trigger.as_str(),
+        "reason": note.entry.reason,
+        "message": note.entry.message,
+        "at": note.entry.at,
+        "by": note.entry.by,
+        "dedupeKey": note.dedupe_key(),
+    });
+    match format {
+        Format::Json => (document, "application/json"),
+        Format::Slack => (
+            serde_json::json!({"text": format!("*{title}*: {}", note.entry.message)}),
+            "application/json",
+        ),
+        Format::Teams => (
+            serde_json::json!({
+                "type": "message",
+                "attachments": [{
+                    "contentType": "application/vnd.microsoft.card.adaptive",
+                    "content": {
+                        "type": "AdaptiveCard",
+                        "version": "1.4",
+                        "body": [
+                            {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": title},
+                            {"type": "TextBlock", "wrap": true, "text": note.entry.message}
+                        ]
+                    }
+                }]
+            }),
+            "application/json",
+        ),
+        // CloudEvents 1.0 in structured mode: the attributes and the data in one JSON document.
+        Format::Cloudevents => (
+            serde_json::json!({
+                "specversion": "1.0",
+                "id": note.dedupe_key(),
+                "source": format!(
+                    "/apis/sluice.dev/v1alpha1/namespaces/{}/rollouts/{name}",
+                    note.namespace
+                ),
+                "type": format!("dev.sluice.release.{}", note.trigger.as_str()),
+                "subject": format!("release/{}", note.release.number),
+                "time": note.entry.at,
+                "datacontenttype": "application/json",
+                "data": document,
+            }),
+            "application/cloudevents+json",
+        ),
+    }
+}

@@ -53,6 +53,9 @@ struct Delivery {
     reported: BTreeSet<String>,
     /// A release that `status.release` no longer holds, with transitions still to send.
     replaced: Option<ReleaseProgress>,
+    /// The release as last written (the cache may not have that write yet), while it has
+    /// transitions to send.
+    latest: Option<ReleaseProgress>,
 }
 
 /// Sends the Rollouts' notifications.
@@ -118,9 +121,10 @@ impl Notifier {
         {
             delivery.replaced = Some(replaced.clone());
         }
-        let current = release.is_some_and(|r| pending(r, delivery));
-        if !current && delivery.replaced.is_none() {
-            return;
+        match release.filter(|r| pending(r, delivery)) {
+            Some(release) => delivery.latest = Some(release.clone()),
+            None if delivery.replaced.is_none() => return,
+            None => {}
         }
         if delivery.running {
             delivery.again = true;
@@ -166,15 +170,18 @@ impl Notifier {
             }
             return;
         };
-        let replaced = self
+        // The releases as the reconcile wrote them: the cached Rollout may not show that write yet
+        // (its spec and identity are all that is read from it).
+        let (replaced, latest) = self
             .deliveries
             .lock()
             .ok()
-            .and_then(|mut d| d.get_mut(key)?.replaced.take());
-        if let Some(replaced) = replaced {
-            self.deliver_release(&rollout, key, replaced).await;
-        }
-        if let Some(release) = rollout.status.as_ref().and_then(|s| s.release.clone()) {
+            .and_then(|mut d| {
+                let delivery = d.get_mut(key)?;
+                Some((delivery.replaced.take(), delivery.latest.take()))
+            })
+            .unwrap_or_default();
+        for release in replaced.into_iter().chain(latest) {
             self.deliver_release(&rollout, key, release).await;
         }
     }

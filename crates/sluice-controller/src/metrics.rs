@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sluice_api::analysis::AnalysisPhase;
-use sluice_api::rollout::RolloutPhase;
+use sluice_api::rollout::{RolloutPhase, RolloutStatus};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -159,6 +159,12 @@ pub struct Metrics {
     pub restore_duration: Family<RolloutLabels, Histogram, fn() -> Histogram>,
     /// The reconciles under way, for [`Self::reconcile_requests`].
     pub open_reconciles: OpenReconciles,
+    /// Rollout reconciles running now (at most `--concurrency`).
+    pub reconciles_running: Gauge,
+    /// The share of traffic on each canary Rollout's new version, in percent.
+    pub canary_weight: Family<RolloutLabels, Gauge>,
+    /// The canary steps each Rollout has completed in its release (its total once it is stable).
+    pub canary_step: Family<RolloutLabels, Gauge>,
     pub registry: Registry,
 }
 
@@ -333,6 +339,24 @@ impl Default for Metrics {
             "Analysis measurements taken, by metric and outcome",
             measurements.clone(),
         );
+        let reconciles_running = Gauge::default();
+        registry.register(
+            "rollout_reconciles_running",
+            "Rollout reconciles running now (at most --concurrency; more means a queue)",
+            reconciles_running.clone(),
+        );
+        let canary_weight = Family::<RolloutLabels, Gauge>::default();
+        registry.register(
+            "rollout_canary_weight",
+            "Share of traffic on each canary Rollout's new version, in percent",
+            canary_weight.clone(),
+        );
+        let canary_step = Family::<RolloutLabels, Gauge>::default();
+        registry.register(
+            "rollout_canary_step",
+            "Canary steps each Rollout has completed in its release (all of them once it is stable)",
+            canary_step.clone(),
+        );
         Self {
             reconciles,
             failures,
@@ -355,12 +379,33 @@ impl Default for Metrics {
             release_duration,
             restore_duration,
             open_reconciles: OpenReconciles::default(),
+            reconciles_running,
+            canary_weight,
+            canary_step,
             registry,
         }
     }
 }
 
 impl Metrics {
+    /// Records where a canary Rollout's release stands: its weight and the steps completed.
+    pub fn set_progress(&self, namespace: &str, rollout: &str, status: &RolloutStatus) {
+        let Some(canary) = status.canary.as_ref() else {
+            return;
+        };
+        let labels = RolloutLabels {
+            namespace: namespace.to_owned(),
+            rollout: rollout.to_owned(),
+        };
+        let weight = canary.weights.as_ref().map_or(0, |w| w.canary.weight);
+        self.canary_weight
+            .get_or_create(&labels)
+            .set(i64::from(weight));
+        self.canary_step
+            .get_or_create(&labels)
+            .set(i64::from(status.current_step_index.unwrap_or(0)));
+    }
+
     /// Records the phase a Rollout is now in.
     pub fn set_phase(&self, namespace: &str, rollout: &str, phase: RolloutPhase) {
         let current = Phase::from(phase);
@@ -493,6 +538,8 @@ impl Metrics {
             rollout: rollout.to_owned(),
         };
         self.aborts.remove(&labels);
+        self.canary_weight.remove(&labels);
+        self.canary_step.remove(&labels);
         self.releases_started.remove(&labels);
         self.circuit_holds.remove(&labels);
         for state in ["Closed", "Open", "HalfOpen"] {
@@ -708,14 +755,68 @@ mod dashboard_tests {
             message: "release of b held: circuit breaker open".to_owned(),
         };
         metrics.record_circuit("ns", "web", Some(&breaker), &[held]);
+        metrics.set_phase("ns", "web", sluice_api::rollout::RolloutPhase::Progressing);
+        metrics.set_progress(
+            "ns",
+            "web",
+            &sluice_api::rollout::RolloutStatus {
+                canary: Some(Default::default()),
+                ..Default::default()
+            },
+        );
+        let _ = metrics.aborts.get_or_create(&RolloutLabels {
+            namespace: "ns".to_owned(),
+            rollout: "web".to_owned(),
+        });
+        let _ = metrics.measurements.get_or_create(&MeasurementLabels {
+            namespace: "ns".to_owned(),
+            metric: "error-rate".to_owned(),
+            phase: "Successful".to_owned(),
+        });
+        let gate = GateLabels {
+            namespace: "ns".to_owned(),
+            gate: "checkout".to_owned(),
+        };
+        metrics.gate_budget_remaining.get_or_create(&gate).set(50.0);
+        metrics.gate_held.get_or_create(&gate).set(0);
+        metrics.gate_evaluations.get_or_create(&gate).inc();
+        metrics
+            .gate_burn_rate
+            .get_or_create(&BurnRateLabels {
+                namespace: "ns".to_owned(),
+                gate: "checkout".to_owned(),
+                window: "1h".to_owned(),
+            })
+            .set(1.0);
+        let _ = metrics.failures.get_or_create(&ErrorLabels {
+            error: "Kube".to_owned(),
+        });
+        let _ = metrics.api_requests.get_or_create(&RequestLabels {
+            verb: "patch".to_owned(),
+            resource: "rollouts".to_owned(),
+        });
         let mut exported = String::new();
         prometheus_client::encoding::text::encode(&mut exported, &metrics.registry)
             .expect("encode");
-        let dashboards = [include_str!(
-            "../../../charts/sluice/files/dashboards/delivery.json"
-        )];
+        // Every dashboard the chart ships, however many there are.
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../charts/sluice/files/dashboards");
+        let mut dashboards = Vec::new();
+        for entry in std::fs::read_dir(&folder).expect("dashboards") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&path).expect("dashboard");
+                serde_json::from_str::<serde_json::Value>(&text).expect("a dashboard is JSON");
+                dashboards.push(text);
+            }
+        }
+        assert!(
+            dashboards.len() >= 2,
+            "{} dashboards found",
+            dashboards.len()
+        );
         let mut checked = 0;
-        for dashboard in dashboards {
+        for dashboard in &dashboards {
             for (at, _) in dashboard.match_indices("sluice_") {
                 let name: String = dashboard[at..]
                     .chars()
@@ -733,6 +834,6 @@ mod dashboard_tests {
                 checked += 1;
             }
         }
-        assert!(checked >= 7, "only {checked} metric references found");
+        assert!(checked >= 20, "only {checked} metric references found");
     }
 }

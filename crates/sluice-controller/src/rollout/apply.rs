@@ -372,6 +372,7 @@ pub(super) fn announce(ctx: &Context, rollout: &Rollout, status: &RolloutStatus,
     if let Some(phase) = plan.status.phase {
         ctx.metrics.set_phase(&namespace, &name, phase);
     }
+    ctx.metrics.set_progress(&namespace, &name, &plan.status);
     if plan.status.abort && !status.abort {
         ctx.metrics
             .aborts

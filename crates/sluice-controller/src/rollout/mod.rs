@@ -63,9 +63,11 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
     let attempt = AssertUnwindSafe(reconcile_rollout(&rollout, &ctx))
         .catch_unwind()
         .map(|outcome| outcome.unwrap_or_else(|panic| Err(Error::Panic(panic_message(&*panic)))));
+    ctx.metrics.reconciles_running.inc();
     let result = tokio::time::timeout(RECONCILE_TIMEOUT, attempt.instrument(span.clone()))
         .await
         .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
+    ctx.metrics.reconciles_running.dec();
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());

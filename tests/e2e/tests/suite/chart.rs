@@ -116,8 +116,33 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
             "networkPolicy.enabled=true",
             "--set",
             "providerAddresses={prometheus.monitoring.svc,10.0.0.0/8}",
+            "--set",
+            "metrics.grafanaDashboards.enabled=true",
         ],
     )?)?;
+    // Each dashboard in a ConfigMap Grafana's sidecar picks up, holding valid JSON.
+    let dashboards: Vec<&Value> = full
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    ensure!(
+        dashboards.len() == 2,
+        "{} dashboard ConfigMaps",
+        dashboards.len()
+    );
+    for dashboard in &dashboards {
+        for text in dashboard["data"]
+            .as_object()
+            .into_iter()
+            .flat_map(|d| d.values())
+        {
+            let parsed: Value = serde_json::from_str(text.as_str().unwrap_or_default())?;
+            ensure!(
+                parsed["panels"].as_array().is_some_and(|p| !p.is_empty()),
+                "{parsed}"
+            );
+        }
+    }
     let kinds: Vec<&str> = full.iter().filter_map(|o| o["kind"].as_str()).collect();
     for kind in [
         "CustomResourceDefinition",

@@ -100,6 +100,21 @@ async fn each_transition_is_notified_once_a_silent_sink_delays_nothing_and_a_res
             .any(|p| p.reason == "CanaryPauseStep")
     })
     .await?;
+    // The release's weight and step, as the releases dashboard draws them.
+    let exported = sluice_e2e::http_get(&controller.http, "/metrics").await?;
+    for (series, value) in [
+        ("sluice_rollout_canary_weight", "50"),
+        ("sluice_rollout_canary_step", "1"),
+    ] {
+        let line = format!(
+            "{series}{{namespace=\"{}\",rollout=\"web\"}} {value}",
+            ns.name
+        );
+        ensure!(
+            exported.lines().any(|l| l == line),
+            "no {line:?} in /metrics"
+        );
+    }
     crate::canary::request(&api, "web", "promote").await?;
     let done = wait_status(&api, "2.0.0 stable", |s| {
         s.phase == Some(RolloutPhase::Healthy)

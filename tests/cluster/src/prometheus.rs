@@ -8,16 +8,22 @@ use anyhow::{Context, Result, bail};
 
 /// Finds `prometheus` on PATH, installing Debian's package when it is missing and we may.
 pub fn ensure_installed() -> Result<PathBuf> {
-    if let Some(path) = find_on_path("prometheus") {
+    ensure_debian_program("prometheus", "prometheus")
+}
+
+/// Finds `program` on PATH, installing Debian's `package` (which provides it) when it is missing
+/// and we may: the tests' tools come from the project's own scripts, never from a hand install.
+pub fn ensure_debian_program(program: &str, package: &str) -> Result<PathBuf> {
+    if let Some(path) = find_on_path(program) {
         return Ok(path);
     }
     let is_root = nix::unistd::Uid::effective().is_root();
     if !is_root || find_on_path("apt-get").is_none() {
         bail!(
-            "Prometheus is not installed; install Debian's `prometheus` package (apt-get install prometheus) and retry"
+            "{program} is not installed; install Debian's `{package}` package (apt-get install {package}) and retry"
         );
     }
-    eprintln!("Installing Debian's prometheus package");
+    eprintln!("Installing Debian's {package} package");
     let run = |args: &[&str]| -> Result<()> {
         let status = Command::new("apt-get")
             .args(args)
@@ -30,14 +36,9 @@ pub fn ensure_installed() -> Result<PathBuf> {
         Ok(())
     };
     run(&["update", "-qq"])?;
-    run(&[
-        "install",
-        "-y",
-        "-qq",
-        "--no-install-recommends",
-        "prometheus",
-    ])?;
-    find_on_path("prometheus").context("prometheus is still not on PATH after installing it")
+    run(&["install", "-y", "-qq", "--no-install-recommends", package])?;
+    find_on_path(program)
+        .with_context(|| format!("{program} is still not on PATH after installing {package}"))
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

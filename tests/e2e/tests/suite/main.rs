@@ -13,6 +13,7 @@ mod cluster;
 mod confidence;
 mod faults;
 mod gate;
+mod gitops;
 mod history;
 mod hostile;
 mod images;

@@ -295,3 +295,167 @@ async fn argo_cd_health_checks_follow_every_state_of_real_releases_runs_and_gate
     eprintln!("health checks judged: {outcomes:?}");
     Ok(())
 }
+
+/// Builds the kstatus checker (`tests/kstatus`, Flux's `sigs.k8s.io/cli-utils/pkg/kstatus`) with the
+/// machine's Go; Go's build cache makes a second build instant.
+fn kstatus_checker() -> Result<std::path::PathBuf> {
+    let out = repo_root().join("target/kstatus");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(repo_root().join("tests/kstatus"))
+        .status()
+        .context("running go build")?;
+    ensure!(status.success(), "go build of tests/kstatus failed");
+    Ok(out)
+}
+
+/// kstatus's verdict ("Current", "InProgress", "Failed", ...) for each object.
+fn kstatus(checker: &std::path::Path, objects: &[Value]) -> Result<Vec<(String, String)>> {
+    let mut child = Command::new(checker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(&serde_json::to_vec(objects)?)?;
+    let output = child.wait_with_output()?;
+    ensure!(
+        output.status.success(),
+        "kstatus failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?
+        .lines()
+        .map(|l| {
+            let (status, message) = l.split_once('\t').unwrap_or((l, ""));
+            (status.to_owned(), message.to_owned())
+        })
+        .collect())
+}
+
+/// `kubectl wait --for=condition=Ready` on the Rollout: whether it succeeded within `seconds`.
+fn wait_ready(ns: &str, seconds: u32) -> Result<bool> {
+    let output = sluice_e2e::kubectl(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        &format!("--timeout={seconds}s"),
+        "rollouts.sluice.dev/web",
+    ])?;
+    Ok(output.status.success())
+}
+
+#[tokio::test]
+async fn flux_kstatus_reads_every_phase_and_kubectl_wait_for_ready_follows_the_release()
+-> Result<()> {
+    let checker = tokio::task::spawn_blocking(kstatus_checker).await??;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "kstatus").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let seen = record(api.clone());
+
+    let mut manifest = crate::analysis::rollout(json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "steps": [{"setWeight": 50}, {"pause": {}}]
+    }));
+    manifest["metadata"]["labels"] = json!({"slo": "web"});
+    apply(&api, &manifest).await?;
+    wait_status(&api, "healthy", |s| s.phase == Some(RolloutPhase::Healthy)).await?;
+    ensure!(
+        wait_ready(&ns.name, 30)?,
+        "kubectl wait for Ready failed on a healthy Rollout"
+    );
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    wait_status(&api, "paused", |s| s.phase == Some(RolloutPhase::Paused)).await?;
+    crate::canary::request(&api, "web", "promote").await?;
+    wait_status(&api, "2.0.0 stable", |s| {
+        s.phase == Some(RolloutPhase::Healthy) && s.stable_rs == s.current_pod_hash
+    })
+    .await?;
+    ensure!(
+        wait_ready(&ns.name, 30)?,
+        "kubectl wait for Ready failed on a finished release"
+    );
+    set_image(&api, "registry.example/web:3.0.0").await?;
+    wait_status(&api, "3.0.0 paused", |s| {
+        s.phase == Some(RolloutPhase::Paused) && s.stable_rs != s.current_pod_hash
+    })
+    .await?;
+    crate::canary::request(&api, "web", "abort").await?;
+    wait_status(&api, "aborted", |s| s.abort).await?;
+    ensure!(
+        !wait_ready(&ns.name, 3)?,
+        "kubectl wait for Ready passed on an aborted release"
+    );
+
+    // A gate that cannot judge holds the next release.
+    let gates: Api<sluice_api::ErrorBudgetGate> = Api::namespaced(client.clone(), &ns.name);
+    apply(&gates, &json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate", "metadata": {"name": "slo"},
+        "spec": {
+            "selector": {"matchLabels": {"slo": "web"}},
+            "objective": 99.0, "window": "1h", "evaluationInterval": "2s",
+            "sli": {"events": {"errorQuery": "sum(increase(errors_total[{{window}}]))",
+                               "totalQuery": "sum(increase(requests_total[{{window}}]))"}},
+            "prometheus": {"address": "http://127.0.0.1:1"}
+        }
+    }))
+    .await?;
+    set_image(&api, "registry.example/web:4.0.0").await?;
+    wait_status(&api, "4.0.0 held", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "ReleaseHeld" && c.status == "True")
+    })
+    .await?;
+    ensure!(
+        !wait_ready(&ns.name, 3)?,
+        "kubectl wait for Ready passed on a held release"
+    );
+
+    let objects = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let verdicts = kstatus(&checker, &objects)?;
+    let mut by_phase: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for (object, (status, message)) in objects.iter().zip(&verdicts) {
+        let generation_seen = object["status"]["observedGeneration"].as_i64()
+            >= object["metadata"]["generation"].as_i64();
+        let phase = object["status"]["phase"].as_str().unwrap_or("none");
+        let want = match phase {
+            // kstatus reads an object the controller has not written a status to yet as Current
+            // (its rule for resources without one); the controller writes one at once.
+            "none" if object["status"].is_null() => "Current",
+            _ if !generation_seen => "InProgress",
+            "Healthy" => "Current",
+            "Progressing" => "InProgress",
+            // Not done until a person (or the gate) lets it go: Ready is False, as for kubectl wait.
+            "Paused" => "InProgress",
+            "Degraded" => "Failed",
+            _ => "InProgress",
+        };
+        ensure!(
+            status == want,
+            "kstatus says {status} ({message}) for phase {phase}, want {want}: {}",
+            object["status"]
+        );
+        by_phase
+            .entry(phase.to_owned())
+            .or_default()
+            .insert(status.clone());
+    }
+    for phase in ["Healthy", "Progressing", "Paused", "Degraded"] {
+        ensure!(
+            by_phase.contains_key(phase),
+            "no {phase} status seen: {by_phase:?}"
+        );
+    }
+    eprintln!("kstatus by phase: {by_phase:?}");
+    Ok(())
+}

@@ -41,6 +41,8 @@ use requests::{Pending, take_request};
 /// wakes the Rollout through a watch; this is only a safety net (as Argo Rollouts' resync), and a
 /// settled Rollout's look costs no request.
 const RESYNC: Duration = Duration::from_secs(900);
+/// How soon to look again after acting on a person's request, to take it off the Rollout.
+const REQUEST_CLEARED_AFTER: Duration = Duration::from_millis(500);
 /// How soon to look again at a Rollout whose cached copy is older than the controller's own write.
 const STALE_RETRY: Duration = Duration::from_millis(50);
 /// A reconcile that takes longer is abandoned and retried: an API request that never answers (the
@@ -343,9 +345,15 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     // The transitions this write recorded go to the notification sinks, outside the reconcile.
     ctx.notifier
         .offer(rollout, &namespace, plan.status.release.as_ref(), replaced);
-    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
-        d.min(RESYNC) + Duration::from_millis(50)
-    })))
+    let mut after = plan
+        .requeue_after
+        .map_or(RESYNC, |d| d.min(RESYNC) + Duration::from_millis(50));
+    if request.is_some() {
+        // The request acted on is taken off the Rollout by the next reconcile (once this status
+        // is in the cache); the status write wakes nothing, so look again shortly.
+        after = after.min(REQUEST_CLEARED_AFTER);
+    }
+    Ok(Action::requeue(after))
 }
 
 /// The images of a pod template's containers and init containers, `name=image`, for the release

@@ -223,14 +223,23 @@ async fn a_persons_abort_is_recorded_with_who_asked() -> Result<()> {
         .context("the abort in the timeline")?;
     assert_eq!(entry.by.as_deref(), Some(me.as_str()));
     assert_eq!(aborted.spec.release.aborted_by, Some(AbortCause::User));
-    let rollout = api.get("web").await?;
-    ensure!(
-        !rollout
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(sluice_api::names::REQUESTED_BY_ANNOTATION),
-        "the requester is taken off with the request"
-    );
+    // Taken off by the reconcile after the one that recorded it.
+    sluice_e2e::eventually(
+        "the requester taken off with the request",
+        std::time::Duration::from_secs(10),
+        || async {
+            let annotations = api
+                .get("web")
+                .await?
+                .metadata
+                .annotations
+                .unwrap_or_default();
+            Ok(
+                (!annotations.contains_key(sluice_api::names::REQUESTED_BY_ANNOTATION))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
     Ok(())
 }

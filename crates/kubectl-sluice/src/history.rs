@@ -207,15 +207,7 @@ pub fn report(record: &Release, rollout: Option<&Rollout>, format: Format) -> Re
         );
     }
     for score in &r.confidence {
-        heading(
-            &mut out,
-            &format!(
-                "Confidence at step {}: {}/100, {:?}",
-                score.step + 1,
-                score.score,
-                score.decision
-            ),
-        );
+        heading(&mut out, &score_heading(score, !r.steps.is_empty()));
         let rows: Vec<[String; 4]> = score
             .factors
             .iter()
@@ -387,5 +379,42 @@ fn grid<const N: usize>(out: &mut String, md: bool, header: [&str; N], rows: &[[
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// A confidence score's heading: at its canary step, or (a release without steps: blue-green's
+/// `prePromotionConfidence`) before promotion.
+fn score_heading(score: &sluice_api::rollout::ConfidenceScore, stepped: bool) -> String {
+    let when = if stepped {
+        format!("at step {}", score.step + 1)
+    } else {
+        "before promotion".to_owned()
+    };
+    format!(
+        "Confidence {when}: {}/100, {:?}",
+        score.score, score.decision
+    )
+}
+
+#[cfg(test)]
+mod score_tests {
+    use super::*;
+
+    #[test]
+    fn a_blue_green_score_is_headed_before_promotion_and_a_canary_one_at_its_step() {
+        let score: sluice_api::rollout::ConfidenceScore =
+            serde_json::from_value(serde_json::json!({
+                "step": 2, "revision": "abc", "score": 70, "decision": "Review",
+                "factors": [], "scoredAt": "2026-12-02T10:00:00Z"
+            }))
+            .expect("score");
+        assert_eq!(
+            score_heading(&score, true),
+            "Confidence at step 3: 70/100, Review"
+        );
+        assert_eq!(
+            score_heading(&score, false),
+            "Confidence before promotion: 70/100, Review"
+        );
     }
 }

@@ -98,6 +98,9 @@ impl Notifier {
         release: Option<&ReleaseProgress>,
         replaced: Option<&ReleaseProgress>,
     ) {
+        if release.is_none() && replaced.is_none() {
+            return;
+        }
         let key = (namespace.to_owned(), rollout.name_any());
         let Ok(mut deliveries) = self.deliveries.lock() else {
             return;
@@ -114,7 +117,7 @@ impl Notifier {
                         .and_then(|marks| marks.get(ALL_SINKS).copied())
                 })
                 .unwrap_or(0);
-            handled < entries(release).len()
+            handled < places(release)
         };
         if let Some(replaced) = replaced
             && pending(replaced, delivery)
@@ -413,12 +416,17 @@ impl Note<'_> {
     }
 }
 
+/// How many places a release's timeline has (its entries and those dropped from its middle).
+fn places(release: &ReleaseProgress) -> usize {
+    release.timeline.len() + usize::try_from(release.timeline_dropped).unwrap_or(0)
+}
+
 /// The entries of a release's timeline by their place in it: entries dropped from its middle (the
 /// timeline keeps the first and the newest) keep their places as `None`, so a place is never given
 /// to another entry.
 fn entries(release: &ReleaseProgress) -> Vec<Option<&TimelineEntry>> {
     let dropped = usize::try_from(release.timeline_dropped).unwrap_or(0);
-    let mut all = Vec::with_capacity(release.timeline.len() + dropped);
+    let mut all = Vec::with_capacity(places(release));
     for (i, entry) in release.timeline.iter().enumerate() {
         if i == TIMELINE_HEAD {
             all.extend(std::iter::repeat_n(None, dropped));

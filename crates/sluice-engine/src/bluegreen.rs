@@ -378,9 +378,11 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
     {
         abort(&mut d, AbortCause::Webhook, &why);
     }
-    if releasing && !d.status.abort && !gate_waits && gate::admitted(&d.status, &current) {
-        // Before the preview's first pod: nothing has been created or exposed yet.
-        let starting = d.stage() == Stage::Preview && d.observed(&current).replicas == 0;
+    // A release the gates let start, and whether its preview has yet to get a pod.
+    let starting =
+        (releasing && !d.status.abort && !gate_waits && gate::admitted(&d.status, &current))
+            .then(|| d.stage() == Stage::Preview && d.observed(&current).replicas == 0);
+    if let Some(starting) = starting {
         match d.hooks.before_pods(&mut d.status, starting) {
             BeforePods::Go => {}
             BeforePods::Confirming(message) => {
@@ -394,14 +396,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, strategy: &BlueGreenStrateg
             BeforePods::Failed(message) => abort(&mut d, AbortCause::Webhook, &message),
         }
     }
-    if releasing
-        && !d.status.abort
-        && !gate_waits
-        && d.confirming.is_none()
-        && gate::admitted(&d.status, &current)
-    {
-        // Before the preview's first pod: nothing has been created or exposed yet.
-        let starting = d.stage() == Stage::Preview && d.observed(&current).replicas == 0;
+    // The checks start once the webhooks confirmed the release (pre-rollout runs beside them).
+    if let Some(starting) = starting.filter(|_| !d.status.abort && d.confirming.is_none()) {
         let checked = crate::checks::decide(
             &mut d.status,
             &s.spec.pre_deployment_checks,

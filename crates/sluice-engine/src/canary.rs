@@ -315,11 +315,14 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
     {
         abort(&mut d, AbortCause::Webhook, &why);
     }
-    if releasing && !d.status.abort && gate::admitted(&d.status, &current) {
-        // Before the first canary pod: nothing has been created or sent traffic yet.
-        let starting = d.status.current_step_index.unwrap_or(0) == 0
-            && d.previous_weight() == 0
-            && d.observed(&current).replicas == 0;
+    // A release the gates let start, and whether it has yet to create a pod or send traffic.
+    let starting =
+        (releasing && !d.status.abort && gate::admitted(&d.status, &current)).then(|| {
+            d.status.current_step_index.unwrap_or(0) == 0
+                && d.previous_weight() == 0
+                && d.observed(&current).replicas == 0
+        });
+    if let Some(starting) = starting {
         match d.hooks.before_pods(&mut d.status, starting) {
             BeforePods::Go => {}
             BeforePods::Confirming(message) => d.confirming = Some(message),
@@ -327,12 +330,8 @@ pub(crate) fn decide(s: &Snapshot<'_>, v: &Verdicts, canary: &CanaryStrategy) ->
             BeforePods::Failed(message) => abort(&mut d, AbortCause::Webhook, &message),
         }
     }
-    if releasing && !d.status.abort && d.confirming.is_none() && gate::admitted(&d.status, &current)
-    {
-        // Before the first canary pod: nothing has been created or sent traffic yet.
-        let starting = d.status.current_step_index.unwrap_or(0) == 0
-            && d.previous_weight() == 0
-            && d.observed(&current).replicas == 0;
+    // The checks start once the webhooks confirmed the release (pre-rollout runs beside them).
+    if let Some(starting) = starting.filter(|_| !d.status.abort && d.confirming.is_none()) {
         let checked = checks::decide(
             &mut d.status,
             &s.spec.pre_deployment_checks,

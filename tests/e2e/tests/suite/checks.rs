@@ -41,6 +41,14 @@ pub(crate) fn record_sizes(client: &Client, ns: &str) -> Arc<Mutex<BTreeMap<Stri
     sizes
 }
 
+/// The most pods the ReplicaSet of revision `hash` was ever asked for, as `record_sizes` saw.
+pub(crate) fn most_pods(sizes: &Arc<Mutex<BTreeMap<String, i32>>>, hash: &str) -> i32 {
+    sizes
+        .lock()
+        .map(|s| s.get(hash).copied().unwrap_or(0))
+        .unwrap_or(-1)
+}
+
 pub(crate) fn check_template(name: &str, address: &str) -> Value {
     json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate",
@@ -151,10 +159,7 @@ async fn critical_checks_stop_a_release_before_any_pod_and_advisory_ones_warn() 
         "{release:?}"
     );
     let revision = aborted.current_pod_hash.clone().context("hash")?;
-    let most = sizes
-        .lock()
-        .map(|s| s.get(&revision).copied().unwrap_or(0))
-        .unwrap_or(-1);
+    let most = most_pods(&sizes, &revision);
     ensure!(most == 0, "the checked revision was given {most} pods");
     ensure!(
         aborted.phase == Some(RolloutPhase::Degraded)
@@ -224,10 +229,7 @@ async fn a_failed_critical_check_stops_a_blue_green_release_before_the_preview()
         aborted.message
     );
     let revision = aborted.current_pod_hash.clone().context("hash")?;
-    let most = sizes
-        .lock()
-        .map(|s| s.get(&revision).copied().unwrap_or(0))
-        .unwrap_or(-1);
+    let most = most_pods(&sizes, &revision);
     ensure!(most == 0, "the preview was given {most} pods");
     ensure!(aborted.stable_rs == first.stable_rs, "{aborted:?}");
     Ok(())

@@ -132,6 +132,21 @@ where
     seen
 }
 
+/// A gate selecting `slo: <selects>` whose Prometheus cannot be reached: it judges Unknown (and so
+/// holds the releases it selects).
+fn unreachable_gate(selects: &str) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate", "metadata": {"name": "slo"},
+        "spec": {
+            "selector": {"matchLabels": {"slo": selects}},
+            "objective": 99.0, "window": "1h", "evaluationInterval": "2s",
+            "sli": {"events": {"errorQuery": "sum(increase(errors_total[{{window}}]))",
+                               "totalQuery": "sum(increase(requests_total[{{window}}]))"}},
+            "prometheus": {"address": "http://127.0.0.1:1"}
+        }
+    })
+}
+
 #[tokio::test]
 async fn argo_cd_health_checks_follow_every_state_of_real_releases_runs_and_gates() -> Result<()> {
     let lua = tokio::task::spawn_blocking(|| {
@@ -183,17 +198,7 @@ async fn argo_cd_health_checks_follow_every_state_of_real_releases_runs_and_gate
         }))
         .await?;
     }
-    apply(&gates, &json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate", "metadata": {"name": "slo"},
-        "spec": {
-            "selector": {"matchLabels": {"slo": "none"}},
-            "objective": 99.0, "window": "1h", "evaluationInterval": "2s",
-            "sli": {"events": {"errorQuery": "sum(increase(errors_total[{{window}}]))",
-                               "totalQuery": "sum(increase(requests_total[{{window}}]))"}},
-            "prometheus": {"address": "http://127.0.0.1:1"}
-        }
-    }))
-    .await?;
+    apply(&gates, &unreachable_gate("none")).await?;
     sluice_e2e::eventually(
         "the runs finished and the gate judged",
         std::time::Duration::from_secs(60),
@@ -398,17 +403,7 @@ async fn flux_kstatus_reads_every_phase_and_kubectl_wait_for_ready_follows_the_r
 
     // A gate that cannot judge holds the next release.
     let gates: Api<sluice_api::ErrorBudgetGate> = Api::namespaced(client.clone(), &ns.name);
-    apply(&gates, &json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "ErrorBudgetGate", "metadata": {"name": "slo"},
-        "spec": {
-            "selector": {"matchLabels": {"slo": "web"}},
-            "objective": 99.0, "window": "1h", "evaluationInterval": "2s",
-            "sli": {"events": {"errorQuery": "sum(increase(errors_total[{{window}}]))",
-                               "totalQuery": "sum(increase(requests_total[{{window}}]))"}},
-            "prometheus": {"address": "http://127.0.0.1:1"}
-        }
-    }))
-    .await?;
+    apply(&gates, &unreachable_gate("web")).await?;
     set_image(&api, "registry.example/web:4.0.0").await?;
     wait_status(&api, "4.0.0 held", |s| {
         s.conditions

@@ -15,7 +15,7 @@ use sluice_e2e::http::{Answer, TestServer};
 use sluice_e2e::{ControllerProcess, TestNamespace, client, install_crds};
 
 use crate::analysis::{apply, set_image, wait_status};
-use crate::checks::record_sizes;
+use crate::checks::{most_pods, record_sizes};
 
 fn documents(server: &TestServer, path: &str) -> Vec<Value> {
     server
@@ -23,16 +23,6 @@ fn documents(server: &TestServer, path: &str) -> Vec<Value> {
         .iter()
         .filter_map(|r| serde_json::from_str(&r.body).ok())
         .collect()
-}
-
-fn most_pods(
-    sizes: &std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, i32>>>,
-    hash: &str,
-) -> i32 {
-    sizes
-        .lock()
-        .map(|s| s.get(hash).copied().unwrap_or(0))
-        .unwrap_or(-1)
 }
 
 #[tokio::test]

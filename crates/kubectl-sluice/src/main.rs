@@ -23,6 +23,7 @@ use sluice_api::names::{
 };
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
+mod dashboard;
 mod history;
 mod migrate;
 
@@ -114,6 +115,21 @@ enum Command {
         /// text, markdown or json.
         #[arg(short, long, value_enum, default_value = "text")]
         output: history::Format,
+    },
+    /// Serve a live web page of every Rollout (phase, step, weights, pods per version), its release
+    /// timeline, analysis measurements against their thresholds, gates, breaker and history.
+    /// Read-only unless --allow-actions.
+    Dashboard {
+        /// Where to listen; a loopback address answers only to localhost.
+        #[arg(long, default_value = "127.0.0.1:3100")]
+        address: std::net::SocketAddr,
+        /// Every namespace (default: the one of --namespace or the kubeconfig context).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Offer promote, abort, retry, pause, resume and restart on the page; each writes the
+        /// same request annotation as the commands, with this command's credentials.
+        #[arg(long)]
+        allow_actions: bool,
     },
     /// Show a Rollout's steps, ReplicaSets and pods; --watch redraws every second.
     Get {
@@ -236,6 +252,18 @@ async fn run() -> Result<ExitCode> {
         }
         Command::Status { name, timeout } => {
             status(&rollouts, &name, Duration::from_secs(timeout)).await
+        }
+        Command::Dashboard {
+            address,
+            all_namespaces,
+            allow_actions,
+        } => {
+            let options = dashboard::Options {
+                address,
+                namespace: (!all_namespaces).then_some(namespace),
+                allow_actions,
+            };
+            dashboard::run(client, options).await
         }
         Command::Get { kind, name, watch } => {
             check_kind(&kind)?;
@@ -395,6 +423,7 @@ async fn request_with_reason(
     action: RolloutAction,
     reason: Option<&str>,
 ) -> Result<ExitCode> {
+    let request = action;
     let action = action.as_str();
     let started = Instant::now();
     while let Some(previous) = pending(rollouts, name).await? {
@@ -408,19 +437,7 @@ async fn request_with_reason(
     }
     // Who asks, as the API server knows them: recorded with what the request did.
     let by = requester(rollouts.clone().into_client()).await;
-    let patch = json!({"metadata": {"annotations": {
-        ACTION_ANNOTATION: action, REQUESTED_BY_ANNOTATION: by, REQUEST_REASON_ANNOTATION: reason
-    }}});
-    rollouts
-        .patch(
-            name,
-            &PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            },
-            &Patch::Merge(&patch),
-        )
-        .await?;
+    write_request(rollouts, name, request, by.as_deref(), reason).await?;
     let sent = Instant::now();
     while pending(rollouts, name).await?.as_deref() == Some(action) {
         if sent.elapsed() > REQUEST_WAIT {
@@ -435,8 +452,31 @@ async fn request_with_reason(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes a request to the Rollout's annotation, with who asks and why.
+pub(crate) async fn write_request(
+    rollouts: &Api<Rollout>,
+    name: &str,
+    action: RolloutAction,
+    by: Option<&str>,
+    reason: Option<&str>,
+) -> kube::Result<Rollout> {
+    let patch = json!({"metadata": {"annotations": {
+        ACTION_ANNOTATION: action.as_str(), REQUESTED_BY_ANNOTATION: by, REQUEST_REASON_ANNOTATION: reason
+    }}});
+    rollouts
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await
+}
+
 /// The identity the API server knows this client by (a SelfSubjectReview), if it says.
-async fn requester(client: Client) -> Option<String> {
+pub(crate) async fn requester(client: Client) -> Option<String> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let review = Api::<SelfSubjectReview>::all(client)
         .create(

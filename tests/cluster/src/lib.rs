@@ -6,6 +6,7 @@
 //! tooling, so errors are `anyhow` errors with context for the person at the terminal.
 
 pub mod binaries;
+pub mod browser;
 pub mod cluster;
 pub mod http;
 pub mod pki;

@@ -17,13 +17,19 @@ pub fn ensure_debian_program(program: &str, package: &str) -> Result<PathBuf> {
     if let Some(path) = find_on_path(program) {
         return Ok(path);
     }
+    apt_install(&[package])?;
+    find_on_path(program)
+        .with_context(|| format!("{program} is still not on PATH after installing {package}"))
+}
+
+/// Installs Debian's `packages` (without their recommendations), when we may: as root with apt-get.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let names = packages.join(" ");
     let is_root = nix::unistd::Uid::effective().is_root();
     if !is_root || find_on_path("apt-get").is_none() {
-        bail!(
-            "{program} is not installed; install Debian's `{package}` package (apt-get install {package}) and retry"
-        );
+        bail!("install Debian's packages {names} (apt-get install {names}) and retry");
     }
-    eprintln!("Installing Debian's {package} package");
+    eprintln!("Installing Debian's {names}");
     let run = |args: &[&str]| -> Result<()> {
         let status = Command::new("apt-get")
             .args(args)
@@ -36,9 +42,9 @@ pub fn ensure_debian_program(program: &str, package: &str) -> Result<PathBuf> {
         Ok(())
     };
     run(&["update", "-qq"])?;
-    run(&["install", "-y", "-qq", "--no-install-recommends", package])?;
-    find_on_path(program)
-        .with_context(|| format!("{program} is still not on PATH after installing {package}"))
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    run(&install)
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {

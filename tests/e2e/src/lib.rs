@@ -454,3 +454,76 @@ impl Drop for TrafficSim {
         let _ = self.child.wait();
     }
 }
+
+/// `kubectl-sluice dashboard` for one test's namespace, on a free loopback port; killed when
+/// dropped.
+pub struct Dashboard {
+    child: std::process::Child,
+    // Held open: the dashboard must never write to a closed stdout.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// Where it serves, e.g. `http://127.0.0.1:41234/`.
+    pub url: String,
+    /// Its log (stderr).
+    pub log: PathBuf,
+}
+
+impl Dashboard {
+    /// Starts `kubectl-sluice -n NAMESPACE dashboard --address 127.0.0.1:0 ARGS` (the plugin of
+    /// `SLUICE_E2E_PLUGIN_DIR`, else `target/debug`) and reads where it listens from its first line.
+    pub fn start(namespace: &str, args: &[&str]) -> Result<Self> {
+        use std::io::BufRead as _;
+        let binary = std::env::var_os("SLUICE_E2E_PLUGIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug"))
+            .join("kubectl-sluice");
+        let logs = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = logs.join(format!("dashboard-{namespace}.log"));
+        let mut child = Command::new(&binary)
+            .args(["-n", namespace, "dashboard", "--address", "127.0.0.1:0"])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (cargo build -p kubectl-sluice)",
+                    binary.display()
+                )
+            })?;
+        let Some(stdout) = child.stdout.take() else {
+            let _ = child.kill();
+            bail!("no stdout from {}", binary.display());
+        };
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .map(str::to_owned);
+        let Some(url) = url else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the dashboard did not say where it listens: {line:?} (log: {})",
+                log.display()
+            );
+        };
+        Ok(Self {
+            child,
+            _stdout: stdout,
+            url,
+            log,
+        })
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

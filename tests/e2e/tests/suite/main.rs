@@ -11,6 +11,7 @@ mod chart;
 mod checks;
 mod cluster;
 mod confidence;
+mod dashboard;
 mod faults;
 mod gate;
 mod gitops;

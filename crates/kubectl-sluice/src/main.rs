@@ -130,6 +130,10 @@ enum Command {
         /// same request annotation as the commands, with this command's credentials.
         #[arg(long)]
         allow_actions: bool,
+        /// A host name the page may also be reached by (an Ingress's); localhost and the address
+        /// listened on always may. Repeatable.
+        #[arg(long = "allowed-host")]
+        allowed_hosts: Vec<String>,
     },
     /// Show a Rollout's steps, ReplicaSets and pods; --watch redraws every second.
     Get {
@@ -257,11 +261,13 @@ async fn run() -> Result<ExitCode> {
             address,
             all_namespaces,
             allow_actions,
+            allowed_hosts,
         } => {
             let options = dashboard::Options {
                 address,
                 namespace: (!all_namespaces).then_some(namespace),
                 allow_actions,
+                allowed_hosts,
             };
             dashboard::run(client, options).await
         }

@@ -530,6 +530,52 @@ fn start_operator(root: &Path, cluster: &Cluster) -> Result<PathBuf> {
     sluice_testbed::cluster::spawn_addon(&cluster.state_dir, "sluice-controller", cmd)
 }
 
+/// Starts `kubectl sluice dashboard` for the demo's namespace (actions allowed: it listens on
+/// loopback only) and returns its address, read from its first line.
+fn start_dashboard(root: &Path, cluster: &Cluster) -> Result<String> {
+    let mut cmd = Command::new(root.join("target").join("debug").join("kubectl-sluice"));
+    cmd.args([
+        "-n",
+        NAMESPACE,
+        "dashboard",
+        "--address",
+        "127.0.0.1:0",
+        "--allow-actions",
+    ])
+    .env("KUBECONFIG", &cluster.kubeconfig);
+    let log = sluice_testbed::cluster::spawn_addon(&cluster.state_dir, "sluice-dashboard", cmd)?;
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(url) = text
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+        {
+            return Ok(url.to_owned());
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the dashboard did not start: see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Opens `url` in the desktop's browser when there is a desktop; prints it either way.
+fn open_in_browser(url: &str) {
+    println!(
+        "  {GREEN}{BOLD}Dashboard: {url}{RESET}  {DIM}(every step below shows there live; promote and abort from the page){RESET}"
+    );
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if desktop {
+        let _ = Command::new("xdg-open")
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+}
+
 pub fn run(root: &Path) -> Result<()> {
     heading(
         "Starting a local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok nodes, Prometheus)",
@@ -597,6 +643,8 @@ pub fn run(root: &Path) -> Result<()> {
     }
     let log = start_operator(root, &cluster)?;
     println!("  {DIM}operator log: {}{RESET}", log.display());
+    let dashboard = start_dashboard(root, &cluster)?;
+    open_in_browser(&dashboard);
 
     heading(
         "A canary Rollout with a Gateway API HTTPRoute: its first revision goes straight to stable",
@@ -883,6 +931,7 @@ pub fn run(root: &Path) -> Result<()> {
     println!("  alias kubectl={}", cluster.kubectl.display());
     println!("  export PATH=$PWD/target/debug:$PATH   # for `kubectl sluice`");
     println!("  kubectl sluice get rollout web -n {NAMESPACE} --watch");
+    println!("  {dashboard}   # the dashboard");
     println!("Stop both with `cargo xtask cluster down`.");
     Ok(())
 }

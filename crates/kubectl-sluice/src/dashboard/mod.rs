@@ -65,6 +65,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Offer promote, abort, retry, pause, resume and restart on the page.
     pub allow_actions: bool,
+    /// Host names the page may be reached by besides localhost (an Ingress's, say).
+    pub allowed_hosts: Vec<String>,
 }
 
 struct App {
@@ -126,12 +128,13 @@ pub async fn run(client: Client, options: Options) -> Result<ExitCode> {
         .route("/api/state", get(snapshot))
         .route("/api/events", get(events))
         .route("/api/rollouts/{namespace}/{name}/{action}", post(act))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
         .layer(middleware::from_fn_with_state(
-            (address.ip().is_loopback(),),
+            Arc::new(allowed_hosts(address, &app.options.allowed_hosts)),
             guard_host,
         ))
+        // Probes reach a pod by its IP: they say nothing about the cluster, so any Host may ask.
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .with_state(app.clone());
     let access = if app.options.allow_actions {
         "actions allowed"
@@ -204,30 +207,57 @@ async fn watch(app: Arc<App>, kind: Kind) {
     }
 }
 
-/// Refuses a request whose Host is not the loopback name it was served on: another site's page
-/// that rebinds its own name to 127.0.0.1 must not read the dashboard.
-async fn guard_host(State((loopback,)): State<(bool,)>, request: Request, next: Next) -> Response {
-    if loopback {
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok())
-            .unwrap_or_default();
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-            _ => host,
-        };
-        if !matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
-            return (
-                StatusCode::FORBIDDEN,
-                format!(
-                    "the dashboard listens on loopback and answers only to localhost, not {host:?}"
-                ),
-            )
-                .into_response();
-        }
+/// The names a request's Host may carry: localhost's, the address listened on (unless it is every
+/// address) and the ones allowed on the command line.
+fn allowed_hosts(address: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if !address.ip().is_unspecified() {
+        hosts.push(match address {
+            SocketAddr::V4(v4) => v4.ip().to_string(),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        });
+    }
+    hosts.extend(extra.iter().map(|host| host.to_ascii_lowercase()));
+    hosts
+}
+
+/// Refuses a request whose Host is not one the dashboard is reached by: a page of another site that
+/// points its own name at this address (DNS rebinding, through a port-forward too) must not read
+/// the board or the actions' token.
+async fn guard_host(
+    State(allowed): State<Arc<Vec<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let name = host_name(&host);
+    if !allowed.iter().any(|allowed| allowed == name) {
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "the dashboard answers to {} (--allowed-host adds more), not {host:?}",
+                allowed.join(", ")
+            ),
+        )
+            .into_response();
     }
     next.run(request).await
+}
+
+/// The name in a Host header, without its port (`[::1]:3100` is `[::1]`).
+fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
 }
 
 fn no_store(content_type: &'static str, body: String) -> Response {
@@ -350,5 +380,28 @@ async fn act(
             status.message,
         ),
         Err(err) => (StatusCode::BAD_GATEWAY, err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_allowed_by_its_name_whatever_its_port() {
+        assert_eq!(host_name("localhost:3100"), "localhost");
+        assert_eq!(host_name("[::1]:3100"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+        assert_eq!(host_name("dash.example"), "dash.example");
+        let everywhere = allowed_hosts(
+            SocketAddr::from(([0, 0, 0, 0], 3100)),
+            &["Dash.Example".to_owned()],
+        );
+        assert_eq!(
+            everywhere,
+            ["localhost", "127.0.0.1", "[::1]", "dash.example"]
+        );
+        let one = allowed_hosts(SocketAddr::from(([10, 0, 0, 7], 3100)), &[]);
+        assert!(one.contains(&"10.0.0.7".to_owned()));
     }
 }

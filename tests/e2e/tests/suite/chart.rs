@@ -1,7 +1,9 @@
 //! The Helm chart: it lints, renders, is accepted by the API server, and the RBAC it grants is
 //! enough for the operator to run a whole release (with analysis and a restart) and nothing fails
-//! as forbidden.
+//! as forbidden. The dashboard it can add reads what it shows and writes nothing, unless actions
+//! are allowed: then it may patch Rollouts (a person's request) and nothing else.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -10,9 +12,10 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
 use serde_json::{Value, json};
+use sluice_api::names::{ACTION_ANNOTATION, REQUESTED_BY_ANNOTATION};
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_e2e::{
-    ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
+    ControllerProcess, FIELD_MANAGER, TestNamespace, client, client_as, eventually, install_crds,
     kubeconfig_path, repo_root, yaml_documents,
 };
 
@@ -382,6 +385,540 @@ async fn run_release_as(client: &kube::Client, ns: &str, rbac: &[Value]) -> Resu
             .filter(|l| l.to_lowercase().contains("forbidden"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+    Ok(())
+}
+
+/// The kinds the dashboard lists and watches, as (API group, resource).
+const DASHBOARD_WATCHES: [(&str, &str); 5] = [
+    ("sluice.dev", "rollouts"),
+    ("sluice.dev", "analysisruns"),
+    ("sluice.dev", "errorbudgetgates"),
+    ("sluice.dev", "releases"),
+    ("apps", "replicasets"),
+];
+
+/// `helm template` of the chart as release `release` in namespace `namespace`, with `sets`.
+fn render(
+    helm_path: &std::path::Path,
+    release: &str,
+    namespace: &str,
+    sets: &[String],
+) -> Result<Vec<Value>> {
+    let mut args = vec![
+        "template",
+        release,
+        "charts/sluice",
+        "--namespace",
+        namespace,
+        "--kube-version",
+        "1.37.2",
+    ];
+    for set in sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    yaml_documents(&helm(helm_path, &args)?)
+}
+
+fn is_dashboard(object: &Value) -> bool {
+    object["metadata"]["labels"]["app.kubernetes.io/component"] == "dashboard"
+}
+
+/// Whether the equality selector `selector` (a non-empty map) selects `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// Whether the user of `client` may `verb` `resource` (`rollouts/status` names a subresource) of
+/// `group` in `namespace` (empty: across the cluster), as a SelfSubjectAccessReview answers.
+async fn may(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+) -> Result<bool> {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                        "subresource": subresource, "namespace": namespace}}
+    }))?;
+    let reviewed = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&Default::default(), &review)
+        .await?;
+    Ok(reviewed.status.is_some_and(|s| s.allowed))
+}
+
+/// Whether a request failed as forbidden (or succeeded: `Ok(false)`); any other failure is one.
+fn forbidden<T>(result: kube::Result<T>) -> Result<bool> {
+    match result {
+        Ok(_) => Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(true),
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[tokio::test]
+async fn the_chart_runs_the_dashboard_read_only_unless_actions_are_allowed() -> Result<()> {
+    let binaries = tokio::task::spawn_blocking(sluice_testbed::ensure_binaries).await??;
+    let client = client().await?;
+    install_crds(&client).await?;
+    // The release's namespace (the dashboard's Deployment and ServiceAccount) and the one watched,
+    // apart, so that a Role or a binding in the wrong one shows.
+    let home = TestNamespace::create(&client, "chart-dashboard").await?;
+    let team = TestNamespace::create(&client, "chart-dashboard-team").await?;
+    let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("charts/sluice/Chart.yaml"),
+    )?)?;
+    let app_version = chart["appVersion"]
+        .as_str()
+        .context("Chart.yaml appVersion")?;
+    // A Rollout for the dashboard's ServiceAccount to list, and to act on only when allowed.
+    apply_object(
+        &client,
+        &json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "web", "namespace": team.name},
+            "spec": {
+                "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "app", "image": "registry.example/web:1.0.0"}]}},
+                "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}
+            }
+        }),
+        false,
+    )
+    .await?;
+
+    for (i, (allow_actions, scoped)) in [(false, false), (true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let release = format!("{}-{i}", home.name);
+        let mut sets = vec![
+            "crds.install=false".to_owned(),
+            "networkPolicy.enabled=true".to_owned(),
+        ];
+        if scoped {
+            sets.push(format!("watchNamespace={}", team.name));
+        }
+        let without = render(&binaries.helm, &release, &home.name, &sets)?;
+        ensure!(
+            !without.iter().any(is_dashboard),
+            "the dashboard is on by default"
+        );
+        sets.push("dashboard.enabled=true".to_owned());
+        sets.push(format!("dashboard.allowActions={allow_actions}"));
+        let what = format!("the dashboard with {sets:?}");
+
+        let mut lint_args = vec!["lint", "charts/sluice"];
+        for set in &sets {
+            lint_args.extend(["--set", set.as_str()]);
+        }
+        let lint = helm(&binaries.helm, &lint_args)?;
+        ensure!(lint.contains("0 chart(s) failed"), "{what}: {lint}");
+
+        // The install notes say how to reach it, and whether it may act (a dry run, before the
+        // RBAC below exists: Helm refuses to install over objects it does not own, as it does over
+        // an image policy some other test installed).
+        let notes = helm(
+            &binaries.helm,
+            &[
+                &["install", &release, "charts/sluice", "--dry-run=client"][..],
+                &["--namespace", &home.name],
+                &["--kubeconfig", &kubeconfig_path().to_string_lossy()],
+                &lint_args[2..],
+                &["--set", "imagePolicy.enabled=false"],
+            ]
+            .concat(),
+        )?;
+        let notes = notes
+            .split_once("\nNOTES:\n")
+            .map(|(_, notes)| notes)
+            .context("no NOTES")?;
+        let forward = format!(
+            "kubectl -n {} port-forward svc/{release}-sluice-dashboard 3100",
+            home.name
+        );
+        ensure!(
+            notes.contains(&forward),
+            "{what}: notes without {forward}:\n{notes}"
+        );
+        let watched = match scoped {
+            true => format!("The dashboard (namespace {})", team.name),
+            false => "The dashboard (all namespaces)".to_owned(),
+        };
+        ensure!(
+            notes.contains(&watched),
+            "{what}: notes without {watched}:\n{notes}"
+        );
+        ensure!(
+            notes.contains("read-only") != allow_actions,
+            "{what}: the notes say it is read-only or not wrongly:\n{notes}"
+        );
+
+        let rendered = render(&binaries.helm, &release, &home.name, &sets)?;
+        // The operator's objects are those rendered without the dashboard, unchanged.
+        let (dashboard, operator): (Vec<Value>, Vec<Value>) =
+            rendered.into_iter().partition(is_dashboard);
+        ensure!(operator == without, "{what} changes the operator's objects");
+        let result = check_dashboard(
+            &client,
+            &dashboard,
+            &operator,
+            allow_actions,
+            scoped.then_some(team.name.as_str()),
+            &home.name,
+            &team.name,
+            app_version,
+        )
+        .await
+        .with_context(|| what.clone());
+        delete_cluster_scoped(&client, &dashboard).await;
+        result?;
+    }
+    Ok(())
+}
+
+/// Checks the dashboard's rendered objects, has the API server validate them (a dry run), applies
+/// its RBAC and checks, as its ServiceAccount, what that RBAC allows.
+#[allow(clippy::too_many_arguments)]
+async fn check_dashboard(
+    client: &kube::Client,
+    dashboard: &[Value],
+    operator: &[Value],
+    allow_actions: bool,
+    watch_namespace: Option<&str>,
+    home: &str,
+    team: &str,
+    app_version: &str,
+) -> Result<()> {
+    let of_kind = |objects: &[Value], kind: &str| -> Vec<Value> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .cloned()
+            .collect()
+    };
+    let mut kinds: Vec<&str> = dashboard
+        .iter()
+        .filter_map(|o| o["kind"].as_str())
+        .collect();
+    kinds.sort_unstable();
+    let mut expected = vec!["Deployment", "Service", "ServiceAccount"];
+    expected.extend(match watch_namespace {
+        Some(_) => ["Role", "RoleBinding"],
+        None => ["ClusterRole", "ClusterRoleBinding"],
+    });
+    if allow_actions {
+        // SelfSubjectReviews are cluster-scoped: a ClusterRole whatever the namespace watched.
+        expected.extend(["ClusterRole", "ClusterRoleBinding"]);
+    }
+    expected.sort_unstable();
+    ensure!(kinds == expected, "the dashboard's objects: {kinds:?}");
+
+    let [account] = &of_kind(dashboard, "ServiceAccount")[..] else {
+        bail!("not one ServiceAccount");
+    };
+    let account = account["metadata"]["name"]
+        .as_str()
+        .context("ServiceAccount name")?
+        .to_owned();
+    ensure!(account.ends_with("-sluice-dashboard"), "{account}");
+
+    // The Deployment: the arguments from the values, the probes, the operator's hardening.
+    let [deployment] = &of_kind(dashboard, "Deployment")[..] else {
+        bail!("not one dashboard Deployment");
+    };
+    let [controller] = &of_kind(operator, "Deployment")[..] else {
+        bail!("not one operator Deployment");
+    };
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    ensure!(
+        pod["spec"]["containers"].as_array().map(Vec::len) == Some(1),
+        "{pod}"
+    );
+    let mut args = vec!["dashboard".to_owned(), "--address=0.0.0.0:3100".to_owned()];
+    args.push(match watch_namespace {
+        Some(ns) => format!("--namespace={ns}"),
+        None => "--all-namespaces".to_owned(),
+    });
+    if allow_actions {
+        args.push("--allow-actions".to_owned());
+    }
+    ensure!(
+        container["args"] == json!(args),
+        "args {}",
+        container["args"]
+    );
+    ensure!(
+        container["image"] == format!("ghcr.io/sluice-dev/kubectl-sluice:{app_version}"),
+        "image {}",
+        container["image"]
+    );
+    ensure!(
+        container["ports"] == json!([{"name": "http", "containerPort": 3100}]),
+        "ports {}",
+        container["ports"]
+    );
+    ensure!(
+        container["readinessProbe"]["httpGet"] == json!({"path": "/readyz", "port": "http"})
+            && container["livenessProbe"]["httpGet"] == json!({"path": "/healthz", "port": "http"}),
+        "probes: {container}"
+    );
+    let hardened = &controller["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    ensure!(
+        container["securityContext"] == *hardened
+            && hardened["readOnlyRootFilesystem"] == true
+            && hardened["allowPrivilegeEscalation"] == false
+            && pod["spec"]["securityContext"]
+                == controller["spec"]["template"]["spec"]["securityContext"]
+            && pod["spec"]["securityContext"]["runAsNonRoot"] == true,
+        "not the operator's securityContext: {pod}"
+    );
+    ensure!(pod["spec"]["serviceAccountName"] == account, "{pod}");
+    ensure!(deployment["spec"]["replicas"] == 1, "{deployment}");
+
+    // The Service, on the port, selecting the dashboard's pods.
+    let [service] = &of_kind(dashboard, "Service")[..] else {
+        bail!("not one dashboard Service");
+    };
+    ensure!(
+        service["spec"]["type"] == "ClusterIP"
+            && service["spec"]["ports"]
+                == json!([{"name": "http", "port": 3100, "targetPort": "http"}]),
+        "{service}"
+    );
+
+    // No selector of the operator's selects the dashboard's pods, and the other way round.
+    let dashboard_pods = &pod["metadata"]["labels"];
+    let controller_pods = &controller["spec"]["template"]["metadata"]["labels"];
+    let operator_selectors = [
+        ("Deployment", "/spec/selector"),
+        ("Service", "/spec/selector"),
+        ("PodDisruptionBudget", "/spec/selector"),
+        ("NetworkPolicy", "/spec/podSelector"),
+    ];
+    for (kind, pointer) in operator_selectors {
+        let objects = of_kind(operator, kind);
+        ensure!(!objects.is_empty(), "the operator has no {kind}");
+        for object in objects {
+            let selector = object.pointer(pointer).context("a selector")?;
+            let selector = match kind {
+                "Service" => selector,
+                _ => {
+                    ensure!(selector["matchExpressions"].is_null(), "{selector}");
+                    &selector["matchLabels"]
+                }
+            };
+            ensure!(
+                selects(selector, controller_pods) && !selects(selector, dashboard_pods),
+                "the operator's {kind} selector {selector} selects the dashboard's pods \
+                 ({dashboard_pods}) or not the operator's ({controller_pods})"
+            );
+        }
+    }
+    for selector in [
+        &deployment["spec"]["selector"]["matchLabels"],
+        &service["spec"]["selector"],
+    ] {
+        ensure!(
+            selects(selector, dashboard_pods) && !selects(selector, controller_pods),
+            "the dashboard's selector {selector}"
+        );
+    }
+
+    // The RBAC, exactly: list and watch; patch on Rollouts and create on SelfSubjectReviews only
+    // with actions allowed.
+    let scope = watch_namespace.unwrap_or("cluster");
+    let mut granted = BTreeSet::new();
+    let roles: Vec<Value> = [
+        of_kind(dashboard, "Role"),
+        of_kind(dashboard, "ClusterRole"),
+    ]
+    .concat();
+    for role in &roles {
+        let in_scope = role["metadata"]["namespace"].as_str().unwrap_or("cluster");
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            ensure!(
+                rule["resourceNames"].is_null() && rule["nonResourceURLs"].is_null(),
+                "{rule}"
+            );
+            for group in rule["apiGroups"].as_array().into_iter().flatten() {
+                for resource in rule["resources"].as_array().into_iter().flatten() {
+                    for verb in rule["verbs"].as_array().into_iter().flatten() {
+                        granted.insert(format!(
+                            "{in_scope} {}/{} {}",
+                            group.as_str().unwrap_or_default(),
+                            resource.as_str().unwrap_or_default(),
+                            verb.as_str().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut wanted = BTreeSet::new();
+    for (group, resource) in DASHBOARD_WATCHES {
+        for verb in ["list", "watch"] {
+            wanted.insert(format!("{scope} {group}/{resource} {verb}"));
+        }
+    }
+    if allow_actions {
+        wanted.insert(format!("{scope} sluice.dev/rollouts patch"));
+        wanted.insert("cluster authentication.k8s.io/selfsubjectreviews create".to_owned());
+    }
+    ensure!(
+        granted == wanted,
+        "the dashboard's RBAC grants {granted:?}, not {wanted:?}"
+    );
+    let bindings: Vec<Value> = [
+        of_kind(dashboard, "RoleBinding"),
+        of_kind(dashboard, "ClusterRoleBinding"),
+    ]
+    .concat();
+    ensure!(bindings.len() == roles.len(), "{bindings:?}");
+    for binding in &bindings {
+        let bound = roles.iter().any(|r| {
+            binding["roleRef"]["kind"] == r["kind"]
+                && binding["roleRef"]["name"] == r["metadata"]["name"]
+                && binding["metadata"]["namespace"] == r["metadata"]["namespace"]
+        });
+        ensure!(
+            bound
+                && binding["subjects"]
+                    == json!([{"kind": "ServiceAccount", "name": account, "namespace": home}]),
+            "{binding}"
+        );
+    }
+
+    // The API server accepts every object (the operator's too); the RBAC is then applied for real.
+    for object in dashboard.iter().chain(operator) {
+        apply_object(client, object, true).await?;
+    }
+    for object in dashboard.iter().filter(|o| {
+        o["kind"]
+            .as_str()
+            .is_some_and(|k| k == "ServiceAccount" || k.contains("Role"))
+    }) {
+        apply_object(client, object, false).await?;
+    }
+
+    // As the ServiceAccount: what the RBAC allows, once the authorizer has seen it.
+    let user = format!("system:serviceaccount:{home}:{account}");
+    let dashboard_client = client_as(&user).await?;
+    eventually("the dashboard's RBAC to take effect", WAIT, || async {
+        Ok(
+            may(&dashboard_client, "list", "sluice.dev", "rollouts", team)
+                .await?
+                .then_some(()),
+        )
+    })
+    .await?;
+    let cluster_wide = watch_namespace.is_none();
+    let mut expectations: Vec<(&str, &str, &str, &str, bool)> = Vec::new();
+    for (group, resource) in DASHBOARD_WATCHES {
+        for verb in ["list", "watch"] {
+            expectations.push((verb, group, resource, team, true));
+            expectations.push((verb, group, resource, home, cluster_wide));
+            expectations.push((verb, group, resource, "", cluster_wide));
+        }
+    }
+    expectations.extend([
+        ("patch", "sluice.dev", "rollouts", team, allow_actions),
+        (
+            "patch",
+            "sluice.dev",
+            "rollouts",
+            "",
+            allow_actions && cluster_wide,
+        ),
+        ("get", "sluice.dev", "rollouts", team, false),
+        ("update", "sluice.dev", "rollouts", team, false),
+        ("create", "sluice.dev", "rollouts", team, false),
+        ("delete", "sluice.dev", "rollouts", team, false),
+        ("patch", "sluice.dev", "rollouts/status", team, false),
+        ("patch", "sluice.dev", "analysisruns", team, false),
+        ("create", "sluice.dev", "analysisruns", team, false),
+        ("patch", "sluice.dev", "errorbudgetgates", team, false),
+        ("patch", "sluice.dev", "releases", team, false),
+        ("patch", "apps", "replicasets", team, false),
+        ("delete", "apps", "replicasets", team, false),
+        ("list", "", "pods", team, false),
+        ("list", "", "secrets", team, false),
+        ("get", "", "secrets", team, false),
+        // Kubernetes' system:basic-user grants it to everyone; the chart grants it with actions.
+        (
+            "create",
+            "authentication.k8s.io",
+            "selfsubjectreviews",
+            "",
+            true,
+        ),
+    ]);
+    for (verb, group, resource, namespace, allowed) in expectations {
+        ensure!(
+            may(&dashboard_client, verb, group, resource, namespace).await? == allowed,
+            "{user} {} {verb} {group}/{resource} in {namespace:?}",
+            if allowed { "may not" } else { "may" }
+        );
+    }
+
+    // And for real: it lists every kind it watches; it acts only with actions allowed.
+    Api::<Rollout>::namespaced(dashboard_client.clone(), team)
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("web"))
+        .context("the dashboard's ServiceAccount does not see the Rollout")?;
+    Api::<sluice_api::AnalysisRun>::namespaced(dashboard_client.clone(), team)
+        .list(&Default::default())
+        .await?;
+    Api::<sluice_api::ErrorBudgetGate>::namespaced(dashboard_client.clone(), team)
+        .list(&Default::default())
+        .await?;
+    Api::<sluice_api::Release>::namespaced(dashboard_client.clone(), team)
+        .list(&Default::default())
+        .await?;
+    Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(dashboard_client.clone(), team)
+        .list(&Default::default())
+        .await?;
+    let everywhere = Api::<Rollout>::all(dashboard_client.clone())
+        .list(&Default::default())
+        .await;
+    ensure!(
+        forbidden(everywhere)? != cluster_wide,
+        "listing Rollouts in every namespace {} forbidden",
+        if cluster_wide { "is" } else { "is not" }
+    );
+    let me = Api::<k8s_openapi::api::authentication::v1::SelfSubjectReview>::all(
+        dashboard_client.clone(),
+    )
+    .create(&Default::default(), &Default::default())
+    .await?;
+    ensure!(
+        me.status.and_then(|s| s.user_info).and_then(|u| u.username) == Some(user.clone()),
+        "the SelfSubjectReview does not name {user}"
+    );
+    // The request as the dashboard sends it, dry run: authorized (or not) like a real one.
+    let request = json!({"metadata": {"annotations": {
+        ACTION_ANNOTATION: "promote", REQUESTED_BY_ANNOTATION: user}}});
+    let params = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patched = Api::<Rollout>::namespaced(dashboard_client.clone(), team)
+        .patch("web", &params, &Patch::Merge(&request))
+        .await;
+    ensure!(
+        forbidden(patched)? != allow_actions,
+        "patching the Rollout's request annotation {} forbidden",
+        if allow_actions { "is" } else { "is not" }
     );
     Ok(())
 }

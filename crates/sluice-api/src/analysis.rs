@@ -25,6 +25,7 @@ use crate::common::{
     namespaced,
     status = "AnalysisTemplateStatus",
     shortname = "at",
+    shortname = "sat",
     category = "sluice",
     doc = "Metrics, judged by conditions, that a Rollout measures during a release.",
     printcolumn(
@@ -452,6 +453,7 @@ pub enum ChangeDirection {
     namespaced,
     status = "AnalysisRunStatus",
     shortname = "ar",
+    shortname = "sar",
     category = "sluice",
     doc = "A set of metrics measured during one step or phase of a release, with every measurement recorded.",
     printcolumn(
@@ -631,6 +633,7 @@ pub struct Measurement {
     kind = "ClusterAnalysisTemplate",
     status = "AnalysisTemplateStatus",
     shortname = "cat",
+    shortname = "scat",
     category = "sluice",
     doc = "Metrics, judged by conditions, that Rollouts in any namespace measure during a release.",
     printcolumn(

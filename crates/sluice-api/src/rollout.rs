@@ -28,6 +28,7 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "sluice.dev/pod-template-hash";
     namespaced,
     status = "RolloutStatus",
     shortname = "ro",
+    shortname = "sro",
     category = "sluice",
     doc = "A workload released progressively: Sluice owns its ReplicaSets and moves each new pod template through a canary or blue-green release, judged by analysis and held by error-budget gates.",
     scale(

@@ -384,7 +384,7 @@ fn release_with_errors(cluster: &Cluster, name: &str, image: &str, error_rate: &
             "-n",
             NAMESPACE,
             "patch",
-            "rollout",
+            "rollouts.sluice.dev",
             name,
             "--type=merge",
             &format!("-p={patch}"),
@@ -412,7 +412,7 @@ fn rollout_line(cluster: &Cluster, name: &str) -> Result<(String, String)> {
     };
     let fields = get(&[
         "get",
-        "rollout",
+        "rollouts.sluice.dev",
         name,
         "-n",
         NAMESPACE,
@@ -440,7 +440,7 @@ fn rollout_line(cluster: &Cluster, name: &str) -> Result<(String, String)> {
     }
     let routed = get(&[
         "get",
-        "rollout",
+        "rollouts.sluice.dev",
         name,
         "-n",
         NAMESPACE,
@@ -500,7 +500,7 @@ fn set_image(cluster: &Cluster, name: &str, image: &str) -> Result<()> {
             "-n",
             NAMESPACE,
             "patch",
-            "rollout",
+            "rollouts.sluice.dev",
             name,
             "--type=json",
             &format!(
@@ -614,7 +614,11 @@ pub fn run(root: &Path) -> Result<()> {
     heading("`kubectl explain` documents every field");
     show(
         &cluster,
-        &["explain", "rollout.spec.strategy.canary.steps"],
+        &[
+            "explain",
+            "rollouts.spec.strategy.canary.steps",
+            "--api-version=sluice.dev/v1alpha1",
+        ],
         24,
     )?;
 
@@ -718,11 +722,19 @@ pub fn run(root: &Path) -> Result<()> {
         started.set(started.get() || phase != "Healthy");
         started.get() && phase == "Healthy"
     })?;
-    show(&cluster, &["get", "analysisruns", "-n", NAMESPACE], 10)?;
+    show(
+        &cluster,
+        &["get", "analysisruns.sluice.dev", "-n", NAMESPACE],
+        10,
+    )?;
     println!("  {DIM}a bad version: 5% errors{RESET}");
     release_with_errors(&cluster, "shop", "registry.example/shop:3.0.0", "0.05")?;
     follow(&cluster, "shop", |phase, _| phase == "Degraded")?;
-    show(&cluster, &["get", "analysisruns", "-n", NAMESPACE], 10)?;
+    show(
+        &cluster,
+        &["get", "analysisruns.sluice.dev", "-n", NAMESPACE],
+        10,
+    )?;
 
     heading(
         "A blue-green Rollout: the new version comes up behind the preview Service and takes all traffic in one switch",
@@ -774,7 +786,7 @@ pub fn run(root: &Path) -> Result<()> {
     show(&cluster, &["get", "errorbudgetgates", "-n", NAMESPACE], 5)?;
     set_image(&cluster, "cart", "registry.example/cart:2.0.0")?;
     follow(&cluster, "cart", |phase, _| phase == "Paused")?;
-    show(&cluster, &["get", "ro", "cart", "-n", NAMESPACE], 5)?;
+    show(&cluster, &["get", "sro", "cart", "-n", NAMESPACE], 5)?;
     println!(
         "  {DIM}below 5% of budget only a revision marked critical passes; its pod template says so, and the pass is recorded{RESET}"
     );
@@ -784,7 +796,7 @@ pub fn run(root: &Path) -> Result<()> {
             "-n",
             NAMESPACE,
             "patch",
-            "rollout",
+            "rollouts.sluice.dev",
             "cart",
             "--type=merge",
             r#"-p={"spec":{"template":{"metadata":{"annotations":{"sluice.dev/critical":"true"}}}}}"#,
@@ -905,7 +917,7 @@ pub fn run(root: &Path) -> Result<()> {
 
     heading("The samples in config/");
     show(&cluster, &["apply", "-n", NAMESPACE, "-f", "config/"], 20)?;
-    show(&cluster, &["get", "ro", "-n", NAMESPACE], 10)?;
+    show(&cluster, &["get", "sro", "-n", NAMESPACE], 10)?;
 
     heading("A manifest with mistakes is refused at apply time, naming each field");
     let out = kubectl(

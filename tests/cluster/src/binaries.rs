@@ -55,8 +55,9 @@ pub struct Binaries {
 /// Argo's CRDs are in group `argoproj.io`, but their plural and short names (`rollouts`/`ro`,
 /// `analysisruns`/`ar`, `analysistemplates`/`at`, `clusteranalysistemplates`/`cat`) are Sluice's
 /// too: once both are installed, a bare `kubectl get ro` or `kubectl get rollouts` lists Argo's
-/// (`argoproj.io` sorts first), so install them only in clusters where nothing relies on the
-/// bare names, or use `rollouts.sluice.dev`.
+/// (`argoproj.io` sorts first), so Sluice's commands use `rollouts.sluice.dev` or its own short
+/// names (`sro`, `sar`, `sat`, `scat`). Every test cluster has them installed
+/// ([`argo_rollouts_crds`]).
 #[derive(Clone, Debug)]
 pub struct ArgoRollouts {
     /// The `rollouts-controller` binary.
@@ -248,16 +249,24 @@ pub fn ensure_argo_rollouts() -> Result<ArgoRollouts> {
         );
         build_one(&build).with_context(|| format!("building {}", build.name))?;
     }
+    Ok(ArgoRollouts {
+        controller: build.dir().join("rollouts-controller"),
+        crds: argo_rollouts_crds()?,
+        version: build.version,
+    })
+}
+
+/// Argo Rollouts' CRD manifests (`manifests/crds` of its pinned Go module, downloaded, not built):
+/// every test cluster has them installed beside Sluice's, as a cluster moving from Argo Rollouts
+/// would, so the suite and the demo prove that Sluice's commands never resolve to Argo's kinds.
+pub fn argo_rollouts_crds() -> Result<PathBuf> {
+    let build = argo_rollouts_build();
     let dir = module_source(&format!("{}-src", build.name), build.module, &build.version)?;
     let crds = dir.join("manifests").join("crds");
     if !crds.join("rollout-crd.yaml").is_file() {
         bail!("{} has no manifests/crds/rollout-crd.yaml", dir.display());
     }
-    Ok(ArgoRollouts {
-        controller: build.dir().join("rollouts-controller"),
-        version: build.version,
-        crds,
-    })
+    Ok(crds)
 }
 
 fn check_go() -> Result<()> {

@@ -19,7 +19,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::binaries::{
-    Binaries, ensure_binaries, gateway_api_crds, istio_crds, kwok_stages, spinner,
+    Binaries, argo_rollouts_crds, ensure_binaries, gateway_api_crds, istio_crds, kwok_stages,
+    spinner,
 };
 use crate::http;
 use crate::pki;
@@ -242,6 +243,7 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
     let prometheus_bin = prometheus::ensure_installed()?;
     let gateway_crds = gateway_api_crds()?;
     let istio_crds = istio_crds()?;
+    let argo_crds = argo_rollouts_crds()?;
     let started = Instant::now();
     fs::create_dir_all(state_dir.join("pids"))?;
     fs::create_dir_all(state_dir.join("logs"))?;
@@ -325,6 +327,27 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    // Argo Rollouts' CRDs, beside Sluice's: its directory also holds a kustomization.yaml, which
+    // `kubectl apply -f <dir>` would take for a manifest, so the CRD files one by one.
+    step.set_message("installing Argo Rollouts' CRDs");
+    let mut argo_files: Vec<PathBuf> = fs::read_dir(&argo_crds)?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.to_string_lossy().ends_with("-crd.yaml"))
+        .collect();
+    argo_files.sort();
+    let mut apply = cluster.kubectl();
+    apply.args(["apply", "--server-side"]);
+    for file in &argo_files {
+        apply.arg("-f").arg(file);
+    }
+    let out = apply.output()?;
+    if !out.status.success() {
+        bail!(
+            "installing Argo Rollouts' CRDs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     step.set_message("starting Prometheus");

@@ -1322,8 +1322,8 @@ pub async fn main(args: &[String]) -> Result<()> {
 }
 
 /// Refuses the development and test clusters (`target/sluice-cluster`, `target/sluice-cluster-test`)
-/// for a peer: Argo's CRDs would take the short names `ro` and `rollouts` there, on which the
-/// end-to-end tests and a developer's `kubectl get ro` rely.
+/// for a peer: its controller and the CRD versions it installs must not change the cluster the
+/// end-to-end tests and the demo run in.
 fn refuse_shared_cluster() -> Result<()> {
     let kubeconfig = kubeconfig_path();
     let dir = kubeconfig.parent().and_then(|dir| dir.canonicalize().ok());
@@ -1331,8 +1331,7 @@ fn refuse_shared_cluster() -> Result<()> {
         let shared = repo_root().join("target").join(shared);
         if dir.is_some() && dir == shared.canonicalize().ok() {
             bail!(
-                "{} is the kubeconfig of {}: a peer's CRDs must not be installed there (they take \
-                 Sluice's short names); use `cargo xtask bench scale --peer ...`, which starts a \
+                "{} is the kubeconfig of {}: a peer must not be installed there; use `cargo xtask bench scale --peer ...`, which starts a \
                  cluster of its own",
                 kubeconfig.display(),
                 shared.display()

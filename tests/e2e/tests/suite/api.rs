@@ -191,7 +191,13 @@ async fn kubectl_explain_shows_field_docs() -> Result<()> {
         "kubectl explain to know Rollout",
         Duration::from_secs(30),
         || async {
-            let out = kubectl(&["explain", "rollout.spec.strategy.canary.steps"])?;
+            // Qualified: Argo Rollouts' Rollout (installed beside Sluice's in the test cluster) has
+            // the same plural.
+            let out = kubectl(&[
+                "explain",
+                "rollouts.spec.strategy.canary.steps",
+                "--api-version=sluice.dev/v1alpha1",
+            ])?;
             Ok(out
                 .status
                 .success()
@@ -256,7 +262,8 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
         Some(RolloutPhase::Paused)
     );
 
-    let table = stdout_of(&["get", "ro", "-n", &ns.name])?;
+    // `sro`: Sluice's own short name (`ro` is Argo Rollouts' too).
+    let table = stdout_of(&["get", "sro", "-n", &ns.name])?;
     let mut lines = table.lines();
     let header: Vec<&str> = lines
         .next()
@@ -288,7 +295,7 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
         ["checkout", "4", "5", "1", "5", "2/7", "5", "Paused"]
     );
 
-    let wide = stdout_of(&["get", "rollouts", "-n", &ns.name, "-o", "wide"])?;
+    let wide = stdout_of(&["get", "rollouts.sluice.dev", "-n", &ns.name, "-o", "wide"])?;
     ensure!(wide.contains("waiting at step 2/7"), "{wide}");
 
     let category = stdout_of(&["get", "sluice", "-n", &ns.name])?;
@@ -306,8 +313,20 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
         gates.starts_with("NAME") && gates.contains("BUDGET LEFT") && gates.contains("99.9"),
         "{gates}"
     );
-    for short in ["at", "cat", "ar"] {
+    for short in ["sat", "scat", "sar"] {
         stdout_of(&["get", short, "-n", &ns.name])?;
+    }
+    // Where Argo Rollouts' CRDs are installed (the test cluster has them), the bare names are
+    // Argo's: what the README, the demo and the chart's notes never use.
+    let argo_installed = kubectl(&["get", "crd", "rollouts.argoproj.io"])?
+        .status
+        .success();
+    if argo_installed {
+        let bare = stdout_of(&["get", "ro", "-n", &ns.name])?;
+        ensure!(
+            !bare.contains("checkout"),
+            "`ro` resolved to Sluice's Rollout: {bare}"
+        );
     }
     Ok(())
 }
@@ -318,7 +337,13 @@ async fn scale_subresource_lets_an_autoscaler_resize_a_rollout() -> Result<()> {
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "scale").await?;
     stdout_of(&["apply", "-n", &ns.name, "-f", "config/rollout-canary.yaml"])?;
-    stdout_of(&["scale", "-n", &ns.name, "rollout/checkout", "--replicas=7"])?;
+    stdout_of(&[
+        "scale",
+        "-n",
+        &ns.name,
+        "rollouts.sluice.dev/checkout",
+        "--replicas=7",
+    ])?;
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     assert_eq!(rollouts.get("checkout").await?.spec.replicas, 7);
     let scale = rollouts.get_scale("checkout").await?;
@@ -361,7 +386,7 @@ async fn analysis_run_records_measurements_in_status() -> Result<()> {
         results[0].measurements[0].value.as_deref(),
         Some("[0.0042]")
     );
-    let table = stdout_of(&["get", "analysisruns", "-n", &ns.name])?;
+    let table = stdout_of(&["get", "analysisruns.sluice.dev", "-n", &ns.name])?;
     ensure!(table.contains("Running"), "{table}");
     Ok(())
 }

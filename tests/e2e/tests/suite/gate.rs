@@ -479,7 +479,7 @@ async fn a_frozen_gate_holds_a_new_image_without_flapping_until_the_budget_is_ab
     let rollout = world.rollouts.get("checkout").await?;
     let status = rollout.status.clone().unwrap_or_default();
     ensure!(status.phase == Some(RolloutPhase::Paused), "{status:?}");
-    let get = kubectl(&["get", "ro", "checkout", "-n", &world.ns.name])?;
+    let get = kubectl(&["get", "sro", "checkout", "-n", &world.ns.name])?;
     let table = String::from_utf8_lossy(&get.stdout);
     eprintln!("{table}");
     ensure!(

@@ -26,6 +26,7 @@ use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 mod dashboard;
 mod history;
 mod migrate;
+mod takeover;
 
 /// Label on the ReplicaSets a Rollout owns (set by the controller).
 /// The field manager of the plugin's writes.
@@ -83,10 +84,23 @@ enum Command {
     /// Convert Argo Rollouts manifests to Sluice's (files, directories of .yaml/.yml/.json, or -
     /// for stdin) and print them; every field that could not be carried is named on stderr, and
     /// the exit code is then 1. Works offline.
+    ///
+    /// With --takeover NAME instead: moves the running, Healthy Argo Rollout NAME to Sluice with its
+    /// pods (none is replaced): creates the converted Rollout marked `sluice.dev/takeover-from`,
+    /// waits for the controller to label the stable ReplicaSet and its pods, deletes the Argo
+    /// Rollout with its ReplicaSets orphaned, and waits for the Rollout to adopt them.
     Migrate {
         /// Files or directories to read; `-` reads stdin.
-        #[arg(short = 'f', long = "filename", required = true)]
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required_unless_present = "takeover",
+            conflicts_with = "takeover"
+        )]
         files: Vec<std::path::PathBuf>,
+        /// The Argo Rollout to take over, in the namespace of --namespace.
+        #[arg(long, value_name = "NAME")]
+        takeover: Option<String>,
     },
     /// The circuit breaker: `status NAME`, or `reset NAME --reason "..."` (recorded with who asked).
     Breaker {
@@ -182,7 +196,11 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
-    if let Command::Migrate { files } = &cli.command {
+    if let Command::Migrate {
+        files,
+        takeover: None,
+    } = &cli.command
+    {
         return migrate_files(files);
     }
     let client = Client::try_default()
@@ -275,7 +293,11 @@ async fn run() -> Result<ExitCode> {
             check_kind(&kind)?;
             get(&client, &rollouts, &namespace, &name, watch).await
         }
-        Command::Migrate { files } => migrate_files(&files),
+        Command::Migrate {
+            takeover: Some(name),
+            ..
+        } => takeover::run(client, &namespace, &name).await,
+        Command::Migrate { files, .. } => migrate_files(&files),
         Command::History { name } => {
             let releases = Api::namespaced(client.clone(), &namespace);
             print!(

@@ -45,7 +45,7 @@ const REFUSED: [(&str, Option<bool>, &str); 1] = [(
 const GATEWAY_API_PLUGIN: &str = "argoproj-labs/gatewayAPI";
 
 /// The openAPI schemas of Sluice's kinds, by kind.
-fn schemas() -> Result<BTreeMap<String, Value>> {
+pub(crate) fn schemas() -> Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
     for crd in sluice_api::crdgen::crds() {
         let kind = crd.spec.names.kind.clone();

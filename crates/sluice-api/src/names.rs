@@ -4,6 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// On a Rollout: the name of the Argo Rollout (`argoproj.io`) in its namespace it takes over with
+/// its pods (`kubectl sluice migrate --takeover` sets it). See `status.takeover`.
+pub const TAKEOVER_ANNOTATION: &str = "sluice.dev/takeover-from";
+
 /// Label on the ReplicaSets and AnalysisRuns a Rollout owns, naming it.
 pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
 /// Label on an AnalysisRun: what it measures (`step`, `background`, `pre-promotion`,

@@ -1287,6 +1287,9 @@ pub struct RolloutStatus {
     /// The circuit breaker (`spec.circuitBreaker`): its state and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreakerStatus>,
+    /// The Argo Rollout this Rollout takes over with its pods (`sluice.dev/takeover-from`): how far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<TakeoverStatus>,
     /// The Deployment `spec.workloadRef` names, as the Rollout took it over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadStatus>,
@@ -1354,6 +1357,23 @@ pub struct BreakerReset {
     pub by: Option<String>,
     /// Why.
     pub reason: String,
+}
+
+/// How far a Rollout has taken over an Argo Rollout (`sluice.dev/takeover-from`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TakeoverStatus {
+    /// The Argo Rollout's name.
+    pub from: String,
+    /// Its stable ReplicaSet, adopted with its pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_set: Option<String>,
+    /// `WaitingForArgoRolloutRemoval` (labelled; the Argo Rollout is to be deleted with its
+    /// ReplicaSets orphaned), `WaitingForReplicaSetOrphaned`, `TakenOver`, or `Refused` (the
+    /// message says why; nothing was touched).
+    pub phase: String,
+    /// What happened or what is awaited, in words.
+    pub message: String,
 }
 
 /// How far a Rollout has taken over the Deployment it takes its template from.

@@ -120,6 +120,8 @@ pub struct Caches {
     pub services: Store<Service>,
     /// The routing objects routers read, by kind (empty where the kind's API is not installed).
     pub routes: HashMap<RouteKind, Store<DynamicObject>>,
+    /// Argo Rollouts' Rollouts (where installed), trimmed to what they claim.
+    pub argo_rollouts: Store<DynamicObject>,
     pub templates: Store<AnalysisTemplate>,
     pub cluster_templates: Store<ClusterAnalysisTemplate>,
     /// The Jobs of job metrics (labelled `sluice.dev/analysis-run`), trimmed to their outcome.
@@ -149,6 +151,7 @@ pub struct Writers {
     pub runs: Writer<AnalysisRun>,
     pub services: Writer<Service>,
     pub routes: Vec<(RouteKind, Writer<DynamicObject>)>,
+    pub argo_rollouts: Writer<DynamicObject>,
     pub templates: Writer<AnalysisTemplate>,
     pub cluster_templates: Writer<ClusterAnalysisTemplate>,
     pub jobs: Writer<Job>,
@@ -175,6 +178,8 @@ impl Caches {
             .iter()
             .map(|(kind, writer)| (*kind, writer.as_reader()))
             .collect();
+        let argo_rollouts_writer = Writer::new(crate::argo::resource());
+        let argo_rollouts = argo_rollouts_writer.as_reader();
         let (templates, templates_writer) = reflector::store();
         let (cluster_templates, cluster_templates_writer) = reflector::store();
         let (jobs, jobs_writer) = reflector::store();
@@ -195,6 +200,7 @@ impl Caches {
                 run_index: OwnerIndex::default(),
                 services,
                 routes,
+                argo_rollouts,
                 templates,
                 cluster_templates,
                 jobs,
@@ -213,6 +219,7 @@ impl Caches {
                 runs: runs_writer,
                 services: services_writer,
                 routes: routes_writers,
+                argo_rollouts: argo_rollouts_writer,
                 templates: templates_writer,
                 cluster_templates: cluster_templates_writer,
                 jobs: jobs_writer,

@@ -38,6 +38,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cache::Reference;
 
 mod analysis_run;
+mod argo;
 mod backoff;
 mod cache;
 mod circuit;
@@ -139,6 +140,9 @@ pub struct Context {
     pub notifier: notify::Notifier,
     /// Events waiting to be recorded.
     events: Publisher,
+    /// The overlaps with Argo Rollouts already announced by an Event, by Rollout uid and Argo
+    /// Rollout name: each once while this instance runs.
+    pub argo_overlaps: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Context {
@@ -255,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
         circuits: circuit::Locks::default(),
         address_policy,
         webhooks,
+        argo_overlaps: Default::default(),
     });
     tracing::info!(policy = %ctx.address_policy, "providers may be queried at these addresses");
     tokio::spawn(http::serve(args.http_addr, ctx.clone()));
@@ -434,6 +439,24 @@ async fn start_watches(
             _ => route_kinds.push((kind, api)),
         }
     }
+
+    // Argo Rollouts' Rollouts, where installed: what they run is never written (see `argo`).
+    let argo_api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &argo::resource()),
+        None => Api::all_with(client.clone(), &argo::resource()),
+    };
+    let argo_installed = match argo_api
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(err) => {
+            // Readiness must not wait on a watch that cannot work (RBAC without argoproj.io).
+            tracing::warn!(%err, "Argo Rollouts' Rollouts cannot be listed: conflicts with them are not checked");
+            false
+        }
+    };
 
     // One watch per kind; each feeds its store and wakes the controllers that depend on it.
     let mut rollout_changes = cache::watch(
@@ -642,6 +665,25 @@ async fn start_watches(
     .into_iter();
     let mut route_changes = Vec::new();
     let mut route_stores = Vec::new();
+    if argo_installed {
+        route_stores.push(writers.argo_rollouts.as_reader());
+        // Read by reconciles, waking nothing: a Rollout looks again at its next change or resync.
+        cache::watch(
+            cache::WatchSpec {
+                api: argo_api,
+                config: watcher::Config::default(),
+                trim: argo::trim,
+                owner: None,
+                references: None,
+                subscribers: 0,
+                leading: leading.clone(),
+                on_delete: None,
+            },
+            writers.argo_rollouts,
+        );
+    } else {
+        tracing::info!("Argo Rollouts is not installed: its Rollouts are not watched");
+    }
     for (kind, writer) in writers.routes {
         let Some(api) = route_kinds
             .iter()

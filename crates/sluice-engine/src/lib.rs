@@ -25,6 +25,7 @@ pub mod release;
 pub mod replicas;
 pub mod restart;
 pub mod runs;
+pub mod takeover;
 pub mod webhooks;
 pub mod workload;
 

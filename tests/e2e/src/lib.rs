@@ -3,6 +3,7 @@
 //! Tests run against the cluster named by `SLUICE_E2E_KUBECONFIG`: the one `cargo xtask test` starts,
 //! or any existing cluster. Each test works in a namespace of its own, deleted when the test ends.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -15,11 +16,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod argo;
 pub mod http;
 pub mod proxy;
 pub mod scale;
 pub mod slo_history;
 
+pub use argo::ArgoRolloutsController;
 pub use slo_history::{SLO_METRIC, SloHistory, SloPrometheus, Stretch};
 
 /// Label on every namespace the tests create.
@@ -116,6 +119,18 @@ pub fn percent_encode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `N` free loopback ports, all held until every one is chosen so that none repeats.
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with the last error.
@@ -447,6 +462,99 @@ impl TrafficSim {
     }
 }
 
+impl TrafficSim {
+    /// What it has counted for `app` so far (counters never reset while it runs), read from its
+    /// `/metrics` directly: no Prometheus scrape interval in between.
+    pub async fn requests(&self, app: &str) -> Result<RequestCounts> {
+        let text = http_get(&format!("http://{}", self.addr), "/metrics").await?;
+        RequestCounts::parse(&text, &self.namespace, app)
+    }
+}
+
+/// A traffic simulator's request counters for one app (`sim_http_requests_total`), by version and
+/// status code. Requests no pod served (a route sent them to a Service that selected no Ready pod)
+/// are code 503 under version `none`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestCounts {
+    /// Requests by (`pod_template_hash`, `code`).
+    pub by_version_and_code: BTreeMap<(String, String), u64>,
+}
+
+impl RequestCounts {
+    /// Reads the `sim_http_requests_total` series of `namespace`/`app` from the simulator's metrics
+    /// text.
+    pub fn parse(text: &str, namespace: &str, app: &str) -> Result<Self> {
+        let mut counts = Self::default();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("sim_http_requests_total{") else {
+                continue;
+            };
+            let (labels, value) = rest
+                .split_once("} ")
+                .with_context(|| format!("unreadable series {line:?}"))?;
+            let label = |name: &str| {
+                labels.split(',').find_map(|pair| {
+                    pair.strip_prefix(name)?
+                        .strip_prefix("=\"")?
+                        .strip_suffix('"')
+                })
+            };
+            if label("namespace") != Some(namespace) || label("app") != Some(app) {
+                continue;
+            }
+            let (Some(hash), Some(code)) = (label("pod_template_hash"), label("code")) else {
+                bail!("series without pod_template_hash or code: {line:?}");
+            };
+            let value: u64 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("unreadable value in {line:?}"))?;
+            *counts
+                .by_version_and_code
+                .entry((hash.to_owned(), code.to_owned()))
+                .or_insert(0) += value;
+        }
+        Ok(counts)
+    }
+
+    /// Every request of the app.
+    pub fn total(&self) -> u64 {
+        self.by_version_and_code.values().sum()
+    }
+
+    /// Requests not answered with a 2xx: errors of a version (500) and requests no pod served (503).
+    pub fn failed(&self) -> u64 {
+        self.by_version_and_code
+            .iter()
+            .filter(|((_, code), _)| !code.starts_with('2'))
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// Requests version `hash` answered, whatever the code.
+    pub fn served_by(&self, hash: &str) -> u64 {
+        self.by_version_and_code
+            .iter()
+            .filter(|((h, _), _)| h == hash)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// What was counted since `earlier` (a reading of the same simulator).
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            by_version_and_code: self
+                .by_version_and_code
+                .iter()
+                .map(|(key, count)| {
+                    let before = earlier.by_version_and_code.get(key).copied().unwrap_or(0);
+                    (key.clone(), count.saturating_sub(before))
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Drop for TrafficSim {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.target_file);
@@ -525,5 +633,35 @@ impl Drop for Dashboard {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counts_read_one_apps_series_by_version_and_code() -> Result<()> {
+        let text = r#"# TYPE sim_http_requests counter
+sim_http_requests_total{namespace="ns",app="web",pod_template_hash="aaa",code="200"} 75
+sim_http_requests_total{namespace="ns",app="web",pod_template_hash="aaa",code="500"} 2
+sim_http_requests_total{namespace="ns",app="web",pod_template_hash="none",code="503"} 25
+sim_http_requests_total{namespace="ns",app="api",pod_template_hash="aaa",code="200"} 1000
+sim_http_requests_total{namespace="other",app="web",pod_template_hash="aaa",code="500"} 9
+sim_http_mirrored_requests_total{namespace="ns",app="web",pod_template_hash="aaa"} 3
+# EOF
+"#;
+        let counts = RequestCounts::parse(text, "ns", "web")?;
+        assert_eq!(
+            (counts.total(), counts.failed(), counts.served_by("aaa")),
+            (102, 27, 77)
+        );
+        let mut earlier = counts.clone();
+        earlier
+            .by_version_and_code
+            .insert(("aaa".to_owned(), "200".to_owned()), 70);
+        let since = counts.since(&earlier);
+        assert_eq!((since.total(), since.failed()), (5, 0));
+        Ok(())
     }
 }

@@ -49,7 +49,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::{
-    ControllerProcess, TestNamespace, http_get, install_crds, kubeconfig_path, kubectl, repo_root,
+    ControllerProcess, TestNamespace, free_ports, http_get, install_crds, kubeconfig_path, kubectl,
+    repo_root,
 };
 
 /// Usage of `sluice-bench scale`.
@@ -315,9 +316,7 @@ const ARGO_CRDS: [&str; 5] = [
 impl ArgoRollouts {
     /// Builds the controller if it is not in the cache yet, and finds its CRDs.
     pub async fn locate() -> Result<Self> {
-        let build = tokio::task::spawn_blocking(sluice_testbed::ensure_argo_rollouts)
-            .await
-            .context("the Argo Rollouts build task panicked")??;
+        let build = crate::argo::build().await?;
         Ok(Self {
             name: format!("argo-rollouts {}", build.version),
             build,
@@ -388,20 +387,13 @@ impl ControllerUnderTest for ArgoRollouts {
 
     fn start(&self, namespace: &str) -> Result<Box<dyn RunningController>> {
         let [metrics, healthz] = free_ports::<2>()?;
-        let mut command = Command::new(&self.build.controller);
-        command
-            .arg("--kubeconfig")
-            .arg(kubeconfig_path())
-            .args([
-                "--namespaced",
-                "--namespace",
-                namespace,
-                "--leader-elect=false",
-            ])
-            .args(["--metricsPort", &metrics.to_string()])
-            .args(["--healthzPort", &healthz.to_string()])
-            // Else it watches notification ConfigMaps and Secrets in `argo-rollouts`.
-            .env("POD_NAMESPACE", namespace);
+        let command = crate::argo::controller_command(
+            &self.build.controller,
+            namespace,
+            &kubeconfig_path(),
+            metrics,
+            healthz,
+        );
         Ok(Box::new(Spawned::start(
             command,
             &format!("argo-rollouts-{namespace}.log"),
@@ -426,18 +418,6 @@ fn argo_request_key(labels: &str) -> String {
             None => format!("{verb} ?"),
         },
     }
-}
-
-/// `N` free loopback ports, all held until every one is chosen so that none repeats.
-fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
 }
 
 /// A controller this module started itself, logging to `target/e2e-logs`; killed when dropped.

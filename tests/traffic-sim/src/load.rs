@@ -24,7 +24,7 @@ pub struct VersionLoad {
 }
 
 /// Guards `floor` against sums like 2.9999999999 that are 3 in exact arithmetic.
-const EPSILON: f64 = 1e-9;
+pub(crate) const EPSILON: f64 = 1e-9;
 
 impl VersionLoad {
     /// Serves `requests` (fractional: the rest carries over to the next tick) as `behaviour` says.

@@ -1,10 +1,12 @@
 //! `sluice-traffic-sim`: simulated HTTP traffic to one namespace's pods, as Prometheus metrics.
 //!
 //! Watches the namespace's Pods, Services and HTTPRoutes; every tick, each app (pods' `app` label)
-//! receives `--rps` × tick worth of requests, split between its versions (pod-template hashes) as
-//! its route or its Ready pod counts say, and each version answers them as its pods'
-//! `sim.sluice.dev/*` annotations say. Serves `GET /metrics` and `GET /healthz`, and prints
-//! `listening on ADDR` on stdout once bound.
+//! receives `--rps` × tick worth of requests, split between its versions (pod-template hashes:
+//! `sluice.dev/pod-template-hash`, else Argo Rollouts' `rollouts-pod-template-hash`) as its route
+//! (through the Ready pods each Service's selector matches) or its Ready pod counts say, and each
+//! version answers them as its pods' `sim.sluice.dev/*` annotations say; what the route sends to a
+//! Service selecting no Ready pod fails with a 503. Serves `GET /metrics` and `GET /healthz`, and
+//! prints `listening on ADDR` on stdout once bound.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -26,11 +28,10 @@ use kube::core::GroupVersionKind;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 use sluice_traffic_sim::metrics::CONTENT_TYPE;
 use sluice_traffic_sim::split::{route_backends, route_mirrors};
 use sluice_traffic_sim::version::APP_LABEL;
-use sluice_traffic_sim::{ServiceTarget, Simulator, mirror_shares, traffic_shares, versions};
+use sluice_traffic_sim::{ServiceTarget, Simulator, mirror_shares, split_traffic, versions};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -83,12 +84,12 @@ async fn main() -> anyhow::Result<()> {
 
     let client = Client::try_default().await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &args.namespace);
-    // Only pods that can belong to a version.
-    let pod_selector = format!("{APP_LABEL},{POD_TEMPLATE_HASH_LABEL}");
+    // Only pods that can belong to a version: those of an app. Which hash label they carry
+    // (Sluice's or Argo Rollouts') a selector cannot say, so `versions` picks.
     let pods = reflect(
         pods,
         reflector::store::Writer::default(),
-        watcher::Config::default().labels(&pod_selector),
+        watcher::Config::default().labels(APP_LABEL),
     );
     let services = reflect(
         Api::<Service>::namespaced(client.clone(), &args.namespace),
@@ -96,12 +97,28 @@ async fn main() -> anyhow::Result<()> {
         watcher::Config::default(),
     );
     let routes = watch_routes(&client, &args.namespace).await;
+    // No traffic before every store holds a full list: a route seen ahead of the pods behind it
+    // would count requests as failed that no real gateway would have failed.
+    pods.wait_until_ready()
+        .await
+        .context("the pod watch stopped")?;
+    services
+        .wait_until_ready()
+        .await
+        .context("the Service watch stopped")?;
+    if let Some(routes) = &routes {
+        routes
+            .wait_until_ready()
+            .await
+            .context("the HTTPRoute watch stopped")?;
+    }
     tracing::info!(namespace = %args.namespace, rps = args.rps, %addr, "simulating traffic");
 
     let tick = Duration::from_millis(args.tick_ms);
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = tokio::time::Instant::now();
+    let mut empty_before = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -136,10 +153,26 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .flat_map(|route| route_mirrors(route))
             .collect();
-        let shares = traffic_shares(&versions, &targets, &backends);
+        let split = split_traffic(&versions, &targets, &backends);
+        if split.empty_services != empty_before {
+            // What a test that counted failed requests wants to know: when, and what the pods were.
+            let ready: Vec<String> = versions
+                .iter()
+                .map(|(key, version)| format!("{}/{}: {}", key.app, key.hash, version.ready_pods))
+                .collect();
+            tracing::info!(
+                empty = ?split.empty_services,
+                ?ready,
+                "routed Services selecting no Ready pod (their requests fail with 503) changed"
+            );
+            empty_before = split.empty_services.clone();
+        }
         let mirrored = mirror_shares(&versions, &targets, &mirrors);
         match simulator.lock() {
-            Ok(mut simulator) => simulator.step(&versions, &shares, &mirrored, elapsed),
+            Ok(mut simulator) => {
+                simulator.step(&versions, &split.shares, &mirrored, elapsed);
+                simulator.fail_unserved(&split.unserved, elapsed);
+            }
             Err(_) => anyhow::bail!("a metrics request panicked while holding the simulator"),
         }
     }

@@ -1,7 +1,9 @@
 //! The simulated service's metrics, as a real one would export them.
 //!
 //! `sim_http_requests_total{namespace, app, pod_template_hash, code}` counts requests (mirrored
-//! copies included, as a real service counts what it serves),
+//! copies included, as a real service counts what it serves): code 200 or 500 from a version, and
+//! code 503 under `pod_template_hash="none"` ([`UNSERVED_HASH`]) for those a route sent to a
+//! Service that selected no Ready pod (as a gateway would count them; they have no latency),
 //! `sim_http_mirrored_requests_total{namespace, app, pod_template_hash}` the mirrored copies among
 //! them, and `sim_http_request_duration_seconds{namespace, app, pod_template_hash}` is their
 //! latency histogram.
@@ -21,6 +23,12 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
 ];
 
+/// The `pod_template_hash` of requests no pod served (code 503): their Service selected none.
+pub const UNSERVED_HASH: &str = "none";
+
+/// The code of requests no pod served.
+pub const UNSERVED_CODE: &str = "503";
+
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -31,9 +39,9 @@ pub struct RequestLabels {
     pub namespace: String,
     /// The pods' `app` label.
     pub app: String,
-    /// The pods' `sluice.dev/pod-template-hash` label.
+    /// The pods' pod-template hash, or [`UNSERVED_HASH`].
     pub pod_template_hash: String,
-    /// The HTTP status code: "200" or "500".
+    /// The HTTP status code: "200" or "500", or [`UNSERVED_CODE`].
     pub code: String,
 }
 
@@ -44,7 +52,7 @@ pub struct VersionLabels {
     pub namespace: String,
     /// The pods' `app` label.
     pub app: String,
-    /// The pods' `sluice.dev/pod-template-hash` label.
+    /// The pods' pod-template hash.
     pub pod_template_hash: String,
 }
 
@@ -137,6 +145,20 @@ impl Metrics {
         }
     }
 
+    /// Creates an app's series of unserved requests at zero, if it does not exist yet.
+    pub fn declare_unserved(&self, namespace: &str, app: &str) {
+        let _ = self
+            .requests
+            .get_or_create(&unserved_labels(namespace, app));
+    }
+
+    /// Counts `count` of an app's requests that no pod served (answered 503).
+    pub fn record_unserved(&self, namespace: &str, app: &str, count: u64) {
+        self.requests
+            .get_or_create(&unserved_labels(namespace, app))
+            .inc_by(count);
+    }
+
     /// The metrics in OpenMetrics text format (see [`CONTENT_TYPE`]).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
@@ -151,6 +173,15 @@ fn request_labels(namespace: &str, version: &VersionKey, code: &str) -> RequestL
         app: version.app.clone(),
         pod_template_hash: version.hash.clone(),
         code: code.to_owned(),
+    }
+}
+
+fn unserved_labels(namespace: &str, app: &str) -> RequestLabels {
+    RequestLabels {
+        namespace: namespace.to_owned(),
+        app: app.to_owned(),
+        pod_template_hash: UNSERVED_HASH.to_owned(),
+        code: UNSERVED_CODE.to_owned(),
     }
 }
 

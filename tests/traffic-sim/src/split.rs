@@ -1,22 +1,24 @@
 //! How each app's requests split between its versions: by an HTTPRoute's backend weights when a
-//! route sends to the app's Services, else by Ready pod count, as a Service alone would.
+//! route sends to the app's Services, else by Ready pod count, as a Service selecting every pod of
+//! the app would. A Service reaches the Ready pods its whole selector matches; the share of requests
+//! a route sends to a Service that matches none fails (a gateway answers 503 for a backend without
+//! endpoints).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Service;
 use kube::api::DynamicObject;
 use serde_json::Value;
-use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 
-use crate::version::{APP_LABEL, Version, VersionKey};
+use crate::version::{APP_LABEL, Labels, Version, VersionKey};
 
 /// The pods a Service sends to, as far as the simulator cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceTarget {
-    /// The `app` in its selector.
+    /// The `app` in its selector: whose requests it carries.
     pub app: String,
-    /// The pod-template hash in its selector, if it pins one version.
-    pub hash: Option<String>,
+    /// Its whole selector (`app` included): it reaches the Ready pods that carry every label of it.
+    pub selector: Labels,
 }
 
 impl ServiceTarget {
@@ -25,8 +27,21 @@ impl ServiceTarget {
         let selector = service.spec.as_ref()?.selector.as_ref()?;
         Some(Self {
             app: selector.get(APP_LABEL)?.clone(),
-            hash: selector.get(POD_TEMPLATE_HASH_LABEL).cloned(),
+            selector: selector.clone(),
         })
+    }
+
+    /// The versions of its app it reaches, each with the number of its Ready pods it selects.
+    fn reaches<'a>(
+        &self,
+        versions: &'a BTreeMap<VersionKey, Version>,
+    ) -> Vec<(&'a VersionKey, u32)> {
+        versions
+            .iter()
+            .filter(|(key, _)| key.app == self.app)
+            .map(|(key, version)| (key, version.matching(&self.selector)))
+            .filter(|(_, pods)| *pods > 0)
+            .collect()
     }
 }
 
@@ -133,7 +148,8 @@ pub fn route_mirrors(route: &DynamicObject) -> Vec<Mirror> {
 }
 
 /// Each version's share of mirrored copies, as a fraction of its app's requests: a mirror's
-/// percentage spread over the Ready pods its Service selects.
+/// percentage spread over the Ready pods its Service selects (none, when it selects none: mirrored
+/// answers are discarded, so no one sees those fail).
 pub fn mirror_shares(
     versions: &BTreeMap<VersionKey, Version>,
     services: &BTreeMap<String, ServiceTarget>,
@@ -144,83 +160,102 @@ pub fn mirror_shares(
         let Some(target) = services.get(&mirror.service) else {
             continue;
         };
-        let behind: Vec<(&VersionKey, u32)> = versions
-            .iter()
-            .filter(|(k, v)| {
-                k.app == target.app
-                    && v.ready_pods > 0
-                    && target.hash.as_ref().is_none_or(|h| *h == k.hash)
-            })
-            .map(|(k, v)| (k, v.ready_pods))
-            .collect();
-        for (key, share) in by_pod_count(&behind) {
+        for (key, share) in by_pod_count(&target.reaches(versions)) {
             *shares.entry(key.clone()).or_insert(0.0) += mirror.percent / 100.0 * share;
         }
     }
     shares
 }
 
+/// Where each app's requests go: shares of its versions, and the share that fails.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrafficSplit {
+    /// Each version's share of its app's requests.
+    pub shares: BTreeMap<VersionKey, f64>,
+    /// Per app whose requests a route sends through Services: the share sent to Services that
+    /// select no Ready pod (0 when every one reaches some), which fails with a 503.
+    pub unserved: BTreeMap<String, f64>,
+    /// The Services a route sends requests to (at a weight above 0) that select no Ready pod.
+    pub empty_services: BTreeSet<String>,
+}
+
 /// Each version's share of its app's requests; the shares of an app sum to 1, or to 0 when its
-/// route sends nothing anywhere.
-///
-/// An app that a route's backends (`backends`, Services resolved through `services`) send to is
-/// split by their weights: a Service whose selector pins a hash hands its share to that version, one
-/// without spreads it by Ready pod count. A backend with no Ready pods behind it gets nothing; the
-/// others share its weight. Any other app is split by Ready pod count. Versions without Ready pods
-/// get no traffic.
+/// route sends nothing anywhere. See [`split_traffic`].
 pub fn traffic_shares(
     versions: &BTreeMap<VersionKey, Version>,
     services: &BTreeMap<String, ServiceTarget>,
     backends: &[Backend],
 ) -> BTreeMap<VersionKey, f64> {
+    split_traffic(versions, services, backends).shares
+}
+
+/// How each app's requests split; an app's version shares and its unserved share sum to 1, or to
+/// 0 when its route sends nothing anywhere (every weight 0).
+///
+/// An app that a route's backends (`backends`, Services resolved through `services`) send to is
+/// split by their weights, each backend's share spread over the Ready pods its Service's selector
+/// matches, by pod count; the share of a backend that matches no Ready pod is unserved. Any other
+/// app is split by Ready pod count. Versions without Ready pods get no traffic.
+pub fn split_traffic(
+    versions: &BTreeMap<VersionKey, Version>,
+    services: &BTreeMap<String, ServiceTarget>,
+    backends: &[Backend],
+) -> TrafficSplit {
+    let routed: Vec<(u64, &ServiceTarget)> = backends
+        .iter()
+        .filter_map(|b| Some((b.weight, services.get(&b.service)?)))
+        .collect();
+    let mut split = TrafficSplit::default();
+    for backend in backends.iter().filter(|b| b.weight > 0) {
+        if let Some(target) = services.get(&backend.service)
+            && target.reaches(versions).is_empty()
+        {
+            split.empty_services.insert(backend.service.clone());
+        }
+    }
+    // Apps with Ready pods, and apps a route sends to even if none of their pods is Ready.
     let apps: BTreeSet<&str> = versions
         .iter()
         .filter(|(_, v)| v.ready_pods > 0)
         .map(|(k, _)| k.app.as_str())
+        .chain(routed.iter().map(|(_, target)| target.app.as_str()))
         .collect();
-    let mut shares = BTreeMap::new();
     for app in apps {
         let ready: Vec<(&VersionKey, u32)> = versions
             .iter()
             .filter(|(k, v)| k.app == app && v.ready_pods > 0)
             .map(|(k, v)| (k, v.ready_pods))
             .collect();
-        let routed: Vec<(u64, &ServiceTarget)> = backends
+        let app_routes: Vec<(u64, &ServiceTarget)> = routed
             .iter()
-            .filter_map(|b| Some((b.weight, services.get(&b.service)?)))
-            .filter(|(_, target)| target.app == app)
+            .filter(|(weight, target)| target.app == app && *weight > 0)
+            .copied()
             .collect();
-        if routed.is_empty() {
+        if !routed.iter().any(|(_, target)| target.app == app) {
             for (key, share) in by_pod_count(&ready) {
-                shares.insert(key.clone(), share);
+                split.shares.insert(key.clone(), share);
             }
             continue;
         }
-        let reachable: Vec<(u64, Vec<(&VersionKey, f64)>)> = routed
-            .into_iter()
-            .map(|(weight, target)| {
-                let behind: Vec<(&VersionKey, u32)> = ready
-                    .iter()
-                    .filter(|(k, _)| target.hash.as_ref().is_none_or(|h| *h == k.hash))
-                    .copied()
-                    .collect();
-                (weight, by_pod_count(&behind))
-            })
-            .filter(|(weight, behind)| *weight > 0 && !behind.is_empty())
-            .collect();
-        let total_weight: u64 = reachable.iter().map(|(w, _)| w).sum();
         for (key, _) in &ready {
-            shares.insert((*key).clone(), 0.0);
+            split.shares.insert((*key).clone(), 0.0);
         }
-        for (weight, behind) in reachable {
-            for (key, share) in behind {
-                if let Some(total) = shares.get_mut(key) {
-                    *total += weight as f64 / total_weight as f64 * share;
+        let unserved = split.unserved.entry(app.to_owned()).or_insert(0.0);
+        let total_weight: u64 = app_routes.iter().map(|(w, _)| w).sum();
+        for (weight, target) in app_routes {
+            let share = weight as f64 / total_weight as f64;
+            let behind = by_pod_count(&target.reaches(versions));
+            if behind.is_empty() {
+                *unserved += share;
+            }
+            for (key, pods_share) in behind {
+                if let Some(total) = split.shares.get_mut(key) {
+                    *total += share * pods_share;
                 }
             }
         }
     }
-    shares
+    split
 }
 
 /// Shares in proportion to Ready pods.
@@ -238,33 +273,48 @@ fn by_pod_count<'a>(versions: &[(&'a VersionKey, u32)]) -> Vec<(&'a VersionKey, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::version::Behaviour;
+    use crate::version::{ARGO_POD_TEMPLATE_HASH_LABEL, Behaviour};
     use serde_json::json;
+    use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Versions whose pods carry `app` and Sluice's hash label, as Sluice labels them.
     fn versions(specs: &[(&str, &str, u32)]) -> BTreeMap<VersionKey, Version> {
         specs
             .iter()
             .map(|(app, hash, ready_pods)| {
                 (
                     VersionKey::new(app, hash),
-                    Version {
-                        ready_pods: *ready_pods,
-                        behaviour: Behaviour::default(),
-                    },
+                    Version::new(
+                        *ready_pods,
+                        Behaviour::default(),
+                        labels(&[("app", app), (POD_TEMPLATE_HASH_LABEL, hash)]),
+                    ),
                 )
             })
             .collect()
     }
 
+    /// Services selecting `app`, and one version by Sluice's hash label if given.
     fn services(specs: &[(&str, &str, Option<&str>)]) -> BTreeMap<String, ServiceTarget> {
         specs
             .iter()
             .map(|(name, app, hash)| {
+                let mut selector = labels(&[("app", app)]);
+                if let Some(hash) = hash {
+                    selector.insert(POD_TEMPLATE_HASH_LABEL.to_owned(), (*hash).to_owned());
+                }
                 (
                     (*name).to_owned(),
                     ServiceTarget {
                         app: (*app).to_owned(),
-                        hash: hash.map(str::to_owned),
+                        selector,
                     },
                 )
             })
@@ -342,8 +392,8 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_without_ready_pods_leaves_its_weight_to_the_others() {
-        let shares = traffic_shares(
+    fn a_backend_without_ready_pods_fails_its_share() {
+        let split = split_traffic(
             &versions(&[("web", "a", 2), ("web", "b", 0)]),
             &services(&[
                 ("web-stable", "web", Some("a")),
@@ -351,8 +401,102 @@ mod tests {
             ]),
             &backends(&[("web-stable", 50), ("web-canary", 50)]),
         );
-        assert_close(share(&shares, "web", "a"), 1.0);
-        assert!(!shares.contains_key(&VersionKey::new("web", "b")));
+        assert_close(share(&split.shares, "web", "a"), 0.5);
+        assert!(!split.shares.contains_key(&VersionKey::new("web", "b")));
+        assert_eq!(split.unserved, BTreeMap::from([("web".to_owned(), 0.5)]));
+        assert_eq!(
+            split.empty_services,
+            BTreeSet::from(["web-canary".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_service_selecting_nothing_fails_every_request_sent_to_it() {
+        // Its selector names a version no pod runs; the app's pods are elsewhere.
+        let split = split_traffic(
+            &versions(&[("web", "a", 3)]),
+            &services(&[("web-stable", "web", Some("gone"))]),
+            &backends(&[("web-stable", 100)]),
+        );
+        assert_close(share(&split.shares, "web", "a"), 0.0);
+        assert_eq!(split.unserved, BTreeMap::from([("web".to_owned(), 1.0)]));
+        // And with no Ready pod of the app at all.
+        let split = split_traffic(
+            &BTreeMap::new(),
+            &services(&[("web-stable", "web", None)]),
+            &backends(&[("web-stable", 100)]),
+        );
+        assert!(split.shares.is_empty());
+        assert_eq!(split.unserved, BTreeMap::from([("web".to_owned(), 1.0)]));
+    }
+
+    #[test]
+    fn routed_apps_whose_services_all_reach_pods_fail_nothing() {
+        let split = split_traffic(
+            &versions(&[("web", "a", 4), ("web", "b", 1), ("api", "x", 1)]),
+            &services(&[
+                ("web-stable", "web", Some("a")),
+                ("web-canary", "web", Some("b")),
+            ]),
+            &backends(&[("web-stable", 80), ("web-canary", 20)]),
+        );
+        assert_eq!(split.unserved, BTreeMap::from([("web".to_owned(), 0.0)]));
+        assert_close(share(&split.shares, "api", "x"), 1.0);
+    }
+
+    #[test]
+    fn a_selector_matches_on_every_key() {
+        // A takeover: two of Argo's pods (hash a1) carry Sluice's hash s1 too, the third not yet.
+        let both = labels(&[
+            ("app", "web"),
+            (POD_TEMPLATE_HASH_LABEL, "s1"),
+            (ARGO_POD_TEMPLATE_HASH_LABEL, "a1"),
+        ]);
+        let argo_only = labels(&[("app", "web"), (ARGO_POD_TEMPLATE_HASH_LABEL, "a1")]);
+        let versions = BTreeMap::from([
+            (
+                VersionKey::new("web", "s1"),
+                Version::new(2, Behaviour::default(), both.clone()),
+            ),
+            (
+                VersionKey::new("web", "a1"),
+                Version::new(1, Behaviour::default(), argo_only),
+            ),
+        ]);
+        let target = |selector: Labels| ServiceTarget {
+            app: "web".to_owned(),
+            selector,
+        };
+        let services = BTreeMap::from([
+            ("both".to_owned(), target(both.clone())),
+            (
+                "argo".to_owned(),
+                target(labels(&[
+                    ("app", "web"),
+                    (ARGO_POD_TEMPLATE_HASH_LABEL, "a1"),
+                ])),
+            ),
+            (
+                "other".to_owned(),
+                target(labels(&[
+                    ("app", "web"),
+                    (POD_TEMPLATE_HASH_LABEL, "s1"),
+                    (ARGO_POD_TEMPLATE_HASH_LABEL, "zz"),
+                ])),
+            ),
+        ]);
+        // Both keys: only the two relabelled pods.
+        let split = split_traffic(&versions, &services, &backends(&[("both", 1)]));
+        assert_close(share(&split.shares, "web", "s1"), 1.0);
+        assert_close(share(&split.shares, "web", "a1"), 0.0);
+        assert_eq!(split.unserved["web"], 0.0);
+        // Argo's key alone: all three, each pod an equal share, counted under its version.
+        let split = split_traffic(&versions, &services, &backends(&[("argo", 1)]));
+        assert_close(share(&split.shares, "web", "s1"), 2.0 / 3.0);
+        assert_close(share(&split.shares, "web", "a1"), 1.0 / 3.0);
+        // A selector one key of which no pod carries: nothing, so its requests fail.
+        let split = split_traffic(&versions, &services, &backends(&[("other", 1)]));
+        assert_eq!(split.unserved["web"], 1.0);
     }
 
     #[test]
@@ -453,7 +597,7 @@ mod tests {
             ServiceTarget::of(&pinned),
             Some(ServiceTarget {
                 app: "web".to_owned(),
-                hash: Some("abc".to_owned())
+                selector: labels(&[("app", "web"), (POD_TEMPLATE_HASH_LABEL, "abc")])
             })
         );
         assert_eq!(ServiceTarget::of(&headless), None);

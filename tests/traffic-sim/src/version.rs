@@ -1,5 +1,6 @@
-//! Versions of a service: Ready pods grouped by `app` label and pod-template hash, and how each
-//! version behaves, from its pods' `sim.sluice.dev/*` annotations.
+//! Versions of a service: Ready pods grouped by `app` label and pod-template hash (Sluice's, else
+//! Argo Rollouts'), with the labels a Service's selector is matched against, and how each version
+//! behaves, from its pods' `sim.sluice.dev/*` annotations.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,8 @@ use sluice_api::rollout::POD_TEMPLATE_HASH_LABEL;
 
 /// The label that names the service (app) a pod belongs to.
 pub const APP_LABEL: &str = "app";
+/// Argo Rollouts' pod-template-hash label: the version of a pod one of its Rollouts runs.
+pub const ARGO_POD_TEMPLATE_HASH_LABEL: &str = "rollouts-pod-template-hash";
 /// Fraction of requests, 0 to 1, that a version answers with a 500.
 pub const ERROR_RATE_ANNOTATION: &str = "sim.sluice.dev/error-rate";
 /// A version's median latency in milliseconds.
@@ -20,7 +23,7 @@ pub const LATENCY_SPREAD_ANNOTATION: &str = "sim.sluice.dev/latency-spread";
 pub struct VersionKey {
     /// The pods' `app` label.
     pub app: String,
-    /// The pods' `sluice.dev/pod-template-hash` label.
+    /// The pods' pod-template hash ([`pod_template_hash`]).
     pub hash: String,
 }
 
@@ -78,6 +81,9 @@ impl Behaviour {
     }
 }
 
+/// Labels, as a pod carries them or a Service selects them.
+pub type Labels = BTreeMap<String, String>;
+
 /// A version's Ready pods and behaviour.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Version {
@@ -85,35 +91,76 @@ pub struct Version {
     pub ready_pods: u32,
     /// From the annotations of its first pod by name (a version's pods share one template).
     pub behaviour: Behaviour,
+    /// Its Ready pods' labels: each distinct set, with how many of them carry it (summing to
+    /// `ready_pods`). Pods of one version may differ beyond `app` and the hash, e.g. while a
+    /// controller relabels them one by one.
+    pub labels: BTreeMap<Labels, u32>,
 }
 
-/// Groups the Ready, non-terminating pods that carry both an `app` label and a pod-template hash.
+impl Version {
+    /// A version of `ready_pods` pods that all carry `labels`.
+    pub fn new(ready_pods: u32, behaviour: Behaviour, labels: Labels) -> Self {
+        Self {
+            ready_pods,
+            behaviour,
+            labels: BTreeMap::from([(labels, ready_pods)]),
+        }
+    }
+
+    /// How many of its Ready pods `selector` matches: those carrying every one of its labels, as a
+    /// Service's selector picks its endpoints.
+    pub fn matching(&self, selector: &Labels) -> u32 {
+        self.labels
+            .iter()
+            .filter(|(labels, _)| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .map(|(_, pods)| pods)
+            .sum()
+    }
+}
+
+/// A pod's version: its `sluice.dev/pod-template-hash` label, else Argo Rollouts'
+/// `rollouts-pod-template-hash`. A pod carrying both (one Sluice takes over from Argo Rollouts)
+/// is Sluice's.
+pub fn pod_template_hash(labels: &Labels) -> Option<&str> {
+    labels
+        .get(POD_TEMPLATE_HASH_LABEL)
+        .or_else(|| labels.get(ARGO_POD_TEMPLATE_HASH_LABEL))
+        .map(String::as_str)
+}
+
+/// Groups the Ready, non-terminating pods that carry both an `app` label and a pod-template hash
+/// ([`pod_template_hash`]); each pod counts once.
 pub fn versions<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<VersionKey, Version> {
-    let mut serving: Vec<(&str, VersionKey, &Pod)> = pods
+    let mut serving: Vec<(&str, VersionKey, &Labels, &Pod)> = pods
         .into_iter()
         .filter(|pod| is_serving(pod))
         .filter_map(|pod| {
             let labels = pod.metadata.labels.as_ref()?;
-            let key = VersionKey::new(labels.get(APP_LABEL)?, labels.get(POD_TEMPLATE_HASH_LABEL)?);
-            Some((pod.metadata.name.as_deref().unwrap_or_default(), key, pod))
+            let key = VersionKey::new(labels.get(APP_LABEL)?, pod_template_hash(labels)?);
+            Some((
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                key,
+                labels,
+                pod,
+            ))
         })
         .collect();
     // Sorted by name, so the pod whose annotations count does not depend on watch order.
     serving.sort_by(|a, b| a.0.cmp(b.0));
     let mut versions = BTreeMap::new();
-    for (_, key, pod) in serving {
-        versions
-            .entry(key)
-            .or_insert_with(|| Version {
-                ready_pods: 0,
-                behaviour: pod
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .map(Behaviour::from_annotations)
-                    .unwrap_or_default(),
-            })
-            .ready_pods += 1;
+    for (_, key, labels, pod) in serving {
+        let version = versions.entry(key).or_insert_with(|| Version {
+            ready_pods: 0,
+            behaviour: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .map(Behaviour::from_annotations)
+                .unwrap_or_default(),
+            labels: BTreeMap::new(),
+        });
+        version.ready_pods += 1;
+        *version.labels.entry(labels.clone()).or_insert(0) += 1;
     }
     versions
 }
@@ -137,12 +184,32 @@ mod tests {
     use serde_json::json;
 
     fn pod(name: &str, app: &str, hash: &str, ready: bool, annotations: serde_json::Value) -> Pod {
+        labelled(
+            name,
+            json!({"app": app, POD_TEMPLATE_HASH_LABEL: hash}),
+            ready,
+            annotations,
+        )
+    }
+
+    fn labelled(
+        name: &str,
+        labels: serde_json::Value,
+        ready: bool,
+        annotations: serde_json::Value,
+    ) -> Pod {
         serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": app, POD_TEMPLATE_HASH_LABEL: hash},
-                         "annotations": annotations},
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
             "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
         }))
         .expect("valid pod")
+    }
+
+    fn counts(versions: &BTreeMap<VersionKey, Version>) -> Vec<(&str, &str, u32)> {
+        versions
+            .iter()
+            .map(|(k, v)| (k.app.as_str(), k.hash.as_str(), v.ready_pods))
+            .collect()
     }
 
     #[test]
@@ -163,11 +230,82 @@ mod tests {
             unlabelled,
         ];
         let versions = versions(&pods);
-        let counts: Vec<(&str, &str, u32)> = versions
-            .iter()
-            .map(|(k, v)| (k.app.as_str(), k.hash.as_str(), v.ready_pods))
-            .collect();
-        assert_eq!(counts, [("api", "a", 1), ("web", "a", 2)]);
+        assert_eq!(counts(&versions), [("api", "a", 1), ("web", "a", 2)]);
+    }
+
+    #[test]
+    fn argo_rollouts_pods_are_a_version_of_their_own_hash() {
+        let pods = [
+            labelled(
+                "web-6f7-1",
+                json!({"app": "web", ARGO_POD_TEMPLATE_HASH_LABEL: "6f7"}),
+                true,
+                json!({}),
+            ),
+            labelled(
+                "web-6f7-2",
+                json!({"app": "web", ARGO_POD_TEMPLATE_HASH_LABEL: "6f7"}),
+                true,
+                json!({}),
+            ),
+            labelled(
+                "web-6f7-3",
+                json!({"app": "web", ARGO_POD_TEMPLATE_HASH_LABEL: "6f7"}),
+                false,
+                json!({}),
+            ),
+            // A Deployment's pods (`pod-template-hash`) are no version.
+            labelled(
+                "web-deploy-1",
+                json!({"app": "web", "pod-template-hash": "d1"}),
+                true,
+                json!({}),
+            ),
+        ];
+        let versions = versions(&pods);
+        assert_eq!(counts(&versions), [("web", "6f7", 2)]);
+        let version = &versions[&VersionKey::new("web", "6f7")];
+        let selector = |pairs: &[(&str, &str)]| -> Labels {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(version.matching(&selector(&[("app", "web")])), 2);
+        assert_eq!(
+            version.matching(&selector(&[
+                ("app", "web"),
+                (ARGO_POD_TEMPLATE_HASH_LABEL, "6f7")
+            ])),
+            2
+        );
+        assert_eq!(
+            version.matching(&selector(&[
+                ("app", "web"),
+                (POD_TEMPLATE_HASH_LABEL, "6f7")
+            ])),
+            0
+        );
+    }
+
+    #[test]
+    fn a_pod_with_both_hashes_counts_once_under_sluices() {
+        let both = json!({"app": "web", POD_TEMPLATE_HASH_LABEL: "s1", ARGO_POD_TEMPLATE_HASH_LABEL: "a1"});
+        let pods = [
+            labelled("web-1", both.clone(), true, json!({})),
+            labelled("web-2", both, true, json!({})),
+            // Not relabelled yet: still Argo's version.
+            labelled(
+                "web-3",
+                json!({"app": "web", ARGO_POD_TEMPLATE_HASH_LABEL: "a1"}),
+                true,
+                json!({}),
+            ),
+        ];
+        let versions = versions(&pods);
+        assert_eq!(counts(&versions), [("web", "a1", 1), ("web", "s1", 2)]);
+        let taken_over = &versions[&VersionKey::new("web", "s1")];
+        assert_eq!(taken_over.labels.values().sum::<u32>(), 2);
     }
 
     #[test]

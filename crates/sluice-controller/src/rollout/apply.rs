@@ -128,14 +128,15 @@ pub(super) async fn execute(
     namespace: &str,
     strategy: Strategy<'_>,
     hash: &str,
-    views: &[ReplicaSetView],
+    observed: Observed<'_>,
     plan: &Plan,
 ) -> Result<(), Error> {
+    let Observed { views, names } = observed;
     let client = ctx.client.clone();
     let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
     let observed: BTreeMap<&str, &ReplicaSetView> =
         views.iter().map(|v| (v.hash.as_str(), v)).collect();
-    let name_of = |h: &str| format!("{}-{h}", rollout.name_any());
+    let name_of = |h: &str| replica_set_name(rollout, names, h);
 
     if plan.create_current {
         let replicas = plan.scale.get(hash).copied().unwrap_or(0);
@@ -217,22 +218,23 @@ pub(super) async fn remove_surplus(
     ctx: &Context,
     rollout: &Rollout,
     namespace: &str,
-    views: &[ReplicaSetView],
+    observed: Observed<'_>,
     plan: &Plan,
 ) -> Result<(), Error> {
+    let Observed { views, names } = observed;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), namespace);
     for (h, n) in &plan.scale {
         if let Some(current) = views.iter().find(|v| v.hash == *h)
             && *n < current.replicas
         {
-            let name = format!("{}-{h}", rollout.name_any());
+            let name = replica_set_name(rollout, names, h);
             let patch = json!({"spec": {"replicas": n}});
             let size = &Patch::Merge(&patch);
             write_replica_set(ctx, &replica_sets, &name, &writer(), size, "the size of ").await?;
         }
     }
     for h in &plan.delete {
-        let name = format!("{}-{h}", rollout.name_any());
+        let name = replica_set_name(rollout, names, h);
         info!(
             hash = h.as_str(),
             "deleting a ReplicaSet beyond revisionHistoryLimit"
@@ -246,9 +248,26 @@ pub(super) async fn remove_surplus(
     Ok(())
 }
 
+/// The Rollout's ReplicaSets as observed: the engine's view of each, and each one's name by
+/// revision.
+#[derive(Clone, Copy)]
+pub(super) struct Observed<'a> {
+    pub views: &'a [ReplicaSetView],
+    pub names: &'a BTreeMap<String, String>,
+}
+
+/// The name of revision `hash`'s ReplicaSet: the one observed (an adopted one keeps the name Argo
+/// Rollouts gave it), else the name Sluice gives, `<rollout>-<hash>`.
+fn replica_set_name(rollout: &Rollout, names: &BTreeMap<String, String>, hash: &str) -> String {
+    names
+        .get(hash)
+        .cloned()
+        .unwrap_or_else(|| format!("{}-{hash}", rollout.name_any()))
+}
+
 /// Writes to one ReplicaSet (`what` names the part written, for an error) and remembers the
 /// resourceVersion it got, so that no reconcile decides on an older cached copy of it.
-async fn write_replica_set<P: serde::Serialize + std::fmt::Debug>(
+pub(super) async fn write_replica_set<P: serde::Serialize + std::fmt::Debug>(
     ctx: &Context,
     api: &Api<ReplicaSet>,
     name: &str,

@@ -6,6 +6,7 @@
 //! - [`requests`]: people's requests, taken off the Rollout before they are acted on;
 //! - [`apply`]: the plan put in force, in the order that keeps traffic on pods that exist.
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +31,11 @@ use crate::{release_record, workload};
 mod apply;
 mod observe;
 mod requests;
+mod takeover;
 
-use apply::{announce, execute, invalid_spec, remove_surplus, report_failure, write_status};
+use apply::{
+    Observed, announce, execute, invalid_spec, remove_surplus, report_failure, write_status,
+};
 pub(crate) use observe::Strategy;
 use observe::{check_objects, in_flight, pod_view, strategy_of, view};
 pub use observe::{references, wakes};
@@ -163,6 +167,25 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         Ok(templates) => (templates, None),
         Err(problem) => (Templates::new(), Some(problem)),
     };
+    // Argo Rollouts in the namespace: a Service or route one runs is refused; a selector
+    // overlapping one's is said once in an Event.
+    let conflicts = crate::argo::conflicts(
+        &ctx.caches.argo_rollouts,
+        rollout,
+        &namespace,
+        &observe::references(rollout),
+    );
+    let problem = problem.or(conflicts.problem);
+    for (argo, message) in &conflicts.overlaps {
+        let key = (rollout.uid().unwrap_or_default(), argo.clone());
+        let first = ctx
+            .argo_overlaps
+            .lock()
+            .is_ok_and(|mut announced| announced.insert(key));
+        if first {
+            apply::publish(ctx, rollout, true, "SelectorOverlapsArgoRollout", message);
+        }
+    }
     let template = rollout.spec.template.clone().unwrap_or_default();
     let hash = pod_template_hash(&serde_json::to_value(&template)?);
     // Mutable images are refused here too, for clusters without the admission policy.
@@ -180,18 +203,25 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     };
     let problem = images::check(&template, &field, &digest).err().or(problem);
 
+    // A takeover goes on only with a spec Sluice accepts (otherwise the InvalidSpec below says why).
+    if problem.is_none()
+        && let takeover::Outcome::Return(action) =
+            takeover::run(ctx, rollout, &namespace, &hash, &status, strategy).await?
+    {
+        return Ok(action);
+    }
+
     let uid = rollout.uid().unwrap_or_default();
     let caches = &ctx.caches;
-    let owned: Vec<_> = cache::owned(
+    let labelled = cache::owned(
         &caches.replica_sets,
         &caches.replica_set_index,
         &namespace,
         &name,
-    )
-    .into_iter()
-    .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
-    .collect();
-    if owned.iter().any(|rs| {
+    );
+    // Every ReplicaSet labelled for this Rollout, owned or not yet (one adopted a moment ago may
+    // still show its old owner here).
+    if labelled.iter().any(|rs| {
         ctx.written.is_stale(
             Kind::ReplicaSet,
             &namespace,
@@ -203,7 +233,17 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         // scale-down time): deciding on it could undo that write. Its event wakes the Rollout.
         return Ok(Action::requeue(STALE_RETRY));
     }
+    let owned: Vec<_> = labelled
+        .into_iter()
+        .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
     let views: Vec<ReplicaSetView> = owned.iter().filter_map(|rs| view(rs)).collect();
+    // Each revision's ReplicaSet by name: `<rollout>-<hash>`, but for one adopted from Argo
+    // Rollouts, which keeps the name it was given.
+    let names: BTreeMap<String, String> = owned
+        .iter()
+        .filter_map(|rs| Some((view(rs)?.hash, rs.name_any())))
+        .collect();
     if let Some(problem) = &problem
         && !in_flight(&status, &views)
     {
@@ -220,7 +260,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
                 &caches.pods,
                 &caches.pod_index,
                 &namespace,
-                &format!("{name}-{}", v.hash),
+                names
+                    .get(&v.hash)
+                    .map_or(&format!("{name}-{}", v.hash), |n| n),
             )
         })
         .filter_map(|pod| pod_view(&pod, now))
@@ -298,7 +340,11 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     {
         workload::scale(ctx, rollout, &namespace, wanted).await?;
     }
-    execute(rollout, ctx, &namespace, strategy, &hash, &views, &plan).await?;
+    let observed = Observed {
+        views: &views,
+        names: &names,
+    };
+    execute(rollout, ctx, &namespace, strategy, &hash, observed, &plan).await?;
     // A release this plan takes out of status (ended in it, or ended before with its record not yet
     // written) is recorded before the status that forgets it; the one status holds, after it.
     let replaced = plan.ended_release.as_ref().or_else(|| {
@@ -332,7 +378,7 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
     // The webhook calls the plan wants, made outside the reconcile (their answers wake it); after
     // the status that records what earlier answers settled.
     ctx.webhooks.want(rollout, &namespace, &plan.webhooks);
-    remove_surplus(ctx, rollout, &namespace, &views, &plan).await?;
+    remove_surplus(ctx, rollout, &namespace, observed, &plan).await?;
     if let Some(release) = &plan.status.release {
         release_record::mirror(ctx, rollout, &namespace, release).await?;
     }

@@ -224,25 +224,30 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
     // they are enough.
     let mut granted: Vec<String> = Vec::new();
     for rule in rbac.iter().filter_map(|o| o["rules"].as_array()).flatten() {
-        for resource in rule["resources"].as_array().into_iter().flatten() {
-            for verb in rule["verbs"].as_array().into_iter().flatten() {
-                granted.push(format!(
-                    "{}:{}",
-                    resource.as_str().unwrap_or_default(),
-                    verb.as_str().unwrap_or_default()
-                ));
+        for group in rule["apiGroups"].as_array().into_iter().flatten() {
+            for resource in rule["resources"].as_array().into_iter().flatten() {
+                for verb in rule["verbs"].as_array().into_iter().flatten() {
+                    granted.push(format!(
+                        "{}/{}:{}",
+                        group.as_str().unwrap_or_default(),
+                        resource.as_str().unwrap_or_default(),
+                        verb.as_str().unwrap_or_default()
+                    ));
+                }
             }
         }
     }
+    // `group/resource:verb`, the core group empty. Argo Rollouts' Rollouts (argoproj.io) are read
+    // with get during a takeover; Sluice's own are only ever listed and watched.
     for refused in [
         "*",
         ":update",
-        "secrets:list",
-        "secrets:watch",
-        "leases:list",
-        "leases:watch",
-        "rollouts:get",
-        "pods:get",
+        "/secrets:list",
+        "/secrets:watch",
+        "coordination.k8s.io/leases:list",
+        "coordination.k8s.io/leases:watch",
+        "sluice.dev/rollouts:get",
+        "/pods:get",
     ] {
         // "*" anywhere, ":update" for any resource, the others exactly ("releases" is not "leases").
         let grants = |g: &String| match refused {

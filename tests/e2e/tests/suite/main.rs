@@ -30,6 +30,7 @@ mod routers;
 mod shadow;
 mod slo_history;
 mod startup;
+mod takeover;
 mod tenancy;
 mod traffic;
 mod validation;

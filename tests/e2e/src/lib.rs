@@ -380,7 +380,7 @@ impl Drop for ControllerProcess {
 pub struct TrafficSim {
     child: std::process::Child,
     // Held open: the simulator must never write to a closed stdout.
-    stdout: std::io::BufReader<std::process::ChildStdout>,
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
     /// Where it serves `/metrics`.
     pub addr: std::net::SocketAddr,
     /// The namespace it simulates.
@@ -400,7 +400,6 @@ impl TrafficSim {
 
     /// As [`TrafficSim::start`], with extra command-line arguments (`--rps 50`, say).
     pub fn start_with_args(namespace: &str, args: &[&str]) -> Result<Self> {
-        use std::io::BufRead as _;
         let targets = std::env::var_os("SLUICE_E2E_PROMETHEUS_TARGETS")
             .map(PathBuf::from)
             .context("SLUICE_E2E_PROMETHEUS_TARGETS is not set")?;
@@ -410,36 +409,19 @@ impl TrafficSim {
         let logs = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("traffic-sim-{namespace}.log"));
-        let mut child = Command::new(&binary)
-            .args(["--namespace", namespace])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig_path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (build it with `cargo build -p sluice-traffic-sim`)",
-                    binary.display()
-                )
-            })?;
-        let Some(stdout) = child.stdout.take() else {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("no stdout from {}", binary.display());
-        };
+        let mut command = Command::new(&binary);
+        command.args(["--namespace", namespace]).args(args);
+        let (child, stdout, line) =
+            spawn_reading_first_line(command, &log, "cargo build -p sluice-traffic-sim")?;
         let mut sim = Self {
             child,
-            stdout: std::io::BufReader::new(stdout),
+            _stdout: stdout,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             namespace: namespace.to_owned(),
             log,
             target_file: targets.join(format!("{namespace}.json")),
         };
         // It prints the address once bound, before it talks to the API server.
-        let mut line = String::new();
-        sim.stdout.read_line(&mut line)?;
         sim.addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -563,6 +545,37 @@ impl Drop for TrafficSim {
     }
 }
 
+/// Starts `command` against the test cluster, its stderr to `log`, and reads the first line it
+/// prints (where it listens); `build` says how to build it when it is missing.
+fn spawn_reading_first_line(
+    mut command: Command,
+    log: &std::path::Path,
+    build: &str,
+) -> Result<(
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    String,
+)> {
+    use std::io::BufRead as _;
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .env("KUBECONFIG", kubeconfig_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("starting {program} (build it with `{build}`)"))?;
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("no stdout from {program}");
+    };
+    let mut stdout = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    Ok((child, stdout, line))
+}
+
 /// `kubectl-sluice dashboard` for one test's namespace, on a free loopback port; killed when
 /// dropped.
 pub struct Dashboard {
@@ -579,7 +592,6 @@ impl Dashboard {
     /// Starts `kubectl-sluice -n NAMESPACE dashboard --address 127.0.0.1:0 ARGS` (the plugin of
     /// `SLUICE_E2E_PLUGIN_DIR`, else `target/debug`) and reads where it listens from its first line.
     pub fn start(namespace: &str, args: &[&str]) -> Result<Self> {
-        use std::io::BufRead as _;
         let binary = std::env::var_os("SLUICE_E2E_PLUGIN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("target/debug"))
@@ -587,27 +599,12 @@ impl Dashboard {
         let logs = repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&logs)?;
         let log = logs.join(format!("dashboard-{namespace}.log"));
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        command
             .args(["-n", namespace, "dashboard", "--address", "127.0.0.1:0"])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig_path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (cargo build -p kubectl-sluice)",
-                    binary.display()
-                )
-            })?;
-        let Some(stdout) = child.stdout.take() else {
-            let _ = child.kill();
-            bail!("no stdout from {}", binary.display());
-        };
-        let mut stdout = std::io::BufReader::new(stdout);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
+            .args(args);
+        let (mut child, stdout, line) =
+            spawn_reading_first_line(command, &log, "cargo build -p kubectl-sluice")?;
         let url = line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))

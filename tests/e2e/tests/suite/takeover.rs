@@ -161,6 +161,19 @@ async fn traffic_until(
     .await
 }
 
+/// Waits until everything `web` served over `window` was served by revision `hash`.
+async fn served_only_by(
+    sim: &TrafficSim,
+    what: &str,
+    window: Duration,
+    hash: &str,
+) -> Result<RequestCounts> {
+    traffic_until(sim, what, window, |served| {
+        served.total() > 0 && served.served_by(hash) == served.total()
+    })
+    .await
+}
+
 async fn selector(services: &Api<Service>, name: &str) -> Result<BTreeMap<String, String>> {
     Ok(services
         .get(name)
@@ -229,15 +242,15 @@ async fn serve_under_argo(client: &Client, ns: &str, backend: &str) -> Result<Un
         );
     }
 
-    // Users arrive once the service is up, through a route to `web` (every pod of the app). Up as
-    // the simulator sees it too: until the route exists it spreads requests over the app's Ready
+    // Users arrive once the service is up, through a route to `backend`. Up as the simulator sees
+    // it too: until the route exists it spreads requests over the app's Ready
     // pods, so requests served by Argo's pods say its pod watch has caught up with Argo's (a busy
     // API server may deliver the route before the pods' readiness).
-    traffic_until(
+    served_only_by(
         &sim,
         "the simulator to see Argo's pods Ready",
         Duration::from_millis(500),
-        |served| served.total() > 0 && served.served_by(&stable) == served.total(),
+        &stable,
     )
     .await?;
     let route = json!({
@@ -252,11 +265,11 @@ async fn serve_under_argo(client: &Client, ns: &str, backend: &str) -> Result<Un
             &Patch::Apply(&route),
         )
         .await?;
-    let served = traffic_until(
+    let served = served_only_by(
         &sim,
         "the simulator to serve web from Argo's pods",
         Duration::from_secs(3),
-        |served| served.total() > 0 && served.served_by(&stable) == served.total(),
+        &stable,
     )
     .await?;
     ensure!(
@@ -319,11 +332,11 @@ async fn argo_rollouts_runs_a_canary_release_without_a_failed_request() -> Resul
 
     // Every request now goes to the new version, and none failed from the first one on (the
     // simulator's counters never reset).
-    traffic_until(
+    served_only_by(
         &sim,
         "every request to reach the new version",
         Duration::from_secs(2),
-        |served| served.total() > 0 && served.served_by(&released) == served.total(),
+        &released,
     )
     .await?;
     let counts = sim.requests("web").await?;
@@ -542,11 +555,11 @@ async fn a_healthy_argo_rollout_is_taken_over_with_its_pods_and_no_failed_reques
             "{name} selects {selector:?}"
         );
     }
-    traffic_until(
+    served_only_by(
         &sim,
         "requests served by the adopted pods",
         Duration::from_secs(2),
-        |served| served.total() > 0 && served.served_by(&hash) == served.total(),
+        &hash,
     )
     .await?;
     let during = sim.requests("web").await?.since(&counts_before);
@@ -593,11 +606,11 @@ async fn a_healthy_argo_rollout_is_taken_over_with_its_pods_and_no_failed_reques
             .any(|r| r.spec.release.revision == released && r.spec.release.steps.len() == 2),
         "no release record of {released} with its two steps"
     );
-    traffic_until(
+    served_only_by(
         &sim,
         "every request to reach Sluice's release",
         Duration::from_secs(2),
-        |served| served.total() > 0 && served.served_by(&released) == served.total(),
+        &released,
     )
     .await?;
     let overall = sim.requests("web").await?.since(&at_start);
@@ -695,6 +708,298 @@ async fn a_service_an_argo_rollout_runs_is_never_written_and_an_overlapping_sele
         selector(&services, "shared").await?
             == BTreeMap::from([("app".to_owned(), "web".to_owned())]),
         "the Argo Rollout's Service was written"
+    );
+    Ok(())
+}
+
+/// Runs kubectl with `args` and fails with its stderr if it fails.
+fn kubectl_ok(args: &[&str]) -> Result<String> {
+    let out = kubectl(args)?;
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn a_takeover_is_given_back_to_argo_rollouts_with_the_same_pods_and_no_failed_request()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "give-back").await?;
+    let UnderArgo { argo, sim, stable } = serve_under_argo(&client, &ns.name, "web-stable").await?;
+    let controller = ControllerProcess::start(&ns.name)?;
+    let out = run_plugin(&ns.name, &["migrate", "--takeover", "web"]).await?;
+    ensure!(
+        out.status.success(),
+        "the takeover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the Rollout Healthy after the takeover", WAIT, || async {
+        let status = rollouts.get("web").await?.status.unwrap_or_default();
+        Ok((status.phase == Some(RolloutPhase::Healthy)).then_some(()))
+    })
+    .await?;
+    let before = pods_of_web(&client, &ns.name).await?;
+    let counts_before = sim.requests("web").await?;
+
+    // Back to Argo Rollouts, as the README's steps say: the Sluice Rollout goes with its
+    // ReplicaSets orphaned, Sluice's label leaves the pod template and the Services' selectors
+    // (which then select the app's pods, all of this one revision), and Argo's Rollout is applied
+    // again: it adopts its ReplicaSet and points the Services at it by its own label.
+    let ns_name = ns.name.as_str();
+    kubectl_ok(&[
+        "delete",
+        "rollouts.sluice.dev",
+        "web",
+        "-n",
+        ns_name,
+        "--cascade=orphan",
+    ])?;
+    drop(controller);
+    let label = "/spec/template/metadata/labels/sluice.dev~1pod-template-hash";
+    kubectl_ok(&[
+        "patch",
+        "replicaset",
+        &format!("web-{stable}"),
+        "-n",
+        ns_name,
+        "--type=json",
+        &format!(r#"-p=[{{"op":"remove","path":"{label}"}}]"#),
+    ])?;
+    for service in ["web-stable", "web-canary"] {
+        kubectl_ok(&[
+            "patch",
+            "service",
+            service,
+            "-n",
+            ns_name,
+            "--type=json",
+            r#"-p=[{"op":"remove","path":"/spec/selector/sluice.dev~1pod-template-hash"}]"#,
+        ])?;
+    }
+    let argo_api = argo_rollouts(&client, &ns.name);
+    argo_api
+        .patch(
+            "web",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(argo_rollout("registry.example/web:1.0.0")),
+        )
+        .await?;
+    let back = wait_argo_healthy(&argo_api, None)
+        .await
+        .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;
+    ensure!(back == stable, "Argo settled on {back}, not {stable}");
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    eventually("Argo to point web-stable at its pods", WAIT, || async {
+        let selector = selector(&services, "web-stable").await?;
+        Ok((selector.get(ARGO_HASH_LABEL) == Some(&stable)).then_some(()))
+    })
+    .await?;
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), &ns.name);
+    let names: Vec<String> = replica_sets
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|rs| rs.name_any())
+        .collect();
+    ensure!(names == [format!("web-{stable}")], "ReplicaSets: {names:?}");
+    let after = pods_of_web(&client, &ns.name).await?;
+    ensure!(
+        after == before,
+        "pods changed giving back: before {before:?}, after {after:?}"
+    );
+    let during = sim.requests("web").await?.since(&counts_before);
+    println!(
+        "give-back to Argo Rollouts: {} pods kept; {} requests, {} failed",
+        after.len(),
+        during.total(),
+        during.failed()
+    );
+    ensure!(
+        during.failed() == 0,
+        "requests failed giving back: {:?}",
+        during.by_version_and_code
+    );
+    // And Argo releases as before.
+    argo_api
+        .patch(
+            "web",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(argo_rollout("registry.example/web:2.0.0")),
+        )
+        .await?;
+    wait_argo_healthy(&argo_api, Some(&stable)).await?;
+    Ok(())
+}
+
+/// The (stable, canary) weights of the VirtualService `web`'s route `primary`.
+fn weights(vs: &DynamicObject) -> Option<(i64, i64)> {
+    let route = vs.data["spec"]["http"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == "primary")?;
+    let weight = |host: &str| {
+        route["route"]
+            .as_array()?
+            .iter()
+            .find(|d| d["destination"]["host"] == host)?["weight"]
+            .as_i64()
+    };
+    Some((
+        weight("web-stable").unwrap_or(0),
+        weight("web-canary").unwrap_or(0),
+    ))
+}
+
+#[tokio::test]
+async fn a_takeover_keeps_the_route_weights_argo_set_and_sluice_moves_them_from_the_next_release()
+-> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "takeover-istio").await?;
+    let argo = ArgoRolloutsController::start(&ns.name).await?;
+    create_services(
+        &client,
+        &ns.name,
+        &[("web", "web-stable"), ("web", "web-canary")],
+    )
+    .await?;
+    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
+    let services_api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ApiResource::from_gvk_with_plural(&gvk, "virtualservices"),
+    );
+    let route = |host: &str, weight: i64| json!({"destination": {"host": host}, "weight": weight});
+    let vs = json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "web"},
+        "spec": {"hosts": ["web.example"], "http": [
+            {"name": "primary", "route": [route("web-stable", 100), route("web-canary", 0)]}]}
+    });
+    services_api
+        .patch(
+            "web",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&vs),
+        )
+        .await?;
+    // Every version of the route's weights, from a watch, from here on.
+    let seen: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
+    let log = seen.clone();
+    let stream = watcher(services_api.clone(), watcher::Config::default());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream.applied_objects());
+        while let Some(Ok(vs)) = stream.next().await {
+            if let (Some(w), Ok(mut seen)) = (weights(&vs), log.lock())
+                && seen.last() != Some(&w)
+            {
+                seen.push(w);
+            }
+        }
+    });
+    let with_istio = |image: &str| {
+        let mut rollout = argo_rollout(image);
+        rollout["spec"]["strategy"]["canary"]["trafficRouting"] =
+            json!({"istio": {"virtualService": {"name": "web", "routes": ["primary"]}}});
+        rollout
+    };
+    let argo_api = argo_rollouts(&client, &ns.name);
+    argo_api
+        .patch(
+            "web",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(with_istio("registry.example/web:1.0.0")),
+        )
+        .await?;
+    let stable = wait_argo_healthy(&argo_api, None)
+        .await
+        .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;
+    // A release under Argo: Argo moves the weights (20 to the canary), then back.
+    argo_api
+        .patch(
+            "web",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(with_istio("registry.example/web:1.1.0")),
+        )
+        .await?;
+    let argo_stable = wait_argo_healthy(&argo_api, Some(&stable))
+        .await
+        .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;
+    // Argo reports Healthy a moment before it gives the route back to stable.
+    let under_argo = eventually("Argo to give the route back to stable", WAIT, || async {
+        let under_argo = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        Ok((under_argo.last() == Some(&(100, 0))).then_some(under_argo))
+    })
+    .await?;
+    ensure!(
+        under_argo.contains(&(80, 20)),
+        "Argo did not move the route's weights: {under_argo:?}"
+    );
+
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let before = pods_of_web(&client, &ns.name).await?;
+    let taken = seen.lock().map(|s| s.len()).unwrap_or_default();
+    let out = run_plugin(&ns.name, &["migrate", "--takeover", "web"]).await?;
+    ensure!(
+        out.status.success(),
+        "the takeover failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let hash = eventually("the Rollout Healthy on the adopted pods", WAIT, || async {
+        let status = rollouts.get("web").await?.status.unwrap_or_default();
+        Ok((status.phase == Some(RolloutPhase::Healthy))
+            .then_some(status.stable_rs)
+            .flatten())
+    })
+    .await?;
+    let after = pods_of_web(&client, &ns.name)
+        .await?
+        .into_iter()
+        .filter(|(_, (_, _, deleting))| !deleting)
+        .collect::<BTreeMap<_, _>>();
+    ensure!(
+        before
+            .iter()
+            .all(|(name, (uid, _, _))| after.get(name).is_some_and(|(now, _, _)| now == uid)),
+        "pods replaced by the takeover of {argo_stable}: before {before:?}, after {after:?}"
+    );
+    let through_takeover: Vec<(i64, i64)> = seen
+        .lock()
+        .map(|s| s[taken.saturating_sub(1)..].to_vec())
+        .unwrap_or_default();
+    ensure!(
+        through_takeover.iter().all(|w| *w == (100, 0)),
+        "the weights moved during the takeover: {through_takeover:?}"
+    );
+
+    // Sluice's release moves them now: 20 to the canary at the first step, all back at the end.
+    let from = seen.lock().map(|s| s.len()).unwrap_or_default();
+    set_image(&rollouts, "registry.example/web:2.0.0").await?;
+    eventually("Sluice's release to complete", WAIT, || async {
+        let status = rollouts.get("web").await?.status.unwrap_or_default();
+        Ok((status.phase == Some(RolloutPhase::Healthy)
+            && status.stable_rs.as_ref().is_some_and(|s| *s != hash))
+        .then_some(()))
+    })
+    .await?;
+    let under_sluice: Vec<(i64, i64)> = seen
+        .lock()
+        .map(|s| s[from.saturating_sub(1)..].to_vec())
+        .unwrap_or_default();
+    println!(
+        "route weights under Argo {under_argo:?}, through the takeover {through_takeover:?}, under Sluice {under_sluice:?}"
+    );
+    ensure!(
+        under_sluice.contains(&(80, 20)) && under_sluice.last() == Some(&(100, 0)),
+        "Sluice did not move the route's weights: {under_sluice:?}"
     );
     Ok(())
 }

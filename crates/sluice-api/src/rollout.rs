@@ -1368,6 +1368,7 @@ pub struct TakeoverStatus {
     /// Its stable ReplicaSet, adopted with its pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_set: Option<String>,
+    /// `WaitingForArgoRollout` (its controller has yet to act on its latest spec),
     /// `WaitingForArgoRolloutRemoval` (labelled; the Argo Rollout is to be deleted with its
     /// ReplicaSets orphaned), `WaitingForReplicaSetOrphaned`, `TakenOver`, or `Refused` (the
     /// message says why; nothing was touched).

@@ -63,6 +63,8 @@ pub struct Inputs<'a> {
     pub argo: Option<ArgoRollout<'a>>,
     /// Its stable ReplicaSet (found by the Argo Rollout's stable hash, or by the name recorded).
     pub candidate: Option<Candidate<'a>>,
+    /// When no candidate was found: what was (the ReplicaSets with the stable hash, and owners).
+    pub candidate_note: Option<String>,
     /// The Services the Sluice Rollout names whose selector still has Argo's hash label.
     pub services_on_argo: Vec<&'a str>,
     /// What status records so far.
@@ -93,6 +95,7 @@ pub enum Step {
     },
 }
 
+pub const WAITING_FOR_ARGO: &str = "WaitingForArgoRollout";
 pub const WAITING_FOR_REMOVAL: &str = "WaitingForArgoRolloutRemoval";
 pub const WAITING_FOR_ORPHAN: &str = "WaitingForReplicaSetOrphaned";
 pub const TAKEN_OVER: &str = "TakenOver";
@@ -123,8 +126,11 @@ pub fn decide(inputs: &Inputs<'_>) -> Step {
     match &inputs.argo {
         Some(argo) => {
             if !argo.observed {
-                return Step::Refused(format!(
-                    "Argo Rollout {from} has not acted on its latest spec yet: wait for it, then the takeover goes on"
+                // Not a refusal: Argo's controller has yet to write what it made of the spec.
+                return Step::Wait(status(
+                    inputs,
+                    WAITING_FOR_ARGO,
+                    format!("waiting for Argo Rollout {from} to act on its latest spec"),
                 ));
             }
             let healthy = argo.phase == Some("Healthy")
@@ -145,9 +151,19 @@ pub fn decide(inputs: &Inputs<'_>) -> Step {
                 ));
             }
             let Some(candidate) = &inputs.candidate else {
-                return Step::Refused(format!(
-                    "Argo Rollout {from}'s stable ReplicaSet ({ARGO_HASH_LABEL}={}) was not found",
-                    argo.stable_hash.unwrap_or_default()
+                // Argo's status may name a ReplicaSet a read does not return yet: look again.
+                return Step::Wait(status(
+                    inputs,
+                    WAITING_FOR_ARGO,
+                    format!(
+                        "waiting for Argo Rollout {from}'s stable ReplicaSet ({ARGO_HASH_LABEL}={}){}",
+                        argo.stable_hash.unwrap_or_default(),
+                        inputs
+                            .candidate_note
+                            .as_deref()
+                            .map(|n| format!(": {n}"))
+                            .unwrap_or_default()
+                    ),
                 ));
             };
             if let Some(other) = &candidate.controlled_by_other {
@@ -286,6 +302,7 @@ mod tests {
             from: "web",
             argo,
             candidate,
+            candidate_note: None,
             services_on_argo: vec!["web-stable"],
             status: None,
         }
@@ -371,6 +388,19 @@ mod tests {
                     message: "took over Argo Rollout web: ReplicaSet web-abc adopted with its pods, none replaced".to_owned(),
                 },
             }
+        );
+    }
+
+    #[test]
+    fn an_argo_rollout_yet_to_act_on_its_spec_is_waited_for_not_refused() {
+        let behind = ArgoRollout {
+            observed: false,
+            ..healthy()
+        };
+        let step = decide(&inputs(Some(behind), Some(candidate())));
+        assert!(
+            matches!(&step, Step::Wait(s) if s.phase == WAITING_FOR_ARGO),
+            "{step:?}"
         );
     }
 

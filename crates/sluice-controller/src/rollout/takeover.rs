@@ -123,19 +123,44 @@ pub(super) async fn run(
     });
 
     // The ReplicaSet to adopt: Argo's stable one while it exists, else the one recorded.
+    let mut candidate_note = None;
     let found: Option<ReplicaSet> = match (&argo, &argo_view) {
         (Some(argo), Some(view)) => match view.stable_hash {
             Some(stable) => {
                 let argo_uid = argo.uid().unwrap_or_default();
-                replica_sets
+                let listed = replica_sets
                     .list(&ListParams::default().labels(&format!("{ARGO_HASH_LABEL}={stable}")))
                     .await?
-                    .items
-                    .into_iter()
-                    .find(|rs| {
-                        rs.owner_references().iter().any(|o| o.uid == argo_uid)
-                            || rs.owner_references().iter().any(|o| o.uid == uid)
-                    })
+                    .items;
+                let owned_by = |rs: &ReplicaSet, owner: &str| {
+                    rs.owner_references().iter().any(|o| o.uid == owner)
+                };
+                let found = listed
+                    .iter()
+                    .find(|rs| owned_by(rs, &argo_uid) || owned_by(rs, &uid))
+                    .cloned();
+                if found.is_none() {
+                    let seen: Vec<String> = listed
+                        .iter()
+                        .map(|rs| {
+                            let owners: Vec<String> = rs
+                                .owner_references()
+                                .iter()
+                                .map(|o| format!("{} {} {}", o.kind, o.name, o.uid))
+                                .collect();
+                            format!("{} owned by [{}]", rs.name_any(), owners.join(", "))
+                        })
+                        .collect();
+                    candidate_note = Some(format!(
+                        "the Argo Rollout is {argo_uid}; found {}",
+                        if seen.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            seen.join("; ")
+                        }
+                    ));
+                }
+                found
             }
             None => None,
         },
@@ -232,6 +257,7 @@ pub(super) async fn run(
         from,
         argo: argo_view,
         candidate,
+        candidate_note,
         services_on_argo,
         status: recorded,
     });

@@ -100,21 +100,35 @@ async fn each_transition_is_notified_once_a_silent_sink_delays_nothing_and_a_res
             .any(|p| p.reason == "CanaryPauseStep")
     })
     .await?;
-    // The release's weight and step, as the releases dashboard draws them.
-    let exported = sluice_e2e::http_get(&controller.http, "/metrics").await?;
-    for (series, value) in [
+    // The release's weight and step, as the releases dashboard draws them. The gauges are set in
+    // the reconcile that wrote this status, a moment after the write the status shows.
+    let wanted: Vec<String> = [
         ("sluice_rollout_canary_weight", "50"),
         ("sluice_rollout_canary_step", "1"),
-    ] {
-        let line = format!(
+    ]
+    .iter()
+    .map(|(series, value)| {
+        format!(
             "{series}{{namespace=\"{}\",rollout=\"web\"}} {value}",
             ns.name
-        );
-        ensure!(
-            exported.lines().any(|l| l == line),
-            "no {line:?} in /metrics"
-        );
-    }
+        )
+    })
+    .collect();
+    sluice_e2e::eventually(
+        "the weight and step on /metrics",
+        Duration::from_secs(10),
+        || async {
+            let exported = sluice_e2e::http_get(&controller.http, "/metrics").await?;
+            match wanted
+                .iter()
+                .find(|line| !exported.lines().any(|l| l == line.as_str()))
+            {
+                None => Ok(Some(())),
+                Some(missing) => anyhow::bail!("no {missing:?} in /metrics"),
+            }
+        },
+    )
+    .await?;
     crate::canary::request(&api, "web", "promote").await?;
     let done = wait_status(&api, "2.0.0 stable", |s| {
         s.phase == Some(RolloutPhase::Healthy)

@@ -75,6 +75,20 @@ pub fn kubectl(args: &[&str]) -> Result<Output> {
         .context("running kubectl")
 }
 
+/// Runs kubectl and returns its standard output, failing with its standard error unless it
+/// succeeds.
+pub fn kubectl_stdout(args: &[&str]) -> Result<String> {
+    let out = kubectl(args)?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs `kubectl sluice ARGS` through kubectl's plugin discovery, with this build's plugin first on
 /// PATH (`SLUICE_E2E_PLUGIN_DIR`, else `target/debug`).
 pub fn kubectl_sluice(namespace: &str, args: &[&str]) -> Result<Output> {

@@ -50,7 +50,7 @@ use serde_json::{Value, json};
 
 use crate::{
     ControllerProcess, TestNamespace, free_ports, http_get, install_crds, kubeconfig_path, kubectl,
-    repo_root,
+    kubectl_stdout, repo_root,
 };
 
 /// Usage of `sluice-bench scale`.
@@ -324,19 +324,6 @@ impl ArgoRollouts {
     }
 }
 
-/// Runs kubectl, failing with its standard error unless it succeeds.
-fn kubectl_checked(args: &[&str]) -> Result<()> {
-    let out = kubectl(args)?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 impl ControllerUnderTest for ArgoRollouts {
     fn name(&self) -> &str {
         &self.name
@@ -356,18 +343,18 @@ impl ControllerUnderTest for ArgoRollouts {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 // The directory holds a kustomization.yaml, which `apply -f` refuses.
-                kubectl_checked(&["apply", "--server-side", "--force-conflicts", "-k", &crds])?;
+                kubectl_stdout(&["apply", "--server-side", "--force-conflicts", "-k", &crds])?;
                 let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
                 wait.extend(ARGO_CRDS);
                 // Right after the apply a CRD may have no conditions at all yet, which `kubectl wait`
                 // reports as an error rather than waiting: try again for a while.
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 loop {
-                    match kubectl_checked(&wait) {
+                    match kubectl_stdout(&wait) {
                         Err(_) if std::time::Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_secs(1));
                         }
-                        done => break done,
+                        done => break done.map(drop),
                     }
                 }
             })

@@ -10,26 +10,15 @@ use sluice_api::gate::ErrorBudgetGate;
 use sluice_api::rollout::{Rollout, RolloutPhase};
 use sluice_api::{AnalysisRun, ClusterAnalysisTemplate};
 use sluice_e2e::{
-    FIELD_MANAGER, TestNamespace, client, eventually, install_crds, kubectl, repo_root,
-    yaml_documents,
+    FIELD_MANAGER, TestNamespace, client, eventually, install_crds, kubectl, kubectl_stdout,
+    repo_root, yaml_documents,
 };
-
-fn stdout_of(args: &[&str]) -> Result<String> {
-    let out = kubectl(args)?;
-    ensure!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// The plain client-side apply that users run must work: the Rollout CRD embeds a pod template and
 /// must stay under the 256 KiB last-applied-configuration limit.
 #[tokio::test]
 async fn plain_kubectl_apply_installs_the_crds() -> Result<()> {
-    let out = stdout_of(&["apply", "-f", "crds/"])?;
+    let out = kubectl_stdout(&["apply", "-f", "crds/"])?;
     for plural in [
         "rollouts",
         "analysistemplates",
@@ -60,7 +49,7 @@ async fn plain_kubectl_apply_installs_the_crds() -> Result<()> {
     for crd in &crds {
         wait.extend(["-f", crd.as_str()]);
     }
-    stdout_of(&wait)?;
+    kubectl_stdout(&wait)?;
     Ok(())
 }
 
@@ -91,7 +80,7 @@ async fn every_sample_in_config_is_accepted_and_reads_back() -> Result<()> {
         expected.len() >= 8,
         "expected the samples in config/, found {expected:?}"
     );
-    stdout_of(&["apply", "-n", &ns.name, "-f", "config/"]).context("applying config/")?;
+    kubectl_stdout(&["apply", "-n", &ns.name, "-f", "config/"]).context("applying config/")?;
 
     // Each Sluice object reads back into the Rust types the controller uses.
     for (kind, name) in &expected {
@@ -216,7 +205,7 @@ async fn kubectl_explain_shows_field_docs() -> Result<()> {
             "`kubectl explain` lacks {expected:?}:\n{out}"
         );
     }
-    let gate = stdout_of(&["explain", "errorbudgetgate.spec.thresholds.unfreezeAbove"])?;
+    let gate = kubectl_stdout(&["explain", "errorbudgetgate.spec.thresholds.unfreezeAbove"])?;
     ensure!(
         gate.contains("A frozen gate opens again only above this"),
         "{gate}"
@@ -229,7 +218,7 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "columns").await?;
-    stdout_of(&[
+    kubectl_stdout(&[
         "apply",
         "-n",
         &ns.name,
@@ -263,7 +252,7 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
     );
 
     // `sro`: Sluice's own short name (`ro` is Argo Rollouts' too).
-    let table = stdout_of(&["get", "sro", "-n", &ns.name])?;
+    let table = kubectl_stdout(&["get", "sro", "-n", &ns.name])?;
     let mut lines = table.lines();
     let header: Vec<&str> = lines
         .next()
@@ -295,10 +284,10 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
         ["checkout", "4", "5", "1", "5", "2/7", "5", "Paused"]
     );
 
-    let wide = stdout_of(&["get", "rollouts.sluice.dev", "-n", &ns.name, "-o", "wide"])?;
+    let wide = kubectl_stdout(&["get", "rollouts.sluice.dev", "-n", &ns.name, "-o", "wide"])?;
     ensure!(wide.contains("waiting at step 2/7"), "{wide}");
 
-    let category = stdout_of(&["get", "sluice", "-n", &ns.name])?;
+    let category = kubectl_stdout(&["get", "sluice", "-n", &ns.name])?;
     ensure!(
         category.contains("rollout.sluice.dev/checkout"),
         "{category}"
@@ -308,13 +297,13 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
         "{category}"
     );
 
-    let gates = stdout_of(&["get", "ebg", "-n", &ns.name])?;
+    let gates = kubectl_stdout(&["get", "ebg", "-n", &ns.name])?;
     ensure!(
         gates.starts_with("NAME") && gates.contains("BUDGET LEFT") && gates.contains("99.9"),
         "{gates}"
     );
     for short in ["sat", "scat", "sar"] {
-        stdout_of(&["get", short, "-n", &ns.name])?;
+        kubectl_stdout(&["get", short, "-n", &ns.name])?;
     }
     // Where Argo Rollouts' CRDs are installed (the test cluster has them), the bare names are
     // Argo's: what the README, the demo and the chart's notes never use.
@@ -322,7 +311,7 @@ async fn kubectl_get_has_short_names_category_and_columns() -> Result<()> {
         .status
         .success();
     if argo_installed {
-        let bare = stdout_of(&["get", "ro", "-n", &ns.name])?;
+        let bare = kubectl_stdout(&["get", "ro", "-n", &ns.name])?;
         ensure!(
             !bare.contains("checkout"),
             "`ro` resolved to Sluice's Rollout: {bare}"
@@ -336,8 +325,8 @@ async fn scale_subresource_lets_an_autoscaler_resize_a_rollout() -> Result<()> {
     let client = client().await?;
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "scale").await?;
-    stdout_of(&["apply", "-n", &ns.name, "-f", "config/rollout-canary.yaml"])?;
-    stdout_of(&[
+    kubectl_stdout(&["apply", "-n", &ns.name, "-f", "config/rollout-canary.yaml"])?;
+    kubectl_stdout(&[
         "scale",
         "-n",
         &ns.name,
@@ -386,7 +375,7 @@ async fn analysis_run_records_measurements_in_status() -> Result<()> {
         results[0].measurements[0].value.as_deref(),
         Some("[0.0042]")
     );
-    let table = stdout_of(&["get", "analysisruns.sluice.dev", "-n", &ns.name])?;
+    let table = kubectl_stdout(&["get", "analysisruns.sluice.dev", "-n", &ns.name])?;
     ensure!(table.contains("Running"), "{table}");
     Ok(())
 }

@@ -19,7 +19,8 @@ use crate::canary::{apply, healthy_on, request, rollout, set_image, wait_status}
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn istio(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+/// Istio's `kind` (`plural`) in `ns`.
+pub(crate) fn istio(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", kind);
     Api::namespaced_with(
         client.clone(),
@@ -28,7 +29,8 @@ fn istio(client: &Client, ns: &str, kind: &str, plural: &str) -> Api<DynamicObje
     )
 }
 
-async fn apply_dynamic(api: &Api<DynamicObject>, manifest: &Value) -> Result<()> {
+/// Applies `manifest` (server-side, forcing ownership of its fields).
+pub(crate) async fn apply_dynamic(api: &Api<DynamicObject>, manifest: &Value) -> Result<()> {
     let name = manifest["metadata"]["name"].as_str().context("name")?;
     api.patch(
         name,

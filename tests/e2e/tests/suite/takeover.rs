@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -30,14 +30,15 @@ use serde_json::{Value, json};
 use sluice_api::release::Release;
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 use sluice_e2e::{
-    ArgoRolloutsController, ControllerProcess, FIELD_MANAGER, RequestCounts, TestNamespace,
-    TrafficSim, client, create_services, eventually, install_crds, kubectl, kubectl_sluice,
+    ArgoRolloutsController, ControllerProcess, RequestCounts, TestNamespace, TrafficSim, client,
+    create_services, eventually, install_crds, kubectl, kubectl_sluice, kubectl_stdout,
 };
 use std::time::Instant;
 
 use crate::analysis::set_image;
 
 use crate::canary::sluice_e2e_routes;
+use crate::routers::{apply_dynamic, istio};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -208,13 +209,7 @@ async fn serve_under_argo(client: &Client, ns: &str, backend: &str) -> Result<Un
         &[("web", "web-stable"), ("web", "web-canary"), ("web", "web")],
     )
     .await?;
-    rollouts
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(argo_rollout("registry.example/web:1.0.0")),
-        )
-        .await?;
+    apply_dynamic(&rollouts, &argo_rollout("registry.example/web:1.0.0")).await?;
     let stable = wait_argo_healthy(&rollouts, None)
         .await
         .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;
@@ -258,13 +253,7 @@ async fn serve_under_argo(client: &Client, ns: &str, backend: &str) -> Result<Un
         "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [
             {"name": backend, "port": 80}]}]}
     });
-    sluice_e2e_routes(&client, ns)
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&route),
-        )
-        .await?;
+    apply_dynamic(&sluice_e2e_routes(&client, ns), &route).await?;
     let served = served_only_by(
         &sim,
         "the simulator to serve web from Argo's pods",
@@ -303,13 +292,7 @@ async fn argo_rollouts_runs_a_canary_release_without_a_failed_request() -> Resul
     // A release: Argo's canary, to the end.
     let steps = record_steps(&rollouts);
     let started = std::time::Instant::now();
-    rollouts
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(argo_rollout("registry.example/web:2.0.0")),
-        )
-        .await?;
+    apply_dynamic(&rollouts, &argo_rollout("registry.example/web:2.0.0")).await?;
     let released = wait_argo_healthy(&rollouts, Some(&stable))
         .await
         .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;
@@ -418,16 +401,11 @@ async fn a_healthy_argo_rollout_is_taken_over_with_its_pods_and_no_failed_reques
 
     // Mid-release, a takeover is refused with the reason, and nothing is created.
     let waiting = json!([{"setWeight": 20}, {"pause": {}}]);
-    argo_api
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(argo_rollout_with_steps(
-                "registry.example/web:1.1.0",
-                waiting,
-            )),
-        )
-        .await?;
+    apply_dynamic(
+        &argo_api,
+        &argo_rollout_with_steps("registry.example/web:1.1.0", waiting),
+    )
+    .await?;
     eventually("Argo's release to pause at its step", WAIT, || async {
         let status = argo_api.get("web").await?.data["status"].clone();
         Ok(
@@ -447,13 +425,7 @@ async fn a_healthy_argo_rollout_is_taken_over_with_its_pods_and_no_failed_reques
         "a refused takeover created a Rollout"
     );
     // Back to the stable template: Argo is Healthy on its stable pods again.
-    argo_api
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(argo_rollout("registry.example/web:1.0.0")),
-        )
-        .await?;
+    apply_dynamic(&argo_api, &argo_rollout("registry.example/web:1.0.0")).await?;
     let back = wait_argo_healthy(&argo_api, None).await?;
     ensure!(
         back == stable,
@@ -638,13 +610,7 @@ async fn a_service_an_argo_rollout_runs_is_never_written_and_an_overlapping_sele
     let mut legacy = argo_rollout("registry.example/legacy:1.0.0");
     legacy["metadata"]["name"] = json!("legacy");
     legacy["spec"]["strategy"]["canary"]["stableService"] = json!("shared");
-    argo_rollouts(&client, &ns.name)
-        .patch(
-            "legacy",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&legacy),
-        )
-        .await?;
+    apply_dynamic(&argo_rollouts(&client, &ns.name), &legacy).await?;
     let _controller = ControllerProcess::start(&ns.name)?;
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
     let mut manifest =
@@ -712,18 +678,6 @@ async fn a_service_an_argo_rollout_runs_is_never_written_and_an_overlapping_sele
     Ok(())
 }
 
-/// Runs kubectl with `args` and fails with its stderr if it fails.
-fn kubectl_ok(args: &[&str]) -> Result<String> {
-    let out = kubectl(args)?;
-    ensure!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[tokio::test]
 async fn a_takeover_is_given_back_to_argo_rollouts_with_the_same_pods_and_no_failed_request()
 -> Result<()> {
@@ -752,7 +706,7 @@ async fn a_takeover_is_given_back_to_argo_rollouts_with_the_same_pods_and_no_fai
     // (which then select the app's pods, all of this one revision), and Argo's Rollout is applied
     // again: it adopts its ReplicaSet and points the Services at it by its own label.
     let ns_name = ns.name.as_str();
-    kubectl_ok(&[
+    kubectl_stdout(&[
         "delete",
         "rollouts.sluice.dev",
         "web",
@@ -762,7 +716,7 @@ async fn a_takeover_is_given_back_to_argo_rollouts_with_the_same_pods_and_no_fai
     ])?;
     drop(controller);
     let label = "/spec/template/metadata/labels/sluice.dev~1pod-template-hash";
-    kubectl_ok(&[
+    kubectl_stdout(&[
         "patch",
         "replicaset",
         &format!("web-{stable}"),
@@ -772,7 +726,7 @@ async fn a_takeover_is_given_back_to_argo_rollouts_with_the_same_pods_and_no_fai
         &format!(r#"-p=[{{"op":"remove","path":"{label}"}}]"#),
     ])?;
     for service in ["web-stable", "web-canary"] {
-        kubectl_ok(&[
+        kubectl_stdout(&[
             "patch",
             "service",
             service,
@@ -783,13 +737,7 @@ async fn a_takeover_is_given_back_to_argo_rollouts_with_the_same_pods_and_no_fai
         ])?;
     }
     let argo_api = argo_rollouts(&client, &ns.name);
-    argo_api
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(argo_rollout("registry.example/web:1.0.0")),
-        )
-        .await?;
+    apply_dynamic(&argo_api, &argo_rollout("registry.example/web:1.0.0")).await?;
     let back = wait_argo_healthy(&argo_api, None)
         .await
         .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;
@@ -827,13 +775,7 @@ async fn a_takeover_is_given_back_to_argo_rollouts_with_the_same_pods_and_no_fai
         during.by_version_and_code
     );
     // And Argo releases as before.
-    argo_api
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(argo_rollout("registry.example/web:2.0.0")),
-        )
-        .await?;
+    apply_dynamic(&argo_api, &argo_rollout("registry.example/web:2.0.0")).await?;
     wait_argo_healthy(&argo_api, Some(&stable)).await?;
     Ok(())
 }
@@ -870,25 +812,14 @@ async fn a_takeover_keeps_the_route_weights_argo_set_and_sluice_moves_them_from_
         &[("web", "web-stable"), ("web", "web-canary")],
     )
     .await?;
-    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "VirtualService");
-    let services_api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &ns.name,
-        &ApiResource::from_gvk_with_plural(&gvk, "virtualservices"),
-    );
+    let services_api = istio(&client, &ns.name, "VirtualService", "virtualservices");
     let route = |host: &str, weight: i64| json!({"destination": {"host": host}, "weight": weight});
     let vs = json!({
         "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "web"},
         "spec": {"hosts": ["web.example"], "http": [
             {"name": "primary", "route": [route("web-stable", 100), route("web-canary", 0)]}]}
     });
-    services_api
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&vs),
-        )
-        .await?;
+    apply_dynamic(&services_api, &vs).await?;
     // Every version of the route's weights, from a watch, from here on.
     let seen: Arc<Mutex<Vec<(i64, i64)>>> = Arc::default();
     let log = seen.clone();
@@ -910,24 +841,12 @@ async fn a_takeover_keeps_the_route_weights_argo_set_and_sluice_moves_them_from_
         rollout
     };
     let argo_api = argo_rollouts(&client, &ns.name);
-    argo_api
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(with_istio("registry.example/web:1.0.0")),
-        )
-        .await?;
+    apply_dynamic(&argo_api, &with_istio("registry.example/web:1.0.0")).await?;
     let stable = wait_argo_healthy(&argo_api, None)
         .await
         .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;
     // A release under Argo: Argo moves the weights (20 to the canary), then back.
-    argo_api
-        .patch(
-            "web",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(with_istio("registry.example/web:1.1.0")),
-        )
-        .await?;
+    apply_dynamic(&argo_api, &with_istio("registry.example/web:1.1.0")).await?;
     let argo_stable = wait_argo_healthy(&argo_api, Some(&stable))
         .await
         .with_context(|| format!("Argo Rollouts' log: {}", argo.log.display()))?;

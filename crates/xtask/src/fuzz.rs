@@ -102,26 +102,28 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// cargo-fuzz from the cache, built there the first time.
+/// cargo-fuzz from the cache, built there the first time (once, however many callers ask).
 fn ensure_cargo_fuzz() -> Result<std::path::PathBuf> {
-    let root =
-        sluice_testbed::binaries::cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
-    let binary = root.join("bin").join("cargo-fuzz");
-    if binary.exists() {
-        return Ok(binary);
-    }
-    super::run(
-        &format!("build cargo-fuzz {CARGO_FUZZ_VERSION} (once, into the cache)"),
-        super::cargo()
-            .args([
-                "install",
-                "cargo-fuzz",
-                "--locked",
-                "--version",
-                CARGO_FUZZ_VERSION,
-                "--root",
-            ])
-            .arg(&root),
+    let binary = |root: &Path| root.join("bin").join("cargo-fuzz");
+    let root = sluice_testbed::cache::fill_dir(
+        &sluice_testbed::cache_dir(),
+        &format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"),
+        |root| binary(root).is_file(),
+        |staging| {
+            super::run(
+                &format!("build cargo-fuzz {CARGO_FUZZ_VERSION} (once, into the cache)"),
+                super::cargo()
+                    .args([
+                        "install",
+                        "cargo-fuzz",
+                        "--locked",
+                        "--version",
+                        CARGO_FUZZ_VERSION,
+                        "--root",
+                    ])
+                    .arg(staging),
+            )
+        },
     )?;
-    Ok(binary)
+    Ok(binary(&root))
 }

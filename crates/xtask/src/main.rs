@@ -472,6 +472,16 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     })?;
 
     let external = std::env::var_os("SLUICE_E2E_KUBECONFIG").is_some();
+    // Every cache the end-to-end tests read, filled before they start, so that their time is the
+    // tests' own (the fills are safe from parallel tests too: each is built once under a lock).
+    if !external {
+        timed("cluster binaries", &mut || {
+            sluice_testbed::ensure_binaries()?;
+            sluice_testbed::prometheus::ensure_installed()?;
+            Ok(())
+        })?;
+    }
+    timed("test tools", &mut || fill_test_tools(root))?;
     let state_dir = test_cluster_dir(root);
     let mut env: Vec<(&'static str, String)> = Vec::new();
     if external {
@@ -530,6 +540,18 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         eprintln!("  {name:<16} {:>7.1}s", took.as_secs_f64());
     }
     e2e
+}
+
+/// The tools single end-to-end tests use beyond the cluster: Argo Rollouts' controller (takeover
+/// and peer tests), Debian's Chromium with Playwright (dashboard), Lua (Argo CD health checks) and
+/// the kstatus checker (Flux).
+fn fill_test_tools(root: &Path) -> Result<()> {
+    sluice_testbed::ensure_argo_rollouts()?;
+    sluice_testbed::browser::ensure_chromium()?;
+    sluice_testbed::browser::ensure_playwright(&root.join("tests/browser"))?;
+    sluice_testbed::prometheus::ensure_debian_program("lua5.4", "lua5.4")?;
+    sluice_testbed::binaries::go_program("kstatus", &root.join("tests/kstatus"))?;
+    Ok(())
 }
 
 /// Copies the components' logs somewhere that survives `down`, so a failed run can be diagnosed.

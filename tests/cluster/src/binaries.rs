@@ -103,9 +103,23 @@ impl GoBuild {
     }
 
     fn is_built(&self) -> bool {
-        self.packages
-            .iter()
-            .all(|(_, bin)| self.dir().join(bin).is_file())
+        self.has_binaries(&self.dir())
+    }
+
+    fn has_binaries(&self, dir: &Path) -> bool {
+        self.packages.iter().all(|(_, bin)| dir.join(bin).is_file())
+    }
+
+    /// Builds the binaries into the cache unless they are there, once however many callers ask
+    /// at the same time ([`crate::cache::fill_dir`]).
+    fn ensure(&self) -> Result<PathBuf> {
+        crate::cache::fill_dir(
+            &cache_dir(),
+            &format!("bin/{}", self.name),
+            |dir| self.has_binaries(dir),
+            |staging| build_into(self, staging),
+        )
+        .with_context(|| format!("building {}", self.name))
     }
 }
 
@@ -219,7 +233,7 @@ pub fn ensure_binaries() -> Result<Binaries> {
             cache_dir().join("bin").display()
         );
         for build in missing {
-            build_one(build).with_context(|| format!("building {}", build.name))?;
+            build.ensure()?;
         }
     }
     let path = |build: usize, bin: &str| all[build].dir().join(bin);
@@ -247,7 +261,7 @@ pub fn ensure_argo_rollouts() -> Result<ArgoRollouts> {
             build.name,
             build.dir().display()
         );
-        build_one(&build).with_context(|| format!("building {}", build.name))?;
+        build.ensure()?;
     }
     Ok(ArgoRollouts {
         controller: build.dir().join("rollouts-controller"),
@@ -302,6 +316,9 @@ fn download_module(work: &Path, module: &str, version: &str) -> Result<(PathBuf,
 /// Downloads `module@version` from a scratch module directory named `work_name` and returns its
 /// (read-only) source directory in the module cache.
 fn module_source(work_name: &str, module: &str, version: &str) -> Result<PathBuf> {
+    // Go's module cache locks its own entries; the lock keeps two callers from rewriting the
+    // scratch module's go.mod while the other's `go mod download` reads it.
+    let _lock = crate::cache::lock(&cache_dir(), &format!("go-work-{work_name}"))?;
     let work = cache_dir().join("go-work").join(work_name);
     fs::create_dir_all(&work)?;
     fs::write(
@@ -359,7 +376,9 @@ fn wrapper_go_mod(build: &GoBuild, upstream_go_mod: &str) -> String {
     go_mod
 }
 
-fn build_one(build: &GoBuild) -> Result<()> {
+/// Builds `build`'s binaries into `out`, in a wrapper module under the cache's `go-work` (the
+/// caller holds the entry's lock, so no other build uses that module at the same time).
+fn build_into(build: &GoBuild, out: &Path) -> Result<()> {
     let started = Instant::now();
     let work = cache_dir().join("go-work").join(&build.name);
     fs::create_dir_all(&work)?;
@@ -392,9 +411,10 @@ fn build_one(build: &GoBuild) -> Result<()> {
         .count() as u64;
     spinner.finish_and_clear();
 
-    let staging = work.join("out");
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging)?;
+    // Go's own output place; the binaries then move (same file system) into `out` by their names.
+    let go_out = work.join("out");
+    let _ = fs::remove_dir_all(&go_out);
+    fs::create_dir_all(&go_out)?;
     let bar = ProgressBar::new(total.max(1));
     bar.set_style(
         ProgressStyle::with_template(
@@ -406,7 +426,7 @@ fn build_one(build: &GoBuild) -> Result<()> {
     bar.enable_steady_tick(Duration::from_millis(500));
     let mut child = go_command(&work)
         .args(["build", "-v", "-trimpath", "-ldflags", &build.ldflags, "-o"])
-        .arg(format!("{}/", staging.display()))
+        .arg(format!("{}/", go_out.display()))
         .args(&packages)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -440,19 +460,59 @@ fn build_one(build: &GoBuild) -> Result<()> {
         bail!("go build failed:\n{}", errors.join("\n"));
     }
     // `go build -o dir/` names a binary after its package's last path element (without a major-version suffix).
-    let final_dir = build.dir();
-    fs::create_dir_all(&final_dir)?;
     for (package, bin) in &build.packages {
         let produced = package
             .split('/')
             .rev()
             .find(|part| !(part.starts_with('v') && part[1..].chars().all(|c| c.is_ascii_digit())))
             .unwrap_or(bin);
-        fs::rename(staging.join(produced), final_dir.join(bin))
-            .with_context(|| format!("moving {produced} into {}", final_dir.display()))?;
+        fs::rename(go_out.join(produced), out.join(bin))
+            .with_context(|| format!("moving {produced} into {}", out.display()))?;
     }
     eprintln!("  built {} in {:.0?}", build.name, started.elapsed());
     Ok(())
+}
+
+/// A small Go program of the repository's own (`source`, a main package with its go.mod and
+/// go.sum), built into the cache under a name that changes with its sources, so an edit builds it
+/// again and concurrent callers share one build.
+pub fn go_program(name: &str, source: &Path) -> Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let mut files: Vec<PathBuf> = fs::read_dir(source)
+        .with_context(|| format!("reading {}", source.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "go" || ext == "mod" || ext == "sum")
+        })
+        .collect();
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in &files {
+        file.file_name().hash(&mut hasher);
+        fs::read(file)?.hash(&mut hasher);
+    }
+    let dir = crate::cache::fill_dir(
+        &cache_dir(),
+        &format!("bin/{name}-{:016x}", hasher.finish()),
+        |dir| dir.join(name).is_file(),
+        |staging| {
+            check_go()?;
+            let status = go_command(source)
+                // The checkout's go.mod and go.sum are read, never rewritten.
+                .env("GOFLAGS", "-mod=readonly")
+                .args(["build", "-trimpath", "-o"])
+                .arg(staging.join(name))
+                .arg(".")
+                .status()
+                .context("running go build")?;
+            if !status.success() {
+                bail!("go build of {} failed", source.display());
+            }
+            Ok(())
+        },
+    )?;
+    Ok(dir.join(name))
 }
 
 /// The directory holding the Gateway API's standard CRDs (HTTPRoute and friends).

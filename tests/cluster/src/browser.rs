@@ -13,26 +13,36 @@ use crate::prometheus::{apt_install, ensure_debian_program};
 /// missing.
 pub fn ensure_chromium() -> Result<PathBuf> {
     let chromium = ensure_debian_program("chromium", "chromium")?;
-    if !Path::new("/usr/share/fonts/truetype/liberation").exists() {
-        apt_install(&["fonts-liberation"])?;
+    let fonts = Path::new("/usr/share/fonts/truetype/liberation");
+    if !fonts.exists() {
+        let _lock = crate::cache::lock(&crate::cache_dir(), "fonts-liberation")?;
+        if !fonts.exists() {
+            apt_install(&["fonts-liberation"])?;
+        }
     }
     Ok(chromium)
 }
 
 /// Installs the packages of `dir` (a `package.json` with its `package-lock.json`) with `npm ci`
-/// unless `playwright-core` is already there at the version the lock pins.
+/// unless `playwright-core` is already there at the version the lock pins. Callers queue on the
+/// cache's `npm-ci` lock: `npm ci` empties `node_modules` first, which a second caller must not see.
 pub fn ensure_playwright(dir: &Path) -> Result<()> {
     let pinned = version_in(
         &dir.join("package-lock.json"),
         "node_modules/playwright-core",
     )?;
     let installed = dir.join("node_modules/playwright-core/package.json");
-    if installed.exists() {
+    let is_installed = || -> Result<bool> {
+        if !installed.exists() {
+            return Ok(false);
+        }
         let text = std::fs::read_to_string(&installed)?;
         let package: serde_json::Value = serde_json::from_str(&text)?;
-        if package["version"].as_str() == Some(pinned.as_str()) {
-            return Ok(());
-        }
+        Ok(package["version"].as_str() == Some(pinned.as_str()))
+    };
+    let _lock = crate::cache::lock(&crate::cache_dir(), "npm-ci")?;
+    if is_installed()? {
+        return Ok(());
     }
     eprintln!(
         "Installing playwright-core {pinned} with npm ci in {}",

@@ -7,6 +7,7 @@
 
 pub mod binaries;
 pub mod browser;
+pub mod cache;
 pub mod cluster;
 pub mod http;
 pub mod pki;

@@ -17,13 +17,26 @@ pub fn ensure_debian_program(program: &str, package: &str) -> Result<PathBuf> {
     if let Some(path) = find_on_path(program) {
         return Ok(path);
     }
-    apt_install(&[package])?;
+    // Tests ask for their programs at the same time; dpkg takes one install at a time, so the
+    // callers queue on the cache's `apt` lock and look again once they hold it.
+    let _lock = crate::cache::lock(&crate::cache_dir(), "apt")?;
+    if let Some(path) = find_on_path(program) {
+        return Ok(path);
+    }
+    install_packages(&[package])?;
     find_on_path(program)
         .with_context(|| format!("{program} is still not on PATH after installing {package}"))
 }
 
 /// Installs Debian's `packages` (without their recommendations), when we may: as root with apt-get.
+/// One install at a time through the testbed (the cache's `apt` lock), and apt-get waits for
+/// dpkg's own lock rather than failing when something else on the machine holds it.
 pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let _lock = crate::cache::lock(&crate::cache_dir(), "apt")?;
+    install_packages(packages)
+}
+
+fn install_packages(packages: &[&str]) -> Result<()> {
     let names = packages.join(" ");
     let is_root = nix::unistd::Uid::effective().is_root();
     if !is_root || find_on_path("apt-get").is_none() {
@@ -42,7 +55,14 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         Ok(())
     };
     run(&["update", "-qq"])?;
-    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    let mut install = vec![
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+    ];
     install.extend_from_slice(packages);
     run(&install)
 }

@@ -301,19 +301,10 @@ async fn argo_cd_health_checks_follow_every_state_of_real_releases_runs_and_gate
     Ok(())
 }
 
-/// Builds the kstatus checker (`tests/kstatus`, Flux's `sigs.k8s.io/cli-utils/pkg/kstatus`) with the
-/// machine's Go; Go's build cache makes a second build instant.
+/// The kstatus checker (`tests/kstatus`, Flux's `sigs.k8s.io/cli-utils/pkg/kstatus`), built with
+/// the machine's Go into the testbed's cache.
 fn kstatus_checker() -> Result<std::path::PathBuf> {
-    let out = repo_root().join("target/kstatus");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .current_dir(repo_root().join("tests/kstatus"))
-        .status()
-        .context("running go build")?;
-    ensure!(status.success(), "go build of tests/kstatus failed");
-    Ok(out)
+    sluice_testbed::binaries::go_program("kstatus", &repo_root().join("tests/kstatus"))
 }
 
 /// kstatus's verdict ("Current", "InProgress", "Failed", ...) for each object.

@@ -24,6 +24,8 @@ use sluice_api::names::{
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutPhase};
 
 mod dashboard;
+#[cfg(test)]
+mod docs_commands;
 mod history;
 mod migrate;
 mod takeover;

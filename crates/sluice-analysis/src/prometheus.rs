@@ -157,7 +157,7 @@ impl std::fmt::Debug for Credentials {
 /// Everything needed to send a query, with Secrets resolved.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    /// Base URL, e.g. `http://prometheus.monitoring:9090`.
+    /// Base URL, e.g. `http://prometheus.monitoring.svc:9090`.
     pub address: String,
     pub timeout: Duration,
     pub credentials: Option<Credentials>,

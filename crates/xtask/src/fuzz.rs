@@ -46,8 +46,10 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
         let output = Command::new(&cargo_fuzz)
             .args(["fuzz", "run", target, "--sanitizer", "none", "--fuzz-dir"])
             .arg(&fuzz_dir)
+            // The fuzz builds' target directory lives in the testbed's cache, so a fresh clone
+            // (every CI run) rebuilds Sluice's crates only, not their dependencies.
             .args(["--target-dir"])
-            .arg(root.join("target/fuzz"))
+            .arg(sluice_testbed::cache_dir().join("cargo-target-fuzz"))
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .args(["-timeout=10", "-rss_limit_mb=1024", "-max_len=65536"])

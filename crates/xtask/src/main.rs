@@ -3,6 +3,7 @@
 //! - `test`: the whole suite, exactly what CI runs (format, lints, CRD drift, unit tests, and the
 //!   end-to-end tests on a real local control plane).
 //! - `demo`: a local control plane with Sluice's API installed and the samples applied.
+//! - `image`: OCI images of the controller and the plugin, built with buildah (`target/images`).
 //! - `crdgen`: regenerate `crds/` from the API types (`--check` fails on drift).
 //! - `cluster up|down|status|build`: the local control plane on its own.
 //! - `bench abort|analysis`: figures for how fast an abort, or a failed analysis, puts traffic back
@@ -18,7 +19,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_testbed::Cluster;
 
 mod demo;
+#[cfg(test)]
+mod docs_commands;
 mod fuzz;
+mod image;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Sluice developer tasks")]
@@ -60,6 +64,13 @@ enum Task {
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
+    },
+    /// Build the OCI images of the controller and of the kubectl plugin (its dashboard) with
+    /// Debian's buildah into target/images, each with a CycloneDX SBOM beside it.
+    Image {
+        /// Build them twice and fail unless both builds have the same digests.
+        #[arg(long)]
+        check_reproducible: bool,
     },
     /// Manage the local control plane used by the demo and for development.
     Cluster {
@@ -156,6 +167,7 @@ fn main() -> Result<()> {
         Task::Demo => demo::run(&root),
         Task::Crdgen { check } => crdgen(&root, check),
         Task::Bench { which } => bench(&root, which),
+        Task::Image { check_reproducible } => image::run(&root, check_reproducible),
         Task::Fuzz { seconds, target } => fuzz::run(&root, seconds, target.as_deref()),
         Task::Cluster { action } => match action {
             ClusterAction::Build => {
@@ -409,6 +421,21 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         timings.push((name, started.elapsed()));
         result
     };
+    // The Go builds, Debian packages and npm packages the end-to-end tests need are filled beside
+    // the Rust phases below: on a new machine they take a good part of half an hour, much of it
+    // waiting on downloads or on one-threaded links, which the Rust builds fill in.
+    let external = std::env::var_os("SLUICE_E2E_KUBECONFIG").is_some();
+    let fill_root = root.to_owned();
+    // (A failing phase ends the process with the fill half done: fills are all-or-nothing.)
+    let mut filling = Some(std::thread::spawn(move || -> Result<Duration> {
+        let started = Instant::now();
+        if !external {
+            sluice_testbed::ensure_binaries()?;
+            sluice_testbed::prometheus::ensure_installed()?;
+        }
+        fill_test_tools(&fill_root)?;
+        Ok(started.elapsed())
+    }));
     if !no_lint {
         timed("rust components", &mut ensure_rust_components)?;
         timed("fmt", &mut || {
@@ -471,17 +498,17 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         )
     })?;
 
-    let external = std::env::var_os("SLUICE_E2E_KUBECONFIG").is_some();
-    // Every cache the end-to-end tests read, filled before they start, so that their time is the
-    // tests' own (the fills are safe from parallel tests too: each is built once under a lock).
-    if !external {
-        timed("cluster binaries", &mut || {
-            sluice_testbed::ensure_binaries()?;
-            sluice_testbed::prometheus::ensure_installed()?;
-            Ok(())
-        })?;
-    }
-    timed("test tools", &mut || fill_test_tools(root))?;
+    // Every cache the end-to-end tests read is filled before they start, so that their time is
+    // the tests' own (the fills are safe from parallel tests too: each is built once under a lock).
+    let mut filled_in = Duration::ZERO;
+    timed("test tools (wait)", &mut || {
+        if let Some(filling) = filling.take() {
+            filled_in = filling
+                .join()
+                .map_err(|_| anyhow::anyhow!("filling the testbed's caches panicked"))??;
+        }
+        Ok(())
+    })?;
     let state_dir = test_cluster_dir(root);
     let mut env: Vec<(&'static str, String)> = Vec::new();
     if external {
@@ -537,8 +564,12 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     }
     eprintln!("\nTimings:");
     for (name, took) in &timings {
-        eprintln!("  {name:<16} {:>7.1}s", took.as_secs_f64());
+        eprintln!("  {name:<18} {:>7.1}s", took.as_secs_f64());
     }
+    eprintln!(
+        "  ({:.1}s filling the testbed's caches: Go builds, Debian and npm packages, beside the Rust phases)",
+        filled_in.as_secs_f64()
+    );
     e2e
 }
 

@@ -185,6 +185,44 @@ fn builds() -> Vec<GoBuild> {
     ]
 }
 
+/// The real node's Kubernetes binaries: the kubelet and kube-proxy, from the same module and
+/// version as the control plane's (a build of its own, so that clusters without a real node never
+/// wait for it; Go's build cache shares the packages both use).
+fn node_build() -> GoBuild {
+    let mut build = builds().swap_remove(0);
+    build.name = format!("kubernetes-node-v{KUBERNETES_VERSION}");
+    build.packages = vec![
+        ("k8s.io/kubernetes/cmd/kubelet", "kubelet"),
+        ("k8s.io/kubernetes/cmd/kube-proxy", "kube-proxy"),
+    ];
+    build
+}
+
+/// Paths of the real node's Kubernetes binaries.
+#[derive(Clone, Debug)]
+pub struct NodeBinaries {
+    pub kubelet: PathBuf,
+    pub kube_proxy: PathBuf,
+}
+
+/// Builds the kubelet and kube-proxy unless they are in the cache.
+pub fn ensure_node_binaries() -> Result<NodeBinaries> {
+    let build = node_build();
+    if !build.is_built() {
+        check_go()?;
+        eprintln!(
+            "Building {} (kubelet, kube-proxy) from Go modules into {} (cached per version)",
+            build.name,
+            build.dir().display()
+        );
+    }
+    let dir = build.ensure()?;
+    Ok(NodeBinaries {
+        kubelet: dir.join("kubelet"),
+        kube_proxy: dir.join("kube-proxy"),
+    })
+}
+
 fn argo_rollouts_build() -> GoBuild {
     let version = format!("v{ARGO_ROLLOUTS_VERSION}");
     GoBuild {

@@ -41,6 +41,9 @@ pub struct Options {
     /// with a burst of twice that (`SLUICE_CLUSTER_API_QPS`; default: the components' own, 20 and
     /// 50), so that a benchmark with many objects measures the operator and not them.
     pub api_qps: Option<u32>,
+    /// A node that runs real containers beside the fake ones ([`crate::node`]):
+    /// `SLUICE_CLUSTER_REAL_NODE=1`.
+    pub real_node: bool,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
         Self {
             nodes: NODE_COUNT,
             api_qps: None,
+            real_node: false,
         }
     }
 }
@@ -73,6 +77,8 @@ impl Options {
             api_qps: var::<u32>("SLUICE_CLUSTER_API_QPS")?
                 .filter(|q| *q > 0)
                 .or(defaults.api_qps),
+            real_node: var::<u8>("SLUICE_CLUSTER_REAL_NODE")?
+                .map_or(defaults.real_node, |flag| flag != 0),
         })
     }
 }
@@ -144,6 +150,8 @@ struct Ports {
     scheduler: u16,
     kwok: u16,
     prometheus: u16,
+    /// The real node's: kubelet healthz and API, kube-proxy healthz and metrics.
+    node: [u16; 4],
 }
 
 fn free_port() -> Result<u16> {
@@ -160,6 +168,7 @@ impl Ports {
             scheduler: free_port()?,
             kwok: free_port()?,
             prometheus: free_port()?,
+            node: [free_port()?, free_port()?, free_port()?, free_port()?],
         })
     }
 }
@@ -178,6 +187,7 @@ const COMPONENTS: [&str; 6] = [
 pub fn running_components(state_dir: &Path) -> Vec<(&'static str, i32)> {
     COMPONENTS
         .iter()
+        .chain(crate::node::NODE_COMPONENTS.iter())
         .filter_map(|name| {
             let pid: i32 = fs::read_to_string(state_dir.join("pids").join(format!("{name}.pid")))
                 .ok()?
@@ -206,7 +216,11 @@ pub fn up(state_dir: &Path) -> Result<Cluster> {
 /// given nodes up to `options.nodes` if it has fewer. Its API rates cannot change while it runs: a
 /// warning says so when they are below those asked for.
 pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
-    if running_components(state_dir).len() == COMPONENTS.len()
+    let running = running_components(state_dir);
+    let is_running = |name: &str| running.iter().any(|(n, _)| *n == name);
+    let has_node = crate::node::NODE_COMPONENTS.iter().all(|n| is_running(n));
+    if COMPONENTS.iter().all(|n| is_running(n))
+        && (has_node || !options.real_node)
         && let Ok(cluster) = Cluster::load(state_dir)
     {
         eprintln!("A cluster is already running in {}", state_dir.display());
@@ -244,6 +258,11 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
     let gateway_crds = gateway_api_crds()?;
     let istio_crds = istio_crds()?;
     let argo_crds = argo_rollouts_crds()?;
+    let node_tools = if options.real_node {
+        Some(crate::node::ensure_tools()?)
+    } else {
+        None
+    };
     let started = Instant::now();
     fs::create_dir_all(state_dir.join("pids"))?;
     fs::create_dir_all(state_dir.join("logs"))?;
@@ -277,7 +296,7 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
     })?;
 
     step.set_message("starting kube-apiserver");
-    start_apiserver(state_dir, &binaries, &pki, &ports)?;
+    start_apiserver(state_dir, &binaries, &pki, &ports, options.real_node)?;
     wait_for(state_dir, "kube-apiserver", Duration::from_secs(90), || {
         let out = cluster
             .kubectl()
@@ -297,6 +316,25 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
 
     step.set_message(format!("registering {} kwok nodes", options.nodes));
     add_nodes(&cluster, 0, options.nodes)?;
+
+    if let Some(tools) = &node_tools {
+        step.set_message("starting the real node (containerd, kubelet, kube-proxy)");
+        crate::node::start(state_dir, tools, &kubeconfig, &pki.ca_cert, ports.node)?;
+        wait_for(state_dir, "kubelet", Duration::from_secs(120), || {
+            let out = cluster
+                .kubectl()
+                .args([
+                    "get",
+                    "node",
+                    crate::node::NODE_NAME,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                ])
+                .stderr(Stdio::null())
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
+        })?;
+    }
 
     step.set_message("waiting for the default ServiceAccount (kube-controller-manager)");
     wait_for(
@@ -351,7 +389,25 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
     }
 
     step.set_message("starting Prometheus");
-    prometheus::start(state_dir, &prometheus_bin, ports.prometheus)?;
+    // The real node's pods reach it at the node's address, through the `monitoring/prometheus`
+    // Service (one listen address: every interface, loopback included).
+    let prometheus_host = if node_tools.is_some() {
+        "0.0.0.0"
+    } else {
+        "127.0.0.1"
+    };
+    prometheus::start(
+        state_dir,
+        &prometheus_bin,
+        prometheus_host,
+        ports.prometheus,
+    )?;
+    if node_tools.is_some() {
+        apply_stdin(
+            &cluster,
+            &crate::node::service_endpoints(ports.apiserver, ports.prometheus),
+        )?;
+    }
     wait_for(state_dir, "prometheus", Duration::from_secs(60), || {
         Ok(http::get_port(ports.prometheus, "/-/ready").is_ok_and(|body| body.contains("Ready")))
     })?;
@@ -419,6 +475,10 @@ fn stop_addons(state_dir: &Path, only: Option<&str>) {
 /// Stops every component of the cluster in `state_dir` and removes its state.
 pub fn down(state_dir: &Path) -> Result<()> {
     stop_addons(state_dir, None);
+    // The node's containers first, while containerd still runs (its shims outlive it).
+    if state_dir.join("node").exists() {
+        crate::node::stop_containers(state_dir);
+    }
     for (name, pid) in running_components(state_dir).into_iter().rev() {
         let group = Pid::from_raw(pid);
         let _ = killpg(group, Signal::SIGTERM);
@@ -430,6 +490,9 @@ pub fn down(state_dir: &Path) -> Result<()> {
             eprintln!("{name} did not stop on SIGTERM; killing it");
             let _ = killpg(group, Signal::SIGKILL);
         }
+    }
+    if state_dir.join("node").exists() {
+        crate::node::clean_up(state_dir);
     }
     if state_dir.exists() {
         fs::remove_dir_all(state_dir)
@@ -462,7 +525,7 @@ pub(crate) fn spawn_component(
 }
 
 /// Polls `ready` until it answers true, failing early (with the log's tail) if the component died.
-fn wait_for(
+pub(crate) fn wait_for(
     state_dir: &Path,
     name: &str,
     timeout: Duration,
@@ -517,7 +580,20 @@ fn start_etcd(state_dir: &Path, bins: &Binaries, ports: &Ports) -> Result<()> {
     )
 }
 
-fn start_apiserver(state_dir: &Path, bins: &Binaries, pki: &pki::Pki, ports: &Ports) -> Result<()> {
+fn start_apiserver(
+    state_dir: &Path,
+    bins: &Binaries,
+    pki: &pki::Pki,
+    ports: &Ports,
+    real_node: bool,
+) -> Result<()> {
+    // With a real node its pods reach the API server at the node's address (the `kubernetes`
+    // Service's endpoint), so it listens there too.
+    let (bind, advertise) = if real_node {
+        ("0.0.0.0", crate::node::NODE_IP)
+    } else {
+        ("127.0.0.1", "127.0.0.1")
+    };
     spawn_component(
         state_dir,
         "kube-apiserver",
@@ -527,10 +603,15 @@ fn start_apiserver(state_dir: &Path, bins: &Binaries, pki: &pki::Pki, ports: &Po
                 "etcd-servers",
                 format!("http://127.0.0.1:{}", ports.etcd_client),
             ),
-            arg("bind-address", "127.0.0.1"),
-            arg("advertise-address", "127.0.0.1"),
+            arg("bind-address", bind),
+            arg("advertise-address", advertise),
             // Loopback cannot back the `kubernetes` Service; nothing in a kwok cluster dials it.
+            // With a real node the testbed writes its EndpointSlice (the node's address).
             arg("endpoint-reconciler-type", "none"),
+            // Logs and exec of the real node's pods: the kubelet checks this client.
+            arg("kubelet-client-certificate", pki.admin_cert.display()),
+            arg("kubelet-client-key", pki.admin_key.display()),
+            arg("kubelet-preferred-address-types", "InternalIP"),
             arg("secure-port", ports.apiserver),
             arg("tls-cert-file", pki.server_cert.display()),
             arg("tls-private-key-file", pki.server_key.display()),

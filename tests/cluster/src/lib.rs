@@ -10,6 +10,7 @@ pub mod browser;
 pub mod cache;
 pub mod cluster;
 pub mod http;
+pub mod node;
 pub mod pki;
 pub mod prometheus;
 

@@ -66,6 +66,10 @@ pub fn generate(dir: &Path) -> Result<Pki> {
     server_params
         .subject_alt_names
         .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1))));
+    // The real node's address, where its pods reach the API server (crate::node::NODE_IP).
+    server_params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1))));
     server_params.distinguished_name = name("kube-apiserver", None);
     server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_key = KeyPair::generate()?;

@@ -93,7 +93,7 @@ pub fn targets_dir(state_dir: &Path) -> PathBuf {
 }
 
 /// Starts Prometheus on `port` with its data and configuration under `state_dir/prometheus`.
-pub(crate) fn start(state_dir: &Path, binary: &Path, port: u16) -> Result<()> {
+pub(crate) fn start(state_dir: &Path, binary: &Path, host: &str, port: u16) -> Result<()> {
     let dir = state_dir.join("prometheus");
     fs::create_dir_all(dir.join("data"))?;
     let targets = targets_dir(state_dir);
@@ -107,7 +107,7 @@ pub(crate) fn start(state_dir: &Path, binary: &Path, port: u16) -> Result<()> {
         &[
             format!("--config.file={}", config.display()),
             format!("--storage.tsdb.path={}", dir.join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--web.listen-address={host}:{port}"),
             "--web.enable-lifecycle".to_owned(),
             "--web.enable-admin-api".to_owned(),
         ],

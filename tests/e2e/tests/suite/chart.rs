@@ -737,8 +737,8 @@ async fn check_dashboard(
         );
     }
 
-    // The RBAC, exactly: list and watch; patch on Rollouts and create on SelfSubjectReviews only
-    // with actions allowed.
+    // The RBAC, exactly: list and watch; get and patch on Rollouts and create on
+    // SelfSubjectReviews only with actions allowed.
     let scope = watch_namespace.unwrap_or("cluster");
     let mut granted = BTreeSet::new();
     let roles: Vec<Value> = [
@@ -774,6 +774,7 @@ async fn check_dashboard(
         }
     }
     if allow_actions {
+        wanted.insert(format!("{scope} sluice.dev/rollouts get"));
         wanted.insert(format!("{scope} sluice.dev/rollouts patch"));
         wanted.insert("cluster authentication.k8s.io/selfsubjectreviews create".to_owned());
     }
@@ -842,7 +843,7 @@ async fn check_dashboard(
             "",
             allow_actions && cluster_wide,
         ),
-        ("get", "sluice.dev", "rollouts", team, false),
+        ("get", "sluice.dev", "rollouts", team, allow_actions),
         ("update", "sluice.dev", "rollouts", team, false),
         ("create", "sluice.dev", "rollouts", team, false),
         ("delete", "sluice.dev", "rollouts", team, false),
@@ -910,7 +911,16 @@ async fn check_dashboard(
         me.status.and_then(|s| s.user_info).and_then(|u| u.username) == Some(user.clone()),
         "the SelfSubjectReview does not name {user}"
     );
-    // The request as the dashboard sends it, dry run: authorized (or not) like a real one.
+    // An action as the dashboard carries it out: the Rollout read first (a request still pending
+    // is refused), then the request written, dry run: authorized (or not) like a real one.
+    let read = Api::<Rollout>::namespaced(dashboard_client.clone(), team)
+        .get("web")
+        .await;
+    ensure!(
+        forbidden(read)? != allow_actions,
+        "reading the Rollout before a request {} forbidden",
+        if allow_actions { "is" } else { "is not" }
+    );
     let request = json!({"metadata": {"annotations": {
         ACTION_ANNOTATION: "promote", REQUESTED_BY_ANNOTATION: user}}});
     let params = PatchParams {

@@ -1,7 +1,8 @@
 //! The documentation against the code and the tree.
 //!
 //! - Every `cargo xtask ...` command the README and `docs/*.md` show in a shell code block must be
-//!   one xtask accepts: each is parsed with xtask's own command-line definition.
+//!   one xtask accepts: each is parsed with xtask's own command-line definition
+//!   ([`sluice_testbed::docs`] finds them).
 //! - Every relative link in the README, `docs/*.md` and the chart's README must lead somewhere: to
 //!   a file or directory that exists and, for a link into a Markdown file with an anchor, to a
 //!   heading of that file.
@@ -10,22 +11,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Parser as _;
+use sluice_testbed::docs::{
+    check_documented_commands, clap_words, first_command, markdown_files, parse_command,
+};
 
 use crate::Cli;
 
-/// The words a documented command starts with, and what the binary is called instead.
 const PREFIX: &str = "cargo xtask ";
 const BINARY: &str = "xtask";
-
-/// Fewer than this many commands found means the extraction broke, not that the docs are fine.
-const AT_LEAST: usize = 10;
-
-/// A command found in the docs: where it is and its text (continuation lines joined).
-struct Found {
-    file: PathBuf,
-    line: usize,
-    text: String,
-}
 
 fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,19 +28,7 @@ fn repository_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// README.md and every `docs/*.md`.
-fn markdown_files(root: &Path) -> Vec<PathBuf> {
-    let mut files = vec![root.join("README.md")];
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
-        .expect("reading docs/")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "md"))
-        .collect();
-    docs.sort();
-    files.extend(docs);
-    files
-}
-
+/// `file` as a path from the repository's root, for messages.
 fn shown(root: &Path, file: &Path) -> String {
     file.strip_prefix(root)
         .unwrap_or(file)
@@ -55,189 +36,36 @@ fn shown(root: &Path, file: &Path) -> String {
         .to_string()
 }
 
-/// The info string of a fence that opens a shell block.
-fn is_shell_fence(info: &str) -> bool {
-    let tag = info.split_whitespace().next().unwrap_or_default();
-    matches!(tag, "sh" | "bash" | "shell" | "console")
-}
-
-/// The lines of shell code blocks in `text` (1-based line numbers), with lines ending in `\`
-/// joined to the next, and a console prompt (`$ `) taken off.
-fn shell_lines(text: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut fence: Option<(String, bool)> = None;
-    let mut pending: Option<(usize, String)> = None;
-    for (index, raw) in text.lines().enumerate() {
-        let number = index + 1;
-        let trimmed = raw.trim_start();
-        let marker: String = trimmed
-            .chars()
-            .take_while(|c| *c == '`' || *c == '~')
-            .collect();
-        let opens_or_closes = marker.len() >= 3
-            && marker
-                .chars()
-                .all(|c| c == marker.chars().next().unwrap_or('`'));
-        match &fence {
-            None if opens_or_closes => {
-                let info = trimmed[marker.len()..].trim();
-                fence = Some((marker, is_shell_fence(info)));
-                continue;
-            }
-            None => continue,
-            Some((open, _))
-                if opens_or_closes
-                    && marker.starts_with(open.as_str())
-                    && trimmed[marker.len()..].trim().is_empty() =>
-            {
-                if let Some(done) = pending.take() {
-                    out.push(done);
-                }
-                fence = None;
-                continue;
-            }
-            Some((_, false)) => continue,
-            Some((_, true)) => {}
-        }
-        let line = raw.trim();
-        let (start, joined) = match pending.take() {
-            Some((start, so_far)) => (start, format!("{so_far} {line}")),
-            None => (number, line.strip_prefix("$ ").unwrap_or(line).to_owned()),
-        };
-        match joined.strip_suffix('\\') {
-            Some(continued) => pending = Some((start, continued.trim_end().to_owned())),
-            None => out.push((start, joined)),
-        }
-    }
-    if let Some(done) = pending {
-        out.push(done);
-    }
-    out
-}
-
-/// The part of a shell line that is one command: up to the first unquoted `|`, `&`, `;`, `<`, `>`
-/// or `#` that starts a comment. A redirection's file descriptor (`2>`) goes with it.
-fn first_command(line: &str) -> String {
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    let mut previous: Option<char> = None;
-    for (at, c) in line.char_indices() {
-        if escaped {
-            escaped = false;
-            previous = Some(c);
-            continue;
-        }
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some('"') if c == '\\' => escaped = true,
-            Some(_) => {}
-            None => match c {
-                '\\' => escaped = true,
-                '\'' | '"' => quote = Some(c),
-                '#' if previous.is_none_or(char::is_whitespace) => return line[..at].to_owned(),
-                '|' | '&' | ';' | '<' | '>' => {
-                    let head = &line[..at];
-                    // `2>`: the descriptor belongs to the redirection.
-                    let word_start = head.rfind(char::is_whitespace).map_or(0, |i| i + 1);
-                    let word = &head[word_start..];
-                    if matches!(c, '<' | '>')
-                        && !word.is_empty()
-                        && word.chars().all(|d| d.is_ascii_digit())
-                    {
-                        return head[..word_start].to_owned();
-                    }
-                    return head.to_owned();
-                }
-                _ => {}
-            },
-        }
-        previous = Some(c);
-    }
-    line.to_owned()
-}
-
-/// Every documented command that starts with [`PREFIX`] (after any `NAME=value` assignments).
-fn documented_commands(root: &Path) -> Vec<Found> {
-    let mut found = Vec::new();
-    for file in markdown_files(root) {
-        let text = std::fs::read_to_string(&file)
-            .unwrap_or_else(|err| panic!("reading {}: {err}", file.display()));
-        for (line, shell) in shell_lines(&text) {
-            let command = first_command(&shell);
-            let command = command.trim();
-            let mut rest = command;
-            // Environment assignments before the command: `KUBECONFIG=x kubectl sluice ...`.
-            while let Some((word, after)) = rest.split_once(' ') {
-                let is_assignment = word.split_once('=').is_some_and(|(name, _)| {
-                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                });
-                if !is_assignment {
-                    break;
-                }
-                rest = after.trim_start();
-            }
-            if rest.starts_with(PREFIX) {
-                found.push(Found {
-                    file: file.clone(),
-                    line,
-                    text: rest.to_owned(),
-                });
-            }
-        }
-    }
-    found
-}
-
-/// Parses one documented command; `Err` says what is wrong with it.
-fn check(command: &str) -> Result<(), String> {
-    let words = shlex::split(command).ok_or("the line is not valid shell (an unclosed quote?)")?;
-    let args = std::iter::once(BINARY.to_owned()).chain(words.into_iter().skip(2));
-    Cli::try_parse_from(args).map(|_| ()).map_err(|err| {
-        // clap's own words, without the usage and help lines that follow them.
-        err.to_string()
-            .lines()
-            .take_while(|l| !l.trim().is_empty())
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
+fn parse(args: Vec<String>) -> Result<(), String> {
+    Cli::try_parse_from(args)
+        .map(|_| ())
+        .map_err(|err| clap_words(&err))
 }
 
 #[test]
 fn every_documented_cargo_xtask_command_parses() {
-    let root = repository_root();
-    let commands = documented_commands(&root);
-    assert!(
-        commands.len() >= AT_LEAST,
-        "found only {} `{PREFIX}...` commands in README.md and docs/*.md; at least {AT_LEAST} expected",
-        commands.len()
-    );
-    let failures: Vec<String> = commands
-        .iter()
-        .filter_map(|found| {
-            check(&found.text).err().map(|why| {
-                format!(
-                    "{}:{}: `{}`: {why}",
-                    shown(&root, &found.file),
-                    found.line,
-                    found.text
-                )
-            })
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} documented commands are not accepted by xtask:\n{}",
-        failures.len(),
-        commands.len(),
-        failures.join("\n")
-    );
+    check_documented_commands(&repository_root(), PREFIX, BINARY, parse);
 }
 
 #[test]
 fn a_wrong_task_is_reported_with_clap_s_words() {
-    let err = check("cargo xtask bench abort [--count 20]").expect_err("brackets are no flag");
+    let err = parse_command(
+        "cargo xtask bench abort [--count 20]",
+        PREFIX,
+        BINARY,
+        parse,
+    )
+    .expect_err("brackets are no flag");
     assert!(err.contains("unexpected argument"), "{err}");
-    assert!(check("cargo xtask bench scale --rollouts 1000 --peer argo-rollouts").is_ok());
+    assert!(
+        parse_command(
+            "cargo xtask bench scale --rollouts 1000 --peer argo-rollouts",
+            PREFIX,
+            BINARY,
+            parse
+        )
+        .is_ok()
+    );
     assert_eq!(
         first_command("cargo xtask cluster status --bench   # shows it"),
         "cargo xtask cluster status --bench   "

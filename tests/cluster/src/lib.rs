@@ -9,6 +9,7 @@ pub mod binaries;
 pub mod browser;
 pub mod cache;
 pub mod cluster;
+pub mod docs;
 pub mod http;
 pub mod node;
 pub mod pki;

@@ -477,7 +477,7 @@ pub fn down(state_dir: &Path) -> Result<()> {
     stop_addons(state_dir, None);
     // The node's containers first, while containerd still runs (its shims outlive it).
     if state_dir.join("node").exists() {
-        crate::node::stop_containers(state_dir);
+        crate::node::stop_containers();
     }
     for (name, pid) in running_components(state_dir).into_iter().rev() {
         let group = Pid::from_raw(pid);

@@ -448,8 +448,9 @@ pub(crate) fn start(
     Ok(())
 }
 
-/// Kills every process of the node's pods (the kubelet's `kubepods` cgroup, in every hierarchy).
-pub(crate) fn stop_containers(_state_dir: &Path) {
+/// Kills every process of the node's pods (the kubelet's `kubepods` cgroup, in every hierarchy:
+/// one real node per machine, so they are all this node's).
+pub(crate) fn stop_containers() {
     fn kill_all(dir: &Path) {
         if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
             for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {

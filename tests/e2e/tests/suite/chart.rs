@@ -85,7 +85,7 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
     let ns = TestNamespace::create(&client, "chart").await?;
     let release = ns.name.clone();
 
-    let lint = helm(&binaries.helm, &["lint", "charts/sluice"])?;
+    let lint = helm(&binaries.helm, &["lint", "--strict", "charts/sluice"])?;
     ensure!(lint.contains("0 chart(s) failed"), "{lint}");
     let bad = Command::new(&binaries.helm)
         .args([
@@ -423,6 +423,76 @@ fn render(
         args.extend(["--set", set.as_str()]);
     }
     yaml_documents(&helm(helm_path, &args)?)
+}
+
+/// As a subchart (Helm passes `global`), with its names and namespace overridden and labels added:
+/// every object carries the labels and the new names, every namespaced object lands in the override
+/// namespace, every selector still selects its own pods, and the API server accepts all of it.
+#[tokio::test]
+async fn the_chart_renders_as_a_subchart_with_overrides_and_common_labels() -> Result<()> {
+    let binaries = tokio::task::spawn_blocking(sluice_testbed::ensure_binaries).await??;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "chart-override").await?;
+    let objects = render(
+        &binaries.helm,
+        "parent",
+        "elsewhere",
+        &[
+            "global.imageRegistry=registry.example".to_owned(),
+            "nameOverride=flow".to_owned(),
+            format!("fullnameOverride={}-gate", ns.name),
+            format!("namespaceOverride={}", ns.name),
+            "commonLabels.team=payments".to_owned(),
+            "crds.install=false".to_owned(),
+            "dashboard.enabled=true".to_owned(),
+            "dashboard.allowActions=true".to_owned(),
+            "networkPolicy.enabled=true".to_owned(),
+        ],
+    )?;
+    ensure!(objects.len() > 10, "{} objects rendered", objects.len());
+    for object in &objects {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        ensure!(
+            object["metadata"]["labels"]["team"] == "payments",
+            "{kind} {name} lacks the common label"
+        );
+        if kind != "ValidatingAdmissionPolicy" && kind != "ValidatingAdmissionPolicyBinding" {
+            ensure!(
+                name.starts_with(&format!("{}-gate", ns.name)),
+                "{kind} {name} is not named after fullnameOverride"
+            );
+        }
+        if let Some(namespace) = object["metadata"]["namespace"].as_str() {
+            ensure!(
+                namespace == ns.name,
+                "{kind} {name} is in {namespace}, not the override"
+            );
+        }
+        if object["metadata"]["labels"]["app.kubernetes.io/name"].is_string() {
+            let label = object["metadata"]["labels"]["app.kubernetes.io/name"]
+                .as_str()
+                .unwrap_or_default();
+            ensure!(
+                label.starts_with("flow"),
+                "{kind} {name}: app.kubernetes.io/name {label}"
+            );
+        }
+        if kind == "Deployment" {
+            ensure!(
+                selects(
+                    &object["spec"]["selector"]["matchLabels"],
+                    &object["spec"]["template"]["metadata"]["labels"]
+                ),
+                "{name}'s selector does not select its pods"
+            );
+        }
+    }
+    for object in &objects {
+        apply_object(&client, object, true).await?;
+    }
+    Ok(())
 }
 
 fn is_dashboard(object: &Value) -> bool {

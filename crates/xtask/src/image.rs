@@ -98,7 +98,6 @@ pub fn print_built(built: &[Built]) {
 
 /// Builds every image (the binaries first) and returns them.
 pub fn build(root: &Path) -> Result<Vec<Built>> {
-    let buildah = sluice_testbed::prometheus::ensure_debian_program("buildah", "buildah")?;
     build_binaries(root)?;
     let out = root.join("target").join("images");
     fs::create_dir_all(&out)?;
@@ -112,7 +111,7 @@ pub fn build(root: &Path) -> Result<Vec<Built>> {
         let reference = format!("{REGISTRY}/{}:{version}", spec.name);
         let archive = out.join(format!("{}.oci.tar", spec.name));
         commit(
-            &buildah, spec, &rootfs, &archive, &reference, &version, &revision, created,
+            spec, &rootfs, &archive, &reference, &version, &revision, created,
         )?;
         let (digest, size) = archive_digest(&archive)?;
         let sbom = out.join(format!("{}.cdx.json", spec.name));
@@ -266,9 +265,7 @@ fn package_version(package: &str) -> Result<Deb> {
 }
 
 /// Commits `rootfs` as an image with buildah into an OCI archive named `reference`.
-#[allow(clippy::too_many_arguments)]
 fn commit(
-    buildah: &Path,
     spec: &ImageSpec,
     rootfs: &Path,
     archive: &Path,
@@ -277,25 +274,7 @@ fn commit(
     revision: &str,
     created: i64,
 ) -> Result<()> {
-    let storage = |cmd: &mut Command| {
-        cmd.args(["--storage-driver", "vfs"]);
-    };
-    let output = |args: &[&str]| -> Result<String> {
-        let mut cmd = Command::new(buildah);
-        storage(&mut cmd);
-        let out = cmd
-            .args(args)
-            .output()
-            .with_context(|| format!("running buildah {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "buildah {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let output = sluice_testbed::node::buildah;
     let container = output(&["from", "--pull-never", "scratch"])?;
     let result = (|| -> Result<()> {
         let rootfs_arg = format!("{}/", rootfs.display());

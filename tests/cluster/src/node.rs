@@ -101,6 +101,16 @@ fn pause_archive() -> Result<PathBuf> {
     Ok(dir.join("pause.oci.tar"))
 }
 
+/// Runs Debian's buildah (installed when missing) with its daemonless `vfs` storage and returns
+/// what it printed, trimmed; a failure carries its error output.
+pub fn buildah(args: &[&str]) -> Result<String> {
+    let program = ensure_debian_program("buildah", "buildah")?;
+    let program = program.display().to_string();
+    let mut all = vec!["--storage-driver", "vfs"];
+    all.extend_from_slice(args);
+    Ok(command(&program, &all)?.trim().to_owned())
+}
+
 /// An image holding one static binary at `path`, run as `user`, committed as `reference` into the
 /// OCI archive `archive`.
 pub fn build_scratch_image(
@@ -110,22 +120,7 @@ pub fn build_scratch_image(
     archive: &Path,
     reference: &str,
 ) -> Result<()> {
-    let buildah = ensure_debian_program("buildah", "buildah")?;
-    let run = |args: &[&str]| -> Result<String> {
-        let out = Command::new(&buildah)
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .output()
-            .context("running buildah")?;
-        if !out.status.success() {
-            bail!(
-                "buildah {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
+    let run = buildah;
     let container = run(&["from", "--pull-never", "scratch"])?;
     let entrypoint = format!("[\"{path}\"]");
     let binary = binary.display().to_string();

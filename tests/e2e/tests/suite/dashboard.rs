@@ -208,6 +208,18 @@ async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String)> {
+    let (status, _, body) = exchange(url, method, path, headers).await?;
+    Ok((status, body))
+}
+
+/// One HTTP/1.1 request to the dashboard; the status, the response's header lines (lowercase) and
+/// the body.
+pub(crate) async fn exchange(
+    url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String, String)> {
     let address = url
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -230,11 +242,8 @@ async fn request(
         .nth(1)
         .and_then(|code| code.parse().ok())
         .with_context(|| format!("no status in {answer:?}"))?;
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    Ok((status, body.to_owned()))
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
 }
 
 /// Reads the event stream until a line containing `want`.
@@ -279,11 +288,23 @@ async fn the_dashboard_writes_nothing_without_allow_actions_and_answers_only_to_
             .any(|o| o["kind"] == "Rollout" && o["name"] == "web")),
         "the Rollout is not on the board: {state}"
     );
-    let (status, page) = request(&url, "GET", "/", &[]).await?;
+    let (status, head, page) = exchange(&url, "GET", "/", &[]).await?;
     ensure!(
         status == 200 && page.contains("\"actions\":false") && page.contains("\"token\":\"\""),
         "{page}"
     );
+    // No other site may show the page in a frame (clicks there would be the other site's).
+    for header in [
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "frame-ancestors 'none'",
+        "x-frame-options: deny",
+        "x-content-type-options: nosniff",
+    ] {
+        ensure!(
+            head.contains(header),
+            "no {header:?} in the page's headers:\n{head}"
+        );
+    }
 
     // No action without --allow-actions, whatever the request carries.
     let (status, body) = request(

@@ -32,6 +32,8 @@ function setAttributes(el, attrs) {
   for (const [name, value] of Object.entries(attrs || {})) {
     if (value === null || value === undefined || value === false) continue;
     if (name.startsWith('on')) el.addEventListener(name.slice(2), value);
+    // Styles through the CSSOM: the page's Content-Security-Policy refuses style attributes.
+    else if (name === 'style') Object.assign(el.style, value);
     else el.setAttribute(name, value === true ? '' : String(value));
   }
 }
@@ -160,8 +162,8 @@ function trafficCell(rollout) {
   }
   return h('div', {},
     h('div', { class: 'traffic', title: `canary ${traffic.canary}%, stable ${traffic.stable}%` },
-      h('div', { class: 'canary', style: `width:${traffic.canary}%` }),
-      h('div', { class: 'stable', style: `width:${traffic.stable}%` })),
+      h('div', { class: 'canary', style: { width: `${traffic.canary}%` } }),
+      h('div', { class: 'stable', style: { width: `${traffic.stable}%` } })),
     h('span', { class: 'traffic-label' }, `canary ${traffic.canary}% · stable ${traffic.stable}%`));
 }
 

@@ -21,7 +21,7 @@ use sluice_e2e::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn helm(helm: &std::path::Path, args: &[&str]) -> Result<String> {
+pub(crate) fn helm(helm: &std::path::Path, args: &[&str]) -> Result<String> {
     let out = Command::new(helm)
         .args(args)
         .current_dir(repo_root())
@@ -39,7 +39,11 @@ fn helm(helm: &std::path::Path, args: &[&str]) -> Result<String> {
 }
 
 /// Applies one rendered object by server-side apply (or only checks it, with `dry_run`).
-async fn apply_object(client: &kube::Client, object: &Value, dry_run: bool) -> Result<()> {
+pub(crate) async fn apply_object(
+    client: &kube::Client,
+    object: &Value,
+    dry_run: bool,
+) -> Result<()> {
     let api_version = object["apiVersion"].as_str().context("apiVersion")?;
     let kind = object["kind"].as_str().context("kind")?;
     let name = object["metadata"]["name"].as_str().context("name")?;
@@ -683,7 +687,8 @@ async fn check_dashboard(
         .filter_map(|o| o["kind"].as_str())
         .collect();
     kinds.sort_unstable();
-    let mut expected = vec!["Deployment", "Service", "ServiceAccount"];
+    // The NetworkPolicy: ingress from nobody unless dashboard.networkPolicy.from names peers.
+    let mut expected = vec!["Deployment", "NetworkPolicy", "Service", "ServiceAccount"];
     expected.extend(match watch_namespace {
         Some(_) => ["Role", "RoleBinding"],
         None => ["ClusterRole", "ClusterRoleBinding"],
@@ -694,6 +699,17 @@ async fn check_dashboard(
     }
     expected.sort_unstable();
     ensure!(kinds == expected, "the dashboard's objects: {kinds:?}");
+
+    let [policy] = &of_kind(dashboard, "NetworkPolicy")[..] else {
+        bail!("not one dashboard NetworkPolicy");
+    };
+    ensure!(
+        policy["spec"]["policyTypes"] == json!(["Ingress"])
+            && policy["spec"]["ingress"] == json!([])
+            && policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                == "dashboard",
+        "the dashboard's NetworkPolicy lets someone in by default: {policy}"
+    );
 
     let [account] = &of_kind(dashboard, "ServiceAccount")[..] else {
         bail!("not one ServiceAccount");

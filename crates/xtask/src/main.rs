@@ -427,14 +427,28 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     let external = std::env::var_os("SLUICE_E2E_KUBECONFIG").is_some();
     let fill_root = root.to_owned();
     // (A failing phase ends the process with the fill half done: fills are all-or-nothing.)
-    let mut filling = Some(std::thread::spawn(move || -> Result<Duration> {
+    let mut filling = Some(std::thread::spawn(move || -> Result<Filled> {
         let started = Instant::now();
         if !external {
             sluice_testbed::ensure_binaries()?;
             sluice_testbed::prometheus::ensure_installed()?;
+            sluice_testbed::node::ensure_tools()?;
         }
         fill_test_tools(&fill_root)?;
-        Ok(started.elapsed())
+        let filled_in = started.elapsed();
+        // The images the chart installs on the real node, from this checkout (a release build in
+        // a target directory of its own, so it runs beside the other builds).
+        let started = Instant::now();
+        let images = if external {
+            Vec::new()
+        } else {
+            image::build(&fill_root)?
+        };
+        Ok(Filled {
+            filled_in,
+            images,
+            images_in: started.elapsed(),
+        })
     }));
     if !no_lint {
         timed("rust components", &mut ensure_rust_components)?;
@@ -500,15 +514,18 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
 
     // Every cache the end-to-end tests read is filled before they start, so that their time is
     // the tests' own (the fills are safe from parallel tests too: each is built once under a lock).
-    let mut filled_in = Duration::ZERO;
+    let mut filled = None;
     timed("test tools (wait)", &mut || {
         if let Some(filling) = filling.take() {
-            filled_in = filling
-                .join()
-                .map_err(|_| anyhow::anyhow!("filling the testbed's caches panicked"))??;
+            filled = Some(
+                filling
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("filling the testbed's caches panicked"))??,
+            );
         }
         Ok(())
     })?;
+    let filled = filled.context("the testbed's caches were not filled")?;
     let state_dir = test_cluster_dir(root);
     let mut env: Vec<(&'static str, String)> = Vec::new();
     if external {
@@ -516,12 +533,22 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     } else {
         let mut cluster: Option<Cluster> = None;
         timed("cluster up", &mut || {
-            eprintln!("==> starting a local control plane");
-            cluster = Some(sluice_testbed::up(&state_dir)?);
+            eprintln!("==> starting a local control plane with a real node");
+            let mut options = sluice_testbed::Options::from_env()?;
+            // The chart's tests run the operator from its image: on by default here.
+            options.real_node |= std::env::var_os("SLUICE_CLUSTER_REAL_NODE").is_none();
+            cluster = Some(sluice_testbed::up_with(&state_dir, &options)?);
             Ok(())
         })?;
         if let Some(cluster) = cluster {
             env = cluster.env();
+        }
+        if !filled.images.is_empty() {
+            image::print_built(&filled.images);
+            env.push((
+                "SLUICE_E2E_IMAGES",
+                root.join("target").join("images").display().to_string(),
+            ));
         }
     }
     let e2e = timed("e2e tests", &mut || {
@@ -567,10 +594,21 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         eprintln!("  {name:<18} {:>7.1}s", took.as_secs_f64());
     }
     eprintln!(
-        "  ({:.1}s filling the testbed's caches: Go builds, Debian and npm packages, beside the Rust phases)",
-        filled_in.as_secs_f64()
+        "  ({:.1}s filling the testbed's caches: Go builds, Debian and npm packages, and {:.1}s \
+         building the images, beside the Rust phases)",
+        filled.filled_in.as_secs_f64(),
+        filled.images_in.as_secs_f64()
     );
     e2e
+}
+
+/// What was filled beside the Rust phases of `test`.
+struct Filled {
+    /// Time spent on the testbed's caches (Go builds, Debian and npm packages).
+    filled_in: Duration,
+    /// The operator's and the plugin's images (none with an existing cluster).
+    images: Vec<image::Built>,
+    images_in: Duration,
 }
 
 /// The tools single end-to-end tests use beyond the cluster: Argo Rollouts' controller (takeover

@@ -245,6 +245,41 @@ fn argo_rollouts_build() -> GoBuild {
 
 const ARGO_ROLLOUTS_MODULE: &str = "github.com/argoproj/argo-rollouts";
 
+/// kube-router, whose network-policy controller enforces NetworkPolicies on the real node
+/// ([`crate::netpol`]). The Go module proxy serves only this one of the v2 line (later tags are
+/// refused); its go.mod asks `go 1.21` and replaces nothing.
+pub const KUBE_ROUTER_VERSION: &str = "2.1.0";
+const KUBE_ROUTER_MODULE: &str = "github.com/cloudnativelabs/kube-router/v2";
+
+fn kube_router_build() -> GoBuild {
+    let version = format!("v{KUBE_ROUTER_VERSION}");
+    GoBuild {
+        name: format!("kube-router-{version}"),
+        module: KUBE_ROUTER_MODULE,
+        ldflags: format!("-s -w -X {KUBE_ROUTER_MODULE}/pkg/version.Version={version}"),
+        version,
+        packages: vec![(
+            "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+            "kube-router",
+        )],
+        staging_version: None,
+    }
+}
+
+/// Builds kube-router unless it is in the cache and returns its path.
+pub fn ensure_kube_router() -> Result<PathBuf> {
+    let build = kube_router_build();
+    if !build.is_built() {
+        check_go()?;
+        eprintln!(
+            "Building {} from its Go module into {} (cached per version)",
+            build.name,
+            build.dir().display()
+        );
+    }
+    Ok(build.ensure()?.join("kube-router"))
+}
+
 /// The Go environment for reproducible, offline-friendly builds with the local toolchain.
 fn go_command(dir: &Path) -> Command {
     let mut cmd = Command::new("go");

@@ -96,8 +96,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Environment variables that point tests and tools at this cluster.
+    /// With a real node: its name (`SLUICE_E2E_REAL_NODE`) and its containerd's socket
+    /// (`SLUICE_E2E_CONTAINERD`), where tests load images.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             (
                 "SLUICE_E2E_KUBECONFIG",
                 self.kubeconfig.display().to_string(),
@@ -108,7 +110,13 @@ impl Cluster {
                 "SLUICE_E2E_PROMETHEUS_TARGETS",
                 self.prometheus_targets.display().to_string(),
             ),
-        ]
+        ];
+        let socket = crate::node::containerd_socket(&self.state_dir);
+        if socket.exists() {
+            env.push(("SLUICE_E2E_REAL_NODE", crate::node::NODE_NAME.to_owned()));
+            env.push(("SLUICE_E2E_CONTAINERD", socket.display().to_string()));
+        }
+        env
     }
 
     /// Reads a cluster's description from its state directory.
@@ -150,8 +158,9 @@ struct Ports {
     scheduler: u16,
     kwok: u16,
     prometheus: u16,
-    /// The real node's: kubelet healthz and API, kube-proxy healthz and metrics.
-    node: [u16; 4],
+    /// The real node's: kubelet healthz and API, kube-proxy healthz and metrics, CoreDNS's
+    /// readiness.
+    node: [u16; 5],
 }
 
 fn free_port() -> Result<u16> {
@@ -168,7 +177,13 @@ impl Ports {
             scheduler: free_port()?,
             kwok: free_port()?,
             prometheus: free_port()?,
-            node: [free_port()?, free_port()?, free_port()?, free_port()?],
+            node: [
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+                free_port()?,
+            ],
         })
     }
 }
@@ -199,7 +214,7 @@ pub fn running_components(state_dir: &Path) -> Vec<(&'static str, i32)> {
         .collect()
 }
 
-fn is_alive(pid: i32) -> bool {
+pub(crate) fn is_alive(pid: i32) -> bool {
     // Signal 0 checks existence; a zombie left by a dead parent counts as gone.
     nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
         && !fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -265,6 +280,9 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
     };
     let started = Instant::now();
     fs::create_dir_all(state_dir.join("pids"))?;
+    if options.real_node {
+        crate::node::claim(state_dir)?;
+    }
     fs::create_dir_all(state_dir.join("logs"))?;
     let pki = pki::generate(&state_dir.join("pki"))?;
     let ports = Ports::pick()?;
@@ -334,6 +352,9 @@ pub fn up_with(state_dir: &Path, options: &Options) -> Result<Cluster> {
                 .output()?;
             Ok(String::from_utf8_lossy(&out.stdout).trim() == "True")
         })?;
+        // It reads the node's address from the registered node.
+        step.set_message("starting kube-router's network-policy controller");
+        crate::netpol::start(state_dir, &tools.kube_router, &kubeconfig)?;
     }
 
     step.set_message("waiting for the default ServiceAccount (kube-controller-manager)");
@@ -493,6 +514,11 @@ pub fn down(state_dir: &Path) -> Result<()> {
     }
     if state_dir.join("node").exists() {
         crate::node::clean_up(state_dir);
+        // kube-router leaves its rules behind; they would go on enforcing its last policies.
+        if let Err(error) = crate::netpol::clean_up() {
+            eprintln!("{error:#}");
+        }
+        crate::node::release(state_dir);
     }
     if state_dir.exists() {
         fs::remove_dir_all(state_dir)
@@ -864,8 +890,11 @@ pub fn status(state_dir: &Path) -> Result<String> {
         return Ok(out);
     }
     let cluster = Cluster::load(state_dir)?;
-    for name in COMPONENTS {
-        let state = match running.iter().find(|(n, _)| *n == name) {
+    // The real node's components when it has one.
+    let has_node = state_dir.join("node").exists();
+    let node = crate::node::NODE_COMPONENTS.iter().filter(|_| has_node);
+    for name in COMPONENTS.iter().chain(node) {
+        let state = match running.iter().find(|(n, _)| n == name) {
             Some((_, pid)) => format!("running (pid {pid})"),
             None => "NOT RUNNING".to_owned(),
         };

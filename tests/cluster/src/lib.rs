@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cluster;
 pub mod docs;
 pub mod http;
+pub mod netpol;
 pub mod node;
 pub mod pki;
 pub mod prometheus;

@@ -1,6 +1,10 @@
 //! A node that runs real containers, beside kwok's fake ones: the kubelet and kube-proxy built from
-//! the same Kubernetes module as the control plane, Debian's containerd and runc, and Debian's CNI
-//! plugins on a bridge of its own. Pods that must run for real (the operator from its image, the
+//! the same Kubernetes module as the control plane, Debian's containerd and runc, Debian's CNI
+//! plugins on a bridge of its own, and CoreDNS (built from its module with the plugins it needs,
+//! `tests/coredns`) answering for `cluster.local` at the node's address, so pods reach Services by
+//! name (`prometheus.monitoring.svc`) as they do in any cluster, and kube-router's network-policy
+//! controller ([`crate::netpol`]), so NetworkPolicies hold there as they do in a cluster whose
+//! network plugin enforces them. Pods that must run for real (the operator from its image, the
 //! chart's dashboard) tolerate its taint and select its label; everything else stays on kwok.
 //!
 //! Images cannot be pulled here: they are loaded into containerd from OCI archives
@@ -46,7 +50,47 @@ const CONTAINERD_NAMESPACE: &str = "k8s.io";
 const GUARD_CHAIN: &str = "SLUICE-GUARD";
 
 /// The node's processes, in start order; stopped in reverse, before the control plane.
-pub const NODE_COMPONENTS: [&str; 3] = ["containerd", "kubelet", "kube-proxy"];
+pub const NODE_COMPONENTS: [&str; 5] = [
+    "containerd",
+    "kubelet",
+    "kube-proxy",
+    "coredns",
+    crate::netpol::COMPONENT,
+];
+
+/// Names the state directory of the cluster that runs the machine's real node.
+const CLAIM: &str = "/run/sluice-real-node";
+
+/// Claims the machine's real node for the cluster in `state_dir`. There is one: one bridge, one
+/// address, one set of `kubepods` cgroups, so a second cluster with a node would take the first
+/// one's pods and network. Fails, saying whose it is, while another cluster's node runs.
+pub(crate) fn claim(state_dir: &Path) -> Result<()> {
+    let state_dir = fs::canonicalize(state_dir)?;
+    if let Ok(owner) = fs::read_to_string(CLAIM) {
+        let owner = PathBuf::from(owner.trim());
+        let runs = crate::cluster::running_components(&owner)
+            .iter()
+            .any(|(name, _)| NODE_COMPONENTS.contains(name));
+        if owner != state_dir && runs {
+            bail!(
+                "the machine's real node belongs to the cluster in {} (one per machine): stop it \
+                 with `cargo xtask cluster down` there, or start this one without a node \
+                 (SLUICE_CLUSTER_REAL_NODE=0)",
+                owner.display()
+            );
+        }
+    }
+    fs::write(CLAIM, state_dir.display().to_string())?;
+    Ok(())
+}
+
+/// Gives the real node up, if the cluster in `state_dir` holds it.
+pub(crate) fn release(state_dir: &Path) {
+    let owner = fs::read_to_string(CLAIM).unwrap_or_default();
+    if fs::canonicalize(state_dir).is_ok_and(|dir| Path::new(owner.trim()) == dir) {
+        let _ = fs::remove_file(CLAIM);
+    }
+}
 
 /// Everything the real node runs: the kubelet and kube-proxy, Debian's containerd, runc and CNI
 /// plugins, and the pause image's archive.
@@ -57,6 +101,10 @@ pub struct NodeTools {
     pub ctr: PathBuf,
     pub cni_bin_dir: PathBuf,
     pub pause_archive: PathBuf,
+    pub coredns: PathBuf,
+    pub kube_router: PathBuf,
+    /// The image tests run on the node to check who reaches whom ([`crate::netpol::PROBE_IMAGE`]).
+    pub probe_archive: PathBuf,
 }
 
 /// Builds or installs what the node runs (cached; safe for concurrent callers).
@@ -71,7 +119,14 @@ pub fn ensure_tools() -> Result<NodeTools> {
     if !cni_bin_dir.join("bridge").is_file() {
         crate::prometheus::apt_install(&["containernetworking-plugins"])?;
     }
+    let coredns = go_program(
+        "coredns",
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../coredns"),
+    )?;
     Ok(NodeTools {
+        coredns,
+        kube_router: crate::binaries::ensure_kube_router()?,
+        probe_archive: crate::netpol::probe_image()?,
         kubernetes,
         containerd,
         ctr,
@@ -161,7 +216,8 @@ pub fn runtime_dir(state_dir: &Path) -> PathBuf {
     PathBuf::from(format!("/run/sluice-{:08x}", hasher.finish() as u32))
 }
 
-fn containerd_socket(state_dir: &Path) -> PathBuf {
+/// The node's containerd socket (`ctr --address`).
+pub fn containerd_socket(state_dir: &Path) -> PathBuf {
     runtime_dir(state_dir).join("containerd.sock")
 }
 
@@ -240,6 +296,7 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+clusterDNS: ["{NODE_IP}"]
 failSwapOn: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -286,7 +343,7 @@ nodePortAddresses: ["{NODE_IP}/32"]
 }
 
 /// Runs `program` with `args`, failing with its error output.
-fn command(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn command(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -356,22 +413,41 @@ fn guard() -> Result<()> {
 
 /// Loads an image from an OCI archive into the node's containerd, under `reference`.
 pub fn load_image(state_dir: &Path, archive: &Path, reference: &str) -> Result<()> {
-    let socket = containerd_socket(state_dir).display().to_string();
-    let archive = archive.display().to_string();
-    command(
-        "ctr",
+    load_image_at(&containerd_socket(state_dir), archive, reference)
+}
+
+/// Loads an image from an OCI archive into the containerd at `socket` (a running cluster's
+/// `SLUICE_E2E_CONTAINERD`), under `reference`. The archive's own name (its index's
+/// `org.opencontainers.image.ref.name`) is imported as is, then tagged as `reference` if that
+/// differs: `ctr images import --index-name` fails when the name already points at another
+/// image, and a second tag of one archive is how tests make an upgrade.
+pub fn load_image_at(socket: &Path, archive: &Path, reference: &str) -> Result<()> {
+    let socket = socket.display().to_string();
+    let archive_path = archive.display().to_string();
+    let index: serde_json::Value = serde_json::from_str(&command(
+        "tar",
         &[
-            "--address",
-            &socket,
-            "--namespace",
-            CONTAINERD_NAMESPACE,
-            "images",
-            "import",
-            "--index-name",
-            reference,
-            &archive,
+            "--extract",
+            "--to-stdout",
+            "--file",
+            &archive_path,
+            "index.json",
         ],
-    )?;
+    )?)
+    .with_context(|| format!("{archive_path} has no OCI index"))?;
+    let own = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()
+        .with_context(|| format!("{archive_path} names no image (ref.name)"))?
+        .to_owned();
+    let ctr = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["--address", &socket, "--namespace", CONTAINERD_NAMESPACE];
+        all.extend_from_slice(args);
+        command("ctr", &all)
+    };
+    ctr(&["images", "import", &archive_path])?;
+    if own != reference {
+        ctr(&["images", "tag", "--force", &own, reference])?;
+    }
     Ok(())
 }
 
@@ -381,9 +457,15 @@ pub(crate) fn start(
     tools: &NodeTools,
     kubeconfig: &Path,
     ca: &Path,
-    ports: [u16; 4],
+    ports: [u16; 5],
 ) -> Result<()> {
-    let [kubelet_healthz, kubelet_port, proxy_healthz, proxy_metrics] = ports;
+    let [
+        kubelet_healthz,
+        kubelet_port,
+        proxy_healthz,
+        proxy_metrics,
+        dns_ready,
+    ] = ports;
     let node = state_dir.join("node");
     for dir in ["cni", "cni-ipam", "containerd", "kubelet"] {
         fs::create_dir_all(node.join(dir))?;
@@ -394,7 +476,7 @@ pub(crate) fn start(
         node.join("cni").join("10-sluice.conflist"),
         cni_config(state_dir),
     )?;
-    // Pods resolve no names of this machine's networks: no DNS server unless a test adds one.
+    // Pods resolve the cluster's names only (CoreDNS below), none of this machine's networks.
     fs::write(node.join("resolv.conf"), "options ndots:5\n")?;
     let containerd_toml = node.join("containerd.toml");
     fs::write(&containerd_toml, containerd_config(state_dir, tools))?;
@@ -409,6 +491,7 @@ pub(crate) fn start(
         Ok(socket.exists())
     })?;
     load_image(state_dir, &tools.pause_archive, PAUSE_IMAGE)?;
+    load_image(state_dir, &tools.probe_archive, crate::netpol::PROBE_IMAGE)?;
 
     let kubelet_yaml = node.join("kubelet.yaml");
     fs::write(
@@ -440,7 +523,38 @@ pub(crate) fn start(
         &tools.kubernetes.kube_proxy,
         &[format!("--config={}", proxy_yaml.display())],
     )?;
+    let corefile = node.join("Corefile");
+    fs::write(&corefile, corefile_text(kubeconfig, dns_ready))?;
+    crate::cluster::spawn_component(
+        state_dir,
+        "coredns",
+        &tools.coredns,
+        &["-conf".to_owned(), corefile.display().to_string()],
+    )?;
+    crate::cluster::wait_for(state_dir, "coredns", Duration::from_secs(60), || {
+        Ok(crate::http::get_port(dns_ready, "/ready").is_ok())
+    })?;
     Ok(())
+}
+
+/// CoreDNS's configuration: the cluster's zones only, at the node's address (the kubelet's
+/// `clusterDNS`), from the API server's Services and EndpointSlices. Other names are refused:
+/// nothing is forwarded off the machine.
+fn corefile_text(kubeconfig: &Path, ready_port: u16) -> String {
+    format!(
+        r#"cluster.local in-addr.arpa ip6.arpa {{
+    bind {NODE_IP}
+    errors
+    ready 127.0.0.1:{ready_port}
+    kubernetes {{
+        kubeconfig {kubeconfig}
+        pods insecure
+    }}
+    cache 30
+}}
+"#,
+        kubeconfig = kubeconfig.display(),
+    )
 }
 
 /// Kills every process of the node's pods (the kubelet's `kubepods` cgroup, in every hierarchy:

@@ -18,6 +18,7 @@ mod gitops;
 mod history;
 mod hostile;
 mod images;
+mod in_cluster;
 mod isolated;
 mod job;
 mod leader;

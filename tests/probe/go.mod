@@ -1,0 +1,3 @@
+module sluice.dev/tests/probe
+
+go 1.26

@@ -137,12 +137,12 @@ fn target_dir() -> PathBuf {
     sluice_testbed::cache_dir().join("cargo-target-image")
 }
 
-fn binaries_dir() -> PathBuf {
+pub(crate) fn binaries_dir() -> PathBuf {
     target_dir().join("release-image")
 }
 
 /// The release binaries, built with the `release-image` profile and paths remapped.
-fn build_binaries(root: &Path) -> Result<()> {
+pub(crate) fn build_binaries(root: &Path) -> Result<()> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -466,7 +466,7 @@ fn sbom_document(
     }))
 }
 
-fn workspace_version(root: &Path) -> Result<String> {
+pub(crate) fn workspace_version(root: &Path) -> Result<String> {
     let text = fs::read_to_string(root.join("Cargo.toml"))?;
     text.lines()
         .skip_while(|l| l.trim() != "[workspace.package]")
@@ -478,7 +478,7 @@ fn workspace_version(root: &Path) -> Result<String> {
 }
 
 /// The checked-out commit and its time (seconds since the epoch).
-fn git_revision(root: &Path) -> Result<(String, i64)> {
+pub(crate) fn git_revision(root: &Path) -> Result<(String, i64)> {
     let out = Command::new("git")
         .args(["log", "-1", "--format=%H %ct"])
         .current_dir(root)

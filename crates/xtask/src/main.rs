@@ -4,6 +4,7 @@
 //!   end-to-end tests on a real local control plane).
 //! - `demo`: a local control plane with Sluice's API installed and the samples applied.
 //! - `image`: OCI images of the controller and the plugin, built with buildah (`target/images`).
+//! - `plugin-release`: the plugin's release archive and krew manifest (`target/plugin`).
 //! - `crdgen`: regenerate `crds/` from the API types (`--check` fails on drift).
 //! - `cluster up|down|status|build`: the local control plane on its own.
 //! - `bench abort|analysis`: figures for how fast an abort, or a failed analysis, puts traffic back
@@ -23,6 +24,7 @@ mod demo;
 mod docs_commands;
 mod fuzz;
 mod image;
+mod plugin;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Sluice developer tasks")]
@@ -71,6 +73,13 @@ enum Task {
         /// Build them twice and fail unless both builds have the same digests.
         #[arg(long)]
         check_reproducible: bool,
+    },
+    /// The kubectl plugin's release archive and krew manifest (target/plugin), from the release
+    /// build the plugin's image holds.
+    PluginRelease {
+        /// Validate the manifest with krew's validator and install the archive with krew.
+        #[arg(long)]
+        check: bool,
     },
     /// Manage the local control plane used by the demo and for development.
     Cluster {
@@ -168,6 +177,7 @@ fn main() -> Result<()> {
         Task::Crdgen { check } => crdgen(&root, check),
         Task::Bench { which } => bench(&root, which),
         Task::Image { check_reproducible } => image::run(&root, check_reproducible),
+        Task::PluginRelease { check } => plugin::run(&root, check),
         Task::Fuzz { seconds, target } => fuzz::run(&root, seconds, target.as_deref()),
         Task::Cluster { action } => match action {
             ClusterAction::Build => {
@@ -444,6 +454,10 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         } else {
             image::build(&fill_root)?
         };
+        // The plugin's release archive (the image's binary) and krew manifest, checked by krew.
+        if !external {
+            plugin::check_with_krew(&plugin::release(&fill_root)?)?;
+        }
         Ok(Filled {
             filled_in,
             images,

@@ -245,6 +245,44 @@ fn argo_rollouts_build() -> GoBuild {
 
 const ARGO_ROLLOUTS_MODULE: &str = "github.com/argoproj/argo-rollouts";
 
+/// krew, kubectl's plugin manager: its manifest validator and the installer check the plugin's
+/// release archive and manifest (`cargo xtask plugin-release --check`).
+pub const KREW_VERSION: &str = "0.4.3";
+
+/// The krew binaries.
+#[derive(Clone, Debug)]
+pub struct Krew {
+    pub krew: PathBuf,
+    pub validate: PathBuf,
+}
+
+/// Builds krew and its manifest validator unless they are in the cache.
+pub fn ensure_krew() -> Result<Krew> {
+    let version = format!("v{KREW_VERSION}");
+    let build = GoBuild {
+        name: format!("krew-{version}"),
+        module: "sigs.k8s.io/krew",
+        ldflags: format!("-s -w -X sigs.k8s.io/krew/internal/version.gitTag={version}"),
+        version,
+        packages: vec![
+            ("sigs.k8s.io/krew/cmd/krew", "krew"),
+            (
+                "sigs.k8s.io/krew/cmd/validate-krew-manifest",
+                "validate-krew-manifest",
+            ),
+        ],
+        staging_version: None,
+    };
+    if !build.is_built() {
+        check_go()?;
+    }
+    let dir = build.ensure()?;
+    Ok(Krew {
+        krew: dir.join("krew"),
+        validate: dir.join("validate-krew-manifest"),
+    })
+}
+
 /// kube-router, whose network-policy controller enforces NetworkPolicies on the real node
 /// ([`crate::netpol`]). The Go module proxy serves only this one of the v2 line (later tags are
 /// refused); its go.mod asks `go 1.21` and replaces nothing.

@@ -23,8 +23,18 @@ struct Figures {
     corpus: usize,
 }
 
+/// How the targets are built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Optimized: many more executions a second, for long hunts (`cargo xtask fuzz`).
+    Optimized,
+    /// Unoptimized (`cargo fuzz --dev`): compiles in a fraction of the time, for the short bounded
+    /// run of `cargo xtask test`, where a cold machine would spend longer compiling than fuzzing.
+    Quick,
+}
+
 /// Runs every target (or `only`) for `seconds` each and prints the executions of each.
-pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
+pub fn run(root: &Path, seconds: u64, only: Option<&str>, build: Build) -> Result<()> {
     let cargo_fuzz = ensure_cargo_fuzz()?;
     let fuzz_dir = root.join("tests/fuzz");
     let targets: Vec<&'static str> = TARGETS
@@ -43,8 +53,13 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
             std::fs::create_dir_all(dir)?;
         }
         eprintln!("==> fuzz {target} for {seconds} s");
-        let output = Command::new(&cargo_fuzz)
-            .args(["fuzz", "run", target, "--sanitizer", "none", "--fuzz-dir"])
+        let mut command = Command::new(&cargo_fuzz);
+        command.args(["fuzz", "run", target, "--sanitizer", "none"]);
+        if build == Build::Quick {
+            command.arg("--dev");
+        }
+        let output = command
+            .arg("--fuzz-dir")
             .arg(&fuzz_dir)
             // The fuzz builds' target directory lives in the testbed's cache, so a fresh clone
             // (every CI run) rebuilds Sluice's crates only, not their dependencies.

@@ -178,7 +178,9 @@ fn main() -> Result<()> {
         Task::Bench { which } => bench(&root, which),
         Task::Image { check_reproducible } => image::run(&root, check_reproducible),
         Task::PluginRelease { check } => plugin::run(&root, check),
-        Task::Fuzz { seconds, target } => fuzz::run(&root, seconds, target.as_deref()),
+        Task::Fuzz { seconds, target } => {
+            fuzz::run(&root, seconds, target.as_deref(), fuzz::Build::Optimized)
+        }
         Task::Cluster { action } => match action {
             ClusterAction::Build => {
                 let bins = sluice_testbed::ensure_binaries()?;
@@ -501,7 +503,9 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    timed("fuzz", &mut || fuzz::run(root, fuzz_seconds, None))?;
+    timed("fuzz", &mut || {
+        fuzz::run(root, fuzz_seconds, None, fuzz::Build::Quick)
+    })?;
     // Build the e2e tests before the cluster starts, so a compile error costs no cluster start-up.
     timed("e2e build", &mut || {
         run(

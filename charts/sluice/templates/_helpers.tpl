@@ -67,3 +67,36 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{- /*
+An image reference, for the operator's image and the dashboard's: registry/repository (the
+repository alone when registry is empty), then @digest when a digest is set, else :tag, the tag
+defaulting to the chart's appVersion. Called with (dict "image" .Values.image "context" $).
+*/}}
+{{- define "sluice.image" -}}
+{{- $image := .image -}}
+{{- $reference := $image.repository -}}
+{{- with $image.registry -}}
+{{- $reference = printf "%s/%s" (trimSuffix "/" .) $reference -}}
+{{- end -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $reference $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $reference (default .context.Chart.AppVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+TopologySpreadConstraints, each without a labelSelector given the selector labels of its own
+Deployment's pods. Called with (dict "constraints" LIST "selectorLabels" TEXT).
+*/}}
+{{- define "sluice.topologySpreadConstraints" -}}
+{{- range .constraints }}
+- {{ toYaml . | nindent 2 | trim }}
+  {{- if not .labelSelector }}
+  labelSelector:
+    matchLabels:
+      {{- $.selectorLabels | nindent 6 }}
+  {{- end }}
+{{- end }}
+{{- end -}}

@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 /// The user (and group) the images run as: distroless' `nonroot`.
 pub const USER_ID: u32 = 65532;
-/// Where the chart finds the images unless told otherwise (`image.repository`).
+/// Where the chart finds the images unless told otherwise (`image.registry` and the
+/// `sluice-dev/` of `image.repository`).
 pub const REGISTRY: &str = "ghcr.io/sluice-dev";
 const SOURCE: &str = "https://github.com/sluice-dev/sluice";
 

@@ -1,7 +1,10 @@
 //! The Helm chart: it lints, renders, is accepted by the API server, and the RBAC it grants is
 //! enough for the operator to run a whole release (with analysis and a restart) and nothing fails
 //! as forbidden. The dashboard it can add reads what it shows and writes nothing, unless actions
-//! are allowed: then it may patch Rollouts (a person's request) and nothing else.
+//! are allowed: then it may patch Rollouts (a person's request) and nothing else. It takes the
+//! values users expect of a chart (extra arguments, environment and volumes, spread constraints,
+//! images by registry and digest, probe timings, ServiceMonitor settings), packages to a chart
+//! that renders the same, and adds Sluice's kinds to Kubernetes' view, edit and admin roles.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -206,6 +209,10 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
             "crds.install=false",
             "--set",
             &format!("watchNamespace={release}"),
+            // The roles aggregated into view, edit and admin are people's, not the operator's;
+            // `the_aggregated_roles_give_sluice_kinds_to_view_edit_and_admin` checks them.
+            "--set",
+            "rbac.aggregateToDefaultRoles=false",
         ],
     )?)?;
     let rbac: Vec<Value> = scoped
@@ -1022,4 +1029,641 @@ async fn check_dashboard(
         if allow_actions { "is" } else { "is not" }
     );
     Ok(())
+}
+
+/// `helm template` of `chart` (the chart's directory or a packaged chart) as release `release` in
+/// `namespace`, with the values file `values` if any and `sets`: Helm's text, as it printed it.
+fn template_text(
+    helm_path: &std::path::Path,
+    chart: &str,
+    release: &str,
+    namespace: &str,
+    values: Option<&std::path::Path>,
+    sets: &[&str],
+) -> Result<String> {
+    let values = values.map(|v| v.display().to_string());
+    let mut args = vec![
+        "template",
+        release,
+        chart,
+        "--namespace",
+        namespace,
+        "--kube-version",
+        "1.37.2",
+    ];
+    if let Some(values) = &values {
+        args.extend(["--values", values.as_str()]);
+    }
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    helm(helm_path, &args)
+}
+
+/// The one object of `kind` (and, for a Deployment, the dashboard's or not) in `objects`.
+fn one<'a>(objects: &'a [Value], kind: &str, dashboard: bool) -> Result<&'a Value> {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == kind && is_dashboard(o) == dashboard)
+        .collect();
+    match found[..] {
+        [object] => Ok(object),
+        _ => bail!("{} {kind} objects (dashboard: {dashboard})", found.len()),
+    }
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// Every value users expect of a chart like cert-manager's or Argo CD's lands where it should; the
+/// default render of the images and probes is what it was; the schema refuses a bad digest and a
+/// disruption budget with both bounds; the packaged chart renders exactly as the directory; and
+/// the API server accepts what the values render.
+#[tokio::test]
+async fn the_chart_takes_the_conventional_values() -> Result<()> {
+    let binaries = tokio::task::spawn_blocking(sluice_testbed::ensure_binaries).await??;
+    let helm_path = binaries.helm.as_path();
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "chart-values").await?;
+    let release = ns.name.clone();
+    let chart: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("charts/sluice/Chart.yaml"),
+    )?)?;
+    let app_version = chart["appVersion"]
+        .as_str()
+        .context("Chart.yaml appVersion")?;
+    let version = chart["version"].as_str().context("Chart.yaml version")?;
+
+    // The defaults: the images and probes exactly as before the registry, digest and probe values.
+    let default_sets = [
+        "dashboard.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+    ];
+    let text = template_text(
+        helm_path,
+        "charts/sluice",
+        &release,
+        &release,
+        None,
+        &default_sets,
+    )?;
+    for line in [
+        format!("        image: \"ghcr.io/sluice-dev/sluice-controller:{app_version}\"\n"),
+        format!("        image: \"ghcr.io/sluice-dev/kubectl-sluice:{app_version}\"\n"),
+    ] {
+        ensure!(text.contains(&line), "the default render lacks {line:?}");
+    }
+    ensure!(
+        crate::in_cluster::chart_image("/image")?
+            == format!("ghcr.io/sluice-dev/sluice-controller:{app_version}")
+            && crate::in_cluster::chart_image("/dashboard/image")?
+                == format!("ghcr.io/sluice-dev/kubectl-sluice:{app_version}"),
+        "chart_image does not build the chart's default references"
+    );
+    let defaults = yaml_documents(&text)?;
+    for dashboard in [false, true] {
+        let pod = &one(&defaults, "Deployment", dashboard)?["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        ensure!(
+            container["livenessProbe"]
+                == json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10})
+                && container["readinessProbe"]
+                    == json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5}),
+            "the default probes changed: {container}"
+        );
+        ensure!(
+            pod["topologySpreadConstraints"].is_null()
+                && pod["volumes"].is_null()
+                && container["volumeMounts"].is_null(),
+            "the defaults add spread constraints or volumes: {pod}"
+        );
+    }
+    let operator =
+        &one(&defaults, "Deployment", false)?["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        operator["env"].as_array().map(Vec::len) == Some(3)
+            && operator["args"].as_array().map(Vec::len) == Some(7),
+        "the defaults add arguments or environment: {operator}"
+    );
+    let budget = &one(&defaults, "PodDisruptionBudget", false)?["spec"];
+    ensure!(
+        budget["minAvailable"] == 1 && budget["maxUnavailable"].is_null(),
+        "the default disruption budget: {budget}"
+    );
+    let monitor = one(&defaults, "ServiceMonitor", false)?;
+    ensure!(
+        monitor["metadata"]["namespace"] == release.as_str()
+            && monitor["spec"]["namespaceSelector"].is_null()
+            && monitor["spec"]["endpoints"]
+                == json!([{"port": "http", "path": "/metrics", "interval": "30s"}]),
+        "the default ServiceMonitor: {monitor}"
+    );
+
+    // Every new value set.
+    let spread = json!({"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": "ScheduleAnyway"});
+    let values = json!({
+        "crds": {"install": false},
+        "imagePolicy": {"enabled": false},
+        "extraArgs": ["--identity=sluice-e2e", "--allow-provider-address=thanos.example.com"],
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"},
+                     {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        "volumes": [{"name": "ca", "configMap": {"name": "ca-bundle"}}],
+        "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra", "readOnly": true}],
+        "topologySpreadConstraints": [spread],
+        // The digest wins over the tag.
+        "image": {"registry": "registry.example:5000", "repository": "mirror/sluice-controller",
+                  "tag": "9.9.9", "digest": DIGEST},
+        "livenessProbe": {"initialDelaySeconds": 3, "periodSeconds": 11, "timeoutSeconds": 2,
+                          "failureThreshold": 4, "successThreshold": 1},
+        "readinessProbe": {"periodSeconds": 6, "successThreshold": 2},
+        "podDisruptionBudget": {"maxUnavailable": "50%"},
+        "metrics": {"serviceMonitor": {
+            "enabled": true, "namespace": "monitoring", "interval": "15s", "scrapeTimeout": "10s",
+            "scheme": "https", "tlsConfig": {"serverName": "sluice", "insecureSkipVerify": true},
+            "honorLabels": true,
+            "relabelings": [{"action": "replace", "targetLabel": "team", "replacement": "payments"}],
+            "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "go_.*"}],
+        }},
+        "dashboard": {
+            "enabled": true,
+            // No registry: the repository is the whole name.
+            "image": {"registry": "", "repository": "mirror.example/kubectl-sluice", "tag": "9.9.9"},
+            "livenessProbe": {"periodSeconds": 20, "failureThreshold": 6},
+            "readinessProbe": {"periodSeconds": 7, "initialDelaySeconds": 2},
+        },
+    });
+    let values_path = crate::in_cluster::values_file(&format!("{release}-conventional"), &values)?;
+    let text = template_text(
+        helm_path,
+        "charts/sluice",
+        &release,
+        &release,
+        Some(&values_path),
+        &[],
+    )?;
+    let objects = yaml_documents(&text)?;
+
+    let pod = &one(&objects, "Deployment", false)?["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    ensure!(
+        container["image"] == format!("registry.example:5000/mirror/sluice-controller@{DIGEST}"),
+        "image {}",
+        container["image"]
+    );
+    let args = container["args"].as_array().context("args")?;
+    ensure!(
+        args.len() == 9
+            && args[7] == "--identity=sluice-e2e"
+            && args[8] == "--allow-provider-address=thanos.example.com",
+        "extraArgs are not appended: {args:?}"
+    );
+    let env = container["env"].as_array().context("env")?;
+    ensure!(
+        env.len() == 5 && env[3] == values["extraEnv"][0] && env[4] == values["extraEnv"][1],
+        "extraEnv: {env:?}"
+    );
+    ensure!(
+        pod["volumes"] == values["volumes"] && container["volumeMounts"] == values["volumeMounts"],
+        "volumes {} and mounts {}",
+        pod["volumes"],
+        container["volumeMounts"]
+    );
+    // A constraint without a labelSelector selects its own Deployment's pods.
+    let mut operator_spread = spread.clone();
+    operator_spread["labelSelector"] = json!({"matchLabels": {
+        "app.kubernetes.io/name": "sluice", "app.kubernetes.io/instance": release}});
+    ensure!(
+        pod["topologySpreadConstraints"] == json!([operator_spread]),
+        "topologySpreadConstraints {}",
+        pod["topologySpreadConstraints"]
+    );
+    let mut liveness = values["livenessProbe"].clone();
+    liveness["httpGet"] = json!({"path": "/healthz", "port": "http"});
+    let mut readiness = values["readinessProbe"].clone();
+    readiness["httpGet"] = json!({"path": "/readyz", "port": "http"});
+    ensure!(
+        container["livenessProbe"] == liveness && container["readinessProbe"] == readiness,
+        "probes: {} {}",
+        container["livenessProbe"],
+        container["readinessProbe"]
+    );
+
+    let dashboard_pod = &one(&objects, "Deployment", true)?["spec"]["template"]["spec"];
+    let dashboard = &dashboard_pod["containers"][0];
+    ensure!(
+        dashboard["image"] == "mirror.example/kubectl-sluice:9.9.9",
+        "dashboard image {}",
+        dashboard["image"]
+    );
+    ensure!(
+        dashboard["livenessProbe"]
+            == json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 20, "failureThreshold": 6})
+            && dashboard["readinessProbe"]
+                == json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 7, "initialDelaySeconds": 2}),
+        "dashboard probes: {dashboard}"
+    );
+    // The operator's constraints, by default, selecting the dashboard's pods.
+    let dashboard_labels =
+        &dashboard_pod["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"];
+    ensure!(
+        dashboard_pod["topologySpreadConstraints"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+            && dashboard_pod["topologySpreadConstraints"][0]["topologyKey"]
+                == spread["topologyKey"]
+            && dashboard_labels["app.kubernetes.io/component"] == "dashboard"
+            && dashboard_labels["app.kubernetes.io/name"] == "sluice-dashboard",
+        "the dashboard's spread constraints: {}",
+        dashboard_pod["topologySpreadConstraints"]
+    );
+    ensure!(
+        dashboard["args"]
+            .as_array()
+            .is_some_and(|a| !a.iter().any(|x| x == "--identity=sluice-e2e"))
+            && dashboard["env"].is_null()
+            && dashboard_pod["volumes"].is_null(),
+        "the operator's extras reach the dashboard: {dashboard_pod}"
+    );
+
+    let budget = &one(&objects, "PodDisruptionBudget", false)?["spec"];
+    ensure!(
+        budget["maxUnavailable"] == "50%" && budget["minAvailable"].is_null(),
+        "the disruption budget: {budget}"
+    );
+
+    let monitor = one(&objects, "ServiceMonitor", false)?;
+    ensure!(
+        monitor["metadata"]["namespace"] == "monitoring"
+            && monitor["spec"]["namespaceSelector"] == json!({"matchNames": [release]}),
+        "the ServiceMonitor's namespace: {monitor}"
+    );
+    let service_monitor = &values["metrics"]["serviceMonitor"];
+    ensure!(
+        monitor["spec"]["endpoints"]
+            == json!([{
+                "port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s",
+                "scheme": "https", "tlsConfig": service_monitor["tlsConfig"], "honorLabels": true,
+                "relabelings": service_monitor["relabelings"],
+                "metricRelabelings": service_monitor["metricRelabelings"],
+            }]),
+        "the ServiceMonitor's endpoint: {}",
+        monitor["spec"]["endpoints"]
+    );
+
+    // The dashboard's own spread constraints, when given, replace the operator's.
+    let own = template_text(
+        helm_path,
+        "charts/sluice",
+        &release,
+        &release,
+        Some(&values_path),
+        &[
+            "dashboard.topologySpreadConstraints[0].maxSkew=2",
+            "dashboard.topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+            "dashboard.topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+        ],
+    )?;
+    let own = yaml_documents(&own)?;
+    let constraints =
+        &one(&own, "Deployment", true)?["spec"]["template"]["spec"]["topologySpreadConstraints"];
+    ensure!(
+        constraints.as_array().map(Vec::len) == Some(1)
+            && constraints[0]["topologyKey"] == "kubernetes.io/hostname"
+            && constraints[0]["maxSkew"] == 2,
+        "dashboard.topologySpreadConstraints: {constraints}"
+    );
+
+    // The schema refuses a digest that is not sha256:<64 hex> and a budget with both bounds (the
+    // template too, when the schema is skipped).
+    for (set, refusal) in [
+        ("image.digest=sha256:abc", "/image/digest"),
+        ("image.digest=latest", "/image/digest"),
+        (
+            "dashboard.image.digest=sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+            "/dashboard/image/digest",
+        ),
+        (
+            "podDisruptionBudget.minAvailable=1,podDisruptionBudget.maxUnavailable=1",
+            "/podDisruptionBudget/maxUnavailable",
+        ),
+        ("livenessProbe.httpGet.path=/x", "/livenessProbe"),
+    ] {
+        let refused = template_text(helm_path, "charts/sluice", "x", "x", None, &[set]);
+        ensure!(
+            refused
+                .as_ref()
+                .is_err_and(|e| format!("{e:#}").contains(refusal)),
+            "{set} is not refused at {refusal}: {refused:?}"
+        );
+    }
+    let both = helm(
+        helm_path,
+        &[
+            "template",
+            "x",
+            "charts/sluice",
+            "--kube-version",
+            "1.37.2",
+            "--skip-schema-validation",
+            "--set",
+            "podDisruptionBudget.minAvailable=1,podDisruptionBudget.maxUnavailable=1",
+        ],
+    );
+    ensure!(
+        both.as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("minAvailable or maxUnavailable, not both")),
+        "the template renders a budget with both bounds: {both:?}"
+    );
+
+    // `helm package`: the packaged chart renders byte for byte what the directory renders.
+    let dir = repo_root().join(format!("target/e2e-logs/chart-package-{release}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let dir_arg = dir.display().to_string();
+    helm(helm_path, &["package", "charts/sluice", "-d", &dir_arg])?;
+    let packaged = dir.join(format!("sluice-{version}.tgz"));
+    ensure!(packaged.is_file(), "no {}", packaged.display());
+    let packaged = packaged.display().to_string();
+    for (values, sets) in [
+        (None, &[][..]),
+        (None, &default_sets[..]),
+        (Some(values_path.as_path()), &[][..]),
+    ] {
+        let from_dir = template_text(helm_path, "charts/sluice", &release, &release, values, sets)?;
+        let from_package = template_text(helm_path, &packaged, &release, &release, values, sets)?;
+        ensure!(
+            from_dir == from_package,
+            "the packaged chart renders differently with {values:?} {sets:?}"
+        );
+    }
+    let lint = helm(helm_path, &["lint", "--strict", &packaged])?;
+    ensure!(lint.contains("0 chart(s) failed"), "{lint}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The API server accepts what the values render (the ServiceMonitor's CRD is not installed).
+    for object in objects.iter().filter(|o| o["kind"] != "ServiceMonitor") {
+        apply_object(&client, object, true).await?;
+    }
+    Ok(())
+}
+
+/// Whether the ClusterRole `role` has a rule on the API group sluice.dev.
+fn grants_sluice(role: &Value) -> bool {
+    role["rules"].as_array().into_iter().flatten().any(|r| {
+        r["apiGroups"]
+            .as_array()
+            .is_some_and(|g| g.contains(&json!("sluice.dev")))
+    })
+}
+
+/// The aggregated ClusterRoles add Sluice's kinds to Kubernetes' view, edit and admin roles: a
+/// user bound to `edit` in a namespace may read and patch Rollouts there, one bound to `view` may
+/// read but not patch, and neither may write AnalysisRuns or Releases, which the operator writes.
+/// Without the chart's roles, `edit` grants nothing on Sluice's kinds (checked first, when no other
+/// release of the chart has aggregated roles in the cluster).
+#[tokio::test]
+async fn the_aggregated_roles_give_sluice_kinds_to_view_edit_and_admin() -> Result<()> {
+    let binaries = tokio::task::spawn_blocking(sluice_testbed::ensure_binaries).await??;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "chart-aggregate").await?;
+    let release = ns.name.clone();
+    let fullname = format!("{release}-sluice");
+
+    let off = render(
+        &binaries.helm,
+        &release,
+        &release,
+        &["rbac.aggregateToDefaultRoles=false".to_owned()],
+    )?;
+    ensure!(
+        !off.iter()
+            .any(|o| o["metadata"]["labels"].as_object().is_some_and(|l| l
+                .keys()
+                .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-")))),
+        "rbac.aggregateToDefaultRoles=false still renders aggregated roles"
+    );
+    let roles: Vec<Value> = render(&binaries.helm, &release, &release, &[])?
+        .into_iter()
+        .filter(|o| {
+            o["kind"] == "ClusterRole"
+                && o["metadata"]["labels"].as_object().is_some_and(|l| {
+                    l.keys()
+                        .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+                })
+        })
+        .collect();
+
+    // What each role grants, as `resource verb` on sluice.dev: view reads every kind the CRDs
+    // define; edit and admin write all of them but AnalysisRuns and Releases.
+    let plurals: BTreeSet<String> = sluice_api::crdgen::crds()
+        .into_iter()
+        .map(|crd| crd.spec.names.plural)
+        .collect();
+    ensure!(plurals.len() >= 6, "{plurals:?}");
+    let read = ["get", "list", "watch"];
+    let write = ["create", "update", "patch", "delete", "deletecollection"];
+    ensure!(roles.len() == 3, "{} aggregated roles", roles.len());
+    for (suffix, label) in [
+        ("view", "rbac.authorization.k8s.io/aggregate-to-view"),
+        ("edit", "rbac.authorization.k8s.io/aggregate-to-edit"),
+        ("admin", "rbac.authorization.k8s.io/aggregate-to-admin"),
+    ] {
+        let name = format!("{fullname}-{suffix}");
+        let role = roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == name.as_str())
+            .with_context(|| format!("no ClusterRole {name}"))?;
+        ensure!(
+            role["metadata"]["labels"][label] == "true"
+                && role["metadata"]["labels"].as_object().map(|l| {
+                    l.keys()
+                        .filter(|k| k.starts_with("rbac.authorization.k8s.io/"))
+                        .count()
+                }) == Some(1),
+            "{name} is not aggregated to {suffix} alone: {}",
+            role["metadata"]["labels"]
+        );
+        let mut granted = BTreeSet::new();
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            ensure!(rule["apiGroups"] == json!(["sluice.dev"]), "{name}: {rule}");
+            for resource in rule["resources"].as_array().into_iter().flatten() {
+                for verb in rule["verbs"].as_array().into_iter().flatten() {
+                    granted.insert(format!(
+                        "{} {}",
+                        resource.as_str().unwrap_or_default(),
+                        verb.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let mut wanted = BTreeSet::new();
+        for plural in &plurals {
+            let written_by_the_operator = plural == "analysisruns" || plural == "releases";
+            for verb in read {
+                wanted.insert(format!("{plural} {verb}"));
+            }
+            if suffix != "view" && !written_by_the_operator {
+                for verb in write {
+                    wanted.insert(format!("{plural} {verb}"));
+                }
+            }
+        }
+        // The Rollouts' scale subresource, as Deployments' in the built-in roles.
+        let scale: &[&str] = match suffix {
+            "view" => &read,
+            _ => &["get", "update", "patch"],
+        };
+        for verb in scale {
+            wanted.insert(format!("rollouts/scale {verb}"));
+        }
+        ensure!(
+            granted == wanted,
+            "{name} grants {granted:?}, not {wanted:?}"
+        );
+    }
+
+    // A Rollout, and a person bound to each built-in role in the namespace.
+    apply_object(
+        &client,
+        &json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "web", "namespace": release},
+            "spec": {
+                "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                             "spec": {"containers": [{"name": "app", "image": "registry.example/web:1.0.0"}]}},
+                "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}
+            }
+        }),
+        false,
+    )
+    .await?;
+    let mut people = Vec::new();
+    for role in ["view", "edit", "admin"] {
+        let user = format!("{release}-{role}er");
+        apply_object(
+            &client,
+            &json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("people-{role}"), "namespace": release},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+            }),
+            false,
+        )
+        .await?;
+        people.push((role, client_as(&user).await?));
+    }
+    let (_, viewer) = &people[0];
+    let (_, editor) = &people[1];
+
+    // Before the chart's roles, edit grants nothing on Sluice's kinds, unless some other release
+    // of the chart aggregated its own (then this check says nothing and is skipped).
+    let cluster_roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    let others = cluster_roles
+        .list(
+            &kube::api::ListParams::default()
+                .labels("rbac.authorization.k8s.io/aggregate-to-edit=true"),
+        )
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| grants_sluice(&serde_json::to_value(r).unwrap_or_default()))
+        .count();
+    if others == 0 {
+        eventually("edit to grant nothing on Rollouts", WAIT, || async {
+            Ok((!may(editor, "get", "sluice.dev", "rollouts", &release).await?).then_some(()))
+        })
+        .await?;
+    } else {
+        eprintln!(
+            "{others} aggregated roles of other releases grant Sluice's kinds to edit: no before"
+        );
+    }
+
+    let result = async {
+        for role in &roles {
+            apply_object(&client, role, false).await?;
+        }
+        // The aggregation controller fills the built-in roles within seconds.
+        for (role, person) in &people {
+            eventually(&format!("{role} to read Rollouts"), WAIT, || async {
+                Ok(may(person, "get", "sluice.dev", "rollouts", &release)
+                    .await?
+                    .then_some(()))
+            })
+            .await?;
+        }
+        eventually("edit to patch Rollouts", WAIT, || async {
+            Ok(may(editor, "patch", "sluice.dev", "rollouts", &release)
+                .await?
+                .then_some(()))
+        })
+        .await?;
+
+        // For real: edit reads and patches the Rollout, view reads it and may not patch it.
+        let patch = json!({"metadata": {"labels": {"team": "payments"}}});
+        for (role, person) in &people {
+            let rollouts = Api::<Rollout>::namespaced(person.clone(), &release);
+            rollouts
+                .get("web")
+                .await
+                .with_context(|| format!("{role} reading the Rollout"))?;
+            let patched = rollouts
+                .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            ensure!(
+                forbidden(patched)? == (*role == "view"),
+                "{role} {} patch the Rollout",
+                if *role == "view" { "may" } else { "may not" }
+            );
+        }
+        ensure!(
+            Api::<Rollout>::namespaced(client.clone(), &release)
+                .get("web")
+                .await?
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get("team")
+                .map(String::as_str)
+                == Some("payments"),
+            "the editor's patch did not land"
+        );
+        // Nobody but the operator writes runs and release records; everybody reads them.
+        for (role, person) in &people {
+            for resource in ["analysisruns", "releases"] {
+                ensure!(
+                    may(person, "list", "sluice.dev", resource, &release).await?,
+                    "{role} may not list {resource}"
+                );
+                for verb in ["create", "patch", "delete"] {
+                    ensure!(
+                        !may(person, verb, "sluice.dev", resource, &release).await?,
+                        "{role} may {verb} {resource}"
+                    );
+                }
+            }
+            for resource in ["analysistemplates", "errorbudgetgates"] {
+                ensure!(
+                    may(person, "create", "sluice.dev", resource, &release).await?
+                        == (*role != "view"),
+                    "{role} create {resource}"
+                );
+            }
+        }
+        // Bound in this namespace only.
+        ensure!(
+            !may(viewer, "get", "sluice.dev", "rollouts", "default").await?
+                && !may(editor, "patch", "sluice.dev", "rollouts", "default").await?,
+            "a RoleBinding grants Rollouts in another namespace"
+        );
+        Ok(())
+    }
+    .await;
+    delete_cluster_scoped(&client, &roles).await;
+    result
 }

@@ -84,21 +84,35 @@ impl RealNode {
     }
 }
 
-/// The image reference the chart gives the operator by default: `image.repository` and the
-/// chart's `appVersion`.
-pub(crate) fn chart_image(values_key: &str) -> Result<String> {
+/// The image reference the chart gives by default to the image whose values are at `image` (a
+/// JSON pointer into values.yaml: `/image`, `/dashboard/image`), built as the chart builds it:
+/// `registry/repository` (the repository alone without a registry), then `@digest`, or `:tag`
+/// with the tag defaulting to the chart's `appVersion`.
+pub(crate) fn chart_image(image: &str) -> Result<String> {
     let chart: Value = serde_yaml::from_str(&std::fs::read_to_string(
         repo_root().join("charts/sluice/Chart.yaml"),
     )?)?;
     let values: Value = serde_yaml::from_str(&std::fs::read_to_string(
         repo_root().join("charts/sluice/values.yaml"),
     )?)?;
-    let repository = values
-        .pointer(values_key)
-        .and_then(Value::as_str)
-        .with_context(|| format!("{values_key} in values.yaml"))?;
-    let version = chart["appVersion"].as_str().context("appVersion")?;
-    Ok(format!("{repository}:{version}"))
+    let image = values
+        .pointer(image)
+        .with_context(|| format!("{image} in values.yaml"))?;
+    let field = |name: &str| image[name].as_str().unwrap_or_default();
+    let repository = field("repository");
+    ensure!(!repository.is_empty(), "no repository in {image}");
+    let name = match field("registry") {
+        "" => repository.to_owned(),
+        registry => format!("{}/{repository}", registry.trim_end_matches('/')),
+    };
+    Ok(match (field("digest"), field("tag")) {
+        ("", "") => format!(
+            "{name}:{}",
+            chart["appVersion"].as_str().context("appVersion")?
+        ),
+        ("", tag) => format!("{name}:{tag}"),
+        (digest, _) => format!("{name}@{digest}"),
+    })
 }
 
 /// Writes Helm values to a file of the test's own and returns its path.
@@ -129,17 +143,14 @@ async fn helm_installs_the_operator_from_its_image_and_it_carries_a_release_and_
         return Ok(());
     };
     let binaries = tokio::task::spawn_blocking(sluice_testbed::ensure_binaries).await??;
-    let image = chart_image("/image/repository")?;
+    let image = chart_image("/image")?;
     // The chart's default reference names the archive this run built; a second tag of it is the
     // upgrade below (the same bytes: what is tested is the roll of the operator's pods).
     let upgrade_tag = "upgrade";
     let (repository, _) = image.rsplit_once(':').context("image without a tag")?;
     node.load("sluice-controller", &image)?;
     node.load("sluice-controller", &format!("{repository}:{upgrade_tag}"))?;
-    node.load(
-        "kubectl-sluice",
-        &chart_image("/dashboard/image/repository")?,
-    )?;
+    node.load("kubectl-sluice", &chart_image("/dashboard/image")?)?;
 
     let client = client().await?;
     install_crds(&client).await?;
@@ -733,7 +744,7 @@ async fn every_sample_runs_on_a_default_install_and_each_analysis_measures() -> 
         return Ok(());
     };
     let binaries = tokio::task::spawn_blocking(sluice_testbed::ensure_binaries).await??;
-    node.load("sluice-controller", &chart_image("/image/repository")?)?;
+    node.load("sluice-controller", &chart_image("/image")?)?;
     let client = client().await?;
     install_crds(&client).await?;
     let samples = TestNamespace::create(&client, "samples-live").await?;

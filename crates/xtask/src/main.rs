@@ -550,14 +550,20 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         eprintln!("==> using the cluster in SLUICE_E2E_KUBECONFIG");
     } else {
         let mut cluster: Option<Cluster> = None;
-        timed("cluster up", &mut || {
+        let up = timed("cluster up", &mut || {
             eprintln!("==> starting a local control plane with a real node");
             let mut options = sluice_testbed::Options::from_env()?;
             // The chart's tests run the operator from its image: on by default here.
             options.real_node |= std::env::var_os("SLUICE_CLUSTER_REAL_NODE").is_none();
             cluster = Some(sluice_testbed::up_with(&state_dir, &options)?);
             Ok(())
-        })?;
+        });
+        if let Err(err) = &up {
+            // What started is stopped (the node's containers and rules too), its logs kept.
+            keep_logs(root, &state_dir, err);
+            let _ = sluice_testbed::down(&state_dir);
+        }
+        up?;
         if let Some(cluster) = cluster {
             env = cluster.env();
         }

@@ -158,9 +158,8 @@ struct Ports {
     scheduler: u16,
     kwok: u16,
     prometheus: u16,
-    /// The real node's: kubelet healthz and API, kube-proxy healthz and metrics, CoreDNS's
-    /// readiness.
-    node: [u16; 5],
+    /// The real node's: kubelet healthz and API, kube-proxy healthz and metrics.
+    node: [u16; 4],
 }
 
 fn free_port() -> Result<u16> {
@@ -177,13 +176,7 @@ impl Ports {
             scheduler: free_port()?,
             kwok: free_port()?,
             prometheus: free_port()?,
-            node: [
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
-                free_port()?,
-            ],
+            node: [free_port()?, free_port()?, free_port()?, free_port()?],
         })
     }
 }

@@ -457,15 +457,9 @@ pub(crate) fn start(
     tools: &NodeTools,
     kubeconfig: &Path,
     ca: &Path,
-    ports: [u16; 5],
+    ports: [u16; 4],
 ) -> Result<()> {
-    let [
-        kubelet_healthz,
-        kubelet_port,
-        proxy_healthz,
-        proxy_metrics,
-        dns_ready,
-    ] = ports;
+    let [kubelet_healthz, kubelet_port, proxy_healthz, proxy_metrics] = ports;
     let node = state_dir.join("node");
     for dir in ["cni", "cni-ipam", "containerd", "kubelet"] {
         fs::create_dir_all(node.join(dir))?;
@@ -524,28 +518,52 @@ pub(crate) fn start(
         &[format!("--config={}", proxy_yaml.display())],
     )?;
     let corefile = node.join("Corefile");
-    fs::write(&corefile, corefile_text(kubeconfig, dns_ready))?;
+    fs::write(&corefile, corefile_text(kubeconfig))?;
     crate::cluster::spawn_component(
         state_dir,
         "coredns",
         &tools.coredns,
         &["-conf".to_owned(), corefile.display().to_string()],
     )?;
+    // Ready when it answers for the API server's Service: its Kubernetes caches are synced. (A
+    // question, not its `ready` plugin: that needs a port of its own, and a port picked free
+    // beforehand can be taken meanwhile by one of the node's components that bind any port.)
     crate::cluster::wait_for(state_dir, "coredns", Duration::from_secs(60), || {
-        Ok(crate::http::get_port(dns_ready, "/ready").is_ok())
+        resolves("kubernetes.default.svc.cluster.local")
     })?;
     Ok(())
+}
+
+/// Whether the node's DNS server answers `name` with at least one address (an A record).
+fn resolves(name: &str) -> Result<bool> {
+    // A DNS query (RFC 1035 4.1): id, flags (recursion desired), one question; then the name as
+    // length-prefixed labels, type A, class IN.
+    let mut query = vec![0x51, 0x1c, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(u8::try_from(label.len())?);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let socket = std::net::UdpSocket::bind((NODE_IP, 0))?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    socket.send_to(&query, (NODE_IP, 53))?;
+    let mut answer = [0u8; 512];
+    let len = socket.recv(&mut answer)?;
+    // The same id, a response without error (RCODE 0), and an answer.
+    Ok(len >= 12
+        && answer[..2] == query[..2]
+        && answer[3] & 0x0f == 0
+        && u16::from_be_bytes([answer[6], answer[7]]) > 0)
 }
 
 /// CoreDNS's configuration: the cluster's zones only, at the node's address (the kubelet's
 /// `clusterDNS`), from the API server's Services and EndpointSlices. Other names are refused:
 /// nothing is forwarded off the machine.
-fn corefile_text(kubeconfig: &Path, ready_port: u16) -> String {
+fn corefile_text(kubeconfig: &Path) -> String {
     format!(
         r#"cluster.local in-addr.arpa ip6.arpa {{
     bind {NODE_IP}
     errors
-    ready 127.0.0.1:{ready_port}
     kubernetes {{
         kubeconfig {kubeconfig}
         pods insecure

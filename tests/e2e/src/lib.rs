@@ -170,6 +170,41 @@ where
     }
 }
 
+/// Waits until the Rollout `name` is released on `image`: its spec on the image, Healthy, stable
+/// on the current pod template, its status for the current generation. On a timeout the error
+/// carries the Rollout's status.
+pub async fn released_on(
+    api: &Api<sluice_api::rollout::Rollout>,
+    name: &str,
+    image: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let released = eventually(&format!("{image} released"), timeout, || async {
+        let ro = api.get(name).await?;
+        let status = ro.status.clone().unwrap_or_default();
+        let on_image = ro
+            .spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .is_some_and(|s| s.containers[0].image.as_deref() == Some(image));
+        Ok((on_image
+            && status.phase == Some(sluice_api::rollout::RolloutPhase::Healthy)
+            && status.stable_rs == status.current_pod_hash
+            && status.observed_generation == ro.metadata.generation)
+            .then_some(()))
+    })
+    .await;
+    if let Err(error) = released {
+        let status = api.get(name).await?.status;
+        bail!(
+            "{error:#}; the Rollout's status: {}",
+            serde_json::to_string(&status)?
+        );
+    }
+    Ok(())
+}
+
 /// Installs (or updates) Sluice's CRDs by server-side apply and waits until they are served.
 pub async fn install_crds(client: &Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());

@@ -16,7 +16,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
 use serde_json::{Value, json};
 use sluice_api::names::{ACTION_ANNOTATION, REQUESTED_BY_ANNOTATION};
-use sluice_api::rollout::{Rollout, RolloutPhase};
+use sluice_api::rollout::Rollout;
 use sluice_e2e::{
     ControllerProcess, FIELD_MANAGER, TestNamespace, client, client_as, eventually, install_crds,
     kubeconfig_path, repo_root, yaml_documents,
@@ -350,27 +350,7 @@ async fn run_release_as(client: &kube::Client, ns: &str, rbac: &[Value]) -> Resu
             }
         })
     };
-    let healthy_on = |image: &'static str| {
-        let api = api.clone();
-        async move {
-            eventually(&format!("{image} released"), WAIT, || async {
-                let ro = api.get("web").await?;
-                let status = ro.status.clone().unwrap_or_default();
-                let on_image = ro
-                    .spec
-                    .template
-                    .as_ref()
-                    .and_then(|t| t.spec.as_ref())
-                    .is_some_and(|s| s.containers[0].image.as_deref() == Some(image));
-                Ok((on_image
-                    && status.phase == Some(RolloutPhase::Healthy)
-                    && status.stable_rs == status.current_pod_hash
-                    && status.observed_generation == ro.metadata.generation)
-                    .then_some(()))
-            })
-            .await
-        }
-    };
+    let healthy_on = |image: &'static str| sluice_e2e::released_on(&api, "web", image, WAIT);
     for image in ["registry.example/web:1.0.0", "registry.example/web:2.0.0"] {
         api.patch(
             "web",

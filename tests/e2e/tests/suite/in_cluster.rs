@@ -115,6 +115,22 @@ pub(crate) fn chart_image(image: &str) -> Result<String> {
     })
 }
 
+/// `helm install RELEASE charts/sluice` into the namespace of its name, with the values file.
+fn helm_install(helm_bin: &std::path::Path, release: &str, values: &str) -> Result<String> {
+    helm(
+        helm_bin,
+        &[
+            "install",
+            release,
+            "charts/sluice",
+            "--namespace",
+            release,
+            "--values",
+            values,
+        ],
+    )
+}
+
 /// Writes Helm values to a file of the test's own and returns its path.
 pub(crate) fn values_file(name: &str, values: &Value) -> Result<PathBuf> {
     let dir = repo_root().join("target/e2e-logs");
@@ -181,18 +197,7 @@ async fn helm_installs_the_operator_from_its_image_and_it_carries_a_release_and_
     let result = async {
         // helm install → both replicas Ready, one holding the Lease.
         let started = Instant::now();
-        helm(
-            &binaries.helm,
-            &[
-                "install",
-                &release,
-                "charts/sluice",
-                "--namespace",
-                &release,
-                "--values",
-                &values,
-            ],
-        )?;
+        helm_install(&binaries.helm, &release, &values)?;
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release);
         let leases: Api<Lease> = Api::namespaced(client.clone(), &release);
         let name = format!("{release}-sluice");
@@ -389,32 +394,7 @@ async fn apply_rollout(api: &Api<Rollout>, manifest: &Value) -> Result<()> {
 }
 
 async fn healthy_on(api: &Api<Rollout>, image: &str) -> Result<()> {
-    let released = eventually(&format!("{image} released"), WAIT, || async {
-        let ro = api.get("web").await?;
-        let status = ro.status.clone().unwrap_or_default();
-        let on_image = ro
-            .spec
-            .template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .is_some_and(|s| s.containers[0].image.as_deref() == Some(image));
-        Ok((on_image
-            && status.phase == Some(RolloutPhase::Healthy)
-            && status.stable_rs == status.current_pod_hash
-            && status.observed_generation == ro.metadata.generation)
-            .then_some(()))
-    })
-    .await;
-    match released {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let status = api.get("web").await?.status;
-            bail!(
-                "{error:#}; the Rollout's status: {}",
-                serde_json::to_string(&status)?
-            )
-        }
-    }
+    sluice_e2e::released_on(api, "web", image, WAIT).await
 }
 
 async fn paused_at(
@@ -752,18 +732,7 @@ async fn every_sample_runs_on_a_default_install_and_each_analysis_measures() -> 
     let release = operator.name.clone();
     let values = values_file(&release, &default_install(&node, &samples.name))?;
     let values = values.display().to_string();
-    helm(
-        &binaries.helm,
-        &[
-            "install",
-            &release,
-            "charts/sluice",
-            "--namespace",
-            &release,
-            "--values",
-            &values,
-        ],
-    )?;
+    helm_install(&binaries.helm, &release, &values)?;
     let result = async {
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release);
         let leases: Api<Lease> = Api::namespaced(client.clone(), &release);

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use sluice_api::rollout::{Rollout, RolloutPhase};
+use sluice_api::rollout::Rollout;
 use sluice_e2e::proxy::{CuttableProxy, api_server_addr, kubeconfig_through};
 use sluice_e2e::{
     ControllerProcess, FIELD_MANAGER, TestNamespace, client, eventually, install_crds,
@@ -25,22 +25,7 @@ async fn holder(leases: &Api<Lease>) -> Result<Option<String>> {
 }
 
 async fn healthy_on_image(api: &Api<Rollout>, image: &str) -> Result<()> {
-    eventually(&format!("{image} to be released"), WAIT, || async {
-        let ro = api.get("web").await?;
-        let status = ro.status.clone().unwrap_or_default();
-        let on_image = ro
-            .spec
-            .template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .is_some_and(|s| s.containers[0].image.as_deref() == Some(image));
-        Ok((on_image
-            && status.observed_generation == ro.metadata.generation
-            && status.phase == Some(RolloutPhase::Healthy)
-            && status.stable_rs == status.current_pod_hash)
-            .then_some(()))
-    })
-    .await
+    sluice_e2e::released_on(api, "web", image, WAIT).await
 }
 
 #[tokio::test]

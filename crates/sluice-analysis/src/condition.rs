@@ -11,18 +11,21 @@
 //! `default(result, value)`. Integers and doubles compare with each other, so `result[0] < 1`
 //! works. Ranges (`1..n`) are refused: they build lists of any size.
 //!
-//! A condition is checked when it is compiled (a template is applied, a run starts): it must parse
-//! and give true or false for at least one answer of eight values (a number, a list, a list of
-//! lists), so that an unknown function or variable is refused then, not at a release's first
-//! measurement.
+//! A condition is checked when it is compiled (a template is applied, a run starts): its text must
+//! not show a cost beyond bounds ([`static_check`]), it must parse and give true or false for at
+//! least one answer of eight values (a number, a list, a list of lists), so that an unknown function
+//! or variable is refused then, not at a release's first measurement.
+//!
+//! The controller holds conditions as a [`Judge`]: it checks their text here ([`precheck`]) and
+//! leaves every evaluation to the [evaluator](crate::evaluator), a child process with its own
+//! limits, which compiles them into [`Conditions`] there.
 //!
 //! A result that is empty, or holds NaN (a ratio of 0/0: no traffic), is Inconclusive with a message
 //! saying so, unless a condition decides about it itself: one that mentions `isNaN` decides about
 //! NaN, one that mentions `default` or `isNil` about no data (`result` is then null). Neither
 //! condition true is Inconclusive as well: a measurement never passes by default.
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use cel::extractors::Arguments;
 use cel::{Context, Env, ExecutionError, Value};
@@ -42,7 +45,7 @@ pub enum QueryResult {
 }
 
 /// The kind of answers a provider hands its conditions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ResultShape {
     /// Numbers: a scalar, a list, a list of lists (Prometheus). A condition must give true or false
     /// for one of them.
@@ -169,11 +172,11 @@ fn format_number(x: f64) -> String {
 }
 
 /// A condition that did not compile, or that no answer could satisfy the evaluation of.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{field} {source_text:?} is not a valid expression: {reason}")]
 pub struct ConditionError {
     /// `successCondition` or `failureCondition`.
-    pub field: &'static str,
+    pub field: String,
     pub source_text: String,
     pub reason: String,
 }
@@ -224,18 +227,8 @@ impl std::fmt::Debug for Conditions {
     }
 }
 
-type CompiledKey = (ResultShape, Option<String>, Option<String>);
-type Compiled = Result<Arc<Conditions>, ConditionError>;
-
-/// What [`Conditions::shared`] has compiled, by shape and text.
-static COMPILED: LazyLock<Mutex<HashMap<CompiledKey, Compiled>>> = LazyLock::new(Default::default);
-const MAX_COMPILED: usize = 1024;
-
-/// The longest conditions may take to judge one answer.
-pub const JUDGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The verdict of one measurement, with why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub phase: AnalysisPhase,
     pub message: String,
@@ -371,33 +364,6 @@ impl Conditions {
         Self::compile_for(ResultShape::Numbers, success, failure)
     }
 
-    /// [`compile_for`](Self::compile_for), once per text: a template is checked on every reconcile
-    /// of the Rollouts that name it and a run's metrics on every measurement, and reading and probing
-    /// a condition takes a few hundred microseconds. A bounded number are kept, forgotten all at once
-    /// past the bound.
-    pub fn shared(
-        shape: ResultShape,
-        success: Option<&str>,
-        failure: Option<&str>,
-    ) -> Result<Arc<Self>, ConditionError> {
-        let key = (
-            shape,
-            success.map(str::to_owned),
-            failure.map(str::to_owned),
-        );
-        if let Some(found) = COMPILED.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return found;
-        }
-        let compiled = Self::compile_for(shape, success, failure).map(Arc::new);
-        if let Ok(mut kept) = COMPILED.lock() {
-            if kept.len() >= MAX_COMPILED {
-                kept.clear();
-            }
-            kept.insert(key, compiled.clone());
-        }
-        compiled
-    }
-
     /// [`compile`](Self::compile) for conditions over answers of `shape`.
     pub fn compile_for(
         shape: ResultShape,
@@ -406,10 +372,10 @@ impl Conditions {
     ) -> Result<Self, ConditionError> {
         let env = Arc::new(Env::stdlib());
         let success = success
-            .map(|text| read(&env, shape, "successCondition", text))
+            .map(|text| read(&env, shape, "successCondition", text, Probe::Yes))
             .transpose()?;
         let failure = failure
-            .map(|text| read(&env, shape, "failureCondition", text))
+            .map(|text| read(&env, shape, "failureCondition", text, Probe::Yes))
             .transpose()?;
         let mentions = |words: &[&str]| {
             [&success, &failure]
@@ -432,28 +398,6 @@ impl Conditions {
             self.success.as_ref().map(Condition::dialect),
             self.failure.as_ref().map(Condition::dialect),
         )
-    }
-
-    /// [`judge`](Self::judge) on a blocking thread, so that an expensive condition never holds the
-    /// task reconciles share; one that takes longer than [`JUDGE_LIMIT`] is an Error.
-    pub async fn judge_bounded(self: &Arc<Self>, result: QueryResult) -> Verdict {
-        let conditions = self.clone();
-        let judging = tokio::task::spawn_blocking(move || conditions.judge(&result));
-        match tokio::time::timeout(JUDGE_LIMIT, judging).await {
-            Ok(Ok(verdict)) => verdict,
-            Ok(Err(failed)) => Verdict {
-                phase: AnalysisPhase::Error,
-                message: format!("the conditions could not be evaluated: {failed}"),
-            },
-            Err(_) => Verdict {
-                phase: AnalysisPhase::Error,
-                message: format!(
-                    "the conditions took more than {}s to judge the answer (simplify them, or \
-                     aggregate the query)",
-                    JUDGE_LIMIT.as_secs()
-                ),
-            },
-        }
     }
 
     /// Judges a query's result: Failed if the failure condition holds, else Successful if the success
@@ -531,6 +475,232 @@ impl Conditions {
     }
 }
 
+/// A metric's conditions as the controller holds them: their text, checked without evaluating it
+/// ([`precheck`]). They are evaluated only by the
+/// [evaluator](crate::evaluator), in a child process with its own limits.
+#[derive(Clone, Debug)]
+pub struct Judge {
+    shape: ResultShape,
+    success: Option<String>,
+    failure: Option<String>,
+}
+
+impl Judge {
+    /// The conditions, if they pass [`precheck`] and no earlier [`check`](Self::check) found them
+    /// invalid.
+    pub fn new(
+        shape: ResultShape,
+        success: Option<&str>,
+        failure: Option<&str>,
+    ) -> Result<Self, ConditionError> {
+        precheck(shape, success, failure)?;
+        if let Some(Err(invalid)) = crate::evaluator::known(shape, success, failure) {
+            return Err(invalid);
+        }
+        Ok(Self {
+            shape,
+            success: success.map(str::to_owned),
+            failure: failure.map(str::to_owned),
+        })
+    }
+
+    /// Whether the conditions compile and give true or false for some answer, found by the
+    /// evaluator once per text (`Err`: the evaluator could not run, nothing is known).
+    pub async fn check(&self) -> Result<Result<(), ConditionError>, String> {
+        crate::evaluator::checked(self.shape, self.success.as_deref(), self.failure.as_deref())
+            .await
+    }
+
+    /// The verdict on `result`, from the evaluator: what it could not judge is an Error saying why.
+    pub async fn judge(&self, result: QueryResult) -> Verdict {
+        crate::evaluator::judge(
+            self.shape,
+            self.success.as_deref(),
+            self.failure.as_deref(),
+            result,
+        )
+        .await
+    }
+}
+
+/// The longest condition accepted: conditions are comparisons, not programs.
+pub const MAX_CONDITION_BYTES: usize = 1024;
+/// Brackets nested deeper than this are refused (the parsers recurse on them).
+pub const MAX_NESTING: usize = 24;
+/// Loops (`all`, `map`, `.exists(...)`, ...) inside loops inside loops are refused: each level
+/// multiplies the work by the answer's length.
+pub const MAX_LOOP_NESTING: usize = 2;
+/// More than one `let` is refused: each may double what the one before built.
+pub const MAX_LETS: usize = 1;
+
+/// Functions and macros that visit every element of a list.
+const LOOPS: &[&str] = &[
+    "all",
+    "any",
+    "none",
+    "one",
+    "filter",
+    "map",
+    "count",
+    "sum",
+    "find",
+    "findIndex",
+    "findLast",
+    "findLastIndex",
+    "groupBy",
+    "sortBy",
+    "exists",
+    "exists_one",
+    "mean",
+    "median",
+    "min",
+    "max",
+    "sort",
+    "uniq",
+    "flatten",
+    "join",
+    "concat",
+    "toJSON",
+    "toPairs",
+    "fromPairs",
+];
+
+/// Functions refused whatever their arguments: they build a value of any size from a small one
+/// (`repeat("a", 1000000)`, an accumulator that doubles at each element).
+const UNBOUNDED: &[&str] = &["repeat", "reduce"];
+
+/// What a condition's text shows of its cost, checked before it is parsed: its length, how deep its
+/// brackets and loops nest, how many `let`s it has and whether it calls a function that builds
+/// values of any size. A condition that passes may still be too costly on a large answer; the
+/// evaluator's limits (see [`crate::evaluator`]) stop that one.
+pub fn static_check(field: &str, text: &str) -> Result<(), ConditionError> {
+    let refuse = |reason: String| ConditionError {
+        field: field.to_owned(),
+        source_text: if text.len() > 80 {
+            format!("{}...", text.chars().take(80).collect::<String>())
+        } else {
+            text.to_owned()
+        },
+        reason,
+    };
+    if text.len() > MAX_CONDITION_BYTES {
+        return Err(refuse(format!(
+            "it is {} bytes long; a condition may have at most {MAX_CONDITION_BYTES} (compare the \
+             query's answer, and aggregate in the query)",
+            text.len()
+        )));
+    }
+    let mut quote: Option<char> = None;
+    let mut word = String::new();
+    let mut last_word = String::new();
+    // Open brackets, each with whether it holds a loop's arguments.
+    let mut open: Vec<bool> = Vec::new();
+    let mut lets = 0;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            if c == '\\' {
+                chars.next();
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            if word == "let" {
+                lets += 1;
+            }
+            last_word = std::mem::take(&mut word);
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '[' | '{' => {
+                let called = if c == '(' { last_word.as_str() } else { "" };
+                if UNBOUNDED.contains(&called) {
+                    return Err(refuse(format!(
+                        "{called}() is not allowed: it builds values of any size"
+                    )));
+                }
+                open.push(LOOPS.contains(&called));
+                if open.len() > MAX_NESTING {
+                    return Err(refuse(format!(
+                        "its brackets nest more than {MAX_NESTING} deep"
+                    )));
+                }
+                if open.iter().filter(|l| **l).count() > MAX_LOOP_NESTING {
+                    return Err(refuse(format!(
+                        "it nests loops over lists more than {MAX_LOOP_NESTING} deep: each level \
+                         multiplies the work by the answer's length"
+                    )));
+                }
+            }
+            ')' | ']' | '}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        if !c.is_whitespace() {
+            last_word.clear();
+        }
+    }
+    if lets > MAX_LETS {
+        return Err(refuse(format!(
+            "it has {lets} let bindings; a condition may have at most {MAX_LETS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether reading a condition evaluates it on the [`probes`] (only the evaluator does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    Yes,
+    No,
+}
+
+type TextKey = (ResultShape, Option<String>, Option<String>);
+
+/// What [`precheck`] found, by shape and text: a Rollout's templates are checked on each of its
+/// reconciles, and reading a condition takes a few hundred microseconds.
+static PRECHECKED: LazyLock<
+    std::sync::Mutex<std::collections::HashMap<TextKey, Result<(), ConditionError>>>,
+> = LazyLock::new(Default::default);
+const MAX_PRECHECKED: usize = 4096;
+
+/// What can be found of conditions without evaluating them, here: the cost their text shows
+/// ([`static_check`]), that each parses in one of the dialects and calls only functions it has.
+/// Whether they give true or false is for the evaluator to find.
+pub fn precheck(
+    shape: ResultShape,
+    success: Option<&str>,
+    failure: Option<&str>,
+) -> Result<(), ConditionError> {
+    let key = (
+        shape,
+        success.map(str::to_owned),
+        failure.map(str::to_owned),
+    );
+    if let Some(found) = PRECHECKED.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return found;
+    }
+    let env = Arc::new(Env::stdlib());
+    let found = [("successCondition", success), ("failureCondition", failure)]
+        .into_iter()
+        .filter_map(|(field, text)| text.map(|text| (field, text)))
+        .try_for_each(|(field, text)| read(&env, shape, field, text, Probe::No).map(drop));
+    if let Ok(mut kept) = PRECHECKED.lock() {
+        if kept.len() >= MAX_PRECHECKED {
+            kept.clear();
+        }
+        kept.insert(key, found.clone());
+    }
+    found
+}
+
 /// `text` read as CEL, else as Argo Rollouts' expression language: the first in which it parses
 /// and gives true or false for one of the [`probes`]. Otherwise what went wrong in each.
 fn read(
@@ -538,11 +708,13 @@ fn read(
     shape: ResultShape,
     field: &'static str,
     text: &str,
+    probe: Probe,
 ) -> Result<Condition, ConditionError> {
+    static_check(field, text)?;
     let as_cel = env
         .compile(text)
         .map_err(|err| first_line(&err.to_string()).to_owned())
-        .and_then(|program| usable(env, shape, text, Program::Cel(program)));
+        .and_then(|program| usable(env, shape, text, Program::Cel(program), probe));
     let cel_problem = match as_cel {
         Ok(condition) => return Ok(condition),
         Err(problem) => problem,
@@ -552,10 +724,10 @@ fn read(
     } else {
         expr::compile(text)
             .map_err(|err| err.to_string())
-            .and_then(|program| usable(env, shape, text, Program::Expr(program)))
+            .and_then(|program| usable(env, shape, text, Program::Expr(program), probe))
     };
     as_expr.map_err(|expr_problem| ConditionError {
-        field,
+        field: field.to_owned(),
         source_text: text.to_owned(),
         reason: format!(
             "read as CEL: {cel_problem}; read as Argo Rollouts' expression language: {expr_problem}"
@@ -570,6 +742,7 @@ fn usable(
     shape: ResultShape,
     text: &str,
     program: Program,
+    probe: Probe,
 ) -> Result<Condition, String> {
     let condition = Condition {
         text: text.to_owned(),
@@ -582,7 +755,7 @@ fn usable(
     {
         return Err(format!("there is no function {unknown}()"));
     }
-    if shape == ResultShape::Json {
+    if shape == ResultShape::Json || probe == Probe::No {
         return Ok(condition);
     }
     let mut first_problem = None;
@@ -926,21 +1099,81 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_same_text_is_compiled_once() {
-        let first = Conditions::shared(ResultShape::Numbers, Some("result[0] < 0.25"), None)
-            .expect("compiles");
-        let again = Conditions::shared(ResultShape::Numbers, Some("result[0] < 0.25"), None)
-            .expect("compiles");
-        assert!(Arc::ptr_eq(&first, &again));
-        let json = Conditions::shared(ResultShape::Json, Some("result[0] < 0.25"), None)
-            .expect("compiles");
+    #[tokio::test]
+    async fn a_judge_checks_each_text_once_and_remembers_what_is_invalid() {
+        let unknown = Judge::new(ResultShape::Numbers, Some("p97(result) < 1"), None);
         assert!(
-            !Arc::ptr_eq(&first, &json),
-            "another shape is its own entry"
+            unknown.is_err_and(|e| e.to_string().contains("no function p97()")),
+            "found without evaluating"
         );
-        let refused = Conditions::shared(ResultShape::Numbers, Some("p95(result) < 1"), None);
-        assert!(refused.is_err_and(|e| e.to_string().contains("p95")));
+        let judge = Judge::new(ResultShape::Numbers, Some("result[0] + 0.5"), None)
+            .expect("it parses and calls no unknown function");
+        let invalid = judge.check().await.expect("evaluated");
+        assert!(invalid.is_err_and(|e| e.to_string().contains("not true or false")));
+        let again = Judge::new(ResultShape::Numbers, Some("result[0] + 0.5"), None);
+        assert!(
+            again.is_err_and(|e| e.to_string().contains("not true or false")),
+            "a judge of a text found invalid is refused without evaluating it again"
+        );
+        let fine = Judge::new(ResultShape::Numbers, Some("result[0] < 0.25"), None).expect("ok");
+        assert_eq!(fine.check().await, Ok(Ok(())));
+        assert_eq!(
+            fine.judge(QueryResult::Vector(vec![0.1])).await.phase,
+            Successful
+        );
+    }
+
+    /// What the text of a condition shows of its cost is refused before it is parsed or evaluated:
+    /// each of these would take the memory or a thread of whatever evaluated it.
+    #[test]
+    fn conditions_whose_text_shows_their_cost_are_refused() {
+        let nested = (0..12).fold("# > 0".to_owned(), |inner, _| {
+            format!("all(result, {{{inner}}})")
+        });
+        let long = format!("result[0] < 1{}", " && result[0] < 1".repeat(80));
+        for (condition, says) in [
+            (
+                "len(repeat(repeat(\"a\",1000),1000000)) > 0",
+                "repeat() is not allowed",
+            ),
+            (nested.as_str(), "nests loops over lists more than 2 deep"),
+            (
+                "result.map(x, result.map(y, result.map(z, z))).size() > 0",
+                "nests loops",
+            ),
+            ("len(reduce(result, #acc + #acc, \"ab\")) > 0", "reduce()"),
+            (
+                "let a = result + result; let b = a + a; len(b) > 0",
+                "2 let bindings",
+            ),
+            (
+                &format!("{}true{}", "(".repeat(40), ")".repeat(40)),
+                "nest more than 24",
+            ),
+            (long.as_str(), "at most 1024"),
+        ] {
+            let err = Conditions::compile(Some(condition), None)
+                .err()
+                .unwrap_or_else(|| panic!("{condition} compiled"));
+            assert!(err.to_string().contains(says), "{condition}: {err}");
+            let refused = Judge::new(ResultShape::Numbers, None, Some(condition));
+            assert!(
+                refused.is_err_and(|e| e.to_string().contains("failureCondition")),
+                "{condition}"
+            );
+        }
+        // Loops nested twice, one let, and brackets or names inside strings are fine.
+        for fine in [
+            "result.all(x, result.exists(y, y >= x))",
+            "all(result, {any(result, {# > 0})})",
+            "let r = result[0]; r > 0.1 and r < 0.9",
+            "'repeat(((((' != '' && result[0] < 1",
+        ] {
+            assert!(
+                Conditions::compile(Some(fine), None).is_ok(),
+                "{fine} refused"
+            );
+        }
     }
 
     #[test]

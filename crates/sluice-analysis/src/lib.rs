@@ -1,13 +1,15 @@
 //! Sluice's metric providers, one module each behind the [`Provider`] trait: [`prometheus`], a query
 //! judged by conditions (CEL, or Argo Rollouts' expression language), and [`baseline`], the statistical judge of canary against stable.
 //! [`MetricSource::of`] maps a metric's `provider` to its implementation; [`slo`] writes an
-//! ErrorBudgetGate's error-ratio queries. The controller resolves Secrets and arguments; this crate
+//! ErrorBudgetGate's error-ratio queries; [`evaluator`] runs conditions in a child process with its
+//! own limits. The controller resolves Secrets and arguments; this crate
 //! sends the queries and turns answers into measurements, never failing silently: no data or NaN is
 //! Inconclusive, an unreachable server or a refused query is an Error with the server's words.
 
 pub mod address;
 pub mod baseline;
 pub mod condition;
+pub mod evaluator;
 pub mod hook;
 pub mod job;
 pub mod prometheus;
@@ -17,7 +19,9 @@ pub mod slo;
 pub mod web;
 
 pub use address::{AddressPolicy, Rule as AddressRule};
-pub use condition::{ConditionError, Conditions, Dialect, QueryResult, ResultShape, Verdict};
+pub use condition::{
+    ConditionError, Conditions, Dialect, Judge, QueryResult, ResultShape, Verdict,
+};
 pub use prometheus::{Connection, Credentials, QueryError};
 pub use promql::{SubstituteError, substitute};
 pub use provider::{MetricSource, NoProvider, Provider, RunContext, error_measurement};
@@ -32,6 +36,27 @@ pub fn check_template(spec: &sluice_api::analysis::AnalysisTemplateSpec) -> Resu
             .map_err(|problem| format!("metric {:?}: {problem}", metric.name))?;
     }
     Ok(())
+}
+
+/// [`check_template`], then what only evaluating the conditions shows: each metric's conditions
+/// compile and give true or false for some answer within the evaluator's limits (see [`evaluator`]),
+/// found once per text. `Err`: the evaluator could not run, so nothing is known yet.
+pub async fn check_template_conditions(
+    spec: &sluice_api::analysis::AnalysisTemplateSpec,
+) -> Result<Result<(), String>, String> {
+    if let Err(problem) = check_template(spec) {
+        return Ok(Err(problem));
+    }
+    for metric in &spec.metrics {
+        let source = match MetricSource::of(metric) {
+            Ok(source) => source,
+            Err(missing) => return Ok(Err(missing.to_string())),
+        };
+        if let Err(problem) = source.check_conditions().await? {
+            return Ok(Err(format!("metric {:?}: {problem}", metric.name)));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// Values read from Secrets, kept out of everything a run records or says: each is replaced by

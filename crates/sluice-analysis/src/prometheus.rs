@@ -18,7 +18,7 @@ use sluice_api::analysis::{AnalysisPhase, Measurement, Metric, PrometheusMetric}
 use sluice_api::common::PrometheusConnection;
 
 use crate::address::{AddressPolicy, PolicyResolver};
-use crate::condition::{ConditionError, Conditions, QueryResult, ResultShape};
+use crate::condition::{ConditionError, Judge, QueryResult, ResultShape};
 use crate::provider::{Provider, RunContext, error_measurement};
 use crate::substitute;
 
@@ -26,8 +26,7 @@ use crate::substitute;
 #[derive(Debug)]
 pub struct PrometheusProvider<'a> {
     spec: &'a PrometheusMetric,
-    /// Shared: judged on a blocking thread (compiled CEL programs are large, too).
-    conditions: Result<Arc<Conditions>, ConditionError>,
+    conditions: Result<Judge, ConditionError>,
 }
 
 impl<'a> PrometheusProvider<'a> {
@@ -36,7 +35,7 @@ impl<'a> PrometheusProvider<'a> {
     pub fn new(spec: &'a PrometheusMetric, metric: &Metric) -> Self {
         Self {
             spec,
-            conditions: Conditions::shared(
+            conditions: Judge::new(
                 ResultShape::Numbers,
                 metric.success_condition.as_deref(),
                 metric.failure_condition.as_deref(),
@@ -68,6 +67,13 @@ impl Provider for PrometheusProvider<'_> {
             .map_err(|missing| missing.to_string())
     }
 
+    async fn check_conditions(&self) -> Result<Result<(), String>, String> {
+        match &self.conditions {
+            Ok(conditions) => Ok(conditions.check().await?.map_err(|e| e.to_string())),
+            Err(invalid) => Ok(Err(invalid.to_string())),
+        }
+    }
+
     async fn measure(
         &self,
         connection: &Connection,
@@ -90,7 +96,7 @@ impl Provider for PrometheusProvider<'_> {
 async fn measure(
     connection: &Connection,
     promql: &str,
-    conditions: &Arc<Conditions>,
+    conditions: &Judge,
     now: impl Fn() -> Timestamp,
 ) -> Measurement {
     let started = now();
@@ -99,7 +105,7 @@ async fn measure(
     let (phase, value, message) = match query(connection, promql).await {
         Ok(result) => {
             let shown = result.display();
-            let verdict = conditions.judge_bounded(result).await;
+            let verdict = conditions.judge(result).await;
             (verdict.phase, Some(cap(&shown)), verdict.message)
         }
         Err(err) => (AnalysisPhase::Error, None, err.to_string()),

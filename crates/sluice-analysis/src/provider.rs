@@ -53,6 +53,13 @@ pub trait Provider {
         self.validate()
     }
 
+    /// What makes every measurement fail that only evaluating the conditions shows (one that gives
+    /// neither true nor false, one too costly to evaluate), found by the evaluator once per text.
+    /// `Err`: the evaluator could not run, so nothing is known. Nothing, by default.
+    fn check_conditions(&self) -> impl Future<Output = Result<Result<(), String>, String>> + Send {
+        async { Ok(Ok(())) }
+    }
+
     /// Takes one measurement, never failing silently: what went wrong is an Error measurement saying
     /// why. `args` holds `args.NAME` values; `now` is the clock the measurement is timed with.
     fn measure(
@@ -142,6 +149,15 @@ impl Provider for MetricSource<'_> {
             Self::Baseline(p) => p.check(args),
             Self::Web(p) => p.check(args),
             Self::Job(p) => p.check(args),
+        }
+    }
+
+    async fn check_conditions(&self) -> Result<Result<(), String>, String> {
+        match self {
+            Self::Prometheus(p) => p.check_conditions().await,
+            Self::Baseline(p) => p.check_conditions().await,
+            Self::Web(p) => p.check_conditions().await,
+            Self::Job(p) => p.check_conditions().await,
         }
     }
 

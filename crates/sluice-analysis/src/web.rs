@@ -16,7 +16,7 @@ use sluice_api::analysis::{AnalysisPhase, Measurement, Metric, WebMethod, WebMet
 use sluice_api::common::PrometheusConnection;
 
 use crate::address::PolicyResolver;
-use crate::condition::{ConditionError, Conditions, QueryResult, ResultShape};
+use crate::condition::{ConditionError, Judge, QueryResult, ResultShape};
 use crate::prometheus::{
     BodyError, Connection, MAX_ANSWER_BYTES, cap, error_chain, install_crypto_provider, read_capped,
 };
@@ -30,7 +30,7 @@ pub const DEFAULT_TIMEOUT_SECONDS: i64 = 10;
 pub struct WebProvider<'a> {
     spec: &'a WebMetric,
     path: Result<JsonPath, String>,
-    conditions: Result<Arc<Conditions>, ConditionError>,
+    conditions: Result<Judge, ConditionError>,
 }
 
 impl<'a> WebProvider<'a> {
@@ -38,7 +38,7 @@ impl<'a> WebProvider<'a> {
         Self {
             spec,
             path: json_path(spec.json_path.as_deref()),
-            conditions: Conditions::shared(
+            conditions: Judge::new(
                 ResultShape::Json,
                 metric.success_condition.as_deref(),
                 metric.failure_condition.as_deref(),
@@ -156,6 +156,13 @@ impl Provider for WebProvider<'_> {
         Ok(())
     }
 
+    async fn check_conditions(&self) -> Result<Result<(), String>, String> {
+        match &self.conditions {
+            Ok(conditions) => Ok(conditions.check().await?.map_err(|e| e.to_string())),
+            Err(invalid) => Ok(Err(invalid.to_string())),
+        }
+    }
+
     async fn measure(
         &self,
         connection: &Connection,
@@ -178,7 +185,7 @@ impl Provider for WebProvider<'_> {
             Ok(answer) => match pick(path, &answer) {
                 Ok(result) => {
                     let shown = result.display();
-                    let verdict = conditions.judge_bounded(result).await;
+                    let verdict = conditions.judge(result).await;
                     (verdict.phase, Some(cap(&shown)), verdict.message)
                 }
                 Err(problem) => (AnalysisPhase::Error, None, problem),

@@ -283,6 +283,10 @@ impl<'a> Prepared<'a> {
             if let Err(problem) = source.check(&values) {
                 return Ok(Err(format!("metric {:?}: {problem}", metric.name)));
             }
+            // An evaluator that cannot run now is not the run's fault: its measurements say so.
+            if let Ok(Err(problem)) = source.check_conditions().await {
+                return Ok(Err(format!("metric {:?}: {problem}", metric.name)));
+            }
             if let MetricSource::Job(job) = &source
                 && let Ok(manifest) = job.manifest(("run", "uid"), &metric.name, 1, &values)
             {

@@ -28,6 +28,9 @@ pub enum Error {
     /// The reconcile panicked (a bug in Sluice); the process carries on and the reconcile is retried.
     #[error("reconcile panicked (a bug in Sluice): {0}")]
     Panic(String),
+    /// The child process conditions are evaluated in could not run; retried with backoff.
+    #[error("{0}; retrying")]
+    Evaluator(String),
 }
 
 impl Error {
@@ -41,6 +44,7 @@ impl Error {
             Self::Timeout(_) => "timeout",
             Self::Unobserved(_) => "unobserved",
             Self::Panic(_) => "panic",
+            Self::Evaluator(_) => "evaluator",
         }
     }
 
@@ -62,6 +66,7 @@ impl Error {
             Self::Serialization(_) => "EncodingFailed",
             Self::NoNamespace(_) => "NoNamespace",
             Self::Timeout(_) => "ReconcileTimeout",
+            Self::Evaluator(_) => "EvaluatorUnavailable",
             Self::Unobserved(_) | Self::Panic(_) => "InternalError",
         }
     }

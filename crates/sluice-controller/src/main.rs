@@ -206,8 +206,17 @@ fn spawn_recorder(recorder: Recorder) -> Publisher {
     Publisher(sender)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // First: started as an evaluator of conditions, this binary evaluates one and exits, before any
+    // runtime or thread exists.
+    sluice_analysis::evaluator::serve_if_asked();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));

@@ -86,6 +86,23 @@ impl Template {
             Self::Cluster(t) => &t.spec.template,
         }
     }
+
+    /// What the template's `Valid` condition says is wrong with its current spec, if it is False:
+    /// what only evaluating its conditions shows, which the template check finds in a child process
+    /// (see `template_status`).
+    pub fn found_invalid(&self) -> Option<&str> {
+        let (meta, status) = match self {
+            Self::Namespaced(t) => (&t.metadata, t.status.as_ref()),
+            Self::Cluster(t) => (&t.metadata, t.status.as_ref()),
+        };
+        let status = status?;
+        if status.observed_generation != meta.generation {
+            return None;
+        }
+        sluice_engine::conditions::get(&status.conditions, crate::template_status::CONDITION_VALID)
+            .filter(|valid| valid.status == "False")
+            .map(|valid| valid.message.as_str())
+    }
 }
 
 /// The templates each field of a Rollout's strategy names, by that field
@@ -120,9 +137,16 @@ pub fn templates(
         };
         match template {
             Some(template) => {
-                // The same check the template's `Valid` condition shows, so that a release never
-                // starts on metrics that cannot be measured, whether that status is written yet or not.
-                if let Err(problem) = sluice_analysis::check_template(template.spec()) {
+                // The template's `Valid` condition, and the part of its check that needs no
+                // evaluation, so that a release never starts on metrics that cannot be measured,
+                // whether that status is written yet or not.
+                if let Err(problem) =
+                    sluice_analysis::check_template(template.spec()).and_then(|()| {
+                        template
+                            .found_invalid()
+                            .map_or(Ok(()), |p| Err(p.to_owned()))
+                    })
+                {
                     return Err(format!(
                         "{} {name:?} named in {field} is invalid: {problem}",
                         kind()

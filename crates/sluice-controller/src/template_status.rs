@@ -63,15 +63,16 @@ pub async fn reconcile_cluster(
     .await
 }
 
-/// The status `spec` deserves, from `before`: only the `Valid` condition and the generation move.
+/// The status a template whose check found `checked` deserves, from `before`: only the `Valid`
+/// condition and the generation move.
 pub fn status_for(
-    spec: &AnalysisTemplateSpec,
+    checked: Result<(), String>,
     before: Option<&AnalysisTemplateStatus>,
     generation: Option<i64>,
     now: Timestamp,
 ) -> AnalysisTemplateStatus {
     let mut status = before.cloned().unwrap_or_default();
-    let (valid, reason, message) = match sluice_analysis::check_template(spec) {
+    let (valid, reason, message) = match checked {
         Ok(()) => (
             ConditionStatus::True,
             "Valid",
@@ -105,7 +106,16 @@ where
     if template.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let status = status_for(spec, before, template.meta().generation, Timestamp::now());
+    // Conditions are evaluated in a child process (see sluice_analysis::evaluator), once per text.
+    let checked = sluice_analysis::check_template_conditions(spec)
+        .await
+        .map_err(Error::Evaluator)?;
+    let status = status_for(
+        checked,
+        before,
+        template.meta().generation,
+        Timestamp::now(),
+    );
     // Our own status write wakes this reconcile too: it then finds nothing to change.
     if before == Some(&status) {
         return Ok(Action::await_change());
@@ -153,24 +163,35 @@ mod tests {
         .expect("spec")
     }
 
-    #[test]
-    fn a_valid_template_is_valid_and_an_unchanged_one_keeps_its_status() {
+    async fn checked(spec: &AnalysisTemplateSpec) -> Result<(), String> {
+        // These tests are about the status, not the child process: evaluate here.
+        let _ = sluice_analysis::evaluator::set_evaluator(
+            sluice_analysis::evaluator::Evaluator::InProcess,
+        );
+        sluice_analysis::check_template_conditions(spec)
+            .await
+            .expect("evaluated")
+    }
+
+    #[tokio::test]
+    async fn a_valid_template_is_valid_and_an_unchanged_one_keeps_its_status() {
         let at = Timestamp::from_second(1_700_000_000).expect("time");
-        let first = status_for(&spec("all(result, {# < 1})"), None, Some(1), at);
+        let template = spec("all(result, {# < 1})");
+        let first = status_for(checked(&template).await, None, Some(1), at);
         let valid = &first.conditions[0];
         assert_eq!(
             (valid.type_.as_str(), valid.status.as_str()),
             ("Valid", "True")
         );
         let later = Timestamp::from_second(1_700_000_100).expect("time");
-        let again = status_for(&spec("all(result, {# < 1})"), Some(&first), Some(1), later);
+        let again = status_for(checked(&template).await, Some(&first), Some(1), later);
         assert_eq!(again, first, "a settled template's status does not move");
     }
 
-    #[test]
-    fn an_invalid_condition_names_the_metric_field_and_function() {
+    #[tokio::test]
+    async fn an_invalid_condition_names_the_metric_field_and_function() {
         let at = Timestamp::from_second(1_700_000_000).expect("time");
-        let status = status_for(&spec("p99(result) < 1"), None, Some(2), at);
+        let status = status_for(checked(&spec("p99(result) < 1")).await, None, Some(2), at);
         let valid = &status.conditions[0];
         assert_eq!(
             (valid.status.as_str(), valid.reason.as_str()),

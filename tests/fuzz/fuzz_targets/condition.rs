@@ -4,6 +4,12 @@
 //!
 //! Input: the condition, a NUL byte, then the answer: its first byte picks the shape, the rest are
 //! little-endian f64s (a matrix takes a byte of row length before each row) or JSON text.
+//!
+//! Conditions are evaluated here, in process, as the controller's evaluator child does. What their
+//! text shows of their cost (nesting, growth, length) is refused when they compile, so the seeds
+//! with loops nested twelve deep, `repeat`, `reduce` and chains of `let` must compile to an error,
+//! not run; what is left is bounded by the size of the answer, kept small here (the evaluator's
+//! process limits bound it for real answers, tested apart).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,8 +29,30 @@ fuzz_target!(|data: &[u8]| {
     let Ok(conditions) = Conditions::compile_for(shape, Some(&condition), Some(&condition)) else {
         return;
     };
-    let _ = conditions.judge(&answer);
+    if nodes(&answer) <= MAX_NODES {
+        let _ = conditions.judge(&answer);
+    }
 });
+
+/// The largest answer judged here: loops nested twice over it, with a body as long as a condition
+/// may be, stay within the fuzzer's memory and time limits.
+const MAX_NODES: usize = 16;
+
+fn nodes(answer: &QueryResult) -> usize {
+    fn json(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => 1 + items.iter().map(json).sum::<usize>(),
+            serde_json::Value::Object(fields) => 1 + fields.values().map(json).sum::<usize>(),
+            _ => 1,
+        }
+    }
+    match answer {
+        QueryResult::Scalar(_) => 1,
+        QueryResult::Vector(v) => v.len(),
+        QueryResult::Matrix(m) => m.len() + m.iter().map(Vec::len).sum::<usize>(),
+        QueryResult::Json(value) => json(value),
+    }
+}
 
 fn numbers(bytes: &[u8]) -> Vec<f64> {
     bytes

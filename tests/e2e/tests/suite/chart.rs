@@ -25,7 +25,12 @@ use sluice_e2e::{
 const WAIT: Duration = Duration::from_secs(60);
 
 pub(crate) fn helm(helm: &std::path::Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(helm)
+    let mut command = Command::new(helm);
+    // The suite's cluster, not whatever the environment names (`helm install` and `upgrade` reach it).
+    if let Some(kubeconfig) = std::env::var_os("SLUICE_E2E_KUBECONFIG") {
+        command.env("KUBECONFIG", kubeconfig);
+    }
+    let out = command
         .args(args)
         .current_dir(repo_root())
         .output()

@@ -239,3 +239,172 @@ async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_ke
     );
     Ok(())
 }
+
+/// Conditions as a hostile tenant writes them. Those whose text shows their cost (a gigabyte built
+/// by `repeat`, loops nested twelve deep, an accumulator that doubles) are refused when their
+/// template is applied; one that never gives true or false is found by the evaluator (a child
+/// process); two that pass both but are too costly on a thousand series (gigabytes of copies, a
+/// million copies of the answer) end their runs in Error, stopped by the evaluator's limits. The
+/// controller stays up, its memory does not move with them, and an unrelated release's abort keeps
+/// its pace (printed before and during).
+#[tokio::test]
+async fn hostile_conditions_are_refused_or_stopped_and_other_releases_keep_pace() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "hostile-conditions").await?;
+    let mut controller = ControllerProcess::start(&ns.name)?;
+
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let steps =
+        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
+    apply(
+        &rollouts,
+        &rollout("web", 2, "registry.example/web:1.0.0", steps.clone()),
+    )
+    .await?;
+    wait_status(&rollouts, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let before = abort_latency(&rollouts, "registry.example/web:2.0.0", &steps).await?;
+    let rss_before = rss_mib(controller.pid())?;
+
+    let peak = Arc::new(std::sync::Mutex::new(rss_before));
+    let sampling = {
+        let peak = peak.clone();
+        let pid = controller.pid();
+        tokio::spawn(async move {
+            loop {
+                if let (Ok(rss), Ok(mut peak)) = (rss_mib(pid), peak.lock()) {
+                    *peak = peak.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let address = stand_in(Answer::Series(1000)).await?;
+    let nested = (0..12).fold("# > 0".to_owned(), |inner, _| {
+        format!("all(result, {{{inner}}})")
+    });
+    let refused = [
+        (
+            "growth",
+            "len(repeat(repeat(\"a\",1000),1000000)) > 0".to_owned(),
+            "repeat() is not allowed",
+        ),
+        ("nested", nested, "nests loops over lists more than 2 deep"),
+        (
+            "accumulator",
+            "len(reduce(result, #acc + #acc, \"ab\")) > 0".to_owned(),
+            "reduce() is not allowed",
+        ),
+        ("never", "result[0] + 0.5".to_owned(), "not true or false"),
+    ];
+    let templates = Api::<sluice_api::AnalysisTemplate>::namespaced(client.clone(), &ns.name);
+    for (name, condition, _) in &refused {
+        let template = json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": name},
+            "spec": {"metrics": [{
+                "name": "probe", "successCondition": condition,
+                "provider": {"prometheus": {"address": address, "query": "up"}}
+            }]}
+        });
+        templates
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&template),
+            )
+            .await?;
+    }
+    let costly = [
+        (
+            "memory",
+            "let s = join(map(result, {string(#)}), \",\"); \
+             len(map(result, {map(result, {[s, s, s, s, s, s, s, s]})})) > 0",
+            "MiB of memory",
+        ),
+        (
+            "cpu",
+            "result.all(x, result.all(y, (result + result).size() > 0))",
+            "of processor time",
+        ),
+    ];
+    let runs: Api<AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    for (name, condition, _) in &costly {
+        let run = json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": name, "labels": {"sluice.dev/standalone": "true"}},
+            "spec": {"metrics": [{
+                "name": "probe", "interval": "1s", "count": 3, "consecutiveErrorLimit": 2,
+                "successCondition": condition,
+                "provider": {"prometheus": {"address": address, "query": "up", "timeout": 5}}
+            }]}
+        });
+        runs.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&run),
+        )
+        .await?;
+    }
+    let during = abort_latency(&rollouts, "registry.example/web:3.0.0", &steps).await?;
+
+    for (name, _, says) in &refused {
+        let invalid = eventually(
+            &format!("template {name} to be found invalid"),
+            WAIT,
+            || async {
+                let status = templates.get(name).await?.status.unwrap_or_default();
+                Ok(status
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Valid" && c.status == "False"))
+            },
+        )
+        .await?;
+        println!("template {name}: {}", invalid.message);
+        ensure!(
+            invalid.message.contains(says),
+            "{name}: {:?} does not say {says:?}",
+            invalid.message
+        );
+    }
+    for (name, _, says) in &costly {
+        let run = crate::tenancy::finished(&runs, name).await?;
+        let status = run.status.clone().unwrap_or_default();
+        let said = status.metric_results[0]
+            .measurements
+            .last()
+            .and_then(|m| m.message.clone())
+            .unwrap_or_default();
+        println!("run {name}: {:?}: {said}", status.phase);
+        ensure!(
+            status.phase == Some(AnalysisPhase::Error),
+            "{name}: {status:?}"
+        );
+        ensure!(
+            said.contains(says),
+            "{name}: {said:?} does not say {says:?}"
+        );
+    }
+    sampling.abort();
+    let peak = peak.lock().map(|p| *p).unwrap_or_default();
+    println!(
+        "hostile conditions: controller RSS {rss_before:.1} MiB before, {peak:.1} MiB at most \
+         during; the unrelated release's abort took {:.0} ms before and {:.0} ms during",
+        before.as_secs_f64() * 1000.0,
+        during.as_secs_f64() * 1000.0
+    );
+    ensure!(!controller.try_exited()?, "the controller exited");
+    // Not a timing: a bound on what was held. Either costly condition evaluated in the controller
+    // takes gigabytes.
+    ensure!(
+        peak - rss_before < 48.0,
+        "the controller grew by {:.1} MiB",
+        peak - rss_before
+    );
+    Ok(())
+}

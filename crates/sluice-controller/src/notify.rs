@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use sluice_analysis::AddressPolicy;
 use sluice_analysis::hook::{CallOutcome, Post, post};
+use sluice_analysis::{AddressPolicy, Redactions};
 use sluice_api::notification::{CONFIG_MAP, Format, NOTIFIED_ANNOTATION, Sink, Trigger};
 use sluice_api::release::{Release, ReleaseProgress, TIMELINE_HEAD, TimelineEntry};
 use sluice_api::rollout::Rollout;
@@ -244,14 +244,18 @@ impl Notifier {
                         None => continue,
                     };
                     if !outcome.ok {
+                        // The Event is read by whoever reads the Rollout: nothing from a Secret.
+                        let said = match target.as_ref() {
+                            Some(Ok(target)) => target.secret.redact(&outcome.message),
+                            _ => outcome.message,
+                        };
                         self.publish(
                             rollout,
                             "NotificationFailed",
                             &format!(
-                                "notification {} of release {} not sent to sink {sink_name}: {}",
+                                "notification {} of release {} not sent to sink {sink_name}: {said}",
                                 trigger.as_str(),
                                 release.number,
-                                outcome.message
                             ),
                         );
                     }
@@ -344,16 +348,25 @@ impl Notifier {
                 }
             }
         };
+        let mut secret = Redactions::default();
         let url = match (&sink.url, &sink.url_from) {
             (Some(url), _) => url.clone(),
-            (None, Some(from)) => read(from).await?,
+            (None, Some(from)) => {
+                let url = read(from).await?;
+                hide_url(&mut secret, &url);
+                url
+            }
             (None, None) => return Err("the sink has no url".to_owned()),
         };
         let token = match &sink.token_from {
-            Some(from) => Some(read(from).await?),
+            Some(from) => {
+                let token = read(from).await?;
+                secret.add(&token);
+                Some(token)
+            }
             None => None,
         };
-        Ok(Target { url, token })
+        Ok(Target { url, token, secret })
     }
 
     /// Sends one notification, three times at most.
@@ -392,6 +405,20 @@ impl Notifier {
 struct Target {
     url: String,
     token: Option<String>,
+    /// What came from Secrets (a URL and its pieces, a token), kept out of what a failure says: the
+    /// address policy, the HTTP client and a refusing server all quote the URL or the request.
+    secret: Redactions,
+}
+
+/// Hides a URL read from a Secret: whole, and each piece of it a message may quote apart (the host,
+/// a path segment, a query value), but its scheme.
+fn hide_url(secret: &mut Redactions, url: &str) {
+    secret.add(url);
+    for piece in url.split(['/', '?', '&', '=', '#', '@', ':']) {
+        if piece.len() >= 4 && !matches!(piece, "http" | "https") {
+            secret.add(piece);
+        }
+    }
 }
 
 /// One transition to announce.
@@ -534,5 +561,39 @@ fn render(format: Format, note: &Note<'_>) -> (serde_json::Value, &'static str) 
             }),
             "application/cloudevents+json",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink's URL or token read from a Secret never shows in what a failure says, though the
+    /// address policy, the URL parser and the HTTP client all quote the URL (before, the Event a
+    /// tenant reads carried it).
+    #[tokio::test]
+    async fn a_failure_says_nothing_read_from_a_secret() {
+        let policy = Arc::new(AddressPolicy::default());
+        let document = serde_json::json!({});
+        for url in [
+            "http://hooks.internal.example:8080/services/T0/B0/s3cr3tpath?token=s3cr3t-token",
+            "xoxb-s3cr3t-token-pasted-as-a-url",
+        ] {
+            let mut secret = Redactions::default();
+            hide_url(&mut secret, url);
+            secret.add("bearer-s3cr3t");
+            let outcome = post(&policy, &Post::json(url, &document, SEND_TIMEOUT)).await;
+            assert!(!outcome.ok);
+            assert!(
+                outcome.message.contains("s3cr3t"),
+                "the raw message quotes it: {}",
+                outcome.message
+            );
+            let said = secret.redact(&outcome.message);
+            for piece in ["s3cr3t", "hooks.internal.example"] {
+                assert!(!said.contains(piece), "{said}");
+            }
+            assert!(said.contains("***"), "{said}");
+        }
     }
 }

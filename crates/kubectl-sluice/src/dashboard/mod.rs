@@ -360,10 +360,17 @@ async fn act(
             "actions are off: start the dashboard with --allow-actions".to_owned(),
         );
     }
-    if headers.get(TOKEN_HEADER).and_then(|t| t.to_str().ok()) != Some(app.token.as_str()) {
+    if !carries_token(&headers, &app.token) {
         return (
             StatusCode::FORBIDDEN,
             "the request does not carry the page's token: reload the page".to_owned(),
+        );
+    }
+    // Checked before any request is made of them: a path is the client's text.
+    if !is_dns_label(&namespace) || !is_dns_subdomain(&name) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the namespace must be a DNS label and the name a DNS subdomain".to_owned(),
         );
     }
     let Some(action) = PAGE_ACTIONS.into_iter().find(|a| a.as_str() == action) else {
@@ -409,9 +416,65 @@ async fn act(
     }
 }
 
+/// Whether the request carries the page's token, compared in constant time (how much of a guess
+/// matched does not show in how long the answer takes).
+fn carries_token(headers: &HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    headers
+        .get(TOKEN_HEADER)
+        .is_some_and(|sent| bool::from(sent.as_bytes().ct_eq(token.as_bytes())))
+}
+
+/// An RFC 1123 label, as a namespace's name is: up to 63 lowercase letters, digits and `-`, starting
+/// and ending with a letter or digit.
+fn is_dns_label(text: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && edge(text.chars().next())
+        && edge(text.chars().last())
+}
+
+/// An RFC 1123 subdomain, as an object's name is: labels joined by dots, up to 253 characters.
+fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253 && text.split('.').all(is_dns_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_dns_names_reach_the_api_and_the_token_must_match_whole() {
+        for good in ["web", "team-a", "a1", "web.v2"] {
+            assert!(is_dns_subdomain(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Web",
+            "-web",
+            "web-",
+            "a/b",
+            "..",
+            "web%2F..",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+        assert!(is_dns_label("team-a") && !is_dns_label("team.a"));
+        let mut headers = HeaderMap::new();
+        assert!(!carries_token(&headers, "t0ken"));
+        headers.insert(TOKEN_HEADER, HeaderValue::from_static("t0ke"));
+        assert!(
+            !carries_token(&headers, "t0ken"),
+            "a prefix is not the token"
+        );
+        headers.insert(TOKEN_HEADER, HeaderValue::from_static("t0ken"));
+        assert!(carries_token(&headers, "t0ken"));
+    }
 
     #[test]
     fn a_host_is_allowed_by_its_name_whatever_its_port() {

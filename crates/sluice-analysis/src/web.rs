@@ -2,7 +2,8 @@
 //! picked by a JSONPath, the metric's conditions judge. `{{args.NAME}}` in the URL, header values and
 //! body is replaced by the argument's value (a value read from a Secret is redacted from what the run
 //! records, as for queries). The URL must pass the controller's address policy; redirects are never
-//! followed; answers are read up to [`MAX_ANSWER_BYTES`].
+//! followed; answers are read up to [`MAX_ANSWER_BYTES`] and
+//! parsed only when they hold at most [`MAX_ANSWER_VALUES`] values.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -215,6 +216,36 @@ fn method_name(method: Option<WebMethod>) -> &'static str {
     }
 }
 
+/// The most values a web answer may hold: what its JSON is parsed into is bounded by this, not
+/// only by its bytes.
+pub const MAX_ANSWER_VALUES: usize = 100_000;
+
+/// How many values JSON text holds, counted without building any: each value but the first
+/// follows a `[`, `{` (an object's first member), `,` or `:` outside strings, so this is a close
+/// upper bound.
+fn count_values(text: &[u8]) -> usize {
+    let mut count = 1;
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in text {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
 /// What `path` picks from the answer: one value as it is, several as a list. Nothing picked is an
 /// Error (the answer does not have the field), not "no data".
 fn pick(path: &JsonPath, answer: &serde_json::Value) -> Result<QueryResult, String> {
@@ -374,6 +405,14 @@ impl WebProvider<'_> {
                 cap(&String::from_utf8_lossy(&body))
             ));
         }
+        // Counted before anything is built: 4 MiB of `[0,0,...]` would be two million values.
+        let values = count_values(&body);
+        if values > MAX_ANSWER_VALUES {
+            return Err(format!(
+                "{url} answered JSON of more than {MAX_ANSWER_VALUES} values ({values}); pick \
+                 less with the server's query parameters"
+            ));
+        }
         serde_json::from_slice(&body).map_err(|e| {
             format!(
                 "{url} answered HTTP {status} with something that is not JSON ({e}): {}",
@@ -387,6 +426,14 @@ impl WebProvider<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn values_are_counted_without_building_them() {
+        assert!(count_values(b"[0,0,0]") >= 3);
+        assert!(count_values(br#"{"a": [1, 2], "b": "x,y[z]:\"q"}"#) < 10);
+        let huge = format!("[{}0]", "0,".repeat(2_000_000));
+        assert!(count_values(huge.as_bytes()) > MAX_ANSWER_VALUES);
+    }
 
     #[test]
     fn json_paths_as_kubernetes_argo_and_rfc_9535_write_them() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -31,6 +31,8 @@ use sluice_api::names::{ANALYSIS_SECRET_LABEL, STABLE_HASH_ANNOTATION, STANDALON
 
 /// The longest wait between looks at a running run, should a wake-up be missed.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Measurements of one run taken at once: what a run holds at a time is at most this many answers.
+const MEASURED_AT_ONCE: usize = 4;
 
 pub fn error_policy(run: Arc<AnalysisRun>, error: &Error, _ctx: Arc<Context>) -> Action {
     warn!(namespace = run.namespace().unwrap_or_default(), analysisrun = run.name_any(), %error, "reconcile failed");
@@ -112,16 +114,20 @@ pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
                         measurements.push((metric, "job", measurement));
                     }
                 }
+                // A few at a time: each answer may be megabytes, and a run may have dozens of
+                // metrics due at once.
+                let due: Vec<_> = schedule
+                    .due
+                    .iter()
+                    .filter_map(metric_named)
+                    .filter(|m| m.provider.job.is_none())
+                    .map(|metric| prepared.measure(metric, &context))
+                    .collect();
                 measurements.extend(
-                    join_all(
-                        schedule
-                            .due
-                            .iter()
-                            .filter_map(metric_named)
-                            .filter(|m| m.provider.job.is_none())
-                            .map(|metric| prepared.measure(metric, &context)),
-                    )
-                    .await,
+                    futures::stream::iter(due)
+                        .buffered(MEASURED_AT_ONCE)
+                        .collect::<Vec<_>>()
+                        .await,
                 );
                 for (metric, provider, measurement) in measurements {
                     info!(

@@ -1,5 +1,6 @@
 //! A Prometheus stand-in that answers with hostile responses, a real HTTP server on loopback: a
-//! 50 MB body, 100,000 series, invalid JSON, and a slow drip. Each run ends in Error saying what
+//! 50 MB body, 100,000 series, invalid JSON, and a slow drip; and eight web metrics answered with
+//! arrays of two million zeros. Each run ends in Error saying what
 //! was wrong, the controller's memory stays bounded, and an unrelated release in the same namespace
 //! keeps its pace (its abort latency, measured before and during the attack, is printed).
 
@@ -31,6 +32,8 @@ enum Answer {
     Invalid,
     /// A well-formed answer, one byte every `pause`.
     Drip(Duration),
+    /// A JSON array of zeros just under this many bytes, declared.
+    Zeros(usize),
 }
 
 /// Serves `answer` to every request on a loopback port; returns its address.
@@ -71,6 +74,12 @@ async fn stand_in(answer: Answer) -> Result<String> {
                     }
                     Answer::Invalid => {
                         let body = "{\"status\":\"success\",\"data\":{\"resultType\":";
+                        let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
+                        stream.write_all(head.as_bytes()).await.ok();
+                        stream.write_all(body.as_bytes()).await
+                    }
+                    Answer::Zeros(bytes) => {
+                        let body = format!("[{}0]", "0,".repeat(bytes / 2 - 2));
                         let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
                         stream.write_all(head.as_bytes()).await.ok();
                         stream.write_all(body.as_bytes()).await
@@ -188,6 +197,29 @@ async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_ke
         )
         .await?;
     }
+    // Eight web metrics measured at once, each answered with a JSON array of two million zeros
+    // (just under the 4 MiB read): parsed, each would be a few hundred MiB.
+    let zeros = stand_in(Answer::Zeros((4 << 20) - 1024)).await?;
+    let web_metrics: Vec<Value> = (0..8)
+        .map(|i| {
+            json!({
+                "name": format!("zeros-{i}"), "interval": "1s", "count": 2,
+                "consecutiveErrorLimit": 1, "successCondition": "size(result) > 0",
+                "provider": {"web": {"url": format!("{zeros}/zeros"), "timeoutSeconds": 5}}
+            })
+        })
+        .collect();
+    let web_run = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+        "metadata": {"name": "web-zeros", "labels": {"sluice.dev/standalone": "true"}},
+        "spec": {"metrics": web_metrics}
+    });
+    runs.patch(
+        "web-zeros",
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&web_run),
+    )
+    .await?;
     // Sample memory while the runs are being measured, and abort the unrelated release meanwhile.
     let peak = Arc::new(std::sync::Mutex::new(rss_before));
     let sampling = {
@@ -223,6 +255,28 @@ async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_ke
         let size = serde_json::to_string(&run)?.len();
         ensure!(size < 64 << 10, "{name}: the run is {size} bytes");
     }
+    let run = crate::tenancy::finished(&runs, "web-zeros").await?;
+    let status = run.status.clone().unwrap_or_default();
+    ensure!(
+        status.phase == Some(AnalysisPhase::Error),
+        "web-zeros: {status:?}"
+    );
+    for result in &status.metric_results {
+        let said = result
+            .measurements
+            .last()
+            .and_then(|m| m.message.clone())
+            .unwrap_or_default();
+        ensure!(
+            said.contains("more than 100000 values"),
+            "{}: {said:?}",
+            result.name
+        );
+    }
+    println!(
+        "web-zeros: Error: {} metrics refused their answers",
+        status.metric_results.len()
+    );
     sampling.abort();
     let peak = peak.lock().map(|p| *p).unwrap_or_default();
     println!(

@@ -5,8 +5,9 @@
 //! A rule is a host (`prometheus.monitoring.svc`), a host pattern (`*.svc`, any name ending in
 //! `.svc`), or an address range (`10.0.0.0/8`, `127.0.0.1`). A named host is allowed when it matches
 //! a host rule; an address written in the URL when it is in an allowed range. Loopback, link-local
-//! (cloud metadata endpoints), unspecified and multicast addresses are refused however an allowed
-//! name resolves, unless a range rule names them. Names are checked where they are resolved for the
+//! (cloud metadata endpoints), the other metadata endpoints (`100.100.100.200`, `fd00:ec2::254`),
+//! unspecified and multicast addresses, and IPv6 addresses that carry one of them (NAT64, 6to4,
+//! IPv4-mapped) are refused however an allowed name resolves, unless a range rule names them. Names are checked where they are resolved for the
 //! connection itself (the HTTP client's resolver), so what is checked is what is reached.
 
 use std::fmt;
@@ -189,7 +190,10 @@ fn special(ip: IpAddr) -> Option<&'static str> {
                 Some("loopback")
             } else if v4.is_link_local() {
                 Some("link-local")
-            } else if v4.is_unspecified() {
+            } else if METADATA_V4.contains(&v4) {
+                Some("cloud metadata")
+            } else if v4.octets()[0] == 0 {
+                // 0.0.0.0/8, "this network": 0.0.0.0 itself reaches the local host.
                 Some("unspecified")
             } else if v4.is_multicast() || v4.is_broadcast() {
                 Some("multicast")
@@ -198,8 +202,11 @@ fn special(ip: IpAddr) -> Option<&'static str> {
             }
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return special(IpAddr::V4(v4));
+            }
+            if METADATA_V6.contains(&v6) {
+                return Some("cloud metadata");
             }
             if v6.is_loopback() {
                 Some("loopback")
@@ -213,6 +220,37 @@ fn special(ip: IpAddr) -> Option<&'static str> {
                 None
             }
         }
+    }
+}
+
+/// Cloud metadata endpoints outside the link-local range (Alibaba Cloud's).
+const METADATA_V4: [std::net::Ipv4Addr; 1] = [std::net::Ipv4Addr::new(100, 100, 100, 200)];
+
+/// Cloud metadata endpoints reached over IPv6 (AWS's `fd00:ec2::254`).
+const METADATA_V6: [std::net::Ipv6Addr; 1] = [std::net::Ipv6Addr::new(
+    0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254,
+)];
+
+/// The IPv4 address an IPv6 address carries to reach it: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`, `64:ff9b:1::/48`) or 6to4
+/// (`2002:AABB:CCDD::`), so that `64:ff9b::a9fe:a9fe` is the metadata endpoint it translates to.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let last = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        // ::a.b.c.d, but not :: or ::1 (unspecified and loopback themselves).
+        [0, 0, 0, 0, 0, 0, hi, lo] if hi != 0 => Some(last(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(last(hi, lo)),
+        [0x64, 0xff9b, 1, ..] => Some(last(s[6], s[7])),
+        [0x2002, hi, lo, ..] => Some(last(hi, lo)),
+        _ => None,
     }
 }
 
@@ -336,5 +374,33 @@ mod tests {
                 .contains("loopback")
         );
         assert!(policy.check_ip("x", ip("fe80::1")).is_err());
+    }
+
+    /// Metadata endpoints outside 169.254/16, and IPv6 addresses that carry a refused IPv4 one, are
+    /// refused as the addresses they reach.
+    #[test]
+    fn metadata_endpoints_and_translated_addresses_are_refused() {
+        let policy = AddressPolicy::default();
+        for (address, kind) in [
+            ("100.100.100.200", "cloud metadata"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("64:ff9b::a9fe:a9fe", "link-local"),
+            ("64:ff9b:1::a9fe:a9fe", "link-local"),
+            ("2002:a9fe:a9fe::1", "link-local"),
+            ("::7f00:1", "loopback"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("0.1.2.3", "unspecified"),
+        ] {
+            let denied = policy
+                .check_resolved("prometheus.monitoring.svc", &[ip(address)])
+                .expect_err(address);
+            assert!(denied.to_string().contains(kind), "{address}: {denied}");
+        }
+        assert!(
+            policy
+                .check_resolved("prometheus.monitoring.svc", &[ip("64:ff9b::a00:1")])
+                .is_ok(),
+            "a translated cluster address is not special"
+        );
     }
 }

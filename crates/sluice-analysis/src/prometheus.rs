@@ -263,6 +263,9 @@ fn new_client(connection: &Connection) -> Result<prometheus_http_query::Client, 
     };
     let mut builder = reqwest::Client::builder()
         .timeout(connection.timeout)
+        // Straight to the address the policy checked: never through a proxy the environment names
+        // (HTTP_PROXY), which would resolve and reach the host itself.
+        .no_proxy()
         .tls_danger_accept_invalid_certs(connection.insecure)
         // A redirect would reach an address the policy never saw: refused, saying where to.
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -355,6 +358,10 @@ async fn raw_query(connection: &Connection, promql: &str) -> Result<Data, QueryE
     for (name, value) in &connection.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|e| invalid(format!("header name {name:?}: {e}")))?;
+        // Refused at apply too: a Host header would send the query to another virtual host.
+        if name == reqwest::header::HOST {
+            return Err(invalid("a Host header is not allowed".to_owned()));
+        }
         let value =
             HeaderValue::from_str(value).map_err(|e| invalid(format!("header {name}: {e}")))?;
         request = request.header(name, value);

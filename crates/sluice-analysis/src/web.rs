@@ -318,6 +318,9 @@ pub(crate) fn policy_client(
         install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            // Straight to the address the policy checked: never through a proxy the environment names
+            // (HTTP_PROXY), which would resolve and reach the host itself.
+            .no_proxy()
             .tls_danger_accept_invalid_certs(insecure)
             // A redirect would reach an address the policy never saw: refused, saying where to.
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -361,6 +364,12 @@ impl WebProvider<'_> {
             let value = fill(&header.value, args)?;
             let name = HeaderName::from_bytes(header.key.as_bytes())
                 .map_err(|e| format!("header name {:?}: {e}", header.key))?;
+            // Refused at apply too: a Host header would send the request to another virtual host.
+            if name == reqwest::header::HOST {
+                return Err(
+                    "a Host header is not allowed: the url says where the request goes".to_owned(),
+                );
+            }
             let value =
                 HeaderValue::from_str(&value).map_err(|e| format!("header {}: {e}", header.key))?;
             request = request.header(name, value);

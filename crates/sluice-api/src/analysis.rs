@@ -304,9 +304,10 @@ pub enum WebMethod {
     Put,
 }
 
-/// A request header of a web metric.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// A request header of a web metric. Not `Host`: the URL says where the request goes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.key.lowerAscii() != 'host'").message("a Host header is not allowed: the url says where the request goes").field_path(".key"))]
 pub struct WebHeader {
     /// The header's name.
     #[schemars(length(min = 1, max = 256))]

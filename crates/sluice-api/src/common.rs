@@ -90,9 +90,10 @@ pub struct FieldRef {
     pub field_path: String,
 }
 
-/// An HTTP header sent with every query.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// An HTTP header sent with every query. Not `Host`: the address says where a query goes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.key.lowerAscii() != 'host'").message("a Host header is not allowed: the address says where the request goes").field_path(".key"))]
 pub struct HttpHeader {
     /// Header name, e.g. `X-Scope-OrgID`.
     #[schemars(length(min = 1, max = 256))]

@@ -242,6 +242,24 @@ fn cases() -> Vec<Case> {
             says: "url must start with http:// or https://",
         },
         Case {
+            name: "a web metric retargeted by a Host header",
+            base: analysis_template,
+            patch: json!({"spec": {"metrics": [{"name": "m", "successCondition": "result == 1", "provider": {
+                "web": {"url": "http://health.default.svc/x",
+                        "headers": [{"key": "HOST", "value": "metadata.google.internal"}]}}}]}}),
+            field: "spec.metrics[0].provider.web.headers[0].key",
+            says: "a Host header is not allowed",
+        },
+        Case {
+            name: "a Prometheus query retargeted by a Host header",
+            base: analysis_template,
+            patch: json!({"spec": {"metrics": [{"name": "m", "successCondition": "result[0] < 1", "provider": {
+                "prometheus": {"address": "http://prometheus:9090", "query": "vector(0)",
+                               "headers": [{"key": "host", "value": "other"}]}}}]}}),
+            field: "spec.metrics[0].provider.prometheus.headers[0].key",
+            says: "a Host header is not allowed",
+        },
+        Case {
             name: "negative replicas",
             base: canary_rollout,
             patch: json!({"spec": {"replicas": -1}}),

@@ -34,13 +34,29 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Measurements of one run taken at once: what a run holds at a time is at most this many answers.
 const MEASURED_AT_ONCE: usize = 4;
 
-pub fn error_policy(run: Arc<AnalysisRun>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(run: Arc<AnalysisRun>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(namespace = run.namespace().unwrap_or_default(), analysisrun = run.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+    Action::requeue(ctx.backoffs.failed(
+        "AnalysisRun",
+        &run.namespace().unwrap_or_default(),
+        &run.name_any(),
+    ))
 }
 
 #[instrument(skip_all, fields(namespace = run.namespace().unwrap_or_default(), analysisrun = run.name_any()))]
 pub async fn reconcile(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let result = reconcile_run(run.clone(), ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoffs.succeeded(
+            "AnalysisRun",
+            &run.namespace().unwrap_or_default(),
+            &run.name_any(),
+        );
+    }
+    result
+}
+
+async fn reconcile_run(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = run
         .namespace()
         .ok_or_else(|| Error::NoNamespace(run.name_any()))?;
@@ -368,10 +384,19 @@ pub(crate) async fn read_secret(
     secrets: &Api<Secret>,
     reference: &SecretKeyRef,
 ) -> Result<Result<String, String>, Error> {
-    let secret = secrets
-        .get_opt(&reference.name)
-        .await?
-        .filter(|s| s.labels().get(ANALYSIS_SECRET_LABEL).map(String::as_str) == Some("true"));
+    let secret = match secrets.get_opt(&reference.name).await {
+        Ok(secret) => secret,
+        // Not a failure to retry: the operator was installed without the right to read Secrets.
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            return Ok(Err(format!(
+                "Sluice may not read Secret {:?}: it was installed without the right to read \
+                 Secrets (the chart's readSecrets is false): {}",
+                reference.name, status.message
+            )));
+        }
+        Err(other) => return Err(other.into()),
+    }
+    .filter(|s| s.labels().get(ANALYSIS_SECRET_LABEL).map(String::as_str) == Some("true"));
     let Some(secret) = secret else {
         return Ok(Err(format!(
             "Secret {:?} is not open to analysis: it does not exist, or lacks the label \

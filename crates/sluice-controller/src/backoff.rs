@@ -13,20 +13,20 @@ const FIRST: Duration = Duration::from_secs(1);
 /// The longest wait.
 const LONGEST: Duration = Duration::from_secs(300);
 
-/// The backoff of each object that is failing, by namespace and name.
+/// The backoff of each object that is failing, by kind, namespace and name.
 #[derive(Default)]
 pub struct Backoffs {
-    failing: Mutex<HashMap<(String, String), ExponentialBackoff>>,
+    failing: Mutex<HashMap<(&'static str, String, String), ExponentialBackoff>>,
 }
 
 impl Backoffs {
     /// The wait before the next try of an object whose reconcile just failed.
-    pub fn failed(&self, namespace: &str, name: &str) -> Duration {
+    pub fn failed(&self, kind: &'static str, namespace: &str, name: &str) -> Duration {
         let Ok(mut failing) = self.failing.lock() else {
             return LONGEST;
         };
         failing
-            .entry((namespace.to_owned(), name.to_owned()))
+            .entry((kind, namespace.to_owned(), name.to_owned()))
             .or_insert_with(|| {
                 ExponentialBuilder::new()
                     .with_min_delay(FIRST)
@@ -40,11 +40,11 @@ impl Backoffs {
     }
 
     /// The object's reconcile succeeded: its next failure waits the shortest time again.
-    pub fn succeeded(&self, namespace: &str, name: &str) {
+    pub fn succeeded(&self, kind: &'static str, namespace: &str, name: &str) {
         if let Ok(mut failing) = self.failing.lock()
             && !failing.is_empty()
         {
-            failing.remove(&(namespace.to_owned(), name.to_owned()));
+            failing.remove(&(kind, namespace.to_owned(), name.to_owned()));
         }
     }
 }
@@ -56,15 +56,17 @@ mod tests {
     #[test]
     fn waits_grow_to_the_longest_and_start_again_after_a_success() {
         let backoffs = Backoffs::default();
-        let waits: Vec<Duration> = (0..12).map(|_| backoffs.failed("a", "web")).collect();
+        let waits: Vec<Duration> = (0..12)
+            .map(|_| backoffs.failed("Rollout", "a", "web"))
+            .collect();
         // Jitter adds up to the wait itself on top of it.
         assert!(waits[0] >= FIRST && waits[0] <= FIRST * 2, "{waits:?}");
         assert!(waits[3] >= FIRST * 8, "{waits:?}");
         assert!(waits.iter().all(|w| *w <= LONGEST * 2), "{waits:?}");
         assert!(waits[11] >= LONGEST, "{waits:?}");
         // Another object is not slowed by this one.
-        assert!(backoffs.failed("a", "api") <= FIRST * 2);
-        backoffs.succeeded("a", "web");
-        assert!(backoffs.failed("a", "web") <= FIRST * 2);
+        assert!(backoffs.failed("Rollout", "a", "api") <= FIRST * 2);
+        backoffs.succeeded("Rollout", "a", "web");
+        assert!(backoffs.failed("Rollout", "a", "web") <= FIRST * 2);
     }
 }

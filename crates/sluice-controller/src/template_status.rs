@@ -6,7 +6,6 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -25,9 +24,13 @@ use crate::{Context, FIELD_MANAGER};
 /// The condition this module writes.
 pub const CONDITION_VALID: &str = "Valid";
 
-pub fn error_policy<K: ResourceExt>(template: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: ResourceExt>(template: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(template = template.name_any(), %error, "template check failed");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(ctx.backoffs.failed(
+        "AnalysisTemplate",
+        &template.namespace().unwrap_or_default(),
+        &template.name_any(),
+    ))
 }
 
 pub async fn reconcile_namespaced(
@@ -110,6 +113,11 @@ where
     let checked = sluice_analysis::check_template_conditions(spec)
         .await
         .map_err(Error::Evaluator)?;
+    ctx.backoffs.succeeded(
+        "AnalysisTemplate",
+        template.meta().namespace.as_deref().unwrap_or_default(),
+        template.meta().name.as_deref().unwrap_or_default(),
+    );
     let status = status_for(
         checked,
         before,

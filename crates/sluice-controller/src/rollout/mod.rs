@@ -82,6 +82,7 @@ pub async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Actio
     }
     match &result {
         Ok(_) => ctx.backoffs.succeeded(
+            "Rollout",
             &rollout.namespace().unwrap_or_default(),
             &rollout.name_any(),
         ),
@@ -114,6 +115,7 @@ pub fn error_policy(rollout: Arc<Rollout>, error: &Error, ctx: Arc<Context>) -> 
         })
         .inc();
     Action::requeue(ctx.backoffs.failed(
+        "Rollout",
         &rollout.namespace().unwrap_or_default(),
         &rollout.name_any(),
     ))

@@ -284,13 +284,13 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
     result
 }
 
-async fn run_release_as(client: &kube::Client, ns: &str, rbac: &[Value]) -> Result<()> {
+/// The test's own kubeconfig, impersonating the chart's ServiceAccount of `rbac`; its path.
+fn impersonating(ns: &str, rbac: &[Value]) -> Result<std::path::PathBuf> {
     let account = rbac
         .iter()
         .find(|o| o["kind"] == "ServiceAccount")
         .and_then(|o| o["metadata"]["name"].as_str())
         .context("the chart's ServiceAccount")?;
-    // The test's own kubeconfig, impersonating the ServiceAccount.
     let mut kubeconfig: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(kubeconfig_path())?)?;
     let users = kubeconfig["users"]
@@ -303,6 +303,98 @@ async fn run_release_as(client: &kube::Client, ns: &str, rbac: &[Value]) -> Resu
     let path = repo_root().join(format!("target/e2e-logs/kubeconfig-{ns}"));
     std::fs::create_dir_all(repo_root().join("target/e2e-logs"))?;
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
+
+/// The RBAC objects the chart renders for an operator watching `ns` only, with `extra` values.
+fn scoped_rbac(helm_bin: &std::path::Path, ns: &str, extra: &[&str]) -> Result<Vec<Value>> {
+    let watch = format!("watchNamespace={ns}");
+    let mut args = vec![
+        "template",
+        ns,
+        "charts/sluice",
+        "--namespace",
+        ns,
+        "--kube-version",
+        "1.37.2",
+        "--set",
+        "crds.install=false",
+        "--set",
+        &watch,
+        "--set",
+        "rbac.aggregateToDefaultRoles=false",
+    ];
+    args.extend_from_slice(extra);
+    Ok(yaml_documents(&helm(helm_bin, &args)?)?
+        .into_iter()
+        .filter(|o| {
+            o["kind"].as_str().is_some_and(|k| {
+                matches!(
+                    k,
+                    "ServiceAccount"
+                        | "Role"
+                        | "RoleBinding"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                )
+            })
+        })
+        .collect())
+}
+
+/// Installed with `readSecrets=false`, the operator cannot read a Secret an analysis names: the run
+/// ends in Error saying so, instead of retrying the refused read for ever (as it did before).
+#[tokio::test]
+async fn without_read_secrets_a_run_naming_a_secret_ends_in_error_saying_so() -> Result<()> {
+    let binaries = tokio::task::spawn_blocking(sluice_testbed::ensure_binaries).await??;
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "no-secrets").await?;
+    let rbac = scoped_rbac(&binaries.helm, &ns.name, &["--set", "readSecrets=false"])?;
+    ensure!(
+        !serde_json::to_string(&rbac)?.contains("\"secrets\""),
+        "readSecrets=false still grants Secrets"
+    );
+    for object in &rbac {
+        apply_object(&client, object, false).await?;
+    }
+    let result = async {
+        let path = impersonating(&ns.name, &rbac)?;
+        let _controller = ControllerProcess::start_with(&ns.name, "no-secrets", &path)?;
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "job", "namespace": ns.name,
+                         "labels": {"sluice.dev/analysis-secret": "true"}},
+            "stringData": {"job": "prometheus"}});
+        apply_object(&client, &secret, false).await?;
+        let prometheus =
+            std::env::var("SLUICE_E2E_PROMETHEUS_URL").context("SLUICE_E2E_PROMETHEUS_URL")?;
+        let run = json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+            "metadata": {"name": "reads-a-secret", "namespace": ns.name,
+                         "labels": {"sluice.dev/standalone": "true"}},
+            "spec": {"args": [{"name": "job", "valueFrom": {"secretKeyRef": {"name": "job", "key": "job"}}}],
+                     "metrics": [{"name": "up", "interval": "1s", "count": 1,
+                        "successCondition": "result[0] == 1",
+                        "provider": {"prometheus": {"address": prometheus,
+                                                    "query": "up{job=\"{{args.job}}\"}"}}}]}});
+        apply_object(&client, &run, false).await?;
+        let runs: Api<sluice_api::analysis::AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+        let run = crate::tenancy::finished(&runs, "reads-a-secret").await?;
+        let said = serde_json::to_string(&run.status)?;
+        ensure!(
+            run.status.as_ref().and_then(|s| s.phase)
+                == Some(sluice_api::analysis::AnalysisPhase::Error)
+                && said.contains("readSecrets is false"),
+            "{said}"
+        );
+        Ok(())
+    }
+    .await;
+    delete_cluster_scoped(&client, &rbac).await;
+    result
+}
+
+async fn run_release_as(client: &kube::Client, ns: &str, rbac: &[Value]) -> Result<()> {
+    let path = impersonating(ns, rbac)?;
     // The impersonation is real: the ServiceAccount cannot list Secrets across the cluster.
     let impersonated = kube::Client::try_from(
         kube::Config::from_custom_kubeconfig(

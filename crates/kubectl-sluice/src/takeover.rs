@@ -172,11 +172,34 @@ pub async fn run(client: Client, namespace: &str, name: &str) -> Result<ExitCode
         .await
         .with_context(|| format!("creating Sluice Rollout {name}"))?;
     wait_for(&rollouts, name, WAITING_FOR_REMOVAL).await?;
-    // Orphaned: the ReplicaSets and their pods stay; only the Argo Rollout goes.
-    argo_api
-        .delete(name, &DeleteParams::orphan())
+    // Looked at again just before it goes: a release started since (a new template, a pause) is
+    // not taken over half-way. The delete names this very object at this very version, so a
+    // change after this read, or another object of the name, refuses it.
+    let now = argo_api
+        .get(name)
         .await
-        .with_context(|| format!("deleting Argo Rollout {name} (its ReplicaSets orphaned)"))?;
+        .with_context(|| format!("reading Argo Rollout {name} again"))?;
+    let preconditions = kube::api::Preconditions {
+        uid: now.metadata.uid.clone(),
+        resource_version: now.metadata.resource_version.clone(),
+    };
+    if let Some(why) = unsettled(&serde_json::to_value(&now)?) {
+        eprintln!(
+            "error: Argo Rollout {name} changed while it was being taken over and is kept: {why}"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    // Orphaned: the ReplicaSets and their pods stay; only the Argo Rollout goes.
+    let delete = DeleteParams {
+        preconditions: Some(preconditions),
+        ..DeleteParams::orphan()
+    };
+    argo_api.delete(name, &delete).await.with_context(|| {
+        format!(
+            "deleting Argo Rollout {name} (its ReplicaSets orphaned; refused if it changed since \
+             it was checked: run the takeover again)"
+        )
+    })?;
     println!("  Argo Rollout {name} deleted; its ReplicaSets and pods are kept");
     let rollout = wait_for(&rollouts, name, TAKEN_OVER).await?;
     let adopted = rollout

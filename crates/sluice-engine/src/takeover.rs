@@ -249,6 +249,15 @@ pub fn decide(inputs: &Inputs<'_>) -> Step {
                     candidate.name
                 ));
             }
+            // Checked again at adoption: adopting pods of another template would count them as
+            // the new revision and skip its steps. Its pods serve on meanwhile; undoing the edit
+            // lets the takeover complete.
+            if let Some(difference) = &candidate.differs {
+                return Step::Refused(format!(
+                    "ReplicaSet {} is not adopted: {difference}; set the template back to the one its pods run, and the takeover completes",
+                    candidate.name
+                ));
+            }
             Step::Adopt {
                 own_replica_set: (!candidate.controlled_by_us).then(|| candidate.name.to_owned()),
                 label_pods: candidate
@@ -388,6 +397,33 @@ mod tests {
                     message: "took over Argo Rollout web: ReplicaSet web-abc adopted with its pods, none replaced".to_owned(),
                 },
             }
+        );
+    }
+
+    /// A template edited between prepare and adopt is refused at adoption (before, the orphaned
+    /// ReplicaSet was adopted as the new revision and its steps skipped).
+    #[test]
+    fn a_template_edited_after_prepare_is_refused_at_adoption() {
+        let prepared = TakeoverStatus {
+            from: "web".to_owned(),
+            replica_set: Some("web-abc".to_owned()),
+            phase: WAITING_FOR_REMOVAL.to_owned(),
+            message: String::new(),
+        };
+        let edited = Candidate {
+            controlled_by_argo: false,
+            labelled: false,
+            unlabelled_pods: Vec::new(),
+            differs: Some("the Rollout's pod template changed".to_owned()),
+            ..candidate()
+        };
+        let step = decide(&Inputs {
+            status: Some(&prepared),
+            ..inputs(None, Some(edited))
+        });
+        assert!(
+            matches!(&step, Step::Refused(why) if why.contains("not adopted") && why.contains("template changed")),
+            "{step:?}"
         );
     }
 

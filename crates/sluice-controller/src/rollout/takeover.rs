@@ -209,7 +209,17 @@ pub(super) async fn run(
             && template_labels.and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL)).map(String::as_str) == Some(hash);
         // The Argo Rollout's own template is what its stable pods run (it is Healthy); both are
         // as written, where a ReplicaSet's template carries the API server's defaults.
-        let differs = argo.as_ref().and_then(|argo| {
+        // With the Argo Rollout gone, the ReplicaSet carries the revision it was prepared as: a
+        // template edited since is another revision, whose pods these are not.
+        let prepared_as = rs.labels().get(POD_TEMPLATE_HASH_LABEL).map(String::as_str);
+        let edited = (argo.is_none() && prepared_as != Some(hash)).then(|| {
+            format!(
+                "the Rollout's pod template changed since ReplicaSet {} was prepared (revision {}, now {hash})",
+                rs.metadata.name.as_deref().unwrap_or_default(),
+                prepared_as.unwrap_or("none"),
+            )
+        });
+        let differs = edited.or_else(|| argo.as_ref().and_then(|argo| {
             let theirs = &argo.data["spec"]["template"];
             if theirs.is_null() {
                 return Some("Argo Rollout takes its template from a workloadRef, which a takeover does not follow yet".to_owned());
@@ -219,7 +229,7 @@ pub(super) async fn run(
                 .and_then(|t| serde_json::to_value(t).ok())
                 .unwrap_or_default();
             difference("spec.template", &ours, &theirs)
-        });
+        }));
         Candidate {
             name: rs.metadata.name.as_deref().unwrap_or_default(),
             controlled_by_argo,

@@ -922,3 +922,105 @@ async fn a_takeover_keeps_the_route_weights_argo_set_and_sluice_moves_them_from_
     );
     Ok(())
 }
+
+/// The Rollout's takeover status: its phase and message.
+async fn takeover_of(rollouts: &Api<Rollout>) -> Result<Option<(String, String)>> {
+    Ok(rollouts
+        .get_opt("web")
+        .await?
+        .and_then(|r| r.status)
+        .and_then(|s| s.takeover)
+        .map(|t| (t.phase, t.message)))
+}
+
+/// A pod template edited between the takeover's preparation and the adoption is refused at
+/// adoption: the orphaned ReplicaSet keeps serving with the same pods, and setting the template
+/// back completes the takeover. Before, the ReplicaSet was adopted as the edited revision, its pods
+/// counted as the new version and the release's steps skipped.
+#[tokio::test]
+async fn a_template_edited_during_a_takeover_is_refused_at_adoption_and_the_pods_kept() -> Result<()>
+{
+    let client = client().await?;
+    install_crds(&client).await?;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .get("rollouts.argoproj.io")
+        .await
+        .context("the cluster has no Argo Rollouts CRDs: restart it")?;
+    let ns = TestNamespace::create(&client, "takeover-edit").await?;
+    let UnderArgo { argo: _argo, .. } = serve_under_argo(&client, &ns.name, "web-stable").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let argo_api = argo_rollouts(&client, &ns.name);
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let sluice = |image: &str| {
+        let mut manifest = argo_rollout(image);
+        manifest["apiVersion"] = json!("sluice.dev/v1alpha1");
+        // As Argo's stored template has it (the plugin copies that one).
+        manifest["spec"]["template"]["spec"]["containers"][0]["resources"] = json!({});
+        manifest["metadata"]["annotations"] =
+            json!({sluice_api::names::TAKEOVER_ANNOTATION: "web"});
+        manifest
+    };
+    let apply = |manifest: Value| {
+        let rollouts = rollouts.clone();
+        async move {
+            rollouts
+                .patch(
+                    "web",
+                    &kube::api::PatchParams::apply(sluice_e2e::FIELD_MANAGER).force(),
+                    &kube::api::Patch::Apply(&manifest),
+                )
+                .await
+                .map(drop)
+        }
+    };
+
+    apply(sluice("registry.example/web:1.0.0")).await?;
+    let prepared = eventually("the takeover prepared", WAIT, || async {
+        Ok(takeover_of(&rollouts)
+            .await?
+            .filter(|(phase, _)| phase == "WaitingForArgoRolloutRemoval"))
+    })
+    .await;
+    if let Err(error) = prepared {
+        let status = rollouts.get("web").await?.status;
+        bail!("{error:#}; the Rollout's status: {status:?}");
+    }
+    let before = pods_of_web(&client, &ns.name).await?;
+
+    // Edited, then the Argo Rollout deleted with its ReplicaSets orphaned.
+    apply(sluice("registry.example/web:1.1.0")).await?;
+    argo_api
+        .delete("web", &kube::api::DeleteParams::orphan())
+        .await?;
+    let (_, said) = eventually("the adoption refused", WAIT, || async {
+        Ok(takeover_of(&rollouts)
+            .await?
+            .filter(|(phase, said)| phase == "Refused" && said.contains("not adopted")))
+    })
+    .await?;
+    ensure!(said.contains("template changed"), "{said}");
+    // Looked at again a few times: still refused, the same pods serving, none of Sluice's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let phase = takeover_of(&rollouts).await?.map(|(p, _)| p);
+    ensure!(phase.as_deref() == Some("Refused"), "{phase:?}");
+    let after = pods_of_web(&client, &ns.name).await?;
+    ensure!(
+        after.keys().eq(before.keys()),
+        "the pods changed: {before:?} → {after:?}"
+    );
+
+    // Set back: adopted, pods and all.
+    apply(sluice("registry.example/web:1.0.0")).await?;
+    eventually("the takeover completed", WAIT, || async {
+        Ok(takeover_of(&rollouts)
+            .await?
+            .filter(|(phase, _)| phase == "TakenOver"))
+    })
+    .await?;
+    let adopted = pods_of_web(&client, &ns.name).await?;
+    ensure!(
+        adopted.keys().eq(before.keys()),
+        "the pods changed at adoption: {before:?} → {adopted:?}"
+    );
+    Ok(())
+}

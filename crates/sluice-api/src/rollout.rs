@@ -1115,6 +1115,8 @@ pub struct IstioDestinationRule {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.stableIngress), has(self.stableIngresses)].exists_one(x, x)").message("set exactly one of nginx.stableIngress or nginx.stableIngresses"))]
+#[x_kube(validation = Rule::new("!has(self.additionalIngressAnnotations) || self.additionalIngressAnnotations.all(k, k in ['canary-by-header', 'canary-by-header-value', 'canary-by-header-pattern', 'canary-by-cookie', 'canary-weight-total'])").message("additionalIngressAnnotations may name only canary-by-header, canary-by-header-value, canary-by-header-pattern, canary-by-cookie and canary-weight-total").field_path(".additionalIngressAnnotations"))]
+#[x_kube(validation = Rule::new("!has(self.canaryIngressAnnotations) || self.canaryIngressAnnotations.all(k, !k.contains('snippet') && !k.startsWith('nginx.ingress.kubernetes.io/') && !(has(self.annotationPrefix) && k.startsWith(self.annotationPrefix + '/')))").message("canaryIngressAnnotations may not carry NGINX's own annotations (its canary ones go in additionalIngressAnnotations) nor snippets: the operator writes the canary Ingress with its own rights").field_path(".canaryIngressAnnotations"))]
 pub struct NginxRouting {
     /// The Ingress that serves stable, in the Rollout's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1128,11 +1130,17 @@ pub struct NginxRouting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub annotation_prefix: Option<String>,
-    /// More canary annotations, named without the prefix (for example `canary-by-header: X-Canary`).
+    /// More canary annotations, named without the prefix: `canary-by-header`,
+    /// `canary-by-header-value`, `canary-by-header-pattern`, `canary-by-cookie` or
+    /// `canary-weight-total` (for example `canary-by-header: X-Canary`); no other.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 8))]
     pub additional_ingress_annotations: std::collections::BTreeMap<String, String>,
-    /// Annotations put on the canary Ingress as they are (full names).
+    /// Annotations put on the canary Ingress as they are (full names), for other controllers
+    /// (monitoring, policy): not NGINX's own nor any snippet, which the operator, writing the
+    /// Ingress with its own rights, would otherwise carry for a tenant.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
     pub canary_ingress_annotations: std::collections::BTreeMap<String, String>,
 }
 

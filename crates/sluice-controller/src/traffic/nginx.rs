@@ -23,6 +23,17 @@ use crate::{Context, FIELD_MANAGER};
 /// NGINX's annotation prefix unless the Rollout names another.
 pub const DEFAULT_ANNOTATION_PREFIX: &str = "nginx.ingress.kubernetes.io";
 
+/// The NGINX canary annotations a Rollout may add (`additionalIngressAnnotations`), as Argo Rollouts
+/// documents them; anything else of NGINX's (a snippet above all) is not a tenant's to set through
+/// the operator.
+const ALLOWED_CANARY_ANNOTATIONS: [&str; 5] = [
+    "canary-by-header",
+    "canary-by-header-value",
+    "canary-by-header-pattern",
+    "canary-by-cookie",
+    "canary-weight-total",
+];
+
 /// The ingress class annotation older Ingresses use instead of `ingressClassName`.
 const INGRESS_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
@@ -59,10 +70,23 @@ impl Nginx<'_> {
         if let Some(class) = stable.annotations().get(INGRESS_CLASS_ANNOTATION) {
             annotations.insert(INGRESS_CLASS_ANNOTATION.to_owned(), class.clone());
         }
+        // Refused at apply too: only NGINX's canary annotations, and no snippet of any kind.
         for (key, value) in &self.spec.additional_ingress_annotations {
-            annotations.insert(format!("{prefix}/{key}"), value.clone());
+            if ALLOWED_CANARY_ANNOTATIONS.contains(&key.as_str()) {
+                annotations.insert(format!("{prefix}/{key}"), value.clone());
+            }
         }
-        annotations.extend(self.spec.canary_ingress_annotations.clone());
+        annotations.extend(
+            self.spec
+                .canary_ingress_annotations
+                .iter()
+                .filter(|(key, _)| {
+                    !key.contains("snippet")
+                        && !key.starts_with(&format!("{DEFAULT_ANNOTATION_PREFIX}/"))
+                        && !key.starts_with(&format!("{prefix}/"))
+                })
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         annotations.insert(format!("{prefix}/canary"), "true".to_owned());
         annotations.insert(format!("{prefix}/canary-weight"), weight.to_string());
         annotations

@@ -260,6 +260,24 @@ fn cases() -> Vec<Case> {
             says: "a Host header is not allowed",
         },
         Case {
+            name: "an NGINX snippet through additionalIngressAnnotations",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {"trafficRouting": {"nginx": {
+                "stableIngress": "checkout",
+                "additionalIngressAnnotations": {"configuration-snippet": "return 200;"}}}}}}}),
+            field: "spec.strategy.canary.trafficRouting.nginx.additionalIngressAnnotations",
+            says: "may name only canary-by-header",
+        },
+        Case {
+            name: "an NGINX snippet through canaryIngressAnnotations",
+            base: canary_rollout,
+            patch: json!({"spec": {"strategy": {"canary": {"trafficRouting": {"nginx": {
+                "stableIngress": "checkout",
+                "canaryIngressAnnotations": {"nginx.ingress.kubernetes.io/server-snippet": "x"}}}}}}}),
+            field: "spec.strategy.canary.trafficRouting.nginx.canaryIngressAnnotations",
+            says: "nor snippets",
+        },
+        Case {
             name: "negative replicas",
             base: canary_rollout,
             patch: json!({"spec": {"replicas": -1}}),

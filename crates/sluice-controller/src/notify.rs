@@ -524,7 +524,11 @@ fn render(format: Format, note: &Note<'_>) -> (serde_json::Value, &'static str) 
     match format {
         Format::Json => (document, "application/json"),
         Format::Slack => (
-            serde_json::json!({"text": format!("*{title}*: {}", note.entry.message)}),
+            serde_json::json!({"text": format!(
+                "*{}*: {}",
+                slack_escape(&title),
+                slack_escape(&note.entry.message)
+            )}),
             "application/json",
         ),
         Format::Teams => (
@@ -536,8 +540,8 @@ fn render(format: Format, note: &Note<'_>) -> (serde_json::Value, &'static str) 
                         "type": "AdaptiveCard",
                         "version": "1.4",
                         "body": [
-                            {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": title},
-                            {"type": "TextBlock", "wrap": true, "text": note.entry.message}
+                            {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": markdown_escape(&title)},
+                            {"type": "TextBlock", "wrap": true, "text": markdown_escape(&note.entry.message)}
                         ]
                     }
                 }]
@@ -564,9 +568,68 @@ fn render(format: Format, note: &Note<'_>) -> (serde_json::Value, &'static str) 
     }
 }
 
+/// Text as Slack's mrkdwn shows it literally: `&`, `<` and `>` escaped, so that a message quoting a
+/// server (or a tenant's text) cannot mention `<!channel>` or make a link of its own.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Text as Markdown (Teams' TextBlock) shows it literally: its punctuation escaped, so that a quoted
+/// message cannot make a link, an image or emphasis.
+fn markdown_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\\' | '`'
+                | '*'
+                | '_'
+                | '{'
+                | '}'
+                | '['
+                | ']'
+                | '('
+                | ')'
+                | '#'
+                | '+'
+                | '-'
+                | '.'
+                | '!'
+                | '<'
+                | '>'
+                | '|'
+                | '~'
+        ) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Server text in a notification is shown, never obeyed: no mention, link or markup of its own.
+    #[test]
+    fn slack_and_markdown_output_escape_what_they_quote() {
+        let quoted = "answered 500: <!channel> <http://evil.example|log in> [here](http://evil.example) & *now*";
+        let slack = slack_escape(quoted);
+        assert!(!slack.contains('<') && !slack.contains('>'), "{slack}");
+        assert!(
+            slack.contains("&lt;!channel&gt;") && slack.contains("&amp;"),
+            "{slack}"
+        );
+        let markdown = markdown_escape(quoted);
+        assert!(
+            markdown.contains("\\[here\\]\\(http://evil\\.example\\)"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("\\*now\\*"), "{markdown}");
+    }
 
     /// A sink's URL or token read from a Secret never shows in what a failure says, though the
     /// address policy, the URL parser and the HTTP client all quote the URL (before, the Event a

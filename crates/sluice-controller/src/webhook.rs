@@ -33,8 +33,19 @@ pub const DEFAULT_RETRIES: usize = 2;
 /// A Rollout, by namespace and name.
 type RolloutKey = (String, String);
 
-/// A call: the webhook's name, the revision, the document's phase and the release's attempt.
-type CallKey = (String, String, &'static str, i32);
+/// A call: the webhook's name, the revision, the document's phase, the release's attempt and a hash
+/// of the webhook's spec (a URL or timeout fixed while a call polls makes a new call).
+type CallKey = (String, String, &'static str, i32, u64);
+
+/// A hash of a webhook's spec, as written.
+fn spec_hash(hook: &Webhook) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(hook)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
 
 struct Running {
     task: tokio::task::AbortHandle,
@@ -76,7 +87,7 @@ impl Caller {
             .get(&key)
             .into_iter()
             .flatten()
-            .filter_map(|((hook, revision, phase, attempt), running)| {
+            .filter_map(|((hook, revision, phase, attempt, _), running)| {
                 running.answer.as_ref().map(|answer| HookAnswer {
                     name: hook.clone(),
                     revision: revision.clone(),
@@ -101,31 +112,41 @@ impl Caller {
             return;
         }
         let running = calls.entry(key.clone()).or_default();
-        running.retain(|(hook, revision, phase, attempt), call| {
-            let keep = wanted.iter().any(|w| {
-                &w.name == hook
-                    && &w.revision == revision
-                    && w.phase == *phase
-                    && w.attempt == *attempt
-            });
+        let current = |name: &str| {
+            rollout
+                .spec
+                .webhooks
+                .iter()
+                .find(|h| h.name == name)
+                .map(spec_hash)
+        };
+        running.retain(|(hook, revision, phase, attempt, hash), call| {
+            let keep = current(hook) == Some(*hash)
+                && wanted.iter().any(|w| {
+                    &w.name == hook
+                        && &w.revision == revision
+                        && w.phase == *phase
+                        && w.attempt == *attempt
+                });
             if !keep {
                 call.task.abort();
             }
             keep
         });
         for call in wanted {
+            let Some(hook) = rollout.spec.webhooks.iter().find(|h| h.name == call.name) else {
+                continue;
+            };
             let call_key = (
                 call.name.clone(),
                 call.revision.clone(),
                 call.phase,
                 call.attempt,
+                spec_hash(hook),
             );
             if running.contains_key(&call_key) {
                 continue;
             }
-            let Some(hook) = rollout.spec.webhooks.iter().find(|h| h.name == call.name) else {
-                continue;
-            };
             let document = document(rollout, namespace, hook, call);
             let task = tokio::spawn(self.clone().call(
                 key.clone(),
@@ -189,8 +210,21 @@ impl Caller {
             .and_then(sluice_engine::duration::parse)
             .unwrap_or(DEFAULT_TIMEOUT)
             .min(MAX_TIMEOUT);
+        // The same key on each retry of this call, so that the receiver may tell a retry from a
+        // new call.
+        let headers = [(
+            "Idempotency-Key".to_owned(),
+            document["idempotencyKey"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )];
+        let request = Post {
+            headers: &headers,
+            ..Post::json(&hook.url, &document, timeout)
+        };
         let once = || async {
-            let outcome = post(&self.policy, &Post::json(&hook.url, &document, timeout)).await;
+            let outcome = post(&self.policy, &request).await;
             if outcome.ok {
                 Ok(outcome)
             } else {
@@ -278,5 +312,60 @@ fn document(
         "webhook": hook.name,
         "images": images,
         "metadata": hook.metadata,
+        // One per call, the same on its retries: the Rollout, the webhook, the revision, the phase
+        // and the release's attempt.
+        "idempotencyKey": format!(
+            "{}-{}-{}-{}-{}",
+            rollout.metadata.uid.as_deref().unwrap_or_default(),
+            hook.name,
+            call.revision,
+            call.phase,
+            call.attempt
+        ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(url: &str) -> Webhook {
+        serde_json::from_value(serde_json::json!({
+            "name": "smoke", "type": "pre-rollout", "url": url
+        }))
+        .expect("webhook")
+    }
+
+    /// A webhook fixed while its call runs is a new call; each call's document carries a key that
+    /// its retries repeat and another call does not.
+    #[test]
+    fn calls_are_keyed_by_the_hooks_spec_and_documents_carry_an_idempotency_key() {
+        let before = hook("http://smoke.tests.svc/run");
+        let fixed = hook("http://smoke.tests.svc/run-fixed");
+        assert_ne!(spec_hash(&before), spec_hash(&fixed));
+        assert_eq!(spec_hash(&before), spec_hash(&before.clone()));
+        let rollout: Rollout = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "web", "uid": "u-1"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "strategy": {"canary": {"steps": []}}}
+        }))
+        .expect("rollout");
+        let call = |attempt| HookCall {
+            name: "smoke".to_owned(),
+            revision: "abc".to_owned(),
+            phase: "pre-rollout",
+            attempt,
+        };
+        let first = document(&rollout, "tests", &before, &call(0));
+        assert_eq!(first["idempotencyKey"], "u-1-smoke-abc-pre-rollout-0");
+        assert_eq!(
+            document(&rollout, "tests", &before, &call(0))["idempotencyKey"],
+            first["idempotencyKey"]
+        );
+        assert_ne!(
+            document(&rollout, "tests", &before, &call(1))["idempotencyKey"],
+            first["idempotencyKey"]
+        );
+    }
 }

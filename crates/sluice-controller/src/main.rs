@@ -146,6 +146,20 @@ pub struct Context {
 }
 
 impl Context {
+    /// Drops what the controller keeps by Rollout once it is deleted: its backoff, its last writes,
+    /// its release records as last written, its webhook calls and notification marks, its overlap
+    /// with Argo Rollouts, so that Rollouts coming and going leave nothing behind.
+    pub fn forget_rollout(&self, namespace: &str, name: &str) {
+        self.backoffs.succeeded("Rollout", namespace, name);
+        self.written.forget(written::Kind::Rollout, namespace, name);
+        self.records.forget_rollout(namespace, name);
+        self.webhooks.forget_rollout(namespace, name);
+        self.notifier.forget(namespace, name);
+        if let Ok(mut overlaps) = self.argo_overlaps.lock() {
+            overlaps.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+    }
+
     /// Records an Event on `object`; see [`Publisher::publish`].
     pub fn publish(
         &self,
@@ -480,10 +494,10 @@ async fn start_watches(
             on_delete: Some({
                 let ctx = ctx.clone();
                 Arc::new(move |rollout: &Rollout| {
-                    ctx.metrics.forget_rollout(
-                        &rollout.namespace().unwrap_or_default(),
-                        &rollout.name_any(),
-                    );
+                    let (namespace, name) =
+                        (rollout.namespace().unwrap_or_default(), rollout.name_any());
+                    ctx.metrics.forget_rollout(&namespace, &name);
+                    ctx.forget_rollout(&namespace, &name);
                 })
             }),
         },

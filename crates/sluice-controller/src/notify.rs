@@ -71,6 +71,13 @@ pub struct Notifier {
 }
 
 impl Notifier {
+    /// Forgets what was delivered for a deleted Rollout.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        if let Ok(mut deliveries) = self.deliveries.lock() {
+            deliveries.remove(&(namespace.to_owned(), name.to_owned()));
+        }
+    }
+
     pub fn new(
         client: Client,
         policy: Arc<AddressPolicy>,

@@ -84,6 +84,26 @@ impl Written {
             map.remove(key);
         }
     }
+
+    /// Forgets every record of a deleted Rollout (`ROLLOUT-N`), not those of another whose name it
+    /// begins (`ROLLOUT-2-N`).
+    pub fn forget_rollout(&self, namespace: &str, rollout: &str) {
+        if let Ok(mut map) = self.known.lock() {
+            map.retain(|(ns, record), _| {
+                let of_it = ns == namespace
+                    && record
+                        .strip_prefix(rollout)
+                        .and_then(|rest| rest.strip_prefix('-'))
+                        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+                !of_it
+            });
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.known.lock().map(|m| m.len()).unwrap_or_default()
+    }
 }
 
 /// Writes the record of `release` if it says something new, and deletes the records beyond the
@@ -260,4 +280,32 @@ async fn prune(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deleted Rollout's records are forgotten, not those of another Rollout whose name begins
+    /// with its name, nor those of another namespace.
+    #[test]
+    fn a_deleted_rollouts_records_are_forgotten_and_no_other() {
+        let written = Written::default();
+        for (ns, record) in [
+            ("a", "web-1"),
+            ("a", "web-12"),
+            ("a", "web-2-1"),
+            ("b", "web-1"),
+        ] {
+            written.put((ns.to_owned(), record.to_owned()), Known::default());
+        }
+        written.forget_rollout("a", "web");
+        assert_eq!(written.len(), 2);
+        assert!(
+            written
+                .get(&("a".to_owned(), "web-2-1".to_owned()))
+                .is_some()
+        );
+        assert!(written.get(&("b".to_owned(), "web-1".to_owned())).is_some());
+    }
 }

@@ -180,6 +180,11 @@ impl Caller {
         changed
     }
 
+    /// Gives up the calls of a deleted Rollout.
+    pub fn forget_rollout(&self, namespace: &str, name: &str) {
+        self.forget(&(namespace.to_owned(), name.to_owned()));
+    }
+
     /// Gives up the Rollout's calls: it is gone.
     fn forget(&self, rollout: &RolloutKey) {
         if let Ok(mut calls) = self.calls.lock()

@@ -158,6 +158,8 @@ async fn reconcile_run(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
                     analysis::record(&run.spec, &mut status, metric, measurement);
                 }
                 analysis::summarize(&run.spec, &mut status, now);
+                // A status that does not fit in the object would fail its write on every try.
+                analysis::fit_retained(&mut status, analysis::MAX_RETAINED_BYTES);
                 // Measuring took time: ask again from now for what is due next.
                 let later = analysis::schedule(&run.spec, &status, started, Timestamp::now());
                 if later.due.is_empty() {

@@ -65,6 +65,44 @@ fn retention(spec: &AnalysisRunSpec, name: &str) -> usize {
         .unwrap_or(DEFAULT_MEASUREMENT_RETENTION)
 }
 
+/// The most a run's retained measurements may take, serialized: a run's status must fit in one
+/// object (etcd takes about 1.5 MiB), whatever `measurementRetention` asks (64 metrics keeping 1,000
+/// measurements of up to a few KiB each would not).
+pub const MAX_RETAINED_BYTES: usize = 512 * 1024;
+
+/// Drops the oldest measurements, from the metric that keeps the most, until what all metrics keep
+/// takes at most `budget` bytes serialized; each metric keeps its newest measurement. The tallies
+/// (counts, consecutive errors) are not touched: they, not the measurements, decide.
+pub fn fit_retained(status: &mut AnalysisRunStatus, budget: usize) {
+    let size = |m: &Measurement| serde_json::to_vec(m).map_or(0, |v| v.len() + 1);
+    let mut sizes: Vec<std::collections::VecDeque<usize>> = status
+        .metric_results
+        .iter()
+        .map(|r| r.measurements.iter().map(size).collect())
+        .collect();
+    let mut total: usize = sizes.iter().flatten().sum();
+    let mut dropped = vec![0usize; sizes.len()];
+    while total > budget {
+        let Some((most, _)) = sizes
+            .iter()
+            .enumerate()
+            .filter(|(_, kept)| kept.len() > 1)
+            .max_by_key(|(_, kept)| kept.len())
+        else {
+            break;
+        };
+        if let Some(oldest) = sizes[most].pop_front() {
+            total -= oldest;
+            dropped[most] += 1;
+        }
+    }
+    for (result, drop) in status.metric_results.iter_mut().zip(dropped) {
+        if drop > 0 {
+            result.measurements.drain(..drop);
+        }
+    }
+}
+
 fn result_for<'a>(status: &'a AnalysisRunStatus, name: &str) -> Option<&'a MetricResult> {
     status.metric_results.iter().find(|r| r.name == name)
 }
@@ -646,6 +684,51 @@ mod tests {
         let s = schedule(&spec, &status, at(0), at(30));
         assert!(s.due.is_empty());
         assert_eq!(s.next_in, Some(MIN_INTERVAL));
+    }
+
+    /// Whatever the retention asks, what a run keeps fits in its object: the oldest go first, from
+    /// the metrics that keep the most, and each metric keeps its newest.
+    #[test]
+    fn retained_measurements_fit_in_the_runs_object() {
+        let measurement = |i: usize| Measurement {
+            phase: AnalysisPhase::Successful,
+            value: Some(format!("{i}:{}", "9".repeat(1000))),
+            started_at: None,
+            finished_at: None,
+            message: Some("m".repeat(1000)),
+            metadata: std::collections::BTreeMap::new(),
+        };
+        let mut status = AnalysisRunStatus::default();
+        for metric in 0..64 {
+            let kept = if metric == 0 { 1 } else { 1000 };
+            status.metric_results.push(MetricResult {
+                name: format!("m{metric}"),
+                phase: AnalysisPhase::Running,
+                measurements: (0..kept).map(measurement).collect(),
+                message: None,
+                count: 0,
+                successful: 0,
+                failed: 0,
+                inconclusive: 0,
+                error: 0,
+                consecutive_error: 0,
+                consecutive_success: 0,
+                dry_run: false,
+            });
+        }
+        fit_retained(&mut status, MAX_RETAINED_BYTES);
+        let size = serde_json::to_vec(&status).expect("json").len();
+        assert!(size <= MAX_RETAINED_BYTES + 64 * 1024, "{size} bytes");
+        for result in &status.metric_results {
+            assert!(!result.measurements.is_empty(), "{} kept none", result.name);
+            let newest = result.measurements.last().and_then(|m| m.value.clone());
+            let want = if result.name == "m0" { "0:" } else { "999:" };
+            assert!(
+                newest.is_some_and(|v| v.starts_with(want)),
+                "{}",
+                result.name
+            );
+        }
     }
 
     #[test]

@@ -165,8 +165,17 @@ pub struct Metrics {
     pub canary_weight: Family<RolloutLabels, Gauge>,
     /// The canary steps each Rollout has completed in its release (its total once it is stable).
     pub canary_step: Family<RolloutLabels, Gauge>,
+    /// The metric names each namespace's measurements are counted under (see [`Self::measured`]).
+    measured_names:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
     pub registry: Registry,
 }
+
+/// Metric names a namespace's measurements are counted under; past them, [`OTHER_METRICS`]. Names
+/// are a tenant's text: without a bound, runs with ever new names would grow `/metrics` for ever.
+pub const MAX_METRIC_NAMES_PER_NAMESPACE: usize = 64;
+/// The metric label of measurements past a namespace's bound.
+pub const OTHER_METRICS: &str = "_other";
 
 /// The Rollout reconciles under way, each with the requests it sent so far, by its tracing span.
 ///
@@ -382,6 +391,7 @@ impl Default for Metrics {
             reconciles_running,
             canary_weight,
             canary_step,
+            measured_names: std::sync::Mutex::default(),
             registry,
         }
     }
@@ -596,10 +606,24 @@ impl Metrics {
 
     /// Counts a measurement.
     pub fn measured(&self, namespace: &str, metric: &str, phase: AnalysisPhase) {
+        let counted = self
+            .measured_names
+            .lock()
+            .ok()
+            .and_then(|mut seen| {
+                let names = seen.entry(namespace.to_owned()).or_default();
+                if names.contains(metric) || names.len() < MAX_METRIC_NAMES_PER_NAMESPACE {
+                    names.insert(metric.to_owned());
+                    Some(metric)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(OTHER_METRICS);
         self.measurements
             .get_or_create(&MeasurementLabels {
                 namespace: namespace.to_owned(),
-                metric: metric.to_owned(),
+                metric: counted.to_owned(),
                 phase: format!("{phase:?}"),
             })
             .inc();
@@ -835,5 +859,34 @@ mod dashboard_tests {
             }
         }
         assert!(checked >= 20, "only {checked} metric references found");
+    }
+}
+
+#[cfg(test)]
+mod cardinality_tests {
+    use super::*;
+
+    /// A tenant's ever new metric names add at most a bounded number of series per namespace;
+    /// past it they are counted under `_other`, and another namespace keeps its own names.
+    #[test]
+    fn measurement_series_are_bounded_per_namespace() {
+        let metrics = Metrics::default();
+        for i in 0..1000 {
+            metrics.measured("noisy", &format!("m{i}"), AnalysisPhase::Successful);
+        }
+        metrics.measured("quiet", "error-rate", AnalysisPhase::Successful);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry).expect("encode");
+        let series = text
+            .lines()
+            .filter(|l| l.contains("namespace=\"noisy\"") && !l.starts_with('#'))
+            .count();
+        assert_eq!(
+            series,
+            MAX_METRIC_NAMES_PER_NAMESPACE + 1,
+            "{series} series"
+        );
+        assert!(text.contains("metric=\"_other\""));
+        assert!(text.contains("namespace=\"quiet\""));
     }
 }

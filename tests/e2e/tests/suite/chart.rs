@@ -200,41 +200,7 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
     }
 
     // The RBAC for one namespace, for real; the operator then runs as the chart's ServiceAccount.
-    let scoped = yaml_documents(&helm(
-        &binaries.helm,
-        &[
-            "template",
-            &release,
-            "charts/sluice",
-            "--namespace",
-            &release,
-            "--kube-version",
-            "1.37.2",
-            "--set",
-            "crds.install=false",
-            "--set",
-            &format!("watchNamespace={release}"),
-            // The roles aggregated into view, edit and admin are people's, not the operator's;
-            // `the_aggregated_roles_give_sluice_kinds_to_view_edit_and_admin` checks them.
-            "--set",
-            "rbac.aggregateToDefaultRoles=false",
-        ],
-    )?)?;
-    let rbac: Vec<Value> = scoped
-        .into_iter()
-        .filter(|o| {
-            o["kind"].as_str().is_some_and(|k| {
-                matches!(
-                    k,
-                    "ServiceAccount"
-                        | "Role"
-                        | "RoleBinding"
-                        | "ClusterRole"
-                        | "ClusterRoleBinding"
-                )
-            })
-        })
-        .collect();
+    let rbac = scoped_rbac(&binaries.helm, &release, &[])?;
     // Least privilege: only verbs the operator sends (no wildcard, no update, no listing of
     // Secrets or watching of Leases), checked on what the chart renders; the release below proves
     // they are enough.
@@ -321,6 +287,8 @@ fn scoped_rbac(helm_bin: &std::path::Path, ns: &str, extra: &[&str]) -> Result<V
         "crds.install=false",
         "--set",
         &watch,
+        // The roles aggregated into view, edit and admin are people's, not the operator's;
+        // `the_aggregated_roles_give_sluice_kinds_to_view_edit_and_admin` checks them.
         "--set",
         "rbac.aggregateToDefaultRoles=false",
     ];

@@ -115,6 +115,79 @@ fn rss_mib(pid: u32) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// The controller's resident memory sampled every 100 ms, for its peak.
+struct PeakRss {
+    peak: Arc<std::sync::Mutex<f64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PeakRss {
+    fn sample(pid: u32, before: f64) -> Self {
+        let peak = Arc::new(std::sync::Mutex::new(before));
+        let task = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let (Ok(rss), Ok(mut peak)) = (rss_mib(pid), peak.lock()) {
+                        *peak = peak.max(rss);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        Self { peak, task }
+    }
+
+    /// Stops sampling; the peak seen, in MiB.
+    fn stop(self) -> f64 {
+        self.task.abort();
+        self.peak.lock().map(|p| *p).unwrap_or_default()
+    }
+}
+
+/// Waits for run `name` to finish, in Error with its last measurement saying `says`; prints it.
+async fn ended_in_error(runs: &Api<AnalysisRun>, name: &str, says: &str) -> Result<AnalysisRun> {
+    let run = crate::tenancy::finished(runs, name).await?;
+    let status = run.status.clone().unwrap_or_default();
+    let said = status.metric_results[0]
+        .measurements
+        .last()
+        .and_then(|m| m.message.clone())
+        .unwrap_or_default();
+    println!("run {name}: {:?}: {said}", status.phase);
+    ensure!(
+        status.phase == Some(AnalysisPhase::Error),
+        "{name}: {status:?}"
+    );
+    ensure!(
+        said.contains(says),
+        "{name}: {said:?} does not say {says:?}"
+    );
+    Ok(run)
+}
+
+/// The unrelated Rollout `web`: a canary that pauses at 50% for a person, healthy on its first
+/// revision, and the latency of an abort of its first release (before any attack).
+async fn unrelated_release(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<(Api<Rollout>, Value, Duration)> {
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), namespace);
+    let steps =
+        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
+    apply(
+        &rollouts,
+        &rollout("web", 2, "registry.example/web:1.0.0", steps.clone()),
+    )
+    .await?;
+    wait_status(&rollouts, "web", "the first revision to be healthy", |s| {
+        healthy_on(s, None)
+    })
+    .await?;
+    let before = abort_latency(&rollouts, "registry.example/web:2.0.0", &steps).await?;
+    Ok((rollouts, steps, before))
+}
+
 /// Releases `image` on the unrelated Rollout, waits for its pause, asks for an abort and returns
 /// how long the abort took to be recorded and stable to be whole again.
 async fn abort_latency(api: &Api<Rollout>, image: &str, steps: &Value) -> Result<Duration> {
@@ -145,19 +218,7 @@ async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_ke
 
     // The unrelated release: a canary that pauses at 50% for a person, aborted once before the
     // attack and once during it.
-    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    let steps =
-        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
-    apply(
-        &rollouts,
-        &rollout("web", 2, "registry.example/web:1.0.0", steps.clone()),
-    )
-    .await?;
-    wait_status(&rollouts, "web", "the first revision to be healthy", |s| {
-        healthy_on(s, None)
-    })
-    .await?;
-    let before = abort_latency(&rollouts, "registry.example/web:2.0.0", &steps).await?;
+    let (rollouts, steps, before) = unrelated_release(&client, &ns.name).await?;
     let rss_before = rss_mib(controller.pid())?;
 
     let answers = [
@@ -221,37 +282,10 @@ async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_ke
     )
     .await?;
     // Sample memory while the runs are being measured, and abort the unrelated release meanwhile.
-    let peak = Arc::new(std::sync::Mutex::new(rss_before));
-    let sampling = {
-        let peak = peak.clone();
-        let pid = controller.pid();
-        tokio::spawn(async move {
-            loop {
-                if let (Ok(rss), Ok(mut peak)) = (rss_mib(pid), peak.lock()) {
-                    *peak = peak.max(rss);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let sampling = PeakRss::sample(controller.pid(), rss_before);
     let during = abort_latency(&rollouts, "registry.example/web:3.0.0", &steps).await?;
     for (name, _, says) in &answers {
-        let run = crate::tenancy::finished(&runs, name).await?;
-        let status = run.status.clone().unwrap_or_default();
-        let said = status.metric_results[0]
-            .measurements
-            .last()
-            .and_then(|m| m.message.clone())
-            .unwrap_or_default();
-        println!("{name}: {:?}: {said}", status.phase);
-        ensure!(
-            status.phase == Some(AnalysisPhase::Error),
-            "{name}: {status:?}"
-        );
-        ensure!(
-            said.contains(says),
-            "{name}: {said:?} does not say {says:?}"
-        );
+        let run = ended_in_error(&runs, name, says).await?;
         let size = serde_json::to_string(&run)?.len();
         ensure!(size < 64 << 10, "{name}: the run is {size} bytes");
     }
@@ -277,8 +311,7 @@ async fn hostile_answers_end_in_errors_with_bounded_memory_and_other_releases_ke
         "web-zeros: Error: {} metrics refused their answers",
         status.metric_results.len()
     );
-    sampling.abort();
-    let peak = peak.lock().map(|p| *p).unwrap_or_default();
+    let peak = sampling.stop();
     println!(
         "hostile answers: controller RSS {rss_before:.1} MiB before, {peak:.1} MiB at most during; \
          the unrelated release's abort took {:.0} ms before and {:.0} ms during the attack",
@@ -308,34 +341,10 @@ async fn hostile_conditions_are_refused_or_stopped_and_other_releases_keep_pace(
     let ns = TestNamespace::create(&client, "hostile-conditions").await?;
     let mut controller = ControllerProcess::start(&ns.name)?;
 
-    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
-    let steps =
-        json!({"maxSurge": 1, "maxUnavailable": 0, "steps": [{"setWeight": 50}, {"pause": {}}]});
-    apply(
-        &rollouts,
-        &rollout("web", 2, "registry.example/web:1.0.0", steps.clone()),
-    )
-    .await?;
-    wait_status(&rollouts, "web", "the first revision to be healthy", |s| {
-        healthy_on(s, None)
-    })
-    .await?;
-    let before = abort_latency(&rollouts, "registry.example/web:2.0.0", &steps).await?;
+    let (rollouts, steps, before) = unrelated_release(&client, &ns.name).await?;
     let rss_before = rss_mib(controller.pid())?;
 
-    let peak = Arc::new(std::sync::Mutex::new(rss_before));
-    let sampling = {
-        let peak = peak.clone();
-        let pid = controller.pid();
-        tokio::spawn(async move {
-            loop {
-                if let (Ok(rss), Ok(mut peak)) = (rss_mib(pid), peak.lock()) {
-                    *peak = peak.max(rss);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let sampling = PeakRss::sample(controller.pid(), rss_before);
 
     let address = stand_in(Answer::Series(1000)).await?;
     let nested = (0..12).fold("# > 0".to_owned(), |inner, _| {
@@ -427,25 +436,9 @@ async fn hostile_conditions_are_refused_or_stopped_and_other_releases_keep_pace(
         );
     }
     for (name, _, says) in &costly {
-        let run = crate::tenancy::finished(&runs, name).await?;
-        let status = run.status.clone().unwrap_or_default();
-        let said = status.metric_results[0]
-            .measurements
-            .last()
-            .and_then(|m| m.message.clone())
-            .unwrap_or_default();
-        println!("run {name}: {:?}: {said}", status.phase);
-        ensure!(
-            status.phase == Some(AnalysisPhase::Error),
-            "{name}: {status:?}"
-        );
-        ensure!(
-            said.contains(says),
-            "{name}: {said:?} does not say {says:?}"
-        );
+        ended_in_error(&runs, name, says).await?;
     }
-    sampling.abort();
-    let peak = peak.lock().map(|p| *p).unwrap_or_default();
+    let peak = sampling.stop();
     println!(
         "hostile conditions: controller RSS {rss_before:.1} MiB before, {peak:.1} MiB at most \
          during; the unrelated release's abort took {:.0} ms before and {:.0} ms during",

@@ -68,7 +68,10 @@ async fn stand_in(answer: Answer) -> Result<String> {
                         let body = format!(
                             r#"{{"status":"success","data":{{"resultType":"vector","result":[{series}]}}}}"#
                         );
-                        let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
+                        let head = format!(
+                            "{json}Connection: close\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
                         stream.write_all(head.as_bytes()).await.ok();
                         stream.write_all(body.as_bytes()).await
                     }
@@ -80,7 +83,12 @@ async fn stand_in(answer: Answer) -> Result<String> {
                     }
                     Answer::Zeros(bytes) => {
                         let body = format!("[{}0]", "0,".repeat(bytes / 2 - 2));
-                        let head = format!("{json}Content-Length: {}\r\n\r\n", body.len());
+                        // One answer per connection, said so: a client must not send the next
+                        // request on a connection this server closes.
+                        let head = format!(
+                            "{json}Connection: close\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
                         stream.write_all(head.as_bytes()).await.ok();
                         stream.write_all(body.as_bytes()).await
                     }

@@ -9,6 +9,12 @@
 //! unspecified and multicast addresses, and IPv6 addresses that carry one of them (NAT64, 6to4,
 //! IPv4-mapped) are refused however an allowed name resolves, unless a range rule names them. Names are checked where they are resolved for the
 //! connection itself (the HTTP client's resolver), so what is checked is what is reached.
+//!
+//! A name allowed only by an in-cluster pattern (`*.svc`, `*.svc.cluster.local`: the defaults)
+//! must also resolve into the cluster's own ranges ([`ClusterRanges`]: its Service ranges and pod
+//! ranges, named by flag or discovered), so that an `ExternalName` Service, or a name `pods
+//! insecure` DNS answers with any address, reaches nothing outside the cluster. A host rule and a
+//! range rule are the operator's own word and are taken as written.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -77,20 +83,82 @@ impl fmt::Display for Rule {
     }
 }
 
+impl Rule {
+    /// A pattern for the cluster's own Service names (`*.svc`, `*.svc.DOMAIN`), whose addresses
+    /// must be the cluster's.
+    fn in_cluster(&self) -> bool {
+        matches!(self, Self::Suffix(suffix) if suffix == "svc" || suffix.starts_with("svc."))
+    }
+}
+
+/// The cluster's own address ranges (Service and pod ranges), which names allowed by an
+/// in-cluster pattern must resolve into. Set once from the operator's flags, or kept up to date by
+/// discovery; until known, such names are refused, saying why.
+#[derive(Debug)]
+pub struct ClusterRanges {
+    known: std::sync::RwLock<Result<Vec<IpNet>, String>>,
+}
+
+impl Default for ClusterRanges {
+    fn default() -> Self {
+        Self::unknown("they have not been discovered yet")
+    }
+}
+
+impl ClusterRanges {
+    /// Ranges named by the operator.
+    pub fn fixed(ranges: Vec<IpNet>) -> Self {
+        Self {
+            known: std::sync::RwLock::new(Ok(ranges)),
+        }
+    }
+
+    /// Not known, for the reason given.
+    pub fn unknown(why: &str) -> Self {
+        Self {
+            known: std::sync::RwLock::new(Err(why.to_owned())),
+        }
+    }
+
+    /// What discovery found: the ranges, or why they could not be read.
+    pub fn set(&self, found: Result<Vec<IpNet>, String>) {
+        if let Ok(mut known) = self.known.write() {
+            *known = found;
+        }
+    }
+
+    /// The ranges, or why they are not known.
+    pub fn get(&self) -> Result<Vec<IpNet>, String> {
+        self.known
+            .read()
+            .map_err(|_| "they could not be read".to_owned())
+            .and_then(|known| known.clone())
+    }
+}
+
 /// The addresses a provider may be sent to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct AddressPolicy {
     allow: Vec<Rule>,
+    cluster: Arc<ClusterRanges>,
 }
+
+impl PartialEq for AddressPolicy {
+    fn eq(&self, other: &Self) -> bool {
+        self.allow == other.allow && Arc::ptr_eq(&self.cluster, &other.cluster)
+    }
+}
+
+impl Eq for AddressPolicy {}
 
 impl Default for AddressPolicy {
     fn default() -> Self {
-        Self {
-            allow: DEFAULT_RULES
+        Self::new(
+            DEFAULT_RULES
                 .iter()
                 .filter_map(|r| r.parse().ok())
                 .collect(),
-        }
+        )
     }
 }
 
@@ -110,9 +178,28 @@ pub struct Denied {
 }
 
 impl AddressPolicy {
-    /// A policy allowing what `rules` name and nothing else.
+    /// A policy allowing what `rules` name and nothing else (in-cluster patterns only once the
+    /// cluster's ranges are known: see [`Self::with_cluster_ranges`]).
     pub fn new(rules: Vec<Rule>) -> Self {
-        Self { allow: rules }
+        Self {
+            allow: rules,
+            cluster: Arc::default(),
+        }
+    }
+
+    /// The same rules, with the cluster's ranges read from `cluster`.
+    pub fn with_cluster_ranges(mut self, cluster: Arc<ClusterRanges>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The host rules that allow `name` (lower case, no trailing dot).
+    fn host_rules<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.allow.iter().filter(move |rule| match rule {
+            Rule::Host(h) => h == name,
+            Rule::Suffix(s) => name.ends_with(&format!(".{s}")),
+            Rule::Range(_) => false,
+        })
     }
 
     /// Checks the host of a URL before anything is sent: a name must match a host rule (what it
@@ -124,12 +211,7 @@ impl AddressPolicy {
             return self.check_ip(host, ip);
         }
         let name = bare.trim_end_matches('.').to_ascii_lowercase();
-        let matched = self.allow.iter().any(|rule| match rule {
-            Rule::Host(h) => *h == name,
-            Rule::Suffix(s) => name.ends_with(&format!(".{s}")),
-            Rule::Range(_) => false,
-        });
-        if matched {
+        if self.host_rules(&name).next().is_some() {
             Ok(())
         } else {
             Err(Denied {
@@ -162,7 +244,8 @@ impl AddressPolicy {
         })
     }
 
-    /// Checks what an allowed name resolved to: never a special address a range rule does not name.
+    /// Checks what an allowed name resolved to: never a special address a range rule does not
+    /// name, and, for a name only an in-cluster pattern allows, only the cluster's addresses.
     pub fn check_resolved(&self, host: &str, ips: &[IpAddr]) -> Result<(), Denied> {
         self.check_host(host)?;
         for ip in ips {
@@ -170,7 +253,44 @@ impl AddressPolicy {
                 self.check_ip(host, *ip)?;
             }
         }
-        Ok(())
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if !self.host_rules(&name).all(Rule::in_cluster) {
+            return Ok(());
+        }
+        let ranged = |ip: &IpAddr| {
+            self.allow
+                .iter()
+                .any(|rule| matches!(rule, Rule::Range(net) if net.contains(ip)))
+        };
+        let cluster = self.cluster.get().map_err(|why| Denied {
+            what: name.clone(),
+            why: format!(
+                "an in-cluster name must resolve into the cluster's address ranges, and {why} \
+                 (name them with --cluster-address-range, the chart's clusterAddressRanges)"
+            ),
+        })?;
+        match ips
+            .iter()
+            .find(|ip| !ranged(ip) && !cluster.iter().any(|net| net.contains(*ip)))
+        {
+            None => Ok(()),
+            Some(ip) => {
+                let ranges: Vec<String> = cluster.iter().map(ToString::to_string).collect();
+                Err(Denied {
+                    what: describe(host, *ip),
+                    why: format!(
+                        "an in-cluster name must resolve into the cluster's address ranges ({}), \
+                         as a Service's does (an ExternalName Service's does not); a host or range \
+                         rule allows it",
+                        if ranges.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            ranges.join(", ")
+                        }
+                    ),
+                })
+            }
+        }
     }
 }
 
@@ -282,6 +402,84 @@ mod tests {
 
     fn policy(rules: &[&str]) -> AddressPolicy {
         AddressPolicy::new(rules.iter().map(|r| r.parse().expect("rule")).collect())
+            .with_cluster_ranges(testbed_ranges())
+    }
+
+    /// A cluster whose Services are in 10.96.0.0/16 and pods in 10.244.0.0/16.
+    fn testbed_ranges() -> Arc<ClusterRanges> {
+        Arc::new(ClusterRanges::fixed(vec![
+            "10.96.0.0/16".parse().expect("range"),
+            "10.244.0.0/16".parse().expect("range"),
+        ]))
+    }
+
+    fn in_cluster() -> AddressPolicy {
+        AddressPolicy::default().with_cluster_ranges(testbed_ranges())
+    }
+
+    /// A `*.svc` name reaches only the cluster's addresses: an ExternalName Service (or a name
+    /// that `pods insecure` DNS answers with any address) pointing at a node, the internet or
+    /// another network is refused; a host rule or a range rule the operator wrote lets it through.
+    #[test]
+    fn in_cluster_names_resolve_into_the_clusters_ranges_only() {
+        let policy = in_cluster();
+        for inside in ["10.96.0.10", "10.244.3.7"] {
+            assert!(
+                policy
+                    .check_resolved("prometheus.monitoring.svc", &[ip(inside)])
+                    .is_ok(),
+                "{inside}"
+            );
+        }
+        for outside in ["198.18.0.1", "93.184.216.34", "192.168.1.10", "2001:db8::1"] {
+            let denied = policy
+                .check_resolved("elsewhere.tenant.svc.cluster.local", &[ip(outside)])
+                .expect_err(outside);
+            assert!(
+                denied.to_string().contains("cluster's address ranges")
+                    && denied.to_string().contains("10.96.0.0/16"),
+                "{outside}: {denied}"
+            );
+        }
+        // One address outside among several is enough to refuse the name.
+        assert!(
+            policy
+                .check_resolved("web.tenant.svc", &[ip("10.96.0.10"), ip("93.184.216.34")])
+                .is_err()
+        );
+        // Unknown ranges refuse in-cluster names, saying what to do.
+        let unknown = AddressPolicy::default().with_cluster_ranges(Arc::new(
+            ClusterRanges::unknown("listing ServiceCIDRs was forbidden"),
+        ));
+        let denied = unknown
+            .check_resolved("prometheus.monitoring.svc", &[ip("10.96.0.10")])
+            .expect_err("unknown");
+        assert!(
+            denied.to_string().contains("forbidden")
+                && denied.to_string().contains("--cluster-address-range"),
+            "{denied}"
+        );
+        // The operator's own rules are taken as written.
+        for rules in [
+            &["*.svc", "prometheus.monitoring.svc"][..],
+            &["*.svc", "198.18.0.0/24"][..],
+        ] {
+            assert!(
+                policy_with(rules)
+                    .check_resolved("prometheus.monitoring.svc", &[ip("198.18.0.1")])
+                    .is_ok(),
+                "{rules:?}"
+            );
+        }
+        assert!(
+            policy_with(&["*.internal"])
+                .check_resolved("db.internal", &[ip("192.0.2.1")])
+                .is_ok()
+        );
+    }
+
+    fn policy_with(rules: &[&str]) -> AddressPolicy {
+        policy(rules)
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -309,7 +507,7 @@ mod tests {
 
     #[test]
     fn the_default_allows_in_cluster_service_names_only() {
-        let policy = AddressPolicy::default();
+        let policy = in_cluster();
         assert_eq!(policy.check_host("prometheus.monitoring.svc"), Ok(()));
         assert_eq!(
             policy.check_host("Prometheus.Monitoring.svc.cluster.local."),
@@ -380,7 +578,7 @@ mod tests {
     /// refused as the addresses they reach.
     #[test]
     fn metadata_endpoints_and_translated_addresses_are_refused() {
-        let policy = AddressPolicy::default();
+        let policy = in_cluster();
         for (address, kind) in [
             ("100.100.100.200", "cloud metadata"),
             ("fd00:ec2::254", "cloud metadata"),
@@ -397,10 +595,8 @@ mod tests {
             assert!(denied.to_string().contains(kind), "{address}: {denied}");
         }
         assert!(
-            policy
-                .check_resolved("prometheus.monitoring.svc", &[ip("64:ff9b::a00:1")])
-                .is_ok(),
-            "a translated cluster address is not special"
+            special(ip("64:ff9b::a00:1")).is_none(),
+            "a translated private address is not special"
         );
     }
 }

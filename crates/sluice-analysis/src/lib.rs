@@ -18,7 +18,7 @@ pub mod provider;
 pub mod slo;
 pub mod web;
 
-pub use address::{AddressPolicy, Rule as AddressRule};
+pub use address::{AddressPolicy, ClusterRanges, Rule as AddressRule};
 pub use condition::{
     ConditionError, Conditions, Dialect, Judge, QueryResult, ResultShape, Verdict,
 };

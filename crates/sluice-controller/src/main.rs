@@ -42,6 +42,7 @@ mod argo;
 mod backoff;
 mod cache;
 mod circuit;
+mod cluster_ranges;
 mod error;
 mod failpoints;
 mod gate;
@@ -106,6 +107,12 @@ struct Args {
     /// refused unless a range names them; redirects are never followed.
     #[arg(long = "allow-provider-address", env = "SLUICE_ALLOW_PROVIDER_ADDRESS", value_delimiter = ',', value_parser = clap::value_parser!(AddressRule))]
     allow_provider_address: Vec<AddressRule>,
+    /// The cluster's own address ranges (Service and pod ranges, `10.96.0.0/12`), which a name
+    /// allowed only by an in-cluster pattern (`*.svc`) must resolve into; repeat the flag, or
+    /// separate ranges with commas. Default: discovered from the ServiceCIDRs and the nodes' pod
+    /// ranges (name the range of a network plugin that gives pods addresses of its own).
+    #[arg(long = "cluster-address-range", env = "SLUICE_CLUSTER_ADDRESS_RANGE", value_delimiter = ',', value_parser = clap::value_parser!(ipnet::IpNet))]
+    cluster_address_range: Vec<ipnet::IpNet>,
 }
 
 /// Parameters for the merge and JSON patches the controller makes, under its field manager, so that
@@ -115,6 +122,19 @@ pub fn writer() -> PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     }
+}
+
+/// The owner reference of what a Rollout owns (its ReplicaSets, runs, release records, canary
+/// Ingress): the Rollout as controller, and a foreground deletion of the Rollout waits for them, as
+/// Kubernetes' own controllers and Argo Rollouts set it (which needs `update` on
+/// `rollouts/finalizers` where `OwnerReferencesPermissionEnforcement` admits writes).
+pub fn owned_by(
+    rollout: &sluice_api::rollout::Rollout,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    use kube::Resource;
+    let mut owner = rollout.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
 }
 
 /// What every reconcile shares.
@@ -255,11 +275,23 @@ async fn run() -> anyhow::Result<()> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let (caches, writers) = cache::Caches::new();
-    let address_policy = Arc::new(if args.allow_provider_address.is_empty() {
-        AddressPolicy::default()
+    let cluster_ranges = if args.cluster_address_range.is_empty() {
+        let discovered = Arc::new(sluice_analysis::ClusterRanges::default());
+        cluster_ranges::spawn_discovery(client.clone(), discovered.clone());
+        discovered
     } else {
-        AddressPolicy::new(args.allow_provider_address.clone())
-    });
+        Arc::new(sluice_analysis::ClusterRanges::fixed(
+            args.cluster_address_range.clone(),
+        ))
+    };
+    let address_policy = Arc::new(
+        if args.allow_provider_address.is_empty() {
+            AddressPolicy::default()
+        } else {
+            AddressPolicy::new(args.allow_provider_address.clone())
+        }
+        .with_cluster_ranges(cluster_ranges),
+    );
     let (webhooks, answered) =
         webhook::Caller::new(address_policy.clone(), caches.rollouts.clone());
     let events = spawn_recorder(Recorder::new(client.clone(), reporter));

@@ -56,6 +56,11 @@ struct Delivery {
     /// The release as last written (the cache may not have that write yet), while it has
     /// transitions to send.
     latest: Option<ReleaseProgress>,
+    /// The record of the release before the first one offered was looked at (once per process).
+    looked_back: bool,
+    /// The number of a release replaced in the same write as the one offered, whose record is to
+    /// be read (the cache keeps no timelines) for what was left to send.
+    look_back: Option<i64>,
 }
 
 /// Sends the Rollouts' notifications.
@@ -126,6 +131,16 @@ impl Notifier {
                 .unwrap_or(0);
             handled < places(release)
         };
+        // A release replaced in a status write whose process died before this call: the write
+        // that replaced it was its last, so only its record (written before that status) holds
+        // what was left to send. Looked for once, at the first offer after a start.
+        let first = !std::mem::replace(&mut delivery.looked_back, true);
+        if first
+            && replaced.is_none()
+            && let Some(release) = release
+        {
+            delivery.look_back = self.replaced_in_same_write(namespace, &key.1, release);
+        }
         if let Some(replaced) = replaced
             && pending(replaced, delivery)
         {
@@ -133,7 +148,7 @@ impl Notifier {
         }
         match release.filter(|r| pending(r, delivery)) {
             Some(release) => delivery.latest = Some(release.clone()),
-            None if delivery.replaced.is_none() => return,
+            None if delivery.replaced.is_none() && delivery.look_back.is_none() => return,
             None => {}
         }
         if delivery.running {
@@ -142,6 +157,57 @@ impl Notifier {
         }
         delivery.running = true;
         tokio::spawn(self.clone().deliver(key));
+    }
+
+    /// The number of the release before `current` if `current` replaced it in the same status
+    /// write (its record, as cached, says it ended as `current` started) and its record does not
+    /// say every sink had all of it.
+    fn replaced_in_same_write(
+        &self,
+        namespace: &str,
+        rollout: &str,
+        current: &ReleaseProgress,
+    ) -> Option<i64> {
+        let number = current.number.checked_sub(1)?;
+        let name = crate::release_record::name(rollout, number);
+        let record = self
+            .releases
+            .get(&ObjectRef::new(&name).within(namespace))?;
+        // (Compared in seconds, as the API server keeps times.)
+        let ended = record
+            .spec
+            .release
+            .ended_at
+            .as_ref()
+            .map(|t| t.0.as_second());
+        (ended == Some(current.started_at.0.as_second())).then_some(number)
+    }
+
+    /// The release `number` of the Rollout as its record has it, timeline included (the cache
+    /// keeps none), if any of its transitions may not have been handled.
+    async fn unsent_release(
+        &self,
+        namespace: &str,
+        rollout: &str,
+        number: i64,
+    ) -> Option<ReleaseProgress> {
+        let name = crate::release_record::name(rollout, number);
+        let api: Api<Release> = Api::namespaced(self.client.clone(), namespace);
+        let record = match api.get_opt(&name).await {
+            Ok(record) => record?,
+            Err(err) => {
+                tracing::warn!(%err, record = name, "could not read a replaced release's record");
+                return None;
+            }
+        };
+        let handled = record
+            .annotations()
+            .get(NOTIFIED_ANNOTATION)
+            .and_then(|text| serde_json::from_str::<Marks>(text).ok())
+            .and_then(|marks| marks.get(ALL_SINKS).copied())
+            .unwrap_or(0);
+        let release = record.spec.release;
+        (handled < places(&release)).then_some(release)
     }
 
     /// The marks on the release's record, as the cache has it.
@@ -157,6 +223,10 @@ impl Notifier {
     async fn deliver(self, key: RolloutKey) {
         // The sinks must be known before a transition is judged unwanted.
         let _ = self.sinks.wait_until_ready().await;
+        // The fault tests' sink slower than a release.
+        if let Some(held) = crate::failpoints::lag("notifications-held") {
+            tokio::time::sleep(held).await;
+        }
         loop {
             self.deliver_once(&key).await;
             let Ok(mut deliveries) = self.deliveries.lock() else {
@@ -182,16 +252,24 @@ impl Notifier {
         };
         // The releases as the reconcile wrote them: the cached Rollout may not show that write yet
         // (its spec and identity are all that is read from it).
-        let (replaced, latest) = self
+        let (look_back, replaced, latest) = self
             .deliveries
             .lock()
             .ok()
             .and_then(|mut d| {
                 let delivery = d.get_mut(key)?;
-                Some((delivery.replaced.take(), delivery.latest.take()))
+                Some((
+                    delivery.look_back.take(),
+                    delivery.replaced.take(),
+                    delivery.latest.take(),
+                ))
             })
             .unwrap_or_default();
-        for release in replaced.into_iter().chain(latest) {
+        let looked_back = match look_back {
+            Some(number) => self.unsent_release(namespace, name, number).await,
+            None => None,
+        };
+        for release in looked_back.into_iter().chain(replaced).chain(latest) {
             self.deliver_release(&rollout, key, release).await;
         }
     }

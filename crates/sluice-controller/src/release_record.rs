@@ -140,7 +140,7 @@ pub async fn mirror(
                 "name": record_name,
                 "labels": {ROLLOUT_LABEL: rollout_name},
                 "annotations": {RECORD_HASH_ANNOTATION: hash},
-                "ownerReferences": [rollout.controller_owner_ref(&())],
+                "ownerReferences": [crate::owned_by(rollout)],
             },
             "spec": spec,
         });

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_api::analysis::{
     AnalysisPhase, AnalysisRun, AnalysisRunSpec, AnalysisTemplate, AnalysisTemplateSpec, Argument,
@@ -353,7 +353,7 @@ pub async fn apply(
                 "name": start.name,
                 "labels": labels,
                 "annotations": {STABLE_HASH_ANNOTATION: stable},
-                "ownerReferences": [rollout.controller_owner_ref(&())],
+                "ownerReferences": [crate::owned_by(rollout)],
             },
             "spec": spec,
         });

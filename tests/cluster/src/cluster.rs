@@ -649,6 +649,12 @@ fn start_apiserver(
             ),
             arg("service-cluster-ip-range", "10.96.0.0/16"),
             arg("authorization-mode", "RBAC"),
+            // As hardened clusters run it: owning an object with blockOwnerDeletion needs update
+            // on the owner's finalizers, which the chart's RBAC must grant.
+            arg(
+                "enable-admission-plugins",
+                "OwnerReferencesPermissionEnforcement",
+            ),
             arg("allow-privileged", "true"),
         ],
     )

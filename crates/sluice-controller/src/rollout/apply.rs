@@ -342,7 +342,7 @@ fn build_replica_set(
         .unwrap_or_default();
     labels.insert(POD_TEMPLATE_HASH_LABEL.to_owned(), hash.to_owned());
     labels.insert(ROLLOUT_LABEL.to_owned(), rollout.name_any());
-    let owner = rollout.controller_owner_ref(&());
+    let owner = crate::owned_by(rollout);
     let original = serde_json::to_string(&rollout.spec.template)?;
     Ok(json!({
         "apiVersion": "apps/v1",

@@ -366,6 +366,9 @@ async fn reconcile_rollout(rollout: &Rollout, ctx: &Context) -> Result<Action, E
         if !plan.runs.start.is_empty() {
             crate::failpoints::crash("analysisrun-recorded");
         }
+        if plan.ended_release.is_some() {
+            crate::failpoints::crash("release-replaced");
+        }
     }
     let stable = plan.status.stable_rs.clone().unwrap_or_default();
     rollout_analysis::apply(

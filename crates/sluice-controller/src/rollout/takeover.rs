@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use sluice_api::names::{ROLLOUT_LABEL, TAKEOVER_ANNOTATION};
 use sluice_api::rollout::{POD_TEMPLATE_HASH_LABEL, Rollout, RolloutStatus};
@@ -347,7 +347,7 @@ async fn act(
         } => {
             if let Some(rs) = own_replica_set {
                 // The garbage collector took Argo's owner reference off: the list is ours to set.
-                let owner = rollout.controller_owner_ref(&());
+                let owner = crate::owned_by(rollout);
                 let patch = json!({"metadata": {"ownerReferences": [owner]}});
                 write_replica_set(
                     ctx,

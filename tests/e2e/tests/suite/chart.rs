@@ -220,7 +220,9 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
         }
     }
     // `group/resource:verb`, the core group empty. Argo Rollouts' Rollouts (argoproj.io) are read
-    // with get during a takeover; Sluice's own are only ever listed and watched.
+    // with get during a takeover; Sluice's own are only ever listed and watched. The one update is
+    // on `rollouts/finalizers`, which OwnerReferencesPermissionEnforcement (on in the testbed)
+    // asks of whoever owns objects by a Rollout with blockOwnerDeletion; no finalizer is written.
     for refused in [
         "*",
         ":update",
@@ -234,7 +236,9 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
         // "*" anywhere, ":update" for any resource, the others exactly ("releases" is not "leases").
         let grants = |g: &String| match refused {
             "*" => g.contains('*'),
-            verb if verb.starts_with(':') => g.ends_with(verb),
+            verb if verb.starts_with(':') => {
+                g.ends_with(verb) && g != "sluice.dev/rollouts/finalizers:update"
+            }
             exact => g == exact,
         };
         ensure!(

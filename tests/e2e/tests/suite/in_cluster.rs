@@ -865,6 +865,42 @@ async fn every_sample_runs_on_a_default_install_and_each_analysis_measures() -> 
         };
         eprintln!("samples measured (Rollout, analysis, metric): {measured:?}");
 
+        // An ExternalName Service is an in-cluster name for any address: here the node's (whose
+        // Prometheus answers), by a name `pods insecure` DNS resolves to it. The default policy
+        // allows `*.svc` names into the cluster's ranges only (discovered: no node has a pod range
+        // here, so the Service range), and the run ends in Error naming them.
+        let port = crate::analysis::prometheus_url()?
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+            .context("the Prometheus URL has no port")?;
+        let node_ip = sluice_testbed::node::NODE_IP.replace('.', "-");
+        for manifest in [
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "elsewhere", "namespace": samples.name},
+                   "spec": {"type": "ExternalName",
+                            "externalName": format!("{node_ip}.default.pod.cluster.local")}}),
+            json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+                   "metadata": {"name": "elsewhere", "namespace": samples.name,
+                                "labels": {"sluice.dev/standalone": "true"}},
+                   "spec": {"metrics": [{"name": "up", "count": 1, "consecutiveErrorLimit": 0,
+                       "successCondition": "result[0] == 1",
+                       "provider": {"prometheus": {
+                           "address": format!("http://elsewhere.{}.svc:{port}", samples.name),
+                           "query": "vector(1)"}}}]}}),
+        ] {
+            apply_object(&client, &manifest, false).await?;
+        }
+        let run = crate::tenancy::finished(&runs, "elsewhere").await?;
+        let status = run.status.unwrap_or_default();
+        let said = serde_json::to_string(&status)?;
+        ensure!(
+            status.phase == Some(AnalysisPhase::Error)
+                && said.contains("cluster's address ranges")
+                && said.contains("10.96.0.0/16"),
+            "the ExternalName Service's address was not refused: {said}"
+        );
+
         Ok(())
     }
     .await;

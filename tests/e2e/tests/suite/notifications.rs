@@ -267,3 +267,104 @@ async fn each_transition_is_notified_once_a_silent_sink_delays_nothing_and_a_res
     }
     Ok(())
 }
+
+/// A release replaced by a new revision in the same status write whose process then dies: what was
+/// left to send of it (here, all of it: its sink was slower than the release) is sent by the
+/// restarted controller, which learns of it only from the release's record.
+#[tokio::test]
+async fn a_release_replaced_just_before_a_crash_is_still_announced_after_the_restart() -> Result<()>
+{
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "notify-crash").await?;
+    let server = TestServer::start().await?;
+    server.answer("/hook", Answer::json(200, json!({})));
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    configs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "sluice-notifications"},
+                "data": {"hook": format!("format: json\nurl: {}/hook\non: [started, paused]\n", server.address)}
+            }))?,
+        )
+        .await?;
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let manifest = crate::analysis::rollout(json!({
+        "maxSurge": 1, "maxUnavailable": 0,
+        "steps": [{"setWeight": 50}, {"pause": {}}]
+    }));
+    {
+        let _controller = ControllerProcess::start(&ns.name)?;
+        apply(&api, &manifest).await?;
+        wait_status(&api, "the first revision healthy", |s| {
+            s.phase == Some(RolloutPhase::Healthy)
+        })
+        .await?;
+    }
+    // Its sink holds every delivery for ten minutes, and it dies right after the status write that
+    // replaces a release in flight.
+    let mut crashing = ControllerProcess::start_failing(
+        &ns.name,
+        "notifications-held=return(600000);release-replaced=return",
+    )?;
+    set_image(&api, "registry.example/web:2.0.0").await?;
+    let paused = wait_status(&api, "2.0.0 paused", |s| {
+        s.pause_conditions
+            .iter()
+            .any(|p| p.reason == "CanaryPauseStep")
+    })
+    .await?;
+    let replaced = paused
+        .release
+        .as_ref()
+        .map(|r| r.number)
+        .context("release")?;
+    set_image(&api, "registry.example/web:3.0.0").await?;
+    sluice_e2e::eventually(
+        "the controller to die after replacing the release",
+        Duration::from_secs(60),
+        || {
+            let exited = crashing.try_exited();
+            async move { Ok(exited?.then_some(())) }
+        },
+    )
+    .await?;
+    let sent = |number: i64, trigger: &str| {
+        bodies(&server, "/hook")
+            .into_iter()
+            .filter(|b| b["release"] == number && b["trigger"] == trigger)
+            .count()
+    };
+    ensure!(
+        sent(replaced, "started") + sent(replaced, "paused") == 0,
+        "sent before the crash"
+    );
+
+    let _restarted = ControllerProcess::start(&ns.name)?;
+    sluice_e2e::eventually(
+        "the replaced release's start and pause announced",
+        Duration::from_secs(30),
+        || async {
+            let kinds: Vec<String> = bodies(&server, "/hook")
+                .iter()
+                .filter(|b| b["release"] == replaced)
+                .filter_map(|b| b["trigger"].as_str().map(str::to_owned))
+                .collect();
+            if kinds.len() > 2 {
+                anyhow::bail!("sent more than once: {kinds:?}");
+            }
+            Ok((kinds == ["started", "paused"]).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| format!("received: {:?}", bodies(&server, "/hook")))?;
+    // And the release that replaced it, once.
+    sluice_e2e::eventually(
+        "the new release's start announced",
+        Duration::from_secs(30),
+        || async { Ok((sent(replaced + 1, "started") == 1).then_some(())) },
+    )
+    .await?;
+    Ok(())
+}

@@ -475,28 +475,41 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
             )
         })?;
         timed("clippy", &mut || {
-            run(
-                "cargo clippy -D warnings",
-                cargo().args([
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--features",
-                    "sluice-controller/failpoints",
-                    "--locked",
-                    "--",
-                    "-D",
-                    "warnings",
-                ]),
-            )
+            // The e2e suite is not among `--all-targets` (`test = false`), and naming it beside
+            // them selects it alone: a second pass, which reuses the first's checks.
+            for targets in [&["--all-targets"][..], &["--test", "suite"]] {
+                run(
+                    "cargo clippy -D warnings",
+                    cargo().args(["clippy", "--workspace"]).args(targets).args([
+                        "--features",
+                        "sluice-controller/failpoints",
+                        "--locked",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]),
+                )?;
+            }
+            Ok(())
         })?;
     }
     timed("crd drift", &mut || crdgen(root, true))?;
+    // Every Rust build below selects the whole workspace with the same features (the fault tests'
+    // failpoints, nothing without `FAILPOINTS` set), so each reuses what the one before built; the
+    // e2e suite is left out of `cargo test` by its manifest (`test = false`) and named to run.
+    let workspace = |verb: &str| {
+        let mut cmd = cargo();
+        cmd.args([
+            verb,
+            "--workspace",
+            "--locked",
+            "--features",
+            "sluice-controller/failpoints",
+        ]);
+        cmd
+    };
     timed("unit tests", &mut || {
-        run(
-            "unit tests",
-            cargo().args(["test", "--workspace", "--locked", "--exclude", "sluice-e2e"]),
-        )
+        run("unit tests", &mut workspace("test"))
     })?;
     // A bounded budget per target here; `cargo xtask fuzz --seconds N` hunts longer.
     let fuzz_seconds = std::env::var("SLUICE_FUZZ_SECONDS")
@@ -508,25 +521,14 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
     })?;
     // Build the e2e tests before the cluster starts, so a compile error costs no cluster start-up.
     timed("e2e build", &mut || {
+        // The controller, the kubectl plugin and the traffic simulator the suite runs.
         run(
             "build the controller and the kubectl plugin",
-            cargo().args([
-                "build",
-                "-p",
-                "sluice-controller",
-                "-p",
-                "kubectl-sluice",
-                "-p",
-                "sluice-traffic-sim",
-                // The fault tests' crash and lag points; nothing without `FAILPOINTS` set.
-                "--features",
-                "sluice-controller/failpoints",
-                "--locked",
-            ]),
+            workspace("build").arg("--all-targets"),
         )?;
         run(
             "build e2e tests",
-            cargo().args(["test", "-p", "sluice-e2e", "--locked", "--no-run"]),
+            workspace("test").args(["--test", "suite", "--no-run"]),
         )
     })?;
 
@@ -576,30 +578,14 @@ fn test(root: &Path, keep_cluster: bool, no_lint: bool) -> Result<()> {
         }
     }
     let e2e = timed("e2e tests", &mut || {
-        let mut cmd = cargo();
-        cmd.args([
-            "test",
-            "-p",
-            "sluice-e2e",
-            "--locked",
-            "--",
-            "--skip",
-            "isolated::",
-        ])
-        .envs(env.iter().map(|(k, v)| (*k, v)));
+        let mut cmd = workspace("test");
+        cmd.args(["--test", "suite", "--", "--skip", "isolated::"])
+            .envs(env.iter().map(|(k, v)| (*k, v)));
         run("end-to-end tests", &mut cmd)?;
         // Tests that disturb the whole cluster (etcd paused) run alone, after the others.
-        let mut alone = cargo();
+        let mut alone = workspace("test");
         alone
-            .args([
-                "test",
-                "-p",
-                "sluice-e2e",
-                "--locked",
-                "--test",
-                "suite",
-                "--",
-            ])
+            .args(["--test", "suite", "--"])
             .args(["isolated::", "--test-threads=1"])
             .envs(env.iter().map(|(k, v)| (*k, v)));
         run(

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sluice_analysis::{
@@ -91,7 +92,14 @@ async fn reconcile_run(run: Arc<AnalysisRun>, ctx: Arc<Context>) -> Result<Actio
         fail_invalid(&mut status, &problem, now, run.metadata.generation);
         None
     } else {
-        match Prepared::new(&run.spec, &ctx.client, &namespace, &ctx.address_policy).await? {
+        match Prepared::new(
+            &run.spec,
+            ctx.caches.secrets.as_ref(),
+            &namespace,
+            &ctx.address_policy,
+        )
+        .await?
+        {
             Err(problem) => {
                 fail_invalid(&mut status, &problem, now, run.metadata.generation);
                 None
@@ -259,11 +267,14 @@ impl<'a> Prepared<'a> {
     /// `Ok(Err(problem))` is the user's mistake, reported on the run; `Err` is a failure to retry.
     async fn new(
         spec: &'a AnalysisRunSpec,
-        client: &kube::Client,
+        secrets: Option<&Store<Secret>>,
         namespace: &str,
         policy: &Arc<sluice_analysis::AddressPolicy>,
     ) -> Result<Result<Self, String>, Error> {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let secrets = SecretsIn {
+            store: secrets,
+            namespace,
+        };
         let mut values = BTreeMap::new();
         let mut redactions = Redactions::default();
         for arg in &spec.args {
@@ -274,7 +285,7 @@ impl<'a> Prepared<'a> {
                     .and_then(|v| v.secret_key_ref.as_ref()),
             ) {
                 (Some(value), _) => value.clone(),
-                (None, Some(reference)) => match read_secret(&secrets, reference).await? {
+                (None, Some(reference)) => match read_secret(secrets, reference) {
                     Ok(value) => {
                         redactions.add(&value);
                         value
@@ -324,7 +335,7 @@ impl<'a> Prepared<'a> {
                 }
             }
             let connection = match source.connection() {
-                Some(server) => match connection(server, &secrets, policy).await? {
+                Some(server) => match connection(server, secrets, policy) {
                     Ok(c) => c,
                     Err(problem) => return Ok(Err(format!("metric {:?}: {problem}", metric.name))),
                 },
@@ -379,32 +390,37 @@ impl<'a> Prepared<'a> {
     }
 }
 
-/// A Secret's key as text; `Ok(Err(problem))` when it is missing or the Secret is not open to
-/// analysis (labelled [`ANALYSIS_SECRET_LABEL`]`=true`). A missing Secret and a closed one read
-/// alike, so that a run tells a tenant nothing of Secrets it may not read.
-pub(crate) async fn read_secret(
-    secrets: &Api<Secret>,
+/// The Secrets of one namespace that a run, gate or sink may read: the cached Secrets open to
+/// analysis, or none when the operator may not read Secrets.
+#[derive(Clone, Copy)]
+pub(crate) struct SecretsIn<'a> {
+    pub store: Option<&'a Store<Secret>>,
+    pub namespace: &'a str,
+}
+
+/// A Secret's key as text, or the problem: it is missing, or the Secret is not open to analysis
+/// (labelled [`ANALYSIS_SECRET_LABEL`]`=true`, the only Secrets watched). A missing Secret and a
+/// closed one read alike, so that a run tells a tenant nothing of Secrets it may not read.
+pub(crate) fn read_secret(
+    secrets: SecretsIn<'_>,
     reference: &SecretKeyRef,
-) -> Result<Result<String, String>, Error> {
-    let secret = match secrets.get_opt(&reference.name).await {
-        Ok(secret) => secret,
-        // Not a failure to retry: the operator was installed without the right to read Secrets.
-        Err(kube::Error::Api(status)) if status.code == 403 => {
-            return Ok(Err(format!(
-                "Sluice may not read Secret {:?}: it was installed without the right to read \
-                 Secrets (the chart's readSecrets is false): {}",
-                reference.name, status.message
-            )));
-        }
-        Err(other) => return Err(other.into()),
-    }
-    .filter(|s| s.labels().get(ANALYSIS_SECRET_LABEL).map(String::as_str) == Some("true"));
+) -> Result<String, String> {
+    let Some(store) = secrets.store else {
+        return Err(format!(
+            "Sluice may not read Secret {:?}: it was installed without the right to read Secrets \
+             (the chart's readSecrets is false, the controller's --read-secrets=false)",
+            reference.name
+        ));
+    };
+    let secret = store
+        .get(&ObjectRef::new(&reference.name).within(secrets.namespace))
+        .filter(|s| s.labels().get(ANALYSIS_SECRET_LABEL).map(String::as_str) == Some("true"));
     let Some(secret) = secret else {
-        return Ok(Err(format!(
+        return Err(format!(
             "Secret {:?} is not open to analysis: it does not exist, or lacks the label \
              {ANALYSIS_SECRET_LABEL}=true that lets Sluice read it",
             reference.name
-        )));
+        ));
     };
     let bytes = secret
         .data
@@ -418,7 +434,7 @@ pub(crate) async fn read_secret(
                 .and_then(|d| d.get(&reference.key))
                 .map(|s| s.clone().into_bytes())
         });
-    Ok(match bytes {
+    match bytes {
         Some(bytes) => String::from_utf8(bytes).map_err(|_| {
             format!(
                 "key {:?} of Secret {:?} is not UTF-8 text",
@@ -429,15 +445,15 @@ pub(crate) async fn read_secret(
             "Secret {:?} has no key {:?}",
             reference.name, reference.key
         )),
-    })
+    }
 }
 
 /// A connection with its Secrets read.
-pub(crate) async fn connection(
+pub(crate) fn connection(
     spec: &PrometheusConnection,
-    secrets: &Api<Secret>,
+    secrets: SecretsIn<'_>,
     policy: &Arc<sluice_analysis::AddressPolicy>,
-) -> Result<Result<Connection, String>, Error> {
+) -> Result<Connection, String> {
     let mut connection = Connection::plain(&spec.address);
     connection.policy = policy.clone();
     if let Some(timeout) = spec.timeout {
@@ -451,31 +467,20 @@ pub(crate) async fn connection(
         .collect();
     if let Some(auth) = &spec.authentication {
         if let Some(basic) = &auth.basic {
-            let username = match read_secret(secrets, &basic.username_secret_ref).await? {
-                Ok(v) => v,
-                Err(problem) => {
-                    return Ok(Err(format!("basic authentication username: {problem}")));
-                }
-            };
-            let password = match read_secret(secrets, &basic.password_secret_ref).await? {
-                Ok(v) => v,
-                Err(problem) => {
-                    return Ok(Err(format!("basic authentication password: {problem}")));
-                }
-            };
+            let username = read_secret(secrets, &basic.username_secret_ref)
+                .map_err(|problem| format!("basic authentication username: {problem}"))?;
+            let password = read_secret(secrets, &basic.password_secret_ref)
+                .map_err(|problem| format!("basic authentication password: {problem}"))?;
             connection.credentials = Some(Credentials::Basic { username, password });
         } else if let Some(bearer) = &auth.bearer {
-            match read_secret(secrets, &bearer.token_secret_ref).await? {
-                Ok(token) => connection.credentials = Some(Credentials::Bearer(token)),
-                Err(problem) => return Ok(Err(format!("bearer token: {problem}"))),
-            }
+            let token = read_secret(secrets, &bearer.token_secret_ref)
+                .map_err(|problem| format!("bearer token: {problem}"))?;
+            connection.credentials = Some(Credentials::Bearer(token));
         }
     }
     if let Some(ca) = &spec.ca_secret_ref {
-        match read_secret(secrets, ca).await? {
-            Ok(pem) => connection.ca_pem = Some(pem.into_bytes()),
-            Err(problem) => return Ok(Err(format!("CA bundle: {problem}"))),
-        }
+        let pem = read_secret(secrets, ca).map_err(|problem| format!("CA bundle: {problem}"))?;
+        connection.ca_pem = Some(pem.into_bytes());
     }
-    Ok(Ok(connection))
+    Ok(connection)
 }

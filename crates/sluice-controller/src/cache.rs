@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Pod, PodCondition, PodStatus, Service, ServiceSpec,
+    ConfigMap, Namespace, Pod, PodCondition, PodStatus, Secret, Service, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject};
@@ -140,6 +140,9 @@ pub struct Caches {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// The ConfigMaps `sluice-notifications` (one per namespace at most): the notification sinks.
     pub notification_sinks: Store<ConfigMap>,
+    /// The Secrets open to analysis (labelled `sluice.dev/analysis-secret: "true"`, watched by that
+    /// label), or `None` when the operator may not read Secrets (`--read-secrets=false`).
+    pub secrets: Option<Store<Secret>>,
 }
 
 /// The writing ends of [`Caches`], for the watches.
@@ -158,6 +161,7 @@ pub struct Writers {
     pub deployments: Writer<PartialObjectMeta<Deployment>>,
     pub releases: Writer<Release>,
     pub namespaces: Writer<PartialObjectMeta<Namespace>>,
+    pub secrets: Writer<Secret>,
     pub notification_sinks: Writer<ConfigMap>,
 }
 
@@ -187,6 +191,7 @@ impl Caches {
         let (releases, releases_writer) = reflector::store();
         let (namespaces, namespaces_writer) = reflector::store();
         let (notification_sinks, notification_sinks_writer) = reflector::store();
+        let (secrets, secrets_writer) = reflector::store();
         (
             Self {
                 rollouts,
@@ -210,6 +215,7 @@ impl Caches {
                 release_index: OwnerIndex::default(),
                 namespaces,
                 notification_sinks,
+                secrets: Some(secrets),
             },
             Writers {
                 rollouts: rollouts_writer,
@@ -227,6 +233,7 @@ impl Caches {
                 releases: releases_writer,
                 namespaces: namespaces_writer,
                 notification_sinks: notification_sinks_writer,
+                secrets: secrets_writer,
             },
         )
     }
@@ -641,6 +648,14 @@ pub fn trim_run(run: &mut AnalysisRun) {
             result.measurements = last.into_iter().collect();
         }
     }
+}
+
+/// A Secret open to analysis as the controller keeps it: its name, labels and data.
+pub fn trim_secret(secret: &mut Secret) {
+    let meta = &mut secret.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
 }
 
 /// A release record as the controller reads it back: an ended one is never rewritten (but for the

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -32,14 +31,18 @@ async fn measure(
     ctx: &Context,
     namespace: &str,
 ) -> Result<Result<Measurements, String>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let connection =
-        match crate::analysis_run::connection(&gate.spec.prometheus, &secrets, &ctx.address_policy)
-            .await?
-        {
-            Ok(c) => c,
-            Err(problem) => return Ok(Err(problem)),
-        };
+    let secrets = crate::analysis_run::SecretsIn {
+        store: ctx.caches.secrets.as_ref(),
+        namespace,
+    };
+    let connection = match crate::analysis_run::connection(
+        &gate.spec.prometheus,
+        secrets,
+        &ctx.address_policy,
+    ) {
+        Ok(c) => c,
+        Err(problem) => return Ok(Err(problem)),
+    };
     let plan = match sluice_analysis::slo::query_plan(&gate.spec) {
         Ok(plan) => plan,
         Err(problem) => return Ok(Err(problem)),

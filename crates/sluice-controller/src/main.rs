@@ -20,7 +20,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use kube::api::{DynamicObject, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -111,6 +111,12 @@ struct Args {
     /// allowed only by an in-cluster pattern (`*.svc`) must resolve into; repeat the flag, or
     /// separate ranges with commas. Default: discovered from the ServiceCIDRs and the nodes' pod
     /// ranges (name the range of a network plugin that gives pods addresses of its own).
+    /// Whether the operator may read Secrets (those labelled `sluice.dev/analysis-secret: "true"`,
+    /// watched by that label): analysis arguments, provider credentials and notification sinks
+    /// read from them. With `false` (the chart's `readSecrets`), a run or sink naming one is an
+    /// Error saying so.
+    #[arg(long, env = "SLUICE_READ_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
+    read_secrets: bool,
     #[arg(long = "cluster-address-range", env = "SLUICE_CLUSTER_ADDRESS_RANGE", value_delimiter = ',', value_parser = clap::value_parser!(ipnet::IpNet))]
     cluster_address_range: Vec<ipnet::IpNet>,
 }
@@ -274,7 +280,10 @@ async fn run() -> anyhow::Result<()> {
         controller: FIELD_MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let (caches, writers) = cache::Caches::new();
+    let (mut caches, writers) = cache::Caches::new();
+    if !args.read_secrets {
+        caches.secrets = None;
+    }
     let cluster_ranges = if args.cluster_address_range.is_empty() {
         let discovered = Arc::new(sluice_analysis::ClusterRanges::default());
         cluster_ranges::spawn_discovery(client.clone(), discovered.clone());
@@ -660,6 +669,26 @@ async fn start_watches(
         },
         writers.notification_sinks,
     );
+    // The Secrets open to analysis, by their label (no other Secret is listed or kept), waking
+    // nothing: a run missing one retries on its own.
+    if ctx.caches.secrets.is_some() {
+        cache::watch(
+            cache::WatchSpec {
+                api: scoped::<Secret>(client, namespace),
+                config: watcher::Config::default().labels(&format!(
+                    "{}=true",
+                    sluice_api::names::ANALYSIS_SECRET_LABEL
+                )),
+                trim: cache::trim_secret,
+                owner: None,
+                references: None,
+                subscribers: 0,
+                leading: leading.clone(),
+                on_delete: None,
+            },
+            writers.secrets,
+        );
+    }
     // Namespaces by metadata (the one watched, or all): the label that requires image digests.
     let namespace_changes = cache::watch(
         cache::WatchSpec {
@@ -779,7 +808,11 @@ async fn start_watches(
         caches.releases.wait_until_ready().boxed(),
         caches.namespaces.wait_until_ready().boxed(),
     ])
-    .await;
+    .await
+    .and(match &caches.secrets {
+        Some(secrets) => secrets.wait_until_ready().await,
+        None => Ok(()),
+    });
     if synced.is_err() {
         tracing::error!("a watch stopped before its first full list");
         return None;

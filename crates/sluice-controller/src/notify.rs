@@ -71,6 +71,8 @@ pub struct Notifier {
     rollouts: Store<Rollout>,
     releases: Store<Release>,
     sinks: Store<ConfigMap>,
+    /// The Secrets open to analysis (a sink's `urlFrom` and `tokenFrom`), if any may be read.
+    secrets: Option<Store<Secret>>,
     events: Publisher,
     deliveries: Arc<Mutex<HashMap<RolloutKey, Delivery>>>,
 }
@@ -95,6 +97,7 @@ impl Notifier {
             rollouts: caches.rollouts.clone(),
             releases: caches.releases.clone(),
             sinks: caches.notification_sinks.clone(),
+            secrets: caches.secrets.clone(),
             events,
             deliveries: Arc::default(),
         }
@@ -308,7 +311,7 @@ impl Notifier {
                 });
                 if let Some((entry, trigger)) = wanted {
                     if target.is_none() {
-                        target = Some(self.target(namespace, sink).await);
+                        target = Some(self.target(namespace, sink));
                     }
                     let outcome = match target.as_ref() {
                         Some(Ok(target)) => {
@@ -420,24 +423,20 @@ impl Notifier {
     }
 
     /// Where a sink's notifications go, its Secrets read.
-    async fn target(&self, namespace: &str, sink: &Sink) -> Result<Target, String> {
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+    fn target(&self, namespace: &str, sink: &Sink) -> Result<Target, String> {
+        let secrets = crate::analysis_run::SecretsIn {
+            store: self.secrets.as_ref(),
+            namespace,
+        };
         let read = |from: &sluice_api::notification::FromSecret| {
-            let secrets = secrets.clone();
-            let reference = from.secret_key_ref.clone();
-            async move {
-                match crate::analysis_run::read_secret(&secrets, &reference).await {
-                    Ok(Ok(value)) => Ok(value.trim().to_owned()),
-                    Ok(Err(problem)) => Err(problem),
-                    Err(err) => Err(format!("could not read Secret {:?}: {err}", reference.name)),
-                }
-            }
+            crate::analysis_run::read_secret(secrets, &from.secret_key_ref)
+                .map(|value| value.trim().to_owned())
         };
         let mut secret = Redactions::default();
         let url = match (&sink.url, &sink.url_from) {
             (Some(url), _) => url.clone(),
             (None, Some(from)) => {
-                let url = read(from).await?;
+                let url = read(from)?;
                 hide_url(&mut secret, &url);
                 url
             }
@@ -445,7 +444,7 @@ impl Notifier {
         };
         let token = match &sink.token_from {
             Some(from) => {
-                let token = read(from).await?;
+                let token = read(from)?;
                 secret.add(&token);
                 Some(token)
             }

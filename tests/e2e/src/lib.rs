@@ -355,7 +355,9 @@ impl ControllerProcess {
         )
     }
 
-    fn start_with_env(
+    /// As [`Self::start_with`], with environment variables set (the controller's flags have
+    /// `SLUICE_*` twins: `SLUICE_READ_SECRETS=false`).
+    pub fn start_with_env(
         namespace: &str,
         identity: &str,
         kubeconfig: &std::path::Path,

@@ -201,9 +201,9 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
 
     // The RBAC for one namespace, for real; the operator then runs as the chart's ServiceAccount.
     let rbac = scoped_rbac(&binaries.helm, &release, &[])?;
-    // Least privilege: only verbs the operator sends (no wildcard, no update, no listing of
-    // Secrets or watching of Leases), checked on what the chart renders; the release below proves
-    // they are enough.
+    // Least privilege: only verbs the operator sends (no wildcard, no update, no Secret read by
+    // name: those open to analysis are watched by their label; no watching of Leases), checked on
+    // what the chart renders; the release below proves they are enough.
     let mut granted: Vec<String> = Vec::new();
     for rule in rbac.iter().filter_map(|o| o["rules"].as_array()).flatten() {
         for group in rule["apiGroups"].as_array().into_iter().flatten() {
@@ -226,8 +226,7 @@ async fn the_chart_installs_and_its_rbac_is_enough_to_run_a_release() -> Result<
     for refused in [
         "*",
         ":update",
-        "/secrets:list",
-        "/secrets:watch",
+        "/secrets:get",
         "coordination.k8s.io/leases:list",
         "coordination.k8s.io/leases:watch",
         "sluice.dev/rollouts:get",
@@ -332,7 +331,13 @@ async fn without_read_secrets_a_run_naming_a_secret_ends_in_error_saying_so() ->
     }
     let result = async {
         let path = impersonating(&ns.name, &rbac)?;
-        let _controller = ControllerProcess::start_with(&ns.name, "no-secrets", &path)?;
+        // As the chart's Deployment runs it (`--read-secrets=false`).
+        let _controller = ControllerProcess::start_with_env(
+            &ns.name,
+            "no-secrets",
+            &path,
+            &[("SLUICE_READ_SECRETS", "false")],
+        )?;
         let secret = json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "job", "namespace": ns.name,
                          "labels": {"sluice.dev/analysis-secret": "true"}},

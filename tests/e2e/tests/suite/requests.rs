@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use sluice_api::rollout::{Rollout, RolloutPhase};
@@ -244,5 +244,65 @@ async fn a_settled_rollout_costs_no_requests_and_an_abort_only_its_writes() -> R
         by_reconciles == writes - events,
         "the per-reconcile count ({by_reconciles}) differs from the requests sent ({sent:?})"
     );
+    Ok(())
+}
+
+/// A run whose argument and whose Prometheus token come from Secrets reads them from the cache of
+/// Secrets open to analysis (watched by their label): it measures five times and sends no request
+/// for a Secret. Before, each of its reconciles fetched both with a GET.
+#[tokio::test]
+async fn a_run_reading_secrets_sends_no_request_for_them() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "requests-secrets").await?;
+    let controller = ControllerProcess::start(&ns.name)?;
+    let prometheus =
+        std::env::var("SLUICE_E2E_PROMETHEUS_URL").context("SLUICE_E2E_PROMETHEUS_URL")?;
+    // Ready: its caches listed (the Secrets' among them), which is not counted below.
+    eventually("the controller ready", WAIT, || async {
+        Ok(sluice_e2e::http_get(&controller.http, "/readyz").await.ok())
+    })
+    .await?;
+    let before = Counts::read(&controller).await?;
+    for manifest in [
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "analysis", "namespace": ns.name,
+                            "labels": {"sluice.dev/analysis-secret": "true"}},
+               "stringData": {"job": "prometheus", "token": "s3cret"}}),
+        json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+               "metadata": {"name": "reads-secrets", "namespace": ns.name,
+                            "labels": {"sluice.dev/standalone": "true"}},
+               "spec": {
+                   "args": [{"name": "job", "valueFrom": {"secretKeyRef": {"name": "analysis", "key": "job"}}}],
+                   "metrics": [{"name": "up", "interval": "1s", "count": 5,
+                       "successCondition": "result[0] == 1",
+                       "provider": {"prometheus": {
+                           "address": prometheus,
+                           "authentication": {"bearer": {"tokenSecretRef": {"name": "analysis", "key": "token"}}},
+                           "query": "max(up{job=\"{{args.job}}\"})"}}}]}}),
+    ] {
+        crate::chart::apply_object(&client, &manifest, false).await?;
+    }
+    let runs: Api<sluice_api::analysis::AnalysisRun> = Api::namespaced(client.clone(), &ns.name);
+    let run = crate::tenancy::finished(&runs, "reads-secrets").await?;
+    let status = run.status.unwrap_or_default();
+    let measured: usize = status
+        .metric_results
+        .iter()
+        .map(|m| m.measurements.len())
+        .sum();
+    ensure!(
+        status.phase == Some(sluice_api::analysis::AnalysisPhase::Successful) && measured == 5,
+        "the run did not measure five times: {}",
+        serde_json::to_string(&status)?
+    );
+    let sent = Counts::read(&controller).await?.since(&before);
+    println!("a run reading two Secrets five times, API requests: {sent:?}");
+    let secret_requests: u64 = sent
+        .iter()
+        .filter(|((_, resource), _)| resource == "secrets")
+        .map(|(_, n)| n)
+        .sum();
+    ensure!(secret_requests == 0, "requests for Secrets: {sent:?}");
     Ok(())
 }

@@ -454,6 +454,8 @@ pub enum Reference {
     ClusterTemplate(String),
     /// A Deployment in the Rollout's namespace (`workloadRef`).
     Workload(String),
+    /// The Argo Rollout in the Rollout's namespace it takes over (`sluice.dev/takeover-from`).
+    TakeoverFrom(String),
 }
 
 impl Reference {

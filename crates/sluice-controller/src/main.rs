@@ -177,6 +177,8 @@ impl Context {
     /// with Argo Rollouts, so that Rollouts coming and going leave nothing behind.
     pub fn forget_rollout(&self, namespace: &str, name: &str) {
         self.backoffs.succeeded("Rollout", namespace, name);
+        self.backoffs
+            .succeeded(rollout::takeover::TAKEOVER, namespace, name);
         self.written.forget(written::Kind::Rollout, namespace, name);
         self.records.forget_rollout(namespace, name);
         self.webhooks.forget_rollout(namespace, name);
@@ -470,6 +472,8 @@ struct Watched {
     templates_to_check: UnboundedReceiver<AnalysisTemplate>,
     cluster_templates_to_check: UnboundedReceiver<ClusterAnalysisTemplate>,
     routes: Vec<(traffic::RouteKind, UnboundedReceiver<DynamicObject>)>,
+    /// Argo Rollouts' Rollouts (none where Argo Rollouts is not installed).
+    argo_rollouts: Option<UnboundedReceiver<DynamicObject>>,
     jobs: UnboundedReceiver<Job>,
     deployments: UnboundedReceiver<PartialObjectMeta<Deployment>>,
     namespaces: UnboundedReceiver<PartialObjectMeta<Namespace>>,
@@ -749,22 +753,24 @@ async fn start_watches(
     .into_iter();
     let mut route_changes = Vec::new();
     let mut route_stores = Vec::new();
+    let mut argo_changes = Vec::new();
     if argo_installed {
         route_stores.push(writers.argo_rollouts.as_reader());
-        // Read by reconciles, waking nothing: a Rollout looks again at its next change or resync.
-        cache::watch(
+        // Read by reconciles; a change wakes only a Rollout taking that one over (its deletion is
+        // what a takeover waits for).
+        argo_changes.extend(cache::watch(
             cache::WatchSpec {
                 api: argo_api,
                 config: watcher::Config::default(),
                 trim: argo::trim,
                 owner: None,
                 references: None,
-                subscribers: 0,
+                subscribers: 1,
                 leading: leading.clone(),
                 on_delete: None,
             },
             writers.argo_rollouts,
-        );
+        ));
     } else {
         tracing::info!("Argo Rollouts is not installed: its Rollouts are not watched");
     }
@@ -850,6 +856,7 @@ async fn start_watches(
         cluster_templates: cluster_template_changes.next().unwrap_or_else(closed),
         cluster_templates_to_check: cluster_template_changes.next().unwrap_or_else(closed),
         routes: route_changes,
+        argo_rollouts: argo_changes.into_iter().next(),
         jobs: job_changes.into_iter().next().unwrap_or_else(closed),
         deployments: deployment_changes.into_iter().next().unwrap_or_else(closed),
         namespaces: namespace_changes.into_iter().next().unwrap_or_else(closed),
@@ -965,6 +972,17 @@ async fn run_controllers(
     // A routing object edited by someone else wakes the Rollouts that name it: a weight changed by
     // hand is put back, an InvalidSpec clears.
     let mut controller = controller;
+    // An Argo Rollout a Rollout takes over that changes or goes: the takeover looks again at once.
+    if let Some(changes) = watched.argo_rollouts {
+        let by_argo = references.clone();
+        controller = controller.watches_stream_with(
+            cache::as_trigger(changes),
+            move |argo: DynamicObject| {
+                by_argo.referrers(argo.namespace(), Reference::TakeoverFrom(argo.name_any()))
+            },
+            argo::resource(),
+        );
+    }
     for (kind, changes) in watched.routes {
         let by_route = references.clone();
         controller = controller.watches_stream_with(

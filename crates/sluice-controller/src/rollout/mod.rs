@@ -31,7 +31,7 @@ use crate::{release_record, workload};
 mod apply;
 mod observe;
 mod requests;
-mod takeover;
+pub(crate) mod takeover;
 
 use apply::{
     Observed, announce, execute, invalid_spec, remove_surplus, report_failure, write_status,

@@ -63,6 +63,12 @@ pub fn references(rollout: &Rollout) -> Vec<Reference> {
     if let Some(workload) = &rollout.spec.workload_ref {
         references.push(Reference::Workload(workload.name.clone()));
     }
+    if let Some(from) = rollout
+        .annotations()
+        .get(sluice_api::names::TAKEOVER_ANNOTATION)
+    {
+        references.push(Reference::TakeoverFrom(from.clone()));
+    }
     let check_refs = rollout
         .spec
         .pre_deployment_checks

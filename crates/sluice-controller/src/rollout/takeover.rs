@@ -21,8 +21,13 @@ use super::apply::{publish, write_replica_set, write_status};
 use crate::error::{Error, Writing};
 use crate::{Context, cache, writer};
 
-/// How soon a takeover waiting on the Argo Rollout looks again (nothing of Argo's wakes it).
+/// How soon a takeover that prepared looks again (Argo's controller and garbage collector act
+/// without waking it).
 const LOOK_AGAIN: Duration = Duration::from_secs(2);
+/// The longest a waiting or refused takeover goes without looking again: it waits from one second,
+/// doubling, since each look reads the API server (the caches hold no Argo status nor Argo's
+/// ReplicaSets); a change to the Argo Rollout (its deletion) or to the Rollout wakes it at once.
+const LONGEST_WAIT: Duration = Duration::from_secs(30);
 /// Argo Rollouts' annotation on the Services it manages.
 const ARGO_MANAGED_ANNOTATION: &str = "argo-rollouts.argoproj.io/managed-by-rollouts";
 
@@ -30,6 +35,16 @@ const ARGO_MANAGED_ANNOTATION: &str = "argo-rollouts.argoproj.io/managed-by-roll
 pub(super) enum Outcome {
     Continue,
     Return(Action),
+}
+
+/// The backoff kind of a takeover's waits.
+pub(crate) const TAKEOVER: &str = "Takeover";
+
+/// How long a waiting or refused takeover waits before it looks again.
+fn waiting(ctx: &Context, namespace: &str, rollout: &Rollout) -> Duration {
+    ctx.backoffs
+        .failed(TAKEOVER, namespace, &rollout.name_any())
+        .min(LONGEST_WAIT)
 }
 
 fn argo_rollouts() -> ApiResource {
@@ -298,6 +313,10 @@ async fn act(
             Ok::<(), Error>(())
         }
     };
+    if !matches!(step, Step::Wait(_) | Step::Refused(_)) {
+        ctx.backoffs
+            .succeeded(TAKEOVER, namespace, &rollout.name_any());
+    }
     let (recorded, warning, reason, after) = match step {
         Step::Done => return Ok(Outcome::Continue),
         Step::Refused(why) => (
@@ -313,7 +332,7 @@ async fn act(
             },
             true,
             "TakeoverRefused",
-            LOOK_AGAIN * 3,
+            waiting(ctx, namespace, rollout),
         ),
         Step::Prepare {
             label_replica_set,
@@ -338,7 +357,12 @@ async fn act(
             label_pods(names).await?;
             (recorded, false, "TakeoverPrepared", LOOK_AGAIN)
         }
-        Step::Wait(recorded) => (recorded, false, "TakeoverWaiting", Duration::from_secs(1)),
+        Step::Wait(recorded) => (
+            recorded,
+            false,
+            "TakeoverWaiting",
+            waiting(ctx, namespace, rollout),
+        ),
         Step::Adopt {
             own_replica_set,
             label_pods: names,

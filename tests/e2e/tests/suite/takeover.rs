@@ -1024,3 +1024,60 @@ async fn a_template_edited_during_a_takeover_is_refused_at_adoption_and_the_pods
     );
     Ok(())
 }
+
+/// A takeover waiting on the Argo Rollout (here one no Argo controller has observed) looks again
+/// from one second, doubling to thirty, since each look reads the API server; the Argo Rollout's
+/// deletion wakes it at once. Before, it read the Argo Rollout every second for as long as it
+/// waited.
+#[tokio::test]
+async fn a_waiting_takeover_backs_off_and_is_woken_by_the_argo_rollouts_deletion() -> Result<()> {
+    let client = client().await?;
+    install_crds(&client).await?;
+    let ns = TestNamespace::create(&client, "takeover-wait").await?;
+    let controller = ControllerProcess::start(&ns.name)?;
+    eventually("the controller ready", WAIT, || async {
+        Ok(sluice_e2e::http_get(&controller.http, "/readyz").await.ok())
+    })
+    .await?;
+    let argo = argo_rollouts(&client, &ns.name);
+    crate::analysis::apply(&argo, &argo_rollout("registry.example/web:1.0.0")).await?;
+    let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
+    let mut manifest = crate::analysis::rollout(json!({"steps": [{"setWeight": 20}]}));
+    manifest["metadata"]["annotations"] = json!({"sluice.dev/takeover-from": "web"});
+    crate::analysis::apply(&rollouts, &manifest).await?;
+    eventually("the takeover waiting for Argo", WAIT, || async {
+        Ok(takeover_of(&rollouts)
+            .await?
+            .filter(|(phase, _)| phase == "WaitingForArgoRollout"))
+    })
+    .await?;
+
+    let before = crate::requests::Counts::read(&controller).await?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let sent = crate::requests::Counts::read(&controller)
+        .await?
+        .since(&before);
+    let looks = sent
+        .get(&("get".to_owned(), "rollouts".to_owned()))
+        .copied()
+        .unwrap_or(0);
+    println!("a takeover waiting 20 s: {looks} reads of the Argo Rollout ({sent:?})");
+    ensure!(looks <= 6, "{looks} reads of the Argo Rollout in 20 s");
+
+    // Its deletion wakes the takeover, whose next look would be 8 s or more away by now.
+    let deleted = Instant::now();
+    argo.delete("web", &Default::default()).await?;
+    eventually("the takeover past waiting", WAIT, || async {
+        Ok(takeover_of(&rollouts)
+            .await?
+            .filter(|(phase, _)| phase != "WaitingForArgoRollout"))
+    })
+    .await?;
+    let took = deleted.elapsed();
+    println!("the takeover looked again {took:?} after the Argo Rollout was deleted");
+    ensure!(
+        took < Duration::from_secs(5),
+        "the deletion did not wake the takeover: {took:?}"
+    );
+    Ok(())
+}

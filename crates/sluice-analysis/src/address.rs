@@ -294,6 +294,16 @@ impl AddressPolicy {
     }
 }
 
+/// The host of a URL as the HTTP client reads it (an IPv6 address in brackets), if it has one:
+/// what a check of where a request goes must look at.
+pub fn url_host(url: &str) -> Option<String> {
+    reqwest::Url::parse(url.trim())
+        .ok()?
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .map(str::to_owned)
+}
+
 fn describe(host: &str, ip: IpAddr) -> String {
     if host.trim_start_matches('[').trim_end_matches(']') == ip.to_string() {
         ip.to_string()

@@ -64,7 +64,9 @@ pub struct PodMetadata {
 
 /// A key in a Secret in the same namespace as the object that refers to it. Sluice reads only a
 /// Secret labelled `sluice.dev/analysis-secret: "true"`, so that its own right to read Secrets
-/// never extends a tenant's; a missing Secret and an unlabelled one are the same error.
+/// never extends a tenant's; a missing Secret and an unlabelled one are the same error. A value
+/// read from it is sent only where its annotation `sluice.dev/destinations` allows (hosts, host
+/// patterns, address ranges, comma-separated).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {

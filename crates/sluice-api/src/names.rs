@@ -45,6 +45,12 @@ pub const REQUIRE_IMAGE_DIGEST_LABEL: &str = "sluice.dev/require-image-digest";
 /// Label a Secret must carry (`"true"`) before Sluice reads it for analysis (arguments, provider
 /// credentials, CA bundles): the controller's right to read Secrets never extends a tenant's.
 pub const ANALYSIS_SECRET_LABEL: &str = "sluice.dev/analysis-secret";
+/// Annotation on a Secret open to analysis: where its values may be sent, as the address policy's
+/// rules (hosts, host patterns such as `*.svc`, address ranges), comma-separated; set by whoever may
+/// edit the Secret. A value is sent only to a destination it allows (a provider's credentials to
+/// the provider's host, an argument to the host of each metric that uses it, a notification sink's
+/// token to the sink's host, its URL only if the URL's host is allowed); without it, nowhere.
+pub const SECRET_DESTINATIONS_ANNOTATION: &str = "sluice.dev/destinations";
 /// Label an AnalysisRun no Rollout owns must carry (`"true"`) to be run on its own.
 pub const STANDALONE_LABEL: &str = "sluice.dev/standalone";
 

@@ -28,7 +28,9 @@ use tracing::{info, instrument, warn};
 
 use crate::error::Error;
 use crate::{Context, FIELD_MANAGER};
-use sluice_api::names::{ANALYSIS_SECRET_LABEL, STABLE_HASH_ANNOTATION, STANDALONE_LABEL};
+use sluice_api::names::{
+    ANALYSIS_SECRET_LABEL, SECRET_DESTINATIONS_ANNOTATION, STABLE_HASH_ANNOTATION, STANDALONE_LABEL,
+};
 
 /// The longest wait between looks at a running run, should a wake-up be missed.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -277,6 +279,8 @@ impl<'a> Prepared<'a> {
         };
         let mut values = BTreeMap::new();
         let mut redactions = Redactions::default();
+        // The arguments read from Secrets: each goes only where its Secret allows.
+        let mut from_secrets: Vec<(String, FromSecret)> = Vec::new();
         for arg in &spec.args {
             let value = match (
                 &arg.value,
@@ -287,8 +291,10 @@ impl<'a> Prepared<'a> {
                 (Some(value), _) => value.clone(),
                 (None, Some(reference)) => match read_secret(secrets, reference) {
                     Ok(value) => {
-                        redactions.add(&value);
-                        value
+                        redactions.add(&value.text);
+                        let text = value.text.clone();
+                        from_secrets.push((arg.name.clone(), value));
+                        text
                     }
                     Err(problem) => return Ok(Err(format!("argument {:?}: {problem}", arg.name))),
                 },
@@ -345,6 +351,13 @@ impl<'a> Prepared<'a> {
                     ..Connection::plain("")
                 },
             };
+            if let Some(problem) = secret_argument_refused(metric, &source, &values, &from_secrets)
+            {
+                // The host may have been built from an argument: nothing read from a Secret shows.
+                return Ok(Err(
+                    redactions.redact(&format!("metric {:?}: {problem}", metric.name))
+                ));
+            }
             match &connection.credentials {
                 Some(Credentials::Basic { username, password }) => {
                     redactions.add(username);
@@ -390,6 +403,36 @@ impl<'a> Prepared<'a> {
     }
 }
 
+/// Why an argument read from a Secret may not go where `metric` sends it (a job metric's Job never
+/// carries one: refused before), if it may not.
+fn secret_argument_refused(
+    metric: &Metric,
+    source: &MetricSource<'_>,
+    values: &BTreeMap<String, String>,
+    from_secrets: &[(String, FromSecret)],
+) -> Option<String> {
+    if from_secrets.is_empty() {
+        return None;
+    }
+    let address = match (source.connection(), &metric.provider.web) {
+        (Some(server), _) => server.address.clone(),
+        // A URL that cannot be filled in is an Error of each measurement: nothing is sent.
+        (None, Some(web)) => sluice_analysis::web::fill(&web.url, values).ok()?,
+        (None, None) => return None,
+    };
+    let host = host_of(&address).unwrap_or_default();
+    let provider = serde_json::to_string(&metric.provider).unwrap_or_default();
+    from_secrets
+        .iter()
+        .filter(|(name, _)| places_argument(&provider, name))
+        .find_map(|(name, value)| {
+            value
+                .may_go_to(&host)
+                .err()
+                .map(|problem| format!("argument {name:?}: {problem}"))
+        })
+}
+
 /// The Secrets of one namespace that a run, gate or sink may read: the cached Secrets open to
 /// analysis, or none when the operator may not read Secrets.
 #[derive(Clone, Copy)]
@@ -404,7 +447,7 @@ pub(crate) struct SecretsIn<'a> {
 pub(crate) fn read_secret(
     secrets: SecretsIn<'_>,
     reference: &SecretKeyRef,
-) -> Result<String, String> {
+) -> Result<FromSecret, String> {
     let Some(store) = secrets.store else {
         return Err(format!(
             "Sluice may not read Secret {:?}: it was installed without the right to read Secrets \
@@ -434,18 +477,108 @@ pub(crate) fn read_secret(
                 .and_then(|d| d.get(&reference.key))
                 .map(|s| s.clone().into_bytes())
         });
-    match bytes {
+    let text = match bytes {
         Some(bytes) => String::from_utf8(bytes).map_err(|_| {
             format!(
                 "key {:?} of Secret {:?} is not UTF-8 text",
                 reference.key, reference.name
             )
-        }),
-        None => Err(format!(
-            "Secret {:?} has no key {:?}",
-            reference.name, reference.key
-        )),
+        })?,
+        None => {
+            return Err(format!(
+                "Secret {:?} has no key {:?}",
+                reference.name, reference.key
+            ));
+        }
+    };
+    Ok(FromSecret {
+        text,
+        secret: reference.name.clone(),
+        destinations: destinations(&secret),
+    })
+}
+
+/// A value read from a Secret, with where the Secret lets it be sent.
+pub(crate) struct FromSecret {
+    pub text: String,
+    /// The Secret's name, for messages.
+    secret: String,
+    /// Its annotation's rules, or what is wrong with them.
+    destinations: Result<Vec<sluice_analysis::AddressRule>, String>,
+}
+
+impl FromSecret {
+    /// Whether the value may be sent to `host` (a URL's host): only where the Secret's annotation
+    /// [`SECRET_DESTINATIONS_ANNOTATION`] allows. The problem names the host: callers whose host
+    /// came from a Secret redact it.
+    pub(crate) fn may_go_to(&self, host: &str) -> Result<(), String> {
+        let rules = self
+            .destinations
+            .as_ref()
+            .map_err(|why| format!("Secret {:?}: {why}", self.secret))?;
+        if rules.is_empty() {
+            return Err(format!(
+                "Secret {:?} names no destination, so its values are sent nowhere: its \
+                 annotation {SECRET_DESTINATIONS_ANNOTATION} lists where they may go (here \
+                 {host})",
+                self.secret
+            ));
+        }
+        let policy = sluice_analysis::AddressPolicy::new(rules.clone());
+        policy.check_host(host).map_err(|_| {
+            format!(
+                "Secret {:?} may not be sent to {host}: its annotation \
+                 {SECRET_DESTINATIONS_ANNOTATION} allows {policy}",
+                self.secret
+            )
+        })
     }
+}
+
+/// The rules of a Secret's [`SECRET_DESTINATIONS_ANNOTATION`] (none without it).
+fn destinations(secret: &Secret) -> Result<Vec<sluice_analysis::AddressRule>, String> {
+    let Some(text) = secret.annotations().get(SECRET_DESTINATIONS_ANNOTATION) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .map(str::trim)
+        .filter(|rule| !rule.is_empty())
+        .map(|rule| {
+            rule.parse().map_err(|why| {
+                format!("its annotation {SECRET_DESTINATIONS_ANNOTATION} is not valid: {why}")
+            })
+        })
+        .collect()
+}
+
+/// The host of a URL as the HTTP client reads it.
+pub(crate) fn host_of(url: &str) -> Option<String> {
+    sluice_analysis::address::url_host(url)
+}
+
+/// Whether `text` (a provider's spec as JSON) places the argument `name` (`{{args.NAME}}`, spaces
+/// inside the braces allowed).
+fn places_argument(text: &str, name: &str) -> bool {
+    let wanted = format!("args.{name}");
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return false;
+        };
+        if after[..end].trim() == wanted {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
+}
+
+/// The value, if it may be sent to `host` (none: an address without a host, which the address
+/// policy refuses before anything is sent).
+fn sent_to(value: FromSecret, host: Option<&str>) -> Result<String, String> {
+    value.may_go_to(host.unwrap_or_default())?;
+    Ok(value.text)
 }
 
 /// A connection with its Secrets read.
@@ -456,6 +589,8 @@ pub(crate) fn connection(
 ) -> Result<Connection, String> {
     let mut connection = Connection::plain(&spec.address);
     connection.policy = policy.clone();
+    // Where credentials read from Secrets go: the server's host (written in the spec, no Secret's).
+    let host = host_of(&spec.address);
     if let Some(timeout) = spec.timeout {
         connection.timeout = Duration::from_secs(u64::try_from(timeout).unwrap_or(30));
     }
@@ -468,19 +603,87 @@ pub(crate) fn connection(
     if let Some(auth) = &spec.authentication {
         if let Some(basic) = &auth.basic {
             let username = read_secret(secrets, &basic.username_secret_ref)
+                .and_then(|v| sent_to(v, host.as_deref()))
                 .map_err(|problem| format!("basic authentication username: {problem}"))?;
             let password = read_secret(secrets, &basic.password_secret_ref)
+                .and_then(|v| sent_to(v, host.as_deref()))
                 .map_err(|problem| format!("basic authentication password: {problem}"))?;
             connection.credentials = Some(Credentials::Basic { username, password });
         } else if let Some(bearer) = &auth.bearer {
             let token = read_secret(secrets, &bearer.token_secret_ref)
+                .and_then(|v| sent_to(v, host.as_deref()))
                 .map_err(|problem| format!("bearer token: {problem}"))?;
             connection.credentials = Some(Credentials::Bearer(token));
         }
     }
     if let Some(ca) = &spec.ca_secret_ref {
-        let pem = read_secret(secrets, ca).map_err(|problem| format!("CA bundle: {problem}"))?;
+        // Read to check the server with, never sent: no destination to allow.
+        let pem = read_secret(secrets, ca)
+            .map(|v| v.text)
+            .map_err(|problem| format!("CA bundle: {problem}"))?;
         connection.ca_pem = Some(pem.into_bytes());
     }
     Ok(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(annotation: Option<&str>) -> FromSecret {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("prometheus-token".to_owned());
+        if let Some(text) = annotation {
+            secret.metadata.annotations = Some(
+                [(SECRET_DESTINATIONS_ANNOTATION.to_owned(), text.to_owned())]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        FromSecret {
+            text: "s3cret".to_owned(),
+            secret: "prometheus-token".to_owned(),
+            destinations: destinations(&secret),
+        }
+    }
+
+    /// A Secret's values go where its annotation's rules allow, and nowhere without one.
+    #[test]
+    fn a_secrets_destinations_are_its_annotations_rules() {
+        let bound = value(Some("prometheus.monitoring.svc, *.internal, 10.0.0.0/8"));
+        for host in ["prometheus.monitoring.svc", "thanos.internal", "10.1.2.3"] {
+            assert_eq!(bound.may_go_to(host), Ok(()), "{host}");
+        }
+        for host in [
+            "127.0.0.1",
+            "evil.tenant.svc",
+            "prometheus.monitoring.svc.evil.io",
+            "",
+        ] {
+            let refused = bound.may_go_to(host).expect_err(host);
+            assert!(
+                refused.contains("may not be sent to") && !refused.contains("s3cret"),
+                "{host}: {refused}"
+            );
+        }
+        let unbound = value(None).may_go_to("prometheus.monitoring.svc");
+        assert!(
+            unbound.is_err_and(|why| why.contains("names no destination")),
+            "a Secret without the annotation"
+        );
+        let invalid = value(Some("http://prometheus")).may_go_to("prometheus");
+        assert!(
+            invalid.is_err_and(|why| why.contains("is not valid")),
+            "an annotation that is not rules"
+        );
+    }
+
+    #[test]
+    fn an_argument_is_placed_where_its_placeholder_is() {
+        let text = r#"{"web":{"headers":[{"value":"Bearer {{ args.token }}"}],"url":"http://x/{{args.service}}"}}"#;
+        assert!(places_argument(text, "token"));
+        assert!(places_argument(text, "service"));
+        assert!(!places_argument(text, "tok"));
+        assert!(!places_argument("{{args.token", "token"));
+    }
 }

@@ -652,12 +652,15 @@ pub fn trim_run(run: &mut AnalysisRun) {
     }
 }
 
-/// A Secret open to analysis as the controller keeps it: its name, labels and data.
+/// A Secret open to analysis as the controller keeps it: its name, labels, data and where its
+/// values may be sent (`sluice.dev/destinations`).
 pub fn trim_secret(secret: &mut Secret) {
     let meta = &mut secret.metadata;
     meta.managed_fields = None;
-    meta.annotations = None;
     meta.owner_references = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|key, _| key == sluice_api::names::SECRET_DESTINATIONS_ANNOTATION);
+    }
 }
 
 /// A release record as the controller reads it back: an ended one is never rewritten (but for the

@@ -422,31 +422,49 @@ impl Notifier {
             .publish(&rollout.object_ref(&()), true, reason, reason, message);
     }
 
-    /// Where a sink's notifications go, its Secrets read.
+    /// Where a sink's notifications go, its Secrets read: each only where its Secret lets it go
+    /// (a URL read from one, to a host its annotation allows; a token, to the URL's host).
     fn target(&self, namespace: &str, sink: &Sink) -> Result<Target, String> {
         let secrets = crate::analysis_run::SecretsIn {
             store: self.secrets.as_ref(),
             namespace,
         };
         let read = |from: &sluice_api::notification::FromSecret| {
-            crate::analysis_run::read_secret(secrets, &from.secret_key_ref)
-                .map(|value| value.trim().to_owned())
+            crate::analysis_run::read_secret(secrets, &from.secret_key_ref).map(|mut value| {
+                value.text = value.text.trim().to_owned();
+                value
+            })
         };
         let mut secret = Redactions::default();
         let url = match (&sink.url, &sink.url_from) {
             (Some(url), _) => url.clone(),
             (None, Some(from)) => {
-                let url = read(from)?;
-                hide_url(&mut secret, &url);
-                url
+                let value = read(from)?;
+                hide_url(&mut secret, &value.text);
+                let host = crate::analysis_run::host_of(&value.text).unwrap_or_default();
+                // The host is part of what the Secret holds: the problem does not name it.
+                value.may_go_to(&host).map_err(|_| {
+                    format!(
+                        "the URL read from Secret {:?} goes to a host its annotation {} does not \
+                         allow",
+                        from.secret_key_ref.name,
+                        sluice_api::names::SECRET_DESTINATIONS_ANNOTATION
+                    )
+                })?;
+                value.text
             }
             (None, None) => return Err("the sink has no url".to_owned()),
         };
         let token = match &sink.token_from {
             Some(from) => {
-                let token = read(from)?;
-                secret.add(&token);
-                Some(token)
+                let value = read(from)?;
+                secret.add(&value.text);
+                let host = crate::analysis_run::host_of(&url).unwrap_or_default();
+                value.may_go_to(&host).map_err(|problem| {
+                    // A host read from a Secret stays hidden.
+                    format!("token: {}", secret.redact(&problem))
+                })?;
+                Some(value.text)
             }
             None => None,
         };

@@ -687,7 +687,7 @@ async fn release_measured_by_guarded(
         &secrets,
         &json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "prometheus-auth", "labels": {"sluice.dev/analysis-secret": "true"}},
+            "metadata": {"name": "prometheus-auth", "labels": {"sluice.dev/analysis-secret": "true"}, "annotations": {"sluice.dev/destinations": "127.0.0.1"}},
             "stringData": {"username": "sluice", "password": password}
         }),
     )
@@ -770,7 +770,7 @@ async fn a_prometheus_behind_basic_auth_is_queried_with_credentials_from_a_secre
         &secrets,
         &json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "prometheus-auth", "labels": {"sluice.dev/analysis-secret": "true"}},
+            "metadata": {"name": "prometheus-auth", "labels": {"sluice.dev/analysis-secret": "true"}, "annotations": {"sluice.dev/destinations": "127.0.0.1"}},
             "stringData": {"username": "sluice", "password": "s3cret-Pa55", "wrong": "guess"}
         }),
     )

@@ -57,7 +57,7 @@ async fn each_transition_is_notified_once_a_silent_sink_delays_nothing_and_a_res
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({
-                "metadata": {"name": "audit", "labels": {"sluice.dev/analysis-secret": "true"}},
+                "metadata": {"name": "audit", "labels": {"sluice.dev/analysis-secret": "true"}, "annotations": {"sluice.dev/destinations": "127.0.0.1"}},
                 "stringData": {"url": format!("{}/events", server.address), "token": "s3cret"}
             }))?,
         )

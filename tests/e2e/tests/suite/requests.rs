@@ -267,7 +267,7 @@ async fn a_run_reading_secrets_sends_no_request_for_them() -> Result<()> {
     for manifest in [
         json!({"apiVersion": "v1", "kind": "Secret",
                "metadata": {"name": "analysis", "namespace": ns.name,
-                            "labels": {"sluice.dev/analysis-secret": "true"}},
+                            "labels": {"sluice.dev/analysis-secret": "true"}, "annotations": {"sluice.dev/destinations": "127.0.0.1"}},
                "stringData": {"job": "prometheus", "token": "s3cret"}}),
         json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
                "metadata": {"name": "reads-secrets", "namespace": ns.name,

@@ -120,7 +120,7 @@ async fn a_tenant_reads_no_secret_through_sluice_and_secret_values_never_show() 
     apply(
         &secrets,
         &json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "opened", "labels": {"sluice.dev/analysis-secret": "true"}},
+                "metadata": {"name": "opened", "labels": {"sluice.dev/analysis-secret": "true"}, "annotations": {"sluice.dev/destinations": "127.0.0.1"}},
                 "stringData": {"token": OPENED}}),
     )
     .await?;
@@ -481,6 +481,89 @@ async fn an_argument_cannot_rewrite_a_templates_query() -> Result<()> {
             && message(&bare).contains("outside a string"),
         "{}",
         message(&bare)
+    );
+    Ok(())
+}
+
+/// A value read from a Secret goes only where the Secret's annotation `sluice.dev/destinations`
+/// lets it: a tenant who may use a Secret meant for the cluster's Prometheus cannot have its token
+/// or an argument read from it sent to a server of its own (here one on this machine, which the
+/// controller's address policy allows). Before, both reached that server.
+#[tokio::test]
+async fn a_secrets_values_go_only_to_the_destinations_it_names() -> Result<()> {
+    let admin = client().await?;
+    install_crds(&admin).await?;
+    let ns = TestNamespace::create(&admin, "destinations").await?;
+    let _controller = ControllerProcess::start(&ns.name)?;
+    let own = sluice_e2e::http::TestServer::start().await?;
+    own.answer(
+        "/api/v1/query",
+        sluice_e2e::http::Answer::json(
+            200,
+            json!({"status": "success", "data": {"resultType": "vector",
+                   "result": [{"metric": {}, "value": [0, "1"]}]}}),
+        ),
+    );
+    own.answer(
+        "/health",
+        sluice_e2e::http::Answer::json(200, json!({"ok": 1})),
+    );
+    apply(
+        &Api::<Secret>::namespaced(admin.clone(), &ns.name),
+        &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "bound",
+                             "labels": {"sluice.dev/analysis-secret": "true"},
+                             "annotations": {"sluice.dev/destinations": "prometheus.monitoring.svc"}},
+                "stringData": {"token": OPENED}}),
+    )
+    .await?;
+    let tenant = tenant(&admin, &ns.name).await?;
+    let runs: Api<AnalysisRun> = Api::namespaced(tenant.clone(), &ns.name);
+    let standalone = json!({"sluice.dev/standalone": "true"});
+    // Its token as a Prometheus bearer token, and as an argument in a web metric's header.
+    apply(
+        &runs,
+        &json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+                "metadata": {"name": "bearer", "labels": standalone},
+                "spec": {"metrics": [{"name": "up", "count": 1, "consecutiveErrorLimit": 0,
+                    "successCondition": "result[0] == 1",
+                    "provider": {"prometheus": {"address": own.address, "query": "vector(1)",
+                        "authentication": {"bearer": {"tokenSecretRef": {"name": "bound", "key": "token"}}}}}}]}}),
+    )
+    .await?;
+    apply(
+        &runs,
+        &json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisRun",
+                "metadata": {"name": "header", "labels": standalone},
+                "spec": {
+                    "args": [{"name": "token", "valueFrom": {"secretKeyRef": {"name": "bound", "key": "token"}}}],
+                    "metrics": [{"name": "health", "count": 1, "consecutiveErrorLimit": 0,
+                        "successCondition": "result.ok == 1",
+                        "provider": {"web": {"url": format!("{}/health", own.address),
+                            "headers": [{"key": "Authorization", "value": "Bearer {{args.token}}"}]}}}]}}),
+    )
+    .await?;
+    for name in ["bearer", "header"] {
+        let run = finished(&runs, name).await?;
+        let said = message(&run);
+        println!("{name}: {said}");
+        ensure!(
+            run.status.as_ref().and_then(|s| s.phase) == Some(AnalysisPhase::Error)
+                && said.contains("may not be sent to 127.0.0.1")
+                && said.contains("prometheus.monitoring.svc")
+                && !said.contains(OPENED),
+            "{name}: {said}"
+        );
+    }
+    let carried: Vec<String> = own
+        .received()
+        .into_iter()
+        .filter(|r| r.head.contains(OPENED) || r.body.contains(OPENED))
+        .map(|r| r.path)
+        .collect();
+    ensure!(
+        carried.is_empty(),
+        "the token reached the tenant's server: {carried:?}"
     );
     Ok(())
 }

@@ -76,7 +76,7 @@ async fn a_web_metric_judges_a_release_by_a_json_answer_with_a_token_from_a_secr
     apply(
         &Api::<Secret>::namespaced(client.clone(), &ns.name),
         &json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "web-token", "labels": {"sluice.dev/analysis-secret": "true"}},
+                "metadata": {"name": "web-token", "labels": {"sluice.dev/analysis-secret": "true"}, "annotations": {"sluice.dev/destinations": "127.0.0.1"}},
                 "stringData": {"token": TOKEN}}),
     )
     .await?;

@@ -406,6 +406,15 @@ impl ControllerProcess {
         self.child.id()
     }
 
+    /// Waits until it answers `/readyz`: its caches listed (what it counts from then on is the
+    /// test's own doing).
+    pub async fn wait_ready(&self) -> Result<()> {
+        eventually("the controller ready", Duration::from_secs(60), || async {
+            Ok(http_get(&self.http, "/readyz").await.ok().map(drop))
+        })
+        .await
+    }
+
     /// Whether the process has exited (on its own).
     pub fn try_exited(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_some())

@@ -259,10 +259,7 @@ async fn a_run_reading_secrets_sends_no_request_for_them() -> Result<()> {
     let prometheus =
         std::env::var("SLUICE_E2E_PROMETHEUS_URL").context("SLUICE_E2E_PROMETHEUS_URL")?;
     // Ready: its caches listed (the Secrets' among them), which is not counted below.
-    eventually("the controller ready", WAIT, || async {
-        Ok(sluice_e2e::http_get(&controller.http, "/readyz").await.ok())
-    })
-    .await?;
+    controller.wait_ready().await?;
     let before = Counts::read(&controller).await?;
     for manifest in [
         json!({"apiVersion": "v1", "kind": "Secret",

@@ -1035,10 +1035,7 @@ async fn a_waiting_takeover_backs_off_and_is_woken_by_the_argo_rollouts_deletion
     install_crds(&client).await?;
     let ns = TestNamespace::create(&client, "takeover-wait").await?;
     let controller = ControllerProcess::start(&ns.name)?;
-    eventually("the controller ready", WAIT, || async {
-        Ok(sluice_e2e::http_get(&controller.http, "/readyz").await.ok())
-    })
-    .await?;
+    controller.wait_ready().await?;
     let argo = argo_rollouts(&client, &ns.name);
     crate::analysis::apply(&argo, &argo_rollout("registry.example/web:1.0.0")).await?;
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns.name);
